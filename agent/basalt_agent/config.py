@@ -1,0 +1,134 @@
+"""Agent settings: command line over an optional TOML file over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence
+
+from basalt_core.errors import InvalidRequest
+from basalt_core.sizes import parse_size
+
+from . import DRIVER_NAME, __version__
+
+SERVICES = ("identity", "controller", "node")
+DEFAULT_STATE_DIR = "/var/lib/basalt"
+DEFAULT_ENDPOINT = "unix:///run/basalt/csi.sock"
+
+
+@dataclass
+class Config:
+    endpoint: str = DEFAULT_ENDPOINT
+    node_id: str = field(default_factory=socket.gethostname)
+    pool: str = ""
+    pool_capacity_limit: int = 0
+    state_dir: str = DEFAULT_STATE_DIR
+    services: List[str] = field(default_factory=lambda: list(SERVICES))
+    workers: int = 16
+    max_concurrent_rpcs: int = 64
+    cleanup_grace: float = 600.0
+    default_volume_size: int = 1 << 30
+    registration_socket: str = ""
+    kubelet_registration_path: str = ""
+    log_level: str = "info"
+
+    @property
+    def socket_path(self) -> str:
+        return endpoint_path(self.endpoint)
+
+    @property
+    def pool_spec(self) -> str:
+        return self.pool or f"file:{os.path.join(self.state_dir, 'pools', 'file')}"
+
+
+def endpoint_path(endpoint: str) -> str:
+    if not endpoint.startswith("unix://"):
+        raise InvalidRequest(f"endpoint {endpoint!r} must be unix:///absolute/path.sock")
+    path = endpoint[len("unix://"):]
+    if not os.path.isabs(path):
+        raise InvalidRequest(f"endpoint {endpoint!r} must name an absolute socket path")
+    return path
+
+
+def _services(text: str) -> List[str]:
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    if wanted == ["all"]:
+        return list(SERVICES)
+    unknown = [s for s in wanted if s not in SERVICES]
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(f"services must be 'all' or a list of {', '.join(SERVICES)}")
+    # Identity is always required by the spec and by every sidecar.
+    return sorted(set(wanted) | {"identity"}, key=SERVICES.index)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidRequest as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="basalt-agent",
+        description=f"Basalt CSI agent ({DRIVER_NAME}, version {__version__}): serves CSI v1.12 "
+        "Identity, Controller and Node on a unix socket.",
+        epilog="Settings come from the command line, then --config (TOML, same names with underscores), "
+        "then defaults. With no settings at all the agent serves a file pool under "
+        f"{DEFAULT_STATE_DIR}/pools/file on {DEFAULT_ENDPOINT}.",
+    )
+    p.add_argument("--config", help="TOML file with any of the settings below")
+    p.add_argument("--endpoint", help=f"unix:///path.sock to serve (env CSI_ENDPOINT; default {DEFAULT_ENDPOINT})")
+    p.add_argument("--node-id", help="this node's id (default: the host name)")
+    p.add_argument("--pool", help="the pool: file:/dir (default: file:STATE_DIR/pools/file)")
+    p.add_argument("--pool-capacity-limit", type=_size, help="cap on bytes provisioned from the pool, e.g. 100Gi")
+    p.add_argument("--state-dir", help=f"node state and default pool location (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--services", type=_services, help="all (default) or a comma list of identity,controller,node")
+    p.add_argument("--workers", type=int, help="gRPC worker threads (default 16)")
+    p.add_argument("--max-concurrent-rpcs", type=int, help="RPCs over this are refused (default 64)")
+    p.add_argument("--cleanup-grace", type=float,
+                   help="seconds before an unfinished, never retried creation is removed (default 600)")
+    p.add_argument("--default-volume-size", type=_size, help="size when a request sets none (default 1Gi)")
+    p.add_argument("--registration-socket",
+                   help="also serve kubelet plugin registration on this socket "
+                   f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")
+    p.add_argument("--kubelet-registration-path",
+                   help="the CSI socket's path as kubelet sees it (default: the endpoint's path)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
+    return p
+
+
+def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]] = None) -> Config:
+    environ = dict(os.environ if environ is None else environ)
+    args = parser().parse_args(argv)
+    settings: Dict[str, Any] = {}
+    if args.config:
+        with open(args.config, "rb") as handle:
+            settings.update(_from_file(tomllib.load(handle), args.config))
+    if environ.get("CSI_ENDPOINT") and not args.endpoint:
+        settings["endpoint"] = environ["CSI_ENDPOINT"]
+    for item in fields(Config):
+        value = getattr(args, item.name, None)
+        if value is not None:
+            settings[item.name] = value
+    config = Config(**settings)
+    endpoint_path(config.endpoint)
+    return config
+
+
+def _from_file(document: Dict[str, Any], path: str) -> Dict[str, Any]:
+    names = {f.name for f in fields(Config)}
+    unknown = sorted(set(document) - names)
+    if unknown:
+        raise SystemExit(f"{path}: unknown settings {', '.join(unknown)}")
+    settings = dict(document)
+    for key in ("pool_capacity_limit", "default_volume_size"):
+        if isinstance(settings.get(key), str):
+            settings[key] = parse_size(settings[key])
+    if isinstance(settings.get("services"), str):
+        settings["services"] = _services(settings["services"])
+    return settings

@@ -1,0 +1,120 @@
+"""Structured logs: one JSON line per event, one line per RPC, secrets never written.
+
+Fields marked ``csi_secret`` in the CSI proto are dropped (recursively) from
+anything logged, and mount flags are withheld too (the spec says they may be
+sensitive).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from .proto import csi_pb2
+
+log = logging.getLogger("basalt.rpc")
+
+# Request fields that identify what an RPC is about; safe to log.
+_ID_FIELDS = (
+    "name", "volume_id", "snapshot_id", "source_volume_id", "node_id",
+    "staging_target_path", "target_path", "volume_path",
+)
+_WITHHELD = {"mount_flags"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: Dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def redacted(message: Message) -> Message:
+    """A copy of *message* without any csi_secret field (at any depth) or mount flags."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    _strip(copy)
+    return copy
+
+
+def _strip(message: Message) -> None:
+    for field, value in list(message.ListFields()):
+        if field.GetOptions().Extensions[csi_pb2.csi_secret] or field.name in _WITHHELD:
+            message.ClearField(field.name)
+        elif field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                continue
+            for item in (value if field.is_repeated else [value]):
+                _strip(item)
+
+
+def request_fields(request: Message) -> Dict[str, Any]:
+    fields = {}
+    for name in _ID_FIELDS:
+        if name in request.DESCRIPTOR.fields_by_name:
+            value = getattr(request, name)
+            if value:
+                fields[name] = value
+    return fields
+
+
+class RpcLogInterceptor(grpc.ServerInterceptor):
+    """Logs every unary RPC: method, ids, duration and status code."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Optional[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Optional[grpc.RpcMethodHandler]:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behaviour = handler.unary_unary
+
+        def logged(request: Message, context: grpc.ServicerContext) -> Any:
+            started = time.monotonic()
+            code = grpc.StatusCode.OK
+            try:
+                return behaviour(request, context)
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                fields: Dict[str, Any] = {"method": method, "code": code.name,
+                                          "duration_ms": round((time.monotonic() - started) * 1000, 2)}
+                fields.update(request_fields(request))
+                if code is not grpc.StatusCode.OK:
+                    fields["error"] = context.details()
+                if log.isEnabledFor(logging.DEBUG):
+                    fields["request"] = json_format.MessageToDict(redacted(request))
+                log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc",
+                        extra={"fields": fields})
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,95 @@
+"""``basalt-agent``: wire the configuration, the pool and the CSI services together and serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import List, Optional, Sequence
+
+from basalt_core import volumes
+from basalt_core.errors import StorageError
+from basalt_core.pool import open_pool
+
+from . import DRIVER_NAME, __version__, config, logs, server
+from .controller import ControllerService
+from .identity import IdentityService
+from .locks import ObjectLocks
+from .logs import RpcLogInterceptor
+from .node import NodeService
+from .nodestate import NodeState
+from .proto import csi_pb2_grpc, pluginregistration_pb2_grpc
+from .registration import RegistrationService
+
+log = logging.getLogger("basalt.agent")
+SHUTDOWN_GRACE = 30.0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        settings = config.load(argv)
+    except StorageError as error:
+        print(f"basalt-agent: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        return serve(settings)
+    except (StorageError, server.SocketInUse) as error:
+        log.error("cannot start: %s", error)
+        return 1
+
+
+def serve(settings: config.Config) -> int:
+    os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit)
+    locks = ObjectLocks()
+    for leftover in pool.clean_leftovers():
+        log.info("removed leftover %s", leftover)
+    volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)
+
+    grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs, [RpcLogInterceptor()])
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services), grpc_server)
+    if "controller" in settings.services:
+        controller = ControllerService(pool, settings.node_id, locks, settings.default_volume_size)
+        csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
+    if "node" in settings.services:
+        state = NodeState(os.path.join(settings.state_dir, "node"))
+        node = NodeService(pool, settings.node_id, locks, state,
+                           os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size)
+        csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
+
+    stop = threading.Event()
+    refused = threading.Event()
+    sockets: List[str] = [settings.socket_path]
+    server.bind(grpc_server, settings.socket_path)
+    if settings.registration_socket:
+        registration = RegistrationService(settings.kubelet_registration_path or settings.socket_path, refused)
+        pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, grpc_server)
+        server.bind(grpc_server, settings.registration_socket)
+        sockets.append(settings.registration_socket)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    grpc_server.start()
+    log.info("serving", extra={"fields": {
+        "driver": DRIVER_NAME, "version": __version__, "endpoint": settings.endpoint, "node_id": settings.node_id,
+        "pool": settings.pool_spec, "services": settings.services}})
+
+    every = max(settings.cleanup_grace / 2, 1.0)
+    next_cleanup = time.monotonic() + every
+    while not stop.wait(1.0) and not refused.is_set():
+        if time.monotonic() >= next_cleanup:
+            next_cleanup = time.monotonic() + every
+            try:
+                volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)
+            except Exception:  # keep serving; the next round retries
+                log.exception("periodic clean-up failed")
+
+    log.info("stopping: finishing in-flight calls")
+    grpc_server.stop(SHUTDOWN_GRACE).wait()
+    server.remove_sockets(sockets)
+    log.info("stopped")
+    return 1 if refused.is_set() else 0

@@ -1,0 +1,308 @@
+"""CSI Node service: stage (attach, format-if-blank, mount), publish (bind), stats, expand.
+
+Also serves inline ephemeral volumes: created, staged and published in one
+NodePublishVolume, removed again by NodeUnpublishVolume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Mapping, Tuple
+
+import grpc
+
+from basalt_core import devices, filesystem, staging, volumes
+from basalt_core import mount as mounts
+from basalt_core.model import Volume, is_volume_id
+from basalt_core.pool import Pool
+from basalt_core.sizes import fit_capacity, parse_size
+
+from . import TOPOLOGY_NODE_KEY
+from .errors import RpcFailure, invalid, rpc_method
+from .locks import ObjectLocks
+from .nodestate import NodeRecord, NodeState, Target
+from .proto import csi_pb2, csi_pb2_grpc
+from .validation import (
+    EPHEMERAL_KEY,
+    K8S_PREFIX,
+    Capability,
+    Mode,
+    bounded_map,
+    capability,
+    non_negative_range,
+    required_path,
+    required_string,
+)
+
+NodeRPC = csi_pb2.NodeServiceCapability.RPC
+ADVERTISED = (NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.EXPAND_VOLUME,
+              NodeRPC.VOLUME_CONDITION, NodeRPC.SINGLE_NODE_MULTI_WRITER)
+EPHEMERAL_SIZE_KEY = "size"
+# Flags a bind mount can take on remount; filesystem options only apply at stage.
+BIND_FLAGS = {"ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+              "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime"}
+
+
+def _failed(message: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(self, pool: Pool, node_id: str, locks: ObjectLocks, state: NodeState,
+                 ephemeral_dir: str, default_size: int) -> None:
+        self.pool = pool
+        self.node_id = node_id
+        self.locks = locks
+        self.state = state
+        self.ephemeral_dir = ephemeral_dir
+        self.default_size = default_size
+
+    # -- staging -------------------------------------------------------------
+    def _stage(self, volume: Volume, path: str, cap: Capability) -> str:
+        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
+        was_attached = self.pool.attached_device(volume) is not None
+        device = self.pool.attach(volume)
+        if cap.block:
+            return device
+        try:
+            staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
+        except BaseException:
+            if not was_attached:
+                self.pool.detach(volume)
+            raise
+        return device
+
+    @rpc_method
+    def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
+                        ) -> csi_pb2.NodeStageVolumeResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        path = required_path(request.staging_target_path, "staging_target_path")
+        if not request.HasField("volume_capability"):
+            raise invalid("volume_capability is required")
+        cap = capability(request.volume_capability)
+        bounded_map(request.publish_context, "publish_context")
+        bounded_map(request.volume_context, "volume_context")
+        with self.locks.hold(volume_id):
+            volume = volumes.get_volume(self.pool, volume_id)
+            record = self.state.load(volume_id) or NodeRecord(volume_id)
+            if record.staging_path:
+                if record.staging_path != path:
+                    raise _failed(f"volume {volume_id} is already staged at {record.staging_path}")
+                if not cap.same_use(_staged_capability(record)):
+                    raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
+                                     f"volume {volume_id} is already staged at {path} with another capability")
+            self._stage(volume, path, cap)
+            record.staging_path, record.block, record.fs_type, record.mode = path, cap.block, cap.fs_type, cap.mode
+            self.state.save(record)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    @rpc_method
+    def NodeUnstageVolume(self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
+                          ) -> csi_pb2.NodeUnstageVolumeResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        path = required_path(request.staging_target_path, "staging_target_path")
+        with self.locks.hold(volume_id):
+            record = self.state.load(volume_id)
+            if record is not None:
+                busy = [t for t in record.targets if mounts.is_mounted(t)]
+                if busy:
+                    raise _failed(f"volume {volume_id} is still published at {', '.join(busy)}")
+            staging.ensure_unmounted(path)
+            volume = self.pool.load_volume(volume_id) if is_volume_id(volume_id) else None
+            if volume is not None:
+                self._detach(volume)
+            if record is not None:
+                self.state.drop(volume_id)
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    def _detach(self, volume: Volume) -> None:
+        device = self.pool.attached_device(volume)
+        if device is not None:
+            devices.flush(device)
+            self.pool.detach(volume)
+
+    # -- publishing ----------------------------------------------------------
+    @rpc_method
+    def NodePublishVolume(self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
+                          ) -> csi_pb2.NodePublishVolumeResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        target = required_path(request.target_path, "target_path")
+        if not request.HasField("volume_capability"):
+            raise invalid("volume_capability is required")
+        cap = capability(request.volume_capability)
+        bounded_map(request.publish_context, "publish_context")
+        bounded_map(request.volume_context, "volume_context")
+        read_only = request.readonly or cap.read_only_mode
+        if request.volume_context.get(EPHEMERAL_KEY) == "true":
+            self._publish_ephemeral(volume_id, target, cap, read_only, request.volume_context)
+            return csi_pb2.NodePublishVolumeResponse()
+        if not request.staging_target_path:
+            raise _failed("staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME)")
+        path = required_path(request.staging_target_path, "staging_target_path")
+        with self.locks.hold(volume_id):
+            volume = volumes.get_volume(self.pool, volume_id)
+            record = self.state.load(volume_id)
+            if record is None or record.staging_path != path:
+                raise _failed(f"volume {volume_id} is not staged at {path}")
+            if record.block != cap.block:
+                raise _failed(f"volume {volume_id} was staged as {'block' if record.block else 'filesystem'}")
+            self._check_target(record, target, cap, read_only)
+            if cap.block:
+                device = self.pool.attached_device(volume)
+                if device is None:
+                    raise _failed(f"volume {volume_id} is staged but its device is gone; stage it again")
+                staging.ensure_bind(device, target, read_only=read_only, block=True)
+            else:
+                staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
+            record.targets[target] = Target(read_only, cap.block, cap.mode)
+            self.state.save(record)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    @staticmethod
+    def _check_target(record: NodeRecord, target: str, cap: Capability, read_only: bool) -> None:
+        existing = record.targets.get(target)
+        if existing is not None:
+            if (existing.readonly, existing.block, existing.mode) != (read_only, cap.block, cap.mode):
+                raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
+                                 f"volume {record.volume_id} is already published at {target} differently")
+            return
+        others = [t for t in record.targets if t != target]
+        single = Mode.SINGLE_NODE_SINGLE_WRITER
+        if others and (cap.mode == single or any(record.targets[t].mode == single for t in others)):
+            raise _failed(f"volume {record.volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at "
+                          f"{', '.join(others)}")
+
+    @rpc_method
+    def NodeUnpublishVolume(self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+                            ) -> csi_pb2.NodeUnpublishVolumeResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        target = required_path(request.target_path, "target_path")
+        with self.locks.hold(volume_id):
+            staging.ensure_unmounted(target, remove=True)
+            record = self.state.load(volume_id)
+            if record is not None:
+                record.targets.pop(target, None)
+                if record.ephemeral_volume_id and not record.targets:
+                    self._remove_ephemeral(record)
+                else:
+                    self.state.save(record)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    # -- inline ephemeral volumes -------------------------------------------
+    def _publish_ephemeral(self, volume_id: str, target: str, cap: Capability, read_only: bool,
+                           context: Mapping[str, str]) -> None:
+        ctx = dict(context)
+        unknown = [k for k in ctx if k != EPHEMERAL_SIZE_KEY and not k.startswith(K8S_PREFIX)]
+        if unknown:
+            raise invalid(f"unknown volume attribute(s) {', '.join(sorted(unknown))} (known: {EPHEMERAL_SIZE_KEY})")
+        if cap.block:
+            raise invalid("inline ephemeral volumes must be filesystems")
+        requested = parse_size(ctx[EPHEMERAL_SIZE_KEY]) if EPHEMERAL_SIZE_KEY in ctx else 0
+        size = fit_capacity(requested, 0, unit=self.pool.unit, default=self.default_size,
+                            minimum=filesystem.MINIMUM_SIZE[cap.fs_type])
+        path = os.path.join(self.ephemeral_dir, hashlib.sha256(volume_id.encode()).hexdigest())
+        with self.locks.hold(volume_id):
+            record = self.state.load(volume_id)
+            if record is not None and not record.ephemeral_volume_id:
+                raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
+                                 f"volume {volume_id} exists and is not an inline ephemeral volume")
+            volume, _ = volumes.ensure_volume(self.pool, volume_id, size, min_size=requested, ephemeral=True)
+            if record is None:
+                # Recorded before any attach or mount, so an unpublish after a failure here cleans up.
+                record = NodeRecord(volume_id, path, False, cap.fs_type, cap.mode, ephemeral_volume_id=volume.id)
+                self.state.save(record)
+            self._check_target(record, target, cap, read_only)
+            self._stage(volume, path, cap)
+            staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
+            record.targets[target] = Target(read_only, False, cap.mode)
+            self.state.save(record)
+
+    def _remove_ephemeral(self, record: NodeRecord) -> None:
+        staging.ensure_unmounted(record.staging_path, remove=True)
+        volume = self.pool.load_volume(record.ephemeral_volume_id)
+        if volume is not None:
+            self._detach(volume)
+            volumes.delete_volume(self.pool, volume.id)
+        self.state.drop(record.volume_id)
+
+    # -- stats and expansion ------------------------------------------------
+    def _published(self, volume_id: str, path: str) -> Tuple[NodeRecord, Volume]:
+        record = self.state.load(volume_id)
+        if record is None or (path not in record.targets and path != record.staging_path):
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} is not staged or published at {path}")
+        volume = volumes.get_volume(self.pool, record.ephemeral_volume_id or volume_id)
+        return record, volume
+
+    @rpc_method
+    def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
+                           ) -> csi_pb2.NodeGetVolumeStatsResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        path = required_path(request.volume_path, "volume_path")
+        if request.staging_target_path:
+            required_path(request.staging_target_path, "staging_target_path")
+        record, volume = self._published(volume_id, path)
+        problem = self.pool.volume_problem(volume)
+        if not mounts.is_mounted(path):
+            problem = problem or f"volume {volume_id} is no longer mounted at {path}"
+        condition = csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "healthy")
+        if problem:
+            return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=condition)
+        Usage = csi_pb2.VolumeUsage
+        if record.block:
+            device = self.pool.attached_device(volume)
+            usage = [Usage(unit=Usage.BYTES, total=devices.size_bytes(device) if device else volume.size)]
+        else:
+            st = os.statvfs(path)
+            usage = [
+                Usage(unit=Usage.BYTES, total=st.f_blocks * st.f_frsize, available=st.f_bavail * st.f_frsize,
+                      used=(st.f_blocks - st.f_bfree) * st.f_frsize),
+                Usage(unit=Usage.INODES, total=st.f_files, available=st.f_favail, used=st.f_files - st.f_ffree),
+            ]
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=usage, volume_condition=condition)
+
+    @rpc_method
+    def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
+                         ) -> csi_pb2.NodeExpandVolumeResponse:
+        volume_id = required_string(request.volume_id, "volume_id")
+        path = required_path(request.volume_path, "volume_path")
+        _, limit = non_negative_range(request.capacity_range)
+        if request.HasField("volume_capability"):
+            capability(request.volume_capability)
+        with self.locks.hold(volume_id):
+            record, volume = self._published(volume_id, path)
+            self.pool.refresh(volume)
+            device = self.pool.attached_device(volume)
+            if device is None:
+                raise _failed(f"volume {volume_id} is not attached on this node")
+            size = devices.size_bytes(device)
+            if limit and size > limit:
+                raise RpcFailure(grpc.StatusCode.OUT_OF_RANGE, f"volume {volume_id} is {size} bytes, over {limit}")
+            if not record.block and filesystem.size(device, record.fs_type, record.staging_path) < size:
+                filesystem.grow_online(device, record.fs_type, record.staging_path)
+        return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    # -- node facts ----------------------------------------------------------
+    @rpc_method
+    def NodeGetCapabilities(self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+                            ) -> csi_pb2.NodeGetCapabilitiesResponse:
+        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[
+            csi_pb2.NodeServiceCapability(rpc=NodeRPC(type=t)) for t in ADVERTISED
+        ])
+
+    @rpc_method
+    def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest, context: grpc.ServicerContext
+                    ) -> csi_pb2.NodeGetInfoResponse:
+        return csi_pb2.NodeGetInfoResponse(
+            node_id=self.node_id,
+            accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_NODE_KEY: self.node_id}),
+        )
+
+
+def _staged_capability(record: NodeRecord) -> Capability:
+    return Capability(record.block, record.fs_type, (), record.mode)
+
+
+def _bind_flags(cap: Capability) -> Tuple[str, ...]:
+    return tuple(f for f in cap.mount_flags if f in BIND_FLAGS)
+

@@ -1,0 +1,57 @@
+"""What this node has staged and published, kept as one durable record per volume.
+
+The kernel's mount table says *what* is mounted; these records add *how* it
+was asked for (capability, read-only), which the spec's ALREADY_EXISTS and
+single-writer rules need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional
+
+from basalt_core.atomicfile import read_json, remove_durably, write_json
+
+
+@dataclass
+class Target:
+    readonly: bool
+    block: bool
+    mode: int
+
+
+@dataclass
+class NodeRecord:
+    volume_id: str
+    staging_path: str = ""
+    block: bool = False
+    fs_type: str = ""
+    mode: int = 0
+    targets: Dict[str, Target] = field(default_factory=dict)
+    #: set for inline ephemeral volumes: the pool volume created for them
+    ephemeral_volume_id: str = ""
+
+
+class NodeState:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    def _path(self, volume_id: str) -> str:
+        # CSI ids may hold any character; a digest makes a safe file name.
+        return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
+
+    def load(self, volume_id: str) -> Optional[NodeRecord]:
+        doc = read_json(self._path(volume_id))
+        if doc is None:
+            return None
+        targets = {path: Target(**t) for path, t in doc.pop("targets", {}).items()}
+        return NodeRecord(targets=targets, **doc)
+
+    def save(self, record: NodeRecord) -> None:
+        write_json(self._path(record.volume_id), asdict(record))
+
+    def drop(self, volume_id: str) -> None:
+        remove_durably(self._path(volume_id))

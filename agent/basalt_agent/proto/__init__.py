@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for CSI v1.12 and kubelet plugin registration (see agent/gen_protos.py)."""

@@ -1,0 +1,54 @@
+"""Typed failures of the storage core.
+
+Callers translate them: the agent into gRPC status codes, the Ansible modules
+into ``fail_json``.  Each names the object it is about.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+
+class StorageError(Exception):
+    """Base class of every failure the core reports."""
+
+
+class InvalidRequest(StorageError):
+    """A name, size or parameter is malformed or not supported."""
+
+
+class NotFound(StorageError):
+    """The volume, snapshot, device or node does not exist."""
+
+
+class Conflict(StorageError):
+    """An object of that name exists with incompatible properties."""
+
+
+class InUse(StorageError):
+    """The object is busy (published, mounted, attached) and cannot change."""
+
+
+class Precondition(StorageError):
+    """The system is not in a state that allows the operation."""
+
+
+class OutOfRange(StorageError):
+    """A size cannot be satisfied within the requested range."""
+
+
+class NoSpace(StorageError):
+    """The pool lacks the space for the request."""
+
+
+class CommandFailed(StorageError):
+    """An external tool exited non-zero, could not start, or timed out."""
+
+    def __init__(self, argv: Sequence[str], rc: int, stderr: str, what: Optional[str] = None) -> None:
+        self.argv = list(argv)
+        self.rc = rc
+        self.stderr = stderr.strip()
+        self.what = what
+        prefix = f"{what}: " if what else ""
+        tool = self.argv[0] if self.argv else "?"
+        super().__init__(f"{prefix}{tool} failed (rc={rc}): {self.stderr or 'no error output'}")

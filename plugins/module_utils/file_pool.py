@@ -1,0 +1,198 @@
+"""The ``file`` pool: each volume is a sparse image file, attached as a loop device.
+
+Layout under the pool directory::
+
+    volumes/<id>.img    volumes/<id>.json     (data, metadata)
+    snapshots/<id>.img  snapshots/<id>.json
+
+The JSON records, written atomically, are the only source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from typing import Iterator, List, Optional, Union
+
+from . import imagefile, losetup
+from . import mount as mounts
+from .atomicfile import read_json, remove_durably, write_json
+from .errors import Precondition
+from .filesystem import freeze, unfreeze
+from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
+from .pool import Pool
+from .volumes import provisioned_bytes
+
+log = logging.getLogger(__name__)
+
+KIND = "file"
+
+
+class FilePool(Pool):
+    kind = KIND
+
+    def __init__(self, directory: str, capacity_limit: int = 0) -> None:
+        self.directory = os.path.abspath(directory)
+        self.capacity_limit = capacity_limit
+
+    @property
+    def location(self) -> str:
+        return self.directory
+
+    # -- layout --------------------------------------------------------------
+    def _dir(self, kind: str) -> str:
+        return os.path.join(self.directory, kind)
+
+    def image_path(self, volume_id: str) -> str:
+        return os.path.join(self._dir("volumes"), volume_id + ".img")
+
+    def snapshot_path(self, snapshot_id: str) -> str:
+        return os.path.join(self._dir("snapshots"), snapshot_id + ".img")
+
+    def ensure_layout(self) -> None:
+        for kind in ("volumes", "snapshots"):
+            os.makedirs(self._dir(kind), mode=0o700, exist_ok=True)
+
+    def probe(self) -> None:
+        for kind in ("volumes", "snapshots"):
+            path = self._dir(kind)
+            if not os.path.isdir(path):
+                raise Precondition(f"file pool directory {path} does not exist")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise Precondition(f"file pool directory {path} is not writable")
+        if shutil.disk_usage(self.directory).free == 0:
+            raise Precondition(f"file pool filesystem at {self.directory} is full")
+
+    # -- records -------------------------------------------------------------
+    def _ids(self, kind: str) -> List[str]:
+        check = is_volume_id if kind == "volumes" else is_snapshot_id
+        try:
+            names = os.listdir(self._dir(kind))
+        except FileNotFoundError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and check(n[:-5]))
+
+    def load_volume(self, volume_id: str) -> Optional[Volume]:
+        doc = read_json(os.path.join(self._dir("volumes"), volume_id + ".json"))
+        return Volume.from_dict(doc) if doc else None
+
+    def save_volume(self, volume: Volume) -> None:
+        write_json(os.path.join(self._dir("volumes"), volume.id + ".json"), volume.to_dict())
+
+    def forget_volume(self, volume_id: str) -> None:
+        remove_durably(os.path.join(self._dir("volumes"), volume_id + ".json"))
+
+    def volume_ids(self) -> List[str]:
+        return self._ids("volumes")
+
+    def load_snapshot(self, snapshot_id: str) -> Optional[Snapshot]:
+        doc = read_json(os.path.join(self._dir("snapshots"), snapshot_id + ".json"))
+        return Snapshot.from_dict(doc) if doc else None
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        write_json(os.path.join(self._dir("snapshots"), snapshot.id + ".json"), snapshot.to_dict())
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        remove_durably(os.path.join(self._dir("snapshots"), snapshot_id + ".json"))
+
+    def snapshot_ids(self) -> List[str]:
+        return self._ids("snapshots")
+
+    # -- data ----------------------------------------------------------------
+    def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
+        target = self.image_path(volume.id)
+        if source is None:
+            # A retry after a crash starts from a fresh blank image.
+            if os.path.exists(target):
+                os.unlink(target)
+            imagefile.create(target, volume.size)
+            return None
+        origin = self.image_path(source.id) if isinstance(source, Volume) else self.snapshot_path(source.id)
+        with self._consistent(source if isinstance(source, Volume) else None):
+            return imagefile.clone(origin, target, volume.size)
+
+    def release_volume(self, volume: Volume) -> None:
+        image = self.image_path(volume.id)
+        losetup.ensure_detached(image)
+        remove_durably(image)
+
+    def resize_volume(self, volume: Volume, size: int) -> None:
+        imagefile.grow(self.image_path(volume.id), size)
+
+    def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
+        with self._consistent(volume):
+            return imagefile.clone(self.image_path(volume.id), self.snapshot_path(snapshot.id))
+
+    def release_snapshot(self, snapshot: Snapshot) -> None:
+        remove_durably(self.snapshot_path(snapshot.id))
+
+    @contextlib.contextmanager
+    def _consistent(self, volume: Optional[Volume]) -> Iterator[None]:
+        """Freeze the volume's filesystem while it is copied, if it is mounted here."""
+        mount_point = self._mount_point(volume) if volume is not None else None
+        if mount_point is None:
+            yield
+            return
+        freeze(mount_point)
+        try:
+            yield
+        finally:
+            unfreeze(mount_point)
+
+    def _mount_point(self, volume: Volume) -> Optional[str]:
+        device = self.attached_device(volume)
+        if device is None:
+            return None
+        for entry in mounts.mounts():
+            if entry.source == device and entry.root == "/":
+                return entry.mount_point
+        return None
+
+    def available_bytes(self) -> int:
+        free = shutil.disk_usage(self.directory).free
+        if self.capacity_limit:
+            return max(0, min(free, self.capacity_limit - provisioned_bytes(self)))
+        return free
+
+    def busy_reason(self, volume: Volume) -> Optional[str]:
+        device = self.attached_device(volume)
+        return f"attached as {device}" if device else None
+
+    def volume_problem(self, volume: Volume) -> Optional[str]:
+        image = self.image_path(volume.id)
+        try:
+            actual = os.path.getsize(image)
+        except FileNotFoundError:
+            return f"image file {image} is missing"
+        if actual < volume.size:
+            return f"image file {image} is {actual} bytes, smaller than the volume's {volume.size}"
+        return None
+
+    # -- node side -----------------------------------------------------------
+    def attach(self, volume: Volume) -> str:
+        device, _ = losetup.ensure_attached(self.image_path(volume.id))
+        return device.device
+
+    def attached_device(self, volume: Volume) -> Optional[str]:
+        found = losetup.find(self.image_path(volume.id))
+        return found.device if found else None
+
+    def detach(self, volume: Volume) -> bool:
+        return losetup.ensure_detached(self.image_path(volume.id))
+
+    def refresh(self, volume: Volume) -> None:
+        device = self.attached_device(volume)
+        if device:
+            losetup.refresh_capacity(device)
+
+    def clean_leftovers(self) -> List[str]:
+        removed = []
+        for kind in ("volumes", "snapshots"):
+            directory = self._dir(kind)
+            for name in os.listdir(directory) if os.path.isdir(directory) else []:
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(directory, name))
+                    removed.append(os.path.join(directory, name))
+        return removed

@@ -1,0 +1,124 @@
+"""What the core knows about volumes and snapshots, independent of the backing pool."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
+
+CREATING = "creating"
+READY = "ready"
+DELETING = "deleting"
+
+SOURCE_SNAPSHOT = "snapshot"
+SOURCE_VOLUME = "volume"
+
+# Fixed namespaces: the same name always maps to the same id, so a retried
+# create finds its own earlier (perhaps unfinished) attempt without an index.
+_VOLUME_NS = uuid.UUID("6f1c1a52-4b8e-4cf6-9a8e-1f0a3c6d2b71")
+_SNAPSHOT_NS = uuid.UUID("0e4d7c55-2a61-4f3b-8d0e-5b9e6a1c4f28")
+VOLUME_PREFIX = "vol-"
+SNAPSHOT_PREFIX = "snap-"
+
+
+def volume_id_for(name: str) -> str:
+    return VOLUME_PREFIX + uuid.uuid5(_VOLUME_NS, name).hex
+
+
+def snapshot_id_for(name: str) -> str:
+    return SNAPSHOT_PREFIX + uuid.uuid5(_SNAPSHOT_NS, name).hex
+
+
+def is_volume_id(text: str) -> bool:
+    return _is_id(text, VOLUME_PREFIX)
+
+
+def is_snapshot_id(text: str) -> bool:
+    return _is_id(text, SNAPSHOT_PREFIX)
+
+
+def _is_id(text: str, prefix: str) -> bool:
+    if not text.startswith(prefix):
+        return False
+    tail = text[len(prefix):]
+    return len(tail) == 32 and all(c in "0123456789abcdef" for c in tail)
+
+
+@dataclass(frozen=True)
+class ContentSource:
+    kind: str  # SOURCE_SNAPSHOT or SOURCE_VOLUME
+    id: str
+
+
+@dataclass
+class Publication:
+    """A controller-side grant of a volume to a node."""
+
+    readonly: bool
+    access_mode: str
+
+
+@dataclass
+class Volume:
+    id: str
+    name: str
+    size: int
+    pool: str
+    parameters: Dict[str, str] = field(default_factory=dict)
+    source: Optional[ContentSource] = None
+    state: str = CREATING
+    created_at: float = field(default_factory=time.time)
+    copy_method: Optional[str] = None
+    publications: Dict[str, Publication] = field(default_factory=dict)
+    ephemeral: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Dict[str, Any]) -> "Volume":
+        source = doc.get("source")
+        return cls(
+            id=doc["id"],
+            name=doc["name"],
+            size=int(doc["size"]),
+            pool=doc["pool"],
+            parameters=dict(doc.get("parameters") or {}),
+            source=ContentSource(**source) if source else None,
+            state=doc.get("state", CREATING),
+            created_at=float(doc.get("created_at", 0.0)),
+            copy_method=doc.get("copy_method"),
+            publications={n: Publication(**p) for n, p in (doc.get("publications") or {}).items()},
+            ephemeral=bool(doc.get("ephemeral", False)),
+        )
+
+
+@dataclass
+class Snapshot:
+    id: str
+    name: str
+    source_volume_id: str
+    size: int
+    pool: str
+    parameters: Dict[str, str] = field(default_factory=dict)
+    state: str = CREATING
+    created_at: float = field(default_factory=time.time)
+    copy_method: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: Dict[str, Any]) -> "Snapshot":
+        return cls(
+            id=doc["id"],
+            name=doc["name"],
+            source_volume_id=doc["source_volume_id"],
+            size=int(doc["size"]),
+            pool=doc["pool"],
+            parameters=dict(doc.get("parameters") or {}),
+            state=doc.get("state", CREATING),
+            created_at=float(doc.get("created_at", 0.0)),
+            copy_method=doc.get("copy_method"),
+        )

@@ -1,0 +1,122 @@
+"""The interface every pool (file, lvm, lvmthin) implements.
+
+A pool keeps records (volume and snapshot metadata) and data (images, LVs),
+and on the node attaches a volume as a block device.  The rules that are the
+same for every pool (idempotency, compatibility, crash recovery) live in
+``volumes.py`` and are written once against this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import List, Optional, Union
+
+from .errors import InvalidRequest
+from .model import Snapshot, Volume
+from .sizes import MiB
+
+
+class Pool(abc.ABC):
+    kind: str = ""
+    #: allocation granularity in bytes
+    unit: int = MiB
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the pool lives (directory, VG), for messages and pool specs."""
+
+    @abc.abstractmethod
+    def probe(self) -> None:
+        """Raise Precondition when the pool cannot serve requests."""
+
+    # -- records -----------------------------------------------------------
+    @abc.abstractmethod
+    def load_volume(self, volume_id: str) -> Optional[Volume]: ...
+
+    @abc.abstractmethod
+    def save_volume(self, volume: Volume) -> None: ...
+
+    @abc.abstractmethod
+    def forget_volume(self, volume_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def volume_ids(self) -> List[str]: ...
+
+    @abc.abstractmethod
+    def load_snapshot(self, snapshot_id: str) -> Optional[Snapshot]: ...
+
+    @abc.abstractmethod
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    @abc.abstractmethod
+    def forget_snapshot(self, snapshot_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def snapshot_ids(self) -> List[str]: ...
+
+    # -- data --------------------------------------------------------------
+    @abc.abstractmethod
+    def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
+        """Create the volume's data, blank or as a copy of *source*; return the copy method.
+
+        Must be safe to call again after a crash part-way through.
+        """
+
+    @abc.abstractmethod
+    def release_volume(self, volume: Volume) -> None:
+        """Remove the volume's data; a no-op when it is already gone."""
+
+    @abc.abstractmethod
+    def resize_volume(self, volume: Volume, size: int) -> None: ...
+
+    @abc.abstractmethod
+    def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
+        """Create the snapshot's data from *volume*; return the copy method."""
+
+    @abc.abstractmethod
+    def release_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    @abc.abstractmethod
+    def available_bytes(self) -> int:
+        """Bytes a new volume may still take."""
+
+    @abc.abstractmethod
+    def busy_reason(self, volume: Volume) -> Optional[str]:
+        """Why the volume's data cannot be removed now (attached somewhere), or None."""
+
+    @abc.abstractmethod
+    def volume_problem(self, volume: Volume) -> Optional[str]:
+        """What is wrong with the volume's data (missing, wrong size), or None when healthy."""
+
+    # -- node side ---------------------------------------------------------
+    @abc.abstractmethod
+    def attach(self, volume: Volume) -> str:
+        """Make the volume a block device on this host (idempotent); return its path."""
+
+    @abc.abstractmethod
+    def attached_device(self, volume: Volume) -> Optional[str]: ...
+
+    @abc.abstractmethod
+    def detach(self, volume: Volume) -> bool:
+        """Undo attach; False when it was not attached."""
+
+    @abc.abstractmethod
+    def refresh(self, volume: Volume) -> None:
+        """Make an attached device see its volume's new size."""
+
+    def clean_leftovers(self) -> List[str]:
+        """Remove debris of interrupted writes (not volumes); return what was removed."""
+        return []
+
+
+def open_pool(spec: str, capacity_limit: int = 0) -> Pool:
+    """Open the pool a spec names: ``file:/dir`` (later ``lvm:VG``, ``lvmthin:VG/POOL``)."""
+    kind, _, location = spec.partition(":")
+    if kind == "file" and location.startswith("/"):
+        from .file_pool import FilePool  # the implementation imports this module
+
+        pool = FilePool(location, capacity_limit)
+        pool.ensure_layout()
+        return pool
+    raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir")

@@ -1,0 +1,320 @@
+"""Pool-independent volume and snapshot operations, idempotent and crash-safe.
+
+Every change is written as a record in state ``creating``/``deleting`` before
+the data is touched, and marked ``ready`` (or forgotten) after, so a crash at
+any point leaves a record that a retry or ``clean_up`` finishes.
+Callers serialise operations per name and per id (the agent's locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
+
+from .errors import Conflict, InUse, NoSpace, NotFound, OutOfRange
+from .model import (
+    CREATING,
+    DELETING,
+    READY,
+    SOURCE_SNAPSHOT,
+    ContentSource,
+    Publication,
+    Snapshot,
+    Volume,
+    is_snapshot_id,
+    is_volume_id,
+    snapshot_id_for,
+    volume_id_for,
+)
+from .pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+# -- lookups -------------------------------------------------------------------
+
+def get_volume(pool: Pool, volume_id: str) -> Volume:
+    volume = pool.load_volume(volume_id) if is_volume_id(volume_id) else None
+    if volume is None or volume.state != READY:
+        raise NotFound(f"volume {volume_id!r} does not exist in the {pool.kind} pool at {pool.location}")
+    return volume
+
+
+def find_volume_by_name(pool: Pool, name: str) -> Optional[Volume]:
+    volume = pool.load_volume(volume_id_for(name))
+    if volume is None or volume.state != READY or volume.name != name:
+        return None
+    return volume
+
+
+def get_snapshot(pool: Pool, snapshot_id: str) -> Snapshot:
+    snapshot = pool.load_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+    if snapshot is None or snapshot.state != READY:
+        raise NotFound(f"snapshot {snapshot_id!r} does not exist in the {pool.kind} pool at {pool.location}")
+    return snapshot
+
+
+def list_volumes(pool: Pool) -> List[Volume]:
+    """Ready volumes in a stable order (creation time, then id) for pagination."""
+    found = [v for v in map(pool.load_volume, pool.volume_ids()) if v is not None and v.state == READY]
+    return sorted(found, key=lambda v: (v.created_at, v.id))
+
+
+def list_snapshots(pool: Pool) -> List[Snapshot]:
+    found = [s for s in map(pool.load_snapshot, pool.snapshot_ids()) if s is not None and s.state == READY]
+    return sorted(found, key=lambda s: (s.created_at, s.id))
+
+
+def provisioned_bytes(pool: Pool) -> int:
+    total = 0
+    for volume_id in pool.volume_ids():
+        volume = pool.load_volume(volume_id)
+        total += volume.size if volume else 0
+    for snapshot_id in pool.snapshot_ids():
+        snapshot = pool.load_snapshot(snapshot_id)
+        total += snapshot.size if snapshot else 0
+    return total
+
+
+# -- volumes -------------------------------------------------------------------
+
+def _resolve_source(pool: Pool, source: Optional[ContentSource]) -> Optional[Union[Volume, Snapshot]]:
+    if source is None:
+        return None
+    if source.kind == SOURCE_SNAPSHOT:
+        return get_snapshot(pool, source.id)
+    return get_volume(pool, source.id)
+
+
+def ensure_volume(
+    pool: Pool,
+    name: str,
+    size: int,
+    *,
+    min_size: int = 0,
+    max_size: int = 0,
+    parameters: Optional[Dict[str, str]] = None,
+    source: Optional[ContentSource] = None,
+    ephemeral: bool = False,
+    check_mode: bool = False,
+) -> Tuple[Volume, bool]:
+    """Return the volume called *name*, creating it with *size* bytes if needed.
+
+    An existing volume is accepted when its size lies in [min_size, max_size]
+    (0 = unbounded) and its parameters and source match; otherwise Conflict.
+    """
+    params = dict(parameters or {})
+    volume_id = volume_id_for(name)
+    existing = pool.load_volume(volume_id)
+    if existing is not None and existing.state == READY:
+        _check_compatible(existing, min_size or size, max_size, params, source)
+        return existing, False
+    origin = _resolve_source(pool, source)
+    if origin is not None and size < origin.size:
+        raise OutOfRange(
+            f"volume {name!r} would be {size} bytes, smaller than its source {origin.id} ({origin.size} bytes)"
+        )
+    if existing is not None and existing.state == DELETING:
+        _finish_delete(pool, existing, check_mode)
+    reuse = existing is not None and existing.state == CREATING
+    if not reuse and size > pool.available_bytes():
+        raise NoSpace(
+            f"the {pool.kind} pool at {pool.location} has {pool.available_bytes()} bytes available, "
+            f"volume {name!r} needs {size}"
+        )
+    volume = Volume(id=volume_id, name=name, size=size, pool=pool.kind, parameters=params,
+                    source=source, ephemeral=ephemeral)
+    if check_mode:
+        volume.state = READY
+        return volume, True
+    if reuse:
+        log.info("completing the unfinished creation of volume %s (%r)", volume_id, name)
+    pool.save_volume(volume)
+    volume.copy_method = pool.provision_volume(volume, origin)
+    volume.state = READY
+    pool.save_volume(volume)
+    log.info("created volume %s (%r, %d bytes)", volume_id, name, size)
+    return volume, True
+
+
+def _check_compatible(volume: Volume, min_size: int, max_size: int,
+                      parameters: Dict[str, str], source: Optional[ContentSource]) -> None:
+    problems = []
+    if volume.size < min_size or (max_size and volume.size > max_size):
+        problems.append(f"its size is {volume.size} bytes, outside the requested [{min_size}, {max_size or 'any'}]")
+    if volume.parameters != parameters:
+        problems.append("its parameters differ")
+    if volume.source != source:
+        problems.append("its content source differs")
+    if problems:
+        raise Conflict(f"volume {volume.name!r} ({volume.id}) already exists and " + "; ".join(problems))
+
+
+def delete_volume(pool: Pool, volume_id: str, *, check_mode: bool = False) -> bool:
+    """Delete a volume; False when there is none. Refuses while it is published or attached."""
+    volume = pool.load_volume(volume_id) if is_volume_id(volume_id) else None
+    if volume is None:
+        return False
+    if volume.state == READY:
+        if volume.publications:
+            nodes = ", ".join(sorted(volume.publications))
+            raise InUse(f"volume {volume_id} is still published to node(s) {nodes}")
+        busy = pool.busy_reason(volume)
+        if busy:
+            raise InUse(f"volume {volume_id} is in use: {busy}")
+    if check_mode:
+        return True
+    _finish_delete(pool, volume, check_mode)
+    return True
+
+
+def _finish_delete(pool: Pool, volume: Volume, check_mode: bool) -> None:
+    if check_mode:
+        return
+    volume.state = DELETING
+    pool.save_volume(volume)
+    pool.release_volume(volume)
+    pool.forget_volume(volume.id)
+    log.info("deleted volume %s (%r)", volume.id, volume.name)
+
+
+def expand_volume(pool: Pool, volume_id: str, size: int, *, check_mode: bool = False) -> Tuple[Volume, bool]:
+    """Grow a volume to at least *size* bytes; never shrinks. Returns (volume, changed)."""
+    volume = get_volume(pool, volume_id)
+    if size <= volume.size:
+        return volume, False
+    extra = size - volume.size
+    if extra > pool.available_bytes():
+        raise NoSpace(f"growing volume {volume_id} by {extra} bytes exceeds the pool's available space")
+    if check_mode:
+        return dataclasses.replace(volume, size=size), True
+    pool.resize_volume(volume, size)
+    volume.size = size
+    pool.save_volume(volume)
+    log.info("expanded volume %s to %d bytes", volume_id, size)
+    return volume, True
+
+
+def set_publication(pool: Pool, volume_id: str, node_id: str, publication: Publication) -> Tuple[Volume, bool]:
+    volume = get_volume(pool, volume_id)
+    if volume.publications.get(node_id) == publication:
+        return volume, False
+    volume.publications[node_id] = publication
+    pool.save_volume(volume)
+    return volume, True
+
+
+def clear_publication(pool: Pool, volume_id: str, node_id: str) -> bool:
+    volume = pool.load_volume(volume_id) if is_volume_id(volume_id) else None
+    if volume is None or node_id not in volume.publications:
+        return False
+    del volume.publications[node_id]
+    pool.save_volume(volume)
+    return True
+
+
+# -- snapshots -----------------------------------------------------------------
+
+def ensure_snapshot(
+    pool: Pool,
+    name: str,
+    volume_id: str,
+    *,
+    parameters: Optional[Dict[str, str]] = None,
+    check_mode: bool = False,
+) -> Tuple[Snapshot, bool]:
+    """Return the snapshot called *name* of *volume_id*, taking it if needed."""
+    params = dict(parameters or {})
+    snapshot_id = snapshot_id_for(name)
+    existing = pool.load_snapshot(snapshot_id)
+    if existing is not None and existing.state == READY:
+        if existing.source_volume_id != volume_id:
+            raise Conflict(
+                f"snapshot {name!r} ({snapshot_id}) already exists of volume {existing.source_volume_id}, "
+                f"not of {volume_id}"
+            )
+        if existing.parameters != params:
+            raise Conflict(f"snapshot {name!r} ({snapshot_id}) already exists with other parameters")
+        return existing, False
+    volume = get_volume(pool, volume_id)
+    if existing is not None and existing.state == DELETING:
+        _finish_snapshot_delete(pool, existing)
+    if existing is None and volume.size > pool.available_bytes():
+        raise NoSpace(f"the {pool.kind} pool at {pool.location} has no room for a {volume.size}-byte snapshot")
+    snapshot = Snapshot(id=snapshot_id, name=name, source_volume_id=volume_id, size=volume.size,
+                        pool=pool.kind, parameters=params)
+    if check_mode:
+        snapshot.state = READY
+        return snapshot, True
+    pool.save_snapshot(snapshot)
+    snapshot.copy_method = pool.take_snapshot(snapshot, volume)
+    snapshot.state = READY
+    pool.save_snapshot(snapshot)
+    log.info("took snapshot %s (%r) of volume %s", snapshot_id, name, volume_id)
+    return snapshot, True
+
+
+def delete_snapshot(pool: Pool, snapshot_id: str, *, check_mode: bool = False) -> bool:
+    snapshot = pool.load_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
+    if snapshot is None:
+        return False
+    if not check_mode:
+        _finish_snapshot_delete(pool, snapshot)
+    return True
+
+
+def _finish_snapshot_delete(pool: Pool, snapshot: Snapshot) -> None:
+    snapshot.state = DELETING
+    pool.save_snapshot(snapshot)
+    pool.release_snapshot(snapshot)
+    pool.forget_snapshot(snapshot.id)
+    log.info("deleted snapshot %s (%r)", snapshot.id, snapshot.name)
+
+
+# -- recovery ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _always(_object_id: str) -> Iterator[bool]:
+    yield True
+
+
+def clean_up(
+    pool: Pool,
+    grace_seconds: float,
+    *,
+    claim: Callable[[str], ContextManager[bool]] = _always,
+    now: Optional[float] = None,
+) -> List[str]:
+    """Finish interrupted deletes and remove creations abandoned for *grace_seconds*.
+
+    A create that is never retried leaves a ``creating`` record; once it is
+    older than the grace period nobody will complete it, so its data goes.
+    *claim(id)* guards each object against concurrent requests: an object
+    it does not grant (yields False) is left for the next round.
+    """
+    now = time.time() if now is None else now
+    done: List[str] = []
+    for volume_id in pool.volume_ids():
+        with claim(volume_id) as granted:
+            volume = pool.load_volume(volume_id) if granted else None
+            if volume is not None and _abandoned(volume.state, volume.created_at, now, grace_seconds):
+                log.warning("removing %s volume %s (%r) left by an interrupted operation",
+                            volume.state, volume.id, volume.name)
+                _finish_delete(pool, volume, False)
+                done.append(volume.id)
+    for snapshot_id in pool.snapshot_ids():
+        with claim(snapshot_id) as granted:
+            snapshot = pool.load_snapshot(snapshot_id) if granted else None
+            if snapshot is not None and _abandoned(snapshot.state, snapshot.created_at, now, grace_seconds):
+                log.warning("removing %s snapshot %s (%r) left by an interrupted operation",
+                            snapshot.state, snapshot.id, snapshot.name)
+                _finish_snapshot_delete(pool, snapshot)
+                done.append(snapshot.id)
+    return done
+
+
+def _abandoned(state: str, created_at: float, now: float, grace_seconds: float) -> bool:
+    return state == DELETING or (state == CREATING and now - created_at > grace_seconds)

@@ -1,0 +1,678 @@
+"""Shared helpers for the Basalt CSI conformance suite.
+
+Everything here talks to a real ``python3 -m basalt_agent`` process over its
+unix socket and inspects the real system state (``/proc/self/mountinfo``,
+``losetup``) to check what the agent did.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT_SRC = REPO_ROOT / "agent"
+
+try:  # the package is normally installed (pip install -e); fall back to the tree.
+    from basalt_agent.proto import csi_pb2 as csi
+    from basalt_agent.proto import csi_pb2_grpc as csi_grpc
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.path.insert(0, str(AGENT_SRC))
+    from basalt_agent.proto import csi_pb2 as csi
+    from basalt_agent.proto import csi_pb2_grpc as csi_grpc
+
+__all__ = ["csi", "csi_grpc"]
+
+SC = grpc.StatusCode
+DRIVER_NAME = "csi.basalt.dev"
+TOPOLOGY_KEY = "topology.basalt.dev/node"
+COPY_METHOD_KEY = "basalt.dev/copy-method"
+EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+XFS_MIN = 300 * MiB
+SECRET_SENTINEL = "s3cr3t-SENTINEL"
+SECRETS = {"password": SECRET_SENTINEL}
+RPC_TIMEOUT = 60.0
+START_TIMEOUT = 20.0
+
+AM = csi.VolumeCapability.AccessMode
+SINGLE_NODE_MODES = [
+    AM.SINGLE_NODE_WRITER,
+    AM.SINGLE_NODE_READER_ONLY,
+    AM.SINGLE_NODE_SINGLE_WRITER,
+    AM.SINGLE_NODE_MULTI_WRITER,
+]
+MULTI_NODE_MODES = [
+    AM.MULTI_NODE_READER_ONLY,
+    AM.MULTI_NODE_SINGLE_WRITER,
+    AM.MULTI_NODE_MULTI_WRITER,
+]
+
+
+# --------------------------------------------------------------------------
+# request builders
+# --------------------------------------------------------------------------
+
+
+def mount_cap(
+    fs_type: str = "ext4",
+    mode: int = AM.SINGLE_NODE_WRITER,
+    flags: Iterable[str] = (),
+) -> Any:
+    """A MOUNT VolumeCapability."""
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
+        access_mode=csi.VolumeCapability.AccessMode(mode=mode),
+    )
+
+
+def block_cap(mode: int = AM.SINGLE_NODE_WRITER) -> Any:
+    """A BLOCK VolumeCapability."""
+    return csi.VolumeCapability(
+        block=csi.VolumeCapability.BlockVolume(),
+        access_mode=csi.VolumeCapability.AccessMode(mode=mode),
+    )
+
+
+def crange(required: int = 0, limit: int = 0) -> Any:
+    return csi.CapacityRange(required_bytes=required, limit_bytes=limit)
+
+
+def exact(size: int) -> Any:
+    return crange(size, size)
+
+
+def unique(prefix: str = "vol") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def snapshot_source(snapshot_id: str) -> Any:
+    return csi.VolumeContentSource(
+        snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id)
+    )
+
+
+def volume_source(volume_id: str) -> Any:
+    return csi.VolumeContentSource(volume=csi.VolumeContentSource.VolumeSource(volume_id=volume_id))
+
+
+def topology(node: str) -> Any:
+    return csi.Topology(segments={TOPOLOGY_KEY: node})
+
+
+# --------------------------------------------------------------------------
+# gRPC helpers
+# --------------------------------------------------------------------------
+
+
+class TimedStub:
+    """Wraps a generated stub so that every call carries a deadline."""
+
+    def __init__(self, stub: Any, timeout: float = RPC_TIMEOUT) -> None:
+        self._stub = stub
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self._timeout)
+            return method(request, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
+def expect_code(method: Callable[..., Any], request: Any, *codes: grpc.StatusCode) -> grpc.RpcError:
+    """Call ``method(request)`` and assert that it fails with one of ``codes``."""
+    assert codes, "expect_code needs at least one code"
+    try:
+        response = method(request)
+    except grpc.RpcError as err:
+        code = err.code()
+        assert code in codes, (
+            f"{getattr(method, '__name__', method)}: expected {[c.name for c in codes]}, "
+            f"got {code.name}: {err.details()!r}"
+        )
+        return err
+    pytest.fail(
+        f"{getattr(method, '__name__', method)}: expected {[c.name for c in codes]}, "
+        f"got OK: {response}"
+    )
+
+
+def code_of(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, Any]:
+    """Return (code, response-or-error) without asserting."""
+    try:
+        return SC.OK, method(request)
+    except grpc.RpcError as err:
+        return err.code(), err
+
+
+# --------------------------------------------------------------------------
+# system state: mounts and loop devices
+# --------------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_point: str
+    root: str
+    fstype: str
+    source: str
+    options: frozenset[str]
+    super_options: frozenset[str]
+
+
+def mounts() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+        for line in fh:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            lf, rf = left.split(" "), right.split(" ")
+            entries.append(
+                MountEntry(
+                    mount_point=_unescape(lf[4]),
+                    root=_unescape(lf[3]),
+                    fstype=rf[0],
+                    source=_unescape(rf[1]) if len(rf) > 1 else "",
+                    options=frozenset(lf[5].split(",")),
+                    super_options=frozenset(rf[2].split(",")) if len(rf) > 2 else frozenset(),
+                )
+            )
+    return entries
+
+
+def mounts_at(path: str | os.PathLike[str]) -> list[MountEntry]:
+    p = os.path.abspath(os.fspath(path))
+    return [m for m in mounts() if m.mount_point == p]
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    return bool(mounts_at(path))
+
+
+def top_mount(path: str | os.PathLike[str]) -> MountEntry:
+    found = mounts_at(path)
+    assert found, f"{path} is not a mount point"
+    return found[-1]
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def mounts_under(root: str | os.PathLike[str]) -> list[MountEntry]:
+    r = os.path.abspath(os.fspath(root))
+    return [m for m in mounts() if _under(m.mount_point, r)]
+
+
+def loop_devices() -> dict[str, str]:
+    """Map loop device -> backing file (without a trailing ' (deleted)')."""
+    out = subprocess.run(
+        ["losetup", "--list", "--json"], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, str] = {}
+    if not out.strip():
+        return result
+    for dev in json.loads(out).get("loopdevices", []):
+        back = dev.get("back-file") or ""
+        if back.endswith(" (deleted)"):
+            back = back[: -len(" (deleted)")]
+        result[dev["name"]] = back
+    return result
+
+
+def loops_under(root: str | os.PathLike[str]) -> dict[str, str]:
+    r = os.path.abspath(os.fspath(root))
+    return {dev: back for dev, back in loop_devices().items() if _under(back, r)}
+
+
+def loops_for_file(path: str | os.PathLike[str]) -> str:
+    """Output of ``losetup -j FILE`` (empty when nothing backs it)."""
+    return subprocess.run(
+        ["losetup", "-j", os.fspath(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def files_under(root: str | os.PathLike[str]) -> set[str]:
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(os.fspath(root)):
+        for name in filenames + dirnames:
+            found.add(os.path.join(dirpath, name))
+    return found
+
+
+def _umount(path: str) -> None:
+    if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def cleanup_root(root: str, own_mounts: Iterable[str] = (), own_loops: Iterable[str] = ()) -> None:
+    """Remove everything a fixture created under ``root``, and only that.
+
+    Agent-made mounts go first (deepest first), then loop devices whose backing
+    file lives under ``root`` (the agent's images), then the fixture's own
+    mounts and loop devices, then the directory itself.
+    """
+    keep = {os.path.abspath(m) for m in own_mounts}
+    own = set(own_loops)
+    for _ in range(3):
+        pending = [m for m in mounts_under(root) if m.mount_point not in keep]
+        if not pending:
+            break
+        for m in sorted(pending, key=lambda e: e.mount_point.count("/"), reverse=True):
+            _umount(m.mount_point)
+    for dev in loops_under(root):
+        if dev not in own:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+    for mp in sorted(keep, key=lambda p: p.count("/"), reverse=True):
+        while is_mounted(mp):
+            before = len(mounts_at(mp))
+            _umount(mp)
+            if len(mounts_at(mp)) >= before:
+                break
+    for dev in list(own) + list(loops_under(root)):
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    if mounts_under(root):
+        # Never rmtree through a live mount.
+        print(f"conformance cleanup: mounts left under {root}; not removing it", file=sys.stderr)
+        return
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# data helpers
+# --------------------------------------------------------------------------
+
+
+def pattern(size: int, seed: str) -> bytes:
+    """Deterministic, incompressible-looking bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def write_file(path: str | os.PathLike[str], data: bytes) -> None:
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    with open(os.fspath(path), "rb") as fh:
+        return fh.read()
+
+
+def write_block(dev: str | os.PathLike[str], data: bytes, offset: int = 0) -> None:
+    fd = os.open(os.fspath(dev), os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_block(dev: str | os.PathLike[str], size: int, offset: int = 0) -> bytes:
+    fd = os.open(os.fspath(dev), os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def fs_total_bytes(path: str | os.PathLike[str]) -> int:
+    st = os.statvfs(os.fspath(path))
+    return st.f_blocks * st.f_frsize
+
+
+def assert_erofs(path: str | os.PathLike[str]) -> None:
+    try:
+        write_file(os.path.join(os.fspath(path), "must-fail"), b"x")
+    except OSError as err:
+        assert err.errno == errno.EROFS, f"write failed with {err!r}, expected EROFS"
+        return
+    pytest.fail(f"write to read-only publication {path} succeeded")
+
+
+def is_block_device(path: str | os.PathLike[str]) -> bool:
+    return stat.S_ISBLK(os.stat(os.fspath(path)).st_mode)
+
+
+# --------------------------------------------------------------------------
+# the agent process
+# --------------------------------------------------------------------------
+
+
+_SHIM_DIR: list[str] = []
+
+
+def _import_shim() -> list[str]:
+    """A PYTHONPATH entry that makes the working tree's agent importable.
+
+    The installed layout maps ``agent/basalt_agent`` to ``basalt_agent`` and
+    ``plugins/module_utils`` to ``basalt_core``; mirror it with symlinks in a
+    private temporary directory so that the agent under test is always this
+    working tree's code, installed or not.
+    """
+    if not _SHIM_DIR:
+        shim = tempfile.mkdtemp(prefix="basalt-conformance-pypath-", dir="/tmp")
+        os.symlink(AGENT_SRC / "basalt_agent", os.path.join(shim, "basalt_agent"))
+        os.symlink(REPO_ROOT / "plugins" / "module_utils", os.path.join(shim, "basalt_core"))
+        atexit.register(shutil.rmtree, shim, True)
+        _SHIM_DIR.append(shim)
+    return [_SHIM_DIR[0]]
+
+
+def agent_env() -> dict[str, str]:
+    env = dict(os.environ)
+    parts = _import_shim()
+    if env.get("PYTHONPATH"):
+        parts.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def make_root(tag: str) -> str:
+    return tempfile.mkdtemp(prefix=f"basalt-conformance-{tag}-", dir="/tmp")
+
+
+class Agent:
+    """A running ``python3 -m basalt_agent`` and gRPC stubs talking to it."""
+
+    def __init__(
+        self,
+        root: str,
+        pool: str,
+        node_id: str | None = None,
+        services: str | None = None,
+        capacity_limit: int | None = None,
+        extra_args: Iterable[str] = (),
+    ) -> None:
+        self.root = root
+        self.pool = pool
+        self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
+        self.socket = os.path.join(root, "csi.sock")
+        self.state_dir = os.path.join(root, "state")
+        self.log_path = os.path.join(root, "agent.stderr")
+        self.services = services
+        self.capacity_limit = capacity_limit
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+        self.returncode: int | None = None
+        os.makedirs(self.pool, exist_ok=True)
+        os.makedirs(os.path.join(root, "mnt"), exist_ok=True)
+
+    # -- process ----------------------------------------------------------
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "basalt_agent",
+            "--endpoint", f"unix://{self.socket}",
+            "--node-id", self.node_id,
+            "--pool", f"file:{self.pool}",
+            "--state-dir", self.state_dir,
+            "--log-level", "debug",
+        ]
+        if self.services:
+            cmd += ["--services", self.services]
+        if self.capacity_limit is not None:
+            cmd += ["--pool-capacity-limit", str(self.capacity_limit)]
+        return cmd + self.extra_args
+
+    def start(self, wait_ready: bool = True) -> Agent:
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=agent_env(), cwd=self.root,
+            )
+        finally:
+            log.close()
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
+        self.identity = TimedStub(csi_grpc.IdentityStub(self.channel))
+        self.ctl = TimedStub(csi_grpc.ControllerStub(self.channel))
+        self.node = TimedStub(csi_grpc.NodeStub(self.channel))
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = "socket never appeared"
+        assert self.proc is not None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"agent exited with {self.proc.returncode} during start-up; stderr:\n"
+                    f"{self.log()[-4000:]}"
+                )
+            if os.path.exists(self.socket):
+                try:
+                    resp = self.identity.Probe(csi.ProbeRequest(), timeout=2)
+                    if not resp.HasField("ready") or resp.ready.value:
+                        return
+                    last = "Probe answered ready=false"
+                except grpc.RpcError as err:
+                    if err.code() == SC.UNIMPLEMENTED:  # identity not served
+                        return
+                    last = f"Probe: {err.code().name} {err.details()}"
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"agent not ready after {timeout}s ({last}); stderr:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.returncode = self.proc.returncode
+        self.proc = None
+        return self.returncode
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+
+    # -- convenience --------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        """A fresh path under the agent's tmp tree (parent created, leaf not)."""
+        p = os.path.join(self.root, "mnt", uuid.uuid4().hex[:10], *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    def staging_dir(self) -> str:
+        """A staging path as a CO makes it: an existing directory."""
+        p = self.path("globalmount")
+        os.makedirs(p)
+        return p
+
+    def create_volume(
+        self,
+        size: int | None = 16 * MiB,
+        cap: Any = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        req = csi.CreateVolumeRequest(
+            name=name or unique(),
+            volume_capabilities=[cap if cap is not None else mount_cap()],
+            **kwargs,
+        )
+        if size is not None:
+            req.capacity_range.CopyFrom(exact(size))
+        return self.ctl.CreateVolume(req).volume
+
+    def stage(self, volume_id: str, cap: Any, staging: str | None = None, **kw: Any) -> str:
+        staging = staging or self.staging_dir()
+        self.node.NodeStageVolume(
+            csi.NodeStageVolumeRequest(
+                volume_id=volume_id, staging_target_path=staging, volume_capability=cap, **kw
+            )
+        )
+        return staging
+
+    def publish(
+        self, volume_id: str, cap: Any, staging: str, target: str | None = None,
+        readonly: bool = False, **kw: Any,
+    ) -> str:
+        target = target or self.path("mount")
+        self.node.NodePublishVolume(
+            csi.NodePublishVolumeRequest(
+                volume_id=volume_id, staging_target_path=staging, target_path=target,
+                volume_capability=cap, readonly=readonly, **kw,
+            )
+        )
+        return target
+
+    def unpublish(self, volume_id: str, target: str) -> None:
+        self.node.NodeUnpublishVolume(
+            csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
+        )
+
+    def unstage(self, volume_id: str, staging: str) -> None:
+        self.node.NodeUnstageVolume(
+            csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
+        )
+
+    def list_all_volumes(self) -> list[Any]:
+        entries, token = [], ""
+        for _ in range(10_000):
+            resp = self.ctl.ListVolumes(csi.ListVolumesRequest(max_entries=50, starting_token=token))
+            entries += list(resp.entries)
+            token = resp.next_token
+            if not token:
+                return entries
+        pytest.fail("ListVolumes pagination never ended")
+
+
+@dataclass
+class Attached:
+    """A volume staged (and optionally published) through the agent."""
+
+    volume_id: str
+    staging: str
+    image: str | None
+    target: str | None = None
+    publish_context: dict[str, str] = field(default_factory=dict)
+
+
+def stage_tracking_image(agent: Agent, volume_id: str, cap: Any, **kw: Any) -> Attached:
+    """NodeStage and find out which pool file the new loop device is backed by."""
+    before = loops_under(agent.pool)
+    staging = agent.stage(volume_id, cap, **kw)
+    new = {d: b for d, b in loops_under(agent.pool).items() if d not in before}
+    assert len(new) == 1, f"expected one new loop device backed by the pool, got {new}"
+    return Attached(volume_id=volume_id, staging=staging, image=next(iter(new.values())))
+
+
+def retry_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def iter_log_records(text: str) -> Iterator[dict[str, Any]]:
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
+
+def bring_up(
+    agent: Agent, vol: Any, cap: Any, publish: bool = True, readonly: bool = False
+) -> Attached:
+    """ControllerPublish, NodeStage and (optionally) NodePublish, like a CO does."""
+    ctx = agent.ctl.ControllerPublishVolume(
+        csi.ControllerPublishVolumeRequest(
+            volume_id=vol.volume_id, node_id=agent.node_id, volume_capability=cap,
+            readonly=readonly, volume_context=vol.volume_context,
+        )
+    ).publish_context
+    att = stage_tracking_image(
+        agent, vol.volume_id, cap, publish_context=ctx, volume_context=vol.volume_context
+    )
+    att.publish_context = dict(ctx)
+    if publish:
+        att.target = agent.publish(
+            vol.volume_id, cap, att.staging, readonly=readonly,
+            publish_context=ctx, volume_context=vol.volume_context,
+        )
+    return att
+
+
+def tear_down(agent: Agent, att: Attached) -> None:
+    """NodeUnpublish, NodeUnstage and ControllerUnpublish; checks the loop device is gone."""
+    if att.target:
+        agent.unpublish(att.volume_id, att.target)
+        assert not os.path.lexists(att.target), "NodeUnpublish must remove the target path"
+    agent.unstage(att.volume_id, att.staging)
+    assert not is_mounted(att.staging)
+    if att.image:
+        assert loops_for_file(att.image) == "", f"loop device still backs {att.image}"
+    agent.ctl.ControllerUnpublishVolume(
+        csi.ControllerUnpublishVolumeRequest(volume_id=att.volume_id, node_id=agent.node_id)
+    )

@@ -1,0 +1,539 @@
+"""Node service against real loop devices, filesystems and mounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import grpc
+import pytest
+from basalt_csi_testlib import (
+    AM,
+    EPHEMERAL_KEY,
+    SC,
+    XFS_MIN,
+    Agent,
+    Attached,
+    MiB,
+    block_cap,
+    bring_up,
+    code_of,
+    crange,
+    csi,
+    expect_code,
+    files_under,
+    fs_total_bytes,
+    is_block_device,
+    is_mounted,
+    loops_for_file,
+    loops_under,
+    mount_cap,
+    mounts_at,
+    pattern,
+    read_block,
+    read_file,
+    stage_tracking_image,
+    tear_down,
+    top_mount,
+    unique,
+    write_block,
+    write_file,
+)
+
+Usage = csi.VolumeUsage
+
+
+def stats(agent: Agent, volume_id: str, path: str, staging: str = "") -> Any:
+    return agent.node.NodeGetVolumeStats(
+        csi.NodeGetVolumeStatsRequest(
+            volume_id=volume_id, volume_path=path, staging_target_path=staging
+        )
+    )
+
+
+def usage_by_unit(resp: Any) -> dict[int, Any]:
+    return {u.unit: u for u in resp.usage}
+
+
+def ctl_expand(agent: Agent, volume_id: str, size: int, cap: Any) -> Any:
+    return agent.ctl.ControllerExpandVolume(
+        csi.ControllerExpandVolumeRequest(
+            volume_id=volume_id, capacity_range=crange(size), volume_capability=cap
+        )
+    )
+
+
+def node_expand(agent: Agent, att: Attached, size: int, cap: Any) -> Any:
+    return agent.node.NodeExpandVolume(
+        csi.NodeExpandVolumeRequest(
+            volume_id=att.volume_id,
+            volume_path=att.target or att.staging,
+            staging_target_path=att.staging,
+            capacity_range=crange(size),
+            volume_capability=cap,
+        )
+    )
+
+
+# --------------------------------------------------------------------------
+# mount volumes
+# --------------------------------------------------------------------------
+
+
+def test_ext4_mount_lifecycle(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    assert att.image and os.path.isfile(att.image)
+    assert top_mount(att.staging).fstype == "ext4"
+
+    target = agent.publish(vol.volume_id, cap, att.staging, publish_context=att.publish_context)
+    att.target = target
+    assert os.path.isdir(target)
+    assert top_mount(target).fstype == "ext4"
+    data = pattern(256 * 1024, vol.volume_id)
+    write_file(os.path.join(target, "payload"), data)
+    # the bind mount and the staging mount are the same filesystem
+    assert read_file(os.path.join(att.staging, "payload")) == data
+
+    agent.unpublish(vol.volume_id, target)
+    assert not os.path.lexists(target)
+    assert is_mounted(att.staging), "NodeUnpublish must not unstage"
+    att.target = None
+    tear_down(agent, att)
+    agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
+    assert not os.path.exists(att.image), "DeleteVolume must remove the image"
+
+
+def test_xfs_mount(agent: Agent) -> None:
+    cap = mount_cap("xfs")
+    vol = agent.create_volume(XFS_MIN, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    assert top_mount(att.staging).fstype == "xfs"
+    assert top_mount(att.target).fstype == "xfs"
+    write_file(os.path.join(att.target, "f"), b"xfs")
+    tear_down(agent, att)
+
+
+def test_default_fs_is_ext4(agent: Agent) -> None:
+    cap = mount_cap("")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    assert top_mount(att.staging).fstype == "ext4"
+    tear_down(agent, att)
+
+
+def test_restage_never_reformats(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    data = pattern(64 * 1024, "keep")
+    write_file(os.path.join(att.staging, "keep"), data)
+    tear_down(agent, att)
+    att2 = bring_up(agent, vol, cap)
+    assert att2.target
+    assert read_file(os.path.join(att2.target, "keep")) == data
+    tear_down(agent, att2)
+
+
+def test_stage_with_other_fs_type_keeps_data(agent: Agent) -> None:
+    ext4 = mount_cap("ext4")
+    vol = agent.create_volume(XFS_MIN, cap=ext4)
+    att = bring_up(agent, vol, ext4, publish=False)
+    data = pattern(4096, "fs-mismatch")
+    write_file(os.path.join(att.staging, "data"), data)
+    tear_down(agent, att)
+
+    wrong_staging = agent.staging_dir()
+    code, res = code_of(
+        agent.node.NodeStageVolume,
+        csi.NodeStageVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=wrong_staging,
+            volume_capability=mount_cap("xfs"),
+        ),
+    )
+    if code == SC.OK:
+        agent.unstage(vol.volume_id, wrong_staging)
+        pytest.fail("NodeStage as xfs of an ext4 volume must fail (it would reformat or lie)")
+    assert code != SC.UNKNOWN, res.details()
+    assert res.details(), "error needs a message"
+    assert not is_mounted(wrong_staging), "a failed NodeStage left a mount behind"
+    assert att.image and loops_for_file(att.image) == "", "a failed NodeStage left a loop device"
+
+    att2 = bring_up(agent, vol, ext4, publish=False)
+    assert top_mount(att2.staging).fstype == "ext4"
+    assert read_file(os.path.join(att2.staging, "data")) == data
+    tear_down(agent, att2)
+
+
+def test_mount_flags_applied_at_stage(agent: Agent) -> None:
+    cap = mount_cap("ext4", flags=["noatime"])
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    assert "noatime" in top_mount(att.staging).options
+    tear_down(agent, att)
+
+
+def test_readonly_publish(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    write_file(os.path.join(att.staging, "before"), b"hello")
+    ro_target = agent.publish(vol.volume_id, cap, att.staging, readonly=True)
+    assert "ro" in top_mount(ro_target).options
+    assert read_file(os.path.join(ro_target, "before")) == b"hello"
+    with pytest.raises(OSError) as info:
+        write_file(os.path.join(ro_target, "must-fail"), b"x")
+    assert info.value.errno == 30, f"expected EROFS, got {info.value!r}"  # EROFS
+    # the staging mount itself stays writable
+    write_file(os.path.join(att.staging, "after"), b"still rw")
+    att.target = ro_target
+    tear_down(agent, att)
+
+
+def test_publish_without_staging_path(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    expect_code(
+        agent.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, target_path=agent.path("mount"), volume_capability=cap
+        ),
+        SC.FAILED_PRECONDITION,
+    )
+
+
+def test_single_writer_second_target_refused(agent: Agent) -> None:
+    cap = mount_cap("ext4", mode=AM.SINGLE_NODE_SINGLE_WRITER)
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    second = agent.path("mount")
+    expect_code(
+        agent.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=att.staging, target_path=second,
+            volume_capability=cap,
+        ),
+        SC.FAILED_PRECONDITION,
+    )
+    assert not is_mounted(second)
+    tear_down(agent, att)
+
+
+def test_multi_writer_second_target_allowed(agent: Agent) -> None:
+    cap = mount_cap("ext4", mode=AM.SINGLE_NODE_MULTI_WRITER)
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    second = agent.publish(vol.volume_id, cap, att.staging)
+    write_file(os.path.join(att.target, "shared"), b"both see this")
+    assert read_file(os.path.join(second, "shared")) == b"both see this"
+    agent.unpublish(vol.volume_id, second)
+    assert not os.path.lexists(second)
+    assert is_mounted(att.target)
+    tear_down(agent, att)
+
+
+def test_republish_same_target(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    agent.publish(vol.volume_id, cap, att.staging, target=att.target)
+    assert len(mounts_at(att.target)) == 1, "republish stacked a second mount"
+    expect_code(
+        agent.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=att.staging, target_path=att.target,
+            volume_capability=cap, readonly=True,
+        ),
+        SC.ALREADY_EXISTS,
+    )
+    assert len(mounts_at(att.target)) == 1
+    tear_down(agent, att)
+
+
+def test_restage_with_other_capability(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    agent.stage(vol.volume_id, cap, staging=att.staging)
+    assert len(mounts_at(att.staging)) == 1
+    expect_code(
+        agent.node.NodeStageVolume,
+        csi.NodeStageVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=att.staging, volume_capability=block_cap()
+        ),
+        SC.ALREADY_EXISTS,
+    )
+    assert len(mounts_at(att.staging)) == 1
+    tear_down(agent, att)
+
+
+def test_stage_missing_volume(agent: Agent) -> None:
+    expect_code(
+        agent.node.NodeStageVolume,
+        csi.NodeStageVolumeRequest(
+            volume_id=unique("missing"), staging_target_path=agent.staging_dir(),
+            volume_capability=mount_cap(),
+        ),
+        SC.NOT_FOUND,
+    )
+
+
+def test_publish_missing_volume(agent: Agent) -> None:
+    expect_code(
+        agent.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=unique("missing"), staging_target_path=agent.staging_dir(),
+            target_path=agent.path("mount"), volume_capability=mount_cap(),
+        ),
+        SC.NOT_FOUND,
+    )
+
+
+# --------------------------------------------------------------------------
+# block volumes
+# --------------------------------------------------------------------------
+
+
+def test_block_lifecycle(agent: Agent) -> None:
+    cap = block_cap()
+    size = 8 * MiB
+    vol = agent.create_volume(size, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    target = agent.publish(vol.volume_id, cap, att.staging)
+    att.target = target
+    assert is_block_device(target)
+    assert is_mounted(target)
+    data = pattern(64 * 1024, "block")
+    write_block(target, data, offset=MiB)
+    assert read_block(target, len(data), offset=MiB) == data
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_END) == size
+    finally:
+        os.close(fd)
+
+    resp = stats(agent, vol.volume_id, target)
+    units = usage_by_unit(resp)
+    assert Usage.BYTES in units
+    assert units[Usage.BYTES].total == size
+    assert Usage.INODES not in units
+
+    tear_down(agent, att)
+    # data survives a full detach / re-attach
+    att2 = bring_up(agent, vol, cap)
+    assert att2.target
+    assert read_block(att2.target, len(data), offset=MiB) == data
+    tear_down(agent, att2)
+
+
+# --------------------------------------------------------------------------
+# NodeGetVolumeStats
+# --------------------------------------------------------------------------
+
+
+def test_stats_mount(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    size = 16 * MiB
+    vol = agent.create_volume(size, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    write_file(os.path.join(att.target, "used"), pattern(2 * MiB, "used"))
+    for path in (att.target, att.staging):
+        resp = stats(agent, vol.volume_id, path, staging=att.staging)
+        units = usage_by_unit(resp)
+        b, i = units[Usage.BYTES], units[Usage.INODES]
+        assert size // 2 <= b.total <= size, b
+        assert 2 * MiB <= b.used <= b.total
+        assert 0 < b.available <= b.total
+        assert i.total > 0 and 0 < i.used <= i.total and i.available <= i.total
+        assert resp.volume_condition.abnormal is False
+    tear_down(agent, att)
+
+
+def test_stats_wrong_path(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol_a = agent.create_volume(8 * MiB, cap=cap)
+    vol_b = agent.create_volume(8 * MiB, cap=cap)
+    att_a = bring_up(agent, vol_a, cap)
+    att_b = bring_up(agent, vol_b, cap)
+    assert att_a.target and att_b.target
+    expect_code(agent.node.NodeGetVolumeStats,
+                csi.NodeGetVolumeStatsRequest(volume_id=vol_a.volume_id,
+                                              volume_path=att_b.target),
+                SC.NOT_FOUND)
+    not_a_mount = agent.path("nothing")
+    os.makedirs(not_a_mount)
+    expect_code(agent.node.NodeGetVolumeStats,
+                csi.NodeGetVolumeStatsRequest(volume_id=vol_a.volume_id,
+                                              volume_path=not_a_mount),
+                SC.NOT_FOUND)
+    expect_code(agent.node.NodeGetVolumeStats,
+                csi.NodeGetVolumeStatsRequest(volume_id=vol_a.volume_id,
+                                              volume_path=agent.path("does-not-exist")),
+                SC.NOT_FOUND)
+    expect_code(agent.node.NodeGetVolumeStats,
+                csi.NodeGetVolumeStatsRequest(volume_id=unique("missing"),
+                                              volume_path=att_a.target),
+                SC.NOT_FOUND)
+    tear_down(agent, att_a)
+    tear_down(agent, att_b)
+
+
+def test_stats_abnormal_when_mount_disappears(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    # pull the publication away behind the agent's back (a mount it made for us)
+    subprocess.run(["umount", "-l", att.target], check=True)
+    assert not is_mounted(att.target)
+    resp = stats(agent, vol.volume_id, att.target, staging=att.staging)
+    assert resp.volume_condition.abnormal is True
+    assert resp.volume_condition.message
+    tear_down(agent, att)
+
+
+# --------------------------------------------------------------------------
+# expansion
+# --------------------------------------------------------------------------
+
+
+def test_xfs_online_expand(agent: Agent) -> None:
+    cap = mount_cap("xfs")
+    vol = agent.create_volume(XFS_MIN, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    before = fs_total_bytes(att.target)
+    new_size = XFS_MIN + 100 * MiB
+    resp = ctl_expand(agent, vol.volume_id, new_size, cap)
+    assert resp.capacity_bytes == new_size and resp.node_expansion_required
+    nresp = node_expand(agent, att, new_size, cap)
+    assert nresp.capacity_bytes in (0, new_size)
+    after = fs_total_bytes(att.target)
+    assert after >= before + 90 * MiB, (before, after)
+    tear_down(agent, att)
+
+
+def test_ext4_online_expand(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    data = pattern(4096, "ext4-online")
+    write_file(os.path.join(att.target, "d"), data)
+    before = fs_total_bytes(att.target)
+    ctl_expand(agent, vol.volume_id, 48 * MiB, cap)
+    code, res = code_of(agent.node.NodeExpandVolume, csi.NodeExpandVolumeRequest(
+        volume_id=vol.volume_id, volume_path=att.target, staging_target_path=att.staging,
+        capacity_range=crange(48 * MiB), volume_capability=cap,
+    ))
+    if code == SC.OK:
+        assert fs_total_bytes(att.target) >= before + 24 * MiB
+    else:
+        # resize2fs online needs CAP_SYS_RESOURCE, which this VM lacks
+        assert code != SC.UNKNOWN, res.details()
+        msg = (res.details() or "").lower()
+        assert any(w in msg for w in ("resize", "online", "grow", "expand")), res.details()
+    assert read_file(os.path.join(att.target, "d")) == data
+    tear_down(agent, att)
+    # offline path: the next NodeStage grows the filesystem
+    att2 = bring_up(agent, vol, cap)
+    assert att2.target
+    assert fs_total_bytes(att2.target) >= before + 24 * MiB
+    assert read_file(os.path.join(att2.target, "d")) == data
+    tear_down(agent, att2)
+
+
+def test_ext4_offline_expand_grown_at_stage(agent: Agent) -> None:
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    data = pattern(8192, "offline")
+    write_file(os.path.join(att.staging, "d"), data)
+    before = fs_total_bytes(att.staging)
+    tear_down(agent, att)
+    resp = ctl_expand(agent, vol.volume_id, 64 * MiB, cap)
+    assert resp.capacity_bytes == 64 * MiB
+    att2 = bring_up(agent, vol, cap, publish=False)
+    after = fs_total_bytes(att2.staging)
+    assert after >= before + 40 * MiB, (before, after)
+    assert read_file(os.path.join(att2.staging, "d")) == data
+    tear_down(agent, att2)
+
+
+def test_block_expand(agent: Agent) -> None:
+    cap = block_cap()
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    ctl_expand(agent, vol.volume_id, 16 * MiB, cap)
+    code, res = code_of(agent.node.NodeExpandVolume, csi.NodeExpandVolumeRequest(
+        volume_id=vol.volume_id, volume_path=att.target, staging_target_path=att.staging,
+        capacity_range=crange(16 * MiB), volume_capability=cap,
+    ))
+    assert code == SC.OK, res.details() if isinstance(res, grpc.RpcError) else res
+    fd = os.open(att.target, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_END) == 16 * MiB
+    finally:
+        os.close(fd)
+    tear_down(agent, att)
+
+
+def test_node_expand_missing_volume(agent: Agent) -> None:
+    expect_code(
+        agent.node.NodeExpandVolume,
+        csi.NodeExpandVolumeRequest(volume_id=unique("missing"), volume_path=agent.path("x"),
+                                    capacity_range=crange(16 * MiB)),
+        SC.NOT_FOUND,
+    )
+
+
+# --------------------------------------------------------------------------
+# ephemeral inline volumes
+# --------------------------------------------------------------------------
+
+
+def test_ephemeral_inline_volume(agent: Agent) -> None:
+    loops_before = loops_under(agent.pool)
+    files_before = files_under(agent.pool)
+    volume_id = unique("csi-eph")
+    target = agent.path("mount")
+    agent.node.NodePublishVolume(
+        csi.NodePublishVolumeRequest(
+            volume_id=volume_id, target_path=target, volume_capability=mount_cap("ext4"),
+            volume_context={EPHEMERAL_KEY: "true", "size": "64Mi",
+                            "csi.storage.k8s.io/pod.name": "p"},
+        )
+    )
+    assert top_mount(target).fstype == "ext4"
+    assert len(loops_under(agent.pool)) == len(loops_before) + 1
+    total = fs_total_bytes(target)
+    assert 32 * MiB <= total <= 64 * MiB
+    write_file(os.path.join(target, "tmp"), b"ephemeral")
+    units = usage_by_unit(stats(agent, volume_id, target))
+    assert 32 * MiB <= units[Usage.BYTES].total <= 64 * MiB
+
+    agent.unpublish(volume_id, target)
+    assert not os.path.lexists(target)
+    assert loops_under(agent.pool) == loops_before
+    assert files_under(agent.pool) == files_before, "the ephemeral volume left files in the pool"
+    assert volume_id not in {e.volume.volume_id for e in agent.list_all_volumes()}
+    # a second unpublish is a no-op
+    agent.unpublish(volume_id, target)
+
+
+def test_stage_tracking_detects_one_device(agent: Agent) -> None:
+    """Sanity check of the helper other tests rely on: one stage, one new loop device."""
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    assert att.image and att.image.startswith(agent.pool + "/")
+    assert loops_for_file(att.image) != ""
+    agent.unstage(vol.volume_id, att.staging)
+    assert loops_for_file(att.image) == ""

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Run a command inside the Basalt test VM (a real Debian kernel under QEMU).
+
+    python3 tests/vm/run_vm.py [--timeout S] [--disks N] -- COMMAND...
+
+Boots the cached image (see build_image.py) with ``-accel tcg`` and no network
+(``-nic none``); the root disk is used through a throw-away overlay
+(``snapshot=on``, kept in a private temporary directory) so the cached image is
+never written.  The project tree is shared read-only over 9p at ``/basalt``
+(the command's working directory); a second, writable 9p share at
+``/results`` carries the request in and the verdict out.  N sparse raw scratch
+disks (``--disk-size`` each) appear as virtio disks with serials
+``scratch0..N-1``.
+
+The guest's exit status is read from ``/results/rc`` (QEMU itself exits 0
+whatever happens inside): a missing rc is a failure.  The guest output
+(serial console) is printed as it comes.  Exit status: the guest command's rc;
+124 when the run timed out (QEMU is killed); 125 when QEMU ended without a
+verdict.  Nothing outlives the run: QEMU runs in its own process group which
+is killed on the way out, and the temporary directory is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_image
+
+REPO = Path(__file__).resolve().parents[2]
+RC_TIMEOUT = 124
+RC_NO_VERDICT = 125
+# Result files copied back to the caller (small text files only).
+MAX_RESULT_BYTES = 1 << 20
+
+
+@dataclass
+class VmResult:
+    """Outcome of one VM run."""
+
+    rc: int
+    verdict: bool  # whether the guest wrote /results/rc
+    timed_out: bool
+    seconds: float
+    console: str
+    files: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+
+def qemu_command(qemu: str, image: build_image.Image, results: Path,
+                 share: Path, disks: list[Path], smp: int,
+                 memory_mib: int) -> list[str]:
+    cmd = [
+        qemu,
+        "-accel", "tcg",
+        "-machine", "pc",
+        "-smp", str(smp),
+        "-m", str(memory_mib),
+        "-nodefaults", "-no-user-config", "-no-reboot",
+        "-display", "none",
+        "-monitor", "none",
+        "-serial", "stdio",
+        "-nic", "none",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initrd),
+        "-append", "console=ttyS0 panic=-1 loglevel=4 "
+                   "rdinit=/init",
+        "-drive", f"file={image.root},format=raw,if=none,id=root,"
+                  "snapshot=on,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root,serial=basalt-root",
+        "-virtfs", f"local,path={share},mount_tag=basalt,"
+                   "security_model=none,readonly=on",
+        "-virtfs", f"local,path={results},mount_tag=results,"
+                   "security_model=none",
+    ]
+    for i, disk in enumerate(disks):
+        cmd += ["-drive", f"file={disk},format=raw,if=none,id=scratch{i},"
+                          "cache=unsafe",
+                "-device", f"virtio-blk-pci,drive=scratch{i},serial=scratch{i}"]
+    return cmd
+
+
+def _pump(stream: TextIO, sink: list[str], echo: TextIO | None) -> None:
+    for line in stream:
+        sink.append(line)
+        if echo is not None:
+            echo.write(line)
+            echo.flush()
+
+
+def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
+           disk_size_mib: int = 1024, smp: int = 2, memory_mib: int = 1536,
+           share: Path = REPO, echo: TextIO | None = sys.stdout,
+           image: build_image.Image | None = None,
+           qemu: str = "qemu-system-x86_64") -> VmResult:
+    """Boot the VM, run `command` (argv) in /basalt, return the verdict.
+
+    `image` defaults to the cached image (built when needed); `qemu` is the
+    emulator binary (the runner's own tests substitute a fake one)."""
+    if image is None:
+        image, _built = build_image.get_image()
+    t0 = time.monotonic()
+    # The guest's own timeout fires first so that it can still write rc=124;
+    # the host kills QEMU a little later if even that does not happen.
+    # Boot takes ~15-20 s under TCG, hence the margin.
+    guest_timeout = int(timeout - 45) if timeout > 90 else max(5, int(timeout / 2))
+    tmp = Path(tempfile.mkdtemp(prefix="basalt-vm-"))
+    proc: subprocess.Popen[str] | None = None
+    try:
+        results = tmp / "results"
+        results.mkdir()
+        (results / "request.sh").write_text(
+            "#!/bin/sh\nexec " + shlex.join(command) + "\n")
+        (results / "request.env").write_text(f"timeout={guest_timeout}\n")
+        scratch = []
+        for i in range(disks):
+            p = tmp / f"scratch{i}.img"
+            with p.open("wb") as f:
+                f.truncate(disk_size_mib << 20)
+            scratch.append(p)
+        cmd = qemu_command(qemu, image, results, share.resolve(), scratch,
+                           smp, memory_mib)
+        env = dict(os.environ, TMPDIR=str(tmp))  # where snapshot=on's overlay goes
+        lines: list[str] = []
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=env,
+                                start_new_session=True)
+        assert proc.stdout is not None
+        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo),
+                                daemon=True)
+        pump.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+        pump.join(timeout=10)
+        seconds = time.monotonic() - t0
+        files = _collect(results)
+        rc_text = files.get("rc", "").strip()
+        console = "".join(lines)
+        if timed_out:
+            return VmResult(RC_TIMEOUT, bool(rc_text), True, seconds, console,
+                            files, f"run_vm: timed out after {timeout:.0f} s; "
+                                   "QEMU killed")
+        if not rc_text.lstrip("-").isdigit():
+            return VmResult(RC_NO_VERDICT, False, False, seconds, console, files,
+                            f"run_vm: QEMU exited ({proc.returncode}) without a "
+                            "verdict (no /results/rc): counted as failure")
+        rc = int(rc_text)
+        return VmResult(rc, True, False, seconds, console, files,
+                        f"run_vm: guest command exited {rc} "
+                        f"({seconds:.1f} s with boot and power-off)")
+    finally:
+        if proc is not None and proc.poll() is None:
+            _kill_group(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _collect(results: Path) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for p in sorted(results.rglob("*")):
+        if p.is_file() and p.stat().st_size <= MAX_RESULT_BYTES:
+            files[str(p.relative_to(results))] = p.read_text(errors="replace")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run COMMAND inside the Basalt test VM "
+                    "(project tree at /basalt).")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds for boot + command + power-off "
+                             "(default 600)")
+    parser.add_argument("--disks", type=int, default=0,
+                        help="number of sparse scratch disks (serial scratchN)")
+    parser.add_argument("--disk-size", type=int, default=1024,
+                        help="size of each scratch disk in MiB (default 1024)")
+    parser.add_argument("--smp", type=int, default=2)
+    parser.add_argument("--memory", type=int, default=1536, help="MiB")
+    parser.add_argument("--results-dir", type=Path,
+                        help="copy the guest's result files here")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no COMMAND given (put it after --)")
+    build_image.ensure_host_tools()  # apt-get installs QEMU etc. if missing
+    result = run_vm(command, timeout=args.timeout, disks=args.disks,
+                    disk_size_mib=args.disk_size, smp=args.smp,
+                    memory_mib=args.memory)
+    if args.results_dir is not None:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in result.files.items():
+            dest = args.results_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+    print(result.message, file=sys.stderr)
+    return result.rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The VM tier: storage paths proven on a real Linux kernel under QEMU (TCG).
+
+The machines this project runs on have no device-mapper, LIO or kernel iSCSI
+initiator, so these tests boot Debian's stock kernel in QEMU (image built from
+Debian's packages by build_image.py, cached in /var/cache/basalt-vm) and run
+the checks of tests/vm/guest/ inside it.  The verdict of every run comes from
+the result file the guest writes, never from QEMU's exit status.
+
+The runner's own behaviour on timeouts and missing verdicts is also tested
+with a fake QEMU, which needs no image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import build_image
+import pytest
+import run_vm
+
+pytestmark = pytest.mark.vm
+
+REAL_CHECKS = ["lvm_linear", "lvm_thin", "lvm_cow", "iscsi_lio"]
+RUN_CHECKS = "tests/vm/guest/run_checks.sh"
+
+
+def _tail(text: str, lines: int = 80) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _check_lines(result: run_vm.VmResult) -> dict[str, str]:
+    """{check: PASS|FAIL} from the guest's checks.txt (result share)."""
+    verdicts: dict[str, str] = {}
+    for line in result.files.get("checks.txt", "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "BASALT-CHECK":
+            verdicts[parts[1]] = parts[2]
+    return verdicts
+
+
+@pytest.fixture(scope="session")
+def image() -> build_image.Image:
+    missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(
+            "VM tier needs " + ", ".join(missing)
+            + ": apt-get install -y qemu-system-x86 debootstrap (or run python3 tests/vm/build_image.py as root)"
+        )
+    cached = build_image.load_image(build_image.image_dir(build_image.cache_key()))
+    if cached is None and os.geteuid() != 0:
+        pytest.skip("VM tier: building the image needs root (debootstrap)")
+    t0 = time.monotonic()
+    img, built = build_image.get_image()
+    print(f"VM image {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")
+    return img
+
+
+def test_real_kernel_storage_checks(image: build_image.Image) -> None:
+    """LVM linear/thin/COW snapshot and LIO + open-iscsi, in one boot."""
+    result = run_vm.run_vm(
+        ["sh", RUN_CHECKS, *REAL_CHECKS], timeout=600, disks=5, image=image, echo=None
+    )
+    print(result.console)
+    verdicts = _check_lines(result)
+    assert result.verdict, f"{result.message}\n{_tail(result.console)}"
+    for check in REAL_CHECKS:
+        assert verdicts.get(check) == "PASS", f"check {check}: {verdicts.get(check)}\n{_tail(result.console)}"
+    assert result.rc == 0, result.message
+
+
+def test_self_test_failing_check_fails_the_run(image: build_image.Image) -> None:
+    """A check that fails inside the VM makes the run fail on the host."""
+    result = run_vm.run_vm(["sh", RUN_CHECKS, "fail"], timeout=300, image=image, echo=None)
+    assert result.verdict, f"{result.message}\n{_tail(result.console)}"
+    assert _check_lines(result) == {"fail": "FAIL"}
+    assert result.rc != 0
+    assert "check_fail: failing on purpose" in result.console
+
+
+def test_guest_dying_without_verdict_is_a_failure(image: build_image.Image) -> None:
+    """The guest powers off before writing rc: QEMU exits 0, the run fails."""
+    result = run_vm.run_vm(
+        ["sh", "-c", "sync; echo o > /proc/sysrq-trigger; sleep 60"], timeout=300, image=image, echo=None
+    )
+    assert not result.verdict
+    assert not result.timed_out
+    assert result.rc == run_vm.RC_NO_VERDICT, result.message
+
+
+# --- the runner itself, with a fake QEMU (no image, no VM) -------------------
+
+
+def _fake_image(tmp_path: Path) -> build_image.Image:
+    files = {}
+    for name in ("vmlinuz", "initrd.img", "root.img"):
+        files[name] = tmp_path / name
+        files[name].write_text("")
+    return build_image.Image(tmp_path, files["vmlinuz"], files["initrd.img"], files["root.img"], {})
+
+
+def _fake_qemu(tmp_path: Path, body: str) -> str:
+    """A stand-in for qemu-system-x86_64: $RESULTS is the results share."""
+    script = tmp_path / "fake-qemu"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$TMPDIR" > {tmp_path}/tmpdir\n'
+        'RESULTS=$(printf "%s\\n" "$@" | sed -n "s/.*path=\\([^,]*\\),mount_tag=results.*/\\1/p")\n'
+        + body
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def test_runner_reads_the_verdict_file(tmp_path: Path) -> None:
+    qemu = _fake_qemu(tmp_path, 'cat "$RESULTS/request.sh"; echo 7 > "$RESULTS/rc"\n')
+    result = run_vm.run_vm(["echo", "a b"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.verdict, result.timed_out) == (7, True, False)
+    assert "exec echo 'a b'" in result.console
+    assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
+
+
+def test_runner_missing_verdict_is_a_failure(tmp_path: Path) -> None:
+    qemu = _fake_qemu(tmp_path, "exit 0\n")
+    result = run_vm.run_vm(["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.verdict) == (run_vm.RC_NO_VERDICT, False)
+    assert "without a verdict" in result.message
+
+
+def test_runner_kills_everything_on_timeout(tmp_path: Path) -> None:
+    qemu = _fake_qemu(tmp_path, f"sleep 1000 &\necho $! > {tmp_path}/child\nwait\n")
+    t0 = time.monotonic()
+    result = run_vm.run_vm(["true"], timeout=2, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert time.monotonic() - t0 < 30
+    assert (result.rc, result.timed_out) == (run_vm.RC_TIMEOUT, True)
+    assert "timed out" in result.message
+    child = int((tmp_path / "child").read_text())
+    for _ in range(50):  # the killed child may take a moment to be reaped by init
+        if not Path(f"/proc/{child}").exists() or "Z" in _proc_state(child):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"fake QEMU's child {child} outlived the run")
+    assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
