@@ -18,13 +18,14 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from google.protobuf import descriptor as _descriptor
+
 from basalt_agent.proto import (
     csi_pb2,
     csi_pb2_grpc,
     pluginregistration_pb2,
     pluginregistration_pb2_grpc,
 )
-from google.protobuf import descriptor as _descriptor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = REPO_ROOT / "agent"

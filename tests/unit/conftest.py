@@ -1,0 +1,56 @@
+"""Unit-test fixtures: a scripted command runner for the core's tool wrappers.
+
+Each case lists the exact argv the core must run and the output the real
+tool gave (recorded on Debian 12 / util-linux 2.38, e2fsprogs 1.47, xfsprogs 6.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import pytest
+
+from basalt_core.errors import CommandFailed
+from basalt_core.runner import CommandResult
+
+# (argv, rc, stdout, stderr)
+Call = Tuple[List[str], int, str, str]
+
+
+@dataclass
+class ScriptedRunner:
+    """Stands in for basalt_core.runner.run and checks the calls, in order."""
+
+    script: List[Call]
+    ran: List[List[str]] = field(default_factory=list)
+
+    def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
+                 **_: Any) -> CommandResult:
+        assert self.script, f"unexpected command {list(argv)}"
+        expected, rc, stdout, stderr = self.script.pop(0)
+        assert list(argv) == expected
+        self.ran.append(list(argv))
+        if check and rc != 0:
+            raise CommandFailed(argv, rc, stderr, what)
+        return CommandResult(list(argv), rc, stdout, stderr)
+
+
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount")
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``script(calls)`` installs a ScriptedRunner in every tool module and returns it."""
+    runners: Dict[str, ScriptedRunner] = {}
+
+    def install(calls: List[Call]) -> ScriptedRunner:
+        runner = ScriptedRunner(list(calls))
+        for name in MODULES_USING_RUN:
+            monkeypatch.setattr(f"basalt_core.{name}.run", runner)
+        runners["current"] = runner
+        return runner
+
+    yield install
+    if "current" in runners:
+        assert runners["current"].script == [], "commands expected but never run"

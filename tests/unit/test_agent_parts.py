@@ -1,0 +1,143 @@
+"""The agent's own pieces: paging tokens, request validation, locks, log redaction, settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import List, Tuple
+
+import grpc
+import pytest
+
+from basalt_agent import config
+from basalt_agent.errors import RpcFailure
+from basalt_agent.locks import ObjectLocks
+from basalt_agent.logs import JsonFormatter, redacted
+from basalt_agent.paging import page
+from basalt_agent.proto import csi_pb2
+from basalt_agent.validation import capability, required_path, required_string, volume_parameters
+
+Mode = csi_pb2.VolumeCapability.AccessMode.Mode
+ITEMS: List[Tuple[float, str]] = [(1.0, "a"), (2.0, "b"), (2.0, "c"), (3.0, "d")]
+
+
+def key(item: Tuple[float, str]) -> Tuple[float, str]:
+    return item
+
+
+def test_paging_walks_everything_once() -> None:
+    seen, token = [], ""
+    while True:
+        items, token = page(ITEMS, key, 3, token)
+        seen += items
+        if not token:
+            break
+    assert seen == ITEMS
+
+
+def test_paging_survives_a_deletion_between_pages() -> None:
+    first, token = page(ITEMS, key, 2, "")
+    rest, _ = page([i for i in ITEMS if i != (2.0, "c")], key, 0, token)
+    assert first + rest == [(1.0, "a"), (2.0, "b"), (3.0, "d")]
+
+
+@pytest.mark.parametrize("token", ["garbage", "1.0", "x/y", "/a"])
+def test_foreign_token_is_aborted(token: str) -> None:
+    with pytest.raises(RpcFailure) as caught:
+        page(ITEMS, key, 1, token)
+    assert caught.value.code == grpc.StatusCode.ABORTED
+
+
+def test_negative_max_entries_is_invalid() -> None:
+    with pytest.raises(RpcFailure) as caught:
+        page(ITEMS, key, -1, "")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(RpcFailure) as caught:
+        call()  # type: ignore[operator]
+    return caught.value.code
+
+
+def test_string_limits_count_bytes() -> None:
+    assert required_string("é" * 64, "name") == "é" * 64  # 128 bytes
+    assert code_of(lambda: required_string("é" * 65, "name")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: required_string("", "name")) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("path", ["relative/path", "/a/../etc", "/a/./b", ""])
+def test_paths_must_be_plain_absolute(path: str) -> None:
+    assert code_of(lambda: required_path(path, "target_path")) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_parameters_keep_claim_identity_and_refuse_unknown_keys() -> None:
+    kept = volume_parameters({"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/fstype": "xfs"})
+    assert kept == {"csi.storage.k8s.io/pvc/name": "data"}
+    assert code_of(lambda: volume_parameters({"thin": "yes"})) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def cap(mode: int, fs: str = "ext4", flags: Tuple[str, ...] = ()) -> csi_pb2.VolumeCapability:
+    return csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs, mount_flags=list(flags)),
+        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode),
+    )
+
+
+def test_capabilities() -> None:
+    parsed = capability(cap(Mode.SINGLE_NODE_SINGLE_WRITER, "", ("noatime,nodev",)))
+    assert (parsed.block, parsed.fs_type, parsed.mount_flags) == (False, "ext4", ("noatime", "nodev"))
+    with pytest.raises(RpcFailure, match="local to one node"):
+        capability(cap(Mode.MULTI_NODE_MULTI_WRITER))
+    for bad in (cap(Mode.SINGLE_NODE_WRITER, "ntfs"), cap(Mode.UNKNOWN), cap(Mode.SINGLE_NODE_WRITER, "ext4", ("-o",)),
+                csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1))):
+        assert code_of(lambda bad=bad: capability(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_locks_answer_aborted_instead_of_waiting() -> None:
+    locks = ObjectLocks()
+    with locks.hold("vol-1"):
+        assert code_of(lambda: locks.hold("vol-2", "vol-1").__enter__()) == grpc.StatusCode.ABORTED
+        with locks.try_hold("vol-1") as granted:
+            assert granted is False
+    with locks.hold("vol-1", "vol-2"):  # released, including the partly taken vol-2
+        pass
+
+
+def test_secrets_and_mount_flags_are_redacted_at_any_depth() -> None:
+    request = csi_pb2.NodeStageVolumeRequest(
+        volume_id="vol-1", secrets={"password": "SENTINEL"},
+        volume_capability=cap(Mode.SINGLE_NODE_WRITER, "ext4", ("SENTINEL-FLAG",)),
+    )
+    shown = str(redacted(request))
+    assert "vol-1" in shown and "SENTINEL" not in shown
+    assert request.secrets["password"] == "SENTINEL"  # the original is untouched
+
+
+def test_log_lines_are_json() -> None:
+    record = logging.LogRecord("basalt.rpc", logging.INFO, __file__, 1, "rpc", None, None)
+    record.fields = {"method": "/csi.v1.Node/NodeStageVolume", "code": "OK"}
+    line = json.loads(JsonFormatter().format(record))
+    assert line["method"] == "/csi.v1.Node/NodeStageVolume" and line["level"] == "info"
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    file = tmp_path / "agent.toml"
+    file.write_text('node_id = "from-file"\npool = "file:/srv/pool"\npool_capacity_limit = "10Gi"\n'
+                    'services = "controller"\n')
+    settings = config.load(["--config", str(file), "--node-id", "from-cli"],
+                           environ={"CSI_ENDPOINT": "unix:///run/x.sock"})
+    assert (settings.node_id, settings.pool, settings.endpoint) == ("from-cli", "file:/srv/pool", "unix:///run/x.sock")
+    assert settings.pool_capacity_limit == 10 << 30 and settings.services == ["identity", "controller"]
+
+
+def test_default_pool_lives_in_the_state_dir() -> None:
+    settings = config.load(["--state-dir", "/srv/basalt"], environ={})
+    assert settings.pool_spec == "file:/srv/basalt/pools/file"
+
+
+@pytest.mark.parametrize("argv", [["--endpoint", "tcp://0.0.0.0:1"], ["--services", "storage"]])
+def test_bad_settings_exit(argv: List[str]) -> None:
+    with pytest.raises((SystemExit, Exception)):
+        config.load(argv, environ={})

@@ -1,0 +1,199 @@
+"""The core's tool wrappers: exact argv in, recorded real output parsed out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from basalt_core import blkid, filesystem, losetup
+from basalt_core import mount as mounts
+from basalt_core.errors import CommandFailed, InvalidRequest, Precondition
+
+LOSETUP_LIST = ["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"]
+LOSETUP_EMPTY = '{\n   "loopdevices": [\n\n   ]\n}\n'
+LOSETUP_ONE = """{
+   "loopdevices": [
+      {
+         "name": "/dev/loop0",
+         "back-file": "/pool/volumes/vol-1.img",
+         "offset": 0,
+         "sizelimit": 0,
+         "ro": false
+      },{
+         "name": "/dev/loop1",
+         "back-file": "/dev/vdb",
+         "offset": 1048576,
+         "sizelimit": 8388608,
+         "ro": true
+      }
+   ]
+}
+"""
+
+
+def test_list_loop_devices_parses_json(script: Any) -> None:
+    script([(LOSETUP_LIST, 0, LOSETUP_ONE, "")])
+    assert losetup.list_devices() == [
+        losetup.LoopDevice("/dev/loop0", "/pool/volumes/vol-1.img", 0, 0, False),
+        losetup.LoopDevice("/dev/loop1", "/dev/vdb", 1048576, 8388608, True),
+    ]
+
+
+def test_attach_is_idempotent(script: Any) -> None:
+    runner = script([(LOSETUP_LIST, 0, LOSETUP_ONE, "")])
+    device, changed = losetup.ensure_attached("/pool/volumes/vol-1.img")
+    assert (device.device, changed) == ("/dev/loop0", False)
+    assert len(runner.ran) == 1
+
+
+def test_attach_range_of_a_device(script: Any) -> None:
+    script([
+        (LOSETUP_LIST, 0, LOSETUP_EMPTY, ""),
+        (["losetup", "--find", "--show", "--nooverlap", "--offset", "1048576", "--sizelimit", "8388608",
+          "--read-only", "/dev/vdb"], 0, "/dev/loop1\n", ""),
+        (LOSETUP_LIST, 0, LOSETUP_ONE, ""),
+    ])
+    device, changed = losetup.ensure_attached("/dev/vdb", offset=1048576, size_limit=8388608, read_only=True)
+    assert (device.device, changed) == ("/dev/loop1", True)
+
+
+def test_detach_only_what_is_attached(script: Any) -> None:
+    script([
+        (LOSETUP_LIST, 0, LOSETUP_ONE, ""),
+        (["losetup", "--detach", "/dev/loop0"], 0, "", ""),
+        (LOSETUP_LIST, 0, LOSETUP_EMPTY, ""),
+    ])
+    assert losetup.ensure_detached("/pool/volumes/vol-1.img") is True
+    assert losetup.ensure_detached("/pool/volumes/vol-1.img") is False
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "expected"),
+    [
+        (2, "", blkid.Signature(None, None, None)),
+        (0, "DEVNAME=/dev/loop0\nUUID=38f8aff1\nVERSION=1.0\nBLOCK_SIZE=1024\nTYPE=ext4\nUSAGE=filesystem\n",
+         blkid.Signature("ext4", None, "38f8aff1")),
+        (0, "DEVNAME=/dev/loop0\nPTUUID=5d3c\nPTTYPE=gpt\n", blkid.Signature(None, "gpt", None)),
+        (0, "DEVNAME=/dev/loop0\nUUID=Zx1\nVERSION=LVM2 001\nTYPE=LVM2_member\nUSAGE=raid\n",
+         blkid.Signature(None, "LVM2_member", "Zx1")),
+    ],
+    ids=["blank", "ext4", "partition-table", "lvm-pv"],
+)
+def test_probe_reads_signatures(script: Any, rc: int, stdout: str, expected: blkid.Signature) -> None:
+    script([(["blkid", "--probe", "--output", "export", "/dev/loop0"], rc, stdout, "")])
+    assert blkid.probe("/dev/loop0") == expected
+    assert expected.blank is (rc == 2)
+
+
+def test_probe_error_carries_rc_and_stderr(script: Any) -> None:
+    script([(["blkid", "--probe", "--output", "export", "/dev/loop9"], 4, "",
+             "blkid: error: /dev/loop9: No such file or directory")])
+    with pytest.raises(CommandFailed) as caught:
+        blkid.probe("/dev/loop9")
+    assert caught.value.rc == 4 and "No such file" in caught.value.stderr
+    assert "probe /dev/loop9" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fs_type", "argv"),
+    [
+        ("", ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", "/dev/loop0"]),
+        ("ext4", ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", "/dev/loop0"]),
+        ("xfs", ["mkfs.xfs", "-q", "/dev/loop0"]),
+    ],
+)
+def test_mkfs_argv(script: Any, fs_type: str, argv: list) -> None:
+    script([(argv, 0, "", "")])
+    filesystem.make("/dev/loop0", fs_type)
+
+
+def test_unsupported_filesystem_is_refused_before_running_anything(script: Any) -> None:
+    script([])
+    with pytest.raises(InvalidRequest, match="btrfs"):
+        filesystem.make("/dev/loop0", "btrfs")
+
+
+DUMPE2FS = "dumpe2fs 1.47.0 (5-Feb-2023)\nFilesystem volume name:   <none>\nBlock count:              20480\n" \
+           "Reserved block count:     1024\nBlock size:               1024\n"
+XFS_GROWFS_N = (
+    "meta-data=/dev/loop0             isize=512    agcount=4, agsize=19200 blks\n"
+    "data     =                       bsize=4096   blocks=76800, imaxpct=25\n"
+    "log      =internal log           bsize=4096   blocks=16384, version=2\n"
+)
+
+
+def test_filesystem_sizes(script: Any) -> None:
+    script([
+        (["dumpe2fs", "-h", "/dev/loop0"], 0, DUMPE2FS, ""),
+        (["xfs_growfs", "-n", "/mnt/x"], 0, XFS_GROWFS_N, ""),
+    ])
+    assert filesystem.size("/dev/loop0", "ext4") == 20480 * 1024
+    assert filesystem.size("/dev/loop0", "xfs", "/mnt/x") == 76800 * 4096
+
+
+def test_offline_grow_checks_first(script: Any) -> None:
+    script([
+        (["e2fsck", "-f", "-p", "/dev/loop0"], 0, "", ""),
+        (["resize2fs", "/dev/loop0"], 0, "", ""),
+    ])
+    filesystem.grow_offline("/dev/loop0", "ext4")
+
+
+def test_offline_grow_stops_on_fsck_errors(script: Any) -> None:
+    script([(["e2fsck", "-f", "-p", "/dev/loop0"], 4, "UNEXPECTED INCONSISTENCY", "")])
+    with pytest.raises(CommandFailed, match="rc=4"):
+        filesystem.grow_offline("/dev/loop0", "ext4")
+
+
+def test_online_ext4_grow_refused_by_kernel_is_a_precondition(script: Any) -> None:
+    script([(["resize2fs", "/dev/loop0"], 1, "",
+             "resize2fs 1.47.0 (5-Feb-2023)\nresize2fs: Permission denied to resize filesystem")])
+    with pytest.raises(Precondition, match="unstage and stage"):
+        filesystem.grow_online("/dev/loop0", "ext4", "/mnt/x")
+
+
+def test_mount_argv_and_option_checks(script: Any) -> None:
+    script([
+        (["mount", "-t", "ext4", "-o", "noatime,discard", "/dev/loop0", "/stage"], 0, "", ""),
+        (["mount", "--bind", "/stage", "/target"], 0, "", ""),
+        (["mount", "-o", "remount,bind,ro", "/target"], 0, "", ""),
+    ])
+    mounts.mount("/dev/loop0", "/stage", "ext4", ["noatime", "discard"])
+    mounts.bind_mount("/stage", "/target", read_only=True)
+
+
+@pytest.mark.parametrize("bad", ["-oremount", "a b", "x,-y", "rw;reboot"])
+def test_bad_mount_options_never_reach_the_command_line(script: Any, bad: str) -> None:
+    script([])
+    with pytest.raises(InvalidRequest):
+        mounts.mount("/dev/loop0", "/stage", "ext4", [bad])
+
+
+def test_failed_read_only_remount_undoes_the_bind(script: Any) -> None:
+    script([
+        (["mount", "--bind", "/stage", "/target"], 0, "", ""),
+        (["mount", "-o", "remount,bind,ro", "/target"], 32, "", "mount: /target: permission denied."),
+        (["umount", "/target"], 0, "", ""),
+    ])
+    with pytest.raises(CommandFailed):
+        mounts.bind_mount("/stage", "/target", read_only=True)
+
+
+MOUNTINFO = (
+    "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "400 22 7:0 / /var/lib/kubelet/staging\\040dir rw,relatime shared:200 - ext4 /dev/loop0 rw\n"
+    "401 22 7:0 / /pods/a/volumes/x ro,relatime shared:200 - ext4 /dev/loop0 rw\n"
+    "402 22 0:5 /loop0 /pods/b/dev ro,nosuid - devtmpfs udev rw,size=4096k\n"
+)
+
+
+def test_mountinfo_parsing() -> None:
+    entries = mounts.parse_mountinfo(MOUNTINFO)
+    assert [e.mount_point for e in entries] == [
+        "/", "/var/lib/kubelet/staging dir", "/pods/a/volumes/x", "/pods/b/dev"]
+    staging, published, device_bind = entries[1:]
+    assert (staging.major_minor, staging.source, staging.fs_type, staging.read_only) == ("7:0", "/dev/loop0", "ext4",
+                                                                                         False)
+    assert published.read_only and published.major_minor == staging.major_minor
+    assert device_bind.root == "/loop0" and device_bind.fs_type == "devtmpfs"

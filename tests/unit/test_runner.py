@@ -1,0 +1,58 @@
+"""The one command runner: argv only, timeouts, LC_ALL=C, secrets hidden."""
+
+from __future__ import annotations
+
+import pytest
+
+from basalt_core.errors import CommandFailed, InvalidRequest
+from basalt_core.runner import operand, run
+
+
+def test_runs_argv_with_a_stable_locale() -> None:
+    result = run(["env"], env={"LANG": "de_DE.UTF-8", "EXTRA": "1"})
+    lines = result.stdout.splitlines()
+    assert "LC_ALL=C" in lines and "EXTRA=1" in lines
+
+
+def test_a_shell_string_is_refused() -> None:
+    with pytest.raises(TypeError):
+        run("echo hi")
+
+
+def test_failure_names_the_object_and_carries_rc_and_stderr() -> None:
+    with pytest.raises(CommandFailed) as caught:
+        run(["sh", "-c", "echo broken >&2; exit 3"], what="attach vol-1")
+    error = caught.value
+    assert (error.rc, error.stderr) == (3, "broken")
+    assert str(error) == "attach vol-1: sh failed (rc=3): broken"
+
+
+def test_unchecked_failure_returns_the_result() -> None:
+    assert run(["false"], check=False).rc == 1
+
+
+def test_missing_tool_is_rc_127() -> None:
+    with pytest.raises(CommandFailed) as caught:
+        run(["basalt-no-such-tool"])
+    assert caught.value.rc == 127
+
+
+def test_timeout() -> None:
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.2s"):
+        run(["sleep", "5"], timeout=0.2)
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    with pytest.raises(CommandFailed) as caught:
+        run(["sh", "-c", "echo bad password hunter2 >&2; exit 1", "--password", "hunter2"], secrets=["hunter2"])
+    assert "hunter2" not in str(caught.value) and "hunter2" not in " ".join(caught.value.argv)
+
+
+@pytest.mark.parametrize("value", ["-f", "--all", "", "a\0b"])
+def test_operands_that_look_like_options_are_refused(value: str) -> None:
+    with pytest.raises(InvalidRequest):
+        operand(value)
+
+
+def test_plain_operands_pass() -> None:
+    assert operand("/dev/loop0") == "/dev/loop0"
