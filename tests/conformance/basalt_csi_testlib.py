@@ -609,6 +609,7 @@ class Attached:
     staging: str
     image: str | None
     target: str | None = None
+    device: str | None = None
     publish_context: dict[str, str] = field(default_factory=dict)
 
 
@@ -618,7 +619,8 @@ def stage_tracking_image(agent: Agent, volume_id: str, cap: Any, **kw: Any) -> A
     staging = agent.stage(volume_id, cap, **kw)
     new = {d: b for d, b in loops_under(agent.pool).items() if d not in before}
     assert len(new) == 1, f"expected one new loop device backed by the pool, got {new}"
-    return Attached(volume_id=volume_id, staging=staging, image=next(iter(new.values())))
+    device, image = next(iter(new.items()))
+    return Attached(volume_id=volume_id, staging=staging, image=image, device=device)
 
 
 def retry_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:

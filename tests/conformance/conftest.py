@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
     for item in items:
-        if here in Path(str(item.fspath)).resolve().parents:
+        if here in item.path.resolve().parents:
             item.add_marker(pytest.mark.conformance)
 
 
@@ -55,7 +55,7 @@ def _agent_factory(tag: str) -> Iterator[AgentFactory]:
 
     def start(launch: bool = True, **kwargs: object) -> Agent:
         root = make_root(tag)
-        agent = Agent(root, os.path.join(root, "pool"), **kwargs)  # type: ignore[arg-type]
+        agent = Agent(root, os.path.join(root, "pool"), **kwargs)
         started.append((agent, root))
         return agent.start() if launch else agent
 
@@ -71,7 +71,7 @@ def _agent_factory(tag: str) -> Iterator[AgentFactory]:
 def agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
     """An agent whose file pool lives on the root (ext4) filesystem."""
     _require_root()
-    tag = Path(str(request.fspath)).stem.replace("test_", "")
+    tag = request.path.stem.replace("test_", "")
     root = make_root(tag)
     a = Agent(root, os.path.join(root, "pool"))
     try:
@@ -86,7 +86,7 @@ def agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
 def xfs_agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
     """An agent whose pool directory is on an xfs filesystem (reflink capable)."""
     _require_root()
-    tag = Path(str(request.fspath)).stem.replace("test_", "") + "-xfs"
+    tag = request.path.stem.replace("test_", "") + "-xfs"
     root = make_root(tag)
     image = os.path.join(root, "xfs-pool.img")
     mnt = os.path.join(root, "xfs")
@@ -120,7 +120,7 @@ def xfs_agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
 @pytest.fixture(scope="module")
 def agent_factory(request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
     """Start extra agents with custom arguments (capacity limit, services...)."""
-    tag = Path(str(request.fspath)).stem.replace("test_", "") + "-f"
+    tag = request.path.stem.replace("test_", "") + "-f"
     yield from _agent_factory(tag)
 
 

@@ -555,3 +555,51 @@ def test_expand_limit_below_required(agent: Agent, vol4: Any) -> None:
         expand_req(vol4.volume_id, 16 * MiB, 8 * MiB),
         SC.OUT_OF_RANGE,
     )
+
+
+def test_get_capacity_multi_node(agent: Agent) -> None:
+    code, resp = code_of(
+        agent.ctl.GetCapacity,
+        csi.GetCapacityRequest(volume_capabilities=[mount_cap(mode=AM.MULTI_NODE_MULTI_WRITER)]),
+    )
+    assert code in (SC.OK, SC.INVALID_ARGUMENT), code
+    if code == SC.OK:
+        assert resp.available_capacity == 0
+
+
+def _race_publish_and_delete(agent: Agent) -> None:
+    vol = agent.create_volume(4 * MiB)
+    results: dict[str, grpc.StatusCode] = {}
+    barrier = threading.Barrier(2)
+
+    def publish() -> None:
+        barrier.wait()
+        results["publish"] = code_of(agent.ctl.ControllerPublishVolume, cpub(agent, vol.volume_id))[0]
+
+    def delete() -> None:
+        barrier.wait()
+        results["delete"] = code_of(agent.ctl.DeleteVolume, csi.DeleteVolumeRequest(volume_id=vol.volume_id))[0]
+
+    threads = [threading.Thread(target=publish), threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["publish"] in (SC.OK, SC.NOT_FOUND, SC.ABORTED), results
+    assert results["delete"] in (SC.OK, SC.FAILED_PRECONDITION, SC.ABORTED), results
+    assert not (results["publish"] == SC.OK and results["delete"] == SC.OK), results
+    code, got = code_of(agent.ctl.ControllerGetVolume, csi.ControllerGetVolumeRequest(volume_id=vol.volume_id))
+    if results["delete"] == SC.OK:
+        assert code == SC.NOT_FOUND, "deleted volume still reported"
+        return
+    assert code == SC.OK
+    published = list(got.status.published_node_ids)
+    assert published == ([agent.node_id] if results["publish"] == SC.OK else []), results
+    agent.ctl.ControllerUnpublishVolume(cunpub(agent, vol.volume_id))
+    agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
+
+
+def test_delete_races_publish(agent: Agent) -> None:
+    """DeleteVolume and ControllerPublish at once: the outcomes must agree with the end state."""
+    for _ in range(5):
+        _race_publish_and_delete(agent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from typing import Any
 
 import grpc
@@ -537,3 +538,51 @@ def test_stage_tracking_detects_one_device(agent: Agent) -> None:
     assert loops_for_file(att.image) != ""
     agent.unstage(vol.volume_id, att.staging)
     assert loops_for_file(att.image) == ""
+
+
+def test_block_stage_makes_no_filesystem(agent: Agent) -> None:
+    cap = block_cap()
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    assert att.device
+    assert not is_mounted(att.staging), "NodeStage of a BLOCK volume must only attach"
+    probe = subprocess.run(["blkid", "-p", att.device], capture_output=True, text=True)
+    assert probe.returncode == 2, f"a filesystem appeared on a block volume: {probe.stdout}"
+    tear_down(agent, att)
+
+
+def test_parallel_stage_distinct_devices(agent: Agent) -> None:
+    """Concurrent NodeStage calls must not race for the same loop device."""
+    cap = mount_cap("ext4")
+    vols = [agent.create_volume(8 * MiB, cap=cap) for _ in range(6)]
+    staging = {v.volume_id: agent.staging_dir() for v in vols}
+    before = loops_under(agent.pool)
+    errors: list[str] = []
+
+    def stage(v: Any) -> None:
+        code, res = code_of(agent.node.NodeStageVolume, csi.NodeStageVolumeRequest(
+            volume_id=v.volume_id, staging_target_path=staging[v.volume_id],
+            volume_capability=cap, volume_context=v.volume_context,
+        ))
+        if code != SC.OK:
+            errors.append(f"{v.volume_id}: {code.name} {res.details()}")
+
+    threads = [threading.Thread(target=stage, args=(v,)) for v in vols]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    new = {d: b for d, b in loops_under(agent.pool).items() if d not in before}
+    assert len(new) == len(vols), f"expected {len(vols)} loop devices, got {new}"
+    assert len(set(new.values())) == len(vols), "two loop devices back the same image"
+    for v in vols:
+        write_file(os.path.join(staging[v.volume_id], "owner"), v.volume_id.encode())
+    for v in vols:
+        agent.unstage(v.volume_id, staging[v.volume_id])
+    assert loops_under(agent.pool) == before
+    # every volume still holds its own marker
+    for v in vols:
+        att = bring_up(agent, v, cap, publish=False)
+        assert read_file(os.path.join(att.staging, "owner")) == v.volume_id.encode()
+        tear_down(agent, att)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -299,3 +300,42 @@ def test_snapshot_survives_source_deletion(agent: Agent) -> None:
         from_source(snapshot_source(s.snapshot_id), s.size_bytes)
     ).volume
     assert restored.capacity_bytes == s.size_bytes
+
+
+def test_snapshot_of_expanded_volume_has_new_size(agent: Agent) -> None:
+    vol = agent.create_volume(4 * MiB)
+    agent.ctl.ControllerExpandVolume(
+        csi.ControllerExpandVolumeRequest(volume_id=vol.volume_id, capacity_range=crange(10 * MiB),
+                                          volume_capability=mount_cap())
+    )
+    s = agent.ctl.CreateSnapshot(snap_req(vol.volume_id)).snapshot
+    assert s.size_bytes == 10 * MiB
+    expect_code(
+        agent.ctl.CreateVolume,
+        from_source(snapshot_source(s.snapshot_id), 4 * MiB),
+        SC.OUT_OF_RANGE,
+    )
+
+
+def test_parallel_create_snapshot_same_name(agent: Agent, source: Any) -> None:
+    name = unique("snaprace")
+    results: list[tuple[Any, Any]] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(code_of(agent.ctl.CreateSnapshot, snap_req(source.volume_id, name)))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    bad = [(c.name, r.details()) for c, r in results if c not in (SC.OK, SC.ABORTED)]
+    assert not bad, bad
+    ids = {r.snapshot.snapshot_id for c, r in results if c == SC.OK}
+    final = agent.ctl.CreateSnapshot(snap_req(source.volume_id, name)).snapshot
+    assert ids <= {final.snapshot_id}
+    listed = [s for s in list_snaps(agent, source_volume_id=source.volume_id)
+              if s.snapshot_id == final.snapshot_id]
+    assert len(listed) == 1

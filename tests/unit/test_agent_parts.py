@@ -78,7 +78,8 @@ def test_parameters_keep_claim_identity_and_refuse_unknown_keys() -> None:
     assert code_of(lambda: volume_parameters({"thin": "yes"})) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def cap(mode: int, fs: str = "ext4", flags: Tuple[str, ...] = ()) -> csi_pb2.VolumeCapability:
+def cap(mode: "csi_pb2.VolumeCapability.AccessMode.Mode", fs: str = "ext4",
+        flags: Tuple[str, ...] = ()) -> csi_pb2.VolumeCapability:
     return csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(fs_type=fs, mount_flags=list(flags)),
         access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode),
@@ -91,7 +92,7 @@ def test_capabilities() -> None:
     with pytest.raises(RpcFailure, match="local to one node"):
         capability(cap(Mode.MULTI_NODE_MULTI_WRITER))
     for bad in (cap(Mode.SINGLE_NODE_WRITER, "ntfs"), cap(Mode.UNKNOWN), cap(Mode.SINGLE_NODE_WRITER, "ext4", ("-o",)),
-                csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=1))):
+                csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_WRITER))):
         assert code_of(lambda bad=bad: capability(bad)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
