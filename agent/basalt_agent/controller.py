@@ -33,6 +33,7 @@ from .validation import (
     capabilities,
     capability,
     non_negative_range,
+    required_capability,
     required_string,
     volume_parameters,
 )
@@ -141,9 +142,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                 context: grpc.ServicerContext) -> csi_pb2.ControllerPublishVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
         node_id = required_string(request.node_id, "node_id", NODE_ID_LIMIT)
-        if not request.HasField("volume_capability"):
-            raise invalid("volume_capability is required")
-        cap = capability(request.volume_capability)
+        cap = required_capability(request)
         with self.locks.hold(volume_id):
             volume = volumes.get_volume(self.pool, volume_id)
             if node_id != self.node_id:

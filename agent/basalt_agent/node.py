@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Mapping, Tuple
+from typing import Mapping, Tuple, Union
 
 import grpc
 
 from basalt_core import devices, filesystem, staging, volumes
 from basalt_core import mount as mounts
+from basalt_core.atomicfile import fsync_path
 from basalt_core.model import Volume, is_volume_id
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
@@ -31,6 +32,7 @@ from .validation import (
     bounded_map,
     capability,
     non_negative_range,
+    required_capability,
     required_path,
     required_string,
 )
@@ -76,13 +78,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
                         ) -> csi_pb2.NodeStageVolumeResponse:
-        volume_id = required_string(request.volume_id, "volume_id")
+        volume_id, cap = _volume_and_capability(request)
         path = required_path(request.staging_target_path, "staging_target_path")
-        if not request.HasField("volume_capability"):
-            raise invalid("volume_capability is required")
-        cap = capability(request.volume_capability)
-        bounded_map(request.publish_context, "publish_context")
-        bounded_map(request.volume_context, "volume_context")
         with self.locks.hold(volume_id):
             volume = volumes.get_volume(self.pool, volume_id)
             record = self.state.load(volume_id) or NodeRecord(volume_id)
@@ -119,20 +116,15 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def _detach(self, volume: Volume) -> None:
         device = self.pool.attached_device(volume)
         if device is not None:
-            devices.flush(device)
+            fsync_path(device)  # push dirty pages down before the device goes
             self.pool.detach(volume)
 
     # -- publishing ----------------------------------------------------------
     @rpc_method
     def NodePublishVolume(self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
                           ) -> csi_pb2.NodePublishVolumeResponse:
-        volume_id = required_string(request.volume_id, "volume_id")
+        volume_id, cap = _volume_and_capability(request)
         target = required_path(request.target_path, "target_path")
-        if not request.HasField("volume_capability"):
-            raise invalid("volume_capability is required")
-        cap = capability(request.volume_capability)
-        bounded_map(request.publish_context, "publish_context")
-        bounded_map(request.volume_context, "volume_context")
         read_only = request.readonly or cap.read_only_mode
         if request.volume_context.get(EPHEMERAL_KEY) == "true":
             self._publish_ephemeral(volume_id, target, cap, read_only, request.volume_context)
@@ -297,6 +289,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             node_id=self.node_id,
             accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_NODE_KEY: self.node_id}),
         )
+
+
+def _volume_and_capability(
+    request: Union[csi_pb2.NodeStageVolumeRequest, csi_pb2.NodePublishVolumeRequest],
+) -> Tuple[str, Capability]:
+    volume_id = required_string(request.volume_id, "volume_id")
+    cap = required_capability(request)
+    bounded_map(request.publish_context, "publish_context")
+    bounded_map(request.volume_context, "volume_context")
+    return volume_id, cap
 
 
 def _staged_capability(record: NodeRecord) -> Capability:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Iterable, List, Mapping, Sequence, Tuple
 
 from basalt_core import filesystem
 from basalt_core.errors import InvalidRequest
@@ -125,6 +125,13 @@ def capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capability") 
     except InvalidRequest as error:
         raise invalid(str(error)) from None
     return Capability(False, fs_type, tuple(checked), mode)
+
+
+def required_capability(request: Any) -> Capability:
+    """The request's ``volume_capability`` field, which must be set."""
+    if not request.HasField("volume_capability"):
+        raise invalid("volume_capability is required")
+    return capability(request.volume_capability)
 
 
 def capabilities(caps: Sequence[csi_pb2.VolumeCapability], field: str = "volume_capabilities") -> List[Capability]:

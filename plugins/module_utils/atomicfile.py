@@ -12,8 +12,9 @@ import tempfile
 from typing import Any, Dict, Optional
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: str) -> None:
+    """fsync a directory (to persist its entries) or a block device (to flush its dirty pages)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -34,7 +35,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    fsync_path(directory)
 
 
 def write_json(path: str, document: Dict[str, Any]) -> None:
@@ -59,5 +60,5 @@ def remove_durably(path: str) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(os.path.dirname(path) or ".")
+    fsync_path(os.path.dirname(path) or ".")
     return True

@@ -25,12 +25,3 @@ def size_bytes(device: str) -> int:
     finally:
         os.close(fd)
     return int(struct.unpack("Q", raw)[0])
-
-
-def flush(device: str) -> None:
-    """Push a device's dirty pages down before it is detached or copied."""
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
