@@ -43,6 +43,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def volume_ids(self) -> List[str]: ...
 
+    def all_volumes(self) -> List[Volume]:
+        """Every volume record; pools that can read them in one go override this."""
+        return [v for v in map(self.load_volume, self.volume_ids()) if v is not None]
+
     @abc.abstractmethod
     def load_snapshot(self, snapshot_id: str) -> Optional[Snapshot]: ...
 
@@ -54,6 +58,9 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def snapshot_ids(self) -> List[str]: ...
+
+    def all_snapshots(self) -> List[Snapshot]:
+        return [s for s in map(self.load_snapshot, self.snapshot_ids()) if s is not None]
 
     # -- data --------------------------------------------------------------
     @abc.abstractmethod

@@ -59,24 +59,15 @@ def get_snapshot(pool: Pool, snapshot_id: str) -> Snapshot:
 
 def list_volumes(pool: Pool) -> List[Volume]:
     """Ready volumes in a stable order (creation time, then id) for pagination."""
-    found = [v for v in map(pool.load_volume, pool.volume_ids()) if v is not None and v.state == READY]
-    return sorted(found, key=lambda v: (v.created_at, v.id))
+    return sorted((v for v in pool.all_volumes() if v.state == READY), key=lambda v: (v.created_at, v.id))
 
 
 def list_snapshots(pool: Pool) -> List[Snapshot]:
-    found = [s for s in map(pool.load_snapshot, pool.snapshot_ids()) if s is not None and s.state == READY]
-    return sorted(found, key=lambda s: (s.created_at, s.id))
+    return sorted((s for s in pool.all_snapshots() if s.state == READY), key=lambda s: (s.created_at, s.id))
 
 
 def provisioned_bytes(pool: Pool) -> int:
-    total = 0
-    for volume_id in pool.volume_ids():
-        volume = pool.load_volume(volume_id)
-        total += volume.size if volume else 0
-    for snapshot_id in pool.snapshot_ids():
-        snapshot = pool.load_snapshot(snapshot_id)
-        total += snapshot.size if snapshot else 0
-    return total
+    return sum(v.size for v in pool.all_volumes()) + sum(s.size for s in pool.all_snapshots())
 
 
 # -- volumes -------------------------------------------------------------------
@@ -297,17 +288,21 @@ def clean_up(
     """
     now = time.time() if now is None else now
     done: List[str] = []
-    for volume_id in pool.volume_ids():
-        with claim(volume_id) as granted:
-            volume = pool.load_volume(volume_id) if granted else None
+    for candidate in pool.all_volumes():
+        if not _abandoned(candidate.state, candidate.created_at, now, grace_seconds):
+            continue
+        with claim(candidate.id) as granted:
+            volume = pool.load_volume(candidate.id) if granted else None  # re-read under the claim
             if volume is not None and _abandoned(volume.state, volume.created_at, now, grace_seconds):
                 log.warning("removing %s volume %s (%r) left by an interrupted operation",
                             volume.state, volume.id, volume.name)
                 _finish_delete(pool, volume, False)
                 done.append(volume.id)
-    for snapshot_id in pool.snapshot_ids():
-        with claim(snapshot_id) as granted:
-            snapshot = pool.load_snapshot(snapshot_id) if granted else None
+    for found in pool.all_snapshots():
+        if not _abandoned(found.state, found.created_at, now, grace_seconds):
+            continue
+        with claim(found.id) as granted:
+            snapshot = pool.load_snapshot(found.id) if granted else None
             if snapshot is not None and _abandoned(snapshot.state, snapshot.created_at, now, grace_seconds):
                 log.warning("removing %s snapshot %s (%r) left by an interrupted operation",
                             snapshot.state, snapshot.id, snapshot.name)

@@ -603,3 +603,78 @@ def test_delete_races_publish(agent: Agent) -> None:
     """DeleteVolume and ControllerPublish at once: the outcomes must agree with the end state."""
     for _ in range(5):
         _race_publish_and_delete(agent)
+
+
+def test_get_capacity_min_max_sizes(agent_factory: Any) -> None:
+    limit = 512 * MiB
+    a = agent_factory(capacity_limit=limit)
+    for cap, minimum in ((mount_cap("ext4"), MiB), (mount_cap("xfs"), XFS_MIN), (block_cap(), MiB)):
+        resp = a.ctl.GetCapacity(csi.GetCapacityRequest(volume_capabilities=[cap]))
+        assert resp.available_capacity == limit
+        if resp.HasField("maximum_volume_size"):
+            assert 0 <= resp.maximum_volume_size.value <= resp.available_capacity, resp
+        if resp.HasField("minimum_volume_size"):
+            # the spec: capabilities SHALL be taken into account (xfs has a 300 MiB floor)
+            assert resp.minimum_volume_size.value == minimum, (cap, resp)
+
+
+def test_parallel_creates_respect_capacity_limit(agent_factory: Any) -> None:
+    limit = 64 * MiB
+    a = agent_factory(capacity_limit=limit)
+    results: list[tuple[grpc.StatusCode, Any]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        res = code_of(a.ctl.CreateVolume, create_req(rng=exact(16 * MiB)))
+        with lock:
+            results.append(res)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    codes = sorted(c.name for c, _ in results)
+    ok = [c for c, _ in results if c == SC.OK]
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "ABORTED"}, codes
+    assert len(ok) <= 4, f"{len(ok)} x 16 MiB volumes created under a 64 MiB limit"
+    allocated = sum(e.volume.capacity_bytes for e in a.list_all_volumes())
+    assert allocated == 16 * MiB * len(ok) <= limit
+    resp = a.ctl.GetCapacity(csi.GetCapacityRequest(volume_capabilities=[mount_cap()]))
+    assert resp.available_capacity == limit - allocated
+
+
+def test_expand_beyond_capacity_limit(agent_factory: Any) -> None:
+    a = agent_factory(capacity_limit=32 * MiB)
+    vol = a.create_volume(16 * MiB)
+    expect_code(a.ctl.ControllerExpandVolume, expand_req(vol.volume_id, 64 * MiB),
+                SC.RESOURCE_EXHAUSTED, SC.OUT_OF_RANGE)
+    assert get_volume(a, vol.volume_id).volume.capacity_bytes == 16 * MiB
+    assert a.ctl.GetCapacity(csi.GetCapacityRequest()).available_capacity == 16 * MiB
+
+
+def test_parallel_expands_respect_capacity_limit(agent_factory: Any) -> None:
+    limit = 64 * MiB
+    a = agent_factory(capacity_limit=limit)
+    vols = [a.create_volume(8 * MiB) for _ in range(4)]  # 32 MiB used, 32 MiB left
+    results: list[grpc.StatusCode] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(vols))
+
+    def worker(volume_id: str) -> None:
+        barrier.wait()
+        code, _ = code_of(a.ctl.ControllerExpandVolume, expand_req(volume_id, 24 * MiB))
+        with lock:
+            results.append(code)
+
+    threads = [threading.Thread(target=worker, args=(v.volume_id,)) for v in vols]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(results) <= {SC.OK, SC.RESOURCE_EXHAUSTED, SC.OUT_OF_RANGE, SC.ABORTED}, results
+    allocated = sum(get_volume(a, v.volume_id).volume.capacity_bytes for v in vols)
+    assert allocated <= limit, f"{allocated // MiB} MiB allocated under a {limit // MiB} MiB limit"
+    assert results.count(SC.OK) <= 2

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from basalt_csi_testlib import (
+    EPHEMERAL_KEY,
     SC,
     SECRET_SENTINEL,
     SECRETS,
@@ -26,7 +27,9 @@ from basalt_csi_testlib import (
     expect_code,
     is_mounted,
     iter_log_records,
+    loops_for_file,
     mount_cap,
+    mounts_at,
     snapshot_source,
     tear_down,
     unique,
@@ -74,8 +77,17 @@ def test_sigterm_with_staged_volume_keeps_mounts(fresh_agent_factory: Any) -> No
     assert att.target
     assert a.stop() == 0
     assert is_mounted(att.target) and is_mounted(att.staging)
-    # a restarted agent still knows how to tear it down
+    # a restarted agent recognises what is already staged/published ...
     a.start()
+    a.stage(vol.volume_id, cap, staging=att.staging)
+    a.publish(vol.volume_id, cap, att.staging, target=att.target)
+    assert len(mounts_at(att.staging)) == 1 and len(mounts_at(att.target)) == 1
+    assert att.image and len(loops_for_file(att.image).splitlines()) == 1
+    stats = a.node.NodeGetVolumeStats(
+        csi.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=att.target)
+    )
+    assert stats.volume_condition.abnormal is False
+    # ... and still knows how to tear it down
     tear_down(a, att)
 
 
@@ -223,3 +235,27 @@ def test_state_survives_restart(fresh_agent_factory: Any) -> None:
                                 capacity_range=exact(4 * MiB))
     ).volume
     assert again.volume_id != vol.volume_id
+
+
+def test_service_account_tokens_never_logged(fresh_agent_factory: Any) -> None:
+    """kubelet (CSIDriver tokenRequests) passes service-account tokens in NodePublish volume_context."""
+    a = fresh_agent_factory()
+    token = "eyJTOKEN-SENTINEL-0123456789"
+    tokens = '{"vault":{"token":"' + token + '","expirationTimestamp":"2030-01-01T00:00:00Z"}}'
+    cap = mount_cap("ext4")
+    vol = a.create_volume(8 * MiB, cap=cap)
+    staging = a.stage(vol.volume_id, cap)
+    context = {"csi.storage.k8s.io/serviceAccount.tokens": tokens, "csi.storage.k8s.io/pod.name": "p"}
+    target = a.publish(vol.volume_id, cap, staging, volume_context=context)
+    a.unpublish(vol.volume_id, target)
+    eph_id, eph_target = unique("csi-eph"), a.path("mount")
+    a.node.NodePublishVolume(
+        csi.NodePublishVolumeRequest(
+            volume_id=eph_id, target_path=eph_target, volume_capability=cap,
+            volume_context={**context, EPHEMERAL_KEY: "true", "size": "16Mi"},
+        )
+    )
+    a.unpublish(eph_id, eph_target)
+    a.unstage(vol.volume_id, staging)
+    assert a.stop() == 0
+    assert token not in a.log(), "a service-account token from volume_context reached the log"

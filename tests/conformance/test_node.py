@@ -529,6 +529,60 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
     agent.unpublish(volume_id, target)
 
 
+def test_ephemeral_republish_is_idempotent(agent: Agent) -> None:
+    volume_id = unique("csi-eph")
+    target = agent.path("mount")
+    req = csi.NodePublishVolumeRequest(
+        volume_id=volume_id, target_path=target, volume_capability=mount_cap("ext4"),
+        volume_context={EPHEMERAL_KEY: "true", "size": "16Mi"},
+    )
+    agent.node.NodePublishVolume(req)
+    write_file(os.path.join(target, "keep"), b"same volume")
+    agent.node.NodePublishVolume(req)
+    assert len(mounts_at(target)) == 1
+    assert read_file(os.path.join(target, "keep")) == b"same volume"
+    agent.unpublish(volume_id, target)
+    assert not os.path.lexists(target)
+
+
+@pytest.mark.parametrize(
+    ("size", "codes"),
+    [("64Zi", (SC.INVALID_ARGUMENT, SC.OUT_OF_RANGE)), ("lots", (SC.INVALID_ARGUMENT,)),
+     ("-5Mi", (SC.INVALID_ARGUMENT, SC.OUT_OF_RANGE))],
+)
+def test_ephemeral_bad_size_leaves_nothing(agent: Agent, size: str, codes: tuple[grpc.StatusCode, ...]) -> None:
+    loops_before, files_before = loops_under(agent.pool), files_under(agent.pool)
+    target = agent.path("mount")
+    expect_code(
+        agent.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=unique("csi-eph"), target_path=target, volume_capability=mount_cap("ext4"),
+            volume_context={EPHEMERAL_KEY: "true", "size": size},
+        ),
+        *codes,
+    )
+    assert not is_mounted(target)
+    assert loops_under(agent.pool) == loops_before
+    assert files_under(agent.pool) == files_before
+
+
+def test_ephemeral_over_capacity_leaves_nothing(agent_factory: Any) -> None:
+    a = agent_factory(capacity_limit=32 * MiB)
+    loops_before, files_before = loops_under(a.pool), files_under(a.pool)
+    target = a.path("mount")
+    expect_code(
+        a.node.NodePublishVolume,
+        csi.NodePublishVolumeRequest(
+            volume_id=unique("csi-eph"), target_path=target, volume_capability=mount_cap("ext4"),
+            volume_context={EPHEMERAL_KEY: "true", "size": "64Mi"},
+        ),
+        SC.RESOURCE_EXHAUSTED, SC.OUT_OF_RANGE,
+    )
+    assert not is_mounted(target)
+    assert loops_under(a.pool) == loops_before
+    assert files_under(a.pool) == files_before
+
+
 def test_stage_tracking_detects_one_device(agent: Agent) -> None:
     """Sanity check of the helper other tests rely on: one stage, one new loop device."""
     cap = mount_cap("ext4")

@@ -373,6 +373,8 @@ def configure_root(root: Path) -> None:
     (iscsi / "initiatorname.iscsi").write_text(
         "InitiatorName=iqn.2026-01.io.basalt:vm-default\n")
     (root / "etc/machine-id").write_text("0" * 31 + "1\n")
+    # LIO's default db_root (the kernel complains when it is missing)
+    (root / "etc/target").mkdir(exist_ok=True)
     for d in ("basalt", "results", "mnt"):
         (root / d).mkdir(exist_ok=True)
 

@@ -23,6 +23,7 @@ is killed on the way out, and the temporary directory is removed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shlex
 import shutil
@@ -42,6 +43,8 @@ import build_image
 REPO = Path(__file__).resolve().parents[2]
 RC_TIMEOUT = 124
 RC_NO_VERDICT = 125
+# QEMU processes still running: killed at interpreter exit whatever happens.
+_LIVE: set[subprocess.Popen[str]] = set()
 # Result files copied back to the caller (small text files only).
 MAX_RESULT_BYTES = 1 << 20
 
@@ -92,11 +95,12 @@ def qemu_command(qemu: str, image: build_image.Image, results: Path,
     return cmd
 
 
-def _pump(stream: TextIO, sink: list[str], echo: TextIO | None) -> None:
+def _pump(stream: TextIO, sink: list[str], echo: TextIO | None,
+          label: str) -> None:
     for line in stream:
         sink.append(line)
         if echo is not None:
-            echo.write(line)
+            echo.write(label + line)
             echo.flush()
 
 
@@ -104,11 +108,15 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
            disk_size_mib: int = 1024, smp: int = 2, memory_mib: int = 1536,
            share: Path = REPO, echo: TextIO | None = sys.stdout,
            image: build_image.Image | None = None,
-           qemu: str = "qemu-system-x86_64") -> VmResult:
+           qemu: str = "qemu-system-x86_64", netdev: str | None = None,
+           mac: str = "52:54:00:12:34:56", label: str = "") -> VmResult:
     """Boot the VM, run `command` (argv) in /basalt, return the verdict.
 
     `image` defaults to the cached image (built when needed); `qemu` is the
-    emulator binary (the runner's own tests substitute a fake one)."""
+    emulator binary (the runner's own tests substitute a fake one).
+    `netdev` replaces ``-nic none`` by one virtio NIC on that ``-netdev``
+    backend (without ``id=``), e.g. a unix stream socket shared with a second
+    VM; `label` prefixes the echoed console lines."""
     if image is None:
         image, _built = build_image.get_image()
     t0 = time.monotonic()
@@ -132,15 +140,23 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
             scratch.append(p)
         cmd = qemu_command(qemu, image, results, share.resolve(), scratch,
                            smp, memory_mib)
+        if netdev is not None:
+            i = cmd.index("-nic")
+            cmd[i:i + 2] = ["-netdev", f"{netdev},id=net0",
+                            "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
         env = dict(os.environ, TMPDIR=str(tmp))  # where snapshot=on's overlay goes
         lines: list[str] = []
+        # coreutils timeout bounds QEMU even if this Python process is killed
+        # before it can clean up (SIGKILL, a CI job timeout, ...).
+        cmd = ["timeout", "-k", "10", str(int(timeout) + 30), *cmd]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
                                 errors="replace", env=env,
                                 start_new_session=True)
+        _LIVE.add(proc)
         assert proc.stdout is not None
-        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo),
+        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo, label),
                                 daemon=True)
         pump.start()
         timed_out = False
@@ -167,9 +183,68 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
                         f"run_vm: guest command exited {rc} "
                         f"({seconds:.1f} s with boot and power-off)")
     finally:
-        if proc is not None and proc.poll() is None:
-            _kill_group(proc)
+        if proc is not None:
+            if proc.poll() is None:
+                _kill_group(proc)
+            _LIVE.discard(proc)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_pair(server_command: list[str], client_command: list[str],
+             timeout: float = 600.0, server_disks: int = 1,
+             client_disks: int = 0, echo: TextIO | None = sys.stdout,
+             image: build_image.Image | None = None
+             ) -> tuple[VmResult, VmResult]:
+    """Two VMs on a private network of their own: a QEMU stream netdev over a
+    unix socket in a temporary directory (no host port, no host interface).
+
+    The server VM (MAC ...:01) listens, the client VM (MAC ...:02) connects
+    once the socket exists.  Each VM has -smp 1.  Returns both results."""
+    if image is None:
+        image, _built = build_image.get_image()
+    net_dir = Path(tempfile.mkdtemp(prefix="basalt-net-"))
+    sock = net_dir / "net.sock"
+    results: dict[str, VmResult] = {}
+
+    def server() -> None:
+        results["server"] = run_vm(
+            server_command, timeout=timeout, disks=server_disks, smp=1,
+            memory_mib=1024, echo=echo, image=image, label="[storage] ",
+            netdev=f"stream,server=on,addr.type=unix,addr.path={sock}",
+            mac="52:54:00:00:77:01")
+
+    thread = threading.Thread(target=server, daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not sock.exists() and thread.is_alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if sock.exists():
+            results["client"] = run_vm(
+                client_command, timeout=timeout, disks=client_disks, smp=1,
+                memory_mib=1024, echo=echo, image=image, label="[node]    ",
+                netdev=f"stream,server=off,addr.type=unix,addr.path={sock}",
+                mac="52:54:00:00:77:02")
+        else:
+            results["client"] = VmResult(
+                RC_NO_VERDICT, False, False, 0.0, "", {},
+                "run_vm: the server VM never opened its network socket")
+        # run_vm bounds the server by `timeout`; this join cannot hang long
+        thread.join(timeout + 60)
+        server_result = results.get("server") or VmResult(
+            RC_NO_VERDICT, False, False, 0.0, "", {},
+            "run_vm: the server VM did not finish")
+        return server_result, results["client"]
+    finally:
+        shutil.rmtree(net_dir, ignore_errors=True)
+
+
+@atexit.register
+def _kill_live() -> None:
+    for proc in list(_LIVE):
+        _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -91,6 +91,20 @@ def test_guest_dying_without_verdict_is_a_failure(image: build_image.Image) -> N
     assert result.rc == run_vm.RC_NO_VERDICT, result.message
 
 
+def test_two_hosts_iscsi_over_a_private_network(image: build_image.Image) -> None:
+    """Storage host and node VMs on a QEMU stream socket network: IQN B is
+    refused, IQN A logs in, data crosses both ways, A logs out."""
+    two_host = "tests/vm/guest/check_two_host.py"
+    storage, node = run_vm.run_pair(
+        ["python3", two_host, "storage", "/dev/vdb"], ["python3", two_host, "node"], timeout=480, image=image, echo=None
+    )
+    print(storage.console)
+    print(node.console)
+    assert _check_lines(node) == {"two_host_node": "PASS"}, f"{node.message}\n{_tail(node.console)}"
+    assert _check_lines(storage) == {"two_host_storage": "PASS"}, f"{storage.message}\n{_tail(storage.console)}"
+    assert (storage.rc, node.rc) == (0, 0)
+
+
 # --- the runner itself, with a fake QEMU (no image, no VM) -------------------
 
 

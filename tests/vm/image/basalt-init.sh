@@ -39,7 +39,7 @@ hostname basalt-vm
 for mod in crc32c_generic configfs dm_mod dm_bufio dm_persistent_data \
     dm_thin_pool dm_snapshot loop sd_mod scsi_transport_iscsi libiscsi \
     libiscsi_tcp iscsi_tcp target_core_mod target_core_iblock \
-    target_core_file iscsi_target_mod 9pnet 9pnet_virtio 9p; do
+    target_core_file iscsi_target_mod 9pnet 9pnet_virtio 9p virtio_net; do
     modprobe "$mod" 2>/dev/null || log "modprobe $mod failed"
 done
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
