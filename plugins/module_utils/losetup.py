@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -11,6 +13,11 @@ from .errors import CommandFailed
 from .runner import operand, run
 
 _COLUMNS = "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"
+# struct loop_info64 (linux/loop.h) and its ioctls: util-linux cannot change
+# the size limit of an attached device, the kernel can.
+_LOOP_INFO64 = "<5Q4I64s64s32s2Q"
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_GET_STATUS64 = 0x4C05
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,19 @@ def ensure_attached(
 def refresh_capacity(device: str) -> None:
     """Make the loop device see a backing file that has grown."""
     run(["losetup", "--set-capacity", operand(device, "device")], what=f"refresh size of {device}")
+
+
+def set_size_limit(device: str, size_limit: int) -> None:
+    """Change how many bytes of its backing file (from its offset) a loop device exposes."""
+    fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        status = bytearray(struct.calcsize(_LOOP_INFO64))
+        fcntl.ioctl(fd, _LOOP_GET_STATUS64, status)
+        fields = list(struct.unpack(_LOOP_INFO64, bytes(status)))
+        fields[4] = size_limit  # lo_sizelimit
+        fcntl.ioctl(fd, _LOOP_SET_STATUS64, struct.pack(_LOOP_INFO64, *fields))
+    finally:
+        os.close(fd)
 
 
 def detach(device: str) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
-from basalt_core import blkid, filesystem, losetup
+from basalt_core import blkid, devices, filesystem, losetup
 from basalt_core import mount as mounts
 from basalt_core.errors import CommandFailed, InvalidRequest, Precondition
 
@@ -197,3 +198,21 @@ def test_mountinfo_parsing() -> None:
                                                                                          False)
     assert published.read_only and published.major_minor == staging.major_minor
     assert device_bind.root == "/loop0" and device_bind.fs_type == "devtmpfs"
+
+
+def test_loop_size_limit_can_grow_while_attached(tmp_path: Any) -> None:
+    """Real loop device: the range of a backing file grows in place (what loop activation of an LV needs)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "pv.img"
+    image.write_bytes(b"")
+    os.truncate(image, 64 << 20)
+    device, _ = losetup.ensure_attached(str(image), offset=1 << 20, size_limit=8 << 20)
+    try:
+        assert devices.size_bytes(device.device) == 8 << 20
+        losetup.set_size_limit(device.device, 16 << 20)
+        assert devices.size_bytes(device.device) == 16 << 20
+        assert losetup.find(str(image), 1 << 20) == losetup.LoopDevice(device.device, str(image), 1 << 20, 16 << 20,
+                                                                       False)
+    finally:
+        losetup.detach(device.device)
