@@ -8,6 +8,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from basalt_core import filesystem, volumes
+from basalt_core.errors import NotFound
 from basalt_core.model import (
     SOURCE_SNAPSHOT,
     SOURCE_VOLUME,
@@ -34,6 +35,7 @@ from .validation import (
     capability,
     non_negative_range,
     required_capability,
+    required_name,
     required_string,
     volume_parameters,
 )
@@ -109,11 +111,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                  required_string(source.volume.volume_id, "volume_content_source.volume_id"))
         raise invalid("volume_content_source must name a snapshot or a volume")
 
+    def _source_size(self, source: Optional[ContentSource]) -> int:
+        if source is None:
+            return 0
+        try:
+            if source.kind == SOURCE_SNAPSHOT:
+                return volumes.get_snapshot(self.pool, source.id).size
+            return volumes.get_volume(self.pool, source.id).size
+        except NotFound:
+            return 0  # reported as NOT_FOUND by ensure_volume, after the name's own check
+
     # -- volumes -------------------------------------------------------------
     @rpc_method
     def CreateVolume(self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
                      ) -> csi_pb2.CreateVolumeResponse:
-        name = required_string(request.name, "name")
+        name = required_name(request.name)
         caps = capabilities(request.volume_capabilities)
         required, limit = non_negative_range(request.capacity_range)
         parameters = volume_parameters(request.parameters)
@@ -122,7 +134,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise invalid("mutable_parameters are not supported (no MODIFY_VOLUME capability)")
         self._check_topology(request.accessibility_requirements)
         minimum = max((filesystem.MINIMUM_SIZE[c.fs_type] for c in caps if not c.block), default=0)
-        size = fit_capacity(required, limit, unit=self.pool.unit, default=self.default_size, minimum=minimum)
+        # A copy defaults to its source's size rather than the pool default.
+        default = self._source_size(source) or self.default_size
+        size = fit_capacity(required, limit, unit=self.pool.unit, default=default, minimum=minimum)
         keys = [volume_id_for(name)] + ([source.id] if source else [])
         with self.locks.hold(*keys):
             volume, _ = volumes.ensure_volume(self.pool, name, size, min_size=required, max_size=limit,
@@ -276,7 +290,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateSnapshot(self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
                        ) -> csi_pb2.CreateSnapshotResponse:
         source_id = required_string(request.source_volume_id, "source_volume_id")
-        name = required_string(request.name, "name")
+        name = required_name(request.name)
         parameters = volume_parameters(request.parameters)
         with self.locks.hold(snapshot_id_for(name), source_id):
             snapshot, _ = volumes.ensure_snapshot(self.pool, name, source_id, parameters=parameters)

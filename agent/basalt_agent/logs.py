@@ -27,6 +27,8 @@ _ID_FIELDS = (
     "staging_target_path", "target_path", "volume_path",
 )
 _WITHHELD = {"mount_flags"}
+# Kubelet puts service account tokens into NodePublish's volume_context.
+_SENSITIVE_CONTEXT = {"csi.storage.k8s.io/serviceAccount.tokens"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,6 +65,9 @@ def _strip(message: Message) -> None:
     for field, value in list(message.ListFields()):
         if field.GetOptions().Extensions[csi_pb2.csi_secret] or field.name in _WITHHELD:
             message.ClearField(field.name)
+        elif field.name == "volume_context":
+            for key in _SENSITIVE_CONTEXT & set(value):
+                del value[key]
         elif field.message_type is not None:
             if field.message_type.GetOptions().map_entry:
                 continue

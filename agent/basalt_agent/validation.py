@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple
 
@@ -36,6 +37,15 @@ def required_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> st
     if not value:
         raise invalid(f"{field} is required")
     return bounded_string(value, field, limit)
+
+
+def required_name(value: str, field: str = "name") -> str:
+    """A CSI name: any Unicode up to 128 bytes, but no control characters (the spec bans them)."""
+    required_string(value, field)
+    bad = [c for c in value if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise invalid(f"{field} contains control character(s) {', '.join(repr(c) for c in bad)}")
+    return value
 
 
 def bounded_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> str:

@@ -34,6 +34,7 @@ class FilePool(Pool):
     kind = KIND
 
     def __init__(self, directory: str, capacity_limit: int = 0) -> None:
+        super().__init__()
         self.directory = os.path.abspath(directory)
         self.capacity_limit = capacity_limit
 

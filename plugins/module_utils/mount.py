@@ -94,7 +94,8 @@ def mount(source: str, target: str, fs_type: str, options: Sequence[str] = ()) -
     if flat:
         argv += ["-o", ",".join(flat)]
     argv += [operand(source, "mount source"), operand(target, "mount target")]
-    run(argv, what=f"mount {source} on {target}")
+    # Mount options may carry credentials: keep them out of logs and errors.
+    run(argv, what=f"mount {source} on {target}", secrets=[",".join(flat)] if flat else ())
 
 
 def bind_mount(source: str, target: str, read_only: bool = False, options: Sequence[str] = ()) -> None:
@@ -109,7 +110,8 @@ def bind_mount(source: str, target: str, read_only: bool = False, options: Seque
         try:
             run(
                 ["mount", "-o", ",".join(["remount", "bind", *extra]), operand(target, "bind target")],
-                what=f"remount {target} with {','.join(extra)}",
+                what=f"remount {target} with its options",
+                secrets=[",".join(flat)] if flat else (),
             )
         except Exception:
             # Never leave a writable bind behind a failed read-only request.

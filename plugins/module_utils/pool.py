@@ -9,6 +9,7 @@ same for every pool (idempotency, compatibility, crash recovery) live in
 from __future__ import annotations
 
 import abc
+import threading
 from typing import List, Optional, Union
 
 from .errors import InvalidRequest
@@ -20,6 +21,11 @@ class Pool(abc.ABC):
     kind: str = ""
     #: allocation granularity in bytes
     unit: int = MiB
+
+    def __init__(self) -> None:
+        # Held from a space check to the record that claims the space, so
+        # concurrent creates of different names cannot overcommit the pool.
+        self.allocation = threading.Lock()
 
     @property
     @abc.abstractmethod

@@ -111,24 +111,28 @@ def ensure_volume(
     if existing is not None and existing.state == DELETING:
         _finish_delete(pool, existing, check_mode)
     reuse = existing is not None and existing.state == CREATING
-    if not reuse and size > pool.available_bytes():
-        raise NoSpace(
-            f"the {pool.kind} pool at {pool.location} has {pool.available_bytes()} bytes available, "
-            f"volume {name!r} needs {size}"
-        )
     volume = Volume(id=volume_id, name=name, size=size, pool=pool.kind, parameters=params,
                     source=source, ephemeral=ephemeral)
-    if check_mode:
-        volume.state = READY
-        return volume, True
-    if reuse:
-        log.info("completing the unfinished creation of volume %s (%r)", volume_id, name)
-    pool.save_volume(volume)
+    with pool.allocation:
+        if not reuse:
+            _check_space(pool, size, f"volume {name!r}")
+        if check_mode:
+            volume.state = READY
+            return volume, True
+        if reuse:
+            log.info("completing the unfinished creation of volume %s (%r)", volume_id, name)
+        pool.save_volume(volume)  # the creating record claims the space
     volume.copy_method = pool.provision_volume(volume, origin)
     volume.state = READY
     pool.save_volume(volume)
     log.info("created volume %s (%r, %d bytes)", volume_id, name, size)
     return volume, True
+
+
+def _check_space(pool: Pool, needed: int, what: str) -> None:
+    available = pool.available_bytes()
+    if needed > available:
+        raise NoSpace(f"the {pool.kind} pool at {pool.location} has {available} bytes available, {what} needs {needed}")
 
 
 def _check_compatible(volume: Volume, min_size: int, max_size: int,
@@ -177,14 +181,13 @@ def expand_volume(pool: Pool, volume_id: str, size: int, *, check_mode: bool = F
     volume = get_volume(pool, volume_id)
     if size <= volume.size:
         return volume, False
-    extra = size - volume.size
-    if extra > pool.available_bytes():
-        raise NoSpace(f"growing volume {volume_id} by {extra} bytes exceeds the pool's available space")
-    if check_mode:
-        return dataclasses.replace(volume, size=size), True
-    pool.resize_volume(volume, size)
-    volume.size = size
-    pool.save_volume(volume)
+    with pool.allocation:
+        _check_space(pool, size - volume.size, f"growing volume {volume_id}")
+        if check_mode:
+            return dataclasses.replace(volume, size=size), True
+        pool.resize_volume(volume, size)
+        volume.size = size
+        pool.save_volume(volume)
     log.info("expanded volume %s to %d bytes", volume_id, size)
     return volume, True
 
@@ -233,14 +236,15 @@ def ensure_snapshot(
     volume = get_volume(pool, volume_id)
     if existing is not None and existing.state == DELETING:
         _finish_snapshot_delete(pool, existing)
-    if existing is None and volume.size > pool.available_bytes():
-        raise NoSpace(f"the {pool.kind} pool at {pool.location} has no room for a {volume.size}-byte snapshot")
     snapshot = Snapshot(id=snapshot_id, name=name, source_volume_id=volume_id, size=volume.size,
                         pool=pool.kind, parameters=params)
-    if check_mode:
-        snapshot.state = READY
-        return snapshot, True
-    pool.save_snapshot(snapshot)
+    with pool.allocation:
+        if existing is None:
+            _check_space(pool, volume.size, f"snapshot {name!r}")
+        if check_mode:
+            snapshot.state = READY
+            return snapshot, True
+        pool.save_snapshot(snapshot)
     snapshot.copy_method = pool.take_snapshot(snapshot, volume)
     snapshot.state = READY
     pool.save_snapshot(snapshot)

@@ -75,7 +75,7 @@ MULTI_NODE_MODES = [
 
 def mount_cap(
     fs_type: str = "ext4",
-    mode: int = AM.SINGLE_NODE_WRITER,
+    mode: "csi.VolumeCapability.AccessMode.Mode" = AM.SINGLE_NODE_WRITER,
     flags: Iterable[str] = (),
 ) -> Any:
     """A MOUNT VolumeCapability."""
@@ -85,7 +85,7 @@ def mount_cap(
     )
 
 
-def block_cap(mode: int = AM.SINGLE_NODE_WRITER) -> Any:
+def block_cap(mode: "csi.VolumeCapability.AccessMode.Mode" = AM.SINGLE_NODE_WRITER) -> Any:
     """A BLOCK VolumeCapability."""
     return csi.VolumeCapability(
         block=csi.VolumeCapability.BlockVolume(),
