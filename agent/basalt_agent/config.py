@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from basalt_core.errors import InvalidRequest
+from basalt_core.lvm_pool import LvmOptions
 from basalt_core.sizes import parse_size
 
 from . import DRIVER_NAME, __version__
@@ -31,6 +32,12 @@ class Config:
     max_concurrent_rpcs: int = 64
     cleanup_grace: float = 600.0
     default_volume_size: int = 1 << 30
+    lvm_activation: str = "dm"
+    lvm_alloc: str = "normal"
+    lvm_snapshot_mode: str = "copy"
+    lvm_cow_percent: int = 25
+    thin_overprovision: float = 1.0
+    thin_full_percent: float = 90.0
     registration_socket: str = ""
     kubelet_registration_path: str = ""
     log_level: str = "info"
@@ -83,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of the settings below")
     p.add_argument("--endpoint", help=f"unix:///path.sock to serve (env CSI_ENDPOINT; default {DEFAULT_ENDPOINT})")
     p.add_argument("--node-id", help="this node's id (default: the host name)")
-    p.add_argument("--pool", help="the pool: file:/dir (default: file:STATE_DIR/pools/file)")
+    p.add_argument("--pool", help="the pool: file:/dir, lvm:VG or lvmthin:VG/THINPOOL "
+                   "(default: file:STATE_DIR/pools/file)")
     p.add_argument("--pool-capacity-limit", type=_size, help="cap on bytes provisioned from the pool, e.g. 100Gi")
     p.add_argument("--state-dir", help=f"node state and default pool location (default {DEFAULT_STATE_DIR})")
     p.add_argument("--services", type=_services, help="all (default) or a comma list of identity,controller,node")
@@ -92,6 +100,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup-grace", type=float,
                    help="seconds before an unfinished, never retried creation is removed (default 600)")
     p.add_argument("--default-volume-size", type=_size, help="size when a request sets none (default 1Gi)")
+    lvm = p.add_argument_group("LVM pools")
+    lvm.add_argument("--lvm-activation", choices=["dm", "loop"],
+                     help="dm (default): lvchange; loop: a loop device at the LV's offset on its PV, for kernels "
+                     "without device-mapper (linear, contiguous LVs only)")
+    lvm.add_argument("--lvm-alloc", choices=["normal", "contiguous", "cling", "anywhere"],
+                     help="allocation policy of new LVs (default normal; loop activation needs contiguous)")
+    lvm.add_argument("--lvm-snapshot-mode", choices=["copy", "cow"],
+                     help="lvm pool snapshots: copy (independent, default) or cow (classic); a snapshot class "
+                     "can choose with the parameter basalt.dev/snapshot-mode")
+    lvm.add_argument("--lvm-cow-percent", type=int, help="COW space of a classic snapshot, %% of its origin (25)")
+    lvm.add_argument("--thin-overprovision", type=float,
+                     help="lvmthin: virtual bytes allowed per byte of thin pool (default 1.0)")
+    lvm.add_argument("--thin-full-percent", type=float,
+                     help="lvmthin: thin pool data/metadata use that marks volumes abnormal (default 90)")
     p.add_argument("--registration-socket",
                    help="also serve kubelet plugin registration on this socket "
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")
@@ -118,6 +140,12 @@ def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]]
     config = Config(**settings)
     endpoint_path(config.endpoint)
     return config
+
+
+def lvm_options(config: Config) -> LvmOptions:
+    return LvmOptions(alloc=config.lvm_alloc, activation=config.lvm_activation,
+                      cow_percent=config.lvm_cow_percent, snapshot_mode=config.lvm_snapshot_mode,
+                      overprovision=config.thin_overprovision, full_percent=config.thin_full_percent)
 
 
 def _from_file(document: Dict[str, Any], path: str) -> Dict[str, Any]:

@@ -291,7 +291,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                        ) -> csi_pb2.CreateSnapshotResponse:
         source_id = required_string(request.source_volume_id, "source_volume_id")
         name = required_name(request.name)
-        parameters = volume_parameters(request.parameters)
+        parameters = volume_parameters(request.parameters, self.pool.snapshot_parameter_keys)
         with self.locks.hold(snapshot_id_for(name), source_id):
             snapshot, _ = volumes.ensure_snapshot(self.pool, name, source_id, parameters=parameters)
         return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(snapshot))

@@ -112,7 +112,8 @@ class RpcLogInterceptor(grpc.ServerInterceptor):
                                           "duration_ms": round((time.monotonic() - started) * 1000, 2)}
                 fields.update(request_fields(request))
                 if code is not grpc.StatusCode.OK:
-                    fields["error"] = context.details()
+                    details = context.details()
+                    fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
                 if log.isEnabledFor(logging.DEBUG):
                     fields["request"] = json_format.MessageToDict(redacted(request))
                 log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc",

@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
-    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit)
+    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
     locks = ObjectLocks()
     for leftover in pool.clean_leftovers():
         log.info("removed leftover %s", leftover)

@@ -10,17 +10,14 @@ The JSON records, written atomically, are the only source of truth.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-from typing import Iterator, List, Optional, Union
+from typing import List, Optional, Union
 
-from . import imagefile, losetup
-from . import mount as mounts
+from . import imagefile, losetup, staging
 from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
-from .filesystem import freeze, unfreeze
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
 from .pool import Pool
 from .volumes import provisioned_bytes
@@ -111,7 +108,7 @@ class FilePool(Pool):
             imagefile.create(target, volume.size)
             return None
         origin = self.image_path(source.id) if isinstance(source, Volume) else self.snapshot_path(source.id)
-        with self._consistent(source if isinstance(source, Volume) else None):
+        with staging.frozen(self.attached_device(source) if isinstance(source, Volume) else None):
             return imagefile.clone(origin, target, volume.size)
 
     def release_volume(self, volume: Volume) -> None:
@@ -123,33 +120,11 @@ class FilePool(Pool):
         imagefile.grow(self.image_path(volume.id), size)
 
     def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
-        with self._consistent(volume):
+        with staging.frozen(self.attached_device(volume)):
             return imagefile.clone(self.image_path(volume.id), self.snapshot_path(snapshot.id))
 
     def release_snapshot(self, snapshot: Snapshot) -> None:
         remove_durably(self.snapshot_path(snapshot.id))
-
-    @contextlib.contextmanager
-    def _consistent(self, volume: Optional[Volume]) -> Iterator[None]:
-        """Freeze the volume's filesystem while it is copied, if it is mounted here."""
-        mount_point = self._mount_point(volume) if volume is not None else None
-        if mount_point is None:
-            yield
-            return
-        freeze(mount_point)
-        try:
-            yield
-        finally:
-            unfreeze(mount_point)
-
-    def _mount_point(self, volume: Volume) -> Optional[str]:
-        device = self.attached_device(volume)
-        if device is None:
-            return None
-        for entry in mounts.mounts():
-            if entry.source == device and entry.root == "/":
-                return entry.mount_point
-        return None
 
     def available_bytes(self) -> int:
         free = shutil.disk_usage(self.directory).free

@@ -38,6 +38,11 @@ def make(device: str, fs_type: str) -> None:
     run(_MKFS[fs] + [operand(device, "device")], timeout=600, what=f"create {fs} on {device}")
 
 
+def wipe(device: str) -> None:
+    """Erase every filesystem, RAID and partition-table signature on *device* (``wipefs --all``)."""
+    run(["wipefs", "--all", operand(device, "device")], what=f"wipe signatures on {device}")
+
+
 def size(device: str, fs_type: str, mount_point: Optional[str] = None) -> int:
     """Bytes the filesystem on *device* spans (ext4 read offline; xfs needs its mount)."""
     if fs_type == "ext4":

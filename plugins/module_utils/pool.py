@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
+from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
 from .model import Snapshot, Volume
 from .sizes import MiB
+
+if TYPE_CHECKING:
+    from .lvm_pool import LvmOptions
 
 
 class Pool(abc.ABC):
@@ -26,6 +30,11 @@ class Pool(abc.ABC):
         # Held from a space check to the record that claims the space, so
         # concurrent creates of different names cannot overcommit the pool.
         self.allocation = threading.Lock()
+
+    @property
+    def snapshot_parameter_keys(self) -> Tuple[str, ...]:
+        """CreateSnapshot parameters (snapshot class) this pool understands."""
+        return ()
 
     @property
     @abc.abstractmethod
@@ -123,13 +132,18 @@ class Pool(abc.ABC):
         return []
 
 
-def open_pool(spec: str, capacity_limit: int = 0) -> Pool:
-    """Open the pool a spec names: ``file:/dir`` (later ``lvm:VG``, ``lvmthin:VG/POOL``)."""
+def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None) -> Pool:
+    """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``."""
     kind, _, location = spec.partition(":")
+    # The implementations import this module, hence the local imports.
     if kind == "file" and location.startswith("/"):
-        from .file_pool import FilePool  # the implementation imports this module
+        from .file_pool import FilePool
 
         pool = FilePool(location, capacity_limit)
         pool.ensure_layout()
         return pool
-    raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir")
+    if kind in ("lvm", "lvmthin") and location:
+        from .lvm_pool import LvmOptions, open_lvm_pool
+
+        return open_lvm_pool(kind, location, lvm_options or LvmOptions(), DEFAULT_LVM_SETTINGS)
+    raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir, lvm:VG or lvmthin:VG/THINPOOL")

@@ -6,9 +6,10 @@ unstage, each idempotent and reporting whether it changed anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from . import devices, filesystem
 from . import mount as mounts
@@ -23,8 +24,13 @@ def _device_number(device: str) -> str:
     return f"{os.major(rdev)}:{os.minor(rdev)}"
 
 
-def ensure_filesystem(device: str, fs_type: str, *, check_mode: bool = False) -> bool:
-    """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else."""
+def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False) -> bool:
+    """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
+
+    With *force*, a device holding another filesystem or other data is wiped
+    (``wipefs --all``) and formatted; a device that already holds *fs_type* is
+    never reformatted.
+    """
     fs = filesystem.check_type(fs_type)
     found = probe(device)
     if found.blank:
@@ -33,9 +39,15 @@ def ensure_filesystem(device: str, fs_type: str, *, check_mode: bool = False) ->
             log.info("created %s on blank device %s", fs, device)
         return True
     if found.fs_type != fs:
-        raise Precondition(
-            f"{device} holds {found.describe()}, not {fs}; refusing to format a device that holds data"
-        )
+        if not force:
+            raise Precondition(
+                f"{device} holds {found.describe()}, not {fs}; refusing to format a device that holds data"
+            )
+        if not check_mode:
+            filesystem.wipe(device)
+            filesystem.make(device, fs)
+            log.warning("wiped %s (it held %s) and created %s, as forced", device, found.describe(), fs)
+        return True
     return False
 
 
@@ -45,16 +57,17 @@ def ensure_mounted(
     fs_type: str,
     options: Sequence[str] = (),
     *,
+    force: bool = False,
     check_mode: bool = False,
 ) -> bool:
-    """Format-if-blank, grow the filesystem to the device, and mount it at *path*."""
+    """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it."""
     fs = filesystem.check_type(fs_type)
     current = mounts.find_mount(path)
     if current is not None:
         if current.major_minor != _device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
         return False
-    changed = ensure_filesystem(device, fs, check_mode=check_mode)
+    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode)
     if check_mode:
         return True
     os.makedirs(path, exist_ok=True)
@@ -131,3 +144,24 @@ def check_absolute(path: str, what: str) -> str:
         raise InvalidRequest(f"{what} {path!r} must be normalised (no '.', '..' or '//')")
     return normal
 
+
+@contextlib.contextmanager
+def frozen(device: Optional[str]) -> Iterator[None]:
+    """Freeze the filesystem mounted from *device* (if any, here) while the block runs.
+
+    A copy taken meanwhile is what a crash at that instant would leave:
+    consistent for a journaling filesystem.
+    """
+    mount_point = None
+    if device is not None:
+        number = _device_number(device)
+        mount_point = next((e.mount_point for e in mounts.mounts()
+                            if e.major_minor == number and e.root == "/"), None)
+    if mount_point is None:
+        yield
+        return
+    filesystem.freeze(mount_point)
+    try:
+        yield
+    finally:
+        filesystem.unfreeze(mount_point)

@@ -1,0 +1,128 @@
+"""Making an LV a block device on this host, and undoing it.
+
+Two activators behind one interface:
+
+* ``DeviceMapperActivator``: ``lvchange -aey`` / ``-an``, the device path read
+  from LVM's report (never guessed).  The normal case.
+* ``LoopActivator``: for kernels without device-mapper.  A linear LV that is
+  one contiguous segment on one PV is a byte range of that PV, so a loop
+  device at that offset and size *is* the LV's data.  Thin LVs and snapshots
+  have no such range and cannot be reached this way.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Iterator, Optional, Sequence
+
+from . import losetup, lvm
+from .errors import Precondition
+
+
+class Activator(abc.ABC):
+    name = ""
+
+    def __init__(self, settings: lvm.LvmSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    def activate(self, volume: lvm.LogicalVolume) -> str:
+        """Make *volume* a block device (idempotent); return its path."""
+
+    @abc.abstractmethod
+    def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
+        """The block device of *volume* if it is active here."""
+
+    @abc.abstractmethod
+    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
+        """Undo activate; False when it was not active."""
+
+    @abc.abstractmethod
+    def refresh(self, volume: lvm.LogicalVolume) -> None:
+        """Make the active device match the LV's (new) size."""
+
+
+class DeviceMapperActivator(Activator):
+    name = "dm"
+
+    def activate(self, volume: lvm.LogicalVolume) -> str:
+        lvm.activate(volume.vg_name, volume.name, settings=self.settings)
+        current = lvm.logical_volume(volume.vg_name, volume.name, settings=self.settings)
+        if current is None or not current.attr.active or not current.path:
+            raise Precondition(
+                f"LVM reports {volume.full_name} inactive after activating it: is device-mapper available? "
+                "(hosts without it can use loop activation)"
+            )
+        return current.path
+
+    def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
+        return volume.path if volume.attr.active else None
+
+    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
+        if not volume.attr.active:
+            return False
+        lvm.deactivate(volume.vg_name, volume.name, settings=self.settings)
+        return True
+
+    def refresh(self, volume: lvm.LogicalVolume) -> None:
+        lvm.refresh(volume.vg_name, volume.name, settings=self.settings)
+
+
+class LoopActivator(Activator):
+    name = "loop"
+
+    def _location(self, volume: lvm.LogicalVolume) -> lvm.DataLocation:
+        if volume.attr.thin_volume or volume.attr.snapshot:
+            raise Precondition(
+                f"{volume.full_name} is a thin or snapshot LV: without the device-mapper kernel driver "
+                "(dm_thin_pool, dm_snapshot) its data cannot be reached"
+            )
+        group = lvm.volume_group(volume.vg_name, settings=self.settings)
+        pvs: Sequence[lvm.PhysicalVolume] = lvm.physical_volumes(volume.vg_name, settings=self.settings)
+        return lvm.linear_location(volume, pvs, group.extent_size)
+
+    def _find(self, volume: lvm.LogicalVolume) -> Optional[losetup.LoopDevice]:
+        location = self._location(volume)
+        return losetup.find(location.device, location.offset)
+
+    def activate(self, volume: lvm.LogicalVolume) -> str:
+        location = self._location(volume)
+        device, _ = losetup.ensure_attached(location.device, offset=location.offset, size_limit=location.length)
+        return device.device
+
+    def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
+        if volume.attr.thin_volume or volume.attr.snapshot:
+            return None
+        found = self._find(volume)
+        return found.device if found else None
+
+    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
+        found = self._find(volume)
+        if found is None:
+            return False
+        losetup.detach(found.device)
+        return True
+
+    def refresh(self, volume: lvm.LogicalVolume) -> None:
+        location = self._location(volume)  # still one contiguous range, or Precondition
+        found = losetup.find(location.device, location.offset)
+        if found is not None and found.size_limit != location.length:
+            losetup.set_size_limit(found.device, location.length)
+
+
+ACTIVATORS = {cls.name: cls for cls in (DeviceMapperActivator, LoopActivator)}
+
+
+@contextlib.contextmanager
+def active(activator: Activator, volume: lvm.LogicalVolume) -> Iterator[str]:
+    """The volume's device for the duration of a block; activated only for it if it was not already."""
+    device = activator.device(volume)
+    if device is not None:
+        yield device
+        return
+    device = activator.activate(volume)
+    try:
+        yield device
+    finally:
+        activator.deactivate(volume)

@@ -1,0 +1,417 @@
+"""The ``lvm`` (thick) and ``lvmthin`` pools: each volume is an LV, its record lives in its tags.
+
+An LV is ours only if it carries ``basalt.managed``; every listing selects on
+that tag, so other LVs in a shared VG are never touched or counted.  The
+record (CSI name, state, source, parameters, publications) is JSON stored in
+tags; ``basalt.state=ready`` is the provisioning-complete marker.  A record is
+replaced in one ``lvchange`` (one metadata commit), so a crash never leaves
+half of it.
+
+LV names derive from ids: ``csi-<hex>`` for volumes, ``csi-snap-<hex>`` for
+snapshots, where ``<hex>`` is the 32 hex digits of the id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from . import lvm, staging
+from .activation import ACTIVATORS, Activator, active
+from .errors import InvalidRequest, NotFound, Precondition
+from .model import (
+    CREATING,
+    SNAPSHOT_PREFIX,
+    VOLUME_PREFIX,
+    Snapshot,
+    Volume,
+    is_snapshot_id,
+    is_volume_id,
+)
+from .pool import Pool
+
+log = logging.getLogger(__name__)
+
+KIND_TAG = "basalt.kind="
+STATE_TAG = "basalt.state="
+RECORD_KEY = "basalt.record"
+VOLUME_LV_PREFIX = "csi-"
+SNAPSHOT_LV_PREFIX = "csi-snap-"
+COPY_CHUNK = 4 << 20
+
+SNAPSHOT_MODE_KEY = "basalt.dev/snapshot-mode"
+COW = "cow"
+COPY = "copy"
+THIN = "thin"
+
+
+@dataclass(frozen=True)
+class LvmOptions:
+    alloc: str = "normal"
+    activation: str = "dm"
+    #: COW space of a classic snapshot, as a percentage of its origin
+    cow_percent: int = 25
+    #: default snapshot mode of the thick pool: cow (classic) or copy (independent)
+    snapshot_mode: str = COPY
+    #: thin: virtual bytes allowed per byte of thin pool data
+    overprovision: float = 1.0
+    #: thin: data or metadata use (percent) above which volumes report abnormal
+    full_percent: float = 90.0
+
+
+def lv_name(object_id: str) -> str:
+    if is_volume_id(object_id):
+        return VOLUME_LV_PREFIX + object_id[len(VOLUME_PREFIX):]
+    if is_snapshot_id(object_id):
+        return SNAPSHOT_LV_PREFIX + object_id[len(SNAPSHOT_PREFIX):]
+    raise InvalidRequest(f"{object_id!r} is not a Basalt volume or snapshot id")
+
+
+class LvmPool(Pool):
+    kind = "lvm"
+
+    def __init__(self, vg: str, options: LvmOptions = LvmOptions(),
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+        super().__init__()
+        self.vg = lvm.check_vg_name(vg)
+        self.options = options
+        self.settings = settings
+        if options.activation not in ACTIVATORS:
+            raise InvalidRequest(f"activation {options.activation!r} is not one of {', '.join(ACTIVATORS)}")
+        self.activator: Activator = ACTIVATORS[options.activation](settings)
+        if options.snapshot_mode not in (COW, COPY):
+            raise InvalidRequest(f"snapshot mode {options.snapshot_mode!r} is not cow or copy")
+
+    @property
+    def location(self) -> str:
+        return self.vg
+
+    @property
+    def snapshot_parameter_keys(self) -> Tuple[str, ...]:
+        return (SNAPSHOT_MODE_KEY,)
+
+    def probe(self) -> None:
+        try:
+            lvm.volume_group(self.vg, settings=self.settings)
+        except NotFound as error:
+            raise Precondition(f"volume group {self.vg} is not available: {error}") from error
+
+    # -- records -------------------------------------------------------------
+    def _lvs(self) -> List[lvm.LogicalVolume]:
+        return lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
+
+    def _lv(self, object_id: str) -> Optional[lvm.LogicalVolume]:
+        found = lvm.logical_volume(self.vg, lv_name(object_id), settings=self.settings)
+        return found if found is not None and lvm.MANAGED_TAG in found.tags else None
+
+    def _require_lv(self, object_id: str) -> lvm.LogicalVolume:
+        found = self._lv(object_id)
+        if found is None:
+            raise NotFound(f"logical volume {self.vg}/{lv_name(object_id)} for {object_id} does not exist")
+        return found
+
+    @staticmethod
+    def _record_tags(kind: str, record: Union[Volume, Snapshot]) -> List[str]:
+        document = record.to_dict()
+        for derived in ("id", "size", "state", "pool"):
+            document.pop(derived, None)
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+        return [lvm.MANAGED_TAG, KIND_TAG + kind, STATE_TAG + record.state,
+                *lvm.encode_tag_value(RECORD_KEY, text)]
+
+    def _decode(self, found: lvm.LogicalVolume, object_id: str) -> Dict[str, object]:
+        text = lvm.decode_tag_value(found.tags, RECORD_KEY)
+        states = [t[len(STATE_TAG):] for t in found.tags if t.startswith(STATE_TAG)]
+        if text is None or len(states) != 1:
+            raise Precondition(f"{found.full_name} carries {lvm.MANAGED_TAG} but no complete Basalt record")
+        document: Dict[str, object] = json.loads(text)
+        document.update(id=object_id, size=found.size, state=states[0], pool=self.kind)
+        return document
+
+    def _object_id(self, found: lvm.LogicalVolume) -> Optional[str]:
+        if found.name.startswith(SNAPSHOT_LV_PREFIX):
+            return SNAPSHOT_PREFIX + found.name[len(SNAPSHOT_LV_PREFIX):]
+        if found.name.startswith(VOLUME_LV_PREFIX):
+            return VOLUME_PREFIX + found.name[len(VOLUME_LV_PREFIX):]
+        return None
+
+    def load_volume(self, volume_id: str) -> Optional[Volume]:
+        found = self._lv(volume_id) if is_volume_id(volume_id) else None
+        return Volume.from_dict(self._decode(found, volume_id)) if found else None
+
+    def load_snapshot(self, snapshot_id: str) -> Optional[Snapshot]:
+        found = self._lv(snapshot_id) if is_snapshot_id(snapshot_id) else None
+        return Snapshot.from_dict(self._decode(found, snapshot_id)) if found else None
+
+    def all_volumes(self) -> List[Volume]:
+        return [Volume.from_dict(self._decode(lv, oid)) for lv, oid in self._owned(is_volume_id)]
+
+    def all_snapshots(self) -> List[Snapshot]:
+        return [Snapshot.from_dict(self._decode(lv, oid)) for lv, oid in self._owned(is_snapshot_id)]
+
+    def _owned(self, kind_of: Callable[[str], bool]) -> List[Tuple[lvm.LogicalVolume, str]]:
+        pairs = []
+        for found in self._lvs():
+            object_id = self._object_id(found)
+            if object_id is not None and kind_of(object_id):
+                pairs.append((found, object_id))
+        return pairs
+
+    def volume_ids(self) -> List[str]:
+        return sorted(oid for _, oid in self._owned(is_volume_id))
+
+    def snapshot_ids(self) -> List[str]:
+        return sorted(oid for _, oid in self._owned(is_snapshot_id))
+
+    def _save(self, kind: str, record: Union[Volume, Snapshot], create: Callable[[List[str]], None]) -> None:
+        found = self._lv(record.id)
+        wanted = self._record_tags(kind, record)
+        if found is None:
+            if record.state != CREATING:
+                return  # the LV is gone: nothing left to describe
+            create(wanted)
+            return
+        stale = [t for t in found.tags if t not in wanted]
+        lvm.change_tags(self.vg, found.name, add=[t for t in wanted if t not in found.tags], remove=stale,
+                        settings=self.settings)
+
+    def save_volume(self, volume: Volume) -> None:
+        self._save("volume", volume, lambda tags: self._allocate_volume(volume, tags))
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._save("snapshot", snapshot, lambda tags: self._allocate_snapshot(snapshot, tags))
+
+    def forget_volume(self, volume_id: str) -> None:
+        """The LV was the record; release_volume removed both."""
+
+    def forget_snapshot(self, snapshot_id: str) -> None:
+        """The LV was the record; release_snapshot removed both."""
+
+    # -- data ----------------------------------------------------------------
+    def _extent_size(self) -> int:
+        return lvm.volume_group(self.vg, settings=self.settings).extent_size
+
+    def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
+        """Claim the volume's space: a new LV carrying its creating record."""
+        lvm.create_linear(self.vg, lv_name(volume.id), volume.size, tags, alloc=self.options.alloc,
+                          extent_size=self._extent_size(), zero=self.activator.name == "dm",
+                          settings=self.settings)
+
+    def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
+        target = self._require_lv(volume.id)
+        if source is None:
+            if self.activator.name != "dm":
+                # LVM could not zero or wipe without device-mapper: clear the
+                # ends ourselves, so blkid sees a blank device, never old data.
+                self._clear_ends(target)
+            return None
+        origin = self._require_lv(source.id)
+        self._copy(origin, target, source if isinstance(source, Volume) else None)
+        return COPY
+
+    def _clear_ends(self, target: lvm.LogicalVolume) -> None:
+        with active(self.activator, target) as device:
+            span = min(target.size, 1 << 20)
+            with open(device, "r+b", buffering=0) as handle:
+                for offset in sorted({0, target.size - span}):
+                    handle.seek(offset)
+                    handle.write(b"\0" * span)
+                os.fsync(handle.fileno())
+
+    def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume]) -> None:
+        """Copy every byte of *origin* into *target* (a crash midway leaves a creating record: retried)."""
+        if volume is not None:
+            self._check_copyable(origin, volume.id)
+        with active(self.activator, origin) as source, active(self.activator, target) as dest:
+            with staging.frozen(source), open(source, "rb", buffering=0) as src, \
+                    open(dest, "r+b", buffering=0) as dst:
+                copied = 0
+                while copied < origin.size:
+                    chunk = src.read(min(COPY_CHUNK, origin.size - copied))
+                    if not chunk:
+                        break
+                    dst.write(chunk)
+                    copied += len(chunk)
+                os.fsync(dst.fileno())
+        log.info("copied %d bytes from %s to %s", copied, origin.full_name, target.full_name)
+
+    def _check_copyable(self, origin: lvm.LogicalVolume, volume_id: str) -> None:
+        if self.activator.name != "dm" and self.activator.device(origin) is not None:
+            raise Precondition(
+                f"volume {volume_id} is in use on this node; a point-in-time copy of an LV in use needs the "
+                "device-mapper snapshot target (dm_snapshot), which this kernel lacks"
+            )
+
+    def release_volume(self, volume: Volume) -> None:
+        found = self._lv(volume.id)
+        if found is not None:
+            self.activator.deactivate(found)
+            lvm.remove(self.vg, found.name, settings=self.settings)
+
+    def resize_volume(self, volume: Volume, size: int) -> None:
+        found = self._require_lv(volume.id)
+        lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
+
+    def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
+        origin = self._require_lv(snapshot.source_volume_id)
+        mode = snapshot.parameters.get(SNAPSHOT_MODE_KEY, self.options.snapshot_mode)
+        if mode not in (COW, COPY):
+            raise InvalidRequest(f"{SNAPSHOT_MODE_KEY} {mode!r} is not cow or copy")
+        if mode == COW:
+            cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
+            lvm.create_cow_snapshot(self.vg, origin.name, lv_name(snapshot.id), cow, tags,
+                                    extent_size=self._extent_size(), settings=self.settings)
+        else:
+            self._check_copyable(origin, snapshot.source_volume_id)  # before claiming any space
+            lvm.create_linear(self.vg, lv_name(snapshot.id), origin.size, tags, alloc=self.options.alloc,
+                              extent_size=self._extent_size(), zero=False, settings=self.settings)
+
+    def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
+        found = self._require_lv(snapshot.id)
+        if found.attr.snapshot:
+            return COW
+        self._copy(self._require_lv(volume.id), found, volume)
+        return COPY
+
+    def release_snapshot(self, snapshot: Snapshot) -> None:
+        found = self._lv(snapshot.id)
+        if found is not None:
+            lvm.remove(self.vg, found.name, settings=self.settings)
+
+    def available_bytes(self) -> int:
+        return lvm.volume_group(self.vg, settings=self.settings).free
+
+    def busy_reason(self, volume: Volume) -> Optional[str]:
+        found = self._lv(volume.id)
+        if found is None:
+            return None
+        device = self.activator.device(found)
+        if device:
+            return f"active as {device}"
+        dependants = [lv.name for lv in self._lvs() if lv.origin == found.name and lv.attr.snapshot]
+        if dependants:
+            return f"it has COW snapshots {', '.join(dependants)}; delete them first"
+        return None
+
+    def volume_problem(self, volume: Volume) -> Optional[str]:
+        found = self._lv(volume.id)
+        if found is None:
+            return f"logical volume {self.vg}/{lv_name(volume.id)} is missing"
+        if found.attr.partial or found.attr.failed:
+            return f"logical volume {found.full_name} is {found.attr.health}"
+        if found.size < volume.size:
+            return f"logical volume {found.full_name} is {found.size} bytes, smaller than the volume's {volume.size}"
+        return None
+
+    # -- node side -----------------------------------------------------------
+    def attach(self, volume: Volume) -> str:
+        return self.activator.activate(self._require_lv(volume.id))
+
+    def attached_device(self, volume: Volume) -> Optional[str]:
+        found = self._lv(volume.id)
+        return self.activator.device(found) if found else None
+
+    def detach(self, volume: Volume) -> bool:
+        found = self._lv(volume.id)
+        return self.activator.deactivate(found) if found else False
+
+    def refresh(self, volume: Volume) -> None:
+        found = self._lv(volume.id)
+        if found is not None and self.activator.device(found):
+            self.activator.refresh(found)
+
+
+
+class LvmThinPool(LvmPool):
+    """Thin LVs in one thin pool: instant snapshots, clones and restores (thin snapshots)."""
+
+    kind = "lvmthin"
+
+    def __init__(self, vg: str, thin_pool: str, options: LvmOptions = LvmOptions(),
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+        if options.activation != "dm":
+            raise InvalidRequest("thin volumes need device-mapper activation (dm_thin_pool); loop cannot reach them")
+        super().__init__(vg, options, settings)
+        self.thin_pool = lvm.check_lv_name(thin_pool)
+
+    @property
+    def location(self) -> str:
+        return f"{self.vg}/{self.thin_pool}"
+
+    @property
+    def snapshot_parameter_keys(self) -> Tuple[str, ...]:
+        return ()
+
+    def _pool_lv(self) -> lvm.LogicalVolume:
+        found = lvm.logical_volume(self.vg, self.thin_pool, settings=self.settings)
+        if found is None or not found.attr.thin_pool:
+            raise Precondition(f"{self.vg}/{self.thin_pool} is not a thin pool")
+        return found
+
+    def probe(self) -> None:
+        super().probe()
+        try:
+            self._pool_lv()
+        except NotFound as error:
+            raise Precondition(str(error)) from error
+
+    def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
+        name = lv_name(volume.id)
+        if volume.source is None:
+            lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags, extent_size=self._extent_size(),
+                            settings=self.settings)
+        else:
+            # A clone or a restore is a thin snapshot of its source: instant, shares blocks.
+            origin = self._require_lv(volume.source.id)
+            lvm.create_thin_snapshot(self.vg, origin.name, name, tags, activation_skip=False,
+                                     settings=self.settings)
+
+    def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
+        if source is None:
+            return None  # unprovisioned thin blocks read as zeroes
+        found = self._require_lv(volume.id)
+        if found.size < volume.size:
+            lvm.extend(self.vg, found.name, volume.size, extent_size=self._extent_size(), settings=self.settings)
+        return THIN
+
+    def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
+        origin = self._require_lv(snapshot.source_volume_id)
+        lvm.create_thin_snapshot(self.vg, origin.name, lv_name(snapshot.id), tags, settings=self.settings)
+
+    def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
+        return THIN  # taken, point in time, by _allocate_snapshot
+
+    def available_bytes(self) -> int:
+        """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too)."""
+        pool = self._pool_lv()
+        virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
+                      if lv.pool_lv == self.thin_pool)
+        return max(0, int(pool.size * self.options.overprovision) - virtual)
+
+    def busy_reason(self, volume: Volume) -> Optional[str]:
+        found = self._lv(volume.id)
+        device = self.activator.device(found) if found else None
+        return f"active as {device}" if device else None  # thin snapshots do not depend on their origin
+
+    def volume_problem(self, volume: Volume) -> Optional[str]:
+        problem = super().volume_problem(volume)
+        if problem:
+            return problem
+        pool = self._pool_lv()
+        for what, used in (("data", pool.data_percent), ("metadata", pool.metadata_percent)):
+            if used is not None and used >= self.options.full_percent:
+                return f"thin pool {pool.full_name} {what} is {used:.1f}% full (threshold {self.options.full_percent}%)"
+        return None
+
+
+def open_lvm_pool(kind: str, location: str, options: LvmOptions, settings: lvm.LvmSettings) -> LvmPool:
+    """``lvm`` + ``VG`` or ``lvmthin`` + ``VG/THINPOOL``."""
+    if kind == "lvm":
+        return LvmPool(location, options, settings)
+    vg, sep, thin_pool = location.partition("/")
+    if not sep:
+        raise InvalidRequest(f"lvmthin pool {location!r} must be VG/THINPOOL")
+    return LvmThinPool(vg, thin_pool, options, settings)
