@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from . import losetup, lvm
 from .errors import Precondition
@@ -72,15 +72,25 @@ class DeviceMapperActivator(Activator):
 class LoopActivator(Activator):
     name = "loop"
 
+    def __init__(self, settings: lvm.LvmSettings) -> None:
+        super().__init__(settings)
+        # Extent size and PV data offsets are fixed once a VG and its PVs exist;
+        # re-read only when an LV lies on a PV not seen before (vgextend).
+        self._layout: Dict[str, Tuple[int, Sequence[lvm.PhysicalVolume]]] = {}
+
     def _location(self, volume: lvm.LogicalVolume) -> lvm.DataLocation:
         if volume.attr.thin_volume or volume.attr.snapshot:
             raise Precondition(
                 f"{volume.full_name} is a thin or snapshot LV: without the device-mapper kernel driver "
                 "(dm_thin_pool, dm_snapshot) its data cannot be reached"
             )
-        group = lvm.volume_group(volume.vg_name, settings=self.settings)
-        pvs: Sequence[lvm.PhysicalVolume] = lvm.physical_volumes(volume.vg_name, settings=self.settings)
-        return lvm.linear_location(volume, pvs, group.extent_size)
+        known = self._layout.get(volume.vg_name)
+        devices = {r.device for r in volume.seg_pe_ranges}
+        if known is None or not devices <= {pv.name for pv in known[1]}:
+            group = lvm.volume_group(volume.vg_name, settings=self.settings)
+            known = (group.extent_size, lvm.physical_volumes(volume.vg_name, settings=self.settings))
+            self._layout[volume.vg_name] = known
+        return lvm.linear_location(volume, known[1], known[0])
 
     def _find(self, volume: lvm.LogicalVolume) -> Optional[losetup.LoopDevice]:
         location = self._location(volume)

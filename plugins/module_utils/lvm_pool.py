@@ -77,6 +77,7 @@ class LvmPool(Pool):
                  settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
         super().__init__()
         self.vg = lvm.check_vg_name(vg)
+        self._extent: Optional[int] = None
         self.options = options
         self.settings = settings
         if options.activation not in ACTIVATORS:
@@ -192,7 +193,10 @@ class LvmPool(Pool):
 
     # -- data ----------------------------------------------------------------
     def _extent_size(self) -> int:
-        return lvm.volume_group(self.vg, settings=self.settings).extent_size
+        # A VG's extent size never changes once it exists: read it once.
+        if self._extent is None:
+            self._extent = lvm.volume_group(self.vg, settings=self.settings).extent_size
+        return self._extent
 
     def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
         """Claim the volume's space: a new LV carrying its creating record."""

@@ -1,0 +1,183 @@
+"""The lvm pool on real LVM2: loop-device PV, private config, activation disabled, loop activation.
+
+What this machine cannot run (thin pools, COW snapshots, device-mapper
+activation) is covered in test_lvm_pool_scripted.py against recorded output
+and for real in the VM tier.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from basalt_core import losetup, lvm, volumes
+from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
+from basalt_core.lvm_pool import LvmOptions, LvmPool, lv_name
+from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
+from basalt_core.sizes import MiB
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and LVM")
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture
+def vg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    image = tmp_path / "pv.img"
+    with open(image, "wb") as handle:
+        handle.truncate(256 * MiB)
+    pv = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                        text=True).stdout.strip()
+    conf = tmp_path / "lvm"
+    conf.mkdir()
+    (conf / "lvm.conf").write_text(lvm.isolated_config([pv]))
+    monkeypatch.setenv("LVM_SYSTEM_DIR", str(conf))  # the runner passes the environment on
+    name = "basalt-ut-" + uuid.uuid4().hex[:8]
+    try:
+        lvm.create_pv(pv)
+        lvm.create_vg(name, [pv])
+        yield name, pv
+    finally:
+        for device in losetup.list_devices():
+            if device.backing_file == pv:
+                losetup.detach(device.device)
+        subprocess.run(["vgremove", "-ff", name], capture_output=True, env={**os.environ})
+        subprocess.run(["pvremove", "-ff", "-y", pv], capture_output=True, env={**os.environ})
+        losetup.detach(pv)
+
+
+def pool_of(vg: Any, **options: Any) -> LvmPool:
+    return LvmPool(vg[0], LvmOptions(activation="loop", alloc="contiguous", **options))
+
+
+def read_lv(vg: Any, pool: LvmPool, object_id: str, offset: int, length: int) -> bytes:
+    found = lvm.logical_volume(vg[0], lv_name(object_id))
+    assert found is not None
+    where = lvm.linear_location(found, lvm.physical_volumes(vg[0]), lvm.volume_group(vg[0]).extent_size)
+    with open(vg[1], "rb") as pv:
+        pv.seek(where.offset + offset)
+        return pv.read(length)
+
+
+def write_through_device(pool: LvmPool, volume: Any, offset: int, data: bytes) -> None:
+    device = pool.attach(volume)
+    try:
+        with open(device, "r+b", buffering=0) as handle:
+            handle.seek(offset)
+            handle.write(data)
+            os.fsync(handle.fileno())
+    finally:
+        pool.detach(volume)
+
+
+def test_records_live_in_tags_and_survive_a_new_pool_object(vg: Any) -> None:
+    volume, changed = volumes.ensure_volume(pool_of(vg), "pvc-ünï✓ " + "x" * 100, 8 * MiB,
+                                            parameters={"csi.storage.k8s.io/pvc/name": "data"})
+    assert changed
+    found = lvm.logical_volume(vg[0], lv_name(volume.id))
+    assert found is not None and lvm.MANAGED_TAG in found.tags and "basalt.state=ready" in found.tags
+    again = volumes.find_volume_by_name(pool_of(vg), "pvc-ünï✓ " + "x" * 100)
+    assert again is not None and (again.id, again.size, again.parameters) == (
+        volume.id, 8 * MiB, {"csi.storage.k8s.io/pvc/name": "data"})
+    assert volumes.ensure_volume(pool_of(vg), "pvc-ünï✓ " + "x" * 100, 8 * MiB,
+                                 parameters={"csi.storage.k8s.io/pvc/name": "data"})[1] is False
+    with pytest.raises(Conflict):
+        volumes.ensure_volume(pool_of(vg), "pvc-ünï✓ " + "x" * 100, 16 * MiB)
+
+
+def test_new_volumes_read_blank_even_over_old_data(vg: Any) -> None:
+    pool = pool_of(vg)
+    first, _ = volumes.ensure_volume(pool, "first", 4 * MiB)
+    write_through_device(pool, first, 0, b"\xaa" * MiB)
+    write_through_device(pool, first, 3 * MiB, b"\xbb" * MiB)
+    volumes.delete_volume(pool, first.id)
+    second, _ = volumes.ensure_volume(pool, "second", 4 * MiB)  # same extents, reused
+    assert read_lv(vg, pool, second.id, 0, MiB) == b"\0" * MiB
+    assert read_lv(vg, pool, second.id, 3 * MiB, MiB) == b"\0" * MiB
+
+
+def test_snapshot_restore_and_clone_copy_the_bytes(vg: Any) -> None:
+    pool = pool_of(vg)
+    origin, _ = volumes.ensure_volume(pool, "origin", 4 * MiB)
+    write_through_device(pool, origin, MiB, b"basalt")
+    snap, _ = volumes.ensure_snapshot(pool, "snap", origin.id)
+    write_through_device(pool, origin, MiB, b"CHANGE")
+    restored, _ = volumes.ensure_volume(pool, "restored", 8 * MiB, source=ContentSource(SOURCE_SNAPSHOT, snap.id))
+    clone, _ = volumes.ensure_volume(pool, "clone", 4 * MiB, source=ContentSource(SOURCE_VOLUME, origin.id))
+    assert read_lv(vg, pool, restored.id, MiB, 6) == b"basalt"
+    assert read_lv(vg, pool, clone.id, MiB, 6) == b"CHANGE"
+    assert restored.size == 8 * MiB and snap.copy_method == "copy"
+
+
+def test_snapshot_of_a_volume_in_use_needs_device_mapper(vg: Any) -> None:
+    pool = pool_of(vg)
+    origin, _ = volumes.ensure_volume(pool, "busy", 4 * MiB)
+    pool.attach(origin)
+    try:
+        with pytest.raises(Precondition, match="dm_snapshot"):
+            volumes.ensure_snapshot(pool, "snap", origin.id)
+        with pytest.raises(InUse, match="active as /dev/loop"):
+            volumes.delete_volume(pool, origin.id)
+    finally:
+        pool.detach(origin)
+    assert [s.id for s in pool.all_snapshots()] == []  # nothing claimed for the refused snapshot
+
+
+def test_attached_volume_grows_in_place(vg: Any) -> None:
+    pool = pool_of(vg)
+    volume, _ = volumes.ensure_volume(pool, "grow", 4 * MiB)
+    device = pool.attach(volume)
+    try:
+        volumes.expand_volume(pool, volume.id, 12 * MiB)
+        pool.refresh(volume)
+        with open(device, "rb") as handle:
+            assert handle.seek(0, os.SEEK_END) == 12 * MiB
+    finally:
+        pool.detach(volume)
+
+
+def test_crash_after_lvcreate_is_completed_by_retry_or_cleaned(vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = pool_of(vg)
+
+    def crash(*_: Any) -> None:
+        raise Crash()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pool, "provision_volume", crash)
+        with pytest.raises(Crash):
+            volumes.ensure_volume(pool, "retried", 4 * MiB)
+        with pytest.raises(Crash):
+            volumes.ensure_volume(pool, "abandoned", 4 * MiB)
+    records = {v.name: v for v in pool.all_volumes()}
+    assert records["retried"].state == records["abandoned"].state == CREATING
+    assert "basalt.state=creating" in lvm.logical_volume(vg[0], lv_name(records["abandoned"].id)).tags  # type: ignore[union-attr]
+    assert volumes.ensure_volume(pool, "retried", 4 * MiB)[1] is True
+    created = records["abandoned"].created_at
+    assert volumes.clean_up(pool, 600, now=created + 10) == []
+    assert volumes.clean_up(pool, 600, now=created + 601) == [records["abandoned"].id]
+    assert lvm.logical_volume(vg[0], lv_name(records["abandoned"].id)) is None
+    assert [v.name for v in volumes.list_volumes(pool)] == ["retried"]
+
+
+def test_foreign_lvs_are_never_listed_counted_or_touched(vg: Any) -> None:
+    lvm.create_linear(vg[0], "database", 8 * MiB, zero=False)
+    pool = pool_of(vg)
+    volumes.ensure_volume(pool, "ours", 4 * MiB)
+    assert [v.name for v in volumes.list_volumes(pool)] == ["ours"]
+    assert volumes.provisioned_bytes(pool) == 4 * MiB
+    volumes.clean_up(pool, 0)
+    assert lvm.logical_volume(vg[0], "database") is not None
+
+
+def test_no_space_is_reported_before_anything_changes(vg: Any) -> None:
+    pool = pool_of(vg)
+    with pytest.raises(NoSpace):
+        volumes.ensure_volume(pool, "huge", 1024 * MiB)
+    assert pool.all_volumes() == []
