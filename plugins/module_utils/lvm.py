@@ -245,7 +245,8 @@ _DM_MODULES = {"thin-pool": "dm_thin_pool", "thin": "dm_thin_pool", "snapshot": 
 _KNOWN: Tuple[Tuple["re.Pattern[str]", Type[StorageError]], ...] = (
     (re.compile(r"already exists", re.I), Conflict),
     (re.compile(r"insufficient free space|insufficient suitable (contiguous )?allocatable extents", re.I), NoSpace),
-    (re.compile(r"not found|Failed to find logical volume", re.I), NotFound),
+    (re.compile(r"Failed to find (logical|physical) volume|Volume group \"[^\"]*\" not found"
+                r"|(Logical volume|Pool) \S+ not found in volume group", re.I), NotFound),
     (re.compile(r"existing signature left on the device"), Precondition),
 )
 
@@ -253,20 +254,22 @@ _KNOWN: Tuple[Tuple["re.Pattern[str]", Type[StorageError]], ...] = (
 def classify(error: CommandFailed) -> StorageError:
     """The typed error for a failed LVM command, or *error* itself when not a known case."""
     prefix = f"{error.what}: " if error.what else ""
+    # Warnings ("Device for PV ... not found or rejected by a filter") are not the failure.
+    text = "\n".join(line for line in error.stderr.splitlines() if not line.strip().startswith("WARNING:"))
     for pattern, feature in _DM_MISSING:
-        dm = pattern.search(error.stderr)
+        dm = pattern.search(text)
         if dm:
             kind = feature or (dm.group(1) if pattern.groups else "")
             module = _DM_MODULES.get(kind, "dm_mod")
             needs = f" for {kind}" if kind else ""
             return Precondition(
                 f"{prefix}the device-mapper kernel driver ({module}{needs}) is not available on this host: "
-                f"{_line_of(error.stderr, dm.group(0))}"
+                f"{_line_of(text, dm.group(0))}"
             )
     for pattern, kind_of_error in _KNOWN:
-        match = pattern.search(error.stderr)
+        match = pattern.search(text)
         if match:
-            return kind_of_error(f"{prefix}{_line_of(error.stderr, match.group(0))}")
+            return kind_of_error(f"{prefix}{_line_of(text, match.group(0))}")
     return error
 
 
@@ -685,7 +688,8 @@ def logical_volumes(
     """The visible LVs of *vg* that carry *tag* (every LV only when *tag* is None).
 
     Pools pass their managed tag so that other LVs in a shared VG are never
-    listed, counted or touched.
+    listed, counted or touched.  The tag goes into ``--select``, which LVM
+    ANDs with the VG operand; ``lvs VG @tag`` would list the union of both.
     """
     select = tag_selection(tag) if tag is not None else None
     what = f"list logical volumes of {vg}" + (f" tagged {tag}" if tag else "")

@@ -22,6 +22,11 @@ VOLUME_PREFIX = "vol-"
 SNAPSHOT_PREFIX = "snap-"
 
 
+def now() -> float:
+    """Creation timestamps come from here, so tests can fix the clock."""
+    return time.time()
+
+
 def volume_id_for(name: str) -> str:
     return VOLUME_PREFIX + uuid.uuid5(_VOLUME_NS, name).hex
 
@@ -68,7 +73,7 @@ class Volume:
     parameters: Dict[str, str] = field(default_factory=dict)
     source: Optional[ContentSource] = None
     state: str = CREATING
-    created_at: float = field(default_factory=time.time)
+    created_at: float = field(default_factory=lambda: now())
     copy_method: Optional[str] = None
     publications: Dict[str, Publication] = field(default_factory=dict)
     ephemeral: bool = False
@@ -103,7 +108,7 @@ class Snapshot:
     pool: str
     parameters: Dict[str, str] = field(default_factory=dict)
     state: str = CREATING
-    created_at: float = field(default_factory=time.time)
+    created_at: float = field(default_factory=lambda: now())
     copy_method: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:

@@ -36,7 +36,7 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm")
 
 
 @pytest.fixture

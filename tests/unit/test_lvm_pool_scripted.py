@@ -1,0 +1,245 @@
+"""Pool paths this machine cannot run (no device-mapper): thin pools, COW snapshots, dm activation.
+
+Each case lists the exact LVM commands the pool must run.  Report rows are
+real ``lvs``/``vgs`` output recorded on LVM2 2.03.16 (tests/unit/lvm_recorded:
+a thin pool, thin LVs and a COW snapshot loaded with vgcfgrestore), adapted
+only where a case needs another name, our tags, or what an active LV reports
+(``a``/``o`` in lv_attr, data_percent), which LVM shows only with device-mapper.
+The same paths run for real in the VM tier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from basalt_core import lvm, volumes
+from basalt_core.lvm_pool import COW, LvmOptions, LvmPool, LvmThinPool, lv_name
+from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
+from basalt_core.sizes import MiB
+
+RECORDED = Path(__file__).parent / "lvm_recorded"
+VG = "basalt-rec"
+LV_OPTIONS = ",".join(lvm._LV_COLUMNS)
+VG_OPTIONS = ",".join(lvm._VG_COLUMNS)
+NOT_FOUND = "  Failed to find logical volume \"basalt-rec/{name}\"\n"
+
+
+def recorded_rows(name: str) -> Dict[str, Dict[str, str]]:
+    report = json.loads((RECORDED / f"{name}.json").read_text())
+    return {row["lv_name"]: row for row in report["report"][0]["lv"]}
+
+
+THIN = recorded_rows("lvs_thin")
+
+
+def lvs_json(*rows: Dict[str, str]) -> str:
+    return json.dumps({"report": [{"lv": list(rows)}]})
+
+
+def row_like(base: str, name: str, tags: List[str], **changes: str) -> Dict[str, str]:
+    row = dict(THIN[base], lv_name=name, lv_path=f"/dev/{VG}/{name}", lv_tags=",".join(sorted(tags)))
+    row.update(changes)
+    return row
+
+
+def lvs_one(name: str) -> List[str]:
+    return ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--options", LV_OPTIONS, f"{VG}/{name}"]
+
+
+def lvs_all(managed: bool) -> List[str]:
+    select = ["--select", 'lv_tags={"basalt.managed"}'] if managed else []
+    return ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--options", LV_OPTIONS, *select, VG]
+
+
+VGS = (["vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "--options", VG_OPTIONS, VG], 0,
+       (RECORDED / "vgs_thin.json").read_text(), "")
+
+
+def missing(name: str) -> Any:
+    return (lvs_one(name), 5, "", NOT_FOUND.format(name=name))
+
+
+def found(row: Dict[str, str]) -> Any:
+    return (lvs_one(row["lv_name"]), 0, lvs_json(row), "")
+
+
+def record_tags(pool: LvmPool, kind: str, record: Any) -> List[str]:
+    return LvmPool._record_tags(kind, record)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records carry their creation time; fix it so the expected tags are exact."""
+    monkeypatch.setattr("basalt_core.model.now", lambda: 1795580000.0)
+
+
+def flags(option: str, values: List[str]) -> List[str]:
+    return [arg for value in values for arg in (option, value)]
+
+
+def retag(name: str, old: List[str], new: List[str]) -> Any:
+    """The one lvchange that replaces a record: every stale tag out, every new one in."""
+    remove = [t for t in sorted(old) if t not in new]  # lvs reports tags sorted
+    add = [t for t in new if t not in old]
+    return (["lvchange", *flags("--deltag", remove), *flags("--addtag", add),
+             f"{VG}/{name}"], 0, "", "")
+
+
+def thin_pool(**options: Any) -> LvmThinPool:
+    return LvmThinPool(VG, "pool0", LvmOptions(**options))
+
+
+def test_thin_volume_creation_sequence(script: Any) -> None:
+    pool = thin_pool(overprovision=100.0)
+    volume_id = volume_id_for("pvc-thin")
+    name = lv_name(volume_id)
+    creating = Volume(id=volume_id, name="pvc-thin", size=8 * MiB, pool="lvmthin", created_at=1795580000.0)
+    tags_creating = record_tags(pool, "volume", creating)
+    runner = script([
+        missing(name),  # no earlier attempt
+        found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # space: pool vs thin LVs
+        missing(name), VGS,
+        (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b", "--thinpool",
+          "pool0", *flags("--addtag", tags_creating), VG], 0, "", ""),
+        found(row_like("thin2", name, tags_creating)),
+        retag(name, tags_creating, record_tags(pool, "volume", dataclasses.replace(creating, state=READY))),
+    ])
+    volume, changed = volumes.ensure_volume(pool, "pvc-thin", 8 * MiB)
+    assert changed and volume.state == READY and runner.script == []
+
+
+def test_thin_overprovisioning_counts_every_thin_lv_in_the_pool(script: Any) -> None:
+    # pool0 holds 16 MiB of data; thin1 (32 MiB), thin2 (8 MiB) and thinsnap1 (32 MiB) are virtual.
+    script([found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+            found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), "")])
+    assert thin_pool(overprovision=1.0).available_bytes() == 0
+    assert thin_pool(overprovision=10.0).available_bytes() == 160 * MiB - 72 * MiB
+
+
+def test_restore_from_a_thin_snapshot_is_a_thin_snapshot_then_extended(script: Any) -> None:
+    pool = thin_pool(overprovision=100.0)
+    snap = Snapshot(id=snapshot_id_for("s"), name="s", source_volume_id=volume_id_for("o"), size=32 * MiB,
+                    pool="lvmthin", state=READY)
+    snap_row = row_like("thinsnap1", lv_name(snap.id), record_tags(pool, "snapshot", snap))
+    volume_id = volume_id_for("restored")
+    name = lv_name(volume_id)
+    source = ContentSource(SOURCE_SNAPSHOT, snap.id)
+    creating = Volume(id=volume_id, name="restored", size=64 * MiB, pool="lvmthin", source=source,
+                      created_at=1795580000.0)
+    tags = record_tags(pool, "volume", creating)
+    script([
+        missing(name),
+        found(snap_row),  # the source exists and is ready
+        found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+        missing(name),
+        found(snap_row),
+        (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "n",
+          *flags("--addtag", tags), f"{VG}/{snap_row['lv_name']}"], 0, "", ""),
+        found(row_like("thinsnap1", name, tags, origin=snap_row["lv_name"])),  # 32 MiB like its origin
+        VGS,
+        (["lvextend", "--yes", "--size", f"{64 * MiB}b", f"{VG}/{name}"], 0, "", ""),
+        found(row_like("thinsnap1", name, tags, lv_size=str(64 * MiB))),
+        retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
+                                                                          copy_method="thin"))),
+    ])
+    volume, _ = volumes.ensure_volume(pool, "restored", 64 * MiB, source=source)
+    assert volume.copy_method == "thin"
+
+
+def test_thin_snapshot_keeps_the_activation_skip_flag(script: Any) -> None:
+    pool = thin_pool(overprovision=100.0)
+    origin = Volume(id=volume_id_for("o"), name="o", size=32 * MiB, pool="lvmthin", state=READY)
+    origin_row = row_like("thin1", lv_name(origin.id), record_tags(pool, "volume", origin))
+    snapshot_id = snapshot_id_for("nightly")
+    name = lv_name(snapshot_id)
+    creating = Snapshot(id=snapshot_id, name="nightly", source_volume_id=origin.id, size=32 * MiB,
+                        pool="lvmthin", created_at=1795580000.0)
+    tags = record_tags(pool, "snapshot", creating)
+    script([
+        missing(name), found(origin_row),
+        found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+        missing(name), found(origin_row),
+        (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "y",
+          *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),
+        found(row_like("thinsnap1", name, tags)),
+        retag(name, tags, record_tags(pool, "snapshot", dataclasses.replace(creating, state=READY,
+                                                                            copy_method="thin"))),
+    ])
+    snapshot, changed = volumes.ensure_snapshot(pool, "nightly", origin.id)
+    assert changed and snapshot.copy_method == "thin"
+
+
+@pytest.mark.parametrize(("data", "metadata", "problem"), [
+    ("12.50", "3.00", None),
+    ("95.10", "3.00", "data is 95.1% full"),
+    ("40.00", "91.00", "metadata is 91.0% full"),
+])
+def test_nearly_full_thin_pool_makes_volumes_abnormal(script: Any, data: str, metadata: str,
+                                                       problem: Optional[str]) -> None:
+    pool = thin_pool()
+    volume = Volume(id=volume_id_for("v"), name="v", size=8 * MiB, pool="lvmthin", state=READY)
+    row = row_like("thin2", lv_name(volume.id), record_tags(pool, "volume", volume), lv_attr="Vwi-aotz--")
+    active_pool = dict(THIN["pool0"], lv_attr="twi-aotz--", data_percent=data, metadata_percent=metadata)
+    script([found(row), found(active_pool)])
+    found_problem = pool.volume_problem(volume)
+    assert (found_problem is None) if problem is None else (problem in (found_problem or ""))
+
+
+def test_device_mapper_activation_reads_the_path_from_lvm(script: Any) -> None:
+    pool = thin_pool()
+    volume = Volume(id=volume_id_for("v"), name="v", size=8 * MiB, pool="lvmthin", state=READY)
+    name = lv_name(volume.id)
+    inactive = row_like("thin2", name, record_tags(pool, "volume", volume))
+    active = dict(inactive, lv_attr="Vwi-a-tz--")
+    script([
+        found(inactive),
+        (["lvchange", "--activate", "ey", "--ignoreactivationskip", f"{VG}/{name}"], 0, "", ""),
+        found(active),
+    ])
+    assert pool.attach(volume) == f"/dev/{VG}/{name}"
+
+
+def test_activation_that_does_nothing_is_an_error_not_a_guess(script: Any) -> None:
+    pool = thin_pool()
+    volume = Volume(id=volume_id_for("v"), name="v", size=8 * MiB, pool="lvmthin", state=READY)
+    name = lv_name(volume.id)
+    row = row_like("thin2", name, record_tags(pool, "volume", volume))  # state X: no device-mapper
+    script([found(row), (["lvchange", "--activate", "ey", "--ignoreactivationskip", f"{VG}/{name}"], 0, "",
+                         "  WARNING: Activation disabled. No device-mapper interaction will be attempted.\n"),
+            found(row)])
+    with pytest.raises(Exception, match="inactive after activating"):
+        pool.attach(volume)
+
+
+def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
+    pool = LvmPool(VG, LvmOptions(snapshot_mode=COW, cow_percent=25))
+    origin = Volume(id=volume_id_for("db"), name="db", size=8 * MiB, pool="lvm", state=READY)
+    origin_row = row_like("vol-contig", lv_name(origin.id), record_tags(pool, "volume", origin))
+    snapshot_id = snapshot_id_for("db-snap")
+    name = lv_name(snapshot_id)
+    creating = Snapshot(id=snapshot_id, name="db-snap", source_volume_id=origin.id, size=8 * MiB, pool="lvm",
+                        created_at=1795580000.0)
+    tags = record_tags(pool, "snapshot", creating)
+    snap_row = row_like("cowsnap", name, tags, origin=origin_row["lv_name"])
+    script([
+        missing(name), found(origin_row), VGS,  # space: VG free
+        missing(name), found(origin_row), VGS,
+        (["lvcreate", "--yes", "--snapshot", "--name", name, "--size", f"{4 * MiB}b",  # 25%, at least 1 MiB,
+          *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),  # in extents
+        found(snap_row),
+        found(snap_row),
+        retag(name, tags, record_tags(pool, "snapshot", dataclasses.replace(creating, state=READY,
+                                                                            copy_method=COW))),
+        # deleting the origin while the snapshot depends on it is refused
+        found(origin_row), found(origin_row),
+        (lvs_all(True), 0, lvs_json(origin_row, snap_row), ""),
+    ])
+    snapshot, _ = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})
+    assert snapshot.copy_method == COW
+    with pytest.raises(Exception, match="COW snapshots"):
+        volumes.delete_volume(pool, origin.id)
