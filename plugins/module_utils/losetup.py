@@ -78,12 +78,12 @@ def ensure_attached(
         argv += ["--sizelimit", str(size_limit)]
     if read_only:
         argv.append("--read-only")
-    argv.append(operand(os.path.realpath(backing_file), "backing file"))
-    run(argv, what=f"attach {backing_file}")
-    attached = find(backing_file, offset)
-    if attached is None:
-        raise CommandFailed(argv, 0, "device attached but not listed", f"attach {backing_file}")
-    return attached, True
+    path = os.path.realpath(backing_file)
+    argv.append(operand(path, "backing file"))
+    device = run(argv, what=f"attach {backing_file}").stdout.strip()
+    if not device.startswith("/dev/"):
+        raise CommandFailed(argv, 0, f"no device name in the output {device!r}", f"attach {backing_file}")
+    return LoopDevice(device, path, offset, size_limit, read_only), True
 
 
 def refresh_capacity(device: str) -> None:

@@ -2,7 +2,22 @@
 
 Everything here talks to a real ``python3 -m basalt_agent`` process over its
 unix socket and inspects the real system state (``/proc/self/mountinfo``,
-``losetup``) to check what the agent did.
+``losetup``, LVM reports) to check what the agent did.
+
+Two pool kinds (``--pool-kind``):
+
+* ``file``: ``--pool file:DIR``, each volume a sparse image file under DIR,
+  attached as a loop device backed by that file;
+* ``lvm-loop``: ``--pool lvm:VG --lvm-activation loop --lvm-alloc contiguous``
+  on a private VG (``LvmVg``) whose one PV is a loop device over a sparse
+  image under the agent's root; each volume is a linear LV, "activated" as a
+  loop device over the PV device at the LV's byte offset.  LVM runs with a
+  private ``LVM_SYSTEM_DIR`` whose lvm.conf admits only that PV and never
+  activates anything.
+
+Tests stay kind-neutral through ``Agent.pool_loops``/``Agent.loops_for`` (which
+loop devices belong to the pool, and what backs each) and
+``Agent.pool_objects`` (image files, or LV names).
 """
 
 from __future__ import annotations
@@ -39,6 +54,11 @@ except ImportError:  # pragma: no cover - depends on the environment
     from basalt_agent.proto import csi_pb2 as csi
     from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 
+try:  # only isolated_config(), so that the tests' LVM sees exactly what the agent's does
+    from basalt_core.lvm import isolated_config
+except ImportError:  # pragma: no cover - depends on the environment
+    isolated_config = None  # type: ignore[assignment]
+
 __all__ = ["csi", "csi_grpc"]
 
 SC = grpc.StatusCode
@@ -53,6 +73,15 @@ SECRET_SENTINEL = "s3cr3t-SENTINEL"
 SECRETS = {"password": SECRET_SENTINEL}
 RPC_TIMEOUT = 60.0
 START_TIMEOUT = 20.0
+
+FILE_KIND = "file"
+LVM_LOOP_KIND = "lvm-loop"
+POOL_KINDS = (FILE_KIND, LVM_LOOP_KIND)
+LVM_PV_IMAGE_SIZE = 4 * GiB  # sparse: only written extents take space
+LVM_METADATA_SIZE = "16m"
+MANAGED_TAG = "basalt.managed"
+READY_TAG = "basalt.state=ready"
+LV_VOLUME_PREFIX = "csi-"  # Basalt's LV for volume "vol-<hex>" is "csi-<hex>"
 
 AM = csi.VolumeCapability.AccessMode
 SINGLE_NODE_MODES = [
@@ -255,6 +284,32 @@ def loop_devices() -> dict[str, str]:
     return result
 
 
+@dataclass(frozen=True)
+class Loop:
+    device: str
+    back_file: str
+    offset: int
+    size_limit: int
+
+
+def loop_table() -> list[Loop]:
+    """Every loop device with its backing file, offset and size limit."""
+    out = subprocess.run(
+        ["losetup", "--list", "--json"], check=True, capture_output=True, text=True
+    ).stdout
+    if not out.strip():
+        return []
+    loops = []
+    for dev in json.loads(out).get("loopdevices", []):
+        back = dev.get("back-file") or ""
+        if back.endswith(" (deleted)"):
+            back = back[: -len(" (deleted)")]
+        loops.append(
+            Loop(dev["name"], back, int(dev.get("offset") or 0), int(dev.get("sizelimit") or 0))
+        )
+    return loops
+
+
 def loops_under(root: str | os.PathLike[str]) -> dict[str, str]:
     r = os.path.abspath(os.fspath(root))
     return {dev: back for dev, back in loop_devices().items() if _under(back, r)}
@@ -280,31 +335,51 @@ def _umount(path: str) -> None:
         subprocess.run(["umount", "-l", path], capture_output=True)
 
 
-def cleanup_root(root: str, own_mounts: Iterable[str] = (), own_loops: Iterable[str] = ()) -> None:
+def cleanup_root(
+    root: str,
+    own_mounts: Iterable[str] = (),
+    own_loops: Iterable[str] = (),
+    backing_devices: Iterable[str] = (),
+    release: Callable[[], None] | None = None,
+) -> None:
     """Remove everything a fixture created under ``root``, and only that.
 
-    Agent-made mounts go first (deepest first), then loop devices whose backing
-    file lives under ``root`` (the agent's images), then the fixture's own
+    Agent-made mounts go first (deepest first), then the agent's loop devices:
+    those whose backing file lives under ``root`` (the file pool's images) or
+    is one of ``backing_devices`` (the lvm pool's PV: its LV mappings).  Then
+    ``release`` (vgremove/pvremove of the fixture's VG), then the fixture's own
     mounts and loop devices, then the directory itself.
     """
     keep = {os.path.abspath(m) for m in own_mounts}
     own = set(own_loops)
+    backings = set(backing_devices)
+
+    def agent_loops() -> list[str]:
+        return [
+            lo.device for lo in loop_table()
+            if lo.device not in own and (_under(lo.back_file, root) or lo.back_file in backings)
+        ]
+
     for _ in range(3):
         pending = [m for m in mounts_under(root) if m.mount_point not in keep]
         if not pending:
             break
         for m in sorted(pending, key=lambda e: e.mount_point.count("/"), reverse=True):
             _umount(m.mount_point)
-    for dev in loops_under(root):
-        if dev not in own:
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
+    for dev in agent_loops():
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    if release is not None:
+        try:
+            release()
+        except Exception as err:  # keep cleaning up; report it
+            print(f"conformance cleanup: {err}", file=sys.stderr)
     for mp in sorted(keep, key=lambda p: p.count("/"), reverse=True):
         while is_mounted(mp):
             before = len(mounts_at(mp))
             _umount(mp)
             if len(mounts_at(mp)) >= before:
                 break
-    for dev in list(own) + list(loops_under(root)):
+    for dev in [*agent_loops(), *own, *loops_under(root)]:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
     if mounts_under(root):
         # Never rmtree through a live mount.
@@ -381,6 +456,153 @@ def is_block_device(path: str | os.PathLike[str]) -> bool:
 
 
 # --------------------------------------------------------------------------
+# the lvm-loop pool: a private VG on a loop device over a sparse image
+# --------------------------------------------------------------------------
+
+
+class LvmVg:
+    """A VG made for one agent: one PV (loop device over ``ROOT/lvm-pv.img``).
+
+    LVM runs with ``LVM_SYSTEM_DIR=ROOT/lvm`` whose lvm.conf is
+    ``basalt_core.lvm.isolated_config([pv])``: it sees only this PV, never
+    activates, writes no backups.  ``create`` also makes LVs that Basalt did
+    not (``FOREIGN_LVS``: a plain one, and one named like Basalt's own LVs
+    but untagged) and writes a marker into each; ``foreign_problems`` tells
+    whether they and their data survived.
+    """
+
+    FOREIGN_LVS = ("not-basalt", LV_VOLUME_PREFIX + "f0e1d2c3b4a5968778695a4b3c2d1e0f")
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.image = os.path.join(root, "lvm-pv.img")
+        self.system_dir = os.path.join(root, "lvm")
+        self.vg = f"basalt-ct-{uuid.uuid4().hex[:12]}"
+        self.device: str | None = None
+        self.vg_created = False
+        self.foreign: dict[str, bytes] = {}
+
+    # -- running LVM -------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return {"LVM_SYSTEM_DIR": self.system_dir, "LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+    def run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [tool, *args], capture_output=True, text=True, timeout=120,
+            env={**os.environ, **self.env()}, stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)}: rc {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def report(self, tool: str, section: str, columns: str, *operands: str) -> list[dict[str, str]]:
+        out = self.run(
+            tool, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", columns, *operands
+        ).stdout
+        rows: list[dict[str, str]] = []
+        for part in json.loads(out).get("report", []):
+            rows += part.get(section, [])
+        return rows
+
+    # -- set-up and tear-down ------------------------------------------------
+
+    def create(self, size: int = LVM_PV_IMAGE_SIZE) -> LvmVg:
+        if isolated_config is None:
+            pytest.skip("--pool-kind lvm-loop needs basalt_core (pip install -e .)")
+        with open(self.image, "wb") as fh:
+            fh.truncate(size)
+        self.device = subprocess.run(
+            ["losetup", "--find", "--show", self.image], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        os.makedirs(self.system_dir)
+        with open(os.path.join(self.system_dir, "lvm.conf"), "w", encoding="utf-8") as fh:
+            fh.write(isolated_config([self.device]) + "\n")
+        self.run("pvcreate", "--metadatasize", LVM_METADATA_SIZE, self.device)
+        self.run("vgcreate", self.vg, self.device)
+        self.vg_created = True
+        for name in self.FOREIGN_LVS:
+            self.run("lvcreate", "-an", "-Zn", "-y", "--alloc", "contiguous", "-n", name,
+                     "-L", "4m", "--addtag", "owner.someone-else", self.vg)
+            marker = pattern(64 * 1024, f"foreign:{self.vg}:{name}")
+            self.write_lv(name, marker)
+            self.foreign[name] = marker
+        return self
+
+    def foreign_problems(self) -> list[str]:
+        """What happened to the LVs made without Basalt (empty when they are intact)."""
+        if not self.vg_created:
+            return []
+        problems = []
+        lvs = self.lvs()
+        for name, marker in self.foreign.items():
+            if name not in lvs:
+                problems.append(f"foreign LV {self.vg}/{name} was removed")
+            elif MANAGED_TAG in lvs[name]["lv_tags"].split(","):
+                problems.append(f"foreign LV {self.vg}/{name} was tagged {MANAGED_TAG}")
+            elif self.read_lv(name, len(marker)) != marker:
+                problems.append(f"foreign LV {self.vg}/{name}: its data changed")
+        return problems
+
+    def release(self) -> None:
+        """vgremove + pvremove (the LV mappings must be detached already)."""
+        if self.device is None:
+            return
+        if self.vg_created:
+            self.run("vgremove", "-ff", "-y", self.vg)
+            self.vg_created = False
+        self.run("pvremove", "-ff", "-y", self.device, check=False)
+
+    # -- what LVM says ---------------------------------------------------------
+
+    def lvs(self) -> dict[str, dict[str, str]]:
+        """Every LV of the VG (Basalt's or not) by name."""
+        rows = self.report("lvs", "lv", "lv_name,lv_tags,lv_size,seg_pe_ranges", self.vg)
+        return {row["lv_name"]: row for row in rows}
+
+    def pe_start(self) -> int:
+        assert self.device
+        rows = self.report("pvs", "pv", "pv_name,pe_start", self.device)
+        return int(rows[0]["pe_start"])
+
+    def extent_size(self) -> int:
+        return int(self.report("vgs", "vg", "vg_extent_size", self.vg)[0]["vg_extent_size"])
+
+    def vg_free(self) -> int:
+        return int(self.report("vgs", "vg", "vg_free", self.vg)[0]["vg_free"])
+
+    def lv_location(self, name: str) -> tuple[int, int]:
+        """(offset, length) of a one-segment LV on the PV device: pe_start + first_pe * extent_size."""
+        row = self.lvs()[name]
+        ranges = row["seg_pe_ranges"].split()
+        assert len(ranges) == 1, f"{name} is not one contiguous segment: {ranges}"
+        dev, _, span = ranges[0].rpartition(":")
+        assert dev == self.device, f"{name} lies on {dev}, not on {self.device}"
+        first, _, last = span.partition("-")
+        extent = self.extent_size()
+        return self.pe_start() + int(first) * extent, (int(last) - int(first) + 1) * extent
+
+    def read_lv(self, name: str, size: int, offset: int = 0) -> bytes:
+        """Bytes of LV *name*, read from the PV device at the LV's offset (no LV device needed)."""
+        assert self.device
+        start, length = self.lv_location(name)
+        assert offset + size <= length
+        return read_block(self.device, size, start + offset)
+
+    def write_lv(self, name: str, data: bytes, offset: int = 0) -> None:
+        assert self.device
+        start, length = self.lv_location(name)
+        assert offset + len(data) <= length
+        write_block(self.device, data, start + offset)
+
+
+def volume_lv_name(volume_id: str) -> str:
+    """The LV Basalt's lvm pool keeps volume *volume_id* in (``vol-<hex>`` -> ``csi-<hex>``)."""
+    assert volume_id.startswith("vol-"), volume_id
+    return LV_VOLUME_PREFIX + volume_id[len("vol-"):]
+
+
+# --------------------------------------------------------------------------
 # the agent process
 # --------------------------------------------------------------------------
 
@@ -430,9 +652,11 @@ class Agent:
         services: str | None = None,
         capacity_limit: int | None = None,
         extra_args: Iterable[str] = (),
+        lvm: LvmVg | None = None,
     ) -> None:
         self.root = root
-        self.pool = pool
+        self.pool = pool  # the file pool's directory (created, unused, for lvm-loop)
+        self.lvm = lvm
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:8]}"
         self.socket = os.path.join(root, "csi.sock")
         self.state_dir = os.path.join(root, "state")
@@ -453,22 +677,38 @@ class Agent:
             sys.executable, "-m", "basalt_agent",
             "--endpoint", f"unix://{self.socket}",
             "--node-id", self.node_id,
-            "--pool", f"file:{self.pool}",
+            "--pool", self.pool_spec,
             "--state-dir", self.state_dir,
             "--log-level", "debug",
         ]
+        if self.lvm is not None:
+            cmd += ["--lvm-activation", "loop", "--lvm-alloc", "contiguous"]
         if self.services:
             cmd += ["--services", self.services]
         if self.capacity_limit is not None:
             cmd += ["--pool-capacity-limit", str(self.capacity_limit)]
         return cmd + self.extra_args
 
+    @property
+    def kind(self) -> str:
+        return LVM_LOOP_KIND if self.lvm is not None else FILE_KIND
+
+    @property
+    def pool_spec(self) -> str:
+        return f"lvm:{self.lvm.vg}" if self.lvm is not None else f"file:{self.pool}"
+
+    def env(self) -> dict[str, str]:
+        env = agent_env()
+        if self.lvm is not None:
+            env.update(self.lvm.env())
+        return env
+
     def start(self, wait_ready: bool = True) -> Agent:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=agent_env(), cwd=self.root,
+                env=self.env(), cwd=self.root,
             )
         finally:
             log.close()
@@ -527,6 +767,31 @@ class Agent:
                 return fh.read()
         except FileNotFoundError:
             return ""
+
+    # -- what the pool holds on this host -----------------------------------
+
+    def pool_loops(self) -> dict[str, str]:
+        """The pool's loop devices: device -> what backs it.
+
+        file: the image file under the pool directory; lvm-loop: ``PV@OFFSET``
+        for each loop device over the PV device (an LV's mapping).
+        """
+        if self.lvm is None:
+            return loops_under(self.pool)
+        return {
+            lo.device: f"{lo.back_file}@{lo.offset}"
+            for lo in loop_table() if self.lvm.device and lo.back_file == self.lvm.device
+        }
+
+    def loops_for(self, backing: str) -> list[str]:
+        """Loop devices attached over ``backing`` (a value of ``pool_loops``)."""
+        return sorted(dev for dev, back in self.pool_loops().items() if back == backing)
+
+    def pool_objects(self) -> set[str]:
+        """What the pool stores: files under the pool directory, or every LV of the VG."""
+        if self.lvm is None:
+            return files_under(self.pool)
+        return set(self.lvm.lvs())
 
     # -- convenience --------------------------------------------------------
 
@@ -607,20 +872,34 @@ class Attached:
 
     volume_id: str
     staging: str
-    image: str | None
+    image: str | None  # the image file (file pool); None for lvm-loop
+    backing: str = ""  # what backs the loop device, as Agent.pool_loops() says
     target: str | None = None
     device: str | None = None
     publish_context: dict[str, str] = field(default_factory=dict)
 
 
 def stage_tracking_image(agent: Agent, volume_id: str, cap: Any, **kw: Any) -> Attached:
-    """NodeStage and find out which pool file the new loop device is backed by."""
-    before = loops_under(agent.pool)
+    """NodeStage and find out which loop device it attached, and what backs it.
+
+    file: an image file under the pool directory; lvm-loop: the PV device at
+    the offset of the volume's LV (checked against LVM's report).
+    """
+    before = agent.pool_loops()
     staging = agent.stage(volume_id, cap, **kw)
-    new = {d: b for d, b in loops_under(agent.pool).items() if d not in before}
+    new = {d: b for d, b in agent.pool_loops().items() if d not in before}
     assert len(new) == 1, f"expected one new loop device backed by the pool, got {new}"
-    device, image = next(iter(new.items()))
-    return Attached(volume_id=volume_id, staging=staging, image=image, device=device)
+    device, backing = next(iter(new.items()))
+    if agent.lvm is not None:
+        offset, length = agent.lvm.lv_location(volume_lv_name(volume_id))
+        assert backing == f"{agent.lvm.device}@{offset}", (
+            f"{device} is at {backing}, not at the LV's offset {offset}"
+        )
+        size = int(subprocess.run(["blockdev", "--getsize64", device], check=True,
+                                  capture_output=True, text=True).stdout)
+        assert size == length, f"{device} is {size} bytes, the LV {length}"
+        return Attached(volume_id=volume_id, staging=staging, image=None, backing=backing, device=device)
+    return Attached(volume_id=volume_id, staging=staging, image=backing, backing=backing, device=device)
 
 
 def retry_until(check: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -673,8 +952,8 @@ def tear_down(agent: Agent, att: Attached) -> None:
         assert not os.path.lexists(att.target), "NodeUnpublish must remove the target path"
     agent.unstage(att.volume_id, att.staging)
     assert not is_mounted(att.staging)
-    if att.image:
-        assert loops_for_file(att.image) == "", f"loop device still backs {att.image}"
+    if att.backing:
+        assert agent.loops_for(att.backing) == [], f"loop device still attached over {att.backing}"
     agent.ctl.ControllerUnpublishVolume(
         csi.ControllerUnpublishVolumeRequest(volume_id=att.volume_id, node_id=agent.node_id)
     )

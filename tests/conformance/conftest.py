@@ -4,6 +4,14 @@ Each module gets its own agent process (module-scoped fixtures) rooted in a
 fresh ``/tmp/basalt-conformance-*`` directory; teardown stops the agent with
 SIGTERM and removes only what the fixture created there (mounts under the
 directory, loop devices backed by files under it, the directory itself).
+
+``--pool-kind`` chooses the pool every agent serves: ``file`` (default,
+``--pool file:ROOT/pool``) or ``lvm-loop`` (``--pool lvm:VG`` with loop
+activation).  For ``lvm-loop`` each agent root also gets a sparse PV image,
+its loop device, a private ``LVM_SYSTEM_DIR`` and a VG ``basalt-ct-<hex>``
+holding two LVs Basalt did not make; teardown checks that those survived,
+then detaches the LV mappings (loop devices over the PV device), removes the
+VG and the PV label, and detaches the PV's loop device.
 """
 
 from __future__ import annotations
@@ -14,14 +22,33 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from basalt_csi_testlib import Agent, cleanup_root, make_root
+from basalt_csi_testlib import FILE_KIND, LVM_LOOP_KIND, POOL_KINDS, Agent, LvmVg, cleanup_root, make_root
 
 XFS_POOL_IMAGE_SIZE = 2 * 1024**3  # sparse; holds several 300 MiB sparse volumes
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pool-kind", choices=POOL_KINDS, default=FILE_KIND,
+        help="pool the conformance agents serve: file (--pool file:DIR, default) or lvm-loop "
+             "(--pool lvm:VG --lvm-activation loop --lvm-alloc contiguous on a private VG)",
+    )
+
+
+def configured_pool_kind(config: pytest.Config) -> str:
+    # The option exists only when this conftest is an initial one (tests/conformance named on
+    # the command line); otherwise the default kind.
+    return str(config.getoption("pool_kind", default=FILE_KIND))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"basalt conformance pool kind: {configured_pool_kind(config)}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,41 +72,88 @@ def _require_root() -> None:
             pytest.skip(f"conformance suite needs {tool} in PATH")
 
 
+def _require_lvm() -> None:
+    for tool in ("pvcreate", "vgcreate", "lvcreate", "lvs", "vgremove", "pvremove", "blockdev"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"--pool-kind lvm-loop needs {tool} in PATH (Debian: lvm2)")
+
+
+@pytest.fixture(scope="session")
+def pool_kind(request: pytest.FixtureRequest) -> str:
+    """The pool kind every agent of this run serves (``--pool-kind``)."""
+    return configured_pool_kind(request.config)
+
+
+def _new_agent(tag: str, kind: str, **kwargs: Any) -> Agent:
+    """An agent (not started) in a fresh root; for lvm-loop with its VG made."""
+    root = make_root(tag)
+    lvm: LvmVg | None = None
+    if kind == LVM_LOOP_KIND:
+        lvm = LvmVg(root)
+        try:
+            _require_lvm()
+            lvm.create()
+        except BaseException:
+            _cleanup(Agent(root, os.path.join(root, "pool"), lvm=lvm))
+            raise
+    return Agent(root, os.path.join(root, "pool"), lvm=lvm, **kwargs)
+
+
+def _cleanup(agent: Agent) -> list[str]:
+    """Stop the agent, remove what its root holds; return problems with the foreign LVs."""
+    agent.stop()
+    lvm = agent.lvm
+    if lvm is None:
+        cleanup_root(agent.root)
+        return []
+    problems: list[str] = []
+    try:
+        problems = lvm.foreign_problems()
+    finally:
+        cleanup_root(
+            agent.root,
+            own_loops=[lvm.device] if lvm.device else [],
+            backing_devices=[lvm.device] if lvm.device else [],
+            release=lvm.release,
+        )
+    return problems
+
+
 AgentFactory = Callable[..., Agent]
 
 
-def _agent_factory(tag: str) -> Iterator[AgentFactory]:
+def _agent_factory(tag: str, kind: str) -> Iterator[AgentFactory]:
     """Yield a function starting agents; stops and cleans them all up at the end."""
     _require_root()
-    started: list[tuple[Agent, str]] = []
+    started: list[Agent] = []
 
-    def start(launch: bool = True, **kwargs: object) -> Agent:
-        root = make_root(tag)
-        agent = Agent(root, os.path.join(root, "pool"), **kwargs)
-        started.append((agent, root))
+    def start(launch: bool = True, **kwargs: Any) -> Agent:
+        agent = _new_agent(tag, kind, **kwargs)
+        started.append(agent)
         return agent.start() if launch else agent
 
+    problems: list[str] = []
     try:
         yield start
     finally:
-        for agent, root in reversed(started):
-            agent.stop()
-            cleanup_root(root)
+        for agent in reversed(started):
+            problems += _cleanup(agent)
+    assert not problems, problems
 
 
 @pytest.fixture(scope="module")
-def agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
-    """An agent whose file pool lives on the root (ext4) filesystem."""
+def agent(request: pytest.FixtureRequest, pool_kind: str) -> Iterator[Agent]:
+    """An agent serving the chosen pool kind (file: a directory on the root ext4 filesystem)."""
     _require_root()
     tag = request.path.stem.replace("test_", "")
-    root = make_root(tag)
-    a = Agent(root, os.path.join(root, "pool"))
+    a = _new_agent(tag, pool_kind)
+    problems: list[str] = []
     try:
         a.start()
         yield a
     finally:
-        a.stop()
-        cleanup_root(root)
+        problems = _cleanup(a)
+    assert not problems, problems
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +192,14 @@ def xfs_agent(request: pytest.FixtureRequest) -> Iterator[Agent]:
 
 
 @pytest.fixture(scope="module")
-def agent_factory(request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
+def agent_factory(request: pytest.FixtureRequest, pool_kind: str) -> Iterator[AgentFactory]:
     """Start extra agents with custom arguments (capacity limit, services...)."""
     tag = request.path.stem.replace("test_", "") + "-f"
-    yield from _agent_factory(tag)
+    yield from _agent_factory(tag, pool_kind)
 
 
 @pytest.fixture
-def fresh_agent_factory(request: pytest.FixtureRequest) -> Iterator[AgentFactory]:
+def fresh_agent_factory(request: pytest.FixtureRequest, pool_kind: str) -> Iterator[AgentFactory]:
     """Like agent_factory but cleaned up after each test."""
     tag = request.node.name[:20].replace("[", "-").replace("]", "").replace("/", "-")
-    yield from _agent_factory(tag)
+    yield from _agent_factory(tag, pool_kind)

@@ -299,14 +299,14 @@ def test_hostile_ids_in_lookups(ctx: Ctx, lookup: tuple[str, str, Callable[[Ctx,
 )
 def test_hostile_ids_in_deletes(ctx: Ctx, method: str, build: Callable[[str], Any]) -> None:
     """Idempotent clean-up calls: OK (nothing to delete) or INVALID_ARGUMENT, and no damage."""
-    pool_before = sorted(os.listdir(ctx.agent.pool))
+    pool_before = ctx.agent.pool_objects()
     failures = []
     for hostile in HOSTILE_IDS:
         code, res = code_of(getattr(ctx.agent.ctl, method), build(hostile))
         if code not in (SC.OK, SC.INVALID_ARGUMENT, SC.NOT_FOUND):
             failures.append((hostile, code.name, res.details()))
     assert not failures, f"{method}: hostile ids gave {failures}"
-    assert sorted(os.listdir(ctx.agent.pool)) == pool_before
+    assert ctx.agent.pool_objects() == pool_before
     assert os.path.isfile("/etc/passwd")
     # the real volume and snapshot are untouched
     ctx.agent.ctl.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=ctx.volume.volume_id))

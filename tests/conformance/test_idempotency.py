@@ -17,7 +17,6 @@ from basalt_csi_testlib import (
     expect_code,
     is_block_device,
     is_mounted,
-    loops_for_file,
     mount_cap,
     mounts_at,
     stage_tracking_image,
@@ -127,12 +126,12 @@ def test_node_stage_unstage_10x(agent: Agent) -> None:
     for _ in range(N):
         agent.stage(vol.volume_id, cap, staging=att.staging)
     assert len(mounts_at(att.staging)) == 1
-    assert att.image
-    assert len(loops_for_file(att.image).splitlines()) == 1, "restaging attached another loop device"
+    assert att.backing
+    assert len(agent.loops_for(att.backing)) == 1, "restaging attached another loop device"
     for _ in range(N):
         agent.unstage(vol.volume_id, att.staging)
     assert not is_mounted(att.staging)
-    assert loops_for_file(att.image) == ""
+    assert agent.loops_for(att.backing) == []
 
 
 def test_node_publish_unpublish_10x(agent: Agent) -> None:
@@ -147,7 +146,7 @@ def test_node_publish_unpublish_10x(agent: Agent) -> None:
         agent.unpublish(vol.volume_id, target)
     assert not os.path.lexists(target)
     agent.unstage(vol.volume_id, att.staging)
-    assert att.image and loops_for_file(att.image) == ""
+    assert att.backing and agent.loops_for(att.backing) == []
 
 
 def test_block_publish_unpublish_10x(agent: Agent) -> None:
@@ -166,7 +165,7 @@ def test_block_publish_unpublish_10x(agent: Agent) -> None:
     assert not os.path.lexists(target)
     for _ in range(N):
         agent.unstage(vol.volume_id, att.staging)
-    assert att.image and loops_for_file(att.image) == ""
+    assert att.backing and agent.loops_for(att.backing) == []
 
 
 def test_controller_expand_10x(agent: Agent) -> None:

@@ -12,6 +12,8 @@ import pytest
 from basalt_csi_testlib import (
     AM,
     EPHEMERAL_KEY,
+    MANAGED_TAG,
+    READY_TAG,
     SC,
     XFS_MIN,
     Agent,
@@ -23,12 +25,9 @@ from basalt_csi_testlib import (
     crange,
     csi,
     expect_code,
-    files_under,
     fs_total_bytes,
     is_block_device,
     is_mounted,
-    loops_for_file,
-    loops_under,
     mount_cap,
     mounts_at,
     pattern,
@@ -38,6 +37,7 @@ from basalt_csi_testlib import (
     tear_down,
     top_mount,
     unique,
+    volume_lv_name,
     write_block,
     write_file,
 )
@@ -86,7 +86,11 @@ def test_ext4_mount_lifecycle(agent: Agent) -> None:
     cap = mount_cap("ext4")
     vol = agent.create_volume(16 * MiB, cap=cap)
     att = bring_up(agent, vol, cap, publish=False)
-    assert att.image and os.path.isfile(att.image)
+    if agent.lvm is None:
+        assert att.image and os.path.isfile(att.image)
+    else:
+        tags = agent.lvm.lvs()[volume_lv_name(vol.volume_id)]["lv_tags"].split(",")
+        assert {MANAGED_TAG, READY_TAG} <= set(tags), tags
     assert top_mount(att.staging).fstype == "ext4"
 
     target = agent.publish(vol.volume_id, cap, att.staging, publish_context=att.publish_context)
@@ -104,7 +108,11 @@ def test_ext4_mount_lifecycle(agent: Agent) -> None:
     att.target = None
     tear_down(agent, att)
     agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
-    assert not os.path.exists(att.image), "DeleteVolume must remove the image"
+    if agent.lvm is None:
+        assert att.image and not os.path.exists(att.image), "DeleteVolume must remove the image"
+    else:
+        lv = volume_lv_name(vol.volume_id)
+        assert lv not in agent.lvm.lvs(), f"DeleteVolume must remove the LV {lv}"
 
 
 def test_xfs_mount(agent: Agent) -> None:
@@ -161,7 +169,7 @@ def test_stage_with_other_fs_type_keeps_data(agent: Agent) -> None:
     assert code != SC.UNKNOWN, res.details()
     assert res.details(), "error needs a message"
     assert not is_mounted(wrong_staging), "a failed NodeStage left a mount behind"
-    assert att.image and loops_for_file(att.image) == "", "a failed NodeStage left a loop device"
+    assert att.backing and agent.loops_for(att.backing) == [], "a failed NodeStage left a loop device"
 
     att2 = bring_up(agent, vol, ext4, publish=False)
     assert top_mount(att2.staging).fstype == "ext4"
@@ -312,6 +320,8 @@ def test_block_lifecycle(agent: Agent) -> None:
     data = pattern(64 * 1024, "block")
     write_block(target, data, offset=MiB)
     assert read_block(target, len(data), offset=MiB) == data
+    if agent.lvm is not None:  # the bytes are in the PV image, at the LV's offset + 1 MiB
+        assert agent.lvm.read_lv(volume_lv_name(vol.volume_id), len(data), MiB) == data
     fd = os.open(target, os.O_RDONLY)
     try:
         assert os.lseek(fd, 0, os.SEEK_END) == size
@@ -501,8 +511,8 @@ def test_node_expand_missing_volume(agent: Agent) -> None:
 
 
 def test_ephemeral_inline_volume(agent: Agent) -> None:
-    loops_before = loops_under(agent.pool)
-    files_before = files_under(agent.pool)
+    loops_before = agent.pool_loops()
+    files_before = agent.pool_objects()
     volume_id = unique("csi-eph")
     target = agent.path("mount")
     agent.node.NodePublishVolume(
@@ -513,7 +523,7 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
         )
     )
     assert top_mount(target).fstype == "ext4"
-    assert len(loops_under(agent.pool)) == len(loops_before) + 1
+    assert len(agent.pool_loops()) == len(loops_before) + 1
     total = fs_total_bytes(target)
     assert 32 * MiB <= total <= 64 * MiB
     write_file(os.path.join(target, "tmp"), b"ephemeral")
@@ -522,8 +532,8 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
 
     agent.unpublish(volume_id, target)
     assert not os.path.lexists(target)
-    assert loops_under(agent.pool) == loops_before
-    assert files_under(agent.pool) == files_before, "the ephemeral volume left files in the pool"
+    assert agent.pool_loops() == loops_before
+    assert agent.pool_objects() == files_before, "the ephemeral volume left files (LVs) in the pool"
     assert volume_id not in {e.volume.volume_id for e in agent.list_all_volumes()}
     # a second unpublish is a no-op
     agent.unpublish(volume_id, target)
@@ -551,7 +561,7 @@ def test_ephemeral_republish_is_idempotent(agent: Agent) -> None:
      ("-5Mi", (SC.INVALID_ARGUMENT, SC.OUT_OF_RANGE))],
 )
 def test_ephemeral_bad_size_leaves_nothing(agent: Agent, size: str, codes: tuple[grpc.StatusCode, ...]) -> None:
-    loops_before, files_before = loops_under(agent.pool), files_under(agent.pool)
+    loops_before, files_before = agent.pool_loops(), agent.pool_objects()
     target = agent.path("mount")
     expect_code(
         agent.node.NodePublishVolume,
@@ -562,13 +572,13 @@ def test_ephemeral_bad_size_leaves_nothing(agent: Agent, size: str, codes: tuple
         *codes,
     )
     assert not is_mounted(target)
-    assert loops_under(agent.pool) == loops_before
-    assert files_under(agent.pool) == files_before
+    assert agent.pool_loops() == loops_before
+    assert agent.pool_objects() == files_before
 
 
 def test_ephemeral_over_capacity_leaves_nothing(agent_factory: Any) -> None:
     a = agent_factory(capacity_limit=32 * MiB)
-    loops_before, files_before = loops_under(a.pool), files_under(a.pool)
+    loops_before, files_before = a.pool_loops(), a.pool_objects()
     target = a.path("mount")
     expect_code(
         a.node.NodePublishVolume,
@@ -579,8 +589,8 @@ def test_ephemeral_over_capacity_leaves_nothing(agent_factory: Any) -> None:
         SC.RESOURCE_EXHAUSTED, SC.OUT_OF_RANGE,
     )
     assert not is_mounted(target)
-    assert loops_under(a.pool) == loops_before
-    assert files_under(a.pool) == files_before
+    assert a.pool_loops() == loops_before
+    assert a.pool_objects() == files_before
 
 
 def test_stage_tracking_detects_one_device(agent: Agent) -> None:
@@ -588,10 +598,13 @@ def test_stage_tracking_detects_one_device(agent: Agent) -> None:
     cap = mount_cap("ext4")
     vol = agent.create_volume(8 * MiB, cap=cap)
     att = stage_tracking_image(agent, vol.volume_id, cap)
-    assert att.image and att.image.startswith(agent.pool + "/")
-    assert loops_for_file(att.image) != ""
+    if agent.lvm is None:
+        assert att.image and att.image.startswith(agent.pool + "/")
+    else:  # stage_tracking_image checked offset and size against the LV
+        assert att.image is None and att.backing.startswith(f"{agent.lvm.device}@")
+    assert agent.loops_for(att.backing) == [att.device]
     agent.unstage(vol.volume_id, att.staging)
-    assert loops_for_file(att.image) == ""
+    assert agent.loops_for(att.backing) == []
 
 
 def test_block_stage_makes_no_filesystem(agent: Agent) -> None:
@@ -610,7 +623,7 @@ def test_parallel_stage_distinct_devices(agent: Agent) -> None:
     cap = mount_cap("ext4")
     vols = [agent.create_volume(8 * MiB, cap=cap) for _ in range(6)]
     staging = {v.volume_id: agent.staging_dir() for v in vols}
-    before = loops_under(agent.pool)
+    before = agent.pool_loops()
     errors: list[str] = []
 
     def stage(v: Any) -> None:
@@ -627,14 +640,14 @@ def test_parallel_stage_distinct_devices(agent: Agent) -> None:
     for t in threads:
         t.join(120)
     assert not errors, errors
-    new = {d: b for d, b in loops_under(agent.pool).items() if d not in before}
+    new = {d: b for d, b in agent.pool_loops().items() if d not in before}
     assert len(new) == len(vols), f"expected {len(vols)} loop devices, got {new}"
-    assert len(set(new.values())) == len(vols), "two loop devices back the same image"
+    assert len(set(new.values())) == len(vols), "two loop devices back the same image (LV)"
     for v in vols:
         write_file(os.path.join(staging[v.volume_id], "owner"), v.volume_id.encode())
     for v in vols:
         agent.unstage(v.volume_id, staging[v.volume_id])
-    assert loops_under(agent.pool) == before
+    assert agent.pool_loops() == before
     # every volume still holds its own marker
     for v in vols:
         att = bring_up(agent, v, cap, publish=False)

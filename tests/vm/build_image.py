@@ -118,9 +118,7 @@ def run(cmd: list[str], **kwargs: object) -> None:
 
 def missing_host_tools() -> list[str]:
     """Debian packages to install for the host tools that are missing."""
-    return sorted(
-        {pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None}
-    )
+    return sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
 
 
 def ensure_host_tools() -> None:
@@ -130,8 +128,7 @@ def ensure_host_tools() -> None:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise SystemExit(
-            "build_image: missing host packages " + " ".join(missing)
-            + " (install them with apt-get install -y ...)"
+            "build_image: missing host packages " + " ".join(missing) + " (install them with apt-get install -y ...)"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run(["apt-get", "update"], env=env)
@@ -141,8 +138,7 @@ def ensure_host_tools() -> None:
 def cache_key() -> str:
     """Hash of every input of the image: packages, suite, mirror, scripts."""
     h = hashlib.sha256()
-    h.update(json.dumps([SUITE, MIRROR, KERNEL_META, PACKAGES,
-                         INITRAMFS_MODULES, PRUNED_MODULE_DIRS]).encode())
+    h.update(json.dumps([SUITE, MIRROR, KERNEL_META, PACKAGES, INITRAMFS_MODULES, PRUNED_MODULE_DIRS]).encode())
     for path in [Path(__file__).resolve(), *sorted(IMAGE_FILES.iterdir())]:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -157,14 +153,14 @@ def load_image(directory: Path) -> Image | None:
     if not manifest_path.is_file():
         return None
     manifest = json.loads(manifest_path.read_text())
-    img = Image(directory, directory / "vmlinuz", directory / "initrd.img",
-                directory / "root.img", manifest)
+    img = Image(directory, directory / "vmlinuz", directory / "initrd.img", directory / "root.img", manifest)
     if all(p.is_file() for p in (img.kernel, img.initrd, img.root)):
         return img
     return None
 
 
 # --- Debian package index -------------------------------------------------
+
 
 def parse_packages(text: str) -> dict[str, dict[str, str]]:
     """Parse a Debian Packages index into {package: {field: value}}."""
@@ -214,6 +210,9 @@ def fetch_deb(fields: dict[str, str], dest_dir: Path) -> Path:
         tmp.unlink()
         raise SystemExit(f"build_image: SHA-256 mismatch for {url}")
     tmp.rename(dest)
+    for other in dest_dir.glob("*.deb"):  # keep only the current kernel
+        if other != dest:
+            other.unlink()
     return dest
 
 
@@ -225,6 +224,7 @@ def kernel_package(index: dict[str, dict[str, str]]) -> dict[str, str]:
 
 
 # --- initramfs --------------------------------------------------------------
+
 
 def module_order(modules_dir: Path, wanted: list[str]) -> list[str]:
     """Module files (relative paths) for `wanted`, dependencies first."""
@@ -268,8 +268,8 @@ class Cpio:
     def _entry(self, name: str, mode: int, data: bytes) -> None:
         namez = name.encode() + b"\0"
         header = "070701" + "".join(
-            f"{v:08x}" for v in (self.ino, mode, 0, 0, 1, 0, len(data),
-                                 0, 0, 0, 0, len(namez), 0))
+            f"{v:08x}" for v in (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(namez), 0)
+        )
         self.ino += 1
         self.buf.write(header.encode() + namez)
         self.buf.write(b"\0" * (-(110 + len(namez)) % 4))
@@ -316,6 +316,7 @@ def make_initramfs(root: Path, kver: str, dest: Path) -> None:
 
 # --- build --------------------------------------------------------------------
 
+
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below `path` (to undo what debootstrap mounted)."""
     prefix = str(path.resolve())
@@ -352,9 +353,15 @@ def du_bytes(path: Path) -> int:
 
 def slim_root(root: Path) -> None:
     """Remove what the guest never needs from the root tree."""
-    for rel in ("usr/share/doc", "usr/share/man", "usr/share/info",
-                "usr/share/locale", "var/cache/apt", "var/lib/apt/lists",
-                "var/cache/debconf/templates.dat-old"):
+    for rel in (
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/locale",
+        "var/cache/apt",
+        "var/lib/apt/lists",
+        "var/cache/debconf/templates.dat-old",
+    ):
         p = root / rel
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -370,8 +377,7 @@ def configure_root(root: Path) -> None:
     (root / "etc/fstab").write_text("# the VM's init mounts everything\n")
     iscsi = root / "etc/iscsi"
     iscsi.mkdir(parents=True, exist_ok=True)
-    (iscsi / "initiatorname.iscsi").write_text(
-        "InitiatorName=iqn.2026-01.io.basalt:vm-default\n")
+    (iscsi / "initiatorname.iscsi").write_text("InitiatorName=iqn.2026-01.io.basalt:vm-default\n")
     (root / "etc/machine-id").write_text("0" * 31 + "1\n")
     # LIO's default db_root (the kernel complains when it is missing)
     (root / "etc/target").mkdir(exist_ok=True)
@@ -386,12 +392,24 @@ def build(key: str) -> Image:
     out = work / "out"
     timings: dict[str, float] = {}
     t0 = time.monotonic()
+    # Build trees left by an interrupted build (the caller holds the cache
+    # lock, so no other build is running).
+    for stale in CACHE_DIR.glob("build-*"):
+        remove_tree(stale)
     try:
-        remove_tree(work)
         out.mkdir(parents=True)
-        run(["debootstrap", "--variant=minbase", "--arch=amd64",
-             "--include=" + ",".join(PACKAGES), SUITE, str(root), MIRROR],
-            stdout=subprocess.DEVNULL)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--arch=amd64",
+                "--include=" + ",".join(PACKAGES),
+                SUITE,
+                str(root),
+                MIRROR,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         timings["debootstrap_s"] = round(time.monotonic() - t0, 1)
 
         index = read_packages_index(root)
@@ -413,8 +431,7 @@ def build(key: str) -> Image:
         run(["chroot", str(root), "/sbin/depmod", "-a", kver])
         timings["kernel_s"] = round(time.monotonic() - t0 - sum(timings.values()), 1)
 
-        versions = {
-            name: index[name]["Version"] for name in PACKAGES if name in index}
+        versions = {name: index[name]["Version"] for name in PACKAGES if name in index}
         versions[kpkg["Package"]] = kpkg["Version"]
         make_initramfs(root, kver, out / "initrd.img")
         configure_root(root)
@@ -426,14 +443,17 @@ def build(key: str) -> Image:
         img = out / "root.img"
         with img.open("wb") as f:
             f.truncate(img_mib << 20)
-        run(["mkfs.ext4", "-q", "-F", "-L", "basalt-root", "-m", "0",
-             "-d", str(root), str(img)])
+        run(["mkfs.ext4", "-q", "-F", "-L", "basalt-root", "-m", "0", "-d", str(root), str(img)])
         timings["mkfs_s"] = round(time.monotonic() - t1, 1)
         img.chmod(0o444)
 
         manifest = {
-            "key": key, "suite": SUITE, "mirror": MIRROR, "kernel": kver,
-            "packages": versions, "root_image_mib": img_mib,
+            "key": key,
+            "suite": SUITE,
+            "mirror": MIRROR,
+            "kernel": kver,
+            "packages": versions,
+            "root_image_mib": img_mib,
             "build_seconds": round(time.monotonic() - t0, 1),
             "timings": timings,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -469,17 +489,14 @@ def get_image(force: bool = False) -> tuple[Image, bool]:
                 return image, False
         ensure_host_tools()
         if os.geteuid() != 0:
-            raise SystemExit("build_image: building the image needs root "
-                             "(debootstrap)")
+            raise SystemExit("build_image: building the image needs root (debootstrap)")
         return build(key), True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild even when the cached image is current")
-    parser.add_argument("--print-key", action="store_true",
-                        help="print the cache key of the current inputs and exit")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cached image is current")
+    parser.add_argument("--print-key", action="store_true", help="print the cache key of the current inputs and exit")
     args = parser.parse_args(argv)
     if args.print_key:
         print(cache_key())
@@ -487,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     image, built = get_image(force=args.force)
     what = "built" if built else "reused cached"
-    log(f"{what} image {image.directory} (kernel {image.manifest['kernel']}) "
-        f"in {time.monotonic() - t0:.1f} s")
+    log(f"{what} image {image.directory} (kernel {image.manifest['kernel']}) in {time.monotonic() - t0:.1f} s")
     print(image.directory)
     return 0
 

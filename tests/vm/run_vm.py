@@ -62,41 +62,56 @@ class VmResult:
     message: str = ""
 
 
-def qemu_command(qemu: str, image: build_image.Image, results: Path,
-                 share: Path, disks: list[Path], smp: int,
-                 memory_mib: int) -> list[str]:
+def qemu_command(
+    qemu: str, image: build_image.Image, results: Path, share: Path, disks: list[Path], smp: int, memory_mib: int
+) -> list[str]:
     cmd = [
         qemu,
-        "-accel", "tcg",
-        "-machine", "pc",
-        "-smp", str(smp),
-        "-m", str(memory_mib),
-        "-nodefaults", "-no-user-config", "-no-reboot",
-        "-display", "none",
-        "-monitor", "none",
-        "-serial", "stdio",
-        "-nic", "none",
-        "-kernel", str(image.kernel),
-        "-initrd", str(image.initrd),
-        "-append", "console=ttyS0 panic=-1 loglevel=4 "
-                   "rdinit=/init",
-        "-drive", f"file={image.root},format=raw,if=none,id=root,"
-                  "snapshot=on,cache=unsafe",
-        "-device", "virtio-blk-pci,drive=root,serial=basalt-root",
-        "-virtfs", f"local,path={share},mount_tag=basalt,"
-                   "security_model=none,readonly=on",
-        "-virtfs", f"local,path={results},mount_tag=results,"
-                   "security_model=none",
+        "-accel",
+        "tcg",
+        "-machine",
+        "pc",
+        "-smp",
+        str(smp),
+        "-m",
+        str(memory_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-nic",
+        "none",
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initrd),
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4 rdinit=/init",
+        "-drive",
+        f"file={image.root},format=raw,if=none,id=root,snapshot=on,cache=unsafe",
+        "-device",
+        "virtio-blk-pci,drive=root,serial=basalt-root",
+        "-virtfs",
+        f"local,path={share},mount_tag=basalt,security_model=none,readonly=on",
+        "-virtfs",
+        f"local,path={results},mount_tag=results,security_model=none",
     ]
     for i, disk in enumerate(disks):
-        cmd += ["-drive", f"file={disk},format=raw,if=none,id=scratch{i},"
-                          "cache=unsafe",
-                "-device", f"virtio-blk-pci,drive=scratch{i},serial=scratch{i}"]
+        cmd += [
+            "-drive",
+            f"file={disk},format=raw,if=none,id=scratch{i},cache=unsafe",
+            "-device",
+            f"virtio-blk-pci,drive=scratch{i},serial=scratch{i}",
+        ]
     return cmd
 
 
-def _pump(stream: TextIO, sink: list[str], echo: TextIO | None,
-          label: str) -> None:
+def _pump(stream: TextIO, sink: list[str], echo: TextIO | None, label: str) -> None:
     for line in stream:
         sink.append(line)
         if echo is not None:
@@ -104,12 +119,21 @@ def _pump(stream: TextIO, sink: list[str], echo: TextIO | None,
             echo.flush()
 
 
-def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
-           disk_size_mib: int = 1024, smp: int = 2, memory_mib: int = 1536,
-           share: Path = REPO, echo: TextIO | None = sys.stdout,
-           image: build_image.Image | None = None,
-           qemu: str = "qemu-system-x86_64", netdev: str | None = None,
-           mac: str = "52:54:00:12:34:56", label: str = "") -> VmResult:
+def run_vm(
+    command: list[str],
+    timeout: float = 600.0,
+    disks: int = 0,
+    disk_size_mib: int = 1024,
+    smp: int = 2,
+    memory_mib: int = 1536,
+    share: Path = REPO,
+    echo: TextIO | None = sys.stdout,
+    image: build_image.Image | None = None,
+    qemu: str = "qemu-system-x86_64",
+    netdev: str | None = None,
+    mac: str = "52:54:00:12:34:56",
+    label: str = "",
+) -> VmResult:
     """Boot the VM, run `command` (argv) in /basalt, return the verdict.
 
     `image` defaults to the cached image (built when needed); `qemu` is the
@@ -129,8 +153,7 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
     try:
         results = tmp / "results"
         results.mkdir()
-        (results / "request.sh").write_text(
-            "#!/bin/sh\nexec " + shlex.join(command) + "\n")
+        (results / "request.sh").write_text("#!/bin/sh\nexec " + shlex.join(command) + "\n")
         (results / "request.env").write_text(f"timeout={guest_timeout}\n")
         scratch = []
         for i in range(disks):
@@ -138,26 +161,28 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
             with p.open("wb") as f:
                 f.truncate(disk_size_mib << 20)
             scratch.append(p)
-        cmd = qemu_command(qemu, image, results, share.resolve(), scratch,
-                           smp, memory_mib)
+        cmd = qemu_command(qemu, image, results, share.resolve(), scratch, smp, memory_mib)
         if netdev is not None:
             i = cmd.index("-nic")
-            cmd[i:i + 2] = ["-netdev", f"{netdev},id=net0",
-                            "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
+            cmd[i : i + 2] = ["-netdev", f"{netdev},id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
         env = dict(os.environ, TMPDIR=str(tmp))  # where snapshot=on's overlay goes
         lines: list[str] = []
         # coreutils timeout bounds QEMU even if this Python process is killed
         # before it can clean up (SIGKILL, a CI job timeout, ...).
         cmd = ["timeout", "-k", "10", str(int(timeout) + 30), *cmd]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
+            start_new_session=True,
+        )
         _LIVE.add(proc)
         assert proc.stdout is not None
-        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo, label),
-                                daemon=True)
+        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo, label), daemon=True)
         pump.start()
         timed_out = False
         try:
@@ -171,17 +196,36 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
         rc_text = files.get("rc", "").strip()
         console = "".join(lines)
         if timed_out:
-            return VmResult(RC_TIMEOUT, bool(rc_text), True, seconds, console,
-                            files, f"run_vm: timed out after {timeout:.0f} s; "
-                                   "QEMU killed")
+            return VmResult(
+                RC_TIMEOUT,
+                bool(rc_text),
+                True,
+                seconds,
+                console,
+                files,
+                f"run_vm: timed out after {timeout:.0f} s; QEMU killed",
+            )
         if not rc_text.lstrip("-").isdigit():
-            return VmResult(RC_NO_VERDICT, False, False, seconds, console, files,
-                            f"run_vm: QEMU exited ({proc.returncode}) without a "
-                            "verdict (no /results/rc): counted as failure")
+            return VmResult(
+                RC_NO_VERDICT,
+                False,
+                False,
+                seconds,
+                console,
+                files,
+                f"run_vm: QEMU exited ({proc.returncode}) without a verdict (no /results/rc): counted as failure",
+            )
         rc = int(rc_text)
-        return VmResult(rc, True, False, seconds, console, files,
-                        f"run_vm: guest command exited {rc} "
-                        f"({seconds:.1f} s with boot and power-off)")
+        what = f"hit the guest-side timeout ({guest_timeout} s)" if rc in (RC_TIMEOUT, 137) else f"exited {rc}"
+        return VmResult(
+            rc,
+            True,
+            False,
+            seconds,
+            console,
+            files,
+            f"run_vm: guest command {what} ({seconds:.1f} s with boot and power-off)",
+        )
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -190,11 +234,15 @@ def run_vm(command: list[str], timeout: float = 600.0, disks: int = 0,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_pair(server_command: list[str], client_command: list[str],
-             timeout: float = 600.0, server_disks: int = 1,
-             client_disks: int = 0, echo: TextIO | None = sys.stdout,
-             image: build_image.Image | None = None
-             ) -> tuple[VmResult, VmResult]:
+def run_pair(
+    server_command: list[str],
+    client_command: list[str],
+    timeout: float = 600.0,
+    server_disks: int = 1,
+    client_disks: int = 0,
+    echo: TextIO | None = sys.stdout,
+    image: build_image.Image | None = None,
+) -> tuple[VmResult, VmResult]:
     """Two VMs on a private network of their own: a QEMU stream netdev over a
     unix socket in a temporary directory (no host port, no host interface).
 
@@ -208,10 +256,17 @@ def run_pair(server_command: list[str], client_command: list[str],
 
     def server() -> None:
         results["server"] = run_vm(
-            server_command, timeout=timeout, disks=server_disks, smp=1,
-            memory_mib=1024, echo=echo, image=image, label="[storage] ",
+            server_command,
+            timeout=timeout,
+            disks=server_disks,
+            smp=1,
+            memory_mib=1024,
+            echo=echo,
+            image=image,
+            label="[storage] ",
             netdev=f"stream,server=on,addr.type=unix,addr.path={sock}",
-            mac="52:54:00:00:77:01")
+            mac="52:54:00:00:77:01",
+        )
 
     thread = threading.Thread(target=server, daemon=True)
     try:
@@ -223,19 +278,26 @@ def run_pair(server_command: list[str], client_command: list[str],
             time.sleep(0.1)
         if sock.exists():
             results["client"] = run_vm(
-                client_command, timeout=timeout, disks=client_disks, smp=1,
-                memory_mib=1024, echo=echo, image=image, label="[node]    ",
+                client_command,
+                timeout=timeout,
+                disks=client_disks,
+                smp=1,
+                memory_mib=1024,
+                echo=echo,
+                image=image,
+                label="[node]    ",
                 netdev=f"stream,server=off,addr.type=unix,addr.path={sock}",
-                mac="52:54:00:00:77:02")
+                mac="52:54:00:00:77:02",
+            )
         else:
             results["client"] = VmResult(
-                RC_NO_VERDICT, False, False, 0.0, "", {},
-                "run_vm: the server VM never opened its network socket")
+                RC_NO_VERDICT, False, False, 0.0, "", {}, "run_vm: the server VM never opened its network socket"
+            )
         # run_vm bounds the server by `timeout`; this join cannot hang long
         thread.join(timeout + 60)
         server_result = results.get("server") or VmResult(
-            RC_NO_VERDICT, False, False, 0.0, "", {},
-            "run_vm: the server VM did not finish")
+            RC_NO_VERDICT, False, False, 0.0, "", {}, "run_vm: the server VM did not finish"
+        )
         return server_result, results["client"]
     finally:
         shutil.rmtree(net_dir, ignore_errors=True)
@@ -267,29 +329,29 @@ def _collect(results: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Run COMMAND inside the Basalt test VM "
-                    "(project tree at /basalt).")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds for boot + command + power-off "
-                             "(default 600)")
-    parser.add_argument("--disks", type=int, default=0,
-                        help="number of sparse scratch disks (serial scratchN)")
-    parser.add_argument("--disk-size", type=int, default=1024,
-                        help="size of each scratch disk in MiB (default 1024)")
+    parser = argparse.ArgumentParser(description="Run COMMAND inside the Basalt test VM (project tree at /basalt).")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds for boot + command + power-off (default 600)"
+    )
+    parser.add_argument("--disks", type=int, default=0, help="number of sparse scratch disks (serial scratchN)")
+    parser.add_argument("--disk-size", type=int, default=1024, help="size of each scratch disk in MiB (default 1024)")
     parser.add_argument("--smp", type=int, default=2)
     parser.add_argument("--memory", type=int, default=1536, help="MiB")
-    parser.add_argument("--results-dir", type=Path,
-                        help="copy the guest's result files here")
+    parser.add_argument("--results-dir", type=Path, help="copy the guest's result files here")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no COMMAND given (put it after --)")
     build_image.ensure_host_tools()  # apt-get installs QEMU etc. if missing
-    result = run_vm(command, timeout=args.timeout, disks=args.disks,
-                    disk_size_mib=args.disk_size, smp=args.smp,
-                    memory_mib=args.memory)
+    result = run_vm(
+        command,
+        timeout=args.timeout,
+        disks=args.disks,
+        disk_size_mib=args.disk_size,
+        smp=args.smp,
+        memory_mib=args.memory,
+    )
     if args.results_dir is not None:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         for name, text in result.files.items():

@@ -47,7 +47,8 @@ def image() -> build_image.Image:
     missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
     if missing:
         pytest.skip(
-            "VM tier needs " + ", ".join(missing)
+            "VM tier needs "
+            + ", ".join(missing)
             + ": apt-get install -y qemu-system-x86 debootstrap (or run python3 tests/vm/build_image.py as root)"
         )
     cached = build_image.load_image(build_image.image_dir(build_image.cache_key()))
@@ -61,9 +62,7 @@ def image() -> build_image.Image:
 
 def test_real_kernel_storage_checks(image: build_image.Image) -> None:
     """LVM linear/thin/COW snapshot and LIO + open-iscsi, in one boot."""
-    result = run_vm.run_vm(
-        ["sh", RUN_CHECKS, *REAL_CHECKS], timeout=600, disks=5, image=image, echo=None
-    )
+    result = run_vm.run_vm(["sh", RUN_CHECKS, *REAL_CHECKS], timeout=600, disks=5, image=image, echo=None)
     print(result.console)
     verdicts = _check_lines(result)
     assert result.verdict, f"{result.message}\n{_tail(result.console)}"
@@ -122,8 +121,7 @@ def _fake_qemu(tmp_path: Path, body: str) -> str:
     script.write_text(
         "#!/bin/sh\n"
         f'echo "$TMPDIR" > {tmp_path}/tmpdir\n'
-        'RESULTS=$(printf "%s\\n" "$@" | sed -n "s/.*path=\\([^,]*\\),mount_tag=results.*/\\1/p")\n'
-        + body
+        'RESULTS=$(printf "%s\\n" "$@" | sed -n "s/.*path=\\([^,]*\\),mount_tag=results.*/\\1/p")\n' + body
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script)

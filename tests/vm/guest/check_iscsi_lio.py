@@ -33,12 +33,12 @@ def step(msg: str) -> None:
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=120)
+    proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     out = proc.stdout.strip()
-    print(f"    $ {' '.join(cmd)} -> {proc.returncode}"
-          + (("\n      " + out.replace("\n", "\n      ")) if out else ""),
-          flush=True)
+    print(
+        f"    $ {' '.join(cmd)} -> {proc.returncode}" + (("\n      " + out.replace("\n", "\n      ")) if out else ""),
+        flush=True,
+    )
     if check and proc.returncode != 0:
         raise SystemExit(f"  FAILED: {cmd[0]} exited {proc.returncode}")
     return proc
@@ -91,6 +91,7 @@ def main() -> int:
 
     step("LIO target via rtslib: iblock backstore, ACL for IQN A only")
     from rtslib_fb import LUN, TPG, BlockStorageObject, FabricModule, MappedLUN, NetworkPortal, NodeACL, Target
+
     so = BlockStorageObject("basalt_lun0", dev=lv)
     target = Target(FabricModule("iscsi"), wwn=TARGET)
     try:
@@ -103,8 +104,7 @@ def main() -> int:
         acl = NodeACL(tpg, IQN_A)
         MappedLUN(acl, 0, lun)
         tpg.enable = True
-        print(f"    target {TARGET} tpg 1 lun 0 -> {lv}; acls: "
-              f"{[a.node_wwn for a in tpg.node_acls]}", flush=True)
+        print(f"    target {TARGET} tpg 1 lun 0 -> {lv}; acls: {[a.node_wwn for a in tpg.node_acls]}", flush=True)
         return initiator_checks(lv, data_a)
     finally:
         step("tear down: iscsid, target, backstore, VG")
@@ -119,16 +119,13 @@ def initiator_checks(lv: str, data_a: bytes) -> int:
     sh("iscsid")
     for iface, iqn in (("basaltA", IQN_A), ("basaltB", IQN_B)):
         sh("iscsiadm", "-m", "iface", "-I", iface, "-o", "new")
-        sh("iscsiadm", "-m", "iface", "-I", iface, "-o", "update",
-           "-n", "iface.initiatorname", "-v", iqn)
+        sh("iscsiadm", "-m", "iface", "-I", iface, "-o", "update", "-n", "iface.initiatorname", "-v", iqn)
 
     step("discovery and login as IQN A")
-    out = sh("iscsiadm", "-m", "discovery", "-t", "sendtargets",
-             "-p", PORTAL, "-I", "basaltA").stdout
+    out = sh("iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", PORTAL, "-I", "basaltA").stdout
     if TARGET not in out:
         raise SystemExit("  FAILED: discovery did not list the target")
-    sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltA",
-       "--login")
+    sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltA", "--login")
     sh("udevadm", "settle")
     wait_for(BY_PATH.exists, str(BY_PATH))
     sdx = os.path.realpath(BY_PATH)
@@ -149,13 +146,25 @@ def initiator_checks(lv: str, data_a: bytes) -> int:
         raise SystemExit("  FAILED: LV data differs from what the initiator wrote")
 
     step("login as IQN B (not in the ACL) is refused")
-    sh("iscsiadm", "-m", "node", "-o", "new", "-T", TARGET, "-p", PORTAL,
-       "-I", "basaltB")
-    sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltB",
-       "-o", "update", "-n", "node.session.initial_login_retry_max",
-       "-v", "1")
-    refused = sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL,
-                 "-I", "basaltB", "--login", check=False)
+    sh("iscsiadm", "-m", "node", "-o", "new", "-T", TARGET, "-p", PORTAL, "-I", "basaltB")
+    sh(
+        "iscsiadm",
+        "-m",
+        "node",
+        "-T",
+        TARGET,
+        "-p",
+        PORTAL,
+        "-I",
+        "basaltB",
+        "-o",
+        "update",
+        "-n",
+        "node.session.initial_login_retry_max",
+        "-v",
+        "1",
+    )
+    refused = sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltB", "--login", check=False)
     if refused.returncode == 0:
         raise SystemExit("  FAILED: IQN B logged in despite the ACL")
     if "authoriz" not in refused.stdout.lower():
@@ -165,8 +174,7 @@ def initiator_checks(lv: str, data_a: bytes) -> int:
         raise SystemExit("  FAILED: unexpected sessions after IQN B's attempt")
 
     step("logout as IQN A: the disk goes away")
-    sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltA",
-       "--logout")
+    sh("iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL, "-I", "basaltA", "--logout")
     sh("udevadm", "settle")
     wait_for(lambda: not Path(sdx).exists(), f"{sdx} to go away")
     if TARGET in sessions():
