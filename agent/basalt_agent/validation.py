@@ -108,7 +108,35 @@ class Capability:
         return (self.block, self.fs_type, self.mode) == (other.block, other.fs_type, other.mode)
 
 
-def capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capability") -> Capability:
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Which access modes the agent can honour, and why not the others."""
+
+    #: volumes are reachable from several nodes (exported over iSCSI)
+    shared: bool
+
+    def check(self, mode: int, block: bool) -> None:
+        name = Mode.Name(mode)
+        if mode in SINGLE_NODE_MODES:
+            return
+        if not self.shared:
+            raise invalid(f"access mode {name} is not supported: volumes of this pool are local to one node "
+                          "(export them over iSCSI to share them between nodes)")
+        if mode == Mode.MULTI_NODE_READER_ONLY or (mode == Mode.MULTI_NODE_MULTI_WRITER and block):
+            return
+        if mode == Mode.MULTI_NODE_MULTI_WRITER:
+            raise invalid(f"access mode {name} is supported for raw block volumes only: a filesystem mounted "
+                          "read-write on several nodes at once would be corrupted")
+        raise invalid(f"access mode {name} is not supported: readers on other nodes would see a filesystem "
+                      "changing under them; use MULTI_NODE_READER_ONLY or raw block")
+
+
+LOCAL = AccessPolicy(shared=False)
+SHARED = AccessPolicy(shared=True)
+
+
+def capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capability",
+               access: AccessPolicy = LOCAL) -> Capability:
     """Parse one capability; unsupported modes are refused with the reason."""
     kind = cap.WhichOneof("access_type")
     if kind is None:
@@ -118,10 +146,7 @@ def capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capability") 
     mode = cap.access_mode.mode
     if mode not in Mode.values():
         raise invalid(f"{field}.access_mode {mode} is not a known mode")
-    if mode not in SINGLE_NODE_MODES:
-        raise invalid(
-            f"access mode {Mode.Name(mode)} is not supported: volumes of this pool are local to one node"
-        )
+    access.check(mode, kind == "block")
     if kind == "block":
         return Capability(True, "", (), mode)
     if cap.mount.volume_mount_group:
@@ -137,17 +162,18 @@ def capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capability") 
     return Capability(False, fs_type, tuple(checked), mode)
 
 
-def required_capability(request: Any) -> Capability:
+def required_capability(request: Any, access: AccessPolicy = LOCAL) -> Capability:
     """The request's ``volume_capability`` field, which must be set."""
     if not request.HasField("volume_capability"):
         raise invalid("volume_capability is required")
-    return capability(request.volume_capability)
+    return capability(request.volume_capability, access=access)
 
 
-def capabilities(caps: Sequence[csi_pb2.VolumeCapability], field: str = "volume_capabilities") -> List[Capability]:
+def capabilities(caps: Sequence[csi_pb2.VolumeCapability], field: str = "volume_capabilities",
+                 access: AccessPolicy = LOCAL) -> List[Capability]:
     if not caps:
         raise invalid(f"{field} is required")
-    return [capability(cap, f"{field}[{i}]") for i, cap in enumerate(caps)]
+    return [capability(cap, f"{field}[{i}]", access) for i, cap in enumerate(caps)]
 
 
 def non_negative_range(capacity: csi_pb2.CapacityRange) -> Tuple[int, int]:

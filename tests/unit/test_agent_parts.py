@@ -142,3 +142,22 @@ def test_default_pool_lives_in_the_state_dir() -> None:
 def test_bad_settings_exit(argv: List[str]) -> None:
     with pytest.raises((SystemExit, Exception)):
         config.load(argv, environ={})
+
+
+def block(mode: "csi_pb2.VolumeCapability.AccessMode.Mode") -> csi_pb2.VolumeCapability:
+    return csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(),
+                                    access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
+
+
+def test_shared_volumes_allow_readers_everywhere_and_writers_only_on_raw_block() -> None:
+    from basalt_agent.validation import SHARED
+
+    assert capability(cap(Mode.MULTI_NODE_READER_ONLY), access=SHARED).read_only_mode
+    assert capability(block(Mode.MULTI_NODE_READER_ONLY), access=SHARED).block
+    assert capability(block(Mode.MULTI_NODE_MULTI_WRITER), access=SHARED).block
+    with pytest.raises(RpcFailure, match="raw block volumes only"):
+        capability(cap(Mode.MULTI_NODE_MULTI_WRITER), access=SHARED)
+    with pytest.raises(RpcFailure, match="MULTI_NODE_SINGLE_WRITER is not supported"):
+        capability(block(Mode.MULTI_NODE_SINGLE_WRITER), access=SHARED)
+    with pytest.raises(RpcFailure, match="local to one node"):
+        capability(block(Mode.MULTI_NODE_READER_ONLY))
