@@ -16,7 +16,7 @@ from basalt_agent.locks import ObjectLocks
 from basalt_agent.logs import JsonFormatter, redacted
 from basalt_agent.paging import page
 from basalt_agent.proto import csi_pb2
-from basalt_agent.validation import capability, required_path, required_string, volume_parameters
+from basalt_agent.validation import SHARED, capability, required_path, required_string, volume_parameters
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 ITEMS: List[Tuple[float, str]] = [(1.0, "a"), (2.0, "b"), (2.0, "c"), (3.0, "d")]
@@ -150,8 +150,6 @@ def block(mode: "csi_pb2.VolumeCapability.AccessMode.Mode") -> csi_pb2.VolumeCap
 
 
 def test_shared_volumes_allow_readers_everywhere_and_writers_only_on_raw_block() -> None:
-    from basalt_agent.validation import SHARED
-
     assert capability(cap(Mode.MULTI_NODE_READER_ONLY), access=SHARED).read_only_mode
     assert capability(block(Mode.MULTI_NODE_READER_ONLY), access=SHARED).block
     assert capability(block(Mode.MULTI_NODE_MULTI_WRITER), access=SHARED).block
