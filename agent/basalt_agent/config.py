@@ -38,6 +38,13 @@ class Config:
     lvm_cow_percent: int = 25
     thin_overprovision: float = 1.0
     thin_full_percent: float = 90.0
+    iscsi_backend: str = ""
+    iscsi_base_iqn: str = "iqn.2026-11.dev.basalt"
+    iscsi_portals: List[str] = field(default_factory=list)
+    iscsi_initiators: Dict[str, str] = field(default_factory=dict)
+    iscsi_require_chap: bool = True
+    tgt_control_port: int = 0
+    tgt_conf: str = "/etc/tgt/conf.d/basalt.conf"
     registration_socket: str = ""
     kubelet_registration_path: str = ""
     log_level: str = "info"
@@ -69,6 +76,13 @@ def _services(text: str) -> List[str]:
         raise argparse.ArgumentTypeError(f"services must be 'all' or a list of {', '.join(SERVICES)}")
     # Identity is always required by the spec and by every sidecar.
     return sorted(set(wanted) | {"identity"}, key=SERVICES.index)
+
+
+def _initiator(text: str) -> "tuple[str, str]":
+    node, sep, iqn = text.partition("=")
+    if not sep or not node or not iqn:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NODE=IQN")
+    return node, iqn
 
 
 def _size(text: str) -> int:
@@ -114,6 +128,19 @@ def parser() -> argparse.ArgumentParser:
                      help="lvmthin: virtual bytes allowed per byte of thin pool (default 1.0)")
     lvm.add_argument("--thin-full-percent", type=float,
                      help="lvmthin: thin pool data/metadata use that marks volumes abnormal (default 90)")
+    iscsi = p.add_argument_group("iSCSI exports (storage hosts)")
+    iscsi.add_argument("--iscsi-backend", choices=["tgt", "lio"],
+                       help="export published volumes over iSCSI with this target (default: no exports, local use)")
+    iscsi.add_argument("--iscsi-base-iqn", help="targets are named BASE:<volume> (default iqn.2026-11.dev.basalt)")
+    iscsi.add_argument("--iscsi-portal", dest="iscsi_portals", action="append", metavar="HOST:PORT",
+                       help="a portal nodes log in to (repeat for several)")
+    iscsi.add_argument("--iscsi-initiator", dest="iscsi_initiators", action="append", type=_initiator,
+                       metavar="NODE=IQN", help="a node's initiator IQN (repeat; the roles write them to --config)")
+    iscsi.add_argument("--iscsi-no-chap", dest="iscsi_require_chap", action="store_false", default=None,
+                       help="allow exports without CHAP (ACL by initiator IQN only)")
+    iscsi.add_argument("--tgt-control-port", type=int, help="tgtd's control port (-C), for private instances")
+    iscsi.add_argument("--tgt-conf", help="where tgt's persistent config is written "
+                       "(default /etc/tgt/conf.d/basalt.conf)")
     p.add_argument("--registration-socket",
                    help="also serve kubelet plugin registration on this socket "
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")
@@ -137,6 +164,8 @@ def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]]
         value = getattr(args, item.name, None)
         if value is not None:
             settings[item.name] = value
+    if args.iscsi_initiators:
+        settings["iscsi_initiators"] = {**settings.get("iscsi_initiators", {}), **dict(args.iscsi_initiators)}
     config = Config(**settings)
     endpoint_path(config.endpoint)
     return config

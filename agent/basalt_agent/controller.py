@@ -28,8 +28,10 @@ from .errors import RpcFailure, invalid, rpc_method
 from .locks import ObjectLocks
 from .paging import page
 from .proto import csi_pb2, csi_pb2_grpc
+from .publishing import POOL_KEY, Publishing
 from .validation import MAX_NODE_ID_BYTES as NODE_ID_LIMIT
 from .validation import (
+    SINGLE_NODE_MODES,
     Capability,
     capabilities,
     capability,
@@ -46,21 +48,18 @@ ADVERTISED = (
     RPC.GET_CAPACITY, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.GET_SNAPSHOT, RPC.CLONE_VOLUME,
     RPC.PUBLISH_READONLY, RPC.EXPAND_VOLUME, RPC.GET_VOLUME, RPC.VOLUME_CONDITION, RPC.SINGLE_NODE_MULTI_WRITER,
 )
-POOL_KEY = "basalt.dev/pool"
 COPY_METHOD_KEY = "basalt.dev/copy-method"
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, pool: Pool, node_id: str, locks: ObjectLocks, default_size: int) -> None:
+    def __init__(self, pool: Pool, publishing: Publishing, locks: ObjectLocks, default_size: int) -> None:
         self.pool = pool
-        self.node_id = node_id
+        self.publishing = publishing
+        self.access = publishing.access
         self.locks = locks
         self.default_size = default_size
 
     # -- helpers -------------------------------------------------------------
-    def topology(self) -> csi_pb2.Topology:
-        return csi_pb2.Topology(segments={TOPOLOGY_NODE_KEY: self.node_id})
-
     def _volume_message(self, volume: Volume) -> csi_pb2.Volume:
         context = {POOL_KEY: volume.pool}
         if volume.copy_method:
@@ -69,7 +68,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             volume_id=volume.id,
             capacity_bytes=volume.size,
             volume_context=context,
-            accessible_topology=[self.topology()],
+            accessible_topology=self.publishing.topologies(),
         )
         if volume.source is not None:
             if volume.source.kind == SOURCE_SNAPSHOT:
@@ -91,12 +90,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     def _check_topology(self, requirement: csi_pb2.TopologyRequirement) -> None:
         requisite = list(requirement.requisite)
-        if requisite and not any(self._is_here(t) for t in requisite):
+        if requisite and not any(self._reachable(t) for t in requisite):
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"this pool is on node {self.node_id!r}, which no requisite topology allows")
+                             f"volumes of this pool reach nodes {', '.join(self.publishing.nodes())}, "
+                             "which no requisite topology allows")
 
-    def _is_here(self, topology: csi_pb2.Topology) -> bool:
-        return all(k == TOPOLOGY_NODE_KEY and v == self.node_id for k, v in topology.segments.items())
+    def _reachable(self, topology: csi_pb2.Topology) -> bool:
+        nodes = self.publishing.nodes()
+        return all(k == TOPOLOGY_NODE_KEY and v in nodes for k, v in topology.segments.items())
 
     def _content_source(self, request: csi_pb2.CreateVolumeRequest) -> Optional[ContentSource]:
         if not request.HasField("volume_content_source"):
@@ -126,7 +127,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateVolume(self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
                      ) -> csi_pb2.CreateVolumeResponse:
         name = required_name(request.name)
-        caps = capabilities(request.volume_capabilities)
+        caps = capabilities(request.volume_capabilities, access=self.access)
         required, limit = non_negative_range(request.capacity_range)
         parameters = volume_parameters(request.parameters)
         source = self._content_source(request)
@@ -156,20 +157,27 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                                 context: grpc.ServicerContext) -> csi_pb2.ControllerPublishVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
         node_id = required_string(request.node_id, "node_id", NODE_ID_LIMIT)
-        cap = required_capability(request)
+        cap = required_capability(request, self.access)
+        secrets = request.secrets
         with self.locks.hold(volume_id):
             volume = volumes.get_volume(self.pool, volume_id)
-            if node_id != self.node_id:
-                raise RpcFailure(grpc.StatusCode.NOT_FOUND,
-                                 f"node {node_id!r} is unknown: volume {volume_id} lives on node {self.node_id!r}")
+            if node_id not in self.publishing.nodes():
+                raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} is unknown: volume {volume_id} "
+                                 f"can be published to {', '.join(self.publishing.nodes())}")
             wanted = Publication(readonly=request.readonly, access_mode=cap.mode_name)
             current = volume.publications.get(node_id)
             if current is not None and current != wanted:
                 raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                  f"volume {volume_id} is already published to {node_id} with "
                                  f"readonly={current.readonly}, mode {current.access_mode}")
+            elsewhere = sorted(n for n in volume.publications if n != node_id)
+            if elsewhere and cap.mode in SINGLE_NODE_MODES:
+                raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"volume {volume_id} is {cap.mode_name} and already published to node "
+                                 f"{', '.join(elsewhere)}")
+            context = self.publishing.publish(volume, node_id, request.readonly or cap.read_only_mode, secrets)
             volumes.set_publication(self.pool, volume_id, node_id, wanted)
-        return csi_pb2.ControllerPublishVolumeResponse(publish_context={POOL_KEY: volume.pool})
+        return csi_pb2.ControllerPublishVolumeResponse(publish_context=context)
 
     @rpc_method
     def ControllerUnpublishVolume(self, request: csi_pb2.ControllerUnpublishVolumeRequest,
@@ -180,7 +188,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             required_string(node_id, "node_id", NODE_ID_LIMIT)
         with self.locks.hold(volume_id):
             volume = self.pool.load_volume(volume_id) if is_volume_id(volume_id) else None
-            for published in ([node_id] if node_id else list(volume.publications) if volume else []):
+            for published in ([node_id] if node_id else sorted(volume.publications) if volume else []):
+                self.publishing.unpublish(volume_id, published)
                 volumes.clear_publication(self.pool, volume_id, published)
         return csi_pb2.ControllerUnpublishVolumeResponse()
 
@@ -196,7 +205,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume = volumes.get_volume(self.pool, volume_id)
         try:
             volume_parameters(request.parameters)
-            capabilities(request.volume_capabilities)
+            capabilities(request.volume_capabilities, access=self.access)
         except RpcFailure as refusal:
             return csi_pb2.ValidateVolumeCapabilitiesResponse(message=refusal.message)
         if dict(request.parameters) and volume_parameters(request.parameters) != volume.parameters:
@@ -246,10 +255,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     ) -> csi_pb2.GetCapacityResponse:
         volume_parameters(request.parameters)
         try:
-            caps: List[Capability] = capabilities(request.volume_capabilities) if request.volume_capabilities else []
+            caps: List[Capability] = (capabilities(request.volume_capabilities, access=self.access)
+                                      if request.volume_capabilities else [])
         except RpcFailure:
             return csi_pb2.GetCapacityResponse(available_capacity=0)
-        if request.HasField("accessible_topology") and not self._is_here(request.accessible_topology):
+        if request.HasField("accessible_topology") and not self._reachable(request.accessible_topology):
             return csi_pb2.GetCapacityResponse(available_capacity=0)
         available = self.pool.available_bytes() // self.pool.unit * self.pool.unit
         minimum = max((filesystem.MINIMUM_SIZE[c.fs_type] for c in caps if not c.block), default=0)
@@ -275,7 +285,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not required and not limit:
             raise invalid("capacity_range must set required_bytes or limit_bytes")
         if request.HasField("volume_capability"):
-            capability(request.volume_capability)
+            capability(request.volume_capability, access=self.access)
         with self.locks.hold(volume_id):
             current = volumes.get_volume(self.pool, volume_id)
             if limit and current.size > limit:

@@ -12,7 +12,10 @@ from typing import List, Optional, Sequence
 
 from basalt_core import volumes
 from basalt_core.errors import StorageError
-from basalt_core.pool import open_pool
+from basalt_core.exports import ExportSettings
+from basalt_core.iscsi_target import TargetBackend
+from basalt_core.pool import Pool, open_pool
+from basalt_core.tgt import TgtBackend
 
 from . import DRIVER_NAME, __version__, config, logs, server
 from .controller import ControllerService
@@ -22,6 +25,7 @@ from .logs import RpcLogInterceptor
 from .node import NodeService
 from .nodestate import NodeState
 from .proto import csi_pb2_grpc, pluginregistration_pb2_grpc
+from .publishing import IscsiPublishing, LocalPublishing, Publishing
 from .registration import RegistrationService
 
 log = logging.getLogger("basalt.agent")
@@ -42,6 +46,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+def publishing(settings: config.Config, pool: Pool) -> Publishing:
+    """Local pools publish in place; a storage host exports over iSCSI."""
+    if not settings.iscsi_backend:
+        return LocalPublishing(pool, settings.node_id)
+    backend: TargetBackend
+    if settings.iscsi_backend == "tgt":
+        backend = TgtBackend(control_port=settings.tgt_control_port or None, conf_path=settings.tgt_conf,
+                             record_path=os.path.join(settings.state_dir, "iscsi", "tgt-grants.json"),
+                             base_iqn=settings.iscsi_base_iqn)
+    else:
+        from basalt_core.lio import LioBackend  # needs rtslib-fb, a storage host's optional dependency
+
+        backend = LioBackend()
+    export_settings = ExportSettings(settings.iscsi_base_iqn, tuple(settings.iscsi_portals))
+    return IscsiPublishing(pool, settings.node_id, backend, export_settings, settings.iscsi_initiators,
+                           settings.iscsi_require_chap)
+
+
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
     pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
@@ -53,7 +75,7 @@ def serve(settings: config.Config) -> int:
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs, [RpcLogInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services), grpc_server)
     if "controller" in settings.services:
-        controller = ControllerService(pool, settings.node_id, locks, settings.default_volume_size)
+        controller = ControllerService(pool, publishing(settings, pool), locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
     if "node" in settings.services:
         state = NodeState(os.path.join(settings.state_dir, "node"))

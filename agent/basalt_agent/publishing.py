@@ -1,0 +1,132 @@
+"""How a volume reaches the nodes that use it: in place (local pools) or exported over iSCSI.
+
+The controller's publish logic (validation, locks, publication records,
+single-node exclusivity) is the same for both; these classes are the part
+that differs: which nodes exist, where volumes are accessible, and what a
+publication does on the storage host.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Dict, List, Mapping, Optional
+
+import grpc
+
+from basalt_core import exports
+from basalt_core.errors import Conflict, InvalidRequest
+from basalt_core.iscsi_target import Chap, TargetBackend
+from basalt_core.model import Volume
+from basalt_core.pool import Pool
+
+from . import TOPOLOGY_NODE_KEY
+from .errors import RpcFailure, invalid
+from .proto import csi_pb2
+from .validation import LOCAL, SHARED, AccessPolicy
+
+POOL_KEY = "basalt.dev/pool"
+STORAGE_NODE_KEY = "basalt.dev/storage-node"
+TARGET_KEY = "basalt.dev/iscsi-target"
+PORTALS_KEY = "basalt.dev/iscsi-portals"
+LUN_KEY = "basalt.dev/iscsi-lun"
+SERIAL_KEY = "basalt.dev/serial"
+# CSI secrets (controller-publish and node-stage secrets) carrying CHAP, named
+# after the open-iscsi settings they end up in.
+CHAP_USER = "node.session.auth.username"
+CHAP_PASSWORD = "node.session.auth.password"
+CHAP_MUTUAL_USER = "node.session.auth.username_in"
+CHAP_MUTUAL_PASSWORD = "node.session.auth.password_in"
+
+
+def chap_from_secrets(secrets: Mapping[str, str]) -> Optional[Chap]:
+    """CHAP credentials from CSI secrets; None when they carry none."""
+    if CHAP_USER not in secrets and CHAP_PASSWORD not in secrets:
+        return None
+    try:
+        return Chap(secrets.get(CHAP_USER, ""), secrets.get(CHAP_PASSWORD, ""),
+                    secrets.get(CHAP_MUTUAL_USER), secrets.get(CHAP_MUTUAL_PASSWORD))
+    except InvalidRequest as error:
+        # Never echo the values: the message names the keys only.
+        raise invalid(f"CHAP secrets ({CHAP_USER}, {CHAP_PASSWORD}, ...) are not usable: {error}") from None
+
+
+def topology(node_id: str) -> csi_pb2.Topology:
+    return csi_pb2.Topology(segments={TOPOLOGY_NODE_KEY: node_id})
+
+
+class Publishing(abc.ABC):
+    access: AccessPolicy = LOCAL
+
+    def __init__(self, pool: Pool, node_id: str) -> None:
+        self.pool = pool
+        self.node_id = node_id
+
+    @abc.abstractmethod
+    def nodes(self) -> List[str]:
+        """Every node a volume can be published to."""
+
+    def topologies(self) -> List[csi_pb2.Topology]:
+        return [topology(node) for node in self.nodes()]
+
+    @abc.abstractmethod
+    def publish(self, volume: Volume, node_id: str, read_only: bool, secrets: Mapping[str, str]) -> Dict[str, str]:
+        """Give *node_id* access to *volume*; return the publish_context."""
+
+    @abc.abstractmethod
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        """Withdraw *node_id*'s access (idempotent)."""
+
+
+class LocalPublishing(Publishing):
+    """Local pools: a volume is used where it lives; publishing records the grant only."""
+
+    def nodes(self) -> List[str]:
+        return [self.node_id]
+
+    def publish(self, volume: Volume, node_id: str, read_only: bool, secrets: Mapping[str, str]) -> Dict[str, str]:
+        return {POOL_KEY: volume.pool}
+
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        return None
+
+
+class IscsiPublishing(Publishing):
+    """A storage host: every publication is an iSCSI export to that node's initiator only, with CHAP."""
+
+    access = SHARED
+
+    def __init__(self, pool: Pool, node_id: str, backend: TargetBackend, settings: exports.ExportSettings,
+                 initiators: Mapping[str, str], require_chap: bool = True) -> None:
+        super().__init__(pool, node_id)
+        self.backend = backend
+        self.settings = settings
+        self.initiators = dict(initiators)
+        self.require_chap = require_chap
+
+    def nodes(self) -> List[str]:
+        return sorted(set(self.initiators) | {self.node_id})
+
+    def publish(self, volume: Volume, node_id: str, read_only: bool, secrets: Mapping[str, str]) -> Dict[str, str]:
+        context = {POOL_KEY: volume.pool, STORAGE_NODE_KEY: self.node_id}
+        if node_id == self.node_id:
+            return context  # the storage host stages its own volumes locally, without a loopback session
+        initiator = self.initiators.get(node_id)
+        if initiator is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} has no known initiator IQN")
+        chap = chap_from_secrets(secrets)
+        if chap is None and self.require_chap:
+            raise invalid(f"publishing over iSCSI needs CHAP: set {CHAP_USER} and {CHAP_PASSWORD} in the "
+                          "controller-publish secret")
+        try:
+            info, _ = exports.ensure_exported(self.pool, self.backend, self.settings, volume, initiator, chap,
+                                              read_only)
+        except Conflict as error:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        context.update({TARGET_KEY: info.target_iqn, PORTALS_KEY: ",".join(info.portals),
+                        LUN_KEY: str(info.lun), SERIAL_KEY: info.serial})
+        return context
+
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        initiator = self.initiators.get(node_id)
+        if initiator is not None:
+            exports.ensure_unexported(self.pool, self.backend, self.settings, volume_id, initiator)

@@ -1,0 +1,91 @@
+"""Volumes exported over iSCSI to the nodes that use them (the storage host's side of publishing).
+
+Shared by the agent's ControllerPublish/Unpublish and the ``iscsi_export``
+module: the pool makes the volume a block device here, the target backend
+puts it behind one target per volume, and each node gets an ACL entry for its
+initiator IQN only, with CHAP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .iscsi_target import Chap, Grant, TargetBackend, check_iqn, serial_for, target_iqn_for
+from .model import Volume
+from .pool import Pool
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    base_iqn: str
+    portals: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What a node needs to attach the volume."""
+
+    target_iqn: str
+    lun: int
+    serial: str
+    portals: Tuple[str, ...]
+
+
+def info_for(backend: TargetBackend, settings: ExportSettings, volume_id: str) -> ExportInfo:
+    return ExportInfo(target_iqn_for(settings.base_iqn, volume_id), backend.lun, serial_for(volume_id),
+                      settings.portals)
+
+
+def ensure_exported(
+    pool: Pool,
+    backend: TargetBackend,
+    settings: ExportSettings,
+    volume: Volume,
+    initiator_iqn: str,
+    chap: Optional[Chap],
+    read_only: bool,
+    *,
+    check_mode: bool = False,
+) -> Tuple[ExportInfo, bool]:
+    """Export *volume* to *initiator_iqn* (and only it, with *chap*); return what a node needs."""
+    check_iqn(initiator_iqn, "initiator IQN")
+    info = info_for(backend, settings, volume.id)
+    if check_mode:
+        current = backend.export(info.target_iqn)
+        grant = current.grant_for(initiator_iqn) if current else None
+        return info, grant != Grant(initiator_iqn, chap)
+    device = pool.attach(volume)
+    changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only)
+    changed = backend.ensure_grant(info.target_iqn, initiator_iqn, chap) or changed
+    if changed:
+        backend.persist()
+    return info, changed
+
+
+def ensure_unexported(
+    pool: Pool,
+    backend: TargetBackend,
+    settings: ExportSettings,
+    volume_id: str,
+    initiator_iqn: str,
+    *,
+    check_mode: bool = False,
+) -> bool:
+    """Withdraw the node's access; the target (and the device) go with the last grant."""
+    target = target_iqn_for(settings.base_iqn, volume_id)
+    current = backend.export(target)
+    if current is None:
+        return False
+    if check_mode:
+        return current.grant_for(initiator_iqn) is not None or len(current.grants) == 0
+    changed = backend.revoke_grant(target, initiator_iqn)
+    remaining = backend.export(target)
+    if remaining is not None and not remaining.grants:
+        changed = backend.remove_export(target) or changed
+        volume = pool.load_volume(volume_id)
+        if volume is not None:
+            pool.detach(volume)
+    if changed:
+        backend.persist()
+    return changed

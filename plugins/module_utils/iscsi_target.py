@@ -1,0 +1,220 @@
+"""The iSCSI target side, independent of the target implementation (tgt or LIO).
+
+One target per volume, one data LUN per target, an ACL entry per node that
+may attach it (its initiator IQN, never "ALL"), and CHAP credentials per
+grant.  The agent's ControllerPublish maps to ``ensure_export`` +
+``ensure_grant``; ControllerUnpublish to ``revoke_grant`` (and
+``remove_export`` when no grant is left); ``persist`` makes the state survive
+a restart of the target service and of the host.
+
+Every operation is idempotent and returns whether it changed something, so a
+retried CSI call (the normal case) is cheap and safe.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from .errors import InvalidRequest
+
+# RFC 3720 3.2.6.1: at most 223 bytes, UTF-8.  We produce and accept only the
+# ASCII subset a stringprep'd name can hold without escaping trouble.
+MAX_IQN_BYTES = 223
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_IQN = re.compile(rf"^iqn\.(\d{{4}})-(\d{{2}})\.{_LABEL}(\.{_LABEL})*(:[a-z0-9.:-]+)?$")
+_EUI = re.compile(r"^eui\.[0-9A-F]{16}$")
+_NAA = re.compile(r"^naa\.([0-9A-F]{16}|[0-9A-F]{32})$")
+_SUFFIX_UNSAFE = re.compile(r"[^a-z0-9.-]+")
+# A SCSI unit serial number (VPD page 0x80) is printable ASCII; tgt keeps at
+# most 36 bytes (SCSI_SN_LEN) and LIO 36 too.  We use a short hex string.
+SERIAL_LEN = 16
+_SERIAL = re.compile(r"^[0-9A-Za-z_.-]{1,36}$")
+
+
+@dataclass(frozen=True)
+class Chap:
+    """CHAP credentials of one grant.
+
+    ``user``/``password``: the initiator proves itself to the target
+    (tgt "incominguser", LIO ACL userid/password).  ``mutual_*``: the target
+    proves itself to the initiator (tgt "outgoinguser", LIO mutual_userid).
+    RFC 3720 wants secrets of 12 to 16 bytes for interoperability; open-iscsi
+    refuses longer than 256 and LIO/tgt shorter than 12 in some versions.
+    """
+
+    user: str
+    password: str = field(repr=False)
+    mutual_user: Optional[str] = None
+    mutual_password: Optional[str] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for what, value in (("CHAP user", self.user), ("CHAP password", self.password)):
+            _check_chap_text(value, what)
+        if (self.mutual_user is None) != (self.mutual_password is None):
+            raise InvalidRequest("mutual CHAP needs both a user and a password")
+        if self.mutual_user is not None and self.mutual_password is not None:
+            _check_chap_text(self.mutual_user, "mutual CHAP user")
+            _check_chap_text(self.mutual_password, "mutual CHAP password")
+            if self.mutual_password == self.password:
+                raise InvalidRequest("the mutual CHAP secret must differ from the initiator's secret (RFC 3720 8.2.1)")
+
+    @property
+    def mutual(self) -> bool:
+        return self.mutual_user is not None
+
+    def secrets(self) -> Tuple[str, ...]:
+        """The values to redact from command lines and logs."""
+        return tuple(s for s in (self.password, self.mutual_password) if s)
+
+
+def _check_chap_text(value: str, what: str) -> None:
+    # tgtadm and tgt's config file split on whitespace; iscsiadm node files on
+    # '=' and newline: keep CHAP names and secrets to printable, blank-free ASCII.
+    if not value or len(value) > 255 or value.startswith("-") or not all(33 <= ord(c) <= 126 for c in value):
+        raise InvalidRequest(f"{what} must be 1-255 printable ASCII characters without blanks, not starting with '-'")
+    if any(c in value for c in "#\"'\\<>"):
+        raise InvalidRequest(f"{what} must not contain # \" ' \\ < or >")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One node allowed to log in to one target."""
+
+    initiator_iqn: str
+    chap: Optional[Chap] = None
+
+
+@dataclass(frozen=True)
+class Export:
+    """A volume as the target service exposes it now (``TargetBackend.exports``).
+
+    ``grants`` carry CHAP only when the backend can read the secrets back
+    (LIO can; tgt cannot — TgtBackend fills them from its own grant record).
+    """
+
+    target_iqn: str
+    lun: int
+    serial: str
+    device: str
+    read_only: bool
+    portals: Tuple[str, ...] = ()
+    grants: Tuple[Grant, ...] = ()
+
+    def grant_for(self, initiator_iqn: str) -> Optional[Grant]:
+        for grant in self.grants:
+            if grant.initiator_iqn == initiator_iqn:
+                return grant
+        return None
+
+
+class TargetBackend(abc.ABC):
+    """What the agent needs from an iSCSI target implementation."""
+
+    #: the LUN number the volume's data LUN gets (tgt: 1, LUN 0 is its controller; LIO: 0)
+    lun: int = 0
+
+    @abc.abstractmethod
+    def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
+        """Make *device* the data LUN of target *target_iqn*, unit serial *serial*.
+
+        Raises Conflict when the target exists with another device, serial or
+        read-only mode (changing them under a logged-in initiator is unsafe).
+        """
+
+    @abc.abstractmethod
+    def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
+        """Allow *initiator_iqn* (and only it) to log in, with *chap* when given."""
+
+    @abc.abstractmethod
+    def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
+        """Remove the node's ACL entry and credentials; close its sessions where the backend can."""
+
+    @abc.abstractmethod
+    def remove_export(self, target_iqn: str) -> bool:
+        """Delete the target (after its grants are gone); False when it did not exist."""
+
+    @abc.abstractmethod
+    def exports(self) -> List[Export]:
+        """The live state, for reconciliation after an agent restart."""
+
+    @abc.abstractmethod
+    def persist(self) -> None:
+        """Write the configuration so that it survives a restart of the target service and the host."""
+
+    def export(self, target_iqn: str) -> Optional[Export]:
+        for item in self.exports():
+            if item.target_iqn == target_iqn:
+                return item
+        return None
+
+
+# -- names -----------------------------------------------------------------
+
+
+def check_iqn(text: str, what: str = "iSCSI name") -> str:
+    """Return *text* if it is a valid iSCSI name (iqn., eui. or naa. form); raise InvalidRequest otherwise.
+
+    ``iqn.`` names must be lower case (RFC 3722 stringprep maps case; tgt and
+    LIO compare bytes, so a mixed-case name would silently never match).
+    Names are also command-line operands: nothing starting with '-' or
+    holding blanks gets through.
+    """
+    if not isinstance(text, str) or not text:
+        raise InvalidRequest(f"{what} is empty")
+    if len(text.encode()) > MAX_IQN_BYTES:
+        raise InvalidRequest(f"{what} {text!r} is longer than {MAX_IQN_BYTES} bytes")
+    if text.startswith("iqn."):
+        match = _IQN.match(text)
+        if not match:
+            raise InvalidRequest(f"{what} {text!r} is not iqn.YYYY-MM.reverse.domain[:name] in lower case")
+        if not 1 <= int(match.group(2)) <= 12:
+            raise InvalidRequest(f"{what} {text!r} has an invalid month")
+        return text
+    if _EUI.match(text) or _NAA.match(text):
+        return text
+    raise InvalidRequest(f"{what} {text!r} is not an iqn., eui. or naa. name")
+
+
+def target_iqn_for(base_iqn: str, volume_id: str) -> str:
+    """The target IQN of a volume: ``<base_iqn>:<volume id, sanitised>``.
+
+    *base_iqn* is an iqn. name without a ':' part (e.g. ``iqn.2026-11.io.basalt``).
+    The volume id is lower-cased and characters outside [a-z0-9.-] become '-';
+    when that is lossy or too long, a hash of the exact id is appended so two
+    volume ids never share a target.
+    """
+    check_iqn(base_iqn, "base IQN")
+    if not base_iqn.startswith("iqn.") or ":" in base_iqn:
+        raise InvalidRequest(f"base IQN {base_iqn!r} must be an iqn. name without a ':' part")
+    if not volume_id:
+        raise InvalidRequest("volume id is empty")
+    clean = _SUFFIX_UNSAFE.sub("-", volume_id.lower()).strip("-.") or "vol"
+    room = MAX_IQN_BYTES - len(base_iqn) - 1
+    if clean != volume_id or len(clean) > room:
+        digest = hashlib.sha256(volume_id.encode()).hexdigest()[:12]
+        clean = f"{clean[: max(0, room - 13)]}-{digest}".lstrip("-")
+    if room < 13:
+        raise InvalidRequest(f"base IQN {base_iqn!r} leaves no room for a volume name")
+    return check_iqn(f"{base_iqn}:{clean}", "target IQN")
+
+
+def serial_for(volume_id: str) -> str:
+    """A SCSI unit serial number for a volume: 16 hex digits of SHA-256 of the id.
+
+    Short (tgt and LIO keep at most 36 bytes, udev builds ``scsi-S…`` links
+    from it), printable, and unique per volume with overwhelming probability;
+    the node finds its disk by it (``iscsiadm.wait_for_device``).
+    """
+    if not volume_id:
+        raise InvalidRequest("volume id is empty")
+    return hashlib.sha256(volume_id.encode()).hexdigest()[:SERIAL_LEN]
+
+
+def check_serial(serial: str) -> str:
+    if not _SERIAL.match(serial or ""):
+        raise InvalidRequest(f"unit serial {serial!r} must be 1-36 characters of [0-9A-Za-z_.-]")
+    return serial
