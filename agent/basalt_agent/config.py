@@ -162,9 +162,9 @@ def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]]
         settings["endpoint"] = environ["CSI_ENDPOINT"]
     for item in fields(Config):
         value = getattr(args, item.name, None)
-        if value is not None:
+        if value is not None and item.name != "iscsi_initiators":
             settings[item.name] = value
-    if args.iscsi_initiators:
+    if args.iscsi_initiators:  # NODE=IQN pairs add to (and override) those of the file
         settings["iscsi_initiators"] = {**settings.get("iscsi_initiators", {}), **dict(args.iscsi_initiators)}
     config = Config(**settings)
     endpoint_path(config.endpoint)

@@ -11,9 +11,10 @@ import time
 from typing import List, Optional, Sequence
 
 from basalt_core import volumes
-from basalt_core.errors import StorageError
+from basalt_core.errors import InvalidRequest, StorageError
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import TargetBackend
+from basalt_core.lio import LioBackend
 from basalt_core.pool import Pool, open_pool
 from basalt_core.tgt import TgtBackend
 
@@ -50,15 +51,15 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
     """Local pools publish in place; a storage host exports over iSCSI."""
     if not settings.iscsi_backend:
         return LocalPublishing(pool, settings.node_id)
+    if not settings.iscsi_portals:
+        raise InvalidRequest("--iscsi-backend needs at least one --iscsi-portal for nodes to log in to")
     backend: TargetBackend
     if settings.iscsi_backend == "tgt":
         backend = TgtBackend(control_port=settings.tgt_control_port or None, conf_path=settings.tgt_conf,
                              record_path=os.path.join(settings.state_dir, "iscsi", "tgt-grants.json"),
                              base_iqn=settings.iscsi_base_iqn)
     else:
-        from basalt_core.lio import LioBackend  # needs rtslib-fb, a storage host's optional dependency
-
-        backend = LioBackend()
+        backend = LioBackend(portals=settings.iscsi_portals)  # rtslib-fb is needed from here on
     export_settings = ExportSettings(settings.iscsi_base_iqn, tuple(settings.iscsi_portals))
     return IscsiPublishing(pool, settings.node_id, backend, export_settings, settings.iscsi_initiators,
                            settings.iscsi_require_chap)

@@ -41,12 +41,13 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .atomicfile import write_atomic
-from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound
+from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
 from .runner import operand, run
 
@@ -368,6 +369,11 @@ class TgtBackend(TargetBackend):
             if wanted != have:
                 raise Conflict(f"target {target_iqn} exports {lun.backing_store} (serial {lun.serial}, "
                                f"read-only {lun.read_only}), not {device} (serial {serial}, read-only {read_only})")
+        for stray in (current.acls if current else ()):
+            if not _is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
+                self._run("--mode", "target", "--op", "unbind", "--tid", str(tid), "--initiator-address", stray,
+                          what=f"remove address ACL {stray} of {target_iqn}")
+                changed = True
         if current is None or NO_ADDRESS not in current.acls:
             changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", str(tid),
                                        "--initiator-address", NO_ADDRESS],
@@ -578,7 +584,20 @@ class TgtBackend(TargetBackend):
         return found
 
     def persist(self) -> None:
-        """Write :attr:`conf_path` (mode 0600: it holds CHAP secrets) from the live state and the record."""
+        """Write :attr:`conf_path` (mode 0600: it holds CHAP secrets) from the live state and the record.
+
+        Refuses (Precondition) when a live target of ours has a CHAP account
+        whose secret the record does not hold: the file would restore the
+        target without it, i.e. weaker than it runs now.
+        """
+        record = self._load()
+        for target in self.targets():
+            if not self._owned(target.iqn, record):
+                continue
+            for user in (*target.incoming, *target.outgoing):
+                if not self._password_of(record, user):
+                    raise Precondition(f"cannot persist {target.iqn}: the secret of CHAP user {user!r} is not in "
+                                       f"{self.record_path}")
         write_atomic(self.conf_path, render_config(self.exports()).encode(), mode=0o600)
 
 
@@ -642,27 +661,53 @@ def load_config(path: str, *, control_port: Optional[int] = None, force: bool = 
         raise CommandFailed(result.argv, 0, "; ".join(skipped), f"load {path}")
 
 
+MAX_CONTROL_PORT = 32767  # tgtd: "-C argument value '32768' out of range"
+SOCKET_DIR = "/var/run/tgtd"
+
+
+def control_port_in_use(control_port: int) -> bool:
+    """Whether a tgtd answers on control port *control_port*."""
+    result = run(["tgtadm", "-C", str(control_port), "--mode", "system", "--op", "show"], check=False, timeout=5,
+                 what="probe tgtd")
+    return result.rc == 0
+
+
 def start_private_tgtd(control_port: int, portal: str, *, wait: float = 5.0) -> "subprocess.Popen[bytes]":
     """Start ``tgtd -f -C control_port --iscsi portal=PORTAL`` in its own session; wait until it answers.
 
     For tests and for checking a config file in a throw-away daemon; stop it
-    with :func:`stop_private_tgtd` (tgtd ignores SIGTERM).
+    with :func:`stop_private_tgtd` (tgtd ignores SIGTERM).  *control_port*
+    must be 1..32767 and not in use (see :func:`control_port_in_use`).
     """
+    if not 0 < control_port <= MAX_CONTROL_PORT:
+        raise InvalidRequest(f"tgtd control port {control_port} is not in 1..{MAX_CONTROL_PORT}")
+    # stderr to a file, never a pipe: tgtd -f logs there for its whole life and would block on a full pipe.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={portal}"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    log.close()  # the child keeps its copy
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        result = run(["tgtadm", "-C", str(control_port), "--mode", "system", "--op", "show"],
-                     check=False, timeout=5, what="probe private tgtd")
-        if result.rc == 0 and parse_portals(run(["tgtadm", "-C", str(control_port), "--lld", "iscsi", "--mode",
-                                                 "portal", "--op", "show"], check=False, timeout=5).stdout):
+        if control_port_in_use(control_port) and parse_portals(
+                run(["tgtadm", "-C", str(control_port), "--lld", "iscsi", "--mode", "portal", "--op", "show"],
+                    check=False, timeout=5).stdout):
             return proc
         if proc.poll() is not None:
-            raise CommandFailed(["tgtd", "-C", str(control_port)], proc.returncode, "exited at start", "start tgtd")
+            _remove_socket(control_port)
+            raise CommandFailed(["tgtd", "-C", str(control_port)], proc.returncode,
+                                "exited at start (control port in use or out of range?)", "start tgtd")
         time.sleep(0.05)
     stop_private_tgtd(control_port, proc)
     raise CommandFailed(["tgtd", "-C", str(control_port)], -1, f"no answer within {wait:g}s", "start tgtd")
+
+
+def _remove_socket(control_port: int) -> None:
+    """tgtd leaves /var/run/tgtd/socket.N and socket.N.lock behind; remove ours once it has exited."""
+    for name in (f"socket.{control_port}", f"socket.{control_port}.lock"):
+        try:
+            os.unlink(os.path.join(SOCKET_DIR, name))
+        except FileNotFoundError:
+            pass
 
 
 def stop_private_tgtd(control_port: int, proc: "Optional[subprocess.Popen[bytes]]" = None) -> None:
@@ -681,3 +726,4 @@ def stop_private_tgtd(control_port: int, proc: "Optional[subprocess.Popen[bytes]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        _remove_socket(control_port)

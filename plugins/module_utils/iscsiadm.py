@@ -1,0 +1,319 @@
+"""The iSCSI initiator side (NodeStageVolume) through open-iscsi's ``iscsiadm`` (2.1.8), and finding the disk.
+
+Why it looks the way it does:
+
+* ``-o new`` on an existing node record silently resets it to the defaults
+  (authmethod back to None: measured), so ``ensure_node`` creates the record
+  only when ``-o show`` says "No records found" (rc 21) and then updates
+  the settings that differ.
+* ``-o show -S`` prints the secrets (without -S they show as ``********``);
+  that is the only way to compare a stored CHAP password.  Passwords go to
+  iscsiadm on its command line (``-v``): ``run(secrets=...)`` keeps them out
+  of logs and errors.  open-iscsi stores them in /etc/iscsi/nodes/... mode 0600.
+* Logins need iscsid and the kernel's NETLINK_ISCSI.  Exit codes
+  (open-iscsi include/iscsi_err.h) and texts, from real runs: 15 "session
+  exists" / "1 session requested, but 1 already present." (already logged
+  in: success for us), 24 "iSCSI login failed due to authorization failure"
+  (CHAP), 19 "encountered non-retryable iSCSI login failure" (target
+  refuses: ACL, unknown target), 8 "connection timed out", 20 "could not
+  connect to iscsid", 21 "No records found" / "No matching sessions found" /
+  "No active sessions.".  See tests/unit/iscsi_recorded/README.md for where
+  each recording comes from.
+* ``wait_for_device`` matches the SCSI unit serial (VPD page 0x80) the target
+  was given (``iscsi_target.serial_for``), not a by-path name: it is unique
+  per volume whatever the portal, LUN number or backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional
+
+from .errors import CommandFailed, InvalidRequest, NotFound
+from .iscsi_target import Chap, check_iqn
+from .runner import run
+
+TIMEOUT = 60.0
+ERR_TRANS_TIMEOUT = 8
+ERR_SESS_EXISTS = 15
+ERR_FATAL_LOGIN = 19
+ERR_ISCSID_NOTCONN = 20
+ERR_NO_OBJS_FOUND = 21
+ERR_LOGIN_AUTH_FAILED = 24
+EMPTY = "<empty>"
+_PORTAL = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*)(:\d{1,5})?$")
+_SESSION = re.compile(r"^(\S+): \[(\d+)\] (\S+),(-?\d+) (\S+)(?: \((non-flash|flash)\))?$")
+_LOGIN_REASONS = {
+    ERR_LOGIN_AUTH_FAILED: "auth",
+    ERR_FATAL_LOGIN: "refused",
+    ERR_TRANS_TIMEOUT: "timeout",
+    ERR_ISCSID_NOTCONN: "no-iscsid",
+}
+
+
+def _pyudev() -> Any:
+    """pyudev when installed (optional: uevents instead of polling), else None."""
+    try:
+        import pyudev
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    return pyudev
+
+
+class LoginFailed(CommandFailed):
+    """``iscsiadm --login`` failed; ``reason`` is auth, refused, timeout, no-iscsid or other."""
+
+    def __init__(self, failed: CommandFailed) -> None:
+        super().__init__(failed.argv, failed.rc, failed.stderr, failed.what)
+        self.reason = _LOGIN_REASONS.get(failed.rc, "other")
+
+
+@dataclass(frozen=True)
+class Session:
+    """One line of ``iscsiadm -m session``: ``tcp: [SID] PORTAL,TPGT IQN (non-flash)``."""
+
+    transport: str
+    sid: int
+    portal: str
+    tpgt: int
+    target_iqn: str
+    flash: bool = False
+
+
+def check_portal(portal: str) -> str:
+    """``ADDRESS[:PORT]`` (IPv6 in brackets): what ``-p`` accepts; nothing that looks like an option."""
+    if not isinstance(portal, str) or not _PORTAL.match(portal):
+        raise InvalidRequest(f"portal {portal!r} is not ADDRESS[:PORT]")
+    return portal
+
+
+def _node(target_iqn: str, portal: str, iface: Optional[str]) -> List[str]:
+    argv = ["iscsiadm", "-m", "node", "-T", check_iqn(target_iqn, "target IQN"), "-p", check_portal(portal)]
+    if iface is not None:
+        if not re.match(r"^[A-Za-z0-9_.-]+$", iface) or iface.startswith("-"):
+            raise InvalidRequest(f"iface {iface!r} is not a valid iface name")
+        argv += ["-I", iface]
+    return argv
+
+
+def parse_node(text: str) -> Dict[str, str]:
+    """Parse ``iscsiadm -m node -T .. -p .. -o show``: ``name = value`` lines; ``<empty>`` becomes ''."""
+    settings = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " = " not in line:
+            continue
+        key, value = line.split(" = ", 1)
+        settings[key.strip()] = "" if value.strip() == EMPTY else value.strip()
+    return settings
+
+
+def parse_sessions(text: str) -> List[Session]:
+    found = []
+    for line in text.splitlines():
+        match = _SESSION.match(line.strip())
+        if match:
+            found.append(Session(match.group(1), int(match.group(2)), match.group(3), int(match.group(4)),
+                                 match.group(5), match.group(6) == "flash"))
+    return found
+
+
+def node_settings(target_iqn: str, portal: str, *, iface: Optional[str] = None,
+                  secrets: Iterable[str] = ()) -> Optional[Dict[str, str]]:
+    """The node record's settings (secrets in clear: ``-S``), or None when there is no record."""
+    result = run([*_node(target_iqn, portal, iface), "-o", "show", "-S"], check=False, timeout=TIMEOUT,
+                 secrets=secrets, what=f"show node {target_iqn}")
+    if result.rc == ERR_NO_OBJS_FOUND:
+        return None
+    if result.rc != 0:
+        raise CommandFailed(result.argv, result.rc, result.stderr, f"show node {target_iqn}")
+    return parse_node(result.stdout)
+
+
+def ensure_node(target_iqn: str, portal: str, chap: Optional[Chap], *, iface: Optional[str] = None,
+                startup: str = "automatic") -> bool:
+    """Make the node record for *target_iqn* at *portal* hold *chap* and ``node.startup``; True if it changed.
+
+    ``node.startup=automatic``: iscsid logs in again at boot (open-iscsi's
+    iscsi.service runs ``iscsiadm -m node --loginall=automatic``), so a
+    rebooted node has its disks before kubelet stages them again.
+    """
+    if startup not in ("automatic", "manual", "onboot"):
+        raise InvalidRequest(f"node.startup {startup!r} is not automatic, manual or onboot")
+    secrets = chap.secrets() if chap else ()
+    base = _node(target_iqn, portal, iface)
+    current = node_settings(target_iqn, portal, iface=iface, secrets=secrets)
+    changed = False
+    if current is None:
+        run([*base, "-o", "new"], timeout=TIMEOUT, what=f"add node {target_iqn}")
+        current = {}
+        changed = True
+    wanted = {"node.startup": startup}
+    if chap is None:
+        wanted.update({"node.session.auth.authmethod": "None", "node.session.auth.username": "",
+                       "node.session.auth.password": "", "node.session.auth.username_in": "",
+                       "node.session.auth.password_in": ""})
+    else:
+        wanted.update({"node.session.auth.authmethod": "CHAP", "node.session.auth.username": chap.user,
+                       "node.session.auth.password": chap.password,
+                       "node.session.auth.username_in": chap.mutual_user or "",
+                       "node.session.auth.password_in": chap.mutual_password or ""})
+    for name, value in wanted.items():
+        if current.get(name) == value:
+            continue
+        run([*base, "-o", "update", "-n", name, "-v", value], timeout=TIMEOUT, secrets=secrets,
+            what=f"set {name} of node {target_iqn}")
+        changed = True
+    return changed
+
+
+def login(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
+    """Log in to the node; False when a session already exists (rc 15 / "already present")."""
+    argv = [*_node(target_iqn, portal, iface), "--login"]
+    try:
+        run(argv, timeout=TIMEOUT, what=f"log in to {target_iqn}")
+    except CommandFailed as exc:
+        if exc.rc == ERR_SESS_EXISTS or "already present" in exc.stderr or "session exists" in exc.stderr:
+            return False
+        if exc.rc == ERR_NO_OBJS_FOUND:
+            raise NotFound(f"no node record for {target_iqn} at {portal}: call ensure_node first") from exc
+        raise LoginFailed(exc) from None
+    return True
+
+
+def logout(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
+    """Log out of the node's session; False when there was none (rc 21 "No matching sessions found")."""
+    try:
+        run([*_node(target_iqn, portal, iface), "--logout"], timeout=TIMEOUT, what=f"log out of {target_iqn}")
+    except CommandFailed as exc:
+        if exc.rc == ERR_NO_OBJS_FOUND:
+            return False
+        raise
+    return True
+
+
+def delete_node(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
+    """Delete the node record (log out first); False when there was none (rc 21 "No records found")."""
+    try:
+        run([*_node(target_iqn, portal, iface), "-o", "delete"], timeout=TIMEOUT, what=f"delete node {target_iqn}")
+    except CommandFailed as exc:
+        if exc.rc == ERR_NO_OBJS_FOUND:
+            return False
+        raise
+    return True
+
+
+def sessions() -> List[Session]:
+    """Active sessions; rc 21 "No active sessions." is an empty list."""
+    result = run(["iscsiadm", "-m", "session"], check=False, timeout=TIMEOUT, what="list iSCSI sessions")
+    if result.rc == ERR_NO_OBJS_FOUND:
+        return []
+    if result.rc != 0:
+        raise CommandFailed(result.argv, result.rc, result.stderr, "list iSCSI sessions")
+    return parse_sessions(result.stdout)
+
+
+def initiator_name(path: str = "/etc/iscsi/initiatorname.iscsi") -> str:
+    """This node's initiator IQN (``InitiatorName=`` in open-iscsi's file), for the grant on the controller."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("InitiatorName="):
+                    return check_iqn(line.split("=", 1)[1].strip(), "initiator name")
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist (is open-iscsi installed?)") from None
+    raise NotFound(f"{path} has no InitiatorName= line")
+
+
+# -- finding the disk ----------------------------------------------------------
+
+
+def read_vpd_serial(raw: bytes) -> str:
+    """The unit serial number in a VPD page 0x80 as the kernel exposes it (``vpd_pg80``: 4-byte header, then ASCII)."""
+    if len(raw) < 4 or raw[1] != 0x80:
+        return ""
+    length = int.from_bytes(raw[2:4], "big")
+    return raw[4 : 4 + length].decode("ascii", errors="replace").strip(" \0")
+
+
+def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -> Optional[str]:
+    """The /dev/sdX whose SCSI unit serial is *serial*, or None.
+
+    First ``/sys/block/sd*/device/vpd_pg80`` (the kernel's copy, no udev
+    needed); then ``/dev/disk/by-id/scsi-S*_<serial>`` (udev's scsi_id links).
+    """
+    block = os.path.join(sys_root, "block")
+    try:
+        names = sorted(os.listdir(block))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if not name.startswith("sd"):
+            continue
+        try:
+            with open(os.path.join(block, name, "device", "vpd_pg80"), "rb") as handle:
+                if read_vpd_serial(handle.read()) == serial:
+                    return os.path.join(dev_root, name)
+        except OSError:
+            continue
+    by_id = os.path.join(dev_root, "disk", "by-id")
+    try:
+        links = sorted(os.listdir(by_id))
+    except FileNotFoundError:
+        links = []
+    for link in links:
+        if link.startswith("scsi-S") and link.endswith("_" + serial) and "-part" not in link:
+            return os.path.realpath(os.path.join(by_id, link))
+    return None
+
+
+def _monitor(use_udev: Optional[bool]) -> Any:
+    """A started pyudev monitor for block devices, or None (no pyudev, or netlink refused)."""
+    pyudev = _pyudev()
+    if pyudev is None or use_udev is False:
+        return None
+    try:
+        context = pyudev.Context()
+        source = "udev" if os.path.exists("/run/udev/control") else "kernel"
+        monitor = pyudev.Monitor.from_netlink(context, source=source)
+        monitor.filter_by("block")
+        monitor.start()
+        return monitor
+    except (OSError, ValueError):  # pragma: no cover - depends on the environment
+        return None
+
+
+def wait_for_device(serial: str, timeout: float = 30.0, *, sys_root: str = "/sys", dev_root: str = "/dev",
+                    use_udev: Optional[bool] = None, poll_interval: float = 0.25) -> str:
+    """Wait until the disk with unit serial *serial* appears after a login; return its /dev path.
+
+    With pyudev (optional), block-device uevents wake the scan at once
+    (source "udev" where udevd runs, "kernel" otherwise: the kernel's own
+    events need no udevd); without it, or as a fallback between events, it
+    polls every *poll_interval* seconds.  Raises NotFound after *timeout*.
+    """
+    if not serial:
+        raise InvalidRequest("serial is empty")
+    monitor = _monitor(use_udev)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            found = find_device(serial, sys_root=sys_root, dev_root=dev_root)
+            if found is not None:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotFound(f"no SCSI disk with serial {serial!r} appeared within {timeout:g}s")
+            wait = min(remaining, poll_interval)
+            if monitor is not None:
+                select.select([monitor], [], [], wait)
+                while monitor.poll(timeout=0) is not None:  # drain; we rescan anyway
+                    pass
+            else:
+                time.sleep(wait)
+    finally:
+        # pyudev's Monitor has no stop(); dropping it unrefs (closes) the netlink socket.
+        monitor = None

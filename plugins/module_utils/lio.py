@@ -1,0 +1,265 @@
+"""The iSCSI target through the kernel's LIO, in-process with ``rtslib_fb`` (rtslib-fb 2.1.x; no targetcli).
+
+**Runs for real only where configfs and the target modules exist — the VM
+tier (tests/vm).**  The development and CI machines have no configfs
+("No such file or directory: '/proc/modules'"), so tests/unit/test_lio.py
+drives this module against a fake ``rtslib_fb`` that records the object calls;
+the calls it expects follow rtslib-fb 2.1.76's API (constructors and
+properties of FabricModule, Target, TPG, NetworkPortal, BlockStorageObject,
+LUN, NodeACL, MappedLUN, RTSRoot).
+
+Layout per volume: a block backstore named ``basalt-<serial>`` on the device
+(its T10 unit serial, VPD 0x80, is the volume's serial; ``readonly`` set
+for read-only exports), one iSCSI target with TPG 1 (``generate_node_acls=0``:
+only NodeACLs log in; ``demo_mode_write_protect=1``), the configured network
+portals, LUN 0 on the backstore, and per granted initiator one NodeACL with
+its CHAP credentials (``chap_userid``/``chap_password``, mutual
+``chap_mutual_userid``/``chap_mutual_password``) and mapped LUN 0 with
+``write_protect`` for read-only exports.  ``authentication=1`` on the TPG
+when the grants use CHAP.  As with tgt, one TPG's grants all use CHAP or all
+do not (:class:`~.errors.Conflict` otherwise).
+
+Revoking deletes the NodeACL, which makes the kernel end that initiator's
+sessions.  ``persist`` is ``RTSRoot().save_to_file()`` (rtslib writes it
+through a temp file, mode 0600: it holds the CHAP secrets); at boot the
+``rtslib-fb-targetctl`` / ``target`` service restores /etc/target/saveconfig.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
+from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
+from .runner import operand
+
+DEFAULT_SAVE_FILE = "/etc/target/saveconfig.json"
+DATA_LUN = 0
+TPG_TAG = 1
+SO_PREFIX = "basalt-"
+
+
+def load_rtslib() -> Any:
+    """Import rtslib_fb, or explain what is missing."""
+    try:
+        import rtslib_fb
+    except ImportError:
+        raise Precondition("the LIO backend needs rtslib-fb (Debian: python3-rtslib-fb; pip: rtslib-fb) "
+                           "and a kernel with configfs and target_core_mod") from None
+    return rtslib_fb
+
+
+def _split_portal(portal: str) -> Tuple[str, int]:
+    """``HOST:PORT`` / ``[v6]:PORT`` / ``HOST`` into rtslib's (ip_address, port); IPv6 keeps its brackets."""
+    host, port = portal, 3260
+    if portal.startswith("["):
+        end = portal.find("]")
+        if end < 0:
+            raise InvalidRequest(f"portal {portal!r} is not [ADDRESS]:PORT")
+        host, rest = portal[: end + 1], portal[end + 1 :]
+        if rest:
+            port = int(rest.lstrip(":"))
+    elif portal.count(":") == 1:
+        host, port_text = portal.split(":")
+        port = int(port_text)
+    if not host or host.startswith("-") or not 0 < port < 65536:
+        raise InvalidRequest(f"portal {portal!r} is not HOST:PORT")
+    return host, port
+
+
+class LioBackend(TargetBackend):
+    """:class:`TargetBackend` over LIO via rtslib_fb (VM tier / real hosts only; see the module docstring).
+
+    *portals*: where TPG 1 listens (default ``0.0.0.0:3260``).  *save_file*:
+    what ``persist`` writes.  *rtslib*: the rtslib_fb module (tests pass a fake).
+    """
+
+    lun = DATA_LUN
+
+    def __init__(self, *, portals: Sequence[str] = ("0.0.0.0:3260",), save_file: str = DEFAULT_SAVE_FILE,
+                 rtslib: Any = None) -> None:
+        self.portals = tuple(portals)
+        for portal in self.portals:
+            _split_portal(portal)
+        self.save_file = save_file
+        self._rtslib = rtslib
+
+    @property
+    def rts(self) -> Any:
+        if self._rtslib is None:
+            self._rtslib = load_rtslib()
+        return self._rtslib
+
+    # -- lookups --
+
+    def _fabric(self) -> Any:
+        return self.rts.FabricModule("iscsi")
+
+    def _target(self, target_iqn: str) -> Any:
+        for target in self._fabric().targets:
+            if target.wwn == target_iqn:
+                return target
+        return None
+
+    @staticmethod
+    def _tpg(target: Any) -> Any:
+        for tpg in target.tpgs:
+            if tpg.tag == TPG_TAG:
+                return tpg
+        return None
+
+    @staticmethod
+    def _lun(tpg: Any) -> Any:
+        for lun in tpg.luns:
+            if lun.lun == DATA_LUN:
+                return lun
+        return None
+
+    @staticmethod
+    def _acl(tpg: Any, initiator_iqn: str) -> Any:
+        for acl in tpg.node_acls:
+            if acl.node_wwn == initiator_iqn:
+                return acl
+        return None
+
+    def _storage_object(self, name: str) -> Any:
+        for so in self.rts.RTSRoot().storage_objects:
+            if so.plugin == "block" and so.name == name:
+                return so
+        return None
+
+    @staticmethod
+    def _chap_of(acl: Any) -> Optional[Chap]:
+        if not acl.chap_userid:
+            return None
+        return Chap(acl.chap_userid, acl.chap_password, acl.chap_mutual_userid or None,
+                    acl.chap_mutual_password or None)
+
+    # -- TargetBackend --
+
+    def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
+        check_iqn(target_iqn, "target IQN")
+        check_serial(serial)
+        operand(device, "device")
+        rts = self.rts
+        changed = False
+        name = SO_PREFIX + serial
+        so = self._storage_object(name)
+        if so is None:
+            so = rts.BlockStorageObject(name, dev=device, wwn=serial, readonly=read_only)
+            changed = True
+        elif (so.udev_path, so.wwn, bool(so.readonly)) != (device, serial, read_only):
+            raise Conflict(f"backstore {name} is {so.udev_path} (serial {so.wwn}, read-only {so.readonly}), "
+                           f"not {device} (serial {serial}, read-only {read_only})")
+        target = self._target(target_iqn)
+        if target is None:
+            target = rts.Target(self._fabric(), target_iqn, mode="create")
+            changed = True
+        tpg = self._tpg(target)
+        if tpg is None:
+            tpg = rts.TPG(target, TPG_TAG, mode="create")
+            tpg.set_attribute("generate_node_acls", "0")
+            tpg.set_attribute("demo_mode_write_protect", "1")
+            tpg.set_attribute("authentication", "0")
+            changed = True
+        have = {(p.ip_address, p.port) for p in tpg.network_portals}
+        for portal in self.portals:
+            ip_address, port = _split_portal(portal)
+            if (ip_address, port) not in have:
+                rts.NetworkPortal(tpg, ip_address, port, mode="create")
+                changed = True
+        lun = self._lun(tpg)
+        if lun is None:
+            rts.LUN(tpg, lun=DATA_LUN, storage_object=so)
+            changed = True
+        elif lun.storage_object.name != name:
+            raise Conflict(f"target {target_iqn} LUN {DATA_LUN} is {lun.storage_object.name}, not {name}")
+        if not tpg.enable:
+            tpg.enable = True
+            changed = True
+        return changed
+
+    def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
+        check_iqn(target_iqn, "target IQN")
+        check_iqn(initiator_iqn, "initiator IQN")
+        target = self._target(target_iqn)
+        tpg = self._tpg(target) if target is not None else None
+        lun = self._lun(tpg) if tpg is not None else None
+        if tpg is None or lun is None:
+            raise NotFound(f"target {target_iqn} is not exported")
+        for other in tpg.node_acls:
+            if other.node_wwn != initiator_iqn and bool(other.chap_userid) != (chap is not None):
+                raise Conflict(f"{initiator_iqn} and {other.node_wwn} on {target_iqn} must both use CHAP or "
+                               "both not (authentication is per TPG)")
+        changed = False
+        acl = self._acl(tpg, initiator_iqn)
+        if acl is None:
+            acl = self.rts.NodeACL(tpg, initiator_iqn, mode="create")
+            changed = True
+        wanted = {
+            "chap_userid": chap.user if chap else "",
+            "chap_password": chap.password if chap else "",
+            "chap_mutual_userid": (chap.mutual_user or "") if chap else "",
+            "chap_mutual_password": (chap.mutual_password or "") if chap else "",
+        }
+        for attribute, value in wanted.items():
+            if (getattr(acl, attribute) or "") != value:
+                setattr(acl, attribute, value)
+                changed = True
+        read_only = bool(lun.storage_object.readonly)
+        mapped = [m for m in acl.mapped_luns if m.mapped_lun == DATA_LUN]
+        if not mapped:
+            self.rts.MappedLUN(acl, DATA_LUN, tpg_lun=lun, write_protect=read_only)
+            changed = True
+        elif bool(mapped[0].write_protect) != read_only:
+            mapped[0].write_protect = read_only
+            changed = True
+        wanted_auth = "1" if chap is not None else "0"
+        if tpg.get_attribute("authentication") != wanted_auth:
+            tpg.set_attribute("authentication", wanted_auth)
+            changed = True
+        return changed
+
+    def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
+        check_iqn(target_iqn, "target IQN")
+        check_iqn(initiator_iqn, "initiator IQN")
+        target = self._target(target_iqn)
+        tpg = self._tpg(target) if target is not None else None
+        acl = self._acl(tpg, initiator_iqn) if tpg is not None else None
+        if acl is None:
+            return False
+        acl.delete()  # with its mapped LUNs; the kernel closes the initiator's sessions
+        return True
+
+    def remove_export(self, target_iqn: str) -> bool:
+        check_iqn(target_iqn, "target IQN")
+        target = self._target(target_iqn)
+        if target is None:
+            return False
+        tpg = self._tpg(target)
+        remaining = [acl.node_wwn for acl in tpg.node_acls] if tpg is not None else []
+        if remaining:
+            raise InUse(f"target {target_iqn} still grants access to {', '.join(sorted(remaining))}")
+        lun = self._lun(tpg) if tpg is not None else None
+        so = lun.storage_object if lun is not None else None
+        target.delete()
+        if so is not None and so.name.startswith(SO_PREFIX):
+            so.delete()
+        return True
+
+    def exports(self) -> List[Export]:
+        found = []
+        portals = tuple(self.portals)
+        for target in self._fabric().targets:
+            tpg = self._tpg(target)
+            lun = self._lun(tpg) if tpg is not None else None
+            if lun is None or not lun.storage_object.name.startswith(SO_PREFIX):
+                continue  # not ours
+            so = lun.storage_object
+            grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
+            found.append(Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), portals,
+                                tuple(grants)))
+        return found
+
+    def persist(self) -> None:
+        self.rts.RTSRoot().save_to_file(self.save_file)
