@@ -1,0 +1,191 @@
+#!/usr/bin/python
+# Copyright: Basalt developers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: snapshot
+short_description: Take and delete snapshots of Basalt volumes
+version_added: 0.1.0
+description:
+  - Makes sure a snapshot of a given name of a Basalt volume exists in a pool, or does not exist.
+  - The snapshot id is derived from the name exactly as the Basalt CSI agent derives it, so snapshots made
+    here and over CSI (CreateSnapshot) are the same objects.
+  - A thin layer over the Basalt storage core (C(volumes.ensure_snapshot), C(volumes.delete_snapshot)).
+  - A volume that is mounted on this host is frozen (C(fsfreeze)) while it is copied.
+author:
+  - Basalt developers (@basalt)
+attributes:
+  check_mode:
+    description: Can run in check mode and return the changed status it predicts without changing the host.
+    support: full
+    details:
+      - The pool's directory layout is created when it is missing, as the agent does when it starts.
+  diff_mode:
+    description: Returns details on what has changed (or would change, in check mode) in C(diff).
+    support: full
+options:
+  name:
+    description:
+      - The snapshot's name (any Unicode text of at most 128 bytes in UTF-8).
+    type: str
+    required: true
+  pool:
+    description:
+      - The pool, as a spec string the agent also takes, for example V(file:/var/lib/basalt/pools/file).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) takes the snapshot when it is missing. V(absent) deletes it.
+    type: str
+    choices: [present, absent]
+    default: present
+  volume_id:
+    description:
+      - The id (C(vol-...)) of the volume to snapshot.
+      - One of O(volume_id) and O(volume_name) is required when O(state=present).
+    type: str
+  volume_name:
+    description:
+      - The name of the volume to snapshot.
+    type: str
+notes:
+  - An existing snapshot of that name taken of another volume is a conflict, reported as a failure.
+seealso:
+  - module: basalt.csi.volume
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the volume called pgdata
+  basalt.csi.snapshot:
+    name: pgdata-nightly
+    pool: file:/var/lib/basalt/pools/file
+    volume_name: pgdata
+  register: snap
+
+- name: Snapshot a volume the CSI agent made, by its id
+  basalt.csi.snapshot:
+    name: before-upgrade
+    pool: file:/var/lib/basalt/pools/file
+    volume_id: vol-3f0e4b1c9a6d4c1b8e2f7a5d6c4b3a21
+
+- name: Delete the snapshot
+  basalt.csi.snapshot:
+    name: pgdata-nightly
+    pool: file:/var/lib/basalt/pools/file
+    state: absent
+"""
+
+RETURN = r"""
+snapshot:
+  description: The snapshot after the task (in check mode, as it would be).
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: The snapshot id (C(snap-) and 32 hex digits), the same the CSI agent uses.
+      type: str
+      sample: snap-0c8e2d4f6a1b3c5d7e9f0a2b4c6d8e0f
+    name:
+      description: The snapshot's name.
+      type: str
+      sample: pgdata-nightly
+    source_volume_id:
+      description: The id of the volume it was taken of; null when absent.
+      type: str
+      sample: vol-3f0e4b1c9a6d4c1b8e2f7a5d6c4b3a21
+    size:
+      description: Size in bytes (the volume's size when it was taken); null when absent.
+      type: int
+      sample: 10737418240
+    state:
+      description: V(ready) for an existing snapshot, V(absent) when there is none.
+      type: str
+      sample: ready
+"""
+
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible_collections.basalt.csi.plugins.module_utils.errors import CommandFailed, NotFound, StorageError
+from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, snapshot_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
+    delete_snapshot,
+    ensure_snapshot,
+    find_volume_by_name,
+    get_snapshot,
+)
+
+MAX_NAME_BYTES = 128
+
+
+def describe(name: str, snapshot: t.Optional[Snapshot]) -> t.Dict[str, t.Any]:
+    if snapshot is None:
+        return dict(id=snapshot_id_for(name), name=name, source_volume_id=None, size=None, state="absent")
+    return dict(id=snapshot.id, name=snapshot.name, source_volume_id=snapshot.source_volume_id,
+                size=snapshot.size, state=snapshot.state)
+
+
+def current(pool: Pool, name: str) -> t.Optional[Snapshot]:
+    try:
+        return get_snapshot(pool, snapshot_id_for(name))
+    except NotFound:
+        return None
+
+
+def source_volume_id(module: AnsibleModule, pool: Pool) -> str:
+    if module.params["volume_id"]:
+        return module.params["volume_id"]
+    volume_name = module.params["volume_name"]
+    volume = find_volume_by_name(pool, volume_name)
+    if volume is None:
+        raise NotFound(f"there is no volume named {volume_name!r} in the {pool.kind} pool at {pool.location}")
+    return volume.id
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            pool=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            volume_id=dict(type="str"),
+            volume_name=dict(type="str"),
+        ),
+        mutually_exclusive=[("volume_id", "volume_name")],
+        required_if=[("state", "present", ("volume_id", "volume_name"), True)],
+        supports_check_mode=True,
+    )
+    name = module.params["name"]
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        module.fail_json(msg=f"snapshot name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
+    try:
+        pool = open_pool(module.params["pool"])
+        before = current(pool, name)
+        if module.params["state"] == "present":
+            after, changed = ensure_snapshot(pool, name, source_volume_id(module, pool),
+                                             check_mode=module.check_mode)
+        else:
+            changed = delete_snapshot(pool, snapshot_id_for(name), check_mode=module.check_mode)
+            after = None
+        result = dict(changed=changed, snapshot=describe(name, after))
+        if module._diff:
+            result["diff"] = dict(before=describe(name, before), after=result["snapshot"])
+        module.exit_json(**result)
+    except CommandFailed as failure:
+        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}", rc=failure.rc, stderr=failure.stderr,
+                         cmd=failure.argv)
+    except StorageError as failure:
+        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}")
+    except OSError as failure:
+        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}", exception=traceback.format_exc())
+
+
+if __name__ == "__main__":
+    main()

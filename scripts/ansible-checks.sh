@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Offline Ansible checks of the basalt.csi collection (Galaxy unreachable; PyPI reachable):
+#   1. ansible-core / ansible (bundled collections) / ansible-lint at pinned versions (PyPI) and shellcheck
+#      (Debian), installed if missing
+#   2. the collection built as it ships (galaxy.yml build_ignore) into a temp ansible_collections tree
+#   3. ansible-test sanity --python 3.11 --venv   (get-pip bootstrap served offline, see scripts/ansible/)
+#   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests)
+#   5. ansible-lint --profile production          (on the checkout)
+#   6. ansible-doc basalt.csi.<module> for every module
+# Prints one timing line per step and the total. Exits non-zero when any step fails (all steps run).
+# Set ANSIBLE_CHECKS_SKIP_INSTALL=1 to use whatever is installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+ANSIBLE_CORE_VERSION=2.19.14
+ANSIBLE_VERSION=12.3.0
+ANSIBLE_LINT_VERSION=26.10.1
+GET_PIP_CACHE=~/.ansible/test/cache/get_pip_24_2.py   # the pip version ansible-test 2.19 bootstraps
+
+# ansible-test strips PYENV_VERSION and walks PATH for pythonX.Y: put the real interpreter's bin first
+# so that a pyenv shim never answers.
+python=$(python3 -c 'import sys; print(sys.executable)')
+export PATH="$(dirname "$python"):$PATH"
+
+started=$SECONDS
+failed=()
+step() {
+  local name=$1 begun=$SECONDS
+  shift
+  echo "== $name"
+  if "$@"; then
+    echo "-- $name: ok ($((SECONDS - begun))s)"
+  else
+    echo "-- $name: FAILED ($((SECONDS - begun))s)"
+    failed+=("$name")
+  fi
+}
+
+installed() {  # installed DIST VERSION: is exactly that version installed?
+  [[ "$("$python" -c 'import importlib.metadata as m, sys
+try:
+    print(m.version(sys.argv[1]))
+except m.PackageNotFoundError:
+    pass' "$1")" == "$2" ]]
+}
+
+tools() {
+  local wanted=()
+  installed ansible-core "$ANSIBLE_CORE_VERSION" || wanted+=("ansible-core==$ANSIBLE_CORE_VERSION")
+  installed ansible "$ANSIBLE_VERSION" || wanted+=("ansible==$ANSIBLE_VERSION")
+  installed ansible-lint "$ANSIBLE_LINT_VERSION" || wanted+=("ansible-lint==$ANSIBLE_LINT_VERSION")
+  if ((${#wanted[@]})) && [[ -z "${ANSIBLE_CHECKS_SKIP_INSTALL:-}" ]]; then
+    echo "installing ${wanted[*]}"
+    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${wanted[@]}" || return 1
+    command -v pyenv >/dev/null && pyenv rehash
+  fi
+  if ! command -v shellcheck >/dev/null && [[ -z "${ANSIBLE_CHECKS_SKIP_INSTALL:-}" ]]; then
+    # ansible-test's shellcheck sanity test is skipped (with a warning only) without it.
+    echo "installing shellcheck"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; } || return 1
+  fi
+  mkdir -p "$(dirname "$GET_PIP_CACHE")"
+  cmp -s scripts/ansible/get_pip_offline.py "$GET_PIP_CACHE" || cp scripts/ansible/get_pip_offline.py "$GET_PIP_CACHE"
+  ansible --version | head -1
+  ansible-lint --version | head -1
+}
+
+work=$(mktemp -d /tmp/basalt-ansible-checks-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+collections="$work/collections"
+tree="$collections/ansible_collections/basalt/csi"
+
+build() {
+  ansible-galaxy collection build --output-path "$work/dist" "$repo" || return 1
+  mkdir -p "$tree"
+  tar -xzf "$work"/dist/basalt-csi-*.tar.gz -C "$tree"
+}
+
+sanity() { (cd "$tree" && ansible-test sanity --python 3.11 --venv --color no); }
+units() { (cd "$tree" && ansible-test units --python 3.11 --venv --color no tests/unit/plugins/); }
+lint() { ANSIBLE_COLLECTIONS_PATH="$collections" ansible-lint --profile production --offline; }
+docs() {
+  local module
+  for module in "$tree"/plugins/modules/*.py; do
+    module=$(basename "$module" .py)
+    ANSIBLE_COLLECTIONS_PATH="$collections" ansible-doc "basalt.csi.$module" >/dev/null || return 1
+    echo "ansible-doc basalt.csi.$module: ok"
+  done
+}
+
+step "tools" tools
+if [[ " ${failed[*]} " != *" tools "* ]]; then
+  step "build" build
+  if [[ " ${failed[*]} " != *" build "* ]]; then
+    step "ansible-test sanity" sanity
+    step "ansible-test units" units
+    step "ansible-doc" docs
+  fi
+  step "ansible-lint" lint
+fi
+
+echo "ansible-checks: $((SECONDS - started))s in total"
+if ((${#failed[@]})); then
+  echo "ansible-checks: FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "ansible-checks: all passed"
