@@ -140,8 +140,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         size = fit_capacity(required, limit, unit=self.pool.unit, default=default, minimum=minimum)
         keys = [volume_id_for(name)] + ([source.id] if source else [])
         with self.locks.hold(*keys):
-            volume, _ = volumes.ensure_volume(self.pool, name, size, min_size=required, max_size=limit,
-                                              parameters=parameters, source=source)
+            volume, _changed = volumes.ensure_volume(self.pool, name, size, min_size=required, max_size=limit,
+                                                     parameters=parameters, source=source)
         return csi_pb2.CreateVolumeResponse(volume=self._volume_message(volume))
 
     @rpc_method
@@ -222,21 +222,19 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     ) -> csi_pb2.ListVolumesResponse:
         listed, token = page(volumes.list_volumes(self.pool), lambda v: (v.created_at, v.id),
                              request.max_entries, request.starting_token)
+        problems = self.pool.volume_problems(listed)
         entries = [
             csi_pb2.ListVolumesResponse.Entry(
                 volume=self._volume_message(v),
                 status=csi_pb2.ListVolumesResponse.VolumeStatus(
                     published_node_ids=sorted(v.publications),
-                    volume_condition=self._condition(v),
+                    volume_condition=_condition(problems[v.id]),
                 ),
             )
             for v in listed
         ]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
 
-    def _condition(self, volume: Volume) -> csi_pb2.VolumeCondition:
-        problem = self.pool.volume_problem(volume)
-        return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "volume data present")
 
     @rpc_method
     def ControllerGetVolume(self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
@@ -246,7 +244,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             volume=self._volume_message(volume),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
                 published_node_ids=sorted(volume.publications),
-                volume_condition=self._condition(volume),
+                volume_condition=_condition(self.pool.volume_problem(volume)),
             ),
         )
 
@@ -292,7 +290,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 raise RpcFailure(grpc.StatusCode.OUT_OF_RANGE,
                                  f"volume {volume_id} is already {current.size} bytes, above limit_bytes {limit}")
             size = fit_capacity(required, limit, unit=self.pool.unit, default=current.size)
-            volume, _ = volumes.expand_volume(self.pool, volume_id, size)
+            volume, _changed = volumes.expand_volume(self.pool, volume_id, size)
         return csi_pb2.ControllerExpandVolumeResponse(capacity_bytes=volume.size, node_expansion_required=True)
 
     # -- snapshots -----------------------------------------------------------
@@ -303,7 +301,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         name = required_name(request.name)
         parameters = volume_parameters(request.parameters, self.pool.snapshot_parameter_keys)
         with self.locks.hold(snapshot_id_for(name), source_id):
-            snapshot, _ = volumes.ensure_snapshot(self.pool, name, source_id, parameters=parameters)
+            snapshot, _changed = volumes.ensure_snapshot(self.pool, name, source_id, parameters=parameters)
         return csi_pb2.CreateSnapshotResponse(snapshot=self._snapshot_message(snapshot))
 
     @rpc_method
@@ -332,3 +330,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         snapshot = volumes.get_snapshot(self.pool, required_string(request.snapshot_id, "snapshot_id"))
         return csi_pb2.GetSnapshotResponse(snapshot=self._snapshot_message(snapshot))
 
+
+def _condition(problem: Optional[str]) -> csi_pb2.VolumeCondition:
+    return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "volume data present")

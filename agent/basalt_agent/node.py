@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Mapping, Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import grpc
 
 from basalt_core import devices, filesystem, staging, volumes
 from basalt_core import mount as mounts
-from basalt_core.atomicfile import fsync_path
-from basalt_core.model import Volume, is_volume_id
+from basalt_core.model import is_volume_id
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
 
 from . import TOPOLOGY_NODE_KEY
+from .attachments import Attachment, IscsiAttachment, PoolAttachment, remote_target
 from .errors import RpcFailure, invalid, rpc_method
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
+from .publishing import chap_from_secrets
 from .validation import (
     EPHEMERAL_KEY,
     K8S_PREFIX,
+    SHARED,
     Capability,
     Mode,
     bounded_map,
@@ -61,27 +63,37 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.default_size = default_size
 
     # -- staging -------------------------------------------------------------
-    def _stage(self, volume: Volume, path: str, cap: Capability) -> str:
+    def _stage(self, attachment: Attachment, path: str, cap: Capability) -> str:
         """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
-        was_attached = self.pool.attached_device(volume) is not None
-        device = self.pool.attach(volume)
+        was_attached = attachment.device() is not None
+        device = attachment.attach()
         if cap.block:
             return device
         try:
             staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
         except BaseException:
             if not was_attached:
-                self.pool.detach(volume)
+                attachment.detach()
             raise
         return device
+
+    def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
+        """How a staged volume reached this node (None: a local volume that no longer exists)."""
+        if record.iscsi_target:
+            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial)
+        volume = self.pool.load_volume(record.ephemeral_volume_id or record.volume_id)
+        return PoolAttachment(self.pool, volume) if volume is not None else None
 
     @rpc_method
     def NodeStageVolume(self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
                         ) -> csi_pb2.NodeStageVolumeResponse:
         volume_id, cap = _volume_and_capability(request)
         path = required_path(request.staging_target_path, "staging_target_path")
+        remote = remote_target(request.publish_context, self.node_id)
+        if remote is not None:
+            remote.chap = chap_from_secrets(request.secrets)
         with self.locks.hold(volume_id):
-            volume = volumes.get_volume(self.pool, volume_id)
+            attachment: Attachment = remote or PoolAttachment(self.pool, volumes.get_volume(self.pool, volume_id))
             record = self.state.load(volume_id) or NodeRecord(volume_id)
             if record.staging_path:
                 if record.staging_path != path:
@@ -89,8 +101,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 if not cap.same_use(_staged_capability(record)):
                     raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                      f"volume {volume_id} is already staged at {path} with another capability")
-            self._stage(volume, path, cap)
+            self._stage(attachment, path, cap)
             record.staging_path, record.block, record.fs_type, record.mode = path, cap.block, cap.fs_type, cap.mode
+            if remote is not None:
+                record.iscsi_target, record.iscsi_portals, record.serial = remote.target_iqn, remote.portals, \
+                    remote.serial
             self.state.save(record)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -106,18 +121,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 if busy:
                     raise _failed(f"volume {volume_id} is still published at {', '.join(busy)}")
             staging.ensure_unmounted(path)
-            volume = self.pool.load_volume(volume_id) if is_volume_id(volume_id) else None
-            if volume is not None:
-                self._detach(volume)
+            attachment = self._attachment(record or NodeRecord(volume_id)) if record or is_volume_id(volume_id) \
+                else None
+            if attachment is not None:
+                attachment.detach()
             if record is not None:
                 self.state.drop(volume_id)
         return csi_pb2.NodeUnstageVolumeResponse()
-
-    def _detach(self, volume: Volume) -> None:
-        device = self.pool.attached_device(volume)
-        if device is not None:
-            fsync_path(device)  # push dirty pages down before the device goes
-            self.pool.detach(volume)
 
     # -- publishing ----------------------------------------------------------
     @rpc_method
@@ -133,15 +143,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise _failed("staging_target_path is required: this plugin stages volumes (STAGE_UNSTAGE_VOLUME)")
         path = required_path(request.staging_target_path, "staging_target_path")
         with self.locks.hold(volume_id):
-            volume = volumes.get_volume(self.pool, volume_id)
             record = self.state.load(volume_id)
+            if record is None and remote_target(request.publish_context, self.node_id) is None:
+                volumes.get_volume(self.pool, volume_id)  # NOT_FOUND for a volume that does not exist at all
             if record is None or record.staging_path != path:
                 raise _failed(f"volume {volume_id} is not staged at {path}")
             if record.block != cap.block:
                 raise _failed(f"volume {volume_id} was staged as {'block' if record.block else 'filesystem'}")
             self._check_target(record, target, cap, read_only)
             if cap.block:
-                device = self.pool.attached_device(volume)
+                attachment = self._attachment(record)
+                device = attachment.device() if attachment else None
                 if device is None:
                     raise _failed(f"volume {volume_id} is staged but its device is gone; stage it again")
                 staging.ensure_bind(device, target, read_only=read_only, block=True)
@@ -199,13 +211,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if record is not None and not record.ephemeral_volume_id:
                 raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                  f"volume {volume_id} exists and is not an inline ephemeral volume")
-            volume, _ = volumes.ensure_volume(self.pool, volume_id, size, min_size=requested, ephemeral=True)
+            volume, _changed = volumes.ensure_volume(self.pool, volume_id, size, min_size=requested, ephemeral=True)
             if record is None:
                 # Recorded before any attach or mount, so an unpublish after a failure here cleans up.
                 record = NodeRecord(volume_id, path, False, cap.fs_type, cap.mode, ephemeral_volume_id=volume.id)
                 self.state.save(record)
             self._check_target(record, target, cap, read_only)
-            self._stage(volume, path, cap)
+            self._stage(PoolAttachment(self.pool, volume), path, cap)
             staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
             record.targets[target] = Target(read_only, False, cap.mode)
             self.state.save(record)
@@ -214,17 +226,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging.ensure_unmounted(record.staging_path, remove=True)
         volume = self.pool.load_volume(record.ephemeral_volume_id)
         if volume is not None:
-            self._detach(volume)
+            PoolAttachment(self.pool, volume).detach()
             volumes.delete_volume(self.pool, volume.id)
         self.state.drop(record.volume_id)
 
     # -- stats and expansion ------------------------------------------------
-    def _published(self, volume_id: str, path: str) -> Tuple[NodeRecord, Volume]:
+    def _published(self, volume_id: str, path: str) -> Tuple[NodeRecord, Attachment]:
         record = self.state.load(volume_id)
         if record is None or (path not in record.targets and path != record.staging_path):
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} is not staged or published at {path}")
-        volume = volumes.get_volume(self.pool, record.ephemeral_volume_id or volume_id)
-        return record, volume
+        attachment = self._attachment(record)
+        if attachment is None:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} does not exist")
+        return record, attachment
 
     @rpc_method
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
@@ -233,8 +247,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         path = required_path(request.volume_path, "volume_path")
         if request.staging_target_path:
             required_path(request.staging_target_path, "staging_target_path")
-        record, volume = self._published(volume_id, path)
-        problem = self.pool.volume_problem(volume)
+        record, attachment = self._published(volume_id, path)
+        problem = attachment.problem()
         if not mounts.is_mounted(path):
             problem = problem or f"volume {volume_id} is no longer mounted at {path}"
         condition = csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "healthy")
@@ -242,8 +256,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=condition)
         Usage = csi_pb2.VolumeUsage
         if record.block:
-            device = self.pool.attached_device(volume)
-            usage = [Usage(unit=Usage.BYTES, total=devices.size_bytes(device) if device else volume.size)]
+            device = attachment.device()
+            usage = [Usage(unit=Usage.BYTES, total=devices.size_bytes(device) if device else 0)]
         else:
             st = os.statvfs(path)
             usage = [
@@ -258,13 +272,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                          ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
         path = required_path(request.volume_path, "volume_path")
-        _, limit = non_negative_range(request.capacity_range)
+        _required, limit = non_negative_range(request.capacity_range)
         if request.HasField("volume_capability"):
-            capability(request.volume_capability)
+            capability(request.volume_capability, access=SHARED)
         with self.locks.hold(volume_id):
-            record, volume = self._published(volume_id, path)
-            self.pool.refresh(volume)
-            device = self.pool.attached_device(volume)
+            record, attachment = self._published(volume_id, path)
+            attachment.refresh()
+            device = attachment.device()
             if device is None:
                 raise _failed(f"volume {volume_id} is not attached on this node")
             size = devices.size_bytes(device)
@@ -295,7 +309,7 @@ def _volume_and_capability(
     request: Union[csi_pb2.NodeStageVolumeRequest, csi_pb2.NodePublishVolumeRequest],
 ) -> Tuple[str, Capability]:
     volume_id = required_string(request.volume_id, "volume_id")
-    cap = required_capability(request)
+    cap = required_capability(request, SHARED)  # the controller decided what this volume may do
     bounded_map(request.publish_context, "publish_context")
     bounded_map(request.volume_context, "volume_context")
     return volume_id, cap
@@ -307,4 +321,3 @@ def _staged_capability(record: NodeRecord) -> Capability:
 
 def _bind_flags(cap: Capability) -> Tuple[str, ...]:
     return tuple(f for f in cap.mount_flags if f in BIND_FLAGS)
-

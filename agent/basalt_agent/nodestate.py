@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from basalt_core.atomicfile import read_json, remove_durably, write_json
 
@@ -32,6 +32,10 @@ class NodeRecord:
     targets: Dict[str, Target] = field(default_factory=dict)
     #: set for inline ephemeral volumes: the pool volume created for them
     ephemeral_volume_id: str = ""
+    #: set for volumes attached over iSCSI from a storage host
+    iscsi_target: str = ""
+    iscsi_portals: List[str] = field(default_factory=list)
+    serial: str = ""
 
 
 class NodeState:

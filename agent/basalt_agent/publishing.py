@@ -118,8 +118,8 @@ class IscsiPublishing(Publishing):
             raise invalid(f"publishing over iSCSI needs CHAP: set {CHAP_USER} and {CHAP_PASSWORD} in the "
                           "controller-publish secret")
         try:
-            info, _ = exports.ensure_exported(self.pool, self.backend, self.settings, volume, initiator, chap,
-                                              read_only)
+            info, _changed = exports.ensure_exported(self.pool, self.backend, self.settings, volume, initiator,
+                                                     chap, read_only)
         except Conflict as error:
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
         context.update({TARGET_KEY: info.target_iqn, PORTALS_KEY: ",".join(info.portals),

@@ -98,7 +98,7 @@ class LoopActivator(Activator):
 
     def activate(self, volume: lvm.LogicalVolume) -> str:
         location = self._location(volume)
-        device, _ = losetup.ensure_attached(location.device, offset=location.offset, size_limit=location.length)
+        device, _changed = losetup.ensure_attached(location.device, offset=location.offset, size_limit=location.length)
         return device.device
 
     def device(self, volume: lvm.LogicalVolume) -> Optional[str]:

@@ -41,7 +41,7 @@ def probe(device: str) -> Signature:
         raise CommandFailed(argv, result.rc, result.stderr, f"probe {device}")
     fields: Dict[str, str] = {}
     for line in result.stdout.splitlines():
-        key, _, value = line.partition("=")
+        key, _sep, value = line.partition("=")
         fields[key] = value
     usage = fields.get("USAGE", "")
     if usage == "filesystem" and fields.get("TYPE"):

@@ -20,7 +20,6 @@ from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
 from .pool import Pool
-from .volumes import provisioned_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +30,8 @@ class FilePool(Pool):
     kind = KIND
 
     def __init__(self, directory: str, capacity_limit: int = 0) -> None:
-        super().__init__()
+        super().__init__(capacity_limit)
         self.directory = os.path.abspath(directory)
-        self.capacity_limit = capacity_limit
 
     @property
     def location(self) -> str:
@@ -126,11 +124,8 @@ class FilePool(Pool):
     def release_snapshot(self, snapshot: Snapshot) -> None:
         remove_durably(self.snapshot_path(snapshot.id))
 
-    def available_bytes(self) -> int:
-        free = shutil.disk_usage(self.directory).free
-        if self.capacity_limit:
-            return max(0, min(free, self.capacity_limit - provisioned_bytes(self)))
-        return free
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.directory).free
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         device = self.attached_device(volume)
@@ -148,7 +143,7 @@ class FilePool(Pool):
 
     # -- node side -----------------------------------------------------------
     def attach(self, volume: Volume) -> str:
-        device, _ = losetup.ensure_attached(self.image_path(volume.id))
+        device, _changed = losetup.ensure_attached(self.image_path(volume.id))
         return device.device
 
     def attached_device(self, volume: Volume) -> Optional[str]:

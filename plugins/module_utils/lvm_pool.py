@@ -25,6 +25,7 @@ from .errors import InvalidRequest, NotFound, Precondition
 from .model import (
     CREATING,
     SNAPSHOT_PREFIX,
+    SOURCE_VOLUME,
     VOLUME_PREFIX,
     Snapshot,
     Volume,
@@ -74,8 +75,8 @@ class LvmPool(Pool):
     kind = "lvm"
 
     def __init__(self, vg: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
-        super().__init__()
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
+        super().__init__(capacity_limit)
         self.vg = lvm.check_vg_name(vg)
         self._extent: Optional[int] = None
         self.options = options
@@ -89,6 +90,11 @@ class LvmPool(Pool):
     @property
     def location(self) -> str:
         return self.vg
+
+    @property
+    def unit(self) -> int:
+        """LVs are whole extents: sizes handed out are exactly what LVM allocates."""
+        return self._extent_size()
 
     @property
     def snapshot_parameter_keys(self) -> Tuple[str, ...]:
@@ -162,10 +168,10 @@ class LvmPool(Pool):
         return pairs
 
     def volume_ids(self) -> List[str]:
-        return sorted(oid for _, oid in self._owned(is_volume_id))
+        return sorted(oid for _lv, oid in self._owned(is_volume_id))
 
     def snapshot_ids(self) -> List[str]:
-        return sorted(oid for _, oid in self._owned(is_snapshot_id))
+        return sorted(oid for _lv, oid in self._owned(is_snapshot_id))
 
     def _save(self, kind: str, record: Union[Volume, Snapshot], create: Callable[[List[str]], None]) -> None:
         found = self._lv(record.id)
@@ -200,6 +206,8 @@ class LvmPool(Pool):
 
     def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
         """Claim the volume's space: a new LV carrying its creating record."""
+        if volume.source is not None and volume.source.kind == SOURCE_VOLUME:
+            self._check_copyable(self._require_lv(volume.source.id), volume.source.id)  # before claiming space
         lvm.create_linear(self.vg, lv_name(volume.id), volume.size, tags, alloc=self.options.alloc,
                           extent_size=self._extent_size(), zero=self.activator.name == "dm",
                           settings=self.settings)
@@ -285,7 +293,7 @@ class LvmPool(Pool):
         if found is not None:
             lvm.remove(self.vg, found.name, settings=self.settings)
 
-    def available_bytes(self) -> int:
+    def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
@@ -301,7 +309,13 @@ class LvmPool(Pool):
         return None
 
     def volume_problem(self, volume: Volume) -> Optional[str]:
-        found = self._lv(volume.id)
+        return self._problem(volume, self._lv(volume.id))
+
+    def volume_problems(self, volumes: List[Volume]) -> Dict[str, Optional[str]]:
+        found = {self._object_id(lv): lv for lv in self._lvs()}  # one lvs for them all
+        return {volume.id: self._problem(volume, found.get(volume.id)) for volume in volumes}
+
+    def _problem(self, volume: Volume, found: Optional[lvm.LogicalVolume]) -> Optional[str]:
         if found is None:
             return f"logical volume {self.vg}/{lv_name(volume.id)} is missing"
         if found.attr.partial or found.attr.failed:
@@ -328,17 +342,16 @@ class LvmPool(Pool):
             self.activator.refresh(found)
 
 
-
 class LvmThinPool(LvmPool):
     """Thin LVs in one thin pool: instant snapshots, clones and restores (thin snapshots)."""
 
     kind = "lvmthin"
 
     def __init__(self, vg: str, thin_pool: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
         if options.activation != "dm":
             raise InvalidRequest("thin volumes need device-mapper activation (dm_thin_pool); loop cannot reach them")
-        super().__init__(vg, options, settings)
+        super().__init__(vg, options, settings, capacity_limit)
         self.thin_pool = lvm.check_lv_name(thin_pool)
 
     @property
@@ -388,7 +401,7 @@ class LvmThinPool(LvmPool):
     def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
         return THIN  # taken, point in time, by _allocate_snapshot
 
-    def available_bytes(self) -> int:
+    def free_bytes(self) -> int:
         """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too)."""
         pool = self._pool_lv()
         virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
@@ -400,8 +413,8 @@ class LvmThinPool(LvmPool):
         device = self.activator.device(found) if found else None
         return f"active as {device}" if device else None  # thin snapshots do not depend on their origin
 
-    def volume_problem(self, volume: Volume) -> Optional[str]:
-        problem = super().volume_problem(volume)
+    def _problem(self, volume: Volume, found: Optional[lvm.LogicalVolume]) -> Optional[str]:
+        problem = super()._problem(volume, found)
         if problem:
             return problem
         pool = self._pool_lv()
@@ -411,11 +424,12 @@ class LvmThinPool(LvmPool):
         return None
 
 
-def open_lvm_pool(kind: str, location: str, options: LvmOptions, settings: lvm.LvmSettings) -> LvmPool:
+def open_lvm_pool(kind: str, location: str, options: LvmOptions, settings: lvm.LvmSettings,
+                  capacity_limit: int = 0) -> LvmPool:
     """``lvm`` + ``VG`` or ``lvmthin`` + ``VG/THINPOOL``."""
     if kind == "lvm":
-        return LvmPool(location, options, settings)
+        return LvmPool(location, options, settings, capacity_limit)
     vg, sep, thin_pool = location.partition("/")
     if not sep:
         raise InvalidRequest(f"lvmthin pool {location!r} must be VG/THINPOOL")
-    return LvmThinPool(vg, thin_pool, options, settings)
+    return LvmThinPool(vg, thin_pool, options, settings, capacity_limit)

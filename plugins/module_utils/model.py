@@ -73,7 +73,7 @@ class Volume:
     parameters: Dict[str, str] = field(default_factory=dict)
     source: Optional[ContentSource] = None
     state: str = CREATING
-    created_at: float = field(default_factory=lambda: now())
+    created_at: float = field(default_factory=lambda: now())  # pylint: disable=unnecessary-lambda
     copy_method: Optional[str] = None
     publications: Dict[str, Publication] = field(default_factory=dict)
     ephemeral: bool = False
@@ -108,7 +108,7 @@ class Snapshot:
     pool: str
     parameters: Dict[str, str] = field(default_factory=dict)
     state: str = CREATING
-    created_at: float = field(default_factory=lambda: now())
+    created_at: float = field(default_factory=lambda: now())  # pylint: disable=unnecessary-lambda
     copy_method: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:

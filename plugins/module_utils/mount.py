@@ -41,7 +41,7 @@ def parse_mountinfo(text: str) -> List[MountEntry]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        left, _, right = line.partition(" - ")
+        left, _sep, right = line.partition(" - ")
         fields = left.split()
         rfields = right.split()
         entries.append(

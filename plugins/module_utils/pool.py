@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import TYPE_CHECKING, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
 from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
@@ -23,13 +23,18 @@ if TYPE_CHECKING:
 
 class Pool(abc.ABC):
     kind: str = ""
-    #: allocation granularity in bytes
-    unit: int = MiB
 
-    def __init__(self) -> None:
+    def __init__(self, capacity_limit: int = 0) -> None:
+        #: bytes that may be provisioned in all (0: no limit beyond the pool's own space)
+        self.capacity_limit = capacity_limit
         # Held from a space check to the record that claims the space, so
         # concurrent creates of different names cannot overcommit the pool.
         self.allocation = threading.Lock()
+
+    @property
+    def unit(self) -> int:
+        """Allocation granularity in bytes: every size the pool hands out is a multiple."""
+        return MiB
 
     @property
     def snapshot_parameter_keys(self) -> Tuple[str, ...]:
@@ -100,8 +105,18 @@ class Pool(abc.ABC):
     def release_snapshot(self, snapshot: Snapshot) -> None: ...
 
     @abc.abstractmethod
+    def free_bytes(self) -> int:
+        """Bytes the pool's own storage can still give."""
+
+    def provisioned_bytes(self) -> int:
+        return sum(v.size for v in self.all_volumes()) + sum(s.size for s in self.all_snapshots())
+
     def available_bytes(self) -> int:
-        """Bytes a new volume may still take."""
+        """Bytes a new volume may still take: free space, bounded by the capacity limit."""
+        free = self.free_bytes()
+        if self.capacity_limit:
+            return max(0, min(free, self.capacity_limit - self.provisioned_bytes()))
+        return free
 
     @abc.abstractmethod
     def busy_reason(self, volume: Volume) -> Optional[str]:
@@ -110,6 +125,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def volume_problem(self, volume: Volume) -> Optional[str]:
         """What is wrong with the volume's data (missing, wrong size), or None when healthy."""
+
+    def volume_problems(self, volumes: List[Volume]) -> Dict[str, Optional[str]]:
+        """volume_problem for many volumes; pools that can check them in one go override this."""
+        return {volume.id: self.volume_problem(volume) for volume in volumes}
 
     # -- node side ---------------------------------------------------------
     @abc.abstractmethod
@@ -134,7 +153,7 @@ class Pool(abc.ABC):
 
 def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None) -> Pool:
     """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``."""
-    kind, _, location = spec.partition(":")
+    kind, _sep, location = spec.partition(":")
     # The implementations import this module, hence the local imports.
     if kind == "file" and location.startswith("/"):
         from .file_pool import FilePool
@@ -145,5 +164,5 @@ def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOpti
     if kind in ("lvm", "lvmthin") and location:
         from .lvm_pool import LvmOptions, open_lvm_pool
 
-        return open_lvm_pool(kind, location, lvm_options or LvmOptions(), DEFAULT_LVM_SETTINGS)
+        return open_lvm_pool(kind, location, lvm_options or LvmOptions(), DEFAULT_LVM_SETTINGS, capacity_limit)
     raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir, lvm:VG or lvmthin:VG/THINPOOL")

@@ -66,10 +66,6 @@ def list_snapshots(pool: Pool) -> List[Snapshot]:
     return sorted((s for s in pool.all_snapshots() if s.state == READY), key=lambda s: (s.created_at, s.id))
 
 
-def provisioned_bytes(pool: Pool) -> int:
-    return sum(v.size for v in pool.all_volumes()) + sum(s.size for s in pool.all_snapshots())
-
-
 # -- volumes -------------------------------------------------------------------
 
 def _resolve_source(pool: Pool, source: Optional[ContentSource]) -> Optional[Union[Volume, Snapshot]]:
