@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Everything CI runs: set up, static checks, then the test suites.
+# Everything CI runs: set up, static checks, the Ansible checks, then the test suites.
 #   unit          data-driven tests of the core's tool wrappers and the agent's parts; real LVM on loop PVs
-#   conformance   a real agent over its socket: real loop devices, mkfs, mounts (root)
+#   conformance   a real agent over its socket, real loop devices, mkfs and mounts: file pool, then lvm pool
+#   iscsi         real tgtd + libiscsi: exports through the agent's own RPCs
+#   integration   real ansible-playbook runs of the collection's modules
 #   vm            the real-kernel tier: Debian VMs under QEMU (device-mapper, LIO, open-iscsi)
 # Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
@@ -9,8 +11,12 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "== static checks"
 scripts/lint.sh
+echo "== Ansible checks"
+scripts/ansible-checks.sh
 pytest=(python3 -m pytest -q -p no:cacheprovider)
-echo "== unit and conformance tests (file pool)"
+echo "== unit, conformance (file pool), iscsi and integration tests"
 "${pytest[@]}" -m "not vm" tests "$@"
+echo "== conformance on the lvm pool (loop activation)"
+"${pytest[@]}" tests/conformance --pool-kind lvm-loop "$@"
 echo "== real-kernel VM tier"
 "${pytest[@]}" -m vm tests/vm "$@"

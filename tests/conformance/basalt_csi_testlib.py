@@ -76,7 +76,14 @@ START_TIMEOUT = 20.0
 
 FILE_KIND = "file"
 LVM_LOOP_KIND = "lvm-loop"
-POOL_KINDS = (FILE_KIND, LVM_LOOP_KIND)
+# Real-kernel kinds (device-mapper needed: they run inside the VM tier, tests/vm):
+LVM_DM_KIND = "lvm-dm"  # --pool lvm:VG --lvm-activation dm
+LVMTHIN_KIND = "lvmthin"  # --pool lvmthin:VG/POOL (thin pool made by the fixture)
+REAL_KERNEL_KINDS = (LVM_DM_KIND, LVMTHIN_KIND)
+POOL_KINDS = (FILE_KIND, LVM_LOOP_KIND, *REAL_KERNEL_KINDS)
+LVM_KINDS = (LVM_LOOP_KIND, *REAL_KERNEL_KINDS)
+THIN_POOL_NAME = "thinpool"
+THIN_POOL_SIZE = "1g"
 LVM_PV_IMAGE_SIZE = 4 * GiB  # sparse: only written extents take space
 LVM_METADATA_SIZE = "16m"
 MANAGED_TAG = "basalt.managed"
@@ -128,6 +135,10 @@ def crange(required: int = 0, limit: int = 0) -> Any:
 
 def exact(size: int) -> Any:
     return crange(size, size)
+
+
+def round_up(size: int, unit: int) -> int:
+    return -(-size // unit) * unit
 
 
 def unique(prefix: str = "vol") -> str:
@@ -290,6 +301,7 @@ class Loop:
     back_file: str
     offset: int
     size_limit: int
+    autoclear: bool = False
 
 
 def loop_table() -> list[Loop]:
@@ -305,7 +317,8 @@ def loop_table() -> list[Loop]:
         if back.endswith(" (deleted)"):
             back = back[: -len(" (deleted)")]
         loops.append(
-            Loop(dev["name"], back, int(dev.get("offset") or 0), int(dev.get("sizelimit") or 0))
+            Loop(dev["name"], back, int(dev.get("offset") or 0), int(dev.get("sizelimit") or 0),
+                 dev.get("autoclear") in (True, 1, "1", "true"))
         )
     return loops
 
@@ -472,6 +485,19 @@ class LvmVg:
     """
 
     FOREIGN_LVS = ("not-basalt", LV_VOLUME_PREFIX + "f0e1d2c3b4a5968778695a4b3c2d1e0f")
+    kind = LVM_LOOP_KIND
+
+    def agent_args(self) -> list[str]:
+        """The agent's LVM arguments for this kind."""
+        return ["--lvm-activation", "loop", "--lvm-alloc", "contiguous"]
+
+    def pool_spec(self) -> str:
+        return f"lvm:{self.vg}"
+
+    def lvm_conf(self) -> str:
+        """The private lvm.conf: only this PV visible (lvm-loop: never activates)."""
+        assert self.device and isolated_config is not None
+        return isolated_config([self.device])
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -481,6 +507,7 @@ class LvmVg:
         self.device: str | None = None
         self.vg_created = False
         self.foreign: dict[str, bytes] = {}
+        self._geometry: tuple[int, int] | None = None  # (pe_start, extent size): fixed at vgcreate
 
     # -- running LVM -------------------------------------------------------
 
@@ -517,10 +544,11 @@ class LvmVg:
         ).stdout.strip()
         os.makedirs(self.system_dir)
         with open(os.path.join(self.system_dir, "lvm.conf"), "w", encoding="utf-8") as fh:
-            fh.write(isolated_config([self.device]) + "\n")
+            fh.write(self.lvm_conf() + "\n")
         self.run("pvcreate", "--metadatasize", LVM_METADATA_SIZE, self.device)
         self.run("vgcreate", self.vg, self.device)
         self.vg_created = True
+        self.after_vgcreate()
         for name in self.FOREIGN_LVS:
             self.run("lvcreate", "-an", "-Zn", "-y", "--alloc", "contiguous", "-n", name,
                      "-L", "4m", "--addtag", "owner.someone-else", self.vg)
@@ -528,6 +556,9 @@ class LvmVg:
             self.write_lv(name, marker)
             self.foreign[name] = marker
         return self
+
+    def after_vgcreate(self) -> None:
+        """Kind-specific set-up of the new VG (the thin pool of lvmthin)."""
 
     def foreign_problems(self) -> list[str]:
         """What happened to the LVs made without Basalt (empty when they are intact)."""
@@ -560,13 +591,20 @@ class LvmVg:
         rows = self.report("lvs", "lv", "lv_name,lv_tags,lv_size,seg_pe_ranges", self.vg)
         return {row["lv_name"]: row for row in rows}
 
+    def _geometry_now(self) -> tuple[int, int]:
+        if self._geometry is None:
+            assert self.device
+            pe_start = int(self.report("pvs", "pv", "pv_name,pe_start", self.device)[0]["pe_start"])
+            extent = int(self.report("vgs", "vg", "vg_extent_size", self.vg)[0]["vg_extent_size"])
+            self._geometry = (pe_start, extent)
+        return self._geometry
+
     def pe_start(self) -> int:
-        assert self.device
-        rows = self.report("pvs", "pv", "pv_name,pe_start", self.device)
-        return int(rows[0]["pe_start"])
+        """Where the PV's first extent starts (``pvs -o pe_start``)."""
+        return self._geometry_now()[0]
 
     def extent_size(self) -> int:
-        return int(self.report("vgs", "vg", "vg_extent_size", self.vg)[0]["vg_extent_size"])
+        return self._geometry_now()[1]
 
     def vg_free(self) -> int:
         return int(self.report("vgs", "vg", "vg_free", self.vg)[0]["vg_free"])
@@ -594,6 +632,72 @@ class LvmVg:
         start, length = self.lv_location(name)
         assert offset + len(data) <= length
         write_block(self.device, data, start + offset)
+
+
+def device_mapper_problem() -> str | None:
+    """Why this host cannot run the real-kernel kinds (None when device-mapper works)."""
+    if not os.path.exists("/dev/mapper/control"):
+        return "no /dev/mapper/control"
+    if shutil.which("dmsetup") is None:
+        return "no dmsetup in PATH (Debian: dmsetup)"
+    proc = subprocess.run(["dmsetup", "version"], capture_output=True, text=True)
+    if proc.returncode != 0 or "Driver version" not in proc.stdout:
+        lines = [ln.strip() for ln in proc.stderr.splitlines()
+                 if "failed" in ln.lower() and ln.strip() != "Command failed."]
+        return "dmsetup version: " + (lines[0] if lines else "no kernel driver version")
+    return None
+
+
+class DmLvmVg(LvmVg):
+    """``lvm-dm``: the same private VG, but LVM may activate (real device-mapper).
+
+    The agent runs ``--pool lvm:VG --lvm-activation dm``; each volume is an LV
+    that ``lvchange -ay`` maps to ``/dev/VG/LV``.  The private lvm.conf still
+    admits only this VG's PV (so the dm devices of its LVs are never scanned),
+    with activation on and no dmeventd monitoring.
+    """
+
+    kind = LVM_DM_KIND
+
+    def agent_args(self) -> list[str]:
+        return ["--lvm-activation", "dm"]
+
+    def lvm_conf(self) -> str:
+        return (
+            super().lvm_conf().replace("global { activation = 0 }", "global { activation = 1 }")
+            + " activation { monitoring = 0 udev_sync = 1 udev_rules = 1 }"
+        )
+
+    def dm_devices(self) -> list[str]:
+        """Device-mapper devices of this VG (``dmsetup ls`` names)."""
+        out = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True).stdout
+        prefix = self.vg.replace("-", "--") + "-"
+        return sorted(line.split()[0] for line in out.splitlines() if line.startswith(prefix))
+
+    def release(self) -> None:
+        """Deactivate the VG (dm devices gone) before vgremove/pvremove."""
+        if self.device is not None and self.vg_created:
+            self.run("vgchange", "-an", self.vg, check=False)
+        super().release()
+
+
+class ThinLvmVg(DmLvmVg):
+    """``lvmthin``: a thin pool ``VG/thinpool`` (``lvcreate --type thin-pool``)
+    in the private VG; the agent runs ``--pool lvmthin:VG/thinpool``."""
+
+    kind = LVMTHIN_KIND
+
+    def agent_args(self) -> list[str]:
+        return []
+
+    def pool_spec(self) -> str:
+        return f"lvmthin:{self.vg}/{THIN_POOL_NAME}"
+
+    def after_vgcreate(self) -> None:
+        self.run("lvcreate", "-y", "--type", "thin-pool", "-L", THIN_POOL_SIZE, "-n", THIN_POOL_NAME, self.vg)
+
+
+LVM_VG_CLASSES: dict[str, type[LvmVg]] = {LVM_LOOP_KIND: LvmVg, LVM_DM_KIND: DmLvmVg, LVMTHIN_KIND: ThinLvmVg}
 
 
 def volume_lv_name(volume_id: str) -> str:
@@ -682,7 +786,7 @@ class Agent:
             "--log-level", "debug",
         ]
         if self.lvm is not None:
-            cmd += ["--lvm-activation", "loop", "--lvm-alloc", "contiguous"]
+            cmd += self.lvm.agent_args()
         if self.services:
             cmd += ["--services", self.services]
         if self.capacity_limit is not None:
@@ -691,11 +795,11 @@ class Agent:
 
     @property
     def kind(self) -> str:
-        return LVM_LOOP_KIND if self.lvm is not None else FILE_KIND
+        return self.lvm.kind if self.lvm is not None else FILE_KIND
 
     @property
     def pool_spec(self) -> str:
-        return f"lvm:{self.lvm.vg}" if self.lvm is not None else f"file:{self.pool}"
+        return self.lvm.pool_spec() if self.lvm is not None else f"file:{self.pool}"
 
     def env(self) -> dict[str, str]:
         env = agent_env()
@@ -786,6 +890,19 @@ class Agent:
     def loops_for(self, backing: str) -> list[str]:
         """Loop devices attached over ``backing`` (a value of ``pool_loops``)."""
         return sorted(dev for dev, back in self.pool_loops().items() if back == backing)
+
+    def detached(self, backing: str, timeout: float = 5.0) -> bool:
+        """Whether no loop device is attached over ``backing`` (within ``timeout``).
+
+        ``losetup -d`` of a device that something still holds open (a
+        concurrent ``losetup --list`` or blkid anywhere on the host) only sets
+        autoclear; the kernel detaches it when the last opener closes.
+        """
+        return retry_until(lambda: not self.loops_for(backing), timeout)
+
+    def allocation_unit(self) -> int:
+        """What the pool allocates in: MiB (file), the VG's extent size (lvm-loop)."""
+        return self.lvm.extent_size() if self.lvm is not None else MiB
 
     def pool_objects(self) -> set[str]:
         """What the pool stores: files under the pool directory, or every LV of the VG."""
@@ -953,7 +1070,10 @@ def tear_down(agent: Agent, att: Attached) -> None:
     agent.unstage(att.volume_id, att.staging)
     assert not is_mounted(att.staging)
     if att.backing:
-        assert agent.loops_for(att.backing) == [], f"loop device still attached over {att.backing}"
+        assert agent.detached(att.backing), (
+            f"loop device still attached over {att.backing}: "
+            f"{[lo for lo in loop_table() if lo.device in agent.loops_for(att.backing)]}"
+        )
     agent.ctl.ControllerUnpublishVolume(
         csi.ControllerUnpublishVolumeRequest(volume_id=att.volume_id, node_id=agent.node_id)
     )

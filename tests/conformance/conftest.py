@@ -28,7 +28,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from basalt_csi_testlib import FILE_KIND, LVM_LOOP_KIND, POOL_KINDS, Agent, LvmVg, cleanup_root, make_root
+from basalt_csi_testlib import (
+    FILE_KIND,
+    LVM_KINDS,
+    LVM_LOOP_KIND,
+    LVM_VG_CLASSES,
+    LVMTHIN_KIND,
+    POOL_KINDS,
+    Agent,
+    LvmVg,
+    cleanup_root,
+    device_mapper_problem,
+    make_root,
+)
 
 XFS_POOL_IMAGE_SIZE = 2 * 1024**3  # sparse; holds several 300 MiB sparse volumes
 
@@ -37,7 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--pool-kind", choices=POOL_KINDS, default=FILE_KIND,
         help="pool the conformance agents serve: file (--pool file:DIR, default) or lvm-loop "
-             "(--pool lvm:VG --lvm-activation loop --lvm-alloc contiguous on a private VG)",
+             "(--pool lvm:VG --lvm-activation loop --lvm-alloc contiguous on a private VG); "
+             "real kernel only (device-mapper; run in the VM tier): lvm-dm (--pool lvm:VG --lvm-activation dm) "
+             "or lvmthin (--pool lvmthin:VG/thinpool)",
     )
 
 
@@ -78,6 +92,18 @@ def _require_lvm() -> None:
             pytest.skip(f"--pool-kind lvm-loop needs {tool} in PATH (Debian: lvm2)")
 
 
+def _require_device_mapper(kind: str) -> None:
+    """The real-kernel kinds skip on hosts without device-mapper (they run in tests/vm)."""
+    problem = device_mapper_problem()
+    if problem is not None:
+        pytest.skip(
+            f"--pool-kind {kind} needs a kernel with device-mapper ({problem}); "
+            "it runs inside the VM tier: python3 -m pytest -m vm tests/vm"
+        )
+    if kind == LVMTHIN_KIND and shutil.which("thin_check") is None:
+        pytest.skip(f"--pool-kind {kind} needs thin_check in PATH (Debian: thin-provisioning-tools)")
+
+
 @pytest.fixture(scope="session")
 def pool_kind(request: pytest.FixtureRequest) -> str:
     """The pool kind every agent of this run serves (``--pool-kind``)."""
@@ -88,10 +114,12 @@ def _new_agent(tag: str, kind: str, **kwargs: Any) -> Agent:
     """An agent (not started) in a fresh root; for lvm-loop with its VG made."""
     root = make_root(tag)
     lvm: LvmVg | None = None
-    if kind == LVM_LOOP_KIND:
-        lvm = LvmVg(root)
+    if kind in LVM_KINDS:
+        lvm = LVM_VG_CLASSES[kind](root)
         try:
             _require_lvm()
+            if kind != LVM_LOOP_KIND:
+                _require_device_mapper(kind)
             lvm.create()
         except BaseException:
             _cleanup(Agent(root, os.path.join(root, "pool"), lvm=lvm))

@@ -24,6 +24,7 @@ from basalt_csi_testlib import (
     exact,
     expect_code,
     mount_cap,
+    round_up,
     topology,
     unique,
 )
@@ -65,8 +66,34 @@ def test_create_default_size_and_topology(agent: Agent) -> None:
     ids=["1B->1MiB", "5MiB+1->6MiB", "exact-4MiB", "range-3..10MiB", "round-in-range"],
 )
 def test_create_rounds_up_to_mib(agent: Agent, required: int, limit: int, expected: int) -> None:
-    vol = agent.ctl.CreateVolume(create_req(rng=crange(required, limit))).volume
+    # file pools allocate in MiB; lvm pools in extents (4 MiB here): the answer is what was allocated
+    expected = round_up(expected, agent.allocation_unit())
+    req = create_req(rng=crange(required, limit))
+    vol = agent.ctl.CreateVolume(req).volume
     assert vol.capacity_bytes == expected
+    # what CreateVolume answered is what the volume is, and a retry is the same volume
+    assert get_volume(agent, vol.volume_id).volume.capacity_bytes == vol.capacity_bytes
+    code, again = code_of(agent.ctl.CreateVolume, req)
+    assert code == SC.OK, f"retried CreateVolume: {code.name} {again.details()}"
+    assert (again.volume.volume_id, again.volume.capacity_bytes) == (vol.volume_id, vol.capacity_bytes)
+
+
+@pytest.mark.parametrize(
+    ("required", "limit"),
+    [(1, MiB), (3 * MiB, 5 * MiB), (5 * MiB + 1, 7 * MiB)],
+    ids=["1B..1MiB", "3..5MiB", "5MiB+1..7MiB"],
+)
+def test_create_never_exceeds_limit(agent: Agent, required: int, limit: int) -> None:
+    """CSI: the volume MUST NOT be larger than limit_bytes; when the pool cannot, OUT_OF_RANGE."""
+    code, res = code_of(agent.ctl.CreateVolume, create_req(rng=crange(required, limit)))
+    if code != SC.OK:
+        assert code == SC.OUT_OF_RANGE, f"{code.name}: {res.details()}"
+        return
+    real = get_volume(agent, res.volume.volume_id).volume.capacity_bytes
+    assert required <= res.volume.capacity_bytes == real <= limit, (
+        f"CreateVolume [{required}, {limit}] answered {res.volume.capacity_bytes} bytes; "
+        f"ControllerGetVolume says {real}"
+    )
 
 
 def test_create_limit_only_is_honoured(agent: Agent) -> None:
@@ -525,7 +552,8 @@ def test_expand_grows(agent: Agent) -> None:
 def test_expand_rounds_up(agent: Agent) -> None:
     vol = agent.create_volume(4 * MiB)
     resp = agent.ctl.ControllerExpandVolume(expand_req(vol.volume_id, 6 * MiB + 1))
-    assert resp.capacity_bytes == 7 * MiB
+    assert resp.capacity_bytes == round_up(7 * MiB, agent.allocation_unit())
+    assert get_volume(agent, vol.volume_id).volume.capacity_bytes == resp.capacity_bytes
 
 
 def test_expand_smaller_is_noop(agent: Agent) -> None:
@@ -614,8 +642,9 @@ def test_get_capacity_min_max_sizes(agent_factory: Any) -> None:
         if resp.HasField("maximum_volume_size"):
             assert 0 <= resp.maximum_volume_size.value <= resp.available_capacity, resp
         if resp.HasField("minimum_volume_size"):
-            # the spec: capabilities SHALL be taken into account (xfs has a 300 MiB floor)
-            assert resp.minimum_volume_size.value == minimum, (cap, resp)
+            # the spec: capabilities SHALL be taken into account (xfs has a 300 MiB floor);
+            # lvm pools allocate whole extents
+            assert resp.minimum_volume_size.value == round_up(minimum, a.allocation_unit()), (cap, resp)
 
 
 def test_parallel_creates_respect_capacity_limit(agent_factory: Any) -> None:

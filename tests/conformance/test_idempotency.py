@@ -131,7 +131,7 @@ def test_node_stage_unstage_10x(agent: Agent) -> None:
     for _ in range(N):
         agent.unstage(vol.volume_id, att.staging)
     assert not is_mounted(att.staging)
-    assert agent.loops_for(att.backing) == []
+    assert agent.detached(att.backing)
 
 
 def test_node_publish_unpublish_10x(agent: Agent) -> None:
@@ -146,7 +146,7 @@ def test_node_publish_unpublish_10x(agent: Agent) -> None:
         agent.unpublish(vol.volume_id, target)
     assert not os.path.lexists(target)
     agent.unstage(vol.volume_id, att.staging)
-    assert att.backing and agent.loops_for(att.backing) == []
+    assert att.backing and agent.detached(att.backing)
 
 
 def test_block_publish_unpublish_10x(agent: Agent) -> None:
@@ -165,7 +165,7 @@ def test_block_publish_unpublish_10x(agent: Agent) -> None:
     assert not os.path.lexists(target)
     for _ in range(N):
         agent.unstage(vol.volume_id, att.staging)
-    assert att.backing and agent.loops_for(att.backing) == []
+    assert att.backing and agent.detached(att.backing)
 
 
 def test_controller_expand_10x(agent: Agent) -> None:

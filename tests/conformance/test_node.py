@@ -33,6 +33,7 @@ from basalt_csi_testlib import (
     pattern,
     read_block,
     read_file,
+    retry_until,
     stage_tracking_image,
     tear_down,
     top_mount,
@@ -169,7 +170,7 @@ def test_stage_with_other_fs_type_keeps_data(agent: Agent) -> None:
     assert code != SC.UNKNOWN, res.details()
     assert res.details(), "error needs a message"
     assert not is_mounted(wrong_staging), "a failed NodeStage left a mount behind"
-    assert att.backing and agent.loops_for(att.backing) == [], "a failed NodeStage left a loop device"
+    assert att.backing and agent.detached(att.backing), "a failed NodeStage left a loop device"
 
     att2 = bring_up(agent, vol, ext4, publish=False)
     assert top_mount(att2.staging).fstype == "ext4"
@@ -532,7 +533,7 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
 
     agent.unpublish(volume_id, target)
     assert not os.path.lexists(target)
-    assert agent.pool_loops() == loops_before
+    assert retry_until(lambda: agent.pool_loops() == loops_before), (loops_before, agent.pool_loops())
     assert agent.pool_objects() == files_before, "the ephemeral volume left files (LVs) in the pool"
     assert volume_id not in {e.volume.volume_id for e in agent.list_all_volumes()}
     # a second unpublish is a no-op
@@ -604,7 +605,7 @@ def test_stage_tracking_detects_one_device(agent: Agent) -> None:
         assert att.image is None and att.backing.startswith(f"{agent.lvm.device}@")
     assert agent.loops_for(att.backing) == [att.device]
     agent.unstage(vol.volume_id, att.staging)
-    assert agent.loops_for(att.backing) == []
+    assert agent.detached(att.backing)
 
 
 def test_block_stage_makes_no_filesystem(agent: Agent) -> None:
@@ -647,7 +648,7 @@ def test_parallel_stage_distinct_devices(agent: Agent) -> None:
         write_file(os.path.join(staging[v.volume_id], "owner"), v.volume_id.encode())
     for v in vols:
         agent.unstage(v.volume_id, staging[v.volume_id])
-    assert agent.pool_loops() == before
+    assert retry_until(lambda: agent.pool_loops() == before), (before, agent.pool_loops())
     # every volume still holds its own marker
     for v in vols:
         att = bring_up(agent, v, cap, publish=False)

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import pytest
 from basalt_csi_testlib import (
     COPY_METHOD_KEY,
+    LVM_LOOP_KIND,
     SC,
     Agent,
     MiB,
+    bring_up,
     code_of,
     crange,
     csi,
     exact,
     expect_code,
     mount_cap,
+    pattern,
+    read_file,
+    round_up,
     snapshot_source,
+    tear_down,
     unique,
     volume_source,
+    write_file,
 )
 
 
@@ -304,12 +312,13 @@ def test_snapshot_survives_source_deletion(agent: Agent) -> None:
 
 def test_snapshot_of_expanded_volume_has_new_size(agent: Agent) -> None:
     vol = agent.create_volume(4 * MiB)
-    agent.ctl.ControllerExpandVolume(
+    grown = agent.ctl.ControllerExpandVolume(
         csi.ControllerExpandVolumeRequest(volume_id=vol.volume_id, capacity_range=crange(10 * MiB),
                                           volume_capability=mount_cap())
-    )
+    ).capacity_bytes
+    assert grown == round_up(10 * MiB, agent.allocation_unit())  # lvm: whole extents
     s = agent.ctl.CreateSnapshot(snap_req(vol.volume_id)).snapshot
-    assert s.size_bytes == 10 * MiB
+    assert s.size_bytes == grown
     expect_code(
         agent.ctl.CreateVolume,
         from_source(snapshot_source(s.snapshot_id), 4 * MiB),
@@ -339,3 +348,64 @@ def test_parallel_create_snapshot_same_name(agent: Agent, source: Any) -> None:
     listed = [s for s in list_snaps(agent, source_volume_id=source.volume_id)
               if s.snapshot_id == final.snapshot_id]
     assert len(listed) == 1
+
+
+def test_snapshot_of_staged_volume(agent: Agent) -> None:
+    """A volume in use on the node: file pools copy it (frozen); lvm-loop refuses, as documented.
+
+    Without device-mapper there is no dm_snapshot to take a point-in-time copy
+    of an LV that is being written, so the lvm pool with loop activation
+    answers FAILED_PRECONDITION naming dm_snapshot, claims no space, and takes
+    the same snapshot once the volume is unstaged.
+    """
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    data = pattern(256 * 1024, "in-use")
+    write_file(os.path.join(att.target, "before"), data)
+    name = unique("snap")
+    if agent.kind == LVM_LOOP_KIND:
+        objects = agent.pool_objects()
+        err = expect_code(agent.ctl.CreateSnapshot, snap_req(vol.volume_id, name), SC.FAILED_PRECONDITION)
+        assert "dm_snapshot" in (err.details() or ""), err.details()
+        assert agent.pool_objects() == objects, "a refused snapshot left an LV"
+        assert list_snaps(agent, source_volume_id=vol.volume_id) == []
+        tear_down(agent, att)
+        snap = agent.ctl.CreateSnapshot(snap_req(vol.volume_id, name)).snapshot
+    else:
+        snap = agent.ctl.CreateSnapshot(snap_req(vol.volume_id, name)).snapshot
+        tear_down(agent, att)
+    assert snap.ready_to_use
+    restored = agent.ctl.CreateVolume(from_source(snapshot_source(snap.snapshot_id), 8 * MiB)).volume
+    att2 = bring_up(agent, restored, cap)
+    assert att2.target
+    assert read_file(os.path.join(att2.target, "before")) == data
+    tear_down(agent, att2)
+
+
+def test_clone_of_staged_volume(agent: Agent) -> None:
+    """Like the snapshot: file pools clone a staged volume; lvm-loop refuses (dm_snapshot) and claims nothing."""
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap)
+    assert att.target
+    data = pattern(256 * 1024, "clone-in-use")
+    write_file(os.path.join(att.target, "before"), data)
+    req = from_source(volume_source(vol.volume_id), 8 * MiB, name=unique("clone"))
+    if agent.kind == LVM_LOOP_KIND:
+        objects = agent.pool_objects()
+        listed = {e.volume.volume_id for e in agent.list_all_volumes()}
+        err = expect_code(agent.ctl.CreateVolume, req, SC.FAILED_PRECONDITION)
+        assert "dm_snapshot" in (err.details() or ""), err.details()
+        tear_down(agent, att)
+        assert {e.volume.volume_id for e in agent.list_all_volumes()} == listed
+        assert agent.pool_objects() == objects, "a refused clone left an LV behind"
+        clone = agent.ctl.CreateVolume(req).volume
+    else:
+        clone = agent.ctl.CreateVolume(req).volume
+        tear_down(agent, att)
+    att2 = bring_up(agent, clone, cap)
+    assert att2.target
+    assert read_file(os.path.join(att2.target, "before")) == data
+    tear_down(agent, att2)
