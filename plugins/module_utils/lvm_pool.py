@@ -43,6 +43,10 @@ VOLUME_LV_PREFIX = "csi-"
 SNAPSHOT_LV_PREFIX = "csi-snap-"
 COPY_CHUNK = 4 << 20
 
+# Short-lived COW snapshots that make a copy of an LV in use point in time.
+POINT_IN_TIME_PREFIX = "csi-pit-"
+POINT_IN_TIME_TAG = "basalt.point-in-time"
+
 SNAPSHOT_MODE_KEY = "basalt.dev/snapshot-mode"
 COW = "cow"
 COPY = "copy"
@@ -234,21 +238,62 @@ class LvmPool(Pool):
                 os.fsync(handle.fileno())
 
     def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume]) -> None:
-        """Copy every byte of *origin* into *target* (a crash midway leaves a creating record: retried)."""
+        """Copy every byte of *origin* into *target* (a crash midway leaves a creating record: retried).
+
+        An origin in use is copied through a short-lived COW snapshot taken
+        while its filesystem is frozen for an instant: the copy is point in
+        time, and the origin pays the COW cost only while the copy runs.
+        """
         if volume is not None:
             self._check_copyable(origin, volume.id)
+        in_use = self.activator.device(origin)
+        if in_use is None:
+            self._copy_bytes(origin, target)
+            return
+        pit = POINT_IN_TIME_PREFIX + target.name[len(VOLUME_LV_PREFIX):]
+        self._remove_if_present(pit)  # left by a crash during an earlier attempt
+        cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
+        with staging.frozen(in_use):
+            lvm.create_cow_snapshot(self.vg, origin.name, pit, cow, [POINT_IN_TIME_TAG],
+                                    extent_size=self._extent_size(), settings=self.settings)
+        try:
+            snapshot = lvm.logical_volume(self.vg, pit, settings=self.settings)
+            if snapshot is None:
+                raise Precondition(f"the point-in-time snapshot {self.vg}/{pit} vanished")
+            self._copy_bytes(snapshot, target, length=origin.size)
+            after = lvm.logical_volume(self.vg, pit, settings=self.settings)
+            if after is None or after.attr.state == "invalid snapshot":
+                raise Precondition(f"the COW space of {self.vg}/{pit} filled up while {origin.full_name} was "
+                                   "copied; raise --lvm-cow-percent or copy while the volume is idle")
+        finally:
+            self._remove_if_present(pit)
+
+    def _copy_bytes(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, length: int = 0) -> None:
+        total = length or origin.size
         with active(self.activator, origin) as source, active(self.activator, target) as dest:
-            with staging.frozen(source), open(source, "rb", buffering=0) as src, \
-                    open(dest, "r+b", buffering=0) as dst:
+            with open(source, "rb", buffering=0) as src, open(dest, "r+b", buffering=0) as dst:
                 copied = 0
-                while copied < origin.size:
-                    chunk = src.read(min(COPY_CHUNK, origin.size - copied))
+                while copied < total:
+                    chunk = src.read(min(COPY_CHUNK, total - copied))
                     if not chunk:
                         break
                     dst.write(chunk)
                     copied += len(chunk)
                 os.fsync(dst.fileno())
         log.info("copied %d bytes from %s to %s", copied, origin.full_name, target.full_name)
+
+    def _remove_if_present(self, name: str) -> None:
+        found = lvm.logical_volume(self.vg, name, settings=self.settings)
+        if found is not None and POINT_IN_TIME_TAG in found.tags:
+            self.activator.deactivate(found)
+            lvm.remove(self.vg, name, settings=self.settings)
+
+    def clean_leftovers(self) -> List[str]:
+        """Point-in-time snapshots a crash left behind (they carry their own tag, never basalt.managed)."""
+        leftovers = lvm.logical_volumes(self.vg, POINT_IN_TIME_TAG, settings=self.settings)
+        for found in leftovers:
+            self._remove_if_present(found.name)
+        return [found.full_name for found in leftovers]
 
     def _check_copyable(self, origin: lvm.LogicalVolume, volume_id: str) -> None:
         if self.activator.name != "dm" and self.activator.device(origin) is not None:

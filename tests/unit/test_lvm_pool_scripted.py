@@ -10,14 +10,16 @@ The same paths run for real in the VM tier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
 from basalt_core import lvm, volumes
+from basalt_core.errors import Precondition
 from basalt_core.lvm_pool import COW, LvmOptions, LvmPool, LvmThinPool, lv_name
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
 from basalt_core.sizes import MiB
@@ -243,3 +245,75 @@ def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
     assert snapshot.copy_method == COW
     with pytest.raises(Exception, match="COW snapshots"):
         volumes.delete_volume(pool, origin.id)
+
+
+def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
+        script: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With device-mapper, an origin in use is frozen for an instant, snapshotted, and copied from the snapshot.
+
+    The LVs' device nodes are stand-in files here, so the bytes really move.
+    """
+    frozen: List[str] = []
+
+    @contextlib.contextmanager
+    def freeze(device: Optional[str]) -> Iterator[None]:
+        frozen.append(f"freeze {device}")
+        yield
+        frozen.append(f"thaw {device}")
+
+    monkeypatch.setattr("basalt_core.lvm_pool.staging.frozen", freeze)
+    pool = LvmPool(VG, LvmOptions(cow_percent=25))
+    origin_id, target_id = volume_id_for("db"), snapshot_id_for("db-copy")
+    pit = "csi-pit-snap-" + target_id[len("snap-"):]
+    files = {name: tmp_path / name for name in ("origin", "pit", "target")}
+    files["origin"].write_bytes(b"live" * (2 * MiB // 4))
+    files["pit"].write_bytes(b"snap" * (2 * MiB // 4))  # what the origin held when the snapshot was taken
+    files["target"].write_bytes(b"\0" * 2 * MiB)
+    active = dict(lv_attr="owi-aos---", lv_size=str(2 * MiB))
+    origin = lvm.parse_logical_volumes([row_like("vol-contig", lv_name(origin_id), [], **active,
+                                                 lv_path=str(files["origin"]))])[0]
+    target = lvm.parse_logical_volumes([row_like("vol-normal", lv_name(target_id), [], lv_attr="-wi-a-----",
+                                                 lv_size=str(2 * MiB), lv_path=str(files["target"]))])[0]
+    pit_row = row_like("cowsnap", pit, ["basalt.point-in-time"], lv_attr="swi-a-s---", lv_size=str(2 * MiB),
+                       lv_path=str(files["pit"]), origin=origin.name)
+    script([
+        missing(pit),  # nothing left from an earlier attempt
+        VGS,
+        (["lvcreate", "--yes", "--snapshot", "--name", pit, "--size", f"{4 * MiB}b", "--addtag",
+          "basalt.point-in-time", f"{VG}/{origin.name}"], 0, "", ""),
+        found(pit_row),
+        found(pit_row),  # still valid after the copy
+        found(pit_row),
+        (["lvchange", "--activate", "n", f"{VG}/{pit}"], 0, "", ""),
+        (["lvremove", "--yes", f"{VG}/{pit}"], 0, "", ""),
+    ])
+    pool._copy(origin, target, None)
+    assert frozen == [f"freeze {files['origin']}", f"thaw {files['origin']}"]  # frozen only around lvcreate
+    assert files["target"].read_bytes() == files["pit"].read_bytes()
+
+
+def test_full_cow_space_during_the_copy_fails_clearly(script: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("basalt_core.lvm_pool.staging.frozen", lambda device: contextlib.nullcontext())
+    pool = LvmPool(VG, LvmOptions())
+    origin_id, target_id = volume_id_for("busy"), volume_id_for("busy-clone")
+    pit = "csi-pit-" + target_id[len("vol-"):]
+    for name in ("o", "p", "t"):
+        (tmp_path / name).write_bytes(b"\0" * MiB)
+    origin = lvm.parse_logical_volumes([row_like("vol-contig", lv_name(origin_id), [], lv_attr="owi-aos---",
+                                                 lv_size=str(MiB), lv_path=str(tmp_path / "o"))])[0]
+    target = lvm.parse_logical_volumes([row_like("vol-normal", lv_name(target_id), [], lv_attr="-wi-a-----",
+                                                 lv_size=str(MiB), lv_path=str(tmp_path / "t"))])[0]
+    valid = row_like("cowsnap", pit, ["basalt.point-in-time"], lv_attr="swi-a-s---", lv_size=str(MiB),
+                     lv_path=str(tmp_path / "p"))
+    script([
+        missing(pit), VGS,
+        (["lvcreate", "--yes", "--snapshot", "--name", pit, "--size", f"{4 * MiB}b", "--addtag",
+          "basalt.point-in-time", f"{VG}/{origin.name}"], 0, "", ""),
+        found(valid),
+        found(dict(valid, lv_attr="swi-I-s---")),  # invalidated: its COW space filled
+        found(valid), (["lvchange", "--activate", "n", f"{VG}/{pit}"], 0, "", ""),
+        (["lvremove", "--yes", f"{VG}/{pit}"], 0, "", ""),
+    ])
+    with pytest.raises(Precondition, match="cow-percent"):
+        pool._copy(origin, target, None)
