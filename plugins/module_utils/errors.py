@@ -6,7 +6,8 @@ into ``fail_json``.  Each names the object it is about.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import traceback
+from typing import Any, Dict, Optional, Sequence
 
 
 class StorageError(Exception):
@@ -52,3 +53,14 @@ class CommandFailed(StorageError):
         prefix = f"{what}: " if what else ""
         tool = self.argv[0] if self.argv else "?"
         super().__init__(f"{prefix}{tool} failed (rc={rc}): {self.stderr or 'no error output'}")
+
+
+def failure_details(what: str, error: BaseException) -> Dict[str, Any]:
+    """Keyword arguments for Ansible's ``fail_json``: a message naming the object, and the tool's rc,
+    stderr and argv when a command failed (a traceback only for what the core did not expect)."""
+    details: Dict[str, Any] = {"msg": f"{what}: {error}"}
+    if isinstance(error, CommandFailed):
+        details.update(rc=error.rc, stderr=error.stderr, cmd=error.argv)
+    elif not isinstance(error, StorageError):
+        details["exception"] = traceback.format_exc()
+    return details

@@ -165,15 +165,13 @@ fstab_line:
 """
 
 import os
-import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.basalt.csi.plugins.module_utils import fstab
 from ansible_collections.basalt.csi.plugins.module_utils.blkid import probe
 from ansible_collections.basalt.csi.plugins.module_utils.devices import is_block_device
-from ansible_collections.basalt.csi.plugins.module_utils.errors import CommandFailed, StorageError
+from ansible_collections.basalt.csi.plugins.module_utils.errors import StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.mount import find_mount, validate_options
 from ansible_collections.basalt.csi.plugins.module_utils.staging import (
     check_absolute,
@@ -283,13 +281,8 @@ def main() -> None:
         if module._diff:
             result["diff"] = dict(before=before, after=after)
         module.exit_json(**result)
-    except CommandFailed as failure:
-        module.fail_json(msg=f"mount {path}: {to_native(failure)}", rc=failure.rc, stderr=failure.stderr,
-                         cmd=failure.argv)
-    except StorageError as failure:
-        module.fail_json(msg=f"mount {path}: {to_native(failure)}")
-    except OSError as failure:
-        module.fail_json(msg=f"mount {path}: {to_native(failure)}", exception=traceback.format_exc())
+    except (StorageError, OSError) as failure:
+        module.fail_json(**failure_details(f"mount {path}", failure))
 
 
 if __name__ == "__main__":

@@ -107,12 +107,10 @@ snapshot:
       sample: ready
 """
 
-import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.basalt.csi.plugins.module_utils.errors import CommandFailed, NotFound, StorageError
+from ansible_collections.basalt.csi.plugins.module_utils.errors import NotFound, StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, snapshot_id_for
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
@@ -178,13 +176,8 @@ def main() -> None:
         if module._diff:
             result["diff"] = dict(before=describe(name, before), after=result["snapshot"])
         module.exit_json(**result)
-    except CommandFailed as failure:
-        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}", rc=failure.rc, stderr=failure.stderr,
-                         cmd=failure.argv)
-    except StorageError as failure:
-        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}")
-    except OSError as failure:
-        module.fail_json(msg=f"snapshot {name!r}: {to_native(failure)}", exception=traceback.format_exc())
+    except (StorageError, OSError) as failure:
+        module.fail_json(**failure_details(f"snapshot {name!r}", failure))
 
 
 if __name__ == "__main__":

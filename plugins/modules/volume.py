@@ -146,16 +146,14 @@ volume:
       sample: ready
 """
 
-import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.basalt.csi.plugins.module_utils.errors import (
-    CommandFailed,
     Conflict,
     InvalidRequest,
     StorageError,
+    failure_details,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.model import (
     SOURCE_SNAPSHOT,
@@ -271,13 +269,8 @@ def main() -> None:
         if module._diff:
             result["diff"] = dict(before=describe(pool, spec, name, before), after=result["volume"])
         module.exit_json(**result)
-    except CommandFailed as failure:
-        module.fail_json(msg=f"volume {name!r}: {to_native(failure)}", rc=failure.rc, stderr=failure.stderr,
-                         cmd=failure.argv)
-    except StorageError as failure:
-        module.fail_json(msg=f"volume {name!r}: {to_native(failure)}")
-    except OSError as failure:
-        module.fail_json(msg=f"volume {name!r}: {to_native(failure)}", exception=traceback.format_exc())
+    except (StorageError, OSError) as failure:
+        module.fail_json(**failure_details(f"volume {name!r}", failure))
 
 
 if __name__ == "__main__":
