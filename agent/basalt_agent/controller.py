@@ -235,7 +235,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         ]
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=token)
 
-
     @rpc_method
     def ControllerGetVolume(self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
                             ) -> csi_pb2.ControllerGetVolumeResponse:

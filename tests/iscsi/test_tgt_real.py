@@ -154,6 +154,7 @@ def test_persist_reloads_into_a_fresh_tgtd(tgtd: Tgtd, loop: Loop, tmp_path: Pat
         tgt.load_config(str(conf), control_port=fresh.control_port, force=True)
         other = tgt.TgtBackend(control_port=fresh.control_port, conf_path=str(tmp_path / "other.conf"),
                                record_path=backend.record_path)
+
         def state(b: tgt.TgtBackend) -> object:
             return sorted((e.target_iqn, e.lun, e.serial, e.device, e.read_only, e.grants) for e in b.exports())
         assert state(other) == state(backend)
