@@ -782,3 +782,11 @@ def test_warnings_are_not_mistaken_for_the_failure() -> None:
               "  Cannot change VG basalt-rec while PVs are missing.\n")
     error = CommandFailed(["lvcreate"], 5, stderr, "create LV basalt-rec/x")
     assert lvm.classify(error) is error
+
+
+def test_full_metadata_area_is_no_space() -> None:
+    """Measured by bench/bench_lvm_pool.py with LVM's default metadata area: lvcreate number 800 fails so."""
+    from basalt_core.errors import CommandFailed, NoSpace
+    failure = CommandFailed(["lvcreate"], 5, "  VG basalt-bench metadata on /dev/loop3 (521692 bytes) exceeds "
+                            "maximum metadata size (521472 bytes)\n  Failed to write VG basalt-bench.", "create LV")
+    assert isinstance(lvm.classify(failure), NoSpace)

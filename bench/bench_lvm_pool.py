@@ -1,0 +1,642 @@
+#!/usr/bin/env python3
+"""Benchmark the Basalt agent's LVM pool (loop activation) against the bare LVM and loop commands.
+
+Prints RATIOS (agent over gRPC / the same work done by hand), never asserts on
+time: a benchmark is not a test. Needs root, loop devices, mounts and lvm2.
+
+    python3 bench/bench_lvm_pool.py [--rounds N] [--curve 10,100,1000] [--json OUT]
+
+It builds its own volume group on a sparse PV image of its workspace, attached
+with ``losetup``, and runs every LVM command (its own and the agent's) with a
+private ``LVM_SYSTEM_DIR`` whose lvm.conf is ``basalt_core.lvm.isolated_config``
+of that one loop device: activation off, a device filter that admits only that
+device, no backups, hints or devices file. No other VG, PV or device is visible
+to it. The shared helpers (workspace, agent process, samples, table, CSI
+request builders) are imported from ``bench_file_pool``.
+
+Clean-up, also on Ctrl-C, SIGTERM or an error: stop the agent; unmount the mount
+points under the workspace; detach the loop devices backed by the PV device
+(``losetup -j PV``: the agent's and the bare side's volume devices); remove the
+VG (``vgremove --force --force``) and the PV label (``pvremove``) through the
+private config; then ``bench_file_pool.Workspace.cleanup`` detaches the PV's own
+loop device (``losetup -j IMAGE``) and removes the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
+    import bench.bench_file_pool as fp
+else:  # the bench directory is not a package: found through sys.path
+    import bench_file_pool as fp
+
+from basalt_agent.proto import csi_pb2
+from basalt_core import lvm
+from basalt_core.errors import StorageError
+
+MiB = 1 << 20
+GiB = 1 << 30
+VOLUME_SIZE = 64 * MiB  # benchmarks 1 and 3, and the volumes measured on the curve
+FILL_SIZE = 4 * MiB  # the volumes that fill the VG for the curve
+PV_IMAGE_SIZE = 64 * GiB  # sparse
+DEFAULT_METADATA_SIZE = "64m"
+DEFAULT_ROUNDS = 20
+DEFAULT_CURVE = "10,100,1000"
+DEFAULT_CURVE_SAMPLES = 10
+DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stops growing
+# The agent's periodic clean-up (every cleanup_grace / 2 s) lists every volume;
+# push it out of the run so it never lands inside a measured RPC.
+CLEANUP_GRACE = 86400
+LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgremove",
+             "pvcreate", "pvremove", "lvm"}
+_RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
+
+
+# -- LVM with the private config ------------------------------------------------
+
+class PrivateLvm:
+    """The private ``LVM_SYSTEM_DIR`` of this run and the one way its LVM commands run."""
+
+    def __init__(self, system_dir: str, pv: str) -> None:
+        self.system_dir = system_dir
+        self.pv = pv
+        os.makedirs(system_dir, exist_ok=True)
+        with open(os.path.join(system_dir, "lvm.conf"), "w", encoding="utf-8") as handle:
+            handle.write(lvm.isolated_config([pv]) + "\n")
+        self.settings = lvm.LvmSettings(system_dir=system_dir)
+        self.env = {**os.environ, **self.settings.env()}
+
+    def run(self, *argv: str) -> str:
+        """Run an LVM tool with the private config only; return stdout; raise on failure."""
+        if argv[0] not in LVM_TOOLS:
+            raise fp.BenchError(f"{argv[0]} is not an LVM tool")
+        result = subprocess.run(list(argv), capture_output=True, text=True, check=False, env=self.env,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise fp.BenchError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
+
+    def location(self, vg: str, name: str) -> lvm.DataLocation:
+        """Where *vg*/*name*'s bytes lie on the PV (for the bare ``losetup --offset --sizelimit``)."""
+        found = lvm.logical_volume(vg, name, settings=self.settings)
+        if found is None:
+            raise fp.BenchError(f"{vg}/{name} does not exist")
+        extent = lvm.volume_group(vg, settings=self.settings).extent_size
+        return lvm.linear_location(found, lvm.physical_volumes(vg, settings=self.settings), extent)
+
+
+class LvmWorkspace(fp.Workspace):
+    """The file bench's workspace plus a VG on a PV image in it; ``cleanup`` removes both."""
+
+    def __init__(self, base: Optional[str]) -> None:
+        super().__init__(base)
+        self.pv_image = self.path("pv.img")
+        self.lvm: Optional[PrivateLvm] = None
+        self.vg: Optional[str] = None
+        self.metadata_note = ""
+
+    def make_vg(self, metadata_size: str) -> str:
+        """Sparse image, loop device, private lvm.conf, ``pvcreate`` and ``vgcreate``; return the VG name."""
+        fp.run(["truncate", "-s", str(PV_IMAGE_SIZE), self.pv_image])
+        pv = fp.run(["losetup", "--find", "--show", self.pv_image]).strip()
+        self.lvm = PrivateLvm(self.path("lvm"), pv)
+        # The agent is a child of this process: it inherits the private config.
+        os.environ.update(self.lvm.settings.env())
+        vg = f"basalt-bench-{uuid.uuid4().hex[:8]}"
+        metadata = [] if metadata_size == "default" else ["--metadatasize", metadata_size]
+        self.lvm.run("pvcreate", *metadata, pv)
+        self.vg = vg  # from here on, clean-up removes it
+        self.lvm.run("vgcreate", vg, pv)
+        return vg
+
+    def volume_loops(self) -> List[str]:
+        """Loop devices backed by the PV device: only this run's agent and bare side make them."""
+        if self.lvm is None:
+            return []
+        lines = fp.run(["losetup", "-j", self.lvm.pv]).splitlines()
+        return sorted({line.split(":", 1)[0] for line in lines if line.strip()})
+
+    def cleanup(self) -> List[str]:
+        problems: List[str] = []
+        for agent in reversed(self.agents):
+            try:
+                agent.stop()
+            except Exception as error:
+                problems.append(f"stopping agent {agent.name}: {error}")
+        for _ in range(8):
+            mounted, loops = self.my_mounts(), self.volume_loops()
+            if not mounted and not loops:
+                break
+            for point in mounted:
+                subprocess.run(["umount", point], capture_output=True, check=False)
+            for device in loops:
+                subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+            time.sleep(0.1)
+        if self.volume_loops():
+            problems.append(f"loop devices on the PV still attached: {', '.join(self.volume_loops())}")
+        if self.lvm is not None:
+            if self.vg is not None:
+                try:
+                    self.lvm.run("vgremove", "--force", "--force", self.vg)
+                except fp.BenchError as error:
+                    problems.append(f"removing VG {self.vg}: {error}")
+            try:
+                self.lvm.run("pvremove", "--yes", self.lvm.pv)
+            except fp.BenchError as error:
+                problems.append(f"removing the PV label from {self.lvm.pv}: {error}")
+        return problems + super().cleanup()
+
+
+# -- the agent and its debug log ---------------------------------------------------
+
+@dataclass
+class Command:
+    tool: str
+    argv: List[str]
+    rc: int
+    seconds: float
+
+
+class LvmAgent(fp.Agent):
+    """``python3 -m basalt_agent`` serving ``lvm:VG`` with loop activation, contiguous allocation, debug log."""
+
+    def __init__(self, workspace: fp.Workspace, name: str, vg: str) -> None:
+        super().__init__(workspace, name, "/nonexistent")
+        self.argv = [sys.executable, "-m", "basalt_agent", "--endpoint", "unix://" + self.socket,
+                     "--node-id", fp.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
+                     "--lvm-alloc", "contiguous", "--state-dir", os.path.join(self.home, "state"),
+                     "--cleanup-grace", str(CLEANUP_GRACE), "--log-level", "debug"]
+
+    def log_mark(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def commands_since(self, mark: int) -> List[Command]:
+        """The external commands the agent logged (``ran [...]``) after *mark*."""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(mark)
+            data = handle.read().decode("utf-8", errors="replace")
+        found: List[Command] = []
+        for line in data.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            match = _RAN.match(str(entry.get("msg", "")))
+            if not match:
+                continue
+            argv = [str(a) for a in ast.literal_eval(match.group(1))]
+            found.append(Command(os.path.basename(argv[0]), argv, int(match.group(2)), float(match.group(3))))
+        return found
+
+
+@dataclass
+class Profile:
+    """The commands behind each sample of one RPC (at one fill level)."""
+
+    rpc: str
+    level: int
+    samples: List[List[Command]] = field(default_factory=list)
+    seconds: List[float] = field(default_factory=list)
+
+    def add(self, commands: List[Command], seconds: float) -> None:
+        self.samples.append(commands)
+        self.seconds.append(seconds)
+
+    def counts(self) -> Counter[str]:
+        """Commands per tool in the median sample (by count; they are the same every time)."""
+        if not self.samples:
+            return Counter()
+        ordered = sorted(self.samples, key=len)
+        return Counter(c.tool for c in ordered[len(ordered) // 2])
+
+    def lvm_seconds(self) -> float:
+        return _median([sum(c.seconds for c in s if c.tool in LVM_TOOLS) for s in self.samples])
+
+    def all_seconds(self) -> float:
+        return _median([sum(c.seconds for c in s) for s in self.samples])
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"rpc": self.rpc, "level": self.level, "counts": dict(self.counts()),
+                "median_rpc_ms": _median(self.seconds) * 1000, "median_commands_ms": self.all_seconds() * 1000,
+                "median_lvm_ms": self.lvm_seconds() * 1000,
+                "example": [{"argv": c.argv, "ms": round(c.seconds * 1000, 1)}
+                            for c in (self.samples[len(self.samples) // 2] if self.samples else [])]}
+
+
+def _median(values: Sequence[float]) -> float:
+    return fp.Samples(list(values)).median
+
+
+class Profiler:
+    def __init__(self, agent: LvmAgent) -> None:
+        self.agent = agent
+        self.profiles: Dict[Tuple[str, int], Profile] = {}
+
+    def call(self, rpc: str, level: int, action: Callable[[], Any]) -> Tuple[float, Any]:
+        """Time *action* (one RPC) and file the commands the agent ran for it."""
+        mark = self.agent.log_mark()
+        took, value = fp.timed(action)
+        key = (rpc, level)
+        self.profiles.setdefault(key, Profile(rpc, level)).add(self.agent.commands_since(mark), took)
+        return took, value
+
+
+# -- CSI request builders ---------------------------------------------------------
+
+def create_volume(agent: fp.Agent, name: str, size: int) -> Any:
+    request = csi_pb2.CreateVolumeRequest(
+        name=name,
+        capacity_range=csi_pb2.CapacityRange(required_bytes=size, limit_bytes=size),
+        volume_capabilities=[fp.mount_capability()],
+    )
+    return agent.controller.CreateVolume(request, timeout=fp.RPC_TIMEOUT).volume
+
+
+def bare_create(private: PrivateLvm, vg: str, name: str, size: int) -> None:
+    private.run("lvcreate", "--yes", "-n", name, "-L", f"{size // MiB}m", "--alloc", "contiguous", vg)
+
+
+def bare_remove(private: PrivateLvm, vg: str, name: str) -> None:
+    private.run("lvremove", "--yes", f"{vg}/{name}")
+
+
+# -- benchmark 1 (and each level of 2): CreateVolume + DeleteVolume vs lvcreate + lvremove ---
+
+def bench_create_delete(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, rounds: int,
+                        level: int, bench: str) -> List[fp.Row]:
+    g_create, g_delete, g_pair = fp.Samples(), fp.Samples(), fp.Samples()
+    b_create, b_delete, b_pair = fp.Samples(), fp.Samples(), fp.Samples()
+
+    def grpc_round(i: int) -> None:
+        name = f"bench-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
+        took_c, volume = profiler.call("CreateVolume", level, lambda: create_volume(agent, name, VOLUME_SIZE))
+        took_d, _ = profiler.call("DeleteVolume", level, lambda: fp.delete_volume(agent, volume.volume_id))
+        g_create.add(took_c)
+        g_delete.add(took_d)
+        g_pair.add(took_c + took_d)
+
+    def bare_round(i: int) -> None:
+        name = f"bare-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
+        took_c, _ = fp.timed(lambda: bare_create(private, vg, name, VOLUME_SIZE))
+        took_d, _ = fp.timed(lambda: bare_remove(private, vg, name))
+        b_create.add(took_c)
+        b_delete.add(took_d)
+        b_pair.add(took_c + took_d)
+
+    fp.interleave(rounds, [grpc_round, bare_round])
+    return [
+        fp.Row(bench, "CreateVolume", g_create, "lvcreate -L 64m --alloc contiguous", b_create),
+        fp.Row(bench, "DeleteVolume", g_delete, "lvremove", b_delete),
+        fp.Row(bench, "Create+Delete", g_pair, "lvcreate + lvremove", b_pair),
+    ]
+
+
+# -- benchmark 2: the curve over fill levels ---------------------------------------------
+
+@dataclass
+class Fill:
+    """Basalt volumes put into the VG so far, how long that took, and why it stopped early (if it did)."""
+
+    count: int = 0
+    seconds: float = 0.0
+    per_create: fp.Samples = field(default_factory=fp.Samples)
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+    def grow(self, agent: LvmAgent, profiler: Profiler, target: int, budget: float) -> bool:
+        """CreateVolume 4 MiB volumes up to *target*; False when the budget ran out or a create failed first."""
+        segment = fp.Samples()
+        start_count = self.count
+        while self.count < target:
+            if self.seconds >= budget:
+                self._note(start_count, segment, stopped="budget")
+                return False
+            name = f"bench-fill-{self.count:05d}"
+            try:
+                took, _ = profiler.call("CreateVolume(fill)", self.count // 100 * 100,
+                                        functools.partial(create_volume, agent, name, FILL_SIZE))
+            except grpc.RpcError as error:
+                self.error = f"CreateVolume of volume {self.count + 1} failed: {error.code()}: {error.details()}"
+                self._note(start_count, segment, stopped="error")
+                return False
+            self.seconds += took
+            self.count += 1
+            segment.add(took)
+            self.per_create.add(took)
+            if self.count % 100 == 0:
+                print(f"    filled {self.count} volumes in {self.seconds:.0f} s "
+                      f"(last one {took * 1000:.0f} ms)", flush=True)
+        self._note(start_count, segment, stopped="")
+        return True
+
+    def _note(self, start: int, segment: fp.Samples, stopped: str) -> None:
+        self.history.append({"from": start, "to": self.count, "fill_seconds_total": self.seconds,
+                             "segment": segment.summary(), "stopped_by": stopped})
+
+
+def bench_curve(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, levels: Sequence[int],
+                samples: int, budget: float) -> Tuple[List[fp.Row], Dict[str, Any]]:
+    rows: List[fp.Row] = []
+    fill = Fill()
+    reached: List[int] = []
+    for level in levels:
+        complete = fill.grow(agent, profiler, level, budget)
+        if fill.error:
+            print(f"[2] the fill stopped at {fill.count} volumes: {fill.error}", flush=True)
+            break
+        if not complete:
+            print(f"[2] fill budget of {budget:.0f} s spent at {fill.count} volumes: "
+                  f"level {level} is not reached; measuring at {fill.count}", flush=True)
+        at = fill.count
+        print(f"[2] {at} Basalt volumes in the VG (filled in {fill.seconds:.1f} s): "
+              f"{samples} CreateVolume+DeleteVolume vs lvcreate+lvremove", flush=True)
+        rows += bench_create_delete(agent, profiler, private, vg, samples, at, f"2 curve @ {at} volumes")
+        reached.append(at)
+        if not complete:
+            break
+    per_hundred = fill.seconds / fill.count * 100 if fill.count else float("nan")
+    return rows, {"levels_asked": list(levels), "levels_measured": reached, "fill_volume_mib": FILL_SIZE // MiB,
+                  "fill_count": fill.count, "fill_seconds": fill.seconds, "fill_seconds_per_100": per_hundred,
+                  "fill_create": fill.per_create.summary(), "fill_history": fill.history, "budget_s": budget,
+                  "fill_error": fill.error}
+
+
+# -- benchmark 3: stage + publish + unpublish + unstage -------------------------------------
+
+RAW_STEPS = {
+    "NodeStage": "losetup --offset --sizelimit PV + mkfs.ext4 + mount",
+    "NodePublish": "mount --bind",
+    "NodeUnpublish": "umount TARGET",
+    "NodeUnstage": "umount STAGE + losetup -d",
+}
+
+
+def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
+               rounds: int) -> List[fp.Row]:
+    mnt = workspace.mkdir("mnt", "node")
+    basalt: Dict[str, fp.Samples] = {step: fp.Samples() for step in fp.NODE_STEPS}
+    floor: Dict[str, fp.Samples] = {step: fp.Samples() for step in fp.NODE_STEPS}
+    basalt_total, floor_total = fp.Samples(), fp.Samples()
+
+    def grpc_round(i: int) -> None:
+        volume = create_volume(agent, f"bench-node-{i}-{uuid.uuid4().hex[:8]}", VOLUME_SIZE)
+        staging = os.path.join(mnt, f"g-stage-{i}")
+        target = os.path.join(mnt, f"g-target-{i}")
+        os.mkdir(staging)  # the CO creates the staging directory; the plugin creates the target
+        vid = volume.volume_id
+        took = {
+            "NodeStage": profiler.call("NodeStage", 0, lambda: fp.stage(agent, vid, staging))[0],
+            "NodePublish": profiler.call("NodePublish", 0, lambda: fp.publish(agent, vid, staging, target))[0],
+            "NodeUnpublish": profiler.call("NodeUnpublish", 0, lambda: fp.unpublish(agent, vid, target))[0],
+            "NodeUnstage": profiler.call("NodeUnstage", 0, lambda: fp.unstage(agent, vid, staging))[0],
+        }
+        fp.delete_volume(agent, vid)
+        os.rmdir(staging)
+        for step, seconds in took.items():
+            basalt[step].add(seconds)
+        basalt_total.add(sum(took.values()))
+
+    def raw_round(i: int) -> None:
+        name = f"bare-node-{i}-{uuid.uuid4().hex[:8]}"
+        bare_create(private, vg, name, VOLUME_SIZE)
+        where = private.location(vg, name)  # untimed: the bare side knows its offset in advance
+        staging = os.path.join(mnt, f"r-stage-{i}")
+        target = os.path.join(mnt, f"r-target-{i}")
+        os.mkdir(staging)
+        os.mkdir(target)
+        took: Dict[str, float] = {}
+        start = fp.now()
+        device = fp.run(["losetup", "--find", "--show", "--offset", str(where.offset), "--sizelimit",
+                      str(where.length), where.device]).strip()
+        fp.run([*fp.MKFS_EXT4, device])
+        fp.run(["mount", device, staging])
+        took["NodeStage"] = fp.now() - start
+        took["NodePublish"] = fp.timed(lambda: fp.run(["mount", "--bind", staging, target]))[0]
+        took["NodeUnpublish"] = fp.timed(lambda: fp.run(["umount", target]))[0]
+        start = fp.now()
+        fp.run(["umount", staging])
+        fp.run(["losetup", "-d", device])
+        took["NodeUnstage"] = fp.now() - start
+        os.rmdir(target)
+        os.rmdir(staging)
+        bare_remove(private, vg, name)
+        for step, seconds in took.items():
+            floor[step].add(seconds)
+        floor_total.add(sum(took.values()))
+
+    fp.interleave(rounds, [grpc_round, raw_round])
+    name = "3 node stage..unstage ext4"
+    rows = [fp.Row(name, step, basalt[step], RAW_STEPS[step], floor[step]) for step in fp.NODE_STEPS]
+    rows.append(fp.Row(name, "all four", basalt_total, "the 8 commands", floor_total))
+    return rows
+
+
+# -- report --------------------------------------------------------------------------------
+
+COUNT_COLUMNS = ("lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "losetup")
+
+
+def command_table(profiles: Sequence[Profile]) -> str:
+    header = ["rpc", "vols", *COUNT_COLUMNS, "other", "rpc ms", "lvm ms", "lvm share", "ms/lvm cmd"]
+    lines = []
+    for p in profiles:
+        counts = p.counts()
+        other = sum(n for tool, n in counts.items() if tool not in COUNT_COLUMNS)
+        rpc_ms = _median(p.seconds) * 1000
+        lvm_ms = p.lvm_seconds() * 1000
+        lvm_count = sum(n for tool, n in counts.items() if tool in LVM_TOOLS)
+        lines.append([p.rpc, str(p.level), *(str(counts.get(t, 0)) for t in COUNT_COLUMNS), str(other),
+                      f"{rpc_ms:.1f}", f"{lvm_ms:.1f}", f"{lvm_ms / rpc_ms * 100:.0f}%" if rpc_ms else "-",
+                      f"{lvm_ms / lvm_count:.0f}" if lvm_count else "-"])
+    widths = [max(len(x) for x in column) for column in zip(header, *lines)]
+
+    def fmt(cells: List[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
+    return "\n".join([fmt(header), rule, *[fmt(line) for line in lines]])
+
+
+def describe(command: Command, vg: str) -> str:
+    """A short form of one logged command: the tool and what it names or reports."""
+    argv = command.argv
+    if command.tool in ("lvs", "vgs", "pvs"):
+        names = " ".join(a for a in argv[1:] if a.startswith(vg)) or "(all VGs)"
+        if "--select" in argv:
+            names += f" --select {argv[argv.index('--select') + 1]}"
+        return f"{command.tool} {names}".replace(vg, "VG")
+    if command.tool == "losetup":
+        flags = [a for a in argv[1:] if a.startswith("--") and a not in ("--json", "--output")]
+        return "losetup " + " ".join(flags[:2])
+    if command.tool in LVM_TOOLS:
+        target = argv[-1].replace(vg, "VG")
+        return f"{command.tool} {target}"
+    return command.tool
+
+
+def sequences(profiles: Sequence[Profile], vg: str) -> List[str]:
+    out = []
+    for p in profiles:
+        if not p.samples:
+            continue
+        sample = sorted(p.samples, key=len)[len(p.samples) // 2]
+        steps = [f"{describe(c, vg)} ({c.seconds * 1000:.0f})" for c in sample]
+        out.append(f"{p.rpc} @ {p.level}: " + "; ".join(steps))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"rounds of benchmarks 1 and 3 (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--curve", default=DEFAULT_CURVE,
+                        help=f"fill levels of benchmark 2, comma-separated (default {DEFAULT_CURVE}); '' skips it")
+    parser.add_argument("--curve-samples", type=int, default=DEFAULT_CURVE_SAMPLES,
+                        help=f"CreateVolume+DeleteVolume pairs per fill level (default {DEFAULT_CURVE_SAMPLES})")
+    parser.add_argument("--fill-budget", type=float, default=DEFAULT_FILL_BUDGET,
+                        help=f"seconds of filling before the curve stops growing (default {DEFAULT_FILL_BUDGET:.0f})")
+    parser.add_argument("--metadatasize", default=DEFAULT_METADATA_SIZE,
+                        help=f"pvcreate --metadatasize (default {DEFAULT_METADATA_SIZE}; 'default' = LVM's own)")
+    parser.add_argument("--skip", default="", help="comma list of benchmarks to skip: 1,2,3")
+    parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
+    args = parser.parse_args(argv)
+    try:
+        levels = sorted({int(x) for x in args.curve.split(",") if x.strip()})
+    except ValueError:
+        parser.error("--curve takes comma-separated numbers of volumes")
+    if args.rounds < 1 or args.curve_samples < 1 or any(level < 1 for level in levels):
+        parser.error("--rounds, --curve-samples and the curve levels must be at least 1")
+    skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    if os.geteuid() != 0:
+        print("bench_lvm_pool: needs root (loop devices, mounts, LVM)", file=sys.stderr)
+        return 2
+
+    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    workspace = LvmWorkspace(args.tmpdir)
+    rows: List[fp.Row] = []
+    report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples}
+    status = 0
+    problems: List[str] = []
+    try:
+        facts = fp.machine_facts(workspace)
+        vg = workspace.make_vg(args.metadatasize)
+        private = workspace.lvm
+        assert private is not None
+        pvs = lvm.physical_volumes(vg, settings=private.settings)
+        group = lvm.volume_group(vg, settings=private.settings)
+        facts.update(lvm=fp.run(["lvm", "version"]).splitlines()[0].split(":", 1)[1].strip(), vg=vg, pv=private.pv,
+                     pv_image_gib=PV_IMAGE_SIZE // GiB, metadatasize=args.metadatasize,
+                     pe_start=pvs[0].pe_start if pvs else None, extent_size=group.extent_size)
+        report["facts"] = facts
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
+
+        agent = LvmAgent(workspace, "lvm", vg)
+        report["agent_argv"] = agent.argv
+        report["agent_start_s"] = agent.start()
+        profiler = Profiler(agent)
+        # One untimed round of each side: warm caches, imports and the agent's thread pool.
+        volume = create_volume(agent, "bench-warmup", VOLUME_SIZE)
+        fp.delete_volume(agent, volume.volume_id)
+        bare_create(private, vg, "bare-warmup", VOLUME_SIZE)
+        bare_remove(private, vg, "bare-warmup")
+
+        if "1" not in skip:
+            print(f"[1] CreateVolume + DeleteVolume 64 MiB vs lvcreate + lvremove, {args.rounds} rounds", flush=True)
+            rows += bench_create_delete(agent, profiler, private, vg, args.rounds, 0, "1 create/delete 64 MiB")
+        if "3" not in skip:
+            print(f"[3] NodeStage..NodeUnstage (loop activation) vs bare commands, {args.rounds} rounds", flush=True)
+            rows += bench_node(agent, profiler, workspace, private, vg, args.rounds)
+        if "2" not in skip and levels:
+            print(f"[2] curve at {levels} Basalt volumes ({FILL_SIZE // MiB} MiB each), fill budget "
+                  f"{args.fill_budget:.0f} s", flush=True)
+            curve_rows, report["curve"] = bench_curve(agent, profiler, private, vg, levels, args.curve_samples,
+                                                      args.fill_budget)
+            rows += curve_rows
+            agent.stop()
+            print(f"[2] agent restart with {report['curve']['fill_count']} volumes in the VG", flush=True)
+            mark = agent.log_mark()
+            report["restart_with_fill_s"] = agent.start()
+            report["restart_commands"] = [{"argv": c.argv, "ms": c.seconds * 1000}
+                                          for c in agent.commands_since(mark)]
+
+        print()
+        print(fp.table(rows))
+        curve = report.get("curve")
+        if curve:
+            print()
+            fill_create = curve["fill_create"]
+            print(f"filling to {curve['fill_count']} volumes took {curve['fill_seconds']:.1f} s "
+                  f"(CreateVolume of {curve['fill_volume_mib']} MiB: median {fill_create.get('median_ms', 0):.0f}"
+                  f" ms, max {fill_create.get('max_ms', 0):.0f} ms); asked {curve['levels_asked']}, "
+                  f"measured at {curve['levels_measured']}")
+            for part in curve["fill_history"]:
+                seg = part["segment"]
+                if seg.get("n"):
+                    print(f"  {part['from']:>5} -> {part['to']:>5}: median {seg['median_ms']:.0f} ms per CreateVolume, "
+                          f"p90 {seg['p90_ms']:.0f} ms, {part['fill_seconds_total']:.1f} s total so far")
+            if curve["fill_error"]:
+                print(f"the fill stopped early: {curve['fill_error']}")
+            print(f"agent restart with {curve['fill_count']} volumes: {report['restart_with_fill_s'] * 1000:.0f} ms "
+                  f"to the first Probe ({len(report['restart_commands'])} commands at start-up)")
+        profiles = sorted(profiler.profiles.values(), key=lambda p: (p.rpc.startswith("Node"), p.rpc, p.level))
+        print()
+        print("external commands per RPC, from the agent's debug log (median sample; lvm ms = time inside LVM tools)")
+        print(command_table(profiles))
+        print()
+        for line in sequences(profiles, vg):
+            print(line)
+        report["commands_per_rpc"] = [p.to_json() for p in profiles]
+        report["loadavg_at_end"] = os.getloadavg()[0]
+        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
+              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
+        report["results"] = [row.to_json() for row in rows]
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        status = 130
+    except (fp.BenchError, grpc.RpcError, StorageError) as error:
+        print(f"bench_lvm_pool: {error}", file=sys.stderr)
+        status = 1
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            problems = workspace.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        for problem in problems:
+            print(f"clean-up: {problem}", file=sys.stderr)
+        if problems:
+            status = status or 1
+    if args.json and "results" in report:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        print(f"wrote {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
