@@ -786,7 +786,6 @@ def test_warnings_are_not_mistaken_for_the_failure() -> None:
 
 def test_full_metadata_area_is_no_space() -> None:
     """Measured by bench/bench_lvm_pool.py with LVM's default metadata area: lvcreate number 800 fails so."""
-    from basalt_core.errors import CommandFailed, NoSpace
     failure = CommandFailed(["lvcreate"], 5, "  VG basalt-bench metadata on /dev/loop3 (521692 bytes) exceeds "
                             "maximum metadata size (521472 bytes)\n  Failed to write VG basalt-bench.", "create LV")
     assert isinstance(lvm.classify(failure), NoSpace)
