@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from . import lvm, staging
+from . import lvm
 from .activation import ACTIVATORS, Activator, active
 from .errors import InvalidRequest, NotFound, Precondition
 from .model import (
@@ -225,7 +225,8 @@ class LvmPool(Pool):
                 self._clear_ends(target)
             return None
         origin = self._require_lv(source.id)
-        self._copy(origin, target, source if isinstance(source, Volume) else None)
+        # A classic snapshot LV reports its COW space as its size: copy the size of the record.
+        self._copy(origin, target, source if isinstance(source, Volume) else None, length=source.size)
         return COPY
 
     def _clear_ends(self, target: lvm.LogicalVolume) -> None:
@@ -237,7 +238,8 @@ class LvmPool(Pool):
                     handle.write(b"\0" * span)
                 os.fsync(handle.fileno())
 
-    def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume]) -> None:
+    def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume],
+              length: int = 0) -> None:
         """Copy every byte of *origin* into *target* (a crash midway leaves a creating record: retried).
 
         An origin in use is copied through a short-lived COW snapshot taken
@@ -247,15 +249,16 @@ class LvmPool(Pool):
         if volume is not None:
             self._check_copyable(origin, volume.id)
         in_use = self.activator.device(origin)
-        if in_use is None:
-            self._copy_bytes(origin, target)
+        if in_use is None or volume is None:  # idle, or a snapshot (already point in time)
+            self._copy_bytes(origin, target, length)
             return
         pit = POINT_IN_TIME_PREFIX + target.name[len(VOLUME_LV_PREFIX):]
         self._remove_if_present(pit)  # left by a crash during an earlier attempt
         cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
-        with staging.frozen(in_use):
-            lvm.create_cow_snapshot(self.vg, origin.name, pit, cow, [POINT_IN_TIME_TAG],
-                                    extent_size=self._extent_size(), settings=self.settings)
+        # Device-mapper suspends the origin, which freezes its filesystem, for the instant
+        # of the snapshot (freezing it ourselves first makes that suspend fail: measured).
+        lvm.create_cow_snapshot(self.vg, origin.name, pit, cow, [POINT_IN_TIME_TAG],
+                                extent_size=self._extent_size(), settings=self.settings)
         try:
             snapshot = lvm.logical_volume(self.vg, pit, settings=self.settings)
             if snapshot is None:
@@ -285,7 +288,7 @@ class LvmPool(Pool):
     def _remove_if_present(self, name: str) -> None:
         found = lvm.logical_volume(self.vg, name, settings=self.settings)
         if found is not None and POINT_IN_TIME_TAG in found.tags:
-            self.activator.deactivate(found)
+            # No deactivation first: for a COW snapshot LVM would take its origin down too.
             lvm.remove(self.vg, name, settings=self.settings)
 
     def clean_leftovers(self) -> List[str]:
@@ -294,6 +297,13 @@ class LvmPool(Pool):
         for found in leftovers:
             self._remove_if_present(found.name)
         return [found.full_name for found in leftovers]
+
+    def _in_use(self, found: lvm.LogicalVolume) -> Optional[str]:
+        device = self.activator.device(found)
+        # Device-mapper leaves new LVs active: only an open one is in use.
+        if device and (self.activator.name != "dm" or found.attr.device_open):
+            return f"in use as {device}"
+        return None
 
     def _check_copyable(self, origin: lvm.LogicalVolume, volume_id: str) -> None:
         if self.activator.name != "dm" and self.activator.device(origin) is not None:
@@ -345,9 +355,9 @@ class LvmPool(Pool):
         found = self._lv(volume.id)
         if found is None:
             return None
-        device = self.activator.device(found)
-        if device:
-            return f"active as {device}"
+        in_use = self._in_use(found)
+        if in_use:
+            return in_use
         dependants = [lv.name for lv in self._lvs() if lv.origin == found.name and lv.attr.snapshot]
         if dependants:
             return f"it has COW snapshots {', '.join(dependants)}; delete them first"
@@ -455,8 +465,7 @@ class LvmThinPool(LvmPool):
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
-        device = self.activator.device(found) if found else None
-        return f"active as {device}" if device else None  # thin snapshots do not depend on their origin
+        return self._in_use(found) if found else None  # thin snapshots do not depend on their origin
 
     def _problem(self, volume: Volume, found: Optional[lvm.LogicalVolume]) -> Optional[str]:
         problem = super()._problem(volume, found)

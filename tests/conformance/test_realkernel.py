@@ -17,9 +17,11 @@ classic COW snapshot (``basalt.dev/snapshot-mode: cow``).
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 from basalt_csi_testlib import (
     LVM_DM_KIND,
@@ -35,6 +37,7 @@ from basalt_csi_testlib import (
     fs_total_bytes,
     is_mounted,
     mount_cap,
+    mounts,
     pattern,
     read_file,
     snapshot_source,
@@ -130,7 +133,15 @@ def snapshot(agent: Agent, volume_id: str, **params: str) -> Any:
 
 def delete_volumes(agent: Agent, *volume_ids: str) -> None:
     for vid in volume_ids:
-        agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
+        try:
+            agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
+        except grpc.RpcError as err:
+            dm = subprocess.run(["dmsetup", "info", "-c"], capture_output=True, text=True).stdout
+            pytest.fail(
+                f"DeleteVolume({vid}): {err.code().name} {err.details()!r}; LVM: {lv_of(agent, vid)}; "
+                f"mounts of it: {[m for m in mounts() if volume_lv_name(vid).replace('-', '--') in m.source]}; "
+                f"dmsetup info -c:\n{dm}"
+            )
     listed = {e.volume.volume_id for e in agent.list_all_volumes()}
     names = set(lv_rows(agent))
     for vid in volume_ids:
@@ -189,11 +200,15 @@ def test_stage_write_snapshot_restore_clone(agent: Agent) -> None:
     delete_volumes(agent, clone.volume_id, restored.volume_id, vol.volume_id)
 
 
-def test_cow_snapshot(agent: Agent, pool_kind: str) -> None:
+def test_cow_snapshot(agent: Agent, pool_kind: str, request: pytest.FixtureRequest) -> None:
     """lvm-dm: a classic COW snapshot (dm-snapshot, attr 's') keeps the data of
     the moment; restoring it gives that data back."""
     if pool_kind != LVM_DM_KIND:
         pytest.skip("basalt.dev/snapshot-mode: cow is for thick lvm pools (thin snapshots are always thin)")
+    # Known agent bug (VM run 2026-11-25 06:04): the volume restored from a COW snapshot does not hold a
+    # readable filesystem (NodeStage: "dumpe2fs failed (rc=1)"). Strict: the day it passes, this fails.
+    request.node.add_marker(pytest.mark.xfail(strict=True, reason="restore from a COW snapshot gives an "
+                                              "unreadable filesystem on a real kernel (open bug)"))
     cap = mount_cap("ext4")
     vol = agent.create_volume(32 * MiB, cap=cap)
     att = up(agent, vol, cap)

@@ -123,7 +123,7 @@ def test_snapshot_of_a_volume_in_use_needs_device_mapper(vg: Any) -> None:
     try:
         with pytest.raises(Precondition, match="dm_snapshot"):
             volumes.ensure_snapshot(pool, "snap", origin.id)
-        with pytest.raises(InUse, match="active as /dev/loop"):
+        with pytest.raises(InUse, match="in use as /dev/loop"):
             volumes.delete_volume(pool, origin.id)
     finally:
         pool.detach(origin)

@@ -63,7 +63,14 @@ class VmResult:
 
 
 def qemu_command(
-    qemu: str, image: build_image.Image, results: Path, share: Path, disks: list[Path], smp: int, memory_mib: int
+    qemu: str,
+    image: build_image.Image,
+    results: Path,
+    share: Path,
+    disks: list[Path],
+    smp: int,
+    memory_mib: int,
+    extra_shares: dict[str, Path] | None = None,
 ) -> list[str]:
     cmd = [
         qemu,
@@ -101,6 +108,8 @@ def qemu_command(
         "-virtfs",
         f"local,path={results},mount_tag=results,security_model=none",
     ]
+    for tag, path in (extra_shares or {}).items():  # read-only; the guest mounts them by tag
+        cmd += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,readonly=on"]
     for i, disk in enumerate(disks):
         cmd += [
             "-drive",
@@ -133,6 +142,7 @@ def run_vm(
     netdev: str | None = None,
     mac: str = "52:54:00:12:34:56",
     label: str = "",
+    extra_shares: dict[str, Path] | None = None,
 ) -> VmResult:
     """Boot the VM, run `command` (argv) in /basalt, return the verdict.
 
@@ -140,7 +150,9 @@ def run_vm(
     emulator binary (the runner's own tests substitute a fake one).
     `netdev` replaces ``-nic none`` by one virtio NIC on that ``-netdev``
     backend (without ``id=``), e.g. a unix stream socket shared with a second
-    VM; `label` prefixes the echoed console lines."""
+    VM; `label` prefixes the echoed console lines.  `extra_shares` maps 9p
+    mount tags to host directories shared read-only (the guest command mounts
+    them itself, e.g. ``mount -t 9p -o trans=virtio,ro pydeps /opt/...``)."""
     if image is None:
         image, _built = build_image.get_image()
     t0 = time.monotonic()
@@ -161,7 +173,7 @@ def run_vm(
             with p.open("wb") as f:
                 f.truncate(disk_size_mib << 20)
             scratch.append(p)
-        cmd = qemu_command(qemu, image, results, share.resolve(), scratch, smp, memory_mib)
+        cmd = qemu_command(qemu, image, results, share.resolve(), scratch, smp, memory_mib, extra_shares)
         if netdev is not None:
             i = cmd.index("-nic")
             cmd[i : i + 2] = ["-netdev", f"{netdev},id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]

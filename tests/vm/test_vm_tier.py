@@ -16,9 +16,11 @@ import os
 import shutil
 import stat
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import build_image
+import pydeps
 import pytest
 import run_vm
 
@@ -68,6 +70,52 @@ def test_real_kernel_storage_checks(image: build_image.Image) -> None:
     assert result.verdict, f"{result.message}\n{_tail(result.console)}"
     for check in REAL_CHECKS:
         assert verdicts.get(check) == "PASS", f"check {check}: {verdicts.get(check)}\n{_tail(result.console)}"
+    assert result.rc == 0, result.message
+
+
+CONFORMANCE_CHECKS = ["conformance_lvm_dm", "conformance_lvmthin"]
+# Expected JUnit outcome of tests/conformance/test_realkernel.py per kind: the
+# COW snapshot is for thick pools only, and on lvm-dm it is a strict xfail (an
+# open agent bug: restoring a COW snapshot gives an unreadable filesystem),
+# which JUnit reports as skipped.
+CONFORMANCE_SKIPS = {"conformance_lvm_dm": {"test_cow_snapshot"}, "conformance_lvmthin": {"test_cow_snapshot"}}
+
+
+def _junit(xml: str) -> dict[str, str]:
+    """{test name: passed|failed|error|skipped} from a JUnit report."""
+    outcomes: dict[str, str] = {}
+    for case in ET.fromstring(xml).iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            if case.find(tag) is not None:
+                outcome = tag if tag != "failure" else "failed"
+        outcomes[case.get("name", "?")] = outcome
+    return outcomes
+
+
+def test_conformance_real_kernel_subset(image: build_image.Image) -> None:
+    """tests/conformance/test_realkernel.py inside the VM with the real agent,
+    --pool-kind lvm-dm then lvmthin, in one boot (grpcio/protobuf/pytest from
+    the host's wheel cache, pydeps.py, shared read-only over 9p)."""
+    deps = pydeps.ensure()
+    result = run_vm.run_vm(
+        ["env", "BASALT_CHECK_TIMEOUT=600", "sh", RUN_CHECKS, *CONFORMANCE_CHECKS],
+        timeout=1200, disks=len(CONFORMANCE_CHECKS), disk_size_mib=8192, image=image, echo=None,
+        extra_shares={pydeps.MOUNT_TAG: deps},
+    )
+    print(result.console)
+    assert result.verdict, f"{result.message}\n{_tail(result.console)}"
+    verdicts = _check_lines(result)
+    for check in CONFORMANCE_CHECKS:
+        kind = check.removeprefix("conformance_").replace("_", "-")
+        outcomes = _junit(result.files.get(f"conformance-{kind}.xml", "<testsuites/>"))
+        assert outcomes, f"{check}: no JUnit report\n{_tail(result.console)}"
+        bad = {
+            name: outcome for name, outcome in outcomes.items()
+            if outcome != ("skipped" if name in CONFORMANCE_SKIPS[check] else "passed")
+        }
+        assert not bad, f"{check}: {bad}\n{_tail(result.console, 200)}"
+        assert verdicts.get(check) == "PASS", f"check {check}: {verdicts.get(check)}"
     assert result.rc == 0, result.message
 
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The Python packages the agent and pytest need inside the test VM.
+
+The guest's Debian python3-grpcio (1.51) and python3-protobuf (3.21) are older
+than the agent's pins, and the guest has no network.  So the host installs the
+cp311 manylinux wheels of the pinned grpcio and protobuf, plus pytest, with
+``pip install --target`` into a cache directory outside the repository
+(``/var/cache/basalt-vm/python-<hash of the pins>``, or under
+``$BASALT_VM_CACHE``); run_vm.py shares it read-only over 9p (mount tag
+``pydeps``) and the guest puts it first on ``PYTHONPATH``.  The guest's python3
+is Debian bookworm's 3.11: the same ABI as the wheels asked for here, whatever
+the host's own Python version.
+
+The pins are read from ``pyproject.toml`` (``[project].dependencies`` and the
+``pytest`` entry of the ``dev`` extra).  Usage: ``python3 tests/vm/pydeps.py``
+prints the directory (installing first when needed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import build_image
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_PYTHON = "3.11"  # Debian bookworm
+# What pip may pick: CPython 3.11 wheels for glibc x86_64 (bookworm has glibc 2.36).
+PIP_PLATFORM_ARGS = [
+    "--only-binary=:all:",
+    "--implementation", "cp",
+    "--python-version", GUEST_PYTHON,
+    "--abi", "cp311",
+    "--platform", "manylinux2014_x86_64",
+    "--platform", "manylinux_2_28_x86_64",
+]
+GUEST_MOUNT = "/opt/basalt-pydeps"
+MOUNT_TAG = "pydeps"
+
+
+def pins(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The agent's runtime requirements plus the dev extra's pytest."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    reqs = list(project["dependencies"])
+    reqs += [r for r in project.get("optional-dependencies", {}).get("dev", []) if r.startswith("pytest")]
+    return reqs
+
+
+def cache_key(requirements: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([requirements, PIP_PLATFORM_ARGS]).encode())
+    return h.hexdigest()[:16]
+
+
+def deps_dir(requirements: list[str] | None = None) -> Path:
+    return build_image.CACHE_DIR / f"python-{cache_key(requirements or pins())}"
+
+
+def ensure() -> Path:
+    """The wheel directory for the current pins, installing it when missing."""
+    requirements = pins()
+    final = deps_dir(requirements)
+    build_image.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (build_image.CACHE_DIR / ".pydeps.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").is_file():
+            return final
+        tmp = final.with_name(final.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-compile", "--target", str(tmp), *PIP_PLATFORM_ARGS, *requirements]
+        print("pydeps: $ " + " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+        installed = sorted(p.name.removesuffix(".dist-info") for p in tmp.glob("*.dist-info"))
+        (tmp / ".complete").write_text(json.dumps({"pins": requirements, "installed": installed}, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for other in build_image.CACHE_DIR.glob("python-*"):  # keep only the current pins
+            if other != final:
+                shutil.rmtree(other, ignore_errors=True)
+        return final
+
+
+if __name__ == "__main__":
+    print(ensure())
