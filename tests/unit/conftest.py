@@ -24,19 +24,22 @@ class ScriptedRunner:
 
     script: List[Call]
     ran: List[List[str]] = field(default_factory=list)
+    #: the secrets= given with each call, so tests can check what gets redacted
+    secrets: List[List[str]] = field(default_factory=list)
 
     def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
-                 **_: Any) -> CommandResult:
+                 secrets: Sequence[str] = (), **_: Any) -> CommandResult:
         assert self.script, f"unexpected command {list(argv)}"
         expected, rc, stdout, stderr = self.script.pop(0)
         assert list(argv) == expected
         self.ran.append(list(argv))
+        self.secrets.append(list(secrets))
         if check and rc != 0:
             raise CommandFailed(argv, rc, stderr, what)
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm", "tgt", "iscsiadm")
 
 
 @pytest.fixture

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
 from basalt_core import iscsiadm
 from basalt_core.errors import CommandFailed, InvalidRequest, NotFound
 from basalt_core.iscsi_target import Chap
-from basalt_core.runner import CommandResult
 
 RECORDED = Path(__file__).parent / "iscsi_recorded"
 T = "iqn.2026-11.io.basalt:pvc-5b1fd0c2"
@@ -36,37 +34,10 @@ def rec(name: str) -> str:
 Call = Tuple[List[str], int, str, str]
 
 
-@dataclass
-class IscsiadmRunner:
-    """Stands in for basalt_core.iscsiadm.run: checks argv in order, honours check=, records secrets."""
-
-    script: List[Call]
-    secrets: List[List[str]] = field(default_factory=list)
-
-    def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
-                 secrets: Sequence[str] = (), **_: Any) -> CommandResult:
-        assert self.script, f"unexpected command {list(argv)}"
-        expected, rc, stdout, stderr = self.script.pop(0)
-        assert list(argv) == expected
-        self.secrets.append(list(secrets))
-        if check and rc != 0:
-            raise CommandFailed(argv, rc, stderr, what)
-        return CommandResult(list(argv), rc, stdout, stderr)
-
-
 @pytest.fixture
-def adm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[List[Call]], IscsiadmRunner]]:
-    runners: List[IscsiadmRunner] = []
-
-    def install(calls: List[Call]) -> IscsiadmRunner:
-        runner = IscsiadmRunner(list(calls))
-        monkeypatch.setattr("basalt_core.iscsiadm.run", runner)
-        runners.append(runner)
-        return runner
-
-    yield install
-    if runners:
-        assert runners[-1].script == [], "commands expected but never run"
+def adm(script: Any) -> Any:
+    """The shared scripted runner (tests/unit/conftest.py), which also records the secrets= of each call."""
+    return script
 
 
 def update(name: str, value: str) -> Call:

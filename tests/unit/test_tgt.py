@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from basalt_core import tgt
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant, check_iqn, serial_for, target_iqn_for
-from basalt_core.runner import CommandResult
 
 RECORDED = Path(__file__).parent / "iscsi_recorded"
 SHOW = (RECORDED / "tgtadm_target_show.txt").read_text()
@@ -40,37 +38,10 @@ SHOW_P = [*C, "--mode", "portal", "--op", "show"]
 Call = Tuple[List[str], int, str, str]
 
 
-@dataclass
-class TgtRunner:
-    """Stands in for basalt_core.tgt.run: checks argv in order and records the secrets given."""
-
-    script: List[Call]
-    secrets: List[List[str]] = field(default_factory=list)
-
-    def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
-                 secrets: Sequence[str] = (), **_: Any) -> CommandResult:
-        assert self.script, f"unexpected command {list(argv)}"
-        expected, rc, stdout, stderr = self.script.pop(0)
-        assert list(argv) == expected
-        self.secrets.append(list(secrets))
-        if check and rc != 0:
-            raise CommandFailed(argv, rc, stderr, what)
-        return CommandResult(list(argv), rc, stdout, stderr)
-
-
 @pytest.fixture
-def tgt_script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[List[Call]], TgtRunner]]:
-    runners: List[TgtRunner] = []
-
-    def install(calls: List[Call]) -> TgtRunner:
-        runner = TgtRunner(list(calls))
-        monkeypatch.setattr("basalt_core.tgt.run", runner)
-        runners.append(runner)
-        return runner
-
-    yield install
-    if runners:
-        assert runners[-1].script == [], "commands expected but never run"
+def tgt_script(script: Any) -> Any:
+    """The shared scripted runner (tests/unit/conftest.py), which also records the secrets= of each call."""
+    return script
 
 
 @pytest.fixture
