@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .errors import Conflict
 from .iscsi_target import Chap, Grant, TargetBackend, check_iqn, serial_for, target_iqn_for
 from .model import Volume
 from .pool import Pool
@@ -53,6 +54,9 @@ def ensure_exported(
     info = info_for(backend, settings, volume.id)
     if check_mode:
         current = backend.export(info.target_iqn)
+        if current is not None and current.read_only != read_only:  # what ensure_export would refuse
+            raise Conflict(f"target {info.target_iqn} is exported with read-only {current.read_only}, "
+                           f"not {read_only}")
         grant = current.grant_for(initiator_iqn) if current else None
         return info, grant != Grant(initiator_iqn, chap)
     device = pool.attach(volume)
@@ -82,10 +86,38 @@ def ensure_unexported(
     changed = backend.revoke_grant(target, initiator_iqn)
     remaining = backend.export(target)
     if remaining is not None and not remaining.grants:
-        changed = backend.remove_export(target) or changed
-        volume = pool.load_volume(volume_id)
-        if volume is not None:
-            pool.detach(volume)
+        changed = _remove_export(pool, backend, target, volume_id) or changed
     if changed:
         backend.persist()
     return changed
+
+
+def _remove_export(pool: Pool, backend: TargetBackend, target: str, volume_id: str) -> bool:
+    """Delete the target (it has no grants left) and release the volume's device."""
+    changed = backend.remove_export(target)
+    volume = pool.load_volume(volume_id)
+    if volume is not None:
+        pool.detach(volume)
+    return changed
+
+
+def ensure_withdrawn(
+    pool: Pool,
+    backend: TargetBackend,
+    settings: ExportSettings,
+    volume_id: str,
+    *,
+    check_mode: bool = False,
+) -> bool:
+    """Withdraw every node's access, then the target and the device: the whole export goes."""
+    target = target_iqn_for(settings.base_iqn, volume_id)
+    current = backend.export(target)
+    if current is None:
+        return False
+    if check_mode:
+        return True
+    for grant in current.grants:
+        backend.revoke_grant(target, grant.initiator_iqn)
+    _remove_export(pool, backend, target, volume_id)
+    backend.persist()
+    return True

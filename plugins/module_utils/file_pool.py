@@ -125,7 +125,12 @@ class FilePool(Pool):
         remove_durably(self.snapshot_path(snapshot.id))
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.directory).free
+        # The pool's directory may not exist yet (opened without its layout, in check mode):
+        # its space is that of the filesystem it would be created on.
+        existing = self.directory
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        return shutil.disk_usage(existing).free
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         device = self.attached_device(volume)

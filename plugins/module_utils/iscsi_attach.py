@@ -7,7 +7,7 @@ disk and goes on.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Set, Tuple, overload
 
 from . import iscsiadm
 from .errors import InvalidRequest
@@ -15,14 +15,47 @@ from .iscsi_target import Chap, check_iqn
 from .runner import run
 
 DEVICE_TIMEOUT = 60.0
+DEFAULT_PORT = "3260"
+
+
+def session_portal(portal: str) -> str:
+    """*portal* as ``iscsiadm -m session`` shows it, with its port (3260 when not given)."""
+    has_port = "]:" in portal if portal.startswith("[") else ":" in portal
+    return portal if has_port else f"{portal}:{DEFAULT_PORT}"
+
+
+def logged_in_portals(target_iqn: str) -> Set[str]:
+    """The portals (``ADDRESS:PORT``) with a live session to *target_iqn*."""
+    return {session_portal(s.portal) for s in iscsiadm.sessions() if s.target_iqn == target_iqn}
+
+
+@overload
+def ensure_attached(target_iqn: str, portals: Sequence[str], chap: Optional[Chap], serial: str, *,
+                    timeout: float = ..., check_mode: Literal[False] = ...) -> Tuple[str, bool]: ...
+
+
+@overload
+def ensure_attached(target_iqn: str, portals: Sequence[str], chap: Optional[Chap], serial: str, *,
+                    timeout: float = ..., check_mode: bool) -> Tuple[Optional[str], bool]: ...
 
 
 def ensure_attached(target_iqn: str, portals: Sequence[str], chap: Optional[Chap], serial: str,
-                    *, timeout: float = DEVICE_TIMEOUT) -> Tuple[str, bool]:
-    """Log in to *target_iqn* on every portal and return the disk whose unit serial is *serial*."""
+                    *, timeout: float = DEVICE_TIMEOUT, check_mode: bool = False) -> Tuple[Optional[str], bool]:
+    """Log in to *target_iqn* on every portal and return the disk whose unit serial is *serial*.
+
+    With *check_mode* nothing changes and nothing waits: the result is the disk
+    that is there now (None when there is none yet) and whether a node record
+    or a login is missing.
+    """
     check_iqn(target_iqn, "target IQN")
     if not portals:
         raise InvalidRequest(f"no portal to log in to {target_iqn}")
+    if check_mode:
+        live = logged_in_portals(target_iqn)
+        portals = [iscsiadm.check_portal(p) for p in portals]
+        changed = any(session_portal(p) not in live or iscsiadm.ensure_node(target_iqn, p, chap, check_mode=True)
+                      for p in portals)
+        return iscsiadm.find_device(serial), changed
     changed = False
     for portal in portals:
         changed = iscsiadm.ensure_node(target_iqn, portal, chap) or changed
@@ -30,8 +63,15 @@ def ensure_attached(target_iqn: str, portals: Sequence[str], chap: Optional[Chap
     return iscsiadm.wait_for_device(serial, timeout), changed
 
 
-def ensure_detached(target_iqn: str, portals: Sequence[str]) -> bool:
-    """Log out of every portal's session and forget the node records."""
+def ensure_detached(target_iqn: str, portals: Sequence[str], *, check_mode: bool = False) -> bool:
+    """Log out of every portal's session and forget the node records.
+
+    With *check_mode* nothing changes: True when a session or a node record is there.
+    """
+    if check_mode:
+        live = logged_in_portals(check_iqn(target_iqn, "target IQN"))
+        portals = [iscsiadm.check_portal(p) for p in portals]
+        return any(session_portal(p) in live or iscsiadm.node_settings(target_iqn, p) is not None for p in portals)
     changed = False
     for portal in portals:
         changed = iscsiadm.logout(target_iqn, portal) or changed

@@ -134,8 +134,10 @@ def node_settings(target_iqn: str, portal: str, *, iface: Optional[str] = None,
 
 
 def ensure_node(target_iqn: str, portal: str, chap: Optional[Chap], *, iface: Optional[str] = None,
-                startup: str = "automatic") -> bool:
+                startup: str = "automatic", check_mode: bool = False) -> bool:
     """Make the node record for *target_iqn* at *portal* hold *chap* and ``node.startup``; True if it changed.
+
+    With *check_mode* nothing is written: True when the record is missing or any setting differs.
 
     ``node.startup=automatic``: iscsid logs in again at boot (open-iscsi's
     iscsi.service runs ``iscsiadm -m node --loginall=automatic``), so a
@@ -148,6 +150,8 @@ def ensure_node(target_iqn: str, portal: str, chap: Optional[Chap], *, iface: Op
     current = node_settings(target_iqn, portal, iface=iface, secrets=secrets)
     changed = False
     if current is None:
+        if check_mode:
+            return True
         run([*base, "-o", "new"], timeout=TIMEOUT, what=f"add node {target_iqn}")
         current = {}
         changed = True
@@ -164,6 +168,8 @@ def ensure_node(target_iqn: str, portal: str, chap: Optional[Chap], *, iface: Op
     for name, value in wanted.items():
         if current.get(name) == value:
             continue
+        if check_mode:
+            return True
         run([*base, "-o", "update", "-n", name, "-v", value], timeout=TIMEOUT, secrets=secrets,
             what=f"set {name} of node {target_iqn}")
         changed = True

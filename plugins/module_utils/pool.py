@@ -151,15 +151,21 @@ class Pool(abc.ABC):
         return []
 
 
-def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None) -> Pool:
-    """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``."""
+def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None, *,
+              create_layout: bool = True) -> Pool:
+    """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``.
+
+    A file pool's directories are created when missing, unless *create_layout* is
+    false (check mode): a missing layout then reads as an empty pool.
+    """
     kind, _sep, location = spec.partition(":")
     # The implementations import this module, hence the local imports.
     if kind == "file" and location.startswith("/"):
         from .file_pool import FilePool
 
         pool = FilePool(location, capacity_limit)
-        pool.ensure_layout()
+        if create_layout:
+            pool.ensure_layout()
         return pool
     if kind in ("lvm", "lvmthin") and location:
         from .lvm_pool import LvmOptions, open_lvm_pool

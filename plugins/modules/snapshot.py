@@ -22,7 +22,8 @@ attributes:
     description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
-      - The pool's directory layout is created when it is missing, as the agent does when it starts.
+      - Nothing on the host changes, not even a file pool's missing directories (a real run creates them as
+        the agent does when it starts): a missing pool reads as an empty one.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
@@ -164,7 +165,7 @@ def main() -> None:
     if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         module.fail_json(msg=f"snapshot name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
     try:
-        pool = open_pool(module.params["pool"])
+        pool = open_pool(module.params["pool"], create_layout=not module.check_mode)
         before = current(pool, name)
         if module.params["state"] == "present":
             after, changed = ensure_snapshot(pool, name, source_volume_id(module, pool),

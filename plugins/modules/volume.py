@@ -22,8 +22,8 @@ attributes:
     description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
-      - The pool's directory layout (C(volumes/) and C(snapshots/) under a file pool's directory) is created when
-        it is missing, as the agent does when it starts; volumes are never created, grown or deleted.
+      - Nothing on the host changes, not even a file pool's missing directories (C(volumes/) and C(snapshots/),
+        which a real run creates as the agent does when it starts): a missing pool reads as an empty one.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
@@ -262,7 +262,7 @@ def main() -> None:
     if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         module.fail_json(msg=f"volume name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
     try:
-        pool = open_pool(spec)
+        pool = open_pool(spec, create_layout=not module.check_mode)
         action = present if module.params["state"] == "present" else absent
         changed, before, after = action(module, pool, name)
         result = dict(changed=changed, volume=describe(pool, spec, name, after))

@@ -44,7 +44,7 @@ CASES = [
         "take a snapshot of a volume by name",
         dict(name=NAME, pool=SPEC, volume_name="db"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, raises=MISSING),
             call("find_volume_by_name", POOL, "db", returns=VOLUME),
             call("ensure_snapshot", POOL, NAME, VOLUME.id, check_mode=False, returns=(SNAPSHOT, True)),
@@ -55,7 +55,7 @@ CASES = [
         "take it again: nothing changes",
         dict(name=NAME, pool=SPEC, volume_id=VOLUME.id),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, returns=SNAPSHOT),
             call("ensure_snapshot", POOL, NAME, VOLUME.id, check_mode=False, returns=(SNAPSHOT, False)),
         ],
@@ -65,7 +65,7 @@ CASES = [
         "check mode with diff",
         dict(name=NAME, pool=SPEC, volume_id=VOLUME.id),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
             call("get_snapshot", POOL, SID, raises=MISSING),
             call("ensure_snapshot", POOL, NAME, VOLUME.id, check_mode=True, returns=(SNAPSHOT, True)),
         ],
@@ -76,7 +76,7 @@ CASES = [
         "a volume name that does not exist",
         dict(name=NAME, pool=SPEC, volume_name="nope"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, raises=MISSING),
             call("find_volume_by_name", POOL, "nope", returns=None),
         ],
@@ -87,7 +87,7 @@ CASES = [
         "same name, other volume: conflict",
         dict(name=NAME, pool=SPEC, volume_id="vol-" + "9" * 32),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, returns=SNAPSHOT),
             call("ensure_snapshot", POOL, NAME, "vol-" + "9" * 32, check_mode=False,
                  raises=Conflict(f"snapshot 'nightly' ({SID}) already exists of volume {VOLUME.id}")),
@@ -99,7 +99,7 @@ CASES = [
         "freeze fails: rc and stderr",
         dict(name=NAME, pool=SPEC, volume_id=VOLUME.id),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, raises=MISSING),
             call("ensure_snapshot", POOL, NAME, VOLUME.id, check_mode=False, raises=COPY_FAILED),
         ],
@@ -118,7 +118,7 @@ CASES = [
         "delete",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, returns=SNAPSHOT),
             call("delete_snapshot", POOL, SID, check_mode=False, returns=True),
         ],
@@ -128,7 +128,7 @@ CASES = [
         "delete in check mode, with diff",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
             call("get_snapshot", POOL, SID, returns=SNAPSHOT),
             call("delete_snapshot", POOL, SID, check_mode=True, returns=True),
         ],
@@ -139,7 +139,7 @@ CASES = [
         "delete what is not there",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("get_snapshot", POOL, SID, raises=MISSING),
             call("delete_snapshot", POOL, SID, check_mode=False, returns=False),
         ],

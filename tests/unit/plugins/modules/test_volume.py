@@ -56,7 +56,7 @@ CASES = [
         "create, quantity rounded up to the pool unit",
         dict(name=NAME, pool=SPEC, size="7340033"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
             call("ensure_volume", POOL, NAME, 8 * MiB, source=None, check_mode=False, returns=(vol(8 * MiB), True)),
         ],
@@ -66,7 +66,7 @@ CASES = [
         "create in check mode, with diff",
         dict(name=NAME, pool=SPEC, size="8Mi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
             call("ensure_volume", POOL, NAME, 8 * MiB, source=None, check_mode=True, returns=(vol(8 * MiB), True)),
         ],
@@ -77,7 +77,7 @@ CASES = [
         "restore from a snapshot, size as an integer",
         dict(name=NAME, pool=SPEC, size=16 * MiB, source_snapshot=SNAP),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
             call("ensure_volume", POOL, NAME, 16 * MiB, source=ContentSource(SOURCE_SNAPSHOT, SNAP),
                  check_mode=False, returns=(vol(16 * MiB, ContentSource(SOURCE_SNAPSHOT, SNAP)), True)),
@@ -88,7 +88,7 @@ CASES = [
         "same size again: nothing changes",
         dict(name=NAME, pool=SPEC, size="8Mi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
         dict(changed=False, volume=facts(8 * MiB)),
@@ -97,7 +97,7 @@ CASES = [
         "no size, existing volume: nothing changes",
         dict(name=NAME, pool=SPEC),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
         dict(changed=False, volume=facts(8 * MiB)),
@@ -106,7 +106,7 @@ CASES = [
         "larger size grows the volume",
         dict(name=NAME, pool=SPEC, size="1Gi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("expand_volume", POOL, VID, 1024 * MiB, check_mode=False, returns=(vol(1024 * MiB), True)),
         ],
@@ -116,7 +116,7 @@ CASES = [
         "grow in check mode, with diff",
         dict(name=NAME, pool=SPEC, size="16Mi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("expand_volume", POOL, VID, 16 * MiB, check_mode=True, returns=(vol(16 * MiB), True)),
         ],
@@ -127,7 +127,7 @@ CASES = [
         "smaller size without allow_shrink fails",
         dict(name=NAME, pool=SPEC, size="4Mi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
         dict(msg="needs allow_shrink=true"),
@@ -137,7 +137,7 @@ CASES = [
         "smaller size with allow_shrink fails: the file pool cannot shrink",
         dict(name=NAME, pool=SPEC, size="4Mi", allow_shrink=True),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
         dict(msg="the file pool does not shrink volumes"),
@@ -147,7 +147,7 @@ CASES = [
         "missing volume and no size fails",
         dict(name=NAME, pool=SPEC),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
         ],
         dict(msg="size is needed to create it"),
@@ -157,7 +157,7 @@ CASES = [
         "existing volume with another source is a conflict",
         dict(name=NAME, pool=SPEC, size="8Mi", source_snapshot=SNAP),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
         dict(msg="another content source"),
@@ -167,7 +167,7 @@ CASES = [
         "no space is reported with the volume's name",
         dict(name=NAME, pool=SPEC, size="8Mi"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
             call("ensure_volume", POOL, NAME, 8 * MiB, source=None, check_mode=False,
                  raises=NoSpace("the file pool at /pool has 0 bytes available")),
@@ -178,14 +178,14 @@ CASES = [
     Case(
         "bad quantity",
         dict(name=NAME, pool=SPEC, size="ten gigs"),
-        [call("open_pool", SPEC, returns=POOL)],
+        [call("open_pool", SPEC, create_layout=True, returns=POOL)],
         dict(msg="is not a quantity"),
         failed=True,
     ),
     Case(
         "unsupported pool spec",
         dict(name=NAME, pool="zfs:tank", size="8Mi"),
-        [call("open_pool", "zfs:tank", raises=InvalidRequest("pool 'zfs:tank' is not supported"))],
+        [call("open_pool", "zfs:tank", create_layout=True, raises=InvalidRequest("pool 'zfs:tank' is not supported"))],
         dict(msg="is not supported"),
         failed=True,
     ),
@@ -207,7 +207,7 @@ CASES = [
         "delete",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("delete_volume", POOL, VID, check_mode=False, returns=True),
         ],
@@ -217,7 +217,7 @@ CASES = [
         "delete in check mode, with diff",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("delete_volume", POOL, VID, check_mode=True, returns=True),
         ],
@@ -228,7 +228,7 @@ CASES = [
         "delete what is not there",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=None),
             call("delete_volume", POOL, VID, check_mode=False, returns=False),
         ],
@@ -238,7 +238,7 @@ CASES = [
         "delete an attached volume is refused",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("delete_volume", POOL, VID, check_mode=False,
                  raises=InUse(f"volume {VID} is in use: attached as /dev/loop7")),
@@ -250,7 +250,7 @@ CASES = [
         "a failing tool reports rc and stderr",
         dict(name=NAME, pool=SPEC, state="absent"),
         [
-            call("open_pool", SPEC, returns=POOL),
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
             call("delete_volume", POOL, VID, check_mode=False, raises=FAIL),
         ],
