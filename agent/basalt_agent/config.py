@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from basalt_core.errors import InvalidRequest
+from basalt_core.iscsi_target import check_iqn, initiator_iqn_for
 from basalt_core.lvm_pool import LvmOptions
+from basalt_core.runner import operand
 from basalt_core.sizes import parse_size
 
 from . import DRIVER_NAME, __version__
@@ -18,6 +20,7 @@ from . import DRIVER_NAME, __version__
 SERVICES = ("identity", "controller", "node")
 DEFAULT_STATE_DIR = "/var/lib/basalt"
 DEFAULT_ENDPOINT = "unix:///run/basalt/csi.sock"
+DEFAULT_INITIATORNAME_FILE = "/etc/iscsi/initiatorname.iscsi"
 
 
 @dataclass
@@ -43,6 +46,9 @@ class Config:
     iscsi_portals: List[str] = field(default_factory=list)
     iscsi_initiators: Dict[str, str] = field(default_factory=dict)
     iscsi_require_chap: bool = True
+    iscsi_initiator_base: str = ""
+    iscsi_initiatorname_file: str = DEFAULT_INITIATORNAME_FILE
+    iscsi_manage_initiatorname: bool = False
     tgt_control_port: int = 0
     tgt_conf: str = "/etc/tgt/conf.d/basalt.conf"
     registration_socket: str = ""
@@ -134,8 +140,24 @@ def parser() -> argparse.ArgumentParser:
     iscsi.add_argument("--iscsi-base-iqn", help="targets are named BASE:<volume> (default iqn.2026-11.dev.basalt)")
     iscsi.add_argument("--iscsi-portal", dest="iscsi_portals", action="append", metavar="HOST:PORT",
                        help="a portal nodes log in to (repeat for several)")
+    iscsi.add_argument("--iscsi-initiator-base", metavar="BASE",
+                       help="derive every node's initiator IQN from its node id as BASE:<node id> (lower-cased, "
+                       "other characters than a-z 0-9 . - replaced, a hash added when that changed it), e.g. "
+                       "iqn.2026-11.dev.basalt.node: give the same BASE to the storage host and to every node. "
+                       "The storage host then exports to any node without a map; a node agent checks at start "
+                       "and in NodeGetInfo that --iscsi-initiatorname-file names that IQN (FAILED_PRECONDITION, "
+                       "so kubelet's registration fails visibly, when it does not), or writes it there with "
+                       "--iscsi-manage-initiatorname")
     iscsi.add_argument("--iscsi-initiator", dest="iscsi_initiators", action="append", type=_initiator,
-                       metavar="NODE=IQN", help="a node's initiator IQN (repeat; the roles write them to --config)")
+                       metavar="NODE=IQN", help="a node's initiator IQN (repeat; the roles write them to --config); "
+                       "overrides the derived name for that node. Without --iscsi-initiator-base, a node that "
+                       "is not listed is unknown (NOT_FOUND)")
+    iscsi.add_argument("--iscsi-initiatorname-file", metavar="PATH",
+                       help=f"open-iscsi's initiator name file on a node (default {DEFAULT_INITIATORNAME_FILE})")
+    iscsi.add_argument("--iscsi-manage-initiatorname", action="store_true", default=None,
+                       help="node: write InitiatorName=BASE:<node id> into --iscsi-initiatorname-file at start "
+                       "when it says otherwise (atomically; restart iscsid afterwards if it was running, it reads "
+                       "the file when it starts)")
     iscsi.add_argument("--iscsi-no-chap", dest="iscsi_require_chap", action="store_false", default=None,
                        help="allow exports without CHAP (ACL by initiator IQN only)")
     iscsi.add_argument("--tgt-control-port", type=int, help="tgtd's control port (-C), for private instances")
@@ -168,7 +190,21 @@ def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]]
         settings["iscsi_initiators"] = {**settings.get("iscsi_initiators", {}), **dict(args.iscsi_initiators)}
     config = Config(**settings)
     endpoint_path(config.endpoint)
+    _check_iscsi(config)
     return config
+
+
+def _check_iscsi(config: Config) -> None:
+    """Initiator settings fail at start, with the setting's name, rather than at the first publish."""
+    for node, iqn in config.iscsi_initiators.items():
+        operand(node, "--iscsi-initiator node id")
+        check_iqn(iqn, f"initiator IQN of node {node!r}")
+    if config.iscsi_initiator_base:
+        initiator_iqn_for(config.iscsi_initiator_base, config.node_id)
+    if not os.path.isabs(config.iscsi_initiatorname_file):
+        raise InvalidRequest(f"--iscsi-initiatorname-file {config.iscsi_initiatorname_file!r} must be absolute")
+    if config.iscsi_manage_initiatorname and not config.iscsi_initiator_base:
+        raise InvalidRequest("--iscsi-manage-initiatorname needs --iscsi-initiator-base (the name to write)")
 
 
 def lvm_options(config: Config) -> LvmOptions:

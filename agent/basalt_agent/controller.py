@@ -96,8 +96,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                              "which no requisite topology allows")
 
     def _reachable(self, topology: csi_pb2.Topology) -> bool:
-        nodes = self.publishing.nodes()
-        return all(k == TOPOLOGY_NODE_KEY and v in nodes for k, v in topology.segments.items())
+        return all(k == TOPOLOGY_NODE_KEY and self.publishing.reaches(v) for k, v in topology.segments.items())
 
     def _content_source(self, request: csi_pb2.CreateVolumeRequest) -> Optional[ContentSource]:
         if not request.HasField("volume_content_source"):
@@ -161,7 +160,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         secrets = request.secrets
         with self.locks.hold(volume_id):
             volume = volumes.get_volume(self.pool, volume_id)
-            if node_id not in self.publishing.nodes():
+            if not self.publishing.reaches(node_id):
                 raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} is unknown: volume {volume_id} "
                                  f"can be published to {', '.join(self.publishing.nodes())}")
             wanted = Publication(readonly=request.readonly, access_mode=cap.mode_name)
@@ -189,8 +188,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         with self.locks.hold(volume_id):
             volume = self.pool.load_volume(volume_id) if is_volume_id(volume_id) else None
             for published in ([node_id] if node_id else sorted(volume.publications) if volume else []):
-                self.publishing.unpublish(volume_id, published)
+                # Record first: if the unexport is interrupted, the agent's reconciliation at start
+                # removes an export that no record wants (the CO retries the call meanwhile).
                 volumes.clear_publication(self.pool, volume_id, published)
+                self.publishing.unpublish(volume_id, published)
         return csi_pb2.ControllerUnpublishVolumeResponse()
 
     @rpc_method

@@ -18,7 +18,7 @@ from basalt_core.lio import LioBackend
 from basalt_core.pool import Pool, open_pool
 from basalt_core.tgt import TgtBackend
 
-from . import DRIVER_NAME, __version__, config, logs, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, server
 from .controller import ControllerService
 from .identity import IdentityService
 from .locks import ObjectLocks
@@ -62,7 +62,14 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
         backend = LioBackend(portals=settings.iscsi_portals)  # rtslib-fb is needed from here on
     export_settings = ExportSettings(settings.iscsi_base_iqn, tuple(settings.iscsi_portals))
     return IscsiPublishing(pool, settings.node_id, backend, export_settings, settings.iscsi_initiators,
-                           settings.iscsi_require_chap)
+                           settings.iscsi_require_chap, settings.iscsi_initiator_base)
+
+
+def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks) -> None:
+    try:
+        reconcile.reconcile(exporting, locks)
+    except Exception:  # e.g. the target service is down: keep serving, the exports stay as they are
+        log.exception("iscsi reconciliation failed")
 
 
 def serve(settings: config.Config) -> int:
@@ -75,13 +82,19 @@ def serve(settings: config.Config) -> int:
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs, [RpcLogInterceptor()])
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services), grpc_server)
+    exporting: Optional[IscsiPublishing] = None
     if "controller" in settings.services:
-        controller = ControllerService(pool, publishing(settings, pool), locks, settings.default_volume_size)
+        published = publishing(settings, pool)
+        exporting = published if isinstance(published, IscsiPublishing) else None
+        controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
     if "node" in settings.services:
         state = NodeState(os.path.join(settings.state_dir, "node"))
+        own_name = initiator.for_node(settings)
+        if own_name is not None:
+            own_name.ensure()
         node = NodeService(pool, settings.node_id, locks, state,
-                           os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size)
+                           os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
 
     stop = threading.Event()
@@ -97,6 +110,8 @@ def serve(settings: config.Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     grpc_server.start()
+    if exporting is not None:  # in the background: the socket serves meanwhile, under the same volume locks
+        threading.Thread(target=_reconcile, args=(exporting, locks), name="reconcile", daemon=True).start()
     log.info("serving", extra={"fields": {
         "driver": DRIVER_NAME, "version": __version__, "endpoint": settings.endpoint, "node_id": settings.node_id,
         "pool": settings.pool_spec, "services": settings.services}})

@@ -21,6 +21,7 @@ from basalt_core.sizes import fit_capacity, parse_size
 from . import TOPOLOGY_NODE_KEY
 from .attachments import Attachment, IscsiAttachment, PoolAttachment, remote_target
 from .errors import RpcFailure, invalid, rpc_method
+from .initiator import InitiatorName
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
@@ -54,8 +55,9 @@ def _failed(message: str) -> RpcFailure:
 
 class NodeService(csi_pb2_grpc.NodeServicer):
     def __init__(self, pool: Pool, node_id: str, locks: ObjectLocks, state: NodeState,
-                 ephemeral_dir: str, default_size: int) -> None:
+                 ephemeral_dir: str, default_size: int, initiator: Optional[InitiatorName] = None) -> None:
         self.pool = pool
+        self.initiator = initiator
         self.node_id = node_id
         self.locks = locks
         self.state = state
@@ -299,6 +301,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     @rpc_method
     def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest, context: grpc.ServicerContext
                     ) -> csi_pb2.NodeGetInfoResponse:
+        if self.initiator is not None:
+            self.initiator.check()  # a node the storage hosts would refuse must not register silently
         return csi_pb2.NodeGetInfoResponse(
             node_id=self.node_id,
             accessible_topology=csi_pb2.Topology(segments={TOPOLOGY_NODE_KEY: self.node_id}),

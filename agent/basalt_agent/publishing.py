@@ -15,7 +15,7 @@ import grpc
 
 from basalt_core import exports
 from basalt_core.errors import Conflict, InvalidRequest
-from basalt_core.iscsi_target import Chap, TargetBackend
+from basalt_core.iscsi_target import Chap, TargetBackend, initiator_iqn_for
 from basalt_core.model import Volume
 from basalt_core.pool import Pool
 
@@ -65,7 +65,12 @@ class Publishing(abc.ABC):
     def nodes(self) -> List[str]:
         """Every node a volume can be published to."""
 
+    def reaches(self, node_id: str) -> bool:
+        """Whether a volume can be published to *node_id* (NOT_FOUND otherwise)."""
+        return node_id in self.nodes()
+
     def topologies(self) -> List[csi_pb2.Topology]:
+        """A volume's accessible topology; empty when it reaches every node."""
         return [topology(node) for node in self.nodes()]
 
     @abc.abstractmethod
@@ -96,21 +101,37 @@ class IscsiPublishing(Publishing):
     access = SHARED
 
     def __init__(self, pool: Pool, node_id: str, backend: TargetBackend, settings: exports.ExportSettings,
-                 initiators: Mapping[str, str], require_chap: bool = True) -> None:
+                 initiators: Mapping[str, str], require_chap: bool = True, initiator_base: str = "") -> None:
         super().__init__(pool, node_id)
         self.backend = backend
         self.settings = settings
         self.initiators = dict(initiators)
         self.require_chap = require_chap
+        self.initiator_base = initiator_base
+        if initiator_base:
+            initiator_iqn_for(initiator_base, node_id)  # a bad base fails at start, not at the first publish
+
+    def initiator_for(self, node_id: str) -> Optional[str]:
+        """*node_id*'s initiator IQN: the explicit map first, else derived under the initiator base."""
+        if node_id in self.initiators:
+            return self.initiators[node_id]
+        return initiator_iqn_for(self.initiator_base, node_id) if self.initiator_base else None
 
     def nodes(self) -> List[str]:
         return sorted(set(self.initiators) | {self.node_id})
+
+    def reaches(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.initiator_for(node_id) is not None
+
+    def topologies(self) -> List[csi_pb2.Topology]:
+        # With derived IQNs every node can attach: no constraint (CSI: accessible from all nodes).
+        return [] if self.initiator_base else super().topologies()
 
     def publish(self, volume: Volume, node_id: str, read_only: bool, secrets: Mapping[str, str]) -> Dict[str, str]:
         context = {POOL_KEY: volume.pool, STORAGE_NODE_KEY: self.node_id}
         if node_id == self.node_id:
             return context  # the storage host stages its own volumes locally, without a loopback session
-        initiator = self.initiators.get(node_id)
+        initiator = self.initiator_for(node_id)
         if initiator is None:
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} has no known initiator IQN")
         chap = chap_from_secrets(secrets)
@@ -127,6 +148,6 @@ class IscsiPublishing(Publishing):
         return context
 
     def unpublish(self, volume_id: str, node_id: str) -> None:
-        initiator = self.initiators.get(node_id)
+        initiator = self.initiator_for(node_id)
         if initiator is not None:
             exports.ensure_unexported(self.pool, self.backend, self.settings, volume_id, initiator)

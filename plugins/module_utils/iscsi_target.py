@@ -17,7 +17,7 @@ import abc
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .errors import InvalidRequest
 
@@ -145,6 +145,17 @@ class TargetBackend(abc.ABC):
     def persist(self) -> None:
         """Write the configuration so that it survives a restart of the target service and the host."""
 
+    def saved_grants(self) -> Dict[str, Dict[str, Optional[Chap]]]:
+        """The grants this backend can restore, per target IQN: initiator IQN -> CHAP (None: without CHAP).
+
+        Reconciliation re-creates a recorded publication's grant from this
+        (CSI records never hold secrets).  Default: the live grants, for
+        backends that read secrets back and whose service restores its own
+        saved configuration (LIO: saveconfig.json); tgt overrides it with its
+        grant record, which outlives tgtd.
+        """
+        return {item.target_iqn: {g.initiator_iqn: g.chap for g in item.grants} for item in self.exports()}
+
     def export(self, target_iqn: str) -> Optional[Export]:
         for item in self.exports():
             if item.target_iqn == target_iqn:
@@ -187,19 +198,32 @@ def target_iqn_for(base_iqn: str, volume_id: str) -> str:
     when that is lossy or too long, a hash of the exact id is appended so two
     volume ids never share a target.
     """
+    return _name_under(base_iqn, volume_id, "volume id", "target IQN")
+
+
+def initiator_iqn_for(base_iqn: str, node_id: str) -> str:
+    """A node's initiator IQN derived from its CSI node id: ``<base_iqn>:<node id, sanitised>``.
+
+    The same rule as :func:`target_iqn_for`, so the controller computes what
+    the node agent writes into its initiatorname file, without a map.
+    """
+    return _name_under(base_iqn, node_id, "node id", "initiator IQN")
+
+
+def _name_under(base_iqn: str, text: str, what: str, result: str) -> str:
     check_iqn(base_iqn, "base IQN")
     if not base_iqn.startswith("iqn.") or ":" in base_iqn:
         raise InvalidRequest(f"base IQN {base_iqn!r} must be an iqn. name without a ':' part")
-    if not volume_id:
-        raise InvalidRequest("volume id is empty")
-    clean = _SUFFIX_UNSAFE.sub("-", volume_id.lower()).strip("-.") or "vol"
+    if not text:
+        raise InvalidRequest(f"{what} is empty")
+    clean = _SUFFIX_UNSAFE.sub("-", text.lower()).strip("-.") or "vol"
     room = MAX_IQN_BYTES - len(base_iqn) - 1
-    if clean != volume_id or len(clean) > room:
-        digest = hashlib.sha256(volume_id.encode()).hexdigest()[:12]
+    if clean != text or len(clean) > room:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         clean = f"{clean[: max(0, room - 13)]}-{digest}".lstrip("-")
     if room < 13:
-        raise InvalidRequest(f"base IQN {base_iqn!r} leaves no room for a volume name")
-    return check_iqn(f"{base_iqn}:{clean}", "target IQN")
+        raise InvalidRequest(f"base IQN {base_iqn!r} leaves no room for a {what}")
+    return check_iqn(f"{base_iqn}:{clean}", result)
 
 
 def serial_for(volume_id: str) -> str:

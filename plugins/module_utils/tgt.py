@@ -583,6 +583,11 @@ class TgtBackend(TargetBackend):
             ))
         return found
 
+    def saved_grants(self) -> Dict[str, Dict[str, Optional[Chap]]]:
+        """The grant record (it outlives tgtd, which forgets everything when it stops)."""
+        return {iqn: {initiator: _chap_from_json(doc) for initiator, doc in entry["grants"].items()}
+                for iqn, entry in self._load().items()}
+
     def persist(self) -> None:
         """Write :attr:`conf_path` (mode 0600: it holds CHAP secrets) from the live state and the record.
 

@@ -10,60 +10,27 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
-from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import grpc
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
+from agent_iscsi_testlib import CHAP, NODE_A, NODE_B, create, image_of, login, mapped_nodes, publish, storage_host_args
 from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root, mount_cap
-from libiscsi_client import IscsiError, Session
+from libiscsi_client import IscsiError
 
 from basalt_agent.proto import csi_pb2 as csi
-
-MiB = 1 << 20
-NODE_A = "iqn.2026-11.dev.basalt.test:node-a"
-NODE_B = "iqn.2026-11.dev.basalt.test:node-b"
-CHAP = {"node.session.auth.username": "node-a-user", "node.session.auth.password": "Secret-Of-A-1234"}
 
 
 @pytest.fixture
 def storage_host(tgtd: Any) -> Iterator[Agent]:
     root = make_root("iscsi")
-    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1", extra_args=[
-        "--iscsi-backend", "tgt", "--tgt-control-port", str(tgtd.control_port),
-        "--tgt-conf", os.path.join(root, "tgt-basalt.conf"), "--iscsi-portal", tgtd.portal,
-        "--iscsi-initiator", f"node-a={NODE_A}", "--iscsi-initiator", f"node-b={NODE_B}",
-    ])
+    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
+                  extra_args=storage_host_args(tgtd, root, *mapped_nodes()))
     try:
         yield agent.start()
     finally:
         agent.stop()
         cleanup_root(root)
-
-
-def create(agent: Agent, name: str, cap: Any) -> Any:
-    return agent.ctl.CreateVolume(csi.CreateVolumeRequest(
-        name=name, capacity_range=csi.CapacityRange(required_bytes=4 * MiB), volume_capabilities=[cap])).volume
-
-
-def publish(agent: Agent, volume_id: str, node: str, cap: Any, readonly: bool = False,
-            secrets: Dict[str, str] = CHAP) -> Dict[str, str]:
-    return dict(agent.ctl.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
-        volume_id=volume_id, node_id=node, volume_capability=cap, readonly=readonly, secrets=secrets)
-    ).publish_context)
-
-
-def login(context: Dict[str, str], initiator: str, password: str = CHAP["node.session.auth.password"]) -> Session:
-    return Session(context["basalt.dev/iscsi-portals"].split(",")[0], context["basalt.dev/iscsi-target"],
-                   initiator, lun=int(context["basalt.dev/iscsi-lun"]), user=CHAP["node.session.auth.username"],
-                   password=password)
-
-
-def image_of(agent: Agent, volume_id: str) -> str:
-    return os.path.join(agent.pool, "volumes", volume_id + ".img")
 
 
 def test_only_the_published_node_with_the_right_secret_reaches_the_data(storage_host: Agent) -> None:

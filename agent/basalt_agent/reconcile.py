@@ -1,0 +1,191 @@
+"""A storage host's iSCSI exports made to agree with the volumes' publication records, at start.
+
+The records (ControllerPublish writes one per node into the volume's record,
+after the export) say what should be exported; the target backend says what
+is.  They disagree after tgtd restarted without loading its config (exports
+missing), after a crash between an export and its record, or after an
+interrupted unpublish (exports nobody wants).  :func:`plan` turns both sides
+into actions, as data; :func:`reconcile` applies them one target at a time,
+under the volume's lock, re-planning each target from fresh state first, so
+RPCs served meanwhile are never undone.
+
+Only targets under the configured base IQN are considered: anything else on
+the target service is not ours and is never touched.  CHAP secrets are never
+in the records: a missing grant is re-created with the credentials the
+backend saved (:meth:`~basalt_core.iscsi_target.TargetBackend.saved_grants`),
+or left out and logged when it has none.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from basalt_core.iscsi_target import Chap, Export, serial_for, target_iqn_for
+from basalt_core.model import Volume
+
+from .locks import ObjectLocks
+from .proto import csi_pb2
+from .publishing import IscsiPublishing
+from .validation import READ_ONLY_MODES
+
+log = logging.getLogger("basalt.reconcile")
+
+EXPORT = "export"
+GRANT = "grant"
+REVOKE = "revoke"
+REMOVE = "remove"
+SKIP = "skip"
+
+SavedGrants = Mapping[str, Mapping[str, Optional[Chap]]]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One publication to another node, as a volume's record holds it."""
+
+    volume_id: str
+    target_iqn: str
+    node_id: str
+    initiator_iqn: Optional[str]  # None: the node has no known initiator IQN (any more)
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    target_iqn: str
+    volume_id: str = ""
+    initiator_iqn: str = ""
+    chap: Optional[Chap] = None
+    read_only: bool = False
+    initiators: Tuple[str, ...] = ()  # REMOVE: the grants to revoke first
+    reason: str = ""
+
+
+def plan(base_iqn: str, live: Sequence[Export], saved: SavedGrants, wanted: Sequence[Wanted]) -> List[Action]:
+    """The actions that make *live* (and the backend's *saved* grants) match *wanted*, target by target."""
+    prefix = base_iqn + ":"
+    live_by = {e.target_iqn: e for e in live if e.target_iqn.startswith(prefix)}
+    saved_by = {t: dict(g) for t, g in saved.items() if t.startswith(prefix)}
+    wanted_by: Dict[str, List[Wanted]] = {}
+    for item in wanted:
+        wanted_by.setdefault(item.target_iqn, []).append(item)
+    actions: List[Action] = []
+    for target in sorted(set(live_by) | set(saved_by) | set(wanted_by)):
+        current, remembered = live_by.get(target), saved_by.get(target, {})
+        have = {g.initiator_iqn for g in current.grants} if current else set()
+        want = wanted_by.get(target, [])
+        if not want:
+            initiators = tuple(sorted(have | set(remembered)))
+            actions.append(Action(REMOVE, target, initiators=initiators, reason="no publication record wants it"))
+            continue
+        volume_id = want[0].volume_id
+        if current is None or not current.device:
+            actions.append(Action(EXPORT, target, volume_id, read_only=any(w.read_only for w in want),
+                                  reason="recorded publication, target missing"))
+        known = set()
+        for item in want:
+            if item.initiator_iqn is None:
+                actions.append(Action(SKIP, target, volume_id,
+                                      reason=f"node {item.node_id} has no known initiator IQN"))
+                continue
+            known.add(item.initiator_iqn)
+            if item.initiator_iqn in have:
+                continue
+            if item.initiator_iqn not in remembered:
+                actions.append(Action(SKIP, target, volume_id, item.initiator_iqn,
+                                      reason=f"no saved credentials for node {item.node_id}: publish it again"))
+                continue
+            actions.append(Action(GRANT, target, volume_id, item.initiator_iqn, remembered[item.initiator_iqn],
+                                  reason=f"recorded publication to node {item.node_id}, grant missing"))
+        for stale in sorted((have | set(remembered)) - known):
+            actions.append(Action(REVOKE, target, volume_id, stale, reason="no publication record wants it"))
+    return actions
+
+
+def wanted_of(publishing: IscsiPublishing, volumes: Iterable[Volume]) -> List[Wanted]:
+    """The recorded publications that are exports (the storage host uses its own volumes in place)."""
+    base = publishing.settings.base_iqn
+    found = []
+    for volume in volumes:
+        for node_id, publication in sorted(volume.publications.items()):
+            if node_id == publishing.node_id:
+                continue
+            read_only = publication.readonly or \
+                csi_pb2.VolumeCapability.AccessMode.Mode.Value(publication.access_mode) in READ_ONLY_MODES
+            found.append(Wanted(volume.id, target_iqn_for(base, volume.id), node_id,
+                                publishing.initiator_for(node_id), read_only))
+    return found
+
+
+@dataclass
+class Summary:
+    applied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    busy: int = 0
+
+
+def reconcile(publishing: IscsiPublishing, locks: ObjectLocks) -> Summary:
+    """Bring the backend in line with the records; one target's failure never stops the others."""
+    backend, base = publishing.backend, publishing.settings.base_iqn
+    volumes = publishing.pool.all_volumes()
+    by_target = {target_iqn_for(base, v.id): v for v in volumes}
+    first = plan(base, backend.exports(), backend.saved_grants(), wanted_of(publishing, volumes))
+    summary = Summary()
+    for target in dict.fromkeys(a.target_iqn for a in first):  # in plan order, once each
+        volume = by_target.get(target)
+        with locks.try_hold(volume.id if volume else target) as granted:
+            if not granted:  # an RPC is at work on it and settles it itself
+                summary.busy += 1
+                log.info("reconcile: %s is busy, left to the RPC in progress", target)
+                continue
+            try:
+                _settle(publishing, target, volume.id if volume else None, summary)
+            except Exception as error:  # keep going: the other volumes and the agent matter more
+                summary.failed += 1
+                log.error("reconcile: %s failed: %s", target, error,
+                          extra={"fields": {"target": target, "error": type(error).__name__}})
+    if summary.applied:
+        try:
+            backend.persist()
+        except Exception as error:
+            summary.failed += 1
+            log.error("reconcile: persisting the target configuration failed: %s", error)
+    log.info("iscsi reconciliation finished", extra={"fields": {
+        "applied": summary.applied, "skipped": summary.skipped, "failed": summary.failed, "busy": summary.busy}})
+    return summary
+
+
+def _settle(publishing: IscsiPublishing, target: str, volume_id: Optional[str], summary: Summary) -> None:
+    """Re-plan *target* from fresh state (under its lock) and apply the actions."""
+    backend, pool = publishing.backend, publishing.pool
+    volume = pool.load_volume(volume_id) if volume_id else None
+    current = backend.export(target)
+    saved = {target: backend.saved_grants().get(target, {})}
+    actions = plan(publishing.settings.base_iqn, [current] if current else [], saved,
+                   wanted_of(publishing, [volume] if volume else []))
+    for action in actions:
+        fields = {"action": action.kind, "target": target, "volume_id": action.volume_id or None,
+                  "initiator": action.initiator_iqn or None, "reason": action.reason}
+        if action.kind == SKIP:
+            summary.skipped += 1
+            log.warning("reconcile: cannot restore %s: %s", target, action.reason, extra={"fields": fields})
+            continue
+        if action.kind == EXPORT:
+            assert volume is not None  # an export is only ever wanted by this volume's own record
+            backend.ensure_export(target, pool.attach(volume), serial_for(volume.id), action.read_only)
+        elif action.kind == GRANT:
+            backend.ensure_grant(target, action.initiator_iqn, action.chap)
+        elif action.kind == REVOKE:
+            backend.revoke_grant(target, action.initiator_iqn)
+        elif action.kind == REMOVE:
+            for initiator in action.initiators:
+                backend.revoke_grant(target, initiator)
+            backend.remove_export(target)
+            if volume is not None and not volume.publications:
+                pool.detach(volume)  # as the last unpublish would have done
+        summary.applied += 1
+        log.info("reconcile: %s %s", action.kind, target, extra={"fields": fields})

@@ -1,0 +1,63 @@
+"""A storage-host agent exporting over a private tgtd, and the CSI calls and logins the iSCSI tests share."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
+from basalt_csi_testlib import Agent, iter_log_records, retry_until
+from libiscsi_client import Session
+
+from basalt_agent.proto import csi_pb2 as csi
+
+MiB = 1 << 20
+BASE_IQN = "iqn.2026-11.dev.basalt"  # the agent's default --iscsi-base-iqn
+NODE_A = "iqn.2026-11.dev.basalt.test:node-a"
+NODE_B = "iqn.2026-11.dev.basalt.test:node-b"
+CHAP = {"node.session.auth.username": "node-a-user", "node.session.auth.password": "Secret-Of-A-1234"}
+RECONCILED = "iscsi reconciliation finished"
+
+
+def storage_host_args(tgtd: Any, root: str, *extra: str) -> List[str]:
+    return ["--iscsi-backend", "tgt", "--tgt-control-port", str(tgtd.control_port),
+            "--tgt-conf", os.path.join(root, "tgt-basalt.conf"), "--iscsi-portal", tgtd.portal, *extra]
+
+
+def mapped_nodes() -> List[str]:
+    return ["--iscsi-initiator", f"node-a={NODE_A}", "--iscsi-initiator", f"node-b={NODE_B}"]
+
+
+def create(agent: Agent, name: str, cap: Any) -> Any:
+    return agent.ctl.CreateVolume(csi.CreateVolumeRequest(
+        name=name, capacity_range=csi.CapacityRange(required_bytes=4 * MiB), volume_capabilities=[cap])).volume
+
+
+def publish(agent: Agent, volume_id: str, node: str, cap: Any, readonly: bool = False,
+            secrets: Dict[str, str] = CHAP) -> Dict[str, str]:
+    return dict(agent.ctl.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
+        volume_id=volume_id, node_id=node, volume_capability=cap, readonly=readonly, secrets=secrets)
+    ).publish_context)
+
+
+def login(context: Dict[str, str], initiator: str, password: str = CHAP["node.session.auth.password"]) -> Session:
+    return Session(context["basalt.dev/iscsi-portals"].split(",")[0], context["basalt.dev/iscsi-target"],
+                   initiator, lun=int(context["basalt.dev/iscsi-lun"]), user=CHAP["node.session.auth.username"],
+                   password=password)
+
+
+def image_of(agent: Agent, volume_id: str) -> str:
+    return os.path.join(agent.pool, "volumes", volume_id + ".img")
+
+
+def reconciliations(agent: Agent) -> List[Dict[str, Any]]:
+    """The summaries of the agent's reconciliations so far (one per start), oldest first."""
+    return [r for r in iter_log_records(agent.log()) if r.get("msg") == RECONCILED]
+
+
+def wait_reconciled(agent: Agent, starts: int, timeout: float = 60.0) -> Dict[str, Any]:
+    """Wait for the reconciliation of the agent's *starts*-th start; return its summary."""
+    assert retry_until(lambda: len(reconciliations(agent)) >= starts, timeout), agent.log()[-4000:]
+    return reconciliations(agent)[starts - 1]

@@ -1,0 +1,156 @@
+"""The storage host reconciles tgtd with its publication records at start: real tgtd, real logins (libiscsi).
+
+tgtd is killed (SIGKILL, as a crash) and a fresh, empty tgtd takes its
+control port and portal, as after a restart that did not load the config
+file.  The restarted agent must export the recorded publications again,
+with the same ACL and CHAP (logins with the right secret work, the refused
+cases stay refused), remove a target under its base IQN that no record
+wants, and leave a foreign target alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Tuple
+
+import pytest
+from agent_iscsi_testlib import (
+    BASE_IQN,
+    CHAP,
+    NODE_A,
+    NODE_B,
+    create,
+    image_of,
+    login,
+    mapped_nodes,
+    publish,
+    storage_host_args,
+    wait_reconciled,
+)
+from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root
+from libiscsi_client import IscsiError
+from tgtd_testlib import Tgtd
+
+from basalt_agent.proto import csi_pb2 as csi
+from basalt_core import tgt
+
+STRAY = f"{BASE_IQN}:vol-00000000-0000-5000-8000-000000000000"  # ours by name, in no record
+FOREIGN = "iqn.2003-01.org.example.other:disk1"
+
+
+@pytest.fixture
+def host(tgtd: Tgtd) -> Iterator[Tuple[Agent, Tgtd]]:
+    root = make_root("iscsi-reconcile")
+    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
+                  extra_args=storage_host_args(tgtd, root, *mapped_nodes()))
+    try:
+        yield agent.start(), tgtd
+    finally:
+        agent.stop()
+        cleanup_root(root)
+
+
+def crash_and_restart_tgtd(daemon: Tgtd) -> "subprocess.Popen[bytes]":
+    """SIGKILL our tgtd; start an empty one on the same control port and portal (stop it with stop_private_tgtd)."""
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    fresh = tgt.start_private_tgtd(daemon.control_port, daemon.portal, wait=30.0)
+    assert tgt.TgtBackend(control_port=daemon.control_port).targets() == []
+    return fresh
+
+
+def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent, Tgtd], loop: Any,
+                                                              tmp_path: Path) -> None:
+    agent, daemon = host
+    volume = create(agent, "kept", block_cap())
+    context = publish(agent, volume.volume_id, "node-a", block_cap())
+    with login(context, NODE_A) as session:
+        assert session.write(16, b"K" * 512).good
+    readers_cap = block_cap(AM.MULTI_NODE_READER_ONLY)
+    readers = create(agent, "readers", readers_cap)
+    readers_context = publish(agent, readers.volume_id, "node-b", readers_cap, readonly=True)
+    gone = create(agent, "unpublished", block_cap())
+    gone_context = publish(agent, gone.volume_id, "node-a", block_cap())
+    agent.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=gone.volume_id,
+                                                                             node_id="node-a"))
+    agent.stop()
+
+    fresh = crash_and_restart_tgtd(daemon)
+    try:
+        # Someone else's target, and one of ours that no record wants (a crash between export and record).
+        other = tgt.TgtBackend(control_port=daemon.control_port, conf_path=str(tmp_path / "other.conf"),
+                               record_path=str(tmp_path / "other.json"))
+        for target in (FOREIGN, STRAY):
+            other.ensure_export(target, loop.device, "feedfacefeedface", False)
+            other.ensure_grant(target, NODE_B, None)
+
+        agent.start()
+        summary = wait_reconciled(agent, 2)
+        assert (summary["applied"], summary["failed"], summary["skipped"]) == (5, 0, 0), summary
+        targets = {t.iqn: t for t in tgt.TgtBackend(control_port=daemon.control_port).targets()}
+        assert sorted(targets) == sorted([context["basalt.dev/iscsi-target"],
+                                          readers_context["basalt.dev/iscsi-target"], FOREIGN])
+        assert targets[FOREIGN].initiator_acls == (NODE_B,)  # untouched
+
+        with login(context, NODE_A) as session:  # same secret as before the crash, same data
+            assert session.read(16, 512).data == b"K" * 512
+        with pytest.raises(IscsiError):
+            login(context, NODE_B)
+        with pytest.raises(IscsiError):
+            login(context, NODE_A, password="Wrong-Secret-999")
+        with pytest.raises(IscsiError):
+            login(gone_context, NODE_A)  # unpublished before the crash: stays withdrawn
+        with login(readers_context, NODE_B) as session:
+            assert session.read(0, 512).good
+            assert not session.write(0, b"X" * 512).good  # still read-only at the target
+        with open(image_of(agent, readers.volume_id), "rb") as image:
+            assert image.read(512) == b"\0" * 512
+
+        log = agent.log()
+        assert f"reconcile: remove {STRAY}" in log and FOREIGN not in log
+        assert CHAP["node.session.auth.password"] not in log
+        with open(os.path.join(agent.root, "tgt-basalt.conf")) as handle:  # persisted again
+            persisted = handle.read()
+        assert context["basalt.dev/iscsi-target"] in persisted and STRAY not in persisted
+
+        agent.stop()  # idempotent: a second start finds nothing to do
+        agent.start()
+        assert wait_reconciled(agent, 3)["applied"] == 0
+        agent.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=volume.volume_id,
+                                                                                 node_id="node-a"))
+        with pytest.raises(IscsiError):
+            login(context, NODE_A)
+        other.revoke_grant(FOREIGN, NODE_B)
+        other.remove_export(FOREIGN)
+    finally:
+        agent.stop()
+        tgt.stop_private_tgtd(daemon.control_port, fresh)
+
+
+def test_one_failing_volume_does_not_stop_the_others(host: Tuple[Agent, Tgtd]) -> None:
+    agent, daemon = host
+    broken = create(agent, "broken", block_cap())
+    publish(agent, broken.volume_id, "node-a", block_cap())
+    fine = create(agent, "fine", block_cap())
+    context = publish(agent, fine.volume_id, "node-a", block_cap())
+    agent.stop()
+    fresh = crash_and_restart_tgtd(daemon)
+    try:
+        # The broken volume's image disappears behind the agent's back: its export cannot be re-created.
+        image = image_of(agent, broken.volume_id)
+        for device in agent.loops_for(image):
+            subprocess.run(["losetup", "--detach", device], check=True, timeout=30)
+        assert agent.detached(image, timeout=30)
+        os.unlink(image)
+
+        agent.start()
+        summary = wait_reconciled(agent, 2)
+        assert summary["failed"] == 1 and summary["applied"] == 2, summary
+        with login(context, NODE_A) as session:
+            assert session.read(0, 512).good
+        assert agent.identity.Probe(csi.ProbeRequest()).ready.value  # still serving
+    finally:
+        agent.stop()
+        tgt.stop_private_tgtd(daemon.control_port, fresh)
