@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 from typing import List, Mapping, Optional
 
+import grpc
+
 from basalt_core import iscsi_attach, iscsiadm
 from basalt_core.atomicfile import fsync_path
 from basalt_core.iscsi_target import Chap
 from basalt_core.model import Volume
 from basalt_core.pool import Pool
 
+from .errors import RpcFailure
 from .publishing import PORTALS_KEY, SERIAL_KEY, STORAGE_NODE_KEY, TARGET_KEY
 
 
@@ -73,17 +76,21 @@ class IscsiAttachment(Attachment):
         self.chap = chap
 
     def attach(self) -> str:
-        device, _changed = iscsi_attach.ensure_attached(self.target_iqn, self.portals, self.chap, self.serial)
+        try:
+            device, _changed = iscsi_attach.ensure_attached(self.target_iqn, self.portals, self.chap, self.serial)
+        except iscsiadm.LoginFailed as failed:
+            raise _login_failure(self.target_iqn, failed) from None
         return device
 
     def device(self) -> Optional[str]:
-        return iscsiadm.find_device(self.serial)
+        return iscsi_attach.attached_device(self.serial)
 
     def detach(self) -> None:
         device = self.device()
         if device is not None:
             fsync_path(device)
-        iscsi_attach.ensure_detached(self.target_iqn, self.portals)  # also when the disk is already gone
+        # also when the disk is already gone; a multipath map is flushed before the logouts
+        iscsi_attach.ensure_detached(self.target_iqn, self.portals, serial=self.serial)
 
     def refresh(self) -> None:
         iscsi_attach.rescan(self.target_iqn, self.portals)
@@ -92,6 +99,17 @@ class IscsiAttachment(Attachment):
         if self.device() is None:
             return f"no disk with serial {self.serial} from {self.target_iqn}: the iSCSI session is gone"
         return None
+
+
+def _login_failure(target_iqn: str, failed: iscsiadm.LoginFailed) -> RpcFailure:
+    """The CSI code for a refused login: bad secrets are UNAUTHENTICATED (spec "Error Scheme")."""
+    if failed.reason == "auth":
+        # LIO answers the same for a wrong CHAP secret and for an initiator without an ACL.
+        return RpcFailure(grpc.StatusCode.UNAUTHENTICATED,
+                          f"{target_iqn} refused this node's login (authorization failure): check the CHAP "
+                          "credentials of the node-stage secret, and that the volume is published to this node")
+    code = grpc.StatusCode.UNAVAILABLE if failed.reason == "timeout" else grpc.StatusCode.FAILED_PRECONDITION
+    return RpcFailure(code, f"cannot log in to {target_iqn} ({failed.reason}): {failed.stderr}")
 
 
 def remote_target(publish_context: Mapping[str, str], node_id: str) -> Optional[IscsiAttachment]:

@@ -68,12 +68,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def _stage(self, attachment: Attachment, path: str, cap: Capability) -> str:
         """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
         was_attached = attachment.device() is not None
-        device = attachment.attach()
-        if cap.block:
-            return device
         try:
-            staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
+            device = attachment.attach()
+            if not cap.block:
+                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
         except BaseException:
+            # A refused login leaves a node record (and maybe sessions on other portals): undo it all.
             if not was_attached:
                 attachment.detach()
             raise

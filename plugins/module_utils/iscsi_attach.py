@@ -7,9 +7,10 @@ disk and goes on.
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional, Sequence, Set, Tuple, overload
 
-from . import iscsiadm
+from . import iscsiadm, multipath
 from .errors import InvalidRequest
 from .iscsi_target import Chap, check_iqn
 from .runner import run
@@ -60,11 +61,30 @@ def ensure_attached(target_iqn: str, portals: Sequence[str], chap: Optional[Chap
     for portal in portals:
         changed = iscsiadm.ensure_node(target_iqn, portal, chap) or changed
         changed = iscsiadm.login(target_iqn, portal) or changed
-    return iscsiadm.wait_for_device(serial, timeout), changed
+    return _device_after_login(serial, len(portals), timeout), changed
 
 
-def ensure_detached(target_iqn: str, portals: Sequence[str], *, check_mode: bool = False) -> bool:
-    """Log out of every portal's session and forget the node records.
+def _device_after_login(serial: str, paths: int, timeout: float) -> str:
+    """The disk, or the multipath map over one disk per portal when there are several and multipathd runs."""
+    if paths > 1 and multipath.daemon_running():
+        disks = iscsiadm.wait_for_disks(serial, paths, timeout)
+        return multipath.wait_for_map([os.path.basename(d) for d in disks], timeout).device
+    return attached_device(serial) or iscsiadm.wait_for_device(serial, timeout)
+
+
+def attached_device(serial: str) -> Optional[str]:
+    """Where the volume with unit serial *serial* is now: its multipath map if one holds its disks, else
+    its disk; None when no disk is there."""
+    disks = iscsiadm.find_disks(serial)
+    held = multipath.map_for(os.path.basename(d) for d in disks)
+    if held is not None:
+        return held.device
+    return disks[0] if disks else None
+
+
+def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = "", check_mode: bool = False) -> bool:
+    """Log out of every portal's session and forget the node records; the multipath map over the disks
+    with unit serial *serial* (when given) is flushed first.
 
     With *check_mode* nothing changes: True when a session or a node record is there.
     """
@@ -73,6 +93,9 @@ def ensure_detached(target_iqn: str, portals: Sequence[str], *, check_mode: bool
         portals = [iscsiadm.check_portal(p) for p in portals]
         return any(session_portal(p) in live or iscsiadm.node_settings(target_iqn, p) is not None for p in portals)
     changed = False
+    held = multipath.map_for(os.path.basename(d) for d in iscsiadm.find_disks(serial)) if serial else None
+    if held is not None:
+        changed = multipath.flush(held.name)  # before logout: a map without paths would queue I/O forever
     for portal in portals:
         changed = iscsiadm.logout(target_iqn, portal) or changed
         changed = iscsiadm.delete_node(target_iqn, portal) or changed

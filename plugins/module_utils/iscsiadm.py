@@ -245,26 +245,30 @@ def read_vpd_serial(raw: bytes) -> str:
     return raw[4 : 4 + length].decode("ascii", errors="replace").strip(" \0")
 
 
-def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -> Optional[str]:
-    """The /dev/sdX whose SCSI unit serial is *serial*, or None.
+def find_disks(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -> List[str]:
+    """Every /dev/sdX whose SCSI unit serial is *serial*: one per portal when logged in on several.
 
     First ``/sys/block/sd*/device/vpd_pg80`` (the kernel's copy, no udev
-    needed); then ``/dev/disk/by-id/scsi-S*_<serial>`` (udev's scsi_id links).
+    needed); then ``/dev/disk/by-id/scsi-S*_<serial>`` (udev's scsi_id links,
+    one disk only).
     """
     block = os.path.join(sys_root, "block")
     try:
         names = sorted(os.listdir(block))
     except FileNotFoundError:
         names = []
+    found = []
     for name in names:
         if not name.startswith("sd"):
             continue
         try:
             with open(os.path.join(block, name, "device", "vpd_pg80"), "rb") as handle:
                 if read_vpd_serial(handle.read()) == serial:
-                    return os.path.join(dev_root, name)
+                    found.append(os.path.join(dev_root, name))
         except OSError:
             continue
+    if found:
+        return found
     by_id = os.path.join(dev_root, "disk", "by-id")
     try:
         links = sorted(os.listdir(by_id))
@@ -272,8 +276,14 @@ def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") 
         links = []
     for link in links:
         if link.startswith("scsi-S") and link.endswith("_" + serial) and "-part" not in link:
-            return os.path.realpath(os.path.join(by_id, link))
-    return None
+            return [os.path.realpath(os.path.join(by_id, link))]
+    return []
+
+
+def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -> Optional[str]:
+    """The (first) /dev/sdX whose SCSI unit serial is *serial*, or None."""
+    disks = find_disks(serial, sys_root=sys_root, dev_root=dev_root)
+    return disks[0] if disks else None
 
 
 def _monitor(use_udev: Optional[bool]) -> Any:
@@ -294,7 +304,15 @@ def _monitor(use_udev: Optional[bool]) -> Any:
 
 def wait_for_device(serial: str, timeout: float = 30.0, *, sys_root: str = "/sys", dev_root: str = "/dev",
                     use_udev: Optional[bool] = None, poll_interval: float = 0.25) -> str:
-    """Wait until the disk with unit serial *serial* appears after a login; return its /dev path.
+    """Wait until the disk with unit serial *serial* appears after a login; return its /dev path."""
+    return wait_for_disks(serial, 1, timeout, sys_root=sys_root, dev_root=dev_root, use_udev=use_udev,
+                          poll_interval=poll_interval)[0]
+
+
+def wait_for_disks(serial: str, count: int, timeout: float = 30.0, *, sys_root: str = "/sys",
+                   dev_root: str = "/dev", use_udev: Optional[bool] = None,
+                   poll_interval: float = 0.25) -> List[str]:
+    """Wait until *count* disks with unit serial *serial* exist (one per portal logged in); return them.
 
     With pyudev (optional), block-device uevents wake the scan at once
     (source "udev" where udevd runs, "kernel" otherwise: the kernel's own
@@ -307,12 +325,13 @@ def wait_for_device(serial: str, timeout: float = 30.0, *, sys_root: str = "/sys
     deadline = time.monotonic() + timeout
     try:
         while True:
-            found = find_device(serial, sys_root=sys_root, dev_root=dev_root)
-            if found is not None:
+            found = find_disks(serial, sys_root=sys_root, dev_root=dev_root)
+            if len(found) >= count:
                 return found
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise NotFound(f"no SCSI disk with serial {serial!r} appeared within {timeout:g}s")
+                raise NotFound(f"{len(found)} of {count} SCSI disk(s) with serial {serial!r} appeared within "
+                               f"{timeout:g}s")
             wait = min(remaining, poll_interval)
             if monitor is not None:
                 select.select([monitor], [], [], wait)

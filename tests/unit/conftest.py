@@ -39,7 +39,7 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm", "tgt", "iscsiadm")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm", "tgt", "iscsiadm", "multipath")
 
 
 @pytest.fixture

@@ -237,3 +237,29 @@ def test_wait_for_device_polls_until_it_appears(tmp_path: Path) -> None:
 def test_wait_for_device_times_out(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="abc123"):
         iscsiadm.wait_for_device("abc123", 0.2, sys_root=str(tmp_path), dev_root=str(tmp_path), poll_interval=0.05)
+
+
+def test_find_disks_gives_one_disk_per_portal(tmp_path: Path) -> None:
+    # Logged in on two portals, the kernel has two SCSI disks with the target's one serial.
+    sys_root = tmp_path / "sys"
+    _disk(sys_root, "sda", "5b1fd0c2a1b2c3d4")
+    _disk(sys_root, "sdb", "other")
+    _disk(sys_root, "sdc", "5b1fd0c2a1b2c3d4")
+    assert iscsiadm.find_disks("5b1fd0c2a1b2c3d4", sys_root=str(sys_root), dev_root="/dev") == ["/dev/sda", "/dev/sdc"]
+    assert iscsiadm.find_disks("nothing", sys_root=str(sys_root), dev_root=str(tmp_path)) == []
+
+
+def test_wait_for_disks_waits_for_every_path(tmp_path: Path) -> None:
+    sys_root = tmp_path / "sys"
+    _disk(sys_root, "sda", "abc123")
+    timer = threading.Timer(0.3, _disk, args=(sys_root, "sdb", "abc123"))
+    timer.start()
+    try:
+        found = iscsiadm.wait_for_disks("abc123", 2, 5, sys_root=str(sys_root), dev_root="/dev", use_udev=False,
+                                        poll_interval=0.05)
+    finally:
+        timer.cancel()
+    assert found == ["/dev/sda", "/dev/sdb"]
+    with pytest.raises(NotFound, match="2 of 3 SCSI disk"):
+        iscsiadm.wait_for_disks("abc123", 3, 0.2, sys_root=str(sys_root), dev_root="/dev", use_udev=False,
+                                poll_interval=0.05)

@@ -24,6 +24,7 @@ from basalt_agent.nodestate import NodeState
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_core import iscsi_attach, iscsiadm
 from basalt_core import mount as mounts
+from basalt_core.errors import CommandFailed
 from basalt_core.file_pool import FilePool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and mounts")
@@ -62,12 +63,12 @@ class FakeInitiator:
         self.logged_in = True
         return self.disk, True
 
-    def ensure_detached(self, target: str, portals: List[str]) -> bool:
+    def ensure_detached(self, target: str, portals: List[str], **_: Any) -> bool:
         self.calls.append(("detach", target, list(portals)))
         self.logged_in = False
         return True
 
-    def find_device(self, serial: str, **_: Any) -> Optional[str]:
+    def attached_device(self, serial: str) -> Optional[str]:
         return self.disk if self.logged_in and serial == CONTEXT["basalt.dev/serial"] else None
 
 
@@ -81,7 +82,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dict[str, 
     initiator = FakeInitiator(disk)
     monkeypatch.setattr(iscsi_attach, "ensure_attached", initiator.ensure_attached)
     monkeypatch.setattr(iscsi_attach, "ensure_detached", initiator.ensure_detached)
-    monkeypatch.setattr(iscsiadm, "find_device", initiator.find_device)
+    monkeypatch.setattr(iscsi_attach, "attached_device", initiator.attached_device)
     pool = FilePool(str(tmp_path / "pool"))
     pool.ensure_layout()
     service = NodeService(pool, "node-a", ObjectLocks(), NodeState(str(tmp_path / "state")),
@@ -159,3 +160,28 @@ def test_the_storage_host_stages_its_own_volume_without_a_login(node: Dict[str, 
             volume_id="vol-" + "4" * 32, staging_target_path=str(tmp / "s"), volume_capability=CAP,
             publish_context=local, secrets=SECRETS), Context())
     assert caught.value.code == grpc.StatusCode.NOT_FOUND and initiator.calls == []
+
+
+@pytest.mark.parametrize(("rc", "code"), [(iscsiadm.ERR_LOGIN_AUTH_FAILED, grpc.StatusCode.UNAUTHENTICATED),
+                                          (iscsiadm.ERR_FATAL_LOGIN, grpc.StatusCode.FAILED_PRECONDITION),
+                                          (iscsiadm.ERR_TRANS_TIMEOUT, grpc.StatusCode.UNAVAILABLE)])
+def test_a_refused_login_maps_to_its_code_and_leaves_no_node_record(
+        node: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, rc: int, code: grpc.StatusCode) -> None:
+    service, initiator, tmp = node["service"], node["initiator"], node["tmp"]
+
+    def refused(target: str, portals: List[str], chap: Any, serial: str, **_: Any) -> Any:
+        initiator.calls.append(("attach", target, list(portals)))
+        # the text iscsiadm 2.1.8 printed in the VM tier for a wrong CHAP secret (LIO target)
+        raise iscsiadm.LoginFailed(CommandFailed(["iscsiadm", "--login"], rc, "iscsiadm: Could not login to "
+                                                 f"[iface: default, target: {target}, portal: 192.0.2.10,3260]."))
+
+    monkeypatch.setattr(iscsi_attach, "ensure_attached", refused)
+    with pytest.raises(Aborted) as caught:
+        service.NodeStageVolume(csi.NodeStageVolumeRequest(
+            volume_id="vol-" + "5" * 32, staging_target_path=str(tmp / "s"), volume_capability=CAP,
+            publish_context=CONTEXT, secrets=SECRETS), Context())
+    assert caught.value.code == code
+    # the node record that ensure_node wrote before the refused login is removed again
+    assert initiator.calls == [("attach", TARGET, ["192.0.2.10:3260", "192.0.2.11:3260"]),
+                               ("detach", TARGET, ["192.0.2.10:3260", "192.0.2.11:3260"])]
+    assert service.state.load("vol-" + "5" * 32) is None

@@ -1,0 +1,126 @@
+"""dm-multipath (multipath-tools 0.9): the map that holds an iSCSI target's SCSI disks, and flushing it.
+
+A node logged in to one target on several portals has one SCSI disk per
+portal, all with the same unit serial.  When ``multipathd`` runs, it puts
+them under one device-mapper map (``find_multipaths`` permitting); the
+filesystem must then live on the map, never on one path.
+
+* The map is found in sysfs, no output parsing: each path's
+  ``/sys/block/sdX/holders/dm-N`` whose ``dm/uuid`` starts with ``mpath-``;
+  its ``dm/name`` gives ``/dev/mapper/NAME``, its ``slaves/`` the paths it
+  holds (tests/unit/multipath_recorded: trees captured in the VM tier).
+* ``multipathd show daemon`` answers ``pid N idle|running`` while the daemon
+  serves its socket; without a daemon it fails (rc 1), without the package
+  the command is missing.
+* ``multipath -f MAP`` removes the map (flushing its queued I/O) before the
+  paths are logged out: with ``queue_if_no_path`` a map without paths would
+  hang every I/O on it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from .errors import CommandFailed, NotFound
+from .runner import operand, run
+
+TIMEOUT = 60.0
+UUID_PREFIX = "mpath-"
+
+
+@dataclass(frozen=True)
+class Map:
+    """A dm-multipath map: ``name`` (``/dev/mapper/NAME``), kernel name ``dm-N``, and its path disks."""
+
+    name: str
+    kernel_name: str
+    uuid: str
+    paths: Tuple[str, ...]
+
+    @property
+    def device(self) -> str:
+        return os.path.join("/dev/mapper", self.name)
+
+
+def daemon_running() -> bool:
+    """Whether multipathd runs and answers on its socket."""
+    try:
+        result = run(["multipathd", "show", "daemon"], check=False, timeout=TIMEOUT, what="ask multipathd")
+    except CommandFailed:  # multipath-tools not installed
+        return False
+    return result.rc == 0 and result.stdout.startswith("pid ")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def map_of(disk: str, *, sys_root: str = "/sys") -> Optional[Map]:
+    """The multipath map holding *disk* (a kernel name such as ``sda``), or None."""
+    holders = os.path.join(sys_root, "block", disk, "holders")
+    try:
+        names = sorted(os.listdir(holders))
+    except OSError:
+        return None
+    for holder in names:
+        dm = os.path.join(sys_root, "block", holder, "dm")
+        uuid = _read(os.path.join(dm, "uuid"))
+        if not uuid.startswith(UUID_PREFIX):
+            continue  # another dm target stacked on the disk (LVM, crypt): not a multipath map
+        try:
+            paths = tuple(sorted(os.listdir(os.path.join(sys_root, "block", holder, "slaves"))))
+        except OSError:
+            paths = ()
+        return Map(_read(os.path.join(dm, "name")), holder, uuid, paths)
+    return None
+
+
+def map_for(disks: Iterable[str], *, sys_root: str = "/sys") -> Optional[Map]:
+    """The map holding any of *disks* (kernel names), or None."""
+    for disk in disks:
+        found = map_of(disk, sys_root=sys_root)
+        if found is not None:
+            return found
+    return None
+
+
+def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys",
+                 poll_interval: float = 0.25) -> Map:
+    """Wait until one map holds every disk of *disks* (multipathd adds paths one by one)."""
+    wanted = set(disks)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = map_for(disks, sys_root=sys_root)
+        if found is not None and wanted <= set(found.paths):
+            return found
+        if time.monotonic() >= deadline:
+            have = f"map {found.name} holds {', '.join(found.paths)}" if found else "no map"
+            raise NotFound(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s ({have}); "
+                           "check find_multipaths and the blacklist in multipath.conf")
+        time.sleep(poll_interval)
+
+
+def flush(name: str, *, sys_root: str = "/sys") -> bool:
+    """Remove map *name* (``multipath -f``); False when there is no such map."""
+    if name not in map_names(sys_root=sys_root):
+        return False
+    run(["multipath", "-f", operand(name, "multipath map")], timeout=TIMEOUT, what=f"flush multipath map {name}")
+    return True
+
+
+def map_names(*, sys_root: str = "/sys") -> List[str]:
+    """Names of every multipath map (dm devices whose uuid starts with ``mpath-``)."""
+    block = os.path.join(sys_root, "block")
+    try:
+        entries = sorted(os.listdir(block))
+    except OSError:
+        return []
+    return [_read(os.path.join(block, e, "dm", "name")) for e in entries
+            if e.startswith("dm-") and _read(os.path.join(block, e, "dm", "uuid")).startswith(UUID_PREFIX)]
