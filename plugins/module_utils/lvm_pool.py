@@ -127,7 +127,9 @@ class LvmPool(Pool):
     @staticmethod
     def _record_tags(kind: str, record: Union[Volume, Snapshot]) -> List[str]:
         document = record.to_dict()
-        for derived in ("id", "size", "state", "pool"):
+        # A volume's size is its LV's (lvextend changes it); a snapshot keeps its own, because
+        # a classic COW snapshot LV reports its COW space, not the size of its data, as lv_size.
+        for derived in ("id", "state", "pool", *(("size",) if kind == "volume" else ())):
             document.pop(derived, None)
         text = json.dumps(document, separators=(",", ":"), sort_keys=True)
         return [lvm.MANAGED_TAG, KIND_TAG + kind, STATE_TAG + record.state,
@@ -139,7 +141,9 @@ class LvmPool(Pool):
         if text is None or len(states) != 1:
             raise Precondition(f"{found.full_name} carries {lvm.MANAGED_TAG} but no complete Basalt record")
         document: Dict[str, object] = json.loads(text)
-        document.update(id=object_id, size=found.size, state=states[0], pool=self.kind)
+        document.update(id=object_id, state=states[0], pool=self.kind)
+        if is_volume_id(object_id) or "size" not in document:  # (snapshot records once lacked it)
+            document["size"] = found.size
         return document
 
     def _object_id(self, found: lvm.LogicalVolume) -> Optional[str]:
@@ -225,7 +229,8 @@ class LvmPool(Pool):
                 self._clear_ends(target)
             return None
         origin = self._require_lv(source.id)
-        # A classic snapshot LV reports its COW space as its size: copy the size of the record.
+        # A classic snapshot LV reports its COW space as its size: copy the size of the record
+        # (copying the COW space's length truncated restored filesystems: seen on a real kernel).
         self._copy(origin, target, source if isinstance(source, Volume) else None, length=source.size)
         return COPY
 
@@ -278,8 +283,8 @@ class LvmPool(Pool):
                 copied = 0
                 while copied < total:
                     chunk = src.read(min(COPY_CHUNK, total - copied))
-                    if not chunk:
-                        break
+                    if not chunk:  # never hand out a silently truncated copy
+                        raise Precondition(f"{source} ({origin.full_name}) ended after {copied} of {total} bytes")
                     dst.write(chunk)
                     copied += len(chunk)
                 os.fsync(dst.fileno())

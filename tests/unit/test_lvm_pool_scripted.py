@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -316,3 +317,42 @@ def test_full_cow_space_during_the_copy_fails_clearly(script: Any, tmp_path: Pat
     ])
     with pytest.raises(Precondition, match="cow-percent"):
         pool._copy(origin, target, Volume(id=origin_id, name="busy", size=MiB, pool="lvm", state=READY))
+
+
+def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(script: Any, tmp_path: Path) -> None:
+    """A classic snapshot LV reports its COW space as lv_size (recorded: 4 MiB for an 8 MiB origin).
+
+    The snapshot's size comes from its record, and a restore copies all of it:
+    copying lv_size bytes gave restored ext4 volumes without their journal on a
+    real kernel (VM tier).  The LVs' device nodes are stand-in files here.
+    """
+    pool = LvmPool(VG, LvmOptions(cow_percent=25))
+    origin_id = volume_id_for("db")
+    snap = Snapshot(id=snapshot_id_for("db-snap"), name="db-snap", source_volume_id=origin_id, size=8 * MiB,
+                    pool="lvm", state=READY, copy_method=COW, created_at=1795580000.0)
+    files = {name: tmp_path / name for name in ("snap", "target")}
+    files["snap"].write_bytes(os.urandom(8 * MiB))
+    files["target"].write_bytes(b"\0" * 8 * MiB)
+    snap_row = row_like("cowsnap", lv_name(snap.id), record_tags(pool, "snapshot", snap), lv_attr="swi-a-s---",
+                        origin=lv_name(origin_id), lv_path=str(files["snap"]))
+    assert int(snap_row["lv_size"]) == 4 * MiB  # the recorded COW space, unchanged
+    volume_id = volume_id_for("restored")
+    name = lv_name(volume_id)
+    creating = Volume(id=volume_id, name="restored", size=8 * MiB, pool="lvm",
+                      source=ContentSource(SOURCE_SNAPSHOT, snap.id), created_at=1795580000.0)
+    tags = record_tags(pool, "volume", creating)
+    target_row = row_like("vol-normal", name, tags, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
+                          lv_path=str(files["target"]))  # dm leaves a new LV active
+    script([
+        missing(name), found(snap_row), VGS,  # no earlier attempt; the source; space
+        missing(name), VGS,
+        (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
+          "--wipesignatures", "y", *flags("--addtag", tags), VG], 0, "", ""),
+        found(target_row), found(snap_row),  # both active: copied with no activation
+        found(target_row),
+        retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
+                                                                          copy_method="copy"))),
+    ])
+    volume, changed = volumes.ensure_volume(pool, "restored", 8 * MiB, source=creating.source)
+    assert changed and volume.state == READY
+    assert files["target"].read_bytes() == files["snap"].read_bytes()
