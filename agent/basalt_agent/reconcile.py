@@ -131,9 +131,12 @@ class Summary:
 def reconcile(publishing: IscsiPublishing, locks: ObjectLocks) -> Summary:
     """Bring the backend in line with the records; one target's failure never stops the others."""
     backend, base = publishing.backend, publishing.settings.base_iqn
+    live, saved = backend.exports(), backend.saved_grants()
+    # Listed after reading the backend: a target seen there was made after its volume (publish looks the
+    # volume up first), so its volume is found below and locked by its id, as ControllerPublish locks it.
     volumes = publishing.pool.all_volumes()
     by_target = {target_iqn_for(base, v.id): v for v in volumes}
-    first = plan(base, backend.exports(), backend.saved_grants(), wanted_of(publishing, volumes))
+    first = plan(base, live, saved, wanted_of(publishing, volumes))
     summary = Summary()
     for target in dict.fromkeys(a.target_iqn for a in first):  # in plan order, once each
         volume = by_target.get(target)

@@ -33,8 +33,14 @@ from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root
 from libiscsi_client import IscsiError
 from tgtd_testlib import Tgtd
 
+from basalt_agent.locks import ObjectLocks
 from basalt_agent.proto import csi_pb2 as csi
-from basalt_core import tgt
+from basalt_agent.publishing import IscsiPublishing
+from basalt_agent.reconcile import reconcile
+from basalt_core import exports, tgt, volumes
+from basalt_core.exports import ExportSettings
+from basalt_core.iscsi_target import Chap
+from basalt_core.pool import open_pool
 
 STRAY = f"{BASE_IQN}:vol-00000000-0000-5000-8000-000000000000"  # ours by name, in no record
 FOREIGN = "iqn.2003-01.org.example.other:disk1"
@@ -154,3 +160,32 @@ def test_one_failing_volume_does_not_stop_the_others(host: Tuple[Agent, Tgtd]) -
     finally:
         agent.stop()
         tgt.stop_private_tgtd(daemon.control_port, fresh)
+
+
+def test_a_volume_busy_in_an_rpc_is_left_to_it(tgtd: Tgtd, tmp_path: Path) -> None:
+    """In process, real pool and tgtd: a publish caught between its export and its record (volume lock held,
+    as ControllerPublish holds it) is not undone; once the lock is free, the unrecorded export goes."""
+    pool = open_pool(f"file:{tmp_path / 'pool'}")
+    backend = tgt.TgtBackend(control_port=tgtd.control_port, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE_IQN)
+    settings = ExportSettings(BASE_IQN, (tgtd.portal,))
+    publishing = IscsiPublishing(pool, "storage-1", backend, settings, {"node-a": NODE_A})
+    volume, _ = volumes.ensure_volume(pool, "in-flight", 4 << 20)
+    chap = Chap(CHAP["node.session.auth.username"], CHAP["node.session.auth.password"])
+    info, _ = exports.ensure_exported(pool, backend, settings, volume, NODE_A, chap, False)
+    locks = ObjectLocks()
+    try:
+        with locks.hold(volume.id):
+            summary = reconcile(publishing, locks)
+        assert (summary.busy, summary.applied) == (1, 0)
+        assert backend.export(info.target_iqn) is not None
+        assert pool.attached_device(volume) is not None
+
+        summary = reconcile(publishing, locks)
+        assert (summary.busy, summary.applied, summary.failed) == (0, 1, 0)
+        assert backend.targets() == [] and backend.saved_grants() == {}
+        assert pool.attached_device(volume) is None  # detached, as the last unpublish does
+    finally:  # whatever failed above: no target, no loop device left behind
+        exports.ensure_unexported(pool, backend, settings, volume.id, NODE_A)
+        pool.detach(volume)
+    volumes.delete_volume(pool, volume.id)
