@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Benchmark iSCSI export and unexport through the agent against the bare tgtadm commands that do the same.
+
+Prints RATIOS (ControllerPublishVolume / ControllerUnpublishVolume over gRPC,
+tgt backend, a private tgtd on 127.0.0.1 / the same target, LUN, ACL and CHAP
+state made and unmade with bare ``tgtadm``), never asserts on time. Needs
+root, tgt (tgtd, tgtadm) and loop devices.
+
+    python3 bench/bench_iscsi.py [--rounds N] [--json OUT] [--tmpdir DIR]
+
+Everything lives under one fresh ``basalt-bench-*`` directory (the agent's
+file pool, state and tgt config, the bare side's image); the private tgtd
+(its own control port, a free TCP port) is stopped at the end, also on
+Ctrl-C, SIGTERM or an error, before the workspace's loop devices are detached.
+Nothing else is touched: no system tgtd, no other loop device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
+    import bench.bench_file_pool as fp
+    import bench.bench_lvm_pool as lp
+else:  # the bench directory is not a package: found through sys.path
+    import bench_file_pool as fp
+    import bench_lvm_pool as lp
+
+from basalt_agent.proto import csi_pb2
+from basalt_core import tgt
+from basalt_core.iscsi_target import serial_for
+
+DEFAULT_ROUNDS = 20
+PEER_NODE = "bench-peer"
+PEER_IQN = "iqn.2026-11.dev.basalt.bench:peer"
+AGENT_BASE_IQN = "iqn.2026-11.dev.basalt"
+BARE_BASE_IQN = "iqn.2026-11.dev.basalt.bare"
+AGENT_USER = "bench-user"
+BARE_USER = "bare-user"
+PASSWORD = "Bench-Secret-1234"
+CONTROL_PORTS = range(31000, 31100)  # tgtd -C: 1..32767; the first one no tgtd answers on
+BARE_TID_BASE = 5000  # the bare side's tids, far from the agent's (it takes max + 1)
+
+
+class IscsiWorkspace(fp.Workspace):
+    """The file workspace plus a private tgtd, stopped after the agents and before the loop devices go."""
+
+    def __init__(self, base: Optional[str]) -> None:
+        super().__init__(base)
+        self.tgtd: Optional["subprocess.Popen[bytes]"] = None
+        self.control_port = 0
+        self.portal = ""
+
+    def start_tgtd(self) -> None:
+        self.control_port = next(p for p in CONTROL_PORTS if not tgt.control_port_in_use(p))
+        self.portal = f"127.0.0.1:{free_port()}"
+        self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
+
+    def cleanup(self) -> List[str]:
+        problems: List[str] = []
+        for agent in reversed(self.agents):  # before tgtd: an agent may be mid-call on it
+            agent.stop()
+        if self.tgtd is not None:
+            try:
+                tgt.stop_private_tgtd(self.control_port, self.tgtd)
+            except Exception as error:
+                problems.append(f"stopping tgtd -C {self.control_port}: {error}")
+            self.tgtd = None
+        return problems + super().cleanup()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class IscsiAgent(lp.LvmAgent):
+    """A file-pool storage host exporting over the workspace's tgtd; LvmAgent's log reader counts its commands."""
+
+    def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
+        fp.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
+        self.argv += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
+                      "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
+                      "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(lp.CLEANUP_GRACE),
+                      "--log-level", "debug"]
+
+
+def block_capability() -> Any:
+    return csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(),
+        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER),
+    )
+
+
+def controller_publish(agent: fp.Agent, volume_id: str) -> Dict[str, str]:
+    secrets = {"node.session.auth.username": AGENT_USER, "node.session.auth.password": PASSWORD}
+    response = agent.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume_id, node_id=PEER_NODE, volume_capability=block_capability(), secrets=secrets),
+        timeout=fp.RPC_TIMEOUT)
+    return dict(response.publish_context)
+
+
+def controller_unpublish(agent: fp.Agent, volume_id: str) -> None:
+    agent.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
+        volume_id=volume_id, node_id=PEER_NODE), timeout=fp.RPC_TIMEOUT)
+
+
+# -- the bare side: what an admin would type for the same end state ----------------
+
+class Bare:
+    def __init__(self, workspace: IscsiWorkspace) -> None:
+        self.control_port = workspace.control_port
+
+    def tgtadm(self, *args: str) -> None:
+        fp.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args])
+
+    def export(self, tid: int, iqn: str, device: str, serial: str) -> None:
+        """New target + LUN (serial, read-write) + the address ACL that matches nobody + CHAP account and bind
+        + the node's initiator-name ACL: the state ControllerPublish leaves."""
+        t = str(tid)
+        self.tgtadm("--mode", "target", "--op", "new", "--tid", t, "--targetname", iqn)
+        self.tgtadm("--mode", "logicalunit", "--op", "new", "--tid", t, "--lun", "1", "--backing-store", device,
+                    "--bstype", "rdwr")
+        self.tgtadm("--mode", "logicalunit", "--op", "update", "--tid", t, "--lun", "1", "--params",
+                    f"scsi_sn={serial},readonly=0")
+        self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-address", tgt.NO_ADDRESS)
+        self.tgtadm("--mode", "account", "--op", "new", "--user", BARE_USER, "--password", PASSWORD)
+        self.tgtadm("--mode", "account", "--op", "bind", "--tid", t, "--user", BARE_USER)
+        self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-name", PEER_IQN)
+
+    def unexport(self, tid: int) -> None:
+        """The reverse: ACL, account binding, account, target (with its LUN)."""
+        t = str(tid)
+        self.tgtadm("--mode", "target", "--op", "unbind", "--tid", t, "--initiator-name", PEER_IQN)
+        self.tgtadm("--mode", "account", "--op", "unbind", "--tid", t, "--user", BARE_USER)
+        self.tgtadm("--mode", "account", "--op", "delete", "--user", BARE_USER)
+        self.tgtadm("--mode", "target", "--op", "delete", "--force", "--tid", t)
+
+
+EXPORT_COMMANDS = 7
+UNEXPORT_COMMANDS = 4
+
+
+def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorkspace, rounds: int
+                 ) -> Tuple[List[fp.Row], Dict[str, Any]]:
+    volume = agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=f"bench-iscsi-{uuid.uuid4().hex[:8]}", volume_capabilities=[block_capability()],
+        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE)),
+        timeout=fp.RPC_TIMEOUT).volume
+    image = workspace.path("raw", "bare.img")
+    os.makedirs(os.path.dirname(image), exist_ok=True)
+    with open(image, "wb") as handle:
+        handle.truncate(fp.VOLUME_SIZE)
+    bare = Bare(workspace)
+    g_pub, g_unpub, g_pair = fp.Samples(), fp.Samples(), fp.Samples()
+    b_attach, b_export, b_unexport, b_detach = fp.Samples(), fp.Samples(), fp.Samples(), fp.Samples()
+    b_pub_all, b_unpub_all, b_pair, b_pair_all = fp.Samples(), fp.Samples(), fp.Samples(), fp.Samples()
+    contexts: List[Dict[str, str]] = []
+
+    def grpc_round(i: int) -> None:
+        took_p, context = profiler.call("ControllerPublish", 0, lambda: controller_publish(agent, volume.volume_id))
+        took_u, _ = profiler.call("ControllerUnpublish", 0, lambda: controller_unpublish(agent, volume.volume_id))
+        contexts.append(context)
+        g_pub.add(took_p)
+        g_unpub.add(took_u)
+        g_pair.add(took_p + took_u)
+
+    def bare_round(i: int) -> None:
+        tid = BARE_TID_BASE + i
+        iqn = f"{BARE_BASE_IQN}:round-{i}"
+        took_a, device = fp.timed(lambda: fp.run(["losetup", "--find", "--show", image]).strip())
+        took_e, _ = fp.timed(lambda: bare.export(tid, iqn, device, serial_for(iqn)))
+        took_x, _ = fp.timed(lambda: bare.unexport(tid))
+        took_d, _ = fp.timed(lambda: fp.run(["losetup", "--detach", device]))
+        for samples, took in ((b_attach, took_a), (b_export, took_e), (b_unexport, took_x), (b_detach, took_d)):
+            samples.add(took)
+        b_pub_all.add(took_a + took_e)
+        b_unpub_all.add(took_x + took_d)
+        b_pair.add(took_e + took_x)
+        b_pair_all.add(took_a + took_e + took_x + took_d)
+
+    grpc_round(-1)  # untimed warm-up of each side (first account, first target, imports)
+    bare_round(999)
+    for samples in (g_pub, g_unpub, g_pair, b_attach, b_export, b_unexport, b_detach, b_pub_all, b_unpub_all,
+                    b_pair, b_pair_all):
+        samples.values.clear()
+    profiler.profiles.clear()
+    fp.interleave(rounds, [grpc_round, bare_round])
+    fp.delete_volume(agent, volume.volume_id)
+
+    name = "iscsi export (tgt)"
+    rows = [
+        fp.Row(name, "ControllerPublish", g_pub, f"tgtadm x{EXPORT_COMMANDS}", b_export),
+        fp.Row(name, "ControllerPublish", g_pub, f"losetup --find --show + tgtadm x{EXPORT_COMMANDS}", b_pub_all),
+        fp.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS}", b_unexport),
+        fp.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS} + losetup -d", b_unpub_all),
+        fp.Row(name, "Publish+Unpublish", g_pair, f"tgtadm x{EXPORT_COMMANDS + UNEXPORT_COMMANDS}", b_pair),
+        fp.Row(name, "Publish+Unpublish", g_pair, "the 11 tgtadm + 2 losetup", b_pair_all),
+    ]
+    facts = {"target_iqn": contexts[-1].get("basalt.dev/iscsi-target") if contexts else None,
+             "bare_losetup_attach": b_attach.summary(), "bare_losetup_detach": b_detach.summary()}
+    return rows, facts
+
+
+def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
+    """Per RPC: the external commands behind its median sample, and the time they took."""
+    lines = []
+    for p in profiles:
+        counts: Counter[str] = p.counts()
+        tgtadm_ms = fp.Samples([sum(c.seconds for c in s if c.tool == "tgtadm") for s in p.samples]).median * 1000
+        rpc_ms = fp.Samples(p.seconds).median * 1000
+        commands_ms = p.all_seconds() * 1000
+        listed = ", ".join(f"{tool} x{n}" for tool, n in sorted(counts.items()))
+        lines.append(f"{p.rpc}: {listed}; median {rpc_ms:.1f} ms, of which commands {commands_ms:.1f} ms "
+                     f"(tgtadm {tgtadm_ms:.1f} ms); the rest (gRPC, records, config file, Python) "
+                     f"{rpc_ms - commands_ms:.1f} ms")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if os.geteuid() != 0:
+        print("bench_iscsi: needs root (tgtd, loop devices)", file=sys.stderr)
+        return 2
+
+    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    workspace = IscsiWorkspace(args.tmpdir)
+    report: Dict[str, Any] = {"rounds": args.rounds}
+    status = 0
+    try:
+        facts = fp.machine_facts(workspace)
+        facts["tgt"] = fp.run(["tgtadm", "--version"]).strip()
+        workspace.start_tgtd()
+        facts.update(tgtd_control_port=workspace.control_port, portal=workspace.portal)
+        report["facts"] = facts
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
+        agent = IscsiAgent(workspace, "storage-host", workspace.mkdir("pool"))
+        agent.start()
+        profiler = lp.Profiler(agent)
+        print(f"ControllerPublish + ControllerUnpublish vs bare tgtadm, {args.rounds} rounds", flush=True)
+        rows, report["export"] = bench_export(agent, profiler, workspace, args.rounds)
+        summary = command_summary(list(profiler.profiles.values()))
+        report["profiles"] = [p.to_json() for p in profiler.profiles.values()]
+        print()
+        print(fp.table(rows))
+        print()
+        for line in summary:
+            print(line)
+        report["loadavg_at_end"] = os.getloadavg()[0]
+        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
+              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
+        report["results"] = [row.to_json() for row in rows]
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        status = 130
+    except (fp.BenchError, grpc.RpcError, StopIteration) as error:
+        print(f"bench_iscsi: {error!r}", file=sys.stderr)
+        status = 1
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            problems = workspace.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        for problem in problems:
+            print(f"clean-up: {problem}", file=sys.stderr)
+        if problems:
+            status = status or 1
+    if args.json and "results" in report:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        print(f"wrote {args.json}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
