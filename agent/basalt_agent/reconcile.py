@@ -82,24 +82,28 @@ def plan(base_iqn: str, live: Sequence[Export], saved: SavedGrants, wanted: Sequ
             actions.append(Action(REMOVE, target, initiators=initiators, reason="no publication record wants it"))
             continue
         volume_id = want[0].volume_id
-        if current is None or not current.device:
-            actions.append(Action(EXPORT, target, volume_id, read_only=any(w.read_only for w in want),
-                                  reason="recorded publication, target missing"))
+        grants: List[Action] = []
         known = set()
         for item in want:
             if item.initiator_iqn is None:
-                actions.append(Action(SKIP, target, volume_id,
-                                      reason=f"node {item.node_id} has no known initiator IQN"))
+                grants.append(Action(SKIP, target, volume_id, reason=f"node {item.node_id} has no known initiator IQN"))
                 continue
             known.add(item.initiator_iqn)
             if item.initiator_iqn in have:
                 continue
             if item.initiator_iqn not in remembered:
-                actions.append(Action(SKIP, target, volume_id, item.initiator_iqn,
-                                      reason=f"no saved credentials for node {item.node_id}: publish it again"))
+                grants.append(Action(SKIP, target, volume_id, item.initiator_iqn,
+                                     reason=f"no saved credentials for node {item.node_id}: publish it again"))
                 continue
-            actions.append(Action(GRANT, target, volume_id, item.initiator_iqn, remembered[item.initiator_iqn],
-                                  reason=f"recorded publication to node {item.node_id}, grant missing"))
+            grants.append(Action(GRANT, target, volume_id, item.initiator_iqn, remembered[item.initiator_iqn],
+                                 reason=f"recorded publication to node {item.node_id}, grant missing"))
+        # A target nobody could log in to is not worth making (nor persisting over a saved config
+        # that the target service may not have restored yet).
+        usable = have or any(a.kind == GRANT for a in grants)
+        if (current is None or not current.device) and usable:
+            actions.append(Action(EXPORT, target, volume_id, read_only=any(w.read_only for w in want),
+                                  reason="recorded publication, target missing"))
+        actions += grants
         for stale in sorted((have | set(remembered)) - known):
             actions.append(Action(REVOKE, target, volume_id, stale, reason="no publication record wants it"))
     return actions

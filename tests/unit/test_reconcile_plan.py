@@ -75,10 +75,15 @@ CASES: Dict[str, Any] = {
         [], {T2: {B: CHAP_B}}, [],
         [Action(REMOVE, T2, initiators=(B,), reason="no publication record wants it")],
     ),
-    "no saved secret: the grant is not made up": (
+    "no saved secret: the grant is not made up, nor a target nobody can log in to": (
         [], {}, [want(T1, A)],
+        [Action(SKIP, T1, "vol-1", A, reason="no saved credentials for node node-a: publish it again")],
+    ),
+    "one grant restorable, one not: export, grant, report": (
+        [], {T1: {A: CHAP_A}}, [want(T1, A), want(T1, B, node="node-b")],
         [Action(EXPORT, T1, "vol-1", reason="recorded publication, target missing"),
-         Action(SKIP, T1, "vol-1", A, reason="no saved credentials for node node-a: publish it again")],
+         Action(GRANT, T1, "vol-1", A, CHAP_A, reason="recorded publication to node node-a, grant missing"),
+         Action(SKIP, T1, "vol-1", B, reason="no saved credentials for node node-b: publish it again")],
     ),
     "a node with no known initiator IQN is reported": (
         [live(T1, Grant(A, CHAP_A))], {T1: {A: CHAP_A}}, [want(T1, A), want(T1, None, node="node-x")],
