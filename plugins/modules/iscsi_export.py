@@ -15,7 +15,7 @@ description:
   - The target is named exactly as the Basalt CSI agent names it (O(base_iqn), a colon, the volume id) and the
     LUN carries the same unit serial, so an export made here is the one the agent's ControllerPublish makes
     (and the other way round).
-  - Grants for initiators that are not listed are left alone unless O(exclusive=true): they may be the CSI
+  - Grants for initiators that are not listed are left alone unless O(exclusive=true); they may be the CSI
     agent's publications to other nodes, or another play's.
   - A thin layer over the Basalt storage core (C(exports.ensure_exported), C(exports.ensure_unexported),
     C(exports.ensure_withdrawn)) and its target backends (C(tgt), C(lio)); the CSI agent runs the very same code.
@@ -30,8 +30,8 @@ attributes:
     details:
       - Only reads the target's state; a file pool's missing directories are not created either.
   diff_mode:
-    description: Returns the export before and after the task (its grants: initiators and CHAP user names, never
-      secrets) in C(diff).
+    description: Returns the export before and after the task (its grants, with initiators and CHAP user names,
+      never secrets) in C(diff).
     support: full
 options:
   pool:
@@ -53,7 +53,7 @@ options:
     description:
       - V(present) exports the volume (when it is not yet) and grants each of O(initiators) access with O(chap).
         A listed initiator whose CHAP differs gets the new credentials.
-      - V(absent) withdraws access. With O(initiators), only theirs: the target (and the volume's device) go with
+      - V(absent) withdraws access. With O(initiators), only theirs; the target (and the volume's device) go with
         the last grant. Without O(initiators), every grant, the target and the device go.
     type: str
     choices: [present, absent]
@@ -125,7 +125,7 @@ options:
     type: int
   tgt_conf:
     description:
-      - The tgt configuration file the export is persisted in (mode 0600: it holds CHAP secrets).
+      - The tgt configuration file the export is persisted in (mode 0600, since it holds CHAP secrets).
     type: path
     default: /etc/tgt/conf.d/basalt.conf
   tgt_record:
@@ -347,7 +347,7 @@ def present(module: AnsibleModule, pool: Pool, backend: TargetBackend, settings:
     changed = False
     for initiator in initiators:
         _info, granted = ensure_exported(pool, backend, settings, volume, initiator, chap, params["read_only"],
-                                        check_mode=module.check_mode)
+                                         check_mode=module.check_mode)
         changed = granted or changed
     others = [g.initiator_iqn for g in before.grants if g.initiator_iqn not in initiators] if before else []
     revoked = others if params["exclusive"] else []

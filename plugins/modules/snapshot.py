@@ -23,7 +23,7 @@ attributes:
     support: full
     details:
       - Nothing on the host changes, not even a file pool's missing directories (a real run creates them as
-        the agent does when it starts): a missing pool reads as an empty one.
+        the agent does when it starts); a missing pool reads as an empty one.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full

@@ -23,7 +23,7 @@ attributes:
     support: full
     details:
       - Nothing on the host changes, not even a file pool's missing directories (C(volumes/) and C(snapshots/),
-        which a real run creates as the agent does when it starts): a missing pool reads as an empty one.
+        which a real run creates as the agent does when it starts); a missing pool reads as an empty one.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full

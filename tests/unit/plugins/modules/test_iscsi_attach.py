@@ -49,7 +49,7 @@ def record(password: str = SECRET, user: str = "node-a") -> str:
         "iface.iscsi_ifacename = default", "iface.initiatorname = <empty>",
         "node.session.auth.authmethod = CHAP", f"node.session.auth.username = {user}",
         f"node.session.auth.password = {password}", "node.session.auth.username_in = <empty>",
-        "node.session.auth.password_in = <empty>", f"node.conn[0].address = {PORTAL.split(':')[0]}",
+        "node.session.auth.password_in = <empty>", "node.conn[0].address = 192.0.2.10",
         "node.conn[0].port = 3260", "# END RECORD",
     ]) + "\n"
 
