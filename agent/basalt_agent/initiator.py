@@ -3,8 +3,8 @@
 The storage host computes a node's IQN from its node id (``--iscsi-initiator-base``)
 or takes it from the explicit map; the node agent, given the same settings,
 knows the same name.  It checks that open-iscsi's file holds it (NodeGetInfo
-answers FAILED_PRECONDITION otherwise, so kubelet's registration of the
-driver fails visibly instead of every later login), or, with
+answers FAILED_PRECONDITION when it names another IQN, so kubelet's
+registration of the driver fails visibly instead of every later login), or, with
 ``--iscsi-manage-initiatorname``, writes it there at start.
 """
 
@@ -38,9 +38,13 @@ class InitiatorName:
             return None
 
     def ensure(self) -> bool:
-        """With *manage*, make the file name :attr:`wanted` (other lines kept); True when it was written."""
+        """At start: with *manage*, make the file name :attr:`wanted` (other lines kept; True when written);
+        without, only warn when there is no file."""
         current = self.current()
         if not self.manage or current == self.wanted:
+            if current is None:
+                log.warning("%s is missing (no open-iscsi?): this node cannot attach iSCSI volumes as %s",
+                            self.path, self.wanted)
             return False
         lines: List[str] = []
         mode = 0o600
@@ -57,9 +61,11 @@ class InitiatorName:
         return True
 
     def check(self) -> None:
+        """Refuse when the file names another initiator (every login would fail); a missing file is a node
+        without open-iscsi, which can still use local volumes (its remote stages fail on their own)."""
         current = self.current()
-        if current != self.wanted:
-            raise Precondition(f"{self.path} names initiator {current or '(none)'}, but the storage hosts expect "
+        if current is not None and current != self.wanted:
+            raise Precondition(f"{self.path} names initiator {current}, but the storage hosts expect "
                                f"{self.wanted} for this node: set InitiatorName={self.wanted} there (and restart "
                                "iscsid), or run the agent with --iscsi-manage-initiatorname")
 
