@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -44,6 +45,7 @@ from basalt_core import tgt
 from basalt_core.iscsi_target import serial_for
 
 DEFAULT_ROUNDS = 20
+DEFAULT_RESTART_VOLUMES = 20
 PEER_NODE = "bench-peer"
 PEER_IQN = "iqn.2026-11.dev.basalt.bench:peer"
 AGENT_BASE_IQN = "iqn.2026-11.dev.basalt"
@@ -67,6 +69,13 @@ class IscsiWorkspace(fp.Workspace):
     def start_tgtd(self) -> None:
         self.control_port = next(p for p in CONTROL_PORTS if not tgt.control_port_in_use(p))
         self.portal = f"127.0.0.1:{free_port()}"
+        self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
+
+    def restart_tgtd_empty(self) -> None:
+        """A crash of tgtd and a start that does not load the config: SIGKILL, then a fresh, empty tgtd."""
+        assert self.tgtd is not None
+        self.tgtd.kill()
+        self.tgtd.wait(timeout=30)
         self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
 
     def cleanup(self) -> List[str]:
@@ -106,6 +115,13 @@ def block_capability() -> Any:
     )
 
 
+def create_block_volume(agent: fp.Agent, name: str) -> Any:
+    return agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+        name=name, volume_capabilities=[block_capability()],
+        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE)),
+        timeout=fp.RPC_TIMEOUT).volume
+
+
 def controller_publish(agent: fp.Agent, volume_id: str) -> Dict[str, str]:
     secrets = {"node.session.auth.username": AGENT_USER, "node.session.auth.password": PASSWORD}
     response = agent.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
@@ -128,7 +144,7 @@ class Bare:
     def tgtadm(self, *args: str) -> None:
         fp.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args])
 
-    def export(self, tid: int, iqn: str, device: str, serial: str) -> None:
+    def export(self, tid: int, iqn: str, device: str, serial: str, user: str = BARE_USER) -> None:
         """New target + LUN (serial, read-write) + the address ACL that matches nobody + CHAP account and bind
         + the node's initiator-name ACL: the state ControllerPublish leaves."""
         t = str(tid)
@@ -138,17 +154,25 @@ class Bare:
         self.tgtadm("--mode", "logicalunit", "--op", "update", "--tid", t, "--lun", "1", "--params",
                     f"scsi_sn={serial},readonly=0")
         self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-address", tgt.NO_ADDRESS)
-        self.tgtadm("--mode", "account", "--op", "new", "--user", BARE_USER, "--password", PASSWORD)
-        self.tgtadm("--mode", "account", "--op", "bind", "--tid", t, "--user", BARE_USER)
+        self.tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", PASSWORD)
+        self.tgtadm("--mode", "account", "--op", "bind", "--tid", t, "--user", user)
         self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-name", PEER_IQN)
 
-    def unexport(self, tid: int) -> None:
+    def unexport(self, tid: int, user: str = BARE_USER) -> None:
         """The reverse: ACL, account binding, account, target (with its LUN)."""
         t = str(tid)
         self.tgtadm("--mode", "target", "--op", "unbind", "--tid", t, "--initiator-name", PEER_IQN)
-        self.tgtadm("--mode", "account", "--op", "unbind", "--tid", t, "--user", BARE_USER)
-        self.tgtadm("--mode", "account", "--op", "delete", "--user", BARE_USER)
+        self.tgtadm("--mode", "account", "--op", "unbind", "--tid", t, "--user", user)
+        self.tgtadm("--mode", "account", "--op", "delete", "--user", user)
         self.tgtadm("--mode", "target", "--op", "delete", "--force", "--tid", t)
+
+
+def bare_image(workspace: IscsiWorkspace, name: str) -> str:
+    image = workspace.path("raw", name)
+    os.makedirs(os.path.dirname(image), exist_ok=True)
+    with open(image, "wb") as handle:
+        handle.truncate(fp.VOLUME_SIZE)
+    return image
 
 
 EXPORT_COMMANDS = 7
@@ -157,14 +181,8 @@ UNEXPORT_COMMANDS = 4
 
 def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorkspace, rounds: int
                  ) -> Tuple[List[fp.Row], Dict[str, Any]]:
-    volume = agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
-        name=f"bench-iscsi-{uuid.uuid4().hex[:8]}", volume_capabilities=[block_capability()],
-        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE)),
-        timeout=fp.RPC_TIMEOUT).volume
-    image = workspace.path("raw", "bare.img")
-    os.makedirs(os.path.dirname(image), exist_ok=True)
-    with open(image, "wb") as handle:
-        handle.truncate(fp.VOLUME_SIZE)
+    volume = create_block_volume(agent, f"bench-iscsi-{uuid.uuid4().hex[:8]}")
+    image = bare_image(workspace, "bare.img")
     bare = Bare(workspace)
     g_pub, g_unpub, g_pair = fp.Samples(), fp.Samples(), fp.Samples()
     b_attach, b_export, b_unexport, b_detach = fp.Samples(), fp.Samples(), fp.Samples(), fp.Samples()
@@ -216,6 +234,84 @@ def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorks
     return rows, facts
 
 
+# -- benchmark 2: restart with tgtd emptied; the reconciliation restores every export ---------
+
+def log_entries(agent: fp.Agent, after: int) -> List[Dict[str, Any]]:
+    """The agent's JSON log entries written after byte offset *after*."""
+    with open(agent.log_path, "rb") as handle:
+        handle.seek(after)
+        lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def seconds_of_day(entry: Dict[str, Any]) -> float:
+    """A log entry's time stamp ("...T07:01:02.345Z", ms resolution) in seconds of the day."""
+    hours, minutes, seconds = entry["time"].split("T", 1)[1].rstrip("Z").split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, Any]]:
+    """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), and its summary."""
+    agent.stop()
+    mark = agent.log_mark()
+    startup = agent.start()
+    deadline = fp.now() + fp.START_TIMEOUT
+    while fp.now() < deadline:
+        entries = {e.get("msg"): e for e in log_entries(agent, mark)}
+        done = entries.get("iscsi reconciliation finished")
+        if done is not None:
+            return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done
+        time.sleep(0.005)
+    raise fp.BenchError("the agent did not finish its reconciliation")
+
+
+def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> Tuple[List[fp.Row], Dict[str, Any]]:
+    volume_ids = []
+    for i in range(count):
+        volume = create_block_volume(agent, f"bench-restart-{i}-{uuid.uuid4().hex[:6]}")
+        controller_publish(agent, volume.volume_id)
+        volume_ids.append(volume.volume_id)
+    steady_start, steady, steady_summary = restart_and_reconcile(agent)  # nothing to do
+
+    agent.stop()
+    workspace.restart_tgtd_empty()
+    restore_start, restore, restore_summary = restart_and_reconcile(agent)
+    restored = len(tgt.TgtBackend(control_port=workspace.control_port).targets())
+    if restored != count or restore_summary.get("failed"):
+        raise fp.BenchError(f"reconciliation restored {restored} of {count} targets: {restore_summary}")
+
+    # The floor: the same exports made with bare tgtadm (7 commands each) on a loop device attached in advance.
+    bare = Bare(workspace)
+    device = fp.run(["losetup", "--find", "--show", bare_image(workspace, "restart.img")]).strip()
+    start = fp.now()
+    for i in range(count):
+        iqn = f"{BARE_BASE_IQN}:restart-{i}"
+        bare.export(BARE_TID_BASE + 100 + i, iqn, device, serial_for(iqn), f"{BARE_USER}-{i}")
+    floor = fp.now() - start
+    for i in range(count):
+        bare.unexport(BARE_TID_BASE + 100 + i, f"{BARE_USER}-{i}")
+    fp.run(["losetup", "--detach", device])
+
+    for volume_id in volume_ids:
+        controller_unpublish(agent, volume_id)
+        fp.delete_volume(agent, volume_id)
+    name = f"restart, {count} exports"
+    rows = [
+        fp.Row(name, "reconcile: restore all", fp.Samples([restore]), f"tgtadm x{EXPORT_COMMANDS * count}",
+               fp.Samples([floor])),
+    ]
+    facts = {"count": count, "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
+             "steady_summary": steady_summary, "startup_restore_s": restore_start, "startup_steady_s": steady_start,
+             "bare_exports_s": floor}
+    return rows, facts
+
+
 def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
     """Per RPC: the external commands behind its median sample, and the time they took."""
     lines = []
@@ -234,6 +330,9 @@ def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"rounds (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--restart-volumes", type=int, default=DEFAULT_RESTART_VOLUMES,
+                        help=f"published volumes restored by the reconciliation in benchmark 2 "
+                        f"(default {DEFAULT_RESTART_VOLUMES}; 0 skips it)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -260,12 +359,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ControllerPublish + ControllerUnpublish vs bare tgtadm, {args.rounds} rounds", flush=True)
         rows, report["export"] = bench_export(agent, profiler, workspace, args.rounds)
         summary = command_summary(list(profiler.profiles.values()))
+        if args.restart_volumes > 0:
+            print(f"restart with tgtd emptied: {args.restart_volumes} published volumes", flush=True)
+            restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes)
+            rows += restart_rows
+            report["restart"] = restart
         report["profiles"] = [p.to_json() for p in profiler.profiles.values()]
         print()
         print(fp.table(rows))
         print()
         for line in summary:
             print(line)
+        if "restart" in report:
+            restart = report["restart"]
+            print(f"restart: exec -> first Probe {restart['startup_restore_s'] * 1000:.0f} ms while restoring "
+                  f"({restart['startup_steady_s'] * 1000:.0f} ms with nothing to restore); reconciliation "
+                  f"{restart['restore_s'] * 1000:.0f} ms for {restart['count']} exports "
+                  f"({restart['restore_summary']['applied']} actions), {restart['steady_s'] * 1000:.0f} ms "
+                  "when everything is in place")
         report["loadavg_at_end"] = os.getloadavg()[0]
         print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
               f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
