@@ -7,7 +7,7 @@ filesystem must then live on the map, never on one path.
 
 * The map is found in sysfs, no output parsing: each path's
   ``/sys/block/sdX/holders/dm-N`` whose ``dm/uuid`` starts with ``mpath-``;
-  its ``dm/name`` gives ``/dev/mapper/NAME``, its ``slaves/`` the paths it
+  its ``dm/name`` is what ``multipath -f`` takes, its ``slaves/`` the paths it
   holds (tests/unit/multipath_recorded: trees captured in the VM tier).
 * ``multipathd show daemon`` answers ``pid N idle|running`` while the daemon
   serves its socket; without a daemon it fails (rc 1), without the package
@@ -33,7 +33,7 @@ UUID_PREFIX = "mpath-"
 
 @dataclass(frozen=True)
 class Map:
-    """A dm-multipath map: ``name`` (``/dev/mapper/NAME``), kernel name ``dm-N``, and its path disks."""
+    """A dm-multipath map: its dm ``name``, kernel name ``dm-N``, and its path disks."""
 
     name: str
     kernel_name: str
@@ -42,7 +42,9 @@ class Map:
 
     @property
     def device(self) -> str:
-        return os.path.join("/dev/mapper", self.name)
+        # /dev/dm-N, not /dev/mapper/NAME: devtmpfs makes the former with the map, the latter is udev's
+        # link and was still missing when the map was already there (VM tier).
+        return os.path.join("/dev", self.kernel_name)
 
 
 def daemon_running() -> bool:

@@ -1,4 +1,4 @@
-"""pytest setup of the VM tier: the ``vm`` marker and the import path.
+"""pytest setup of the VM tier: the ``vm`` marker, the import path and the session ``image`` fixture.
 
 Select or deselect the tier from the main suite with ``-m vm`` /
 ``-m "not vm"``.
@@ -6,7 +6,10 @@ Select or deselect the tier from the main suite with ``-m vm`` /
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,5 +19,26 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 
+import build_image  # noqa: E402 - found through the path set above
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots a real kernel under QEMU (slow: about 2 minutes)")
+
+
+@pytest.fixture(scope="session")
+def image() -> build_image.Image:
+    missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(
+            "VM tier needs "
+            + ", ".join(missing)
+            + ": apt-get install -y qemu-system-x86 debootstrap (or run python3 tests/vm/build_image.py as root)"
+        )
+    cached = build_image.load_image(build_image.image_dir(build_image.cache_key()))
+    if cached is None and os.geteuid() != 0:
+        pytest.skip("VM tier: building the image needs root (debootstrap)")
+    t0 = time.monotonic()
+    img, built = build_image.get_image()
+    print(f"VM image {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")
+    return img
