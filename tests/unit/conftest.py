@@ -26,14 +26,20 @@ class ScriptedRunner:
     ran: List[List[str]] = field(default_factory=list)
     #: the secrets= given with each call, so tests can check what gets redacted
     secrets: List[List[str]] = field(default_factory=list)
+    #: the env= and stdin= given with each call (None: not given)
+    envs: List[Optional[Dict[str, str]]] = field(default_factory=list)
+    stdins: List[Optional[str]] = field(default_factory=list)
 
     def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
-                 secrets: Sequence[str] = (), **_: Any) -> CommandResult:
+                 secrets: Sequence[str] = (), env: Optional[Dict[str, str]] = None, stdin: Optional[str] = None,
+                 **_: Any) -> CommandResult:
         assert self.script, f"unexpected command {list(argv)}"
         expected, rc, stdout, stderr = self.script.pop(0)
         assert list(argv) == expected
         self.ran.append(list(argv))
         self.secrets.append(list(secrets))
+        self.envs.append(None if env is None else dict(env))
+        self.stdins.append(stdin)
         if check and rc != 0:
             raise CommandFailed(argv, rc, stderr, what)
         return CommandResult(list(argv), rc, stdout, stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
@@ -21,7 +20,6 @@ from basalt_core.errors import (
     Precondition,
     StorageError,
 )
-from basalt_core.runner import CommandResult
 
 RECORDED = Path(__file__).parent / "lvm_recorded"
 VG = "basalt-rec"
@@ -37,44 +35,22 @@ REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix", "--options"]
 Call = Tuple[List[str], int, str, str]
 
 
-# -- a scripted runner for basalt_core.lvm (conftest's covers other modules) -------
-
-
-@dataclass
-class LvmRunner:
-    """Stands in for basalt_core.lvm.run: checks argv in order and how LVM is run."""
-
-    script: List[Call]
-    ran: List[List[str]] = field(default_factory=list)
-    envs: List[Dict[str, str]] = field(default_factory=list)
-
-    def __call__(self, argv: Sequence[str], *, check: bool = True, what: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None, stdin: Optional[str] = None, **_: Any) -> CommandResult:
-        assert self.script, f"unexpected command {list(argv)}"
-        expected, rc, stdout, stderr = self.script.pop(0)
-        assert list(argv) == expected
-        assert stdin == "", "LVM must see EOF on stdin so that a prompt is answered 'n'"
-        assert env is not None and env.get("LVM_SUPPRESS_FD_WARNINGS") == "1"
-        self.ran.append(list(argv))
-        self.envs.append(dict(env))
-        if check and rc != 0:
-            raise CommandFailed(argv, rc, stderr, what)
-        return CommandResult(list(argv), rc, stdout, stderr)
+# -- the shared scripted runner (conftest), and how LVM must be run ---------------
 
 
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[List[Call]], LvmRunner]]:
-    runners: List[LvmRunner] = []
+def script(script: Callable[[List[Call]], Any]) -> Iterator[Callable[[List[Call]], Any]]:
+    """conftest's ``script`` (its ScriptedRunner), plus the checks every LVM command must pass."""
+    runners: List[Any] = []
 
-    def install(calls: List[Call]) -> LvmRunner:
-        runner = LvmRunner(list(calls))
-        monkeypatch.setattr("basalt_core.lvm.run", runner)
-        runners.append(runner)
-        return runner
+    def install(calls: List[Call]) -> Any:
+        runners.append(script(calls))
+        return runners[-1]
 
     yield install
-    if runners:
-        assert runners[-1].script == [], "commands expected but never run"
+    for runner in runners:
+        assert runner.stdins == [""] * len(runner.ran), "LVM must see EOF on stdin so that a prompt is answered 'n'"
+        assert all(env is not None and env.get("LVM_SUPPRESS_FD_WARNINGS") == "1" for env in runner.envs)
 
 
 def _commands() -> Dict[str, Tuple[List[str], int]]:
