@@ -52,6 +52,7 @@ PACKAGES = [
     "e2fsprogs",
     "kmod",
     "lvm2",
+    "multipath-tools",
     "open-iscsi",
     "procps",
     "python3",

@@ -254,12 +254,14 @@ def run_pair(
     client_disks: int = 0,
     echo: TextIO | None = sys.stdout,
     image: build_image.Image | None = None,
+    extra_shares: dict[str, Path] | None = None,
 ) -> tuple[VmResult, VmResult]:
     """Two VMs on a private network of their own: a QEMU stream netdev over a
     unix socket in a temporary directory (no host port, no host interface).
 
     The server VM (MAC ...:01) listens, the client VM (MAC ...:02) connects
-    once the socket exists.  Each VM has -smp 1.  Returns both results."""
+    once the socket exists.  Each VM has -smp 1.  `extra_shares` go to both
+    VMs (see run_vm).  Returns both results."""
     if image is None:
         image, _built = build_image.get_image()
     net_dir = Path(tempfile.mkdtemp(prefix="basalt-net-"))
@@ -276,6 +278,7 @@ def run_pair(
             echo=echo,
             image=image,
             label="[storage] ",
+            extra_shares=extra_shares,
             netdev=f"stream,server=on,addr.type=unix,addr.path={sock}",
             mac="52:54:00:00:77:01",
         )
@@ -298,6 +301,7 @@ def run_pair(
                 echo=echo,
                 image=image,
                 label="[node]    ",
+                extra_shares=extra_shares,
                 netdev=f"stream,server=off,addr.type=unix,addr.path={sock}",
                 mac="52:54:00:00:77:02",
             )

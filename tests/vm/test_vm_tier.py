@@ -12,8 +12,6 @@ with a fake QEMU, which needs no image.
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
 import time
 import xml.etree.ElementTree as ET
@@ -23,43 +21,13 @@ import build_image
 import pydeps
 import pytest
 import run_vm
+from vm_testlib import check_lines as _check_lines
+from vm_testlib import tail as _tail
 
 pytestmark = pytest.mark.vm
 
 REAL_CHECKS = ["lvm_linear", "lvm_thin", "lvm_cow", "iscsi_lio"]
 RUN_CHECKS = "tests/vm/guest/run_checks.sh"
-
-
-def _tail(text: str, lines: int = 80) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _check_lines(result: run_vm.VmResult) -> dict[str, str]:
-    """{check: PASS|FAIL} from the guest's checks.txt (result share)."""
-    verdicts: dict[str, str] = {}
-    for line in result.files.get("checks.txt", "").splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[0] == "BASALT-CHECK":
-            verdicts[parts[1]] = parts[2]
-    return verdicts
-
-
-@pytest.fixture(scope="session")
-def image() -> build_image.Image:
-    missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(
-            "VM tier needs "
-            + ", ".join(missing)
-            + ": apt-get install -y qemu-system-x86 debootstrap (or run python3 tests/vm/build_image.py as root)"
-        )
-    cached = build_image.load_image(build_image.image_dir(build_image.cache_key()))
-    if cached is None and os.geteuid() != 0:
-        pytest.skip("VM tier: building the image needs root (debootstrap)")
-    t0 = time.monotonic()
-    img, built = build_image.get_image()
-    print(f"VM image {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")
-    return img
 
 
 def test_real_kernel_storage_checks(image: build_image.Image) -> None:
