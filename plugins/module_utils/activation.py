@@ -42,6 +42,10 @@ class Activator(abc.ABC):
     def refresh(self, volume: lvm.LogicalVolume) -> None:
         """Make the active device match the LV's (new) size."""
 
+    def release(self, volume: lvm.LogicalVolume) -> None:
+        """Let go of *volume* before ``lvremove``."""
+        self.deactivate(volume)
+
 
 class DeviceMapperActivator(Activator):
     name = "dm"
@@ -67,6 +71,9 @@ class DeviceMapperActivator(Activator):
 
     def refresh(self, volume: lvm.LogicalVolume) -> None:
         lvm.refresh(volume.vg_name, volume.name, settings=self.settings)
+
+    def release(self, volume: lvm.LogicalVolume) -> None:
+        """Nothing: ``lvremove --yes`` takes an active, unopened LV down itself (one command fewer)."""
 
 
 class LoopActivator(Activator):

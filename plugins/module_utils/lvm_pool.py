@@ -13,11 +13,13 @@ snapshots, where ``<hex>`` is the 32 hex digits of the id.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import lvm
 from .activation import ACTIVATORS, Activator, active
@@ -53,7 +55,7 @@ COPY = "copy"
 THIN = "thin"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LvmOptions:
     alloc: str = "normal"
     activation: str = "dm"
@@ -77,6 +79,7 @@ def lv_name(object_id: str) -> str:
 
 class LvmPool(Pool):
     kind = "lvm"
+    allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
 
     def __init__(self, vg: str, options: LvmOptions = LvmOptions(),
                  settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
@@ -90,6 +93,8 @@ class LvmPool(Pool):
         self.activator: Activator = ACTIVATORS[options.activation](settings)
         if options.snapshot_mode not in (COW, COPY):
             raise InvalidRequest(f"snapshot mode {options.snapshot_mode!r} is not cow or copy")
+        # Per thread: the LVs read during the current operation (None outside one).
+        self._operation = threading.local()
 
     @property
     def location(self) -> str:
@@ -111,12 +116,46 @@ class LvmPool(Pool):
             raise Precondition(f"volume group {self.vg} is not available: {error}") from error
 
     # -- records -------------------------------------------------------------
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[None]:
+        """Read each LV once per operation (an LVM command costs 50-100 ms, most of an RPC).
+
+        The caller holds the objects' locks, so nobody else changes their LVs
+        meanwhile: what we read stays true until we change it ourselves.  A
+        retag updates what we know; any other change forgets it all.
+        """
+        if self._seen() is not None:  # nested: the outermost operation owns the reads
+            yield
+            return
+        self._operation.lvs = {}
+        try:
+            yield
+        finally:
+            self._operation.lvs = None
+
+    def _seen(self) -> Optional[Dict[str, Optional[lvm.LogicalVolume]]]:
+        seen: Optional[Dict[str, Optional[lvm.LogicalVolume]]] = getattr(self._operation, "lvs", None)
+        return seen
+
+    def _changed(self) -> None:
+        """An LV was created, removed, resized or (de)activated: read again what the operation needs."""
+        seen = self._seen()
+        if seen is not None:
+            seen.clear()
+
     def _lvs(self) -> List[lvm.LogicalVolume]:
         return lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
 
     def _lv(self, object_id: str) -> Optional[lvm.LogicalVolume]:
-        found = lvm.logical_volume(self.vg, lv_name(object_id), settings=self.settings)
-        return found if found is not None and lvm.MANAGED_TAG in found.tags else None
+        name = lv_name(object_id)
+        seen = self._seen()
+        if seen is not None and name in seen:
+            return seen[name]
+        found = lvm.logical_volume(self.vg, name, settings=self.settings)
+        managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
+        if seen is not None:
+            seen[name] = managed
+        return managed
 
     def _require_lv(self, object_id: str) -> lvm.LogicalVolume:
         found = self._lv(object_id)
@@ -175,6 +214,10 @@ class LvmPool(Pool):
                 pairs.append((found, object_id))
         return pairs
 
+    def provisioned_bytes(self) -> int:
+        """What Basalt's LVs take (a COW snapshot: its COW space), from one listing for both kinds."""
+        return sum(found.size for found, _oid in self._owned(lambda _oid: True))
+
     def volume_ids(self) -> List[str]:
         return sorted(oid for _lv, oid in self._owned(is_volume_id))
 
@@ -187,11 +230,17 @@ class LvmPool(Pool):
         if found is None:
             if record.state != CREATING:
                 return  # the LV is gone: nothing left to describe
-            create(wanted)
+            try:
+                create(wanted)
+            finally:
+                self._changed()
             return
         stale = [t for t in found.tags if t not in wanted]
         lvm.change_tags(self.vg, found.name, add=[t for t in wanted if t not in found.tags], remove=stale,
                         settings=self.settings)
+        seen = self._seen()
+        if seen is not None:
+            seen[found.name] = dataclasses.replace(found, tags=tuple(sorted(wanted)))
 
     def save_volume(self, volume: Volume) -> None:
         self._save("volume", volume, lambda tags: self._allocate_volume(volume, tags))
@@ -320,12 +369,21 @@ class LvmPool(Pool):
     def release_volume(self, volume: Volume) -> None:
         found = self._lv(volume.id)
         if found is not None:
-            self.activator.deactivate(found)
+            self.activator.release(found)
+            self._remove(found)
+
+    def _remove(self, found: lvm.LogicalVolume) -> None:
+        try:
             lvm.remove(self.vg, found.name, settings=self.settings)
+        finally:
+            self._changed()  # (a COW snapshot's origin changes type too)
 
     def resize_volume(self, volume: Volume, size: int) -> None:
         found = self._require_lv(volume.id)
-        lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
+        try:
+            lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
+        finally:
+            self._changed()
 
     def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
         origin = self._require_lv(snapshot.source_volume_id)
@@ -351,7 +409,7 @@ class LvmPool(Pool):
     def release_snapshot(self, snapshot: Snapshot) -> None:
         found = self._lv(snapshot.id)
         if found is not None:
-            lvm.remove(self.vg, found.name, settings=self.settings)
+            self._remove(found)
 
     def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
@@ -363,6 +421,8 @@ class LvmPool(Pool):
         in_use = self._in_use(found)
         if in_use:
             return in_use
+        if not found.attr.origin:  # its own lv_attr says whether any COW snapshot depends on it
+            return None
         dependants = [lv.name for lv in self._lvs() if lv.origin == found.name and lv.attr.snapshot]
         if dependants:
             return f"it has COW snapshots {', '.join(dependants)}; delete them first"
@@ -386,7 +446,10 @@ class LvmPool(Pool):
 
     # -- node side -----------------------------------------------------------
     def attach(self, volume: Volume) -> str:
-        return self.activator.activate(self._require_lv(volume.id))
+        try:
+            return self.activator.activate(self._require_lv(volume.id))
+        finally:
+            self._changed()
 
     def attached_device(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
@@ -394,7 +457,10 @@ class LvmPool(Pool):
 
     def detach(self, volume: Volume) -> bool:
         found = self._lv(volume.id)
-        return self.activator.deactivate(found) if found else False
+        try:
+            return self.activator.deactivate(found) if found else False
+        finally:
+            self._changed()
 
     def refresh(self, volume: Volume) -> None:
         found = self._lv(volume.id)
@@ -406,6 +472,7 @@ class LvmThinPool(LvmPool):
     """Thin LVs in one thin pool: instant snapshots, clones and restores (thin snapshots)."""
 
     kind = "lvmthin"
+    allocation_checks_space = False  # LVM lets thin LVs over-provision the pool: the ratio is ours to check
 
     def __init__(self, vg: str, thin_pool: str, options: LvmOptions = LvmOptions(),
                  settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
@@ -451,7 +518,11 @@ class LvmThinPool(LvmPool):
             return None  # unprovisioned thin blocks read as zeroes
         found = self._require_lv(volume.id)
         if found.size < volume.size:
-            lvm.extend(self.vg, found.name, volume.size, extent_size=self._extent_size(), settings=self.settings)
+            try:
+                lvm.extend(self.vg, found.name, volume.size, extent_size=self._extent_size(),
+                           settings=self.settings)
+            finally:
+                self._changed()
         return THIN
 
     def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:

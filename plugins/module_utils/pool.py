@@ -9,8 +9,9 @@ same for every pool (idempotency, compatibility, crash recovery) live in
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
 from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 class Pool(abc.ABC):
     kind: str = ""
+    #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
+    #: capacity limit no free-space check is needed before it
+    allocation_checks_space = False
 
     def __init__(self, capacity_limit: int = 0) -> None:
         #: bytes that may be provisioned in all (0: no limit beyond the pool's own space)
@@ -35,6 +39,14 @@ class Pool(abc.ABC):
     def unit(self) -> int:
         """Allocation granularity in bytes: every size the pool hands out is a multiple."""
         return MiB
+
+    def operation(self) -> ContextManager[None]:
+        """Scope of one operation on objects the caller holds locked (``volumes.py`` opens it).
+
+        Within it a pool may reuse what it read about those objects instead of
+        reading them again; this one reads every time.
+        """
+        return contextlib.nullcontext()
 
     @property
     def snapshot_parameter_keys(self) -> Tuple[str, ...]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
 from .errors import Conflict, InUse, NoSpace, NotFound, OutOfRange
 from .model import (
@@ -32,6 +33,17 @@ from .model import (
 from .pool import Pool
 
 log = logging.getLogger(__name__)
+
+_Operation = TypeVar("_Operation", bound=Callable[..., Any])
+
+
+def _one_operation(func: _Operation) -> _Operation:
+    """Run *func* (pool first) in one ``pool.operation()``: the pool may reuse its reads within it."""
+    @functools.wraps(func)
+    def wrapper(pool: Pool, *args: Any, **kwargs: Any) -> Any:
+        with pool.operation():
+            return func(pool, *args, **kwargs)
+    return cast(_Operation, wrapper)
 
 
 # -- lookups -------------------------------------------------------------------
@@ -76,6 +88,7 @@ def _resolve_source(pool: Pool, source: Optional[ContentSource]) -> Optional[Uni
     return get_volume(pool, source.id)
 
 
+@_one_operation
 def ensure_volume(
     pool: Pool,
     name: str,
@@ -111,7 +124,7 @@ def ensure_volume(
                     source=source, ephemeral=ephemeral)
     with pool.allocation:
         if not reuse:
-            _check_space(pool, size, f"volume {name!r}")
+            _check_space(pool, size, f"volume {name!r}", check_mode)
         if check_mode:
             volume.state = READY
             return volume, True
@@ -125,7 +138,9 @@ def ensure_volume(
     return volume, True
 
 
-def _check_space(pool: Pool, needed: int, what: str) -> None:
+def _check_space(pool: Pool, needed: int, what: str, check_mode: bool) -> None:
+    if pool.allocation_checks_space and not pool.capacity_limit and not check_mode:
+        return  # the allocation itself answers NoSpace (check mode allocates nothing: it must look)
     available = pool.available_bytes()
     if needed > available:
         raise NoSpace(f"the {pool.kind} pool at {pool.location} has {available} bytes available, {what} needs {needed}")
@@ -144,6 +159,7 @@ def _check_compatible(volume: Volume, min_size: int, max_size: int,
         raise Conflict(f"volume {volume.name!r} ({volume.id}) already exists and " + "; ".join(problems))
 
 
+@_one_operation
 def delete_volume(pool: Pool, volume_id: str, *, check_mode: bool = False) -> bool:
     """Delete a volume; False when there is none. Refuses while it is published or attached."""
     volume = pool.load_volume(volume_id) if is_volume_id(volume_id) else None
@@ -172,13 +188,14 @@ def _finish_delete(pool: Pool, volume: Volume, check_mode: bool) -> None:
     log.info("deleted volume %s (%r)", volume.id, volume.name)
 
 
+@_one_operation
 def expand_volume(pool: Pool, volume_id: str, size: int, *, check_mode: bool = False) -> Tuple[Volume, bool]:
     """Grow a volume to at least *size* bytes; never shrinks. Returns (volume, changed)."""
     volume = get_volume(pool, volume_id)
     if size <= volume.size:
         return volume, False
     with pool.allocation:
-        _check_space(pool, size - volume.size, f"growing volume {volume_id}")
+        _check_space(pool, size - volume.size, f"growing volume {volume_id}", check_mode)
         if check_mode:
             return dataclasses.replace(volume, size=size), True
         pool.resize_volume(volume, size)
@@ -188,6 +205,7 @@ def expand_volume(pool: Pool, volume_id: str, size: int, *, check_mode: bool = F
     return volume, True
 
 
+@_one_operation
 def set_publication(pool: Pool, volume_id: str, node_id: str, publication: Publication) -> Tuple[Volume, bool]:
     volume = get_volume(pool, volume_id)
     if volume.publications.get(node_id) == publication:
@@ -197,6 +215,7 @@ def set_publication(pool: Pool, volume_id: str, node_id: str, publication: Publi
     return volume, True
 
 
+@_one_operation
 def clear_publication(pool: Pool, volume_id: str, node_id: str) -> bool:
     volume = pool.load_volume(volume_id) if is_volume_id(volume_id) else None
     if volume is None or node_id not in volume.publications:
@@ -208,6 +227,7 @@ def clear_publication(pool: Pool, volume_id: str, node_id: str) -> bool:
 
 # -- snapshots -----------------------------------------------------------------
 
+@_one_operation
 def ensure_snapshot(
     pool: Pool,
     name: str,
@@ -236,7 +256,7 @@ def ensure_snapshot(
                         pool=pool.kind, parameters=params)
     with pool.allocation:
         if existing is None:
-            _check_space(pool, volume.size, f"snapshot {name!r}")
+            _check_space(pool, volume.size, f"snapshot {name!r}", check_mode)
         if check_mode:
             snapshot.state = READY
             return snapshot, True
@@ -248,6 +268,7 @@ def ensure_snapshot(
     return snapshot, True
 
 
+@_one_operation
 def delete_snapshot(pool: Pool, snapshot_id: str, *, check_mode: bool = False) -> bool:
     snapshot = pool.load_snapshot(snapshot_id) if is_snapshot_id(snapshot_id) else None
     if snapshot is None:
@@ -291,7 +312,7 @@ def clean_up(
     for candidate in pool.all_volumes():
         if not _abandoned(candidate.state, candidate.created_at, now, grace_seconds):
             continue
-        with claim(candidate.id) as granted:
+        with claim(candidate.id) as granted, pool.operation():
             volume = pool.load_volume(candidate.id) if granted else None  # re-read under the claim
             if volume is not None and _abandoned(volume.state, volume.created_at, now, grace_seconds):
                 log.warning("removing %s volume %s (%r) left by an interrupted operation",
@@ -301,7 +322,7 @@ def clean_up(
     for found in pool.all_snapshots():
         if not _abandoned(found.state, found.created_at, now, grace_seconds):
             continue
-        with claim(found.id) as granted:
+        with claim(found.id) as granted, pool.operation():
             snapshot = pool.load_snapshot(found.id) if granted else None
             if snapshot is not None and _abandoned(snapshot.state, snapshot.created_at, now, grace_seconds):
                 log.warning("removing %s snapshot %s (%r) left by an interrupted operation",

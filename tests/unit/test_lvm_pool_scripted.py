@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 from basalt_core import lvm, volumes
-from basalt_core.errors import Precondition
+from basalt_core.errors import NoSpace, Precondition
 from basalt_core.lvm_pool import COW, LvmOptions, LvmPool, LvmThinPool, lv_name
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
 from basalt_core.sizes import MiB
@@ -104,9 +104,9 @@ def test_thin_volume_creation_sequence(script: Any) -> None:
     creating = Volume(id=volume_id, name="pvc-thin", size=8 * MiB, pool="lvmthin", created_at=1795580000.0)
     tags_creating = record_tags(pool, "volume", creating)
     runner = script([
-        missing(name),  # no earlier attempt
+        missing(name),  # no earlier attempt (read once per operation)
         found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # space: pool vs thin LVs
-        missing(name), VGS,
+        VGS,
         (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b", "--thinpool",
           "pool0", *flags("--addtag", tags_creating), VG], 0, "", ""),
         found(row_like("thin2", name, tags_creating)),
@@ -139,8 +139,6 @@ def test_restore_from_a_thin_snapshot_is_a_thin_snapshot_then_extended(script: A
         missing(name),
         found(snap_row),  # the source exists and is ready
         found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
-        missing(name),
-        found(snap_row),
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "n",
           *flags("--addtag", tags), f"{VG}/{snap_row['lv_name']}"], 0, "", ""),
         found(row_like("thinsnap1", name, tags, origin=snap_row["lv_name"])),  # 32 MiB like its origin
@@ -166,7 +164,6 @@ def test_thin_snapshot_keeps_the_activation_skip_flag(script: Any) -> None:
     script([
         missing(name), found(origin_row),
         found(THIN["pool0"]), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
-        missing(name), found(origin_row),
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "y",
           *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),
         found(row_like("thinsnap1", name, tags)),
@@ -230,16 +227,15 @@ def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
     tags = record_tags(pool, "snapshot", creating)
     snap_row = row_like("cowsnap", name, tags, origin=origin_row["lv_name"])
     script([
-        missing(name), found(origin_row), VGS,  # space: VG free
-        missing(name), found(origin_row), VGS,
+        missing(name), found(origin_row),  # no space check: lvcreate refuses what does not fit
+        VGS,  # the extent size
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--size", f"{4 * MiB}b",  # 25%, at least 1 MiB,
           *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),  # in extents
-        found(snap_row),
-        found(snap_row),
+        found(snap_row),  # read again after lvcreate, once
         retag(name, tags, record_tags(pool, "snapshot", dataclasses.replace(creating, state=READY,
                                                                             copy_method=COW))),
-        # deleting the origin while the snapshot depends on it is refused
-        found(origin_row), found(origin_row),
+        # deleting the origin while the snapshot depends on it is refused: its lv_attr says "origin"
+        found(origin_row),
         (lvs_all(True), 0, lvs_json(origin_row, snap_row), ""),
     ])
     snapshot, _ = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})
@@ -344,15 +340,62 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     target_row = row_like("vol-normal", name, tags, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
                           lv_path=str(files["target"]))  # dm leaves a new LV active
     script([
-        missing(name), found(snap_row), VGS,  # no earlier attempt; the source; space
-        missing(name), VGS,
+        missing(name), found(snap_row),  # no earlier attempt; the source
+        VGS,  # the extent size
         (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
           "--wipesignatures", "y", *flags("--addtag", tags), VG], 0, "", ""),
         found(target_row), found(snap_row),  # both active: copied with no activation
-        found(target_row),
         retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
                                                                           copy_method="copy"))),
     ])
     volume, changed = volumes.ensure_volume(pool, "restored", 8 * MiB, source=creating.source)
     assert changed and volume.state == READY
     assert files["target"].read_bytes() == files["snap"].read_bytes()
+
+
+def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) -> None:
+    """CreateVolume: lvs, lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvchange, lvremove.
+
+    No free-space read before lvcreate (it refuses what does not fit), no
+    re-read of an LV the operation already read or only retagged, no listing
+    of every LV unless this one is a COW origin, no lvchange -an before
+    lvremove (which takes an active, unopened LV down itself).
+    """
+    pool = LvmPool(VG, LvmOptions())
+    volume_id = volume_id_for("pvc-thick")
+    name = lv_name(volume_id)
+    creating = Volume(id=volume_id, name="pvc-thick", size=8 * MiB, pool="lvm", created_at=1795580000.0)
+    ready = dataclasses.replace(creating, state=READY)
+    tags_creating, tags_ready = record_tags(pool, "volume", creating), record_tags(pool, "volume", ready)
+    deleting = record_tags(pool, "volume", dataclasses.replace(creating, state="deleting"))
+    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB))
+    script([
+        missing(name),
+        VGS,  # the extent size, read once per pool object
+        (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
+          "--wipesignatures", "y", *flags("--addtag", tags_creating), VG], 0, "", ""),
+        found(new_lv),
+        retag(name, tags_creating, tags_ready),
+        # DeleteVolume, a new operation: read again
+        found(dict(new_lv, lv_tags=",".join(sorted(tags_ready)))),
+        retag(name, tags_ready, deleting),
+        (["lvremove", "--yes", f"{VG}/{name}"], 0, "", ""),
+    ])
+    volume, changed = volumes.ensure_volume(pool, "pvc-thick", 8 * MiB)
+    assert changed and volume.state == READY
+    assert volumes.delete_volume(pool, volume_id)
+
+
+def test_a_capacity_limit_keeps_the_space_check_before_lvcreate(script: Any) -> None:
+    pool = LvmPool(VG, LvmOptions(), capacity_limit=4 * MiB)
+    name = lv_name(volume_id_for("too-big"))
+    script([missing(name), VGS, (lvs_all(True), 0, lvs_json(), "")])  # free space, then what is provisioned
+    with pytest.raises(NoSpace, match="4194304 bytes available"):
+        volumes.ensure_volume(pool, "too-big", 8 * MiB)
+
+
+def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: Any) -> None:
+    name = lv_name(volume_id_for("too-big"))
+    script([missing(name), VGS])  # the recorded VG has 56 MiB free
+    with pytest.raises(NoSpace, match="58720256 bytes available"):
+        volumes.ensure_volume(LvmPool(VG, LvmOptions()), "too-big", 64 * MiB, check_mode=True)
