@@ -15,7 +15,11 @@ The image is made at test time, never committed or downloaded prebuilt:
 Everything lands in a cache outside the repository (``/var/cache/basalt-vm``,
 or ``$BASALT_VM_CACHE``) under a key that hashes the package list, this script
 and the files it bakes into the image; a build is skipped when that key is
-already there.  Usage: ``python3 tests/vm/build_image.py [--force]``.
+already there.  Usage: ``python3 tests/vm/build_image.py [--force] [--variant systemd]``.
+
+The ``systemd`` variant (for Molecule over SSH, see ssh_vm.py) adds systemd as
+PID 1 and sshd; it has its own key and cache directory, and its files live in
+``image/systemd/`` so that editing them never rebuilds the base image.
 """
 
 from __future__ import annotations
@@ -89,6 +93,24 @@ PRUNED_MODULE_DIRS = [
     "kernel/net/bluetooth",
 ]
 
+
+@dataclass(frozen=True)
+class Variant:
+    """An image flavour: packages on top of PACKAGES, the init the initramfs
+    hands over to, and (besides the base) files of its own in image/<name>/."""
+
+    name: str
+    packages: tuple[str, ...] = ()
+    init: str = "/sbin/basalt-init"
+
+
+BASE = Variant("base")
+# systemd as PID 1 and sshd, for Molecule; systemd-sysv makes /sbin/init
+# systemd (Ansible's service_mgr fact reads it).  The target is systemd
+# itself: the initramfs cannot follow /sbin/init's absolute link.
+SYSTEMD = Variant("systemd", ("openssh-server", "python3-apt", "systemd-sysv"), "/lib/systemd/systemd")
+VARIANTS = {v.name: v for v in (BASE, SYSTEMD)}
+
 HOST_TOOLS = {
     "debootstrap": "debootstrap",
     "dpkg-deb": "dpkg",
@@ -136,17 +158,24 @@ def ensure_host_tools() -> None:
     run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env)
 
 
-def cache_key() -> str:
-    """Hash of every input of the image: packages, suite, mirror, scripts."""
+def cache_key(variant: Variant = BASE) -> str:
+    """Hash of every input of the image: packages, suite, mirror, scripts
+    (a variant adds its own inputs; the base hashes none of a variant's)."""
     h = hashlib.sha256()
     h.update(json.dumps([SUITE, MIRROR, KERNEL_META, PACKAGES, INITRAMFS_MODULES, PRUNED_MODULE_DIRS]).encode())
-    for path in [Path(__file__).resolve(), *sorted(IMAGE_FILES.iterdir())]:
+    files = [Path(__file__).resolve(), *sorted(p for p in IMAGE_FILES.iterdir() if p.is_file())]
+    if variant != BASE:
+        h.update(json.dumps([variant.name, variant.packages, variant.init]).encode())
+        files += sorted((IMAGE_FILES / variant.name).iterdir())
+    for path in files:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def image_dir(key: str) -> Path:
-    return CACHE_DIR / "images" / key
+def image_dir(key: str, variant: Variant = BASE) -> Path:
+    """Each variant's images sit in their own directory, so that cleaning
+    one variant's old keys never deletes another's image."""
+    return CACHE_DIR / ("images" if variant == BASE else f"images-{variant.name}") / key
 
 
 def load_image(directory: Path) -> Image | None:
@@ -291,7 +320,7 @@ class Cpio:
         return self.buf.getvalue()
 
 
-def make_initramfs(root: Path, kver: str, dest: Path) -> None:
+def make_initramfs(root: Path, kver: str, dest: Path, init: str) -> None:
     modules_dir = root / "lib/modules" / kver
     order = module_order(modules_dir, INITRAMFS_MODULES)
     cpio = Cpio()
@@ -311,6 +340,7 @@ def make_initramfs(root: Path, kver: str, dest: Path) -> None:
         cpio.file(f"modules/{name}", data)
         names.append(name)
     cpio.file("modules.order", ("\n".join(names) + "\n").encode())
+    cpio.file("init.target", (init + "\n").encode())  # what /init switch_roots to
     cpio.file("init", (IMAGE_FILES / "initramfs-init.sh").read_bytes(), 0o755)
     dest.write_bytes(gzip.compress(cpio.close(), compresslevel=6))
 
@@ -386,7 +416,32 @@ def configure_root(root: Path) -> None:
         (root / d).mkdir(exist_ok=True)
 
 
-def build(key: str) -> Image:
+def configure_systemd(root: Path) -> None:
+    """The systemd variant: sshd whose host key is made at first boot and
+    whose authorized key comes from the run (basalt-ssh-setup, through the
+    results share), a static address on QEMU's user network (networkd)."""
+    files = IMAGE_FILES / SYSTEMD.name
+    for name, dest, mode in (
+        ("basalt-ssh-setup.sh", "usr/local/sbin/basalt-ssh-setup", 0o755),
+        ("basalt-ssh-setup.service", "etc/systemd/system/basalt-ssh-setup.service", 0o644),
+        ("sshd-basalt.conf", "etc/ssh/sshd_config.d/basalt.conf", 0o644),
+        ("basalt.network", "etc/systemd/network/10-basalt.network", 0o644),
+        ("modules-load-basalt.conf", "etc/modules-load.d/basalt.conf", 0o644),
+    ):
+        (root / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(files / name, root / dest)
+        (root / dest).chmod(mode)
+    # openssh-server's postinst made host keys: every VM makes its own.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    # --root: offline enablement (no systemd running in the build chroot).
+    systemctl = ["chroot", str(root), "systemctl", "--root=/"]
+    run([*systemctl, "enable", "basalt-ssh-setup.service", "systemd-networkd.service"])
+    # Timers that would run apt (or scrub) behind a test's back.
+    run([*systemctl, "mask", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"])
+
+
+def build(key: str, variant: Variant = BASE) -> Image:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     work = CACHE_DIR / f"build-{key}-{os.getpid()}"
     root = work / "root"
@@ -404,7 +459,7 @@ def build(key: str) -> Image:
                 "debootstrap",
                 "--variant=minbase",
                 "--arch=amd64",
-                "--include=" + ",".join(PACKAGES),
+                "--include=" + ",".join([*PACKAGES, *variant.packages]),
                 SUITE,
                 str(root),
                 MIRROR,
@@ -432,10 +487,12 @@ def build(key: str) -> Image:
         run(["chroot", str(root), "/sbin/depmod", "-a", kver])
         timings["kernel_s"] = round(time.monotonic() - t0 - sum(timings.values()), 1)
 
-        versions = {name: index[name]["Version"] for name in PACKAGES if name in index}
+        versions = {name: index[name]["Version"] for name in [*PACKAGES, *variant.packages] if name in index}
         versions[kpkg["Package"]] = kpkg["Version"]
-        make_initramfs(root, kver, out / "initrd.img")
+        make_initramfs(root, kver, out / "initrd.img", variant.init)
         configure_root(root)
+        if variant == SYSTEMD:
+            configure_systemd(root)
         slim_root(root)
         t1 = time.monotonic()
 
@@ -450,6 +507,7 @@ def build(key: str) -> Image:
 
         manifest = {
             "key": key,
+            "variant": variant.name,
             "suite": SUITE,
             "mirror": MIRROR,
             "kernel": kver,
@@ -460,50 +518,52 @@ def build(key: str) -> Image:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        final = image_dir(key)
+        final = image_dir(key, variant)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)
         out.rename(final)
     finally:
         remove_tree(work)
-    # keep the cache bounded: only the current key stays
-    for other in (CACHE_DIR / "images").iterdir():
+    # keep the cache bounded: only the current key of this variant stays
+    for other in image_dir(key, variant).parent.iterdir():
         if other.name != key:
             shutil.rmtree(other, ignore_errors=True)
-    image = load_image(image_dir(key))
+    image = load_image(image_dir(key, variant))
     assert image is not None
     return image
 
 
-def get_image(force: bool = False) -> tuple[Image, bool]:
-    """The image for the current inputs, building it when needed.
+def get_image(force: bool = False, variant: Variant = BASE) -> tuple[Image, bool]:
+    """The image of `variant` for the current inputs, building it when needed.
 
     Returns (image, built) where `built` tells whether a build happened."""
-    key = cache_key()
+    key = cache_key(variant)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with (CACHE_DIR / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force:
-            image = load_image(image_dir(key))
+            image = load_image(image_dir(key, variant))
             if image is not None:
                 return image, False
         ensure_host_tools()
         if os.geteuid() != 0:
             raise SystemExit("build_image: building the image needs root (debootstrap)")
-        return build(key), True
+        return build(key, variant), True
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even when the cached image is current")
     parser.add_argument("--print-key", action="store_true", help="print the cache key of the current inputs and exit")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default=BASE.name, help="image flavour (default base)")
     args = parser.parse_args(argv)
+    variant = VARIANTS[args.variant]
     if args.print_key:
-        print(cache_key())
+        print(cache_key(variant))
         return 0
     t0 = time.monotonic()
-    image, built = get_image(force=args.force)
+    image, built = get_image(force=args.force, variant=variant)
     what = "built" if built else "reused cached"
     log(f"{what} image {image.directory} (kernel {image.manifest['kernel']}) in {time.monotonic() - t0:.1f} s")
     print(image.directory)

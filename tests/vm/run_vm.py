@@ -120,6 +120,44 @@ def qemu_command(
     return cmd
 
 
+def with_netdev(cmd: list[str], netdev: str, mac: str) -> list[str]:
+    """`cmd` with ``-nic none`` replaced by one virtio NIC on the ``-netdev``
+    backend `netdev` (given without ``id=``)."""
+    i = cmd.index("-nic")
+    return [*cmd[:i], "-netdev", f"{netdev},id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={mac}", *cmd[i + 2 :]]
+
+
+def start_qemu(
+    cmd: list[str], tmp: Path, timeout: float, lines: list[str], echo: TextIO | None, label: str = ""
+) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """Start QEMU in its own session, bounded by coreutils `timeout` (so it
+    dies even if this Python process is killed before it can clean up:
+    SIGKILL, a CI job timeout, ...) and registered for the atexit kill; the
+    console goes to `lines` (and `echo`).  snapshot=on's overlay goes to `tmp`."""
+    proc = subprocess.Popen(
+        ["timeout", "-k", "10", str(int(timeout) + 30), *cmd],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=dict(os.environ, TMPDIR=str(tmp)),
+        start_new_session=True,
+    )
+    _LIVE.add(proc)
+    assert proc.stdout is not None
+    pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo, label), daemon=True)
+    pump.start()
+    return proc, pump
+
+
+def stop_qemu(proc: subprocess.Popen[str]) -> None:
+    """Kill QEMU's process group if it still runs; forget it."""
+    if proc.poll() is None:
+        _kill_group(proc)
+    _LIVE.discard(proc)
+
+
 def _pump(stream: TextIO, sink: list[str], echo: TextIO | None, label: str) -> None:
     for line in stream:
         sink.append(line)
@@ -175,27 +213,9 @@ def run_vm(
             scratch.append(p)
         cmd = qemu_command(qemu, image, results, share.resolve(), scratch, smp, memory_mib, extra_shares)
         if netdev is not None:
-            i = cmd.index("-nic")
-            cmd[i : i + 2] = ["-netdev", f"{netdev},id=net0", "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]
-        env = dict(os.environ, TMPDIR=str(tmp))  # where snapshot=on's overlay goes
+            cmd = with_netdev(cmd, netdev, mac)
         lines: list[str] = []
-        # coreutils timeout bounds QEMU even if this Python process is killed
-        # before it can clean up (SIGKILL, a CI job timeout, ...).
-        cmd = ["timeout", "-k", "10", str(int(timeout) + 30), *cmd]
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            env=env,
-            start_new_session=True,
-        )
-        _LIVE.add(proc)
-        assert proc.stdout is not None
-        pump = threading.Thread(target=_pump, args=(proc.stdout, lines, echo, label), daemon=True)
-        pump.start()
+        proc, pump = start_qemu(cmd, tmp, timeout, lines, echo, label)
         timed_out = False
         try:
             proc.wait(timeout=timeout)
@@ -240,9 +260,7 @@ def run_vm(
         )
     finally:
         if proc is not None:
-            if proc.poll() is None:
-                _kill_group(proc)
-            _LIVE.discard(proc)
+            stop_qemu(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

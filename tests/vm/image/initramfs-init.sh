@@ -3,7 +3,7 @@
 # Loads the few modules the stock Debian kernel needs to mount the root disk
 # (virtio-pci, virtio-blk, ext4 and their dependencies, listed in order in
 # /modules.order by tests/vm/build_image.py), mounts the root disk and hands over to
-# /sbin/basalt-init on the real root.
+# the init named in /init.target (the image variant's: /sbin/basalt-init, or systemd).
 BB=/bin/busybox
 fail() {
     echo "basalt-initramfs: $*" >/dev/console
@@ -37,8 +37,9 @@ while [ ! -b "$root" ]; do
     $BB sleep 0.1
 done
 $BB mount -t ext4 -o rw "$root" /newroot || fail "cannot mount $root"
-[ -x /newroot/sbin/basalt-init ] || fail "no /sbin/basalt-init on the root disk"
+target=$($BB cat /init.target)
+[ -x "/newroot$target" ] || fail "no $target on the root disk"
 $BB mount --move /dev /newroot/dev
 $BB umount /sys
 $BB umount /proc
-exec $BB switch_root /newroot /sbin/basalt-init
+exec $BB switch_root /newroot "$target"
