@@ -19,7 +19,8 @@ or left out and logged when it has none.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from basalt_core.iscsi_target import Chap, Export, serial_for, target_iqn_for
@@ -64,8 +65,13 @@ class Action:
     reason: str = ""
 
 
-def plan(base_iqn: str, live: Sequence[Export], saved: SavedGrants, wanted: Sequence[Wanted]) -> List[Action]:
-    """The actions that make *live* (and the backend's *saved* grants) match *wanted*, target by target."""
+def plan(base_iqn: str, live: Sequence[Export], saved: SavedGrants, wanted: Sequence[Wanted],
+         devices: Optional[Mapping[str, Optional[str]]] = None) -> List[Action]:
+    """The actions that make *live* (and the backend's *saved* grants) match *wanted*, target by target.
+
+    *devices*: per live target, the device its volume is at now (None: not attached), compared with
+    the LUN's backing store (both resolved); targets not in it are not checked.
+    """
     prefix = base_iqn + ":"
     live_by = {e.target_iqn: e for e in live if e.target_iqn.startswith(prefix)}
     saved_by = {t: dict(g) for t, g in saved.items() if t.startswith(prefix)}
@@ -82,6 +88,14 @@ def plan(base_iqn: str, live: Sequence[Export], saved: SavedGrants, wanted: Sequ
             actions.append(Action(REMOVE, target, initiators=initiators, reason="no publication record wants it"))
             continue
         volume_id = want[0].volume_id
+        if current is not None and current.device and devices is not None and target in devices \
+                and devices[target] != current.device:
+            # E.g. a reboot renumbered the loop devices and tgt.service restored the old paths: the
+            # LUN would serve another volume's data under this volume's serial. Start over.
+            actions.append(Action(REMOVE, target, volume_id, initiators=tuple(sorted(have | set(remembered))),
+                                  reason=f"its LUN is {current.device}, but the volume is at "
+                                  f"{devices[target] or 'no device'}"))
+            current, have = None, set()
         grants: List[Action] = []
         known = set()
         for item in want:
@@ -135,12 +149,12 @@ class Summary:
 def reconcile(publishing: IscsiPublishing, locks: ObjectLocks) -> Summary:
     """Bring the backend in line with the records; one target's failure never stops the others."""
     backend, base = publishing.backend, publishing.settings.base_iqn
-    live, saved = backend.exports(), backend.saved_grants()
+    live, saved = _resolved(backend.exports()), backend.saved_grants()
     # Listed after reading the backend: a target seen there was made after its volume (publish looks the
     # volume up first), so its volume is found below and locked by its id, as ControllerPublish locks it.
     volumes = publishing.pool.all_volumes()
     by_target = {target_iqn_for(base, v.id): v for v in volumes}
-    first = plan(base, live, saved, wanted_of(publishing, volumes))
+    first = plan(base, live, saved, wanted_of(publishing, volumes), _devices(publishing, live, by_target))
     summary = Summary()
     for target in dict.fromkeys(a.target_iqn for a in first):  # in plan order, once each
         volume = by_target.get(target)
@@ -171,9 +185,10 @@ def _settle(publishing: IscsiPublishing, target: str, volume_id: Optional[str], 
     backend, pool = publishing.backend, publishing.pool
     volume = pool.load_volume(volume_id) if volume_id else None
     current = backend.export(target)
+    live = _resolved([current] if current else [])
     saved = {target: backend.saved_grants().get(target, {})}
-    actions = plan(publishing.settings.base_iqn, [current] if current else [], saved,
-                   wanted_of(publishing, [volume] if volume else []))
+    actions = plan(publishing.settings.base_iqn, live, saved, wanted_of(publishing, [volume] if volume else []),
+                   _devices(publishing, live, {target: volume} if volume else {}))
     for action in actions:
         fields = {"action": action.kind, "target": target, "volume_id": action.volume_id or None,
                   "initiator": action.initiator_iqn or None, "reason": action.reason}
@@ -196,3 +211,19 @@ def _settle(publishing: IscsiPublishing, target: str, volume_id: Optional[str], 
                 pool.detach(volume)  # as the last unpublish would have done
         summary.applied += 1
         log.info("reconcile: %s %s", action.kind, target, extra={"fields": fields})
+
+
+def _resolved(exports: Sequence[Export]) -> List[Export]:
+    return [replace(e, device=os.path.realpath(e.device)) if e.device else e for e in exports]
+
+
+def _devices(publishing: IscsiPublishing, live: Sequence[Export], by_target: Mapping[str, Volume]
+             ) -> Dict[str, Optional[str]]:
+    """Where each exported volume that a record still wants exported is now (one pool lookup each)."""
+    found: Dict[str, Optional[str]] = {}
+    for export in live:
+        volume = by_target.get(export.target_iqn)
+        if export.device and volume is not None and set(volume.publications) - {publishing.node_id}:
+            device = publishing.pool.attached_device(volume)
+            found[export.target_iqn] = os.path.realpath(device) if device else None
+    return found

@@ -189,3 +189,57 @@ def test_a_volume_busy_in_an_rpc_is_left_to_it(tgtd: Tgtd, tmp_path: Path) -> No
         exports.ensure_unexported(pool, backend, settings, volume.id, NODE_A)
         pool.detach(volume)
     volumes.delete_volume(pool, volume.id)
+
+
+def test_config_loaded_at_boot_leaves_nothing_to_reconcile(host: Tuple[Agent, Tgtd]) -> None:
+    """tgt.service at boot loads the config file the agent persisted (tgt-admin -e): the agent then agrees."""
+    agent, daemon = host
+    volume = create(agent, "booted", block_cap())
+    context = publish(agent, volume.volume_id, "node-a", block_cap())
+    agent.stop()
+    fresh = crash_and_restart_tgtd(daemon)
+    try:
+        tgt.load_config(os.path.join(agent.root, "tgt-basalt.conf"), control_port=daemon.control_port,
+                        force=True, secrets=[CHAP["node.session.auth.password"]])
+        agent.start()
+        summary = wait_reconciled(agent, 2)
+        assert (summary["applied"], summary["failed"], summary["skipped"]) == (0, 0, 0), summary
+        with login(context, NODE_A) as session:
+            assert session.read(0, 512).good
+        with pytest.raises(IscsiError):
+            login(context, NODE_A, password="Wrong-Secret-999")
+    finally:
+        agent.stop()
+        tgt.stop_private_tgtd(daemon.control_port, fresh)
+
+
+def test_a_lun_on_another_device_is_exported_again_from_the_volume(host: Tuple[Agent, Tgtd], loop: Any,
+                                                                   tmp_path: Path) -> None:
+    """After a reboot renumbered the loop devices, tgt.service may restore a target whose LUN is another
+    volume's device, under this volume's serial: the agent must not trust it."""
+    agent, daemon = host
+    volume = create(agent, "renumbered", block_cap())
+    context = publish(agent, volume.volume_id, "node-a", block_cap())
+    with login(context, NODE_A) as session:
+        assert session.write(0, b"R" * 512).good
+    agent.stop()
+    fresh = crash_and_restart_tgtd(daemon)
+    try:
+        target = context["basalt.dev/iscsi-target"]
+        restored = tgt.TgtBackend(control_port=daemon.control_port, conf_path=str(tmp_path / "boot.conf"),
+                                  record_path=str(tmp_path / "boot.json"))
+        restored.ensure_export(target, loop.device, context["basalt.dev/serial"], False)
+        restored.ensure_grant(target, NODE_A, Chap(CHAP["node.session.auth.username"],
+                                                   CHAP["node.session.auth.password"]))
+        with login(context, NODE_A) as session:
+            assert session.read(0, 512).data == b"\0" * 512  # the wrong data, as the node would see it
+
+        agent.start()
+        summary = wait_reconciled(agent, 2)
+        assert (summary["applied"], summary["failed"], summary["skipped"]) == (3, 0, 0), summary
+        assert f"its LUN is {loop.device}" in agent.log()
+        with login(context, NODE_A) as session:
+            assert session.read(0, 512).data == b"R" * 512
+    finally:
+        agent.stop()
+        tgt.stop_private_tgtd(daemon.control_port, fresh)

@@ -89,6 +89,24 @@ CASES: Dict[str, Any] = {
         [live(T1, Grant(A, CHAP_A))], {T1: {A: CHAP_A}}, [want(T1, A), want(T1, None, node="node-x")],
         [Action(SKIP, T1, "vol-1", reason="node node-x has no known initiator IQN")],
     ),
+    "the LUN is another device than the volume's (loop devices renumbered by a reboot)": (
+        [live(T1, Grant(A, CHAP_A), device="/dev/loop3")], {T1: {A: CHAP_A}}, [want(T1, A)],
+        [Action(REMOVE, T1, "vol-1", initiators=(A,),
+                reason="its LUN is /dev/loop3, but the volume is at /dev/loop5"),
+         Action(EXPORT, T1, "vol-1", reason="recorded publication, target missing"),
+         Action(GRANT, T1, "vol-1", A, CHAP_A, reason="recorded publication to node node-a, grant missing")],
+        {T1: "/dev/loop5"},
+    ),
+    "the volume is not attached at all: its target cannot be serving it": (
+        [live(T1, Grant(A, CHAP_A), device="/dev/loop3")], {T1: {A: CHAP_A}}, [want(T1, A)],
+        [Action(REMOVE, T1, "vol-1", initiators=(A,), reason="its LUN is /dev/loop3, but the volume is at no device"),
+         Action(EXPORT, T1, "vol-1", reason="recorded publication, target missing"),
+         Action(GRANT, T1, "vol-1", A, CHAP_A, reason="recorded publication to node node-a, grant missing")],
+        {T1: None},
+    ),
+    "the LUN is the volume's device: nothing to do": (
+        [live(T1, Grant(A, CHAP_A), device="/dev/loop3")], {T1: {A: CHAP_A}}, [want(T1, A)], [], {T1: "/dev/loop3"},
+    ),
     "targets outside the base IQN are never touched": (
         [live(FOREIGN, Grant(A)), live(LOOKALIKE, Grant(A))], {FOREIGN: {A: None}, LOOKALIKE: {A: None}}, [],
         [],
@@ -104,8 +122,8 @@ CASES: Dict[str, Any] = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_plan(case: str) -> None:
-    current, saved, wanted, expected = CASES[case]
-    assert plan(BASE, current, saved, wanted) == expected
+    current, saved, wanted, expected, *devices = CASES[case]
+    assert plan(BASE, current, saved, wanted, *devices) == expected
 
 
 def test_plan_is_idempotent_once_applied() -> None:
