@@ -136,7 +136,10 @@ def parser() -> argparse.ArgumentParser:
                      help="lvmthin: thin pool data/metadata use that marks volumes abnormal (default 90)")
     iscsi = p.add_argument_group("iSCSI exports (storage hosts)")
     iscsi.add_argument("--iscsi-backend", choices=["tgt", "lio"],
-                       help="export published volumes over iSCSI with this target (default: no exports, local use)")
+                       help="export published volumes over iSCSI with this target (default: no exports, local "
+                       "use). At start, in the background, the agent makes the target's exports under "
+                       "--iscsi-base-iqn agree with the volumes' publication records (re-creates missing ones with "
+                       "the saved CHAP, removes unwanted ones; other targets are never touched) and logs each action")
     iscsi.add_argument("--iscsi-base-iqn", help="targets are named BASE:<volume> (default iqn.2026-11.dev.basalt)")
     iscsi.add_argument("--iscsi-portal", dest="iscsi_portals", action="append", metavar="HOST:PORT",
                        help="a portal nodes log in to (repeat for several)")
@@ -144,10 +147,10 @@ def parser() -> argparse.ArgumentParser:
                        help="derive every node's initiator IQN from its node id as BASE:<node id> (lower-cased, "
                        "other characters than a-z 0-9 . - replaced, a hash added when that changed it), e.g. "
                        "iqn.2026-11.dev.basalt.node: give the same BASE to the storage host and to every node. "
-                       "The storage host then exports to any node without a map; a node agent checks at start "
-                       "and in NodeGetInfo that --iscsi-initiatorname-file names that IQN (FAILED_PRECONDITION, "
-                       "so kubelet's registration fails visibly, when it does not), or writes it there with "
-                       "--iscsi-manage-initiatorname")
+                       "The storage host then exports to any node id without a map (every node is known; "
+                       "volumes carry no node topology), to that IQN only. A node agent's NodeGetInfo answers "
+                       "FAILED_PRECONDITION, so kubelet's registration fails visibly, while "
+                       "--iscsi-initiatorname-file names another IQN; --iscsi-manage-initiatorname writes it there")
     iscsi.add_argument("--iscsi-initiator", dest="iscsi_initiators", action="append", type=_initiator,
                        metavar="NODE=IQN", help="a node's initiator IQN (repeat; the roles write them to --config); "
                        "overrides the derived name for that node. Without --iscsi-initiator-base, a node that "
