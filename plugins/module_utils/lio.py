@@ -21,8 +21,12 @@ do not (:class:`~.errors.Conflict` otherwise).
 
 Revoking deletes the NodeACL, which makes the kernel end that initiator's
 sessions.  ``persist`` is ``RTSRoot().save_to_file()`` (rtslib writes it
-through a temp file, mode 0600: it holds the CHAP secrets); at boot the
-``rtslib-fb-targetctl`` / ``target`` service restores /etc/target/saveconfig.json.
+through a temp file, mode 0600: it holds the CHAP secrets) to rtslib's own
+default file unless told otherwise: the one the ``rtslib-fb-targetctl`` /
+``target`` service restores at boot (``targetctl restore``).  That file is
+not the same everywhere: upstream /etc/target/saveconfig.json, Debian's
+python3-rtslib-fb /etc/rtslib-fb-target/saveconfig.json (found in the VM
+tier, where a save to /etc/target was never restored).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from .errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
 from .runner import operand
 
-DEFAULT_SAVE_FILE = "/etc/target/saveconfig.json"
 DATA_LUN = 0
 TPG_TAG = 1
 SO_PREFIX = "basalt-"
@@ -71,12 +74,13 @@ class LioBackend(TargetBackend):
     """:class:`TargetBackend` over LIO via rtslib_fb (VM tier / real hosts only; see the module docstring).
 
     *portals*: where TPG 1 listens (default ``0.0.0.0:3260``).  *save_file*:
-    what ``persist`` writes.  *rtslib*: the rtslib_fb module (tests pass a fake).
+    what ``persist`` writes (default: rtslib's ``default_save_file``).
+    *rtslib*: the rtslib_fb module (tests pass a fake).
     """
 
     lun = DATA_LUN
 
-    def __init__(self, *, portals: Sequence[str] = ("0.0.0.0:3260",), save_file: str = DEFAULT_SAVE_FILE,
+    def __init__(self, *, portals: Sequence[str] = ("0.0.0.0:3260",), save_file: Optional[str] = None,
                  rtslib: Any = None) -> None:
         self.portals = tuple(portals)
         for portal in self.portals:

@@ -314,3 +314,10 @@ def test_fake_matches_real_rtslib() -> None:
     for cls, attr in ((real.NodeACL, "chap_userid"), (real.MappedLUN, "write_protect"), (real.TPG, "enable")):
         assert getattr(cls, attr).fset is not None, f"{cls.__name__}.{attr} is settable"
     assert callable(real.TPG.set_attribute) and callable(real.TPG.get_attribute)
+
+
+def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespace) -> None:
+    # None lets rtslib pick its default_save_file: Debian's python3-rtslib-fb restores
+    # /etc/rtslib-fb-target/saveconfig.json at boot, upstream /etc/target/saveconfig.json (VM tier).
+    lio.LioBackend(portals=("192.0.2.10:3260",), rtslib=rts).persist()
+    assert _taken(rts) == [("save_to_file", None)]

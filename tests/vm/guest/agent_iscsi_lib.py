@@ -28,7 +28,9 @@ CHAP_PASSWORD = "node.session.auth.password"
 SECRETS = {CHAP_USER: "node-a-user", CHAP_PASSWORD: "Secret-Of-A-1234"}
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 START_TIMEOUT = 240.0
-LIO_SAVE_FILE = "/etc/target/saveconfig.json"  # basalt_core.lio.DEFAULT_SAVE_FILE
+# What Debian's rtslib-fb-targetctl.service restores at boot (``targetctl restore``), and so what the agent's
+# LIO backend saves to (rtslib's default_save_file; upstream rtslib uses /etc/target/saveconfig.json).
+LIO_SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"
 
 
 class CheckFailed(Exception):

@@ -14,8 +14,9 @@ CreateVolume → ControllerPublish (CHAP) → NodeStage with a wrong CHAP secret
 write → read back → NodeUnpublish → NodeUnstage (logout, node record gone) →
 the bytes are on the LV (read with debugfs, O_DIRECT) → another initiator IQN
 with the right secret is refused (iscsiadm rc 24) → LIO's saved config
-restores the export after the live config is cleared (and the agent, started
-again, stages through it) → ControllerUnpublish (ACL, target, backstore gone;
+restores the export after the live config is cleared (``targetctl clear`` and
+``targetctl restore``, what Debian's rtslib-fb-targetctl.service runs at stop
+and boot; the agent, started again, stages through it) → ControllerUnpublish (ACL, target, backstore gone;
 LV deactivated) → DeleteVolume.  Then a read-only publication of a block
 volume: reads work, writes fail at the target, the LV is unchanged.
 
@@ -132,16 +133,13 @@ def main() -> None:
             sh("iscsiadm", "-m", "iface", "-I", OTHER_IFACE, "-o", "delete", check=False)
         expect(target not in lib.session_targets(), "the other IQN has a session")
 
-        step("persistence: stop the storage agent, clear LIO's live config, restore the saved file")
+        step("persistence: stop the storage agent; the target service's stop and start (targetctl clear, restore)")
         saved_config = json.loads(saved.read_text())
         expect(any(t["wwn"] == target for t in saved_config["targets"]), "target not in the saved config")
         lib.stop_agent(storage, release=False)
-        from rtslib_fb import RTSRoot
-
-        RTSRoot().clear_existing(confirm=True)
-        expect(lib.lio_target(target) is None, "the target survived clear_existing")
-        errors = RTSRoot().restore_from_file(str(saved))
-        expect(not errors, f"restore_from_file: {errors}")
+        sh("targetctl", "clear")  # rtslib-fb-targetctl.service's ExecStop
+        expect(lib.lio_target(target) is None, "the target survived targetctl clear")
+        sh("targetctl", "restore")  # its ExecStart at boot: the default save file, nothing else
         expect(lib.lio_acls(target) == [iqn], f"restored ACLs {lib.lio_acls(target)}")
         lib.start(storage)
         step("the restored export (CHAP from the saved file) stages again through the agents")
@@ -155,9 +153,9 @@ def main() -> None:
         storage.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"))
         storage.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id="node-a"))
         expect(lib.lio_target(target) is None, f"target {target} still in LIO")
-        from rtslib_fb import RTSRoot as Root
+        from rtslib_fb import RTSRoot
 
-        expect(not [so.name for so in Root().storage_objects], "a LIO backstore is left")
+        expect(not [so.name for so in RTSRoot().storage_objects], "a LIO backstore is left")
         expect(target not in saved.read_text(), "the saved config still holds the target")
         expect(not lib.lv_active(storage, vid), "the LV is still active after the last unpublish")
         storage.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
