@@ -29,7 +29,7 @@ from agent_iscsi_testlib import (
     storage_host_args,
     wait_reconciled,
 )
-from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root
+from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root, retry_until
 from libiscsi_client import IscsiError
 from tgtd_testlib import Tgtd
 
@@ -243,3 +243,16 @@ def test_a_lun_on_another_device_is_exported_again_from_the_volume(host: Tuple[A
     finally:
         agent.stop()
         tgt.stop_private_tgtd(daemon.control_port, fresh)
+
+
+def test_target_service_down_at_start_does_not_stop_the_agent(host: Tuple[Agent, Tgtd]) -> None:
+    agent, daemon = host
+    volume = create(agent, "while-down", block_cap())
+    publish(agent, volume.volume_id, "node-a", block_cap())
+    agent.stop()
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    agent.start()
+    assert retry_until(lambda: "iscsi reconciliation failed" in agent.log(), 60), agent.log()[-4000:]
+    assert agent.identity.Probe(csi.ProbeRequest()).ready.value
+    assert [v.volume.volume_id for v in agent.list_all_volumes()] == [volume.volume_id]
