@@ -93,7 +93,7 @@ class IscsiAttachment(Attachment):
         iscsi_attach.ensure_detached(self.target_iqn, self.portals, serial=self.serial)
 
     def refresh(self) -> None:
-        iscsi_attach.rescan(self.target_iqn, self.portals)
+        iscsi_attach.rescan(self.target_iqn, self.portals, serial=self.serial)
 
     def problem(self) -> Optional[str]:
         if self.device() is None:

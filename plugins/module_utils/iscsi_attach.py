@@ -11,9 +11,8 @@ import os
 from typing import Literal, Optional, Sequence, Set, Tuple, overload
 
 from . import iscsiadm, multipath
-from .errors import InvalidRequest
+from .errors import InvalidRequest, NotFound
 from .iscsi_target import Chap, check_iqn
-from .runner import run
 
 DEVICE_TIMEOUT = 60.0
 DEFAULT_PORT = "3260"
@@ -102,8 +101,11 @@ def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = ""
     return changed
 
 
-def rescan(target_iqn: str, portals: Sequence[str]) -> None:
-    """Make the kernel re-read the LUN's size after the volume grew on the storage host."""
-    for portal in portals:
-        run(["iscsiadm", "-m", "node", "-T", check_iqn(target_iqn, "target IQN"), "-p",
-             iscsiadm.check_portal(portal), "--rescan"], what=f"rescan {target_iqn} at {portal}")
+def rescan(target_iqn: str, portals: Sequence[str], *, serial: str = "") -> None:
+    """Make the kernel re-read the LUN's size after the volume grew on the storage host, on every portal
+    with a session, then the multipath map over the disks with unit serial *serial* (when given)."""
+    if not any([iscsiadm.rescan(target_iqn, portal) for portal in portals]):
+        raise NotFound(f"no session to {target_iqn} on {', '.join(portals)} to rescan")
+    held = multipath.map_for(os.path.basename(d) for d in iscsiadm.find_disks(serial)) if serial else None
+    if held is not None:
+        multipath.resize(held.name)

@@ -212,6 +212,17 @@ def delete_node(target_iqn: str, portal: str, *, iface: Optional[str] = None) ->
     return True
 
 
+def rescan(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
+    """Re-read the size of the session's LUNs; False when there is no session on that portal (rc 21)."""
+    try:
+        run([*_node(target_iqn, portal, iface), "--rescan"], timeout=TIMEOUT, what=f"rescan {target_iqn}")
+    except CommandFailed as exc:
+        if exc.rc == ERR_NO_OBJS_FOUND:
+            return False
+        raise
+    return True
+
+
 def sessions() -> List[Session]:
     """Active sessions; rc 21 "No active sessions." is an empty list."""
     result = run(["iscsiadm", "-m", "session"], check=False, timeout=TIMEOUT, what="list iSCSI sessions")

@@ -12,6 +12,8 @@ filesystem must then live on the map, never on one path.
 * ``multipathd show daemon`` answers ``pid N idle|running`` while the daemon
   serves its socket; without a daemon it fails (rc 1), without the package
   the command is missing.
+* ``multipathd resize map MAP`` after the paths were rescanned: a grown LUN
+  grows the map.
 * ``multipath -f MAP`` removes the map (flushing its queued I/O) before the
   paths are logged out: with ``queue_if_no_path`` a map without paths would
   hang every I/O on it.
@@ -115,6 +117,12 @@ def flush(name: str, *, sys_root: str = "/sys") -> bool:
         return False
     run(["multipath", "-f", operand(name, "multipath map")], timeout=TIMEOUT, what=f"flush multipath map {name}")
     return True
+
+
+def resize(name: str) -> None:
+    """Make map *name* take its paths' new size (after they were rescanned)."""
+    run(["multipathd", "resize", "map", operand(name, "multipath map")], timeout=TIMEOUT,
+        what=f"resize multipath map {name}")
 
 
 def map_names(*, sys_root: str = "/sys") -> List[str]:

@@ -88,3 +88,9 @@ def test_flush_only_an_existing_map(script: Any, sys_root: Path, tree: Dict[str,
     assert multipath.flush("not-a-map", sys_root=str(sys_root)) is False
     assert multipath.flush("-f", sys_root=str(sys_root)) is False  # never reaches a command line
     assert runner.ran == [["multipath", "-f", name]]
+
+
+def test_resize(script: Any) -> None:
+    runner = script([(["multipathd", "resize", "map", "mpatha"], 0, recorded("resize_map_again.txt"), "")])
+    multipath.resize("mpatha")
+    assert runner.ran == [["multipathd", "resize", "map", "mpatha"]]

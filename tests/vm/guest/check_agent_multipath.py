@@ -6,7 +6,9 @@ The storage agent exports over LIO on two portals, 127.0.0.1:3260 and
 NodeStage logs in on both portals, waits for both SCSI disks and for the map
 multipathd builds over them, and puts the filesystem on the map.  Data
 written through the pod mount survives the loss of one path (logged out by
-hand), and NodeUnstage flushes the map (``multipath -f``) before it logs out:
+hand); the volume then grows (ControllerExpand on the storage host, NodeExpand:
+rescan of the remaining path, ``multipathd resize map``, online resize2fs),
+and NodeUnstage flushes the map (``multipath -f``) before it logs out:
 no map, session or node record is left.  The bytes are then checked on the
 LV.  What multipath-tools printed and the sysfs tree of the map are saved to
 /results/multipath/ (the unit tests' recordings come from there).
@@ -63,7 +65,7 @@ def sysfs_tree(disks: List[str]) -> Dict[str, Union[str, List[str]]]:
 
 def main() -> None:
     lib.prepare(sys.argv[1])
-    from basalt_csi_testlib import csi, mount_cap, pattern
+    from basalt_csi_testlib import csi, fs_total_bytes, mount_cap, pattern
 
     from basalt_core import iscsi_attach, iscsiadm, multipath
 
@@ -120,6 +122,21 @@ def main() -> None:
         lib.write_and_sync(os.path.join(pod, "second.bin"), second)
         expect(Path(pod, "first.bin").read_bytes() == first, "first file after the path loss")
         record("multipath_ll_one_path.txt", ["multipath", "-ll"])
+
+        record("iscsiadm_rescan_no_session.txt", ["iscsiadm", "-m", "node", "-T", target, "-p", PORTALS[1], "--rescan"])
+        record("iscsiadm_rescan.txt", ["iscsiadm", "-m", "node", "-T", target, "-p", PORTALS[0], "--rescan"])
+        step("ControllerExpand 64 -> 128 MiB, NodeExpand: rescan (one portal has no session), map resized, ext4 grown")
+        grown = 128 * MIB
+        storage.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+            volume_id=vid, capacity_range=csi.CapacityRange(required_bytes=grown), volume_capability=cap))
+        expanded = node.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+            volume_id=vid, volume_path=pod, staging_target_path=staging, volume_capability=cap,
+            capacity_range=csi.CapacityRange(required_bytes=grown)))
+        expect(expanded.capacity_bytes == grown, f"NodeExpand says {expanded.capacity_bytes} bytes")
+        expect(fs_total_bytes(pod) > 100 * MIB, f"ext4 is {fs_total_bytes(pod)} bytes after NodeExpand")
+        record("multipath_ll_grown.txt", ["multipath", "-ll"])
+        record("resize_map_again.txt", ["multipathd", "resize", "map", held.name])
+        expect(Path(pod, "second.bin").read_bytes() == second, "data after the expansion")
 
         step("NodeUnpublish, NodeUnstage: map flushed, sessions and node records gone")
         node.unpublish(vid, pod)

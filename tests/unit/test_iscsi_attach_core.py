@@ -17,6 +17,7 @@ import pytest
 from multipath_testlib import SHOW_DAEMON, build_tree, recorded, sysfs_tree, the_map
 
 from basalt_core import iscsi_attach, iscsiadm, multipath
+from basalt_core.errors import NotFound
 
 T = "iqn.2026-11.dev.basalt:vol-0354cf3bcf0c5b1e9d9f82c7db11937a"
 PORTALS = ["127.0.0.1:3260", "127.0.0.2:3260"]
@@ -91,3 +92,20 @@ def test_detach_flushes_the_map_before_logging_out(script: Any, host: Dict[str, 
     assert iscsi_attach.ensure_detached(T, PORTALS, serial=SERIAL)
     assert host["calls"] == [["multipath", "-f", host["map"].name], ("logout", PORTALS[0]), ("delete", PORTALS[0]),
                              ("logout", PORTALS[1]), ("delete", PORTALS[1])]
+
+
+def test_rescan_every_live_portal_then_resize_the_map(script: Any, host: Dict[str, Any]) -> None:
+    # one path was lost: iscsiadm says rc 21 for its portal; the other is rescanned, then the map resized
+    node = ["iscsiadm", "-m", "node", "-T", T, "-p"]
+    runner = script([([*node, PORTALS[0], "--rescan"], 0, recorded("iscsiadm_rescan.txt"), ""),
+                     ([*node, PORTALS[1], "--rescan"], 21, "", recorded("iscsiadm_rescan_no_session.txt")),
+                     (["multipathd", "resize", "map", host["map"].name], 0, recorded("resize_map_again.txt"), "")])
+    iscsi_attach.rescan(T, PORTALS, serial=SERIAL)
+    assert len(runner.ran) == 3
+
+
+def test_rescan_without_any_session_is_not_found(script: Any, host: Dict[str, Any]) -> None:
+    node = ["iscsiadm", "-m", "node", "-T", T, "-p"]
+    script([([*node, p, "--rescan"], 21, "", recorded("iscsiadm_rescan_no_session.txt")) for p in PORTALS])
+    with pytest.raises(NotFound, match="no session"):
+        iscsi_attach.rescan(T, PORTALS, serial=SERIAL)
