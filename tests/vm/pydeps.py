@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,9 @@ PIP_PLATFORM_ARGS = [
 ]
 GUEST_MOUNT = "/opt/basalt-pydeps"
 MOUNT_TAG = "pydeps"
+# A second, separate wheel set for the modules' VM test: ansible-core at the version the Ansible checks pin.
+ANSIBLE_PREFIX = "ansible"
+ANSIBLE_MOUNT_TAG = "ansible"
 
 
 def pins(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
@@ -57,14 +61,30 @@ def cache_key(requirements: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def deps_dir(requirements: list[str] | None = None) -> Path:
-    return build_image.CACHE_DIR / f"python-{cache_key(requirements or pins())}"
+def ansible_pins(script: Path = REPO / "scripts" / "ansible-checks.sh") -> list[str]:
+    """ansible-core at the version scripts/ansible-checks.sh pins (its ``ANSIBLE_CORE_VERSION=``)."""
+    found = re.search(r"^ANSIBLE_CORE_VERSION=(\S+)$", script.read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"{script} pins no ANSIBLE_CORE_VERSION")
+    return [f"ansible-core=={found.group(1)}"]
 
 
-def ensure() -> Path:
-    """The wheel directory for the current pins, installing it when missing."""
-    requirements = pins()
-    final = deps_dir(requirements)
+def deps_dir(requirements: list[str] | None = None, prefix: str = "python") -> Path:
+    return build_image.CACHE_DIR / f"{prefix}-{cache_key(requirements or pins())}"
+
+
+def ensure_ansible() -> Path:
+    """The ansible-core wheel set (its own cache directory and 9p tag, next to the agent's)."""
+    return ensure(ansible_pins(), prefix=ANSIBLE_PREFIX)
+
+
+def ensure(requirements: list[str] | None = None, prefix: str = "python") -> Path:
+    """The wheel directory for *requirements* (default: the agent's pins), installing it when missing.
+
+    Only the current set of each *prefix* is kept.
+    """
+    requirements = requirements or pins()
+    final = deps_dir(requirements, prefix)
     build_image.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with (build_image.CACHE_DIR / ".pydeps.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -80,7 +100,7 @@ def ensure() -> Path:
         (tmp / ".complete").write_text(json.dumps({"pins": requirements, "installed": installed}, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for other in build_image.CACHE_DIR.glob("python-*"):  # keep only the current pins
+        for other in build_image.CACHE_DIR.glob(f"{prefix}-*"):  # keep only the current pins
             if other != final:
                 shutil.rmtree(other, ignore_errors=True)
         return final
