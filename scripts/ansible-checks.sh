@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline Ansible checks of the basalt.csi collection (Galaxy unreachable; PyPI reachable):
-#   1. ansible-core / ansible (bundled collections) / ansible-lint at pinned versions (PyPI) and shellcheck
-#      (Debian), installed if missing
+#   1. ansible-core / ansible (bundled collections) / ansible-lint / molecule at pinned versions (PyPI) and
+#      shellcheck (Debian), installed if missing (molecule: the VM tier's Molecule test, tests/vm)
 #   2. the collection built as it ships (galaxy.yml build_ignore) into a temp ansible_collections tree
 #   3. ansible-test sanity --python 3.11 --venv   (get-pip bootstrap served offline, see scripts/ansible/)
 #   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests)
@@ -16,6 +16,7 @@ repo=$PWD
 ANSIBLE_CORE_VERSION=2.19.14
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_LINT_VERSION=26.10.1
+MOLECULE_VERSION=26.10.0
 GET_PIP_CACHE=~/.ansible/test/cache/get_pip_24_2.py   # the pip version ansible-test 2.19 bootstraps
 
 # ansible-test strips PYENV_VERSION and walks PATH for pythonX.Y: put the real interpreter's bin first
@@ -50,6 +51,7 @@ tools() {
   installed ansible-core "$ANSIBLE_CORE_VERSION" || wanted+=("ansible-core==$ANSIBLE_CORE_VERSION")
   installed ansible "$ANSIBLE_VERSION" || wanted+=("ansible==$ANSIBLE_VERSION")
   installed ansible-lint "$ANSIBLE_LINT_VERSION" || wanted+=("ansible-lint==$ANSIBLE_LINT_VERSION")
+  installed molecule "$MOLECULE_VERSION" || wanted+=("molecule==$MOLECULE_VERSION")
   if ((${#wanted[@]})) && [[ -z "${ANSIBLE_CHECKS_SKIP_INSTALL:-}" ]]; then
     echo "installing ${wanted[*]}"
     "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${wanted[@]}" || return 1

@@ -26,19 +26,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots a real kernel under QEMU (slow: about 2 minutes)")
 
 
-@pytest.fixture(scope="session")
-def image() -> build_image.Image:
+def _image(variant: build_image.Variant) -> build_image.Image:
+    """The cached image of `variant` (built when needed); skips where QEMU or
+    debootstrap is missing, or where it must be built and the user is not root."""
+    option = "" if variant == build_image.BASE else f" --variant {variant.name}"
     missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
     if missing:
         pytest.skip(
             "VM tier needs "
             + ", ".join(missing)
-            + ": apt-get install -y qemu-system-x86 debootstrap (or run python3 tests/vm/build_image.py as root)"
+            + ": apt-get install -y qemu-system-x86 debootstrap"
+            + f" (or run python3 tests/vm/build_image.py{option} as root)"
         )
-    cached = build_image.load_image(build_image.image_dir(build_image.cache_key()))
+    cached = build_image.load_image(build_image.image_dir(build_image.cache_key(variant), variant))
     if cached is None and os.geteuid() != 0:
         pytest.skip("VM tier: building the image needs root (debootstrap)")
     t0 = time.monotonic()
-    img, built = build_image.get_image()
-    print(f"VM image {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")
+    img, built = build_image.get_image(variant=variant)
+    print(f"VM image{option} {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")
     return img
+
+
+@pytest.fixture(scope="session")
+def image() -> build_image.Image:
+    return _image(build_image.BASE)
+
+
+@pytest.fixture(scope="session")
+def systemd_image() -> build_image.Image:
+    """The systemd + sshd variant (ssh_vm.py, Molecule)."""
+    return _image(build_image.SYSTEMD)

@@ -11,7 +11,8 @@ its environment (``BASALT_VM_SSH_HOST``, ``_PORT``, ``_USER``, ``_KEY``,
 with COMMAND's status.
 
 * QEMU user-mode networking with ``hostfwd=tcp:127.0.0.1:PORT-:22`` (a free
-  port; only the loopback address listens).
+  port; only the loopback address listens) and ``restrict=on``: the guest
+  cannot open connections to the host or the outside (hermetic runs).
 * A fresh ed25519 key per run (in the run's private temp dir) is handed to the
   guest through the results share, with the root disk's throw-away overlay as
   in run_vm.py; the guest makes its own host key at boot and hands its public
@@ -191,7 +192,9 @@ def ssh_vm(
         for attempt in range(1, PORT_ATTEMPTS + 1):
             vm = SshVm(HOST, free_port(), USER, key, tmp / "known_hosts", 0.0, [])
             cmd = run_vm.qemu_command(qemu, image, results, run_vm.REPO, [], smp, memory_mib)
-            cmd = run_vm.with_netdev(cmd, f"user,hostfwd=tcp:{HOST}:{vm.port}-:22", "52:54:00:12:34:56")
+            # restrict=on: the guest reaches neither the host nor the outside; the forward still works.
+            netdev = f"user,restrict=on,hostfwd=tcp:{HOST}:{vm.port}-:22"
+            cmd = run_vm.with_netdev(cmd, netdev, "52:54:00:12:34:56")
             cmd[cmd.index("-append") + 1] += "".join(f" systemd.mask={unit}" for unit in MASKED_UNITS)
             t0 = time.monotonic()
             proc, _pump = run_vm.start_qemu(cmd, tmp, timeout, vm.lines, echo, "[ssh-vm] ")

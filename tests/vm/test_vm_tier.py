@@ -12,7 +12,6 @@ with a fake QEMU, which needs no image.
 
 from __future__ import annotations
 
-import stat
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -22,6 +21,9 @@ import pydeps
 import pytest
 import run_vm
 from vm_testlib import check_lines as _check_lines
+from vm_testlib import fake_image as _fake_image
+from vm_testlib import fake_qemu as _fake_qemu
+from vm_testlib import gone
 from vm_testlib import tail as _tail
 
 pytestmark = pytest.mark.vm
@@ -123,26 +125,6 @@ def test_two_hosts_iscsi_over_a_private_network(image: build_image.Image) -> Non
 # --- the runner itself, with a fake QEMU (no image, no VM) -------------------
 
 
-def _fake_image(tmp_path: Path) -> build_image.Image:
-    files = {}
-    for name in ("vmlinuz", "initrd.img", "root.img"):
-        files[name] = tmp_path / name
-        files[name].write_text("")
-    return build_image.Image(tmp_path, files["vmlinuz"], files["initrd.img"], files["root.img"], {})
-
-
-def _fake_qemu(tmp_path: Path, body: str) -> str:
-    """A stand-in for qemu-system-x86_64: $RESULTS is the results share."""
-    script = tmp_path / "fake-qemu"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'echo "$TMPDIR" > {tmp_path}/tmpdir\n'
-        'RESULTS=$(printf "%s\\n" "$@" | sed -n "s/.*path=\\([^,]*\\),mount_tag=results.*/\\1/p")\n' + body
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return str(script)
-
-
 def test_runner_reads_the_verdict_file(tmp_path: Path) -> None:
     qemu = _fake_qemu(tmp_path, 'cat "$RESULTS/request.sh"; echo 7 > "$RESULTS/rc"\n')
     result = run_vm.run_vm(["echo", "a b"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
@@ -166,17 +148,5 @@ def test_runner_kills_everything_on_timeout(tmp_path: Path) -> None:
     assert (result.rc, result.timed_out) == (run_vm.RC_TIMEOUT, True)
     assert "timed out" in result.message
     child = int((tmp_path / "child").read_text())
-    for _ in range(50):  # the killed child may take a moment to be reaped by init
-        if not Path(f"/proc/{child}").exists() or "Z" in _proc_state(child):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"fake QEMU's child {child} outlived the run")
+    assert gone(child), f"fake QEMU's child {child} outlived the run"
     assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"

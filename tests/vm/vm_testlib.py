@@ -1,8 +1,13 @@
-"""Helpers shared by the VM tier's test modules: reading the guest's verdicts (the ``image`` fixture is
-in conftest.py)."""
+"""Helpers shared by the VM tier's test modules: reading the guest's verdicts, and a fake QEMU for the
+runners' own tests (the ``image`` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
+import stat
+import time
+from pathlib import Path
+
+import build_image
 import run_vm
 
 
@@ -18,3 +23,39 @@ def check_lines(result: run_vm.VmResult) -> dict[str, str]:
         if len(parts) >= 3 and parts[0] == "BASALT-CHECK":
             verdicts[parts[1]] = parts[2]
     return verdicts
+
+
+def fake_image(tmp_path: Path) -> build_image.Image:
+    files = {}
+    for name in ("vmlinuz", "initrd.img", "root.img"):
+        files[name] = tmp_path / name
+        files[name].write_text("")
+    return build_image.Image(tmp_path, files["vmlinuz"], files["initrd.img"], files["root.img"], {})
+
+
+def fake_qemu(tmp_path: Path, body: str) -> str:
+    """A stand-in for qemu-system-x86_64: $RESULTS is the results share; it
+    records its temp dir ($TMPDIR) in tmp_path/tmpdir."""
+    script = tmp_path / "fake-qemu"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$TMPDIR" > {tmp_path}/tmpdir\n'
+        'RESULTS=$(printf "%s\\n" "$@" | sed -n "s/.*path=\\([^,]*\\),mount_tag=results.*/\\1/p")\n' + body
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+def gone(pid: int, wait: float = 5.0) -> bool:
+    """Whether process `pid` is dead (or a zombie) within `wait` seconds: a
+    killed child may take a moment to be reaped by init."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
