@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from .errors import CommandFailed, NotFound
+from .errors import CommandFailed, Precondition
 from .runner import operand, run
 
 TIMEOUT = 60.0
@@ -106,7 +106,8 @@ def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys"
             return found
         if time.monotonic() >= deadline:
             have = f"map {found.name} holds {', '.join(found.paths)}" if found else "no map"
-            raise NotFound(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s ({have}); "
+            # multipathd runs but will not build the map: the host's configuration, not a missing volume
+            raise Precondition(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s ({have}); "
                            "check find_multipaths and the blacklist in multipath.conf")
         time.sleep(poll_interval)
 

@@ -18,7 +18,7 @@ import pytest
 from multipath_testlib import SHOW_DAEMON, build_tree, recorded, sysfs_tree, the_map
 
 from basalt_core import multipath
-from basalt_core.errors import CommandFailed, NotFound
+from basalt_core.errors import CommandFailed, Precondition
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_wait_for_map_waits_until_it_holds_every_path(tmp_path: Path, tree: Dict
     finally:
         timer.cancel()
     assert found == expected
-    with pytest.raises(NotFound, match=f"holds {first}, {second}.*find_multipaths"):
+    with pytest.raises(Precondition, match=f"holds {first}, {second}.*find_multipaths"):
         multipath.wait_for_map([first, second, "sdq"], 0.2, sys_root=str(tmp_path), poll_interval=0.05)
 
 
