@@ -104,7 +104,8 @@ def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = ""
 def rescan(target_iqn: str, portals: Sequence[str], *, serial: str = "") -> None:
     """Make the kernel re-read the LUN's size after the volume grew on the storage host, on every portal
     with a session, then the multipath map over the disks with unit serial *serial* (when given)."""
-    if not any([iscsiadm.rescan(target_iqn, portal) for portal in portals]):
+    rescanned = [iscsiadm.rescan(target_iqn, portal) for portal in portals]  # every portal: no short-circuit
+    if not any(rescanned):
         raise NotFound(f"no session to {target_iqn} on {', '.join(portals)} to rescan")
     held = multipath.map_for(os.path.basename(d) for d in iscsiadm.find_disks(serial)) if serial else None
     if held is not None:

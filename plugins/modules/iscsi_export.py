@@ -136,9 +136,9 @@ options:
     default: /var/lib/basalt/iscsi/tgt-grants.json
   lio_save_file:
     description:
-      - Where the LIO configuration is saved (restored at boot by the target service).
+      - Where the LIO configuration is saved. By default rtslib-fb's own save file, the one its boot service
+        restores (Debian C(/etc/rtslib-fb-target/saveconfig.json)).
     type: path
-    default: /etc/target/saveconfig.json
 requirements:
   - tgt (C(tgtadm)) for O(backend=tgt)
   - rtslib-fb, configfs and the kernel's target modules for O(backend=lio)
@@ -396,7 +396,7 @@ def main() -> None:
             tgt_control_port=dict(type="int"),
             tgt_conf=dict(type="path", default="/etc/tgt/conf.d/basalt.conf"),
             tgt_record=dict(type="path", default="/var/lib/basalt/iscsi/tgt-grants.json"),
-            lio_save_file=dict(type="path", default="/etc/target/saveconfig.json"),
+            lio_save_file=dict(type="path"),
         ),
         mutually_exclusive=[("volume_name", "volume_id")],
         required_one_of=[("volume_name", "volume_id")],
