@@ -159,8 +159,8 @@ def network(ip: str) -> None:
 
 
 def storage_agent(node_iqns: Dict[str, str], portals: Sequence[str], node_id: str = "storage-1") -> Any:
-    """A storage-host agent: ``--pool lvm:VG --lvm-activation dm`` on a private VG (the conformance
-    suite's DmLvmVg: loop PV over a sparse image on /tmp) exporting over LIO to *node_iqns*."""
+    """A storage-host agent (not started): ``--pool lvm:VG --lvm-activation dm`` on a private VG (the
+    conformance suite's DmLvmVg: loop PV over a sparse image on /tmp) exporting over LIO to *node_iqns*."""
     from basalt_csi_testlib import Agent, DmLvmVg, make_root
 
     root = make_root("storage")
@@ -170,22 +170,25 @@ def storage_agent(node_iqns: Dict[str, str], portals: Sequence[str], node_id: st
         args += ["--iscsi-portal", portal]
     for node, iqn in node_iqns.items():
         args += ["--iscsi-initiator", f"{node}={iqn}"]
-    return start(Agent(root, os.path.join(root, "pool"), node_id=node_id, extra_args=args, lvm=vg))
+    return Agent(root, os.path.join(root, "pool"), node_id=node_id, extra_args=args, lvm=vg)
 
 
 def node_agent(node_id: str) -> Any:
-    """A node agent (its own pool is a file pool nobody uses: every volume comes over iSCSI)."""
+    """A node agent, not started (its own pool is a file pool nobody uses: every volume comes over iSCSI)."""
     from basalt_csi_testlib import Agent, make_root
 
     root = make_root("node")
-    return start(Agent(root, os.path.join(root, "pool"), node_id=node_id, services="identity,node"))
+    return Agent(root, os.path.join(root, "pool"), node_id=node_id, services="identity,node")
 
 
-def start(agent: Any) -> Any:
-    """Start (or restart) *agent*; TCG on a shared 2-core host needs far more than the suite's 20 s."""
-    agent.start(wait_ready=False)
-    agent.wait_ready(timeout=START_TIMEOUT)
-    return agent
+def start(*agents: Any) -> Any:
+    """Start (or restart) *agents* side by side (their start-up is mostly Python imports: slow under TCG,
+    and far more than the suite's 20 s on a shared 2-core host); return the first."""
+    for agent in agents:
+        agent.start(wait_ready=False)
+    for agent in agents:
+        agent.wait_ready(timeout=START_TIMEOUT)
+    return agents[0]
 
 
 def stop_agent(agent: Any, *, release: bool = True) -> None:

@@ -56,6 +56,7 @@ def main() -> None:
     storage = lib.storage_agent({"node-a": iqn, "node-b": OTHER_IQN}, [PORTAL])
     node = lib.node_agent("node-a")
     try:
+        lib.start(storage, node)
         cap = mount_cap("ext4")
         step("CreateVolume on the storage host, ControllerPublish to node-a with CHAP")
         volume = storage.ctl.CreateVolume(csi.CreateVolumeRequest(

@@ -82,6 +82,7 @@ def main() -> None:
     storage = lib.storage_agent({"node-a": iqn}, PORTALS)
     node = lib.node_agent("node-a")
     try:
+        lib.start(storage, node)
         cap = mount_cap("ext4")
         step("CreateVolume, ControllerPublish on two portals")
         volume = storage.ctl.CreateVolume(csi.CreateVolumeRequest(

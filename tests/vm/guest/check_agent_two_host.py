@@ -98,7 +98,7 @@ def storage() -> None:
 
     def publish(body: Dict[str, Any]) -> Dict[str, Any]:
         step(f"node {body['node_id']} ({body['iqn']}) asks for a volume: start the agent, create, publish")
-        agent = agents["storage"] = lib.storage_agent({body["node_id"]: body["iqn"]}, [PORTAL])
+        agent = agents["storage"] = lib.start(lib.storage_agent({body["node_id"]: body["iqn"]}, [PORTAL]))
         volume = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
             name="two-host", capacity_range=csi.CapacityRange(required_bytes=64 * MIB),
             volume_capabilities=[cap])).volume
@@ -146,7 +146,7 @@ def node() -> None:
     lib.network(NODE_IP)
     iqn = lib.initiator_iqn()
     lib.start_iscsid()
-    agent = lib.node_agent(NODE_ID)
+    agent = lib.start(lib.node_agent(NODE_ID))
     try:
         step(f"asking the storage VM for a volume (initiator {iqn})")
         offer = post("/publish", {"node_id": NODE_ID, "iqn": iqn}, wait=300)
