@@ -163,7 +163,7 @@ def _power_off(proc: subprocess.Popen[str], vm: SshVm, wait: float) -> None:
 @contextmanager
 def ssh_vm(
     timeout: float = 1800.0,
-    boot_timeout: float = 300.0,
+    boot_timeout: float = 480.0,
     smp: int = 2,
     memory_mib: int = 1536,
     image: build_image.Image | None = None,
@@ -220,7 +220,7 @@ def ssh_vm(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Boot the systemd VM and run COMMAND on the host while it is up.")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the VM may live (default 1800)")
-    parser.add_argument("--boot-timeout", type=float, default=300.0, help="seconds to wait for sshd (default 300)")
+    parser.add_argument("--boot-timeout", type=float, default=480.0, help="seconds to wait for sshd (default 480)")
     parser.add_argument("--console", action="store_true", help="echo the guest's serial console to stderr")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

@@ -65,6 +65,14 @@ def test_molecule_converges_the_systemd_vm_over_ssh(
         boot = vm.boot_seconds
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
         assert _in_vm(vm, "readlink", "/proc/1/exe").stdout.strip() == "/usr/lib/systemd/systemd"
+        # The host key is checked: a known_hosts with another key is refused.
+        other = tmp_path / "other_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        trusted = vm.known_hosts.read_text()
+        vm.known_hosts.write_text(f"[{vm.host}]:{vm.port} {other.with_suffix('.pub').read_text()}")
+        refused = _in_vm(vm, "true")
+        vm.known_hosts.write_text(trusted)
+        assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr
         env = dict(
             os.environ,
             **vm.env(),
