@@ -107,8 +107,8 @@ def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys"
         if time.monotonic() >= deadline:
             have = f"map {found.name} holds {', '.join(found.paths)}" if found else "no map"
             # multipathd runs but will not build the map: the host's configuration, not a missing volume
-            raise Precondition(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s ({have}); "
-                           "check find_multipaths and the blacklist in multipath.conf")
+            raise Precondition(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s "
+                               f"({have}); check find_multipaths and the blacklist in multipath.conf")
         time.sleep(poll_interval)
 
 
