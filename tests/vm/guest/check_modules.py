@@ -159,8 +159,8 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(DEPS), LC_ALL="C.UTF-8", LANG="C.UTF-8",
                    ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                    ANSIBLE_PYTHON_INTERPRETER="/usr/bin/python3", ANSIBLE_PIPELINING="1",
-                   # the shares are read-only and hold no bytecode: compile ansible-core once, not per process
-                   PYTHONPYCACHEPREFIX="/tmp/basalt-pycache")
+                   # the read-only share holds ansible-core's bytecode, compiled by the host (pydeps.py)
+                   PYTHONDONTWRITEBYTECODE="1")
         step(f"ansible-playbook as initiator {iqn}")
         rc, output = stream(["python3", "-m", "ansible.cli.playbook", "-i", "localhost,", "-c", "local", str(book)],
                             env, RESULTS / "modules-playbook.log")
