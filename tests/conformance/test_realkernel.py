@@ -200,15 +200,12 @@ def test_stage_write_snapshot_restore_clone(agent: Agent) -> None:
     delete_volumes(agent, clone.volume_id, restored.volume_id, vol.volume_id)
 
 
-def test_cow_snapshot(agent: Agent, pool_kind: str, request: pytest.FixtureRequest) -> None:
+def test_cow_snapshot(agent: Agent, pool_kind: str) -> None:
     """lvm-dm: a classic COW snapshot (dm-snapshot, attr 's') keeps the data of
-    the moment; restoring it gives that data back."""
+    the moment; restoring it gives that data back, all of it: the snapshot LV's
+    lv_size is only its COW space (a quarter of the volume here)."""
     if pool_kind != LVM_DM_KIND:
         pytest.skip("basalt.dev/snapshot-mode: cow is for thick lvm pools (thin snapshots are always thin)")
-    # Known agent bug (VM run 2026-11-25 06:04): the volume restored from a COW snapshot does not hold a
-    # readable filesystem (NodeStage: "dumpe2fs failed (rc=1)"). Strict: the day it passes, this fails.
-    request.node.add_marker(pytest.mark.xfail(strict=True, reason="restore from a COW snapshot gives an "
-                                              "unreadable filesystem on a real kernel (open bug)"))
     cap = mount_cap("ext4")
     vol = agent.create_volume(32 * MiB, cap=cap)
     att = up(agent, vol, cap)
@@ -221,6 +218,9 @@ def test_cow_snapshot(agent: Agent, pool_kind: str, request: pytest.FixtureReque
     assert len(new_lvs) == 1, new_lvs
     row = next(iter(new_lvs.values()))
     assert row["lv_attr"][0] == "s" and row["origin"] == volume_lv_name(vol.volume_id), row
+    assert int(row["lv_size"]) < vol.capacity_bytes, row  # the COW space: not the snapshot's size
+    listed = agent.ctl.ListSnapshots(csi.ListSnapshotsRequest(snapshot_id=snap.snapshot_id)).entries
+    assert [e.snapshot.size_bytes for e in listed] == [vol.capacity_bytes], listed
     write_file(os.path.join(att.target, "data"), pattern(512 * 1024, "cow-new"))
 
     restored = agent.ctl.CreateVolume(from_source(snapshot_source(snap.snapshot_id), 32 * MiB, cap)).volume
