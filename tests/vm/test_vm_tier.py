@@ -44,10 +44,8 @@ def test_real_kernel_storage_checks(image: build_image.Image) -> None:
 
 
 CONFORMANCE_CHECKS = ["conformance_lvm_dm", "conformance_lvmthin"]
-# Expected JUnit outcome of tests/conformance/test_realkernel.py per kind: the
-# COW snapshot is for thick pools only, and on lvm-dm it is a strict xfail (an
-# open agent bug: restoring a COW snapshot gives an unreadable filesystem),
-# which JUnit reports as skipped.
+# Expected JUnit outcome of tests/conformance/test_realkernel.py per kind: every
+# test passes, except the COW snapshot on lvmthin (thick pools only), which skips.
 CONFORMANCE_SKIPS = {"conformance_lvm_dm": set(), "conformance_lvmthin": {"test_cow_snapshot"}}
 
 
