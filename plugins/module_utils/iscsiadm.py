@@ -192,30 +192,23 @@ def login(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
 
 def logout(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
     """Log out of the node's session; False when there was none (rc 21 "No matching sessions found")."""
-    try:
-        run([*_node(target_iqn, portal, iface), "--logout"], timeout=TIMEOUT, what=f"log out of {target_iqn}")
-    except CommandFailed as exc:
-        if exc.rc == ERR_NO_OBJS_FOUND:
-            return False
-        raise
-    return True
+    return _node_operation(target_iqn, portal, iface, ["--logout"], f"log out of {target_iqn}")
 
 
 def delete_node(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
     """Delete the node record (log out first); False when there was none (rc 21 "No records found")."""
-    try:
-        run([*_node(target_iqn, portal, iface), "-o", "delete"], timeout=TIMEOUT, what=f"delete node {target_iqn}")
-    except CommandFailed as exc:
-        if exc.rc == ERR_NO_OBJS_FOUND:
-            return False
-        raise
-    return True
+    return _node_operation(target_iqn, portal, iface, ["-o", "delete"], f"delete node {target_iqn}")
 
 
 def rescan(target_iqn: str, portal: str, *, iface: Optional[str] = None) -> bool:
     """Re-read the size of the session's LUNs; False when there is no session on that portal (rc 21)."""
+    return _node_operation(target_iqn, portal, iface, ["--rescan"], f"rescan {target_iqn}")
+
+
+def _node_operation(target_iqn: str, portal: str, iface: Optional[str], operation: List[str], what: str) -> bool:
+    """Run *operation* on the node record; False when rc 21 says there was nothing to act on."""
     try:
-        run([*_node(target_iqn, portal, iface), "--rescan"], timeout=TIMEOUT, what=f"rescan {target_iqn}")
+        run([*_node(target_iqn, portal, iface), *operation], timeout=TIMEOUT, what=what)
     except CommandFailed as exc:
         if exc.rc == ERR_NO_OBJS_FOUND:
             return False
