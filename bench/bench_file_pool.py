@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import grpc
 
@@ -637,6 +637,53 @@ def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def run_reported(name: str, body: Callable[[], List[Row]], workspace: Workspace, report: Dict[str, Any],
+                 json_path: Optional[str], errors: Tuple[Type[BaseException], ...]) -> int:
+    """Run a benchmark's body, then the tail every benchmark shares; returns the exit status.
+
+    ``body`` does the measuring and printing, stores the machine facts in
+    ``report["facts"]`` and returns the rows.  On success the 1-minute load
+    average and the rows go into ``report``; an interruption gives status 130,
+    one of ``errors`` is printed as ``<name>: <error>`` and gives status 1.  The
+    workspace is always cleaned up with SIGINT and SIGTERM held off, each
+    clean-up problem is printed and makes the status at least 1.  The report is
+    written to ``json_path`` when it is given and the body got to its results.
+    """
+    status = 0
+    problems: List[str] = []
+    try:
+        rows = body()
+        facts = report["facts"]
+        report["loadavg_at_end"] = os.getloadavg()[0]
+        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
+              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
+        report["results"] = [row.to_json() for row in rows]
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        status = 130
+    except errors as error:
+        # str() is the message; an exception without one (a bare StopIteration) shows as its repr
+        print(f"{name}: {str(error) or repr(error)}", file=sys.stderr)
+        status = 1
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            problems = workspace.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        for problem in problems:
+            print(f"clean-up: {problem}", file=sys.stderr)
+        if problems:
+            status = status or 1
+    if json_path and "results" in report:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+        print(f"wrote {json_path}")
+    return status
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=30, help="rounds per benchmark (default 30)")
@@ -652,11 +699,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     workspace = Workspace(args.tmpdir)
-    rows: List[Row] = []
     report: Dict[str, Any] = {"rounds": args.rounds}
-    status = 0
-    problems: List[str] = []
-    try:
+
+    def run() -> List[Row]:
+        rows: List[Row] = []
         facts = machine_facts(workspace)
         report["facts"] = facts
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
@@ -719,33 +765,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 info = report[key]
                 print(f"benchmark 3 on {info['pool_fs']}: the agent's copy method {methods}, "
                       f"cp --reflink=always {'works' if info['cp_reflink_always_works'] else 'is refused'}")
-        report["loadavg_at_end"] = os.getloadavg()[0]
-        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
-              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
-        report["results"] = [row.to_json() for row in rows]
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        status = 130
-    except (BenchError, grpc.RpcError) as error:
-        print(f"bench_file_pool: {error}", file=sys.stderr)
-        status = 1
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            problems = workspace.cleanup()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        for problem in problems:
-            print(f"clean-up: {problem}", file=sys.stderr)
-        if problems:
-            status = status or 1
-    if args.json and "results" in report:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        print(f"wrote {args.json}")
-    return status
+        return rows
+
+    return run_reported("bench_file_pool", run, workspace, report, args.json, errors=(BenchError, grpc.RpcError))
 
 
 if __name__ == "__main__":

@@ -345,8 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, fp._raise_interrupt)
     workspace = IscsiWorkspace(args.tmpdir)
     report: Dict[str, Any] = {"rounds": args.rounds}
-    status = 0
-    try:
+
+    def run() -> List[fp.Row]:
         facts = fp.machine_facts(workspace)
         facts["tgt"] = fp.run(["tgtadm", "--version"]).strip()
         workspace.start_tgtd()
@@ -377,33 +377,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{restart['restore_s'] * 1000:.0f} ms for {restart['count']} exports "
                   f"({restart['restore_summary']['applied']} actions), {restart['steady_s'] * 1000:.0f} ms "
                   "when everything is in place")
-        report["loadavg_at_end"] = os.getloadavg()[0]
-        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
-              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
-        report["results"] = [row.to_json() for row in rows]
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        status = 130
-    except (fp.BenchError, grpc.RpcError, StopIteration) as error:
-        print(f"bench_iscsi: {error!r}", file=sys.stderr)
-        status = 1
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            problems = workspace.cleanup()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        for problem in problems:
-            print(f"clean-up: {problem}", file=sys.stderr)
-        if problems:
-            status = status or 1
-    if args.json and "results" in report:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        print(f"wrote {args.json}")
-    return status
+        return rows
+
+    return fp.run_reported("bench_iscsi", run, workspace, report, args.json,
+                           errors=(fp.BenchError, grpc.RpcError, StopIteration))
 
 
 if __name__ == "__main__":

@@ -536,11 +536,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, fp._raise_interrupt)
     workspace = LvmWorkspace(args.tmpdir)
-    rows: List[fp.Row] = []
     report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples}
-    status = 0
-    problems: List[str] = []
-    try:
+
+    def run() -> List[fp.Row]:
+        rows: List[fp.Row] = []
         facts = fp.machine_facts(workspace)
         vg = workspace.make_vg(args.metadatasize)
         private = workspace.lvm
@@ -609,33 +608,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in sequences(profiles, vg):
             print(line)
         report["commands_per_rpc"] = [p.to_json() for p in profiles]
-        report["loadavg_at_end"] = os.getloadavg()[0]
-        print(f"1-minute load average: {facts['loadavg_at_start']:.2f} at the start, "
-              f"{report['loadavg_at_end']:.2f} at the end (on {facts['cores']} cores)")
-        report["results"] = [row.to_json() for row in rows]
-    except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr)
-        status = 130
-    except (fp.BenchError, grpc.RpcError, StorageError) as error:
-        print(f"bench_lvm_pool: {error}", file=sys.stderr)
-        status = 1
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            problems = workspace.cleanup()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        for problem in problems:
-            print(f"clean-up: {problem}", file=sys.stderr)
-        if problems:
-            status = status or 1
-    if args.json and "results" in report:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-            handle.write("\n")
-        print(f"wrote {args.json}")
-    return status
+        return rows
+
+    return fp.run_reported("bench_lvm_pool", run, workspace, report, args.json,
+                           errors=(fp.BenchError, grpc.RpcError, StorageError))
 
 
 if __name__ == "__main__":
