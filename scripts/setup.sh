@@ -8,7 +8,7 @@ APT_PACKAGES=(
   util-linux e2fsprogs xfsprogs btrfs-progs   # loop devices, mkfs, fsfreeze
   lvm2 thin-provisioning-tools                # LVM pools
   tgt libiscsi-bin open-iscsi                 # iSCSI target, userspace and kernel initiators
-  qemu-system-x86 debootstrap                 # the real-kernel VM tier (tests/vm)
+  qemu-system-x86 debootstrap openssh-client  # the real-kernel VM tier (tests/vm; ssh: Molecule's VM)
 )
 
 missing=()

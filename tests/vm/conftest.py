@@ -20,6 +20,7 @@ if HERE not in sys.path:
 
 
 import build_image  # noqa: E402 - found through the path set above
+from vm_testlib import unavailable  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,7 +33,7 @@ def _image(variant: build_image.Variant) -> build_image.Image:
     option = "" if variant == build_image.BASE else f" --variant {variant.name}"
     missing = [t for t in ("qemu-system-x86_64", "debootstrap") if shutil.which(t) is None]
     if missing:
-        pytest.skip(
+        unavailable(
             "VM tier needs "
             + ", ".join(missing)
             + ": apt-get install -y qemu-system-x86 debootstrap"
@@ -40,7 +41,7 @@ def _image(variant: build_image.Variant) -> build_image.Image:
         )
     cached = build_image.load_image(build_image.image_dir(build_image.cache_key(variant), variant))
     if cached is None and os.geteuid() != 0:
-        pytest.skip("VM tier: building the image needs root (debootstrap)")
+        unavailable("VM tier: building the image needs root (debootstrap)")
     t0 = time.monotonic()
     img, built = build_image.get_image(variant=variant)
     print(f"VM image{option} {'built' if built else 'reused'} in {time.monotonic() - t0:.1f} s: {img.directory}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import build_image
 import pytest
 import ssh_vm
-from vm_testlib import fake_image, fake_qemu, gone, tail
+from vm_testlib import fake_image, fake_qemu, gone, tail, unavailable
 
 pytestmark = pytest.mark.vm
 
@@ -41,7 +41,7 @@ STEPS = ["syntax", "converge", "idempotence", "check", "verify", "cleanup"]  # m
 def tools() -> None:
     missing = [t for t in ("molecule", "ansible-playbook", "ssh", "ssh-keygen") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (scripts/ansible-checks.sh installs molecule and ansible)")
+        unavailable(f"{', '.join(missing)} not installed (scripts/ansible-checks.sh installs molecule and ansible)")
 
 
 @pytest.fixture

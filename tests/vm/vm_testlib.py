@@ -3,12 +3,24 @@ runners' own tests (the ``image`` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
 
 import build_image
+import pytest
 import run_vm
+
+# CI (scripts/test.sh) sets this: there, a tier that cannot run is a failure, not a skip.
+REQUIRED = os.environ.get("BASALT_VM_REQUIRED") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for *reason*; fail instead where the tier is required."""
+    if REQUIRED:
+        pytest.fail(f"{reason} (BASALT_VM_REQUIRED=1: the VM tier must run here)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tail(text: str, lines: int = 80) -> str:

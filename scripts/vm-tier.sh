@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The real-kernel VM tier (tests/vm, docs/vm-tier.md) as CI runs it: required (a missing QEMU fails
+# instead of skipping), images and wheel sets made once up front, then the test files in two pytest
+# streams at once. A TCG guest keeps about one host core busy, so two streams on a 2-core machine take
+# about half the time of one. Each stream's output is shown when it ends; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BASALT_VM_REQUIRED=1
+python3 tests/vm/build_image.py >/dev/null
+python3 tests/vm/build_image.py --variant systemd >/dev/null
+(cd tests/vm && python3 -c 'import pydeps; pydeps.ensure(); pydeps.ensure_ansible()')
+
+pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
+# Balanced by measured time (2026-11-25, one stream, images cached): test_vm_tier 7.2 min,
+# test_vm_molecule 3.6, test_vm_modules 5.3, test_vm_iscsi_agent 4.2.
+streams=(
+  "tests/vm/test_vm_tier.py tests/vm/test_vm_molecule.py"
+  "tests/vm/test_vm_modules.py tests/vm/test_vm_iscsi_agent.py"
+)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+pids=()
+for i in "${!streams[@]}"; do
+  # shellcheck disable=SC2086 # each stream is a list of test files
+  "${pytest[@]}" ${streams[$i]} "$@" >"$logs/$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  rc=0
+  wait "${pids[$i]}" || rc=$?
+  echo "-- VM stream $((i + 1)): ${streams[$i]} (rc $rc)"
+  cat "$logs/$i.log"
+  ((rc == 0)) || status=1
+done
+exit "$status"
