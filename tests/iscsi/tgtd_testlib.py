@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -19,16 +20,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# tgtd accepts -C 1..32767; a block of 20 per pytest process, skipping any a tgtd already answers on.
-_BASE = 2000 + (os.getpid() % 1500) * 20
-_CONTROL = iter(range(_BASE, _BASE + 20))
+# tgtd accepts -C 1..32767; a block of 200 per pytest process (by pid), taken in turn and wrapping
+# around (a stopped tgtd frees its port), skipping any a tgtd already answers on.
+_BLOCK = 200
+_BASE = 2000 + (os.getpid() % 150) * _BLOCK
+_CONTROL = itertools.cycle(range(_BASE, _BASE + _BLOCK))
 
 
 def next_control_port() -> int:
-    for port in _CONTROL:
+    for port in itertools.islice(_CONTROL, _BLOCK):
         if not tgt.control_port_in_use(port):
             return port
-    raise RuntimeError("no free tgtd control port in this process's block")
+    raise RuntimeError(f"no free tgtd control port in {_BASE}..{_BASE + _BLOCK - 1}")
 
 
 @dataclass
