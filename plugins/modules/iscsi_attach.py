@@ -145,13 +145,6 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_attach import (
 from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import Chap
 
 
-def wanted_chap(module: AnsibleModule) -> t.Optional[Chap]:
-    chap = module.params["chap"]
-    if not chap:
-        return None
-    return Chap(chap["user"], chap["password"], chap["mutual_user"], chap["mutual_password"])
-
-
 def facts(sessions: t.Iterable[str], device: t.Optional[str]) -> t.Dict[str, t.Any]:
     return dict(sessions=sorted(sessions), device=device)
 
@@ -167,7 +160,8 @@ def run(module: AnsibleModule) -> t.Tuple[bool, t.Dict[str, t.Any], t.Dict[str, 
     wanted = {session_portal(p) for p in portals}
     before = facts(logged_in_portals(target), iscsiadm.find_device(serial) if serial else None)
     if params["state"] == "present":
-        device, changed = ensure_attached(target, portals, wanted_chap(module), serial, timeout=params["timeout"],
+        chap = Chap(**params["chap"]) if params["chap"] else None  # the option's keys are its fields
+        device, changed = ensure_attached(target, portals, chap, serial, timeout=params["timeout"],
                                           check_mode=module.check_mode)
         if module.check_mode:
             return changed, before, facts(set(before["sessions"]) | wanted, device)

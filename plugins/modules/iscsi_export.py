@@ -288,13 +288,6 @@ def make_backend(module: AnsibleModule) -> TargetBackend:
                       record_path=params["tgt_record"], base_iqn=params["base_iqn"])
 
 
-def wanted_chap(module: AnsibleModule) -> t.Optional[Chap]:
-    chap = module.params["chap"]
-    if not chap:
-        return None
-    return Chap(chap["user"], chap["password"], chap["mutual_user"], chap["mutual_password"])
-
-
 def volume_id(module: AnsibleModule) -> str:
     return module.params["volume_id"] or volume_id_for(module.params["volume_name"])
 
@@ -341,7 +334,7 @@ def present(module: AnsibleModule, pool: Pool, backend: TargetBackend, settings:
             raise NotFound(f"there is no volume named {params['volume_name']!r} in the {pool.kind} pool at "
                            f"{pool.location}")
         volume = found
-    chap = wanted_chap(module)
+    chap = Chap(**params["chap"]) if params["chap"] else None  # the option's keys are its fields
     initiators = list(dict.fromkeys(params["initiators"]))  # once each, in order
     target_iqn = info_for(backend, settings, volume.id).target_iqn
     changed = False
