@@ -182,24 +182,35 @@ class Workspace:
                 devices.append(entry["name"])
         return sorted(set(devices))
 
-    def cleanup(self) -> List[str]:
-        """Stop agents, unmount, detach, remove; return what could not be undone."""
+    def stop_agents(self) -> List[str]:
+        """Stop this run's agents, newest first, each once; return what failed."""
         problems: List[str] = []
-        for agent in reversed(self.agents):
+        while self.agents:
+            agent = self.agents.pop()
             try:
                 agent.stop()
             except Exception as error:
                 problems.append(f"stopping agent {agent.name}: {error}")
-        # Stacked mounts and a pool filesystem that holds attached images need a few passes.
+        return problems
+
+    def release(self, loop_devices: Callable[[], List[str]]) -> None:
+        """Unmount everything under the workspace and detach *loop_devices*.
+
+        Stacked mounts and a pool filesystem that holds attached images need a few passes.
+        """
         for _ in range(8):
-            mounted, loops = self.my_mounts(), self.my_loop_devices()
-            if not mounted and not loops:
+            if not self.my_mounts() and not loop_devices():
                 break
-            for point in mounted:
+            for point in self.my_mounts():
                 subprocess.run(["umount", point], capture_output=True, check=False)
-            for device in self.my_loop_devices():
+            for device in loop_devices():
                 subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
             time.sleep(0.1)
+
+    def cleanup(self) -> List[str]:
+        """Stop agents, unmount, detach, remove; return what could not be undone."""
+        problems = self.stop_agents()
+        self.release(self.my_loop_devices)
         leftovers = self.my_mounts()
         if leftovers:
             # Never remove files under a live mount.

@@ -79,9 +79,7 @@ class IscsiWorkspace(fp.Workspace):
         self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
 
     def cleanup(self) -> List[str]:
-        problems: List[str] = []
-        for agent in reversed(self.agents):  # before tgtd: an agent may be mid-call on it
-            agent.stop()
+        problems = self.stop_agents()  # before tgtd: an agent may be mid-call on it
         if self.tgtd is not None:
             try:
                 tgt.stop_private_tgtd(self.control_port, self.tgtd)

@@ -33,7 +33,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,21 +134,8 @@ class LvmWorkspace(fp.Workspace):
         return sorted({line.split(":", 1)[0] for line in lines if line.strip()})
 
     def cleanup(self) -> List[str]:
-        problems: List[str] = []
-        for agent in reversed(self.agents):
-            try:
-                agent.stop()
-            except Exception as error:
-                problems.append(f"stopping agent {agent.name}: {error}")
-        for _ in range(8):
-            mounted, loops = self.my_mounts(), self.volume_loops()
-            if not mounted and not loops:
-                break
-            for point in mounted:
-                subprocess.run(["umount", point], capture_output=True, check=False)
-            for device in loops:
-                subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-            time.sleep(0.1)
+        problems = self.stop_agents()
+        self.release(self.volume_loops)  # the PV's own loop device stays until its VG is gone
         if self.volume_loops():
             problems.append(f"loop devices on the PV still attached: {', '.join(self.volume_loops())}")
         if self.lvm is not None:
