@@ -20,6 +20,7 @@ import build_image
 import pydeps
 import pytest
 import run_vm
+import vm_testlib
 from vm_testlib import check_lines as _check_lines
 from vm_testlib import fake_image as _fake_image
 from vm_testlib import fake_qemu as _fake_qemu
@@ -148,3 +149,25 @@ def test_runner_kills_everything_on_timeout(tmp_path: Path) -> None:
     child = int((tmp_path / "child").read_text())
     assert gone(child), f"fake QEMU's child {child} outlived the run"
     assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
+
+
+# --- what the tier is given ----------------------------------------------------
+
+
+@pytest.mark.parametrize("required, outcome", [(False, pytest.skip.Exception), (True, pytest.fail.Exception)])
+def test_an_unavailable_tier_skips_unless_required(
+    monkeypatch: pytest.MonkeyPatch, required: bool, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setattr(vm_testlib, "REQUIRED", required)
+    with pytest.raises(outcome, match="no QEMU here"):
+        vm_testlib.unavailable("no QEMU here")
+
+
+def test_wheel_sets_carry_bytecode_when_the_host_can_compile_it() -> None:
+    """Under TCG the guest would otherwise compile grpc, protobuf and pytest in every process."""
+    if not pydeps.PRECOMPILE:
+        pytest.skip(f"the host's Python is not {pydeps.GUEST_PYTHON}: its bytecode would not fit the guest")
+    deps = pydeps.ensure()
+    sources = {p.with_suffix("") for p in deps.rglob("*.py")}
+    compiled = {p.parent.parent / p.name.split(".")[0] for p in deps.rglob("__pycache__/*.pyc")}
+    assert sources and sources <= compiled, sorted(sources - compiled)[:5]
