@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -173,16 +174,31 @@ def parser() -> argparse.ArgumentParser:
                    help="the CSI socket's path as kubelet sees it (default: the endpoint's path)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
+    actions = p.add_mutually_exclusive_group()
+    actions.add_argument("--check-config", action="store_true",
+                         help="check the settings (the --config file included) and exit: 0 when they are valid, "
+                         "2 with the reason otherwise; nothing is started or touched")
+    actions.add_argument("--probe", action="store_true",
+                         help="ask the agent serving these settings' endpoint whether it is ready (CSI Probe) and "
+                         "exit: 0 when it answers ready, 1 otherwise")
     return p
 
 
 def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]] = None) -> Config:
+    return from_args(parser().parse_args(argv), environ)
+
+
+def from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Config:
+    """The settings of parsed arguments: their --config file, CSI_ENDPOINT, then the arguments themselves."""
     environ = dict(os.environ if environ is None else environ)
-    args = parser().parse_args(argv)
     settings: Dict[str, Any] = {}
     if args.config:
-        with open(args.config, "rb") as handle:
-            settings.update(_from_file(tomllib.load(handle), args.config))
+        try:
+            with open(args.config, "rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise InvalidRequest(f"--config {args.config}: {error}") from None
+        settings.update(_from_file(document, args.config))
     if environ.get("CSI_ENDPOINT") and not args.endpoint:
         settings["endpoint"] = environ["CSI_ENDPOINT"]
     for item in fields(Config):
@@ -220,11 +236,36 @@ def _from_file(document: Dict[str, Any], path: str) -> Dict[str, Any]:
     names = {f.name for f in fields(Config)}
     unknown = sorted(set(document) - names)
     if unknown:
-        raise SystemExit(f"{path}: unknown settings {', '.join(unknown)}")
+        raise InvalidRequest(f"{path}: unknown settings {', '.join(unknown)}")
     settings = dict(document)
     for key in ("pool_capacity_limit", "default_volume_size"):
         if isinstance(settings.get(key), str):
             settings[key] = parse_size(settings[key])
     if isinstance(settings.get("services"), str):
         settings["services"] = _services(settings["services"])
+    hints = typing.get_type_hints(Config)
+    for key, value in settings.items():
+        if not _has_type(value, hints[key]):
+            raise InvalidRequest(f"{path}: {key} = {value!r} is not of type {_type_name(hints[key])}")
     return settings
+
+
+def _has_type(value: Any, wanted: Any) -> bool:
+    """Whether a TOML value fits a Config field's type (TOML's integers are floats' too, never booleans)."""
+    origin, args = typing.get_origin(wanted), typing.get_args(wanted)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                               for k, v in value.items())
+    if wanted is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if wanted is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, wanted)
+
+
+def _type_name(wanted: Any) -> str:
+    origin = typing.get_origin(wanted)
+    return f"{origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(wanted))}" if origin \
+        else wanted.__name__
