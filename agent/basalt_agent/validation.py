@@ -100,12 +100,11 @@ def volume_parameters(parameters: Mapping[str, str], known: Iterable[str] = ()) 
     """
     bounded_map(parameters, "parameters")
     allowed = set(known)
-    kept = {}
-    for key, value in parameters.items():
-        if key in allowed or key in K8S_KEPT:
-            kept[key] = value
-        elif not key.startswith(K8S_PREFIX):
-            raise invalid(f"unknown parameter {key!r}" + (f" (known: {', '.join(sorted(allowed))})" if allowed else ""))
+    kept = {key: value for key, value in parameters.items() if key in allowed or key in K8S_KEPT}
+    unknown = sorted(key for key in parameters if key not in kept and not key.startswith(K8S_PREFIX))
+    if unknown:
+        raise invalid(f"unknown parameter(s) {', '.join(map(repr, unknown))}"
+                      + (f" (known: {', '.join(sorted(allowed))})" if allowed else ""))
     return kept
 
 

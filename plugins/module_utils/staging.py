@@ -15,7 +15,7 @@ from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence
 
 from . import devices, filesystem
 from . import mount as mounts
-from .blkid import probe
+from .blkid import examine
 from .errors import Conflict, InvalidRequest, Precondition
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ def device_number(device: str) -> str:
 def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False) -> bool:
     """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
 
-    With *force*, a device holding another filesystem or other data is wiped
-    (``wipefs --all``) and formatted; a device that already holds *fs_type* is
-    never reformatted.
+    Blank is ``blkid.examine``'s rule: no signature, and the first and last MiB
+    read as zeros. With *force*, a device holding another filesystem or other
+    data is wiped (``wipefs --all``) and formatted; a device that already holds
+    *fs_type* is never reformatted.
     """
     fs = filesystem.check_type(fs_type)
-    found = probe(device)
+    found = examine(device)
     if found.blank or (found.fs_type != fs and force):
         _check_fits(device, fs)
     if found.blank:
