@@ -132,17 +132,21 @@ def serve(settings: config.Config) -> int:
 
     stop = threading.Event()
     refused = threading.Event()
-    sockets: List[str] = [settings.socket_path]
-    server.bind(grpc_server, settings.socket_path)
+    sockets = [server.bind(grpc_server, settings.socket_path)]
+    # Registration on its own server and socket: kubelet's registry socket serves nothing else, and
+    # the CSI socket does not answer Registration.
+    servers = [grpc_server]
     if settings.registration_socket:
+        registration_server = server.build(2, 4, [RpcLogInterceptor(), metrics.interceptor()])
         registration = RegistrationService(settings.kubelet_registration_path or settings.socket_path, refused)
-        pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, grpc_server)
-        server.bind(grpc_server, settings.registration_socket)
-        sockets.append(settings.registration_socket)
+        pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, registration_server)
+        sockets.append(server.bind(registration_server, settings.registration_socket))
+        servers.append(registration_server)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    grpc_server.start()
+    for started in servers:
+        started.start()
     if exporting is not None:  # in the background: the socket serves meanwhile, under the same volume locks
         threading.Thread(target=_reconcile, args=(exporting, locks, metrics), name="reconcile",
                          daemon=True).start()
@@ -161,7 +165,8 @@ def serve(settings: config.Config) -> int:
                 log.exception("periodic clean-up failed")
 
     log.info("stopping: finishing in-flight calls")
-    grpc_server.stop(SHUTDOWN_GRACE).wait()
+    for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once
+        stopped.wait()
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()

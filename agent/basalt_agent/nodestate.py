@@ -32,6 +32,8 @@ class NodeRecord:
     targets: Dict[str, Target] = field(default_factory=dict)
     #: set for inline ephemeral volumes: the pool volume created for them
     ephemeral_volume_id: str = ""
+    #: "major:minor" of the device staged: marks this volume's mounts even once the device is gone
+    device_number: str = ""
     #: set for volumes attached over iSCSI from a storage host
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
