@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -26,6 +25,7 @@ from prometheus_client.registry import Collector
 from basalt_core.pool import Pool, Usage
 
 from .bounded import BoundedRead
+from .observing import ObservingInterceptor
 from .proto import csi_pb2, csi_pb2_grpc
 
 log = logging.getLogger("basalt.metrics")
@@ -136,37 +136,15 @@ def probe_health(socket_path: str, timeout: float = HEALTH_TIMEOUT) -> Callable[
     return health
 
 
-class RpcMetricsInterceptor(grpc.ServerInterceptor):
+class RpcMetricsInterceptor(ObservingInterceptor):
     """Counts and times every unary RPC by method and status code."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Optional[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Optional[grpc.RpcMethodHandler]:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        behaviour = handler.unary_unary
-
-        def measured(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.monotonic()
-            code = grpc.StatusCode.OK
-            try:
-                return behaviour(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self.metrics.observe_rpc(method, code, time.monotonic() - started)
-
-        return grpc.unary_unary_rpc_method_handler(
-            measured, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+    def observe(self, method: str, request: Any, context: grpc.ServicerContext, code: grpc.StatusCode,
+                seconds: float) -> None:
+        self.metrics.observe_rpc(method, code, seconds)
 
 
 class StateCollector(Collector):
