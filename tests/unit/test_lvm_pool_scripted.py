@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from basalt_core import lvm, volumes
+from basalt_core import lvm, lvm_report, volumes
 from basalt_core.errors import NoSpace, Precondition
 from basalt_core.lvm_pool import COW, LvmPool, LvmThinPool, lv_name
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
@@ -28,8 +28,8 @@ from basalt_core.sizes import MiB
 
 RECORDED = Path(__file__).parent / "lvm_recorded"
 VG = "basalt-rec"
-LV_OPTIONS = ",".join(lvm._LV_COLUMNS)
-VG_OPTIONS = ",".join(lvm._VG_COLUMNS)
+LV_OPTIONS = ",".join(lvm_report.LV_COLUMNS)
+VG_OPTIONS = ",".join(lvm_report.VG_COLUMNS)
 NOT_FOUND = "  Failed to find logical volume \"basalt-rec/{name}\"\n"
 
 
@@ -354,14 +354,18 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     assert files["target"].read_bytes() == files["snap"].read_bytes()
 
 
-def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) -> None:
+def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tmp_path: Path) -> None:
     """CreateVolume: lvs, lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvchange, lvremove.
 
     No free-space read before lvcreate (it refuses what does not fit), no
     re-read of an LV the operation already read or only retagged, no listing
     of every LV unless this one is a COW origin, no lvchange -an before
-    lvremove (which takes an active, unopened LV down itself).
+    lvremove (which takes an active, unopened LV down itself).  Both ends of
+    the new LV are zeroed before it is marked ready (here its "device" is a
+    file standing in for /dev/VG/LV, which needs device-mapper).
     """
+    device = tmp_path / "lv"
+    device.write_bytes(b"\xff" * (8 * MiB))
     pool = LvmPool(VG, PoolSettings())
     volume_id = volume_id_for("pvc-thick")
     name = lv_name(volume_id)
@@ -369,7 +373,8 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) ->
     ready = dataclasses.replace(creating, state=READY)
     tags_creating, tags_ready = record_tags(pool, "volume", creating), record_tags(pool, "volume", ready)
     deleting = record_tags(pool, "volume", dataclasses.replace(creating, state="deleting"))
-    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB))
+    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
+                      lv_path=str(device))
     script([
         missing(name),
         VGS,  # the extent size, read once per pool object
@@ -384,6 +389,8 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) ->
     ])
     volume, changed = volumes.ensure_volume(pool, "pvc-thick", 8 * MiB)
     assert changed and volume.state == READY
+    data = device.read_bytes()
+    assert data[:MiB] == data[-MiB:] == bytes(MiB) and data[MiB:-MiB] == b"\xff" * (6 * MiB)
     assert volumes.delete_volume(pool, volume_id)
 
 
