@@ -34,7 +34,7 @@ from .model import (
     is_snapshot_id,
     is_volume_id,
 )
-from .pool import Pool
+from .pool import Pool, Storage
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,10 @@ class LvmPool(Pool):
     def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
 
+    def storage(self) -> Storage:
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        return Storage(group.size, group.size - group.free)
+
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
         if found is None:
@@ -551,6 +555,11 @@ class LvmThinPool(LvmPool):
         virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
                       if lv.pool_lv == self.thin_pool)
         return max(0, int(pool.size * self.options.overprovision) - virtual)
+
+    def storage(self) -> Storage:
+        pool = self._pool_lv()
+        data = pool.data_percent or 0.0
+        return Storage(pool.size, int(pool.size * data / 100), data, pool.metadata_percent or 0.0)
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
