@@ -13,6 +13,7 @@ TPG.enable, BlockStorageObject.readonly/udev_path/wwn) and methods
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -170,8 +171,9 @@ def rts() -> SimpleNamespace:
 
 
 @pytest.fixture
-def backend(rts: SimpleNamespace) -> lio.LioBackend:
-    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file="/tmp/x.json", rtslib=rts)
+def backend(rts: SimpleNamespace, tmp_path: Path) -> lio.LioBackend:
+    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file="/tmp/x.json",
+                          lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
 
 
 def _taken(rts: SimpleNamespace) -> List[Tuple[Any, ...]]:
@@ -212,8 +214,7 @@ def test_export_grant_revoke_remove(rts: SimpleNamespace, backend: lio.LioBacken
     assert backend.ensure_grant(T, A, CHAP_A) is False
     assert _taken(rts) == []
 
-    assert backend.exports() == [Export(T, 0, SERIAL, "/dev/vg/pvc-1", False,
-                                        ("192.0.2.10:3260", "[2001:db8::10]:3260"), (Grant(A, CHAP_A),))]
+    assert backend.exports() == [Export(T, 0, SERIAL, "/dev/vg/pvc-1", False, (Grant(A, CHAP_A),))]
     with pytest.raises(Conflict, match="both use CHAP"):
         backend.ensure_grant(T, B, None)
     with pytest.raises(InUse):
@@ -276,7 +277,7 @@ def test_foreign_targets_are_not_reported(rts: SimpleNamespace, backend: lio.Lio
     assert backend.exports() == []
 
 
-def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import builtins
 
     real_import = builtins.__import__
@@ -288,7 +289,7 @@ def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_rtslib)
     with pytest.raises(Precondition, match="rtslib-fb"):
-        lio.LioBackend().exports()
+        lio.LioBackend(lock_path=str(tmp_path / "lio.lock")).exports()
 
 
 def test_fake_matches_real_rtslib() -> None:
@@ -316,8 +317,8 @@ def test_fake_matches_real_rtslib() -> None:
     assert callable(real.TPG.set_attribute) and callable(real.TPG.get_attribute)
 
 
-def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespace) -> None:
+def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespace, tmp_path: Path) -> None:
     # None lets rtslib pick its default_save_file: Debian's python3-rtslib-fb restores
     # /etc/rtslib-fb-target/saveconfig.json at boot, upstream /etc/target/saveconfig.json (VM tier).
-    lio.LioBackend(portals=("192.0.2.10:3260",), rtslib=rts).persist()
+    lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts).persist()
     assert _taken(rts) == [("save_to_file", None)]
