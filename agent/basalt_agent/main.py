@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence
 from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
+from basalt_core.iscsi_target import TargetBackend
 from basalt_core.pool import Pool, open_pool
 from basalt_core.target_backends import open_target_backend
 

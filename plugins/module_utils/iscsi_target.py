@@ -132,6 +132,10 @@ class TargetBackend(abc.ABC):
         """Exclusive use of the target service's shared state (threads and processes); re-entrant."""
 
     @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StorageError unless the target service answers; never waits for :meth:`transaction`."""
+
+    @abc.abstractmethod
     def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
         """Make *device* the data LUN of target *target_iqn*, unit serial *serial*.
 

@@ -113,6 +113,9 @@ class LioBackend(TargetBackend):
     def transaction(self) -> ContextManager[None]:
         return self._lock
 
+    def ping(self) -> None:
+        self._fabric()  # rtslib reads configfs: fails without the target modules
+
     @property
     def rts(self) -> Any:
         if self._rtslib is None:

@@ -182,6 +182,9 @@ class TgtBackend(TargetBackend):
         """tgtd's targets, listed now (every target, ours or not)."""
         return parse_targets(self._run("--mode", "target", "--op", "show", what="list tgt targets").stdout)
 
+    def ping(self) -> None:
+        self._run("--mode", "system", "--op", "show", what="ask tgtd")
+
     def _live(self) -> Dict[str, TgtTarget]:
         session = self._current()
         if session.live is None:

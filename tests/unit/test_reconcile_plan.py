@@ -200,6 +200,9 @@ class _LiveOnly(TargetBackend):
     def transaction(self) -> ContextManager[None]:
         return contextlib.nullcontext()
 
+    def ping(self) -> None:
+        raise AssertionError("not called")
+
 
 def test_default_saved_grants_are_the_live_ones() -> None:
     backend = _LiveOnly([live(T1, Grant(A, CHAP_A), Grant(B)), live(T2)])

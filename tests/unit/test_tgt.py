@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -447,3 +448,18 @@ def test_a_half_made_target_is_left_out_of_the_config_file() -> None:
     half = Export(RO, 1, "", "", False)  # a crash between target new and logicalunit new
     text = tgt_config.render_config([made, half])
     assert f"<target {RW}>" in text and RO not in text
+
+
+def test_ping_asks_tgtd_without_waiting_for_the_transaction(tgt_script: Any, backend: tgt.TgtBackend) -> None:
+    """Probe's check: a publish or a reconciliation holding the target service must not make Probe wait."""
+    tgt_script([ok([*C, "--mode", "system", "--op", "show"], "System:\n    State: ready\n")])
+    answered = threading.Event()
+
+    def probe() -> None:
+        backend.ping()
+        answered.set()
+    with backend.transaction():  # held by another call meanwhile
+        thread = threading.Thread(target=probe)
+        thread.start()
+        assert answered.wait(10)
+    thread.join(10)
