@@ -265,7 +265,8 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
     check_iqn,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.target_backends import BACKENDS, open_target_backend
 from ansible_collections.basalt.csi.plugins.module_utils.tgt import DEFAULT_CONF, DEFAULT_RECORD
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import find_volume_by_name, get_volume
