@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Tuple, Union
 
 import grpc
 
-from basalt_core import devices, filesystem, staging, volumes
+from basalt_core import devices, filesystem, multipath, staging, volumes
 from basalt_core import mount as mounts
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
@@ -85,7 +85,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
         """How a staged volume reached this node (None: a local volume that no longer exists)."""
         if record.iscsi_target:
-            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial)
+            staged_map = multipath.Map(record.multipath_map, "", record.multipath_uuid, ()) \
+                if record.multipath_map else None
+            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial, staged_map=staged_map)
         volume = self.pool.load_volume(record.ephemeral_volume_id or record.volume_id)
         return PoolAttachment(self.pool, volume) if volume is not None else None
 
@@ -113,6 +115,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if remote is not None:
                 record.iscsi_target, record.iscsi_portals, record.serial = remote.target_iqn, remote.portals, \
                     remote.serial
+                if remote.staged_map is not None:
+                    record.multipath_map, record.multipath_uuid = remote.staged_map.name, remote.staged_map.uuid
             self.state.save(record)
         return csi_pb2.NodeStageVolumeResponse()
 
