@@ -53,7 +53,6 @@ DEFAULT_ROUNDS = 20
 DEFAULT_RESTART_VOLUMES = 20
 PEER_NODE = "bench-peer"
 PEER_IQN = "iqn.2026-11.dev.basalt.bench:peer"
-AGENT_BASE_IQN = "iqn.2026-11.dev.basalt"
 BARE_BASE_IQN = "iqn.2026-11.dev.basalt.bare"
 AGENT_USER = "bench-user"
 BARE_USER = "bare-user"
