@@ -554,9 +554,11 @@ class LvmThinPool(LvmPool):
 
     def free_bytes(self) -> int:
         """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too)."""
-        pool = self._pool_lv()
-        virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
-                      if lv.pool_lv == self.thin_pool)
+        every = lvm.logical_volumes(self.vg, None, settings=self.settings)  # one lvs: the pool and its LVs
+        pool = next((lv for lv in every if lv.name == self.thin_pool and lv.attr.thin_pool), None)
+        if pool is None:
+            raise Precondition(f"{self.vg}/{self.thin_pool} is not a thin pool")
+        virtual = sum(lv.size for lv in every if lv.pool_lv == self.thin_pool)
         return max(0, int(pool.size * self.options.overprovision) - virtual)
 
     def storage(self) -> Storage:
