@@ -34,5 +34,5 @@ def test_refused(name: str, why: str) -> None:
 
 
 def test_the_field_is_named() -> None:
-    with pytest.raises(InvalidRequest, match="^snapshot name contains"):
+    with pytest.raises(InvalidRequest, match=r"^snapshot name contains"):
         check_name("a\nb", "snapshot name")
