@@ -30,7 +30,7 @@ attributes:
 options:
   name:
     description:
-      - The snapshot's name: any Unicode text of 1 to 128 bytes in UTF-8 without control characters (the rule
+      - The snapshot's name, any Unicode text of 1 to 128 bytes in UTF-8 without control characters (the rule
         the agent applies to CSI names).
     type: str
     required: true

@@ -31,8 +31,8 @@ attributes:
 options:
   name:
     description:
-      - The volume's name, the CSI name for volumes the agent made: any Unicode text of 1 to 128 bytes in UTF-8
-        without control characters (the rule the agent applies).
+      - The volume's name (the CSI name, for volumes the agent made), any Unicode text of 1 to 128 bytes in
+        UTF-8 without control characters (the rule the agent applies).
     type: str
     required: true
   pool:
