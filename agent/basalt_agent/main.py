@@ -18,7 +18,7 @@ from basalt_core.lio import LioBackend
 from basalt_core.pool import Pool, open_pool
 from basalt_core.tgt import TgtBackend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
 from .controller import ControllerService
 from .identity import IdentityService
 from .locks import ObjectLocks
@@ -75,9 +75,10 @@ def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks) -> None:
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
     pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
+    pool.freeze_limit = settings.freeze_limit
     locks = ObjectLocks()
-    for leftover in pool.clean_leftovers():
-        log.info("removed leftover %s", leftover)
+    state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
+    recovery.recover(pool, state if "controller" in settings.services else None, bool(settings.iscsi_backend))
     volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs, [RpcLogInterceptor()])
@@ -88,8 +89,7 @@ def serve(settings: config.Config) -> int:
         exporting = published if isinstance(published, IscsiPublishing) else None
         controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
-    if "node" in settings.services:
-        state = NodeState(os.path.join(settings.state_dir, "node"))
+    if state is not None:
         own_name = initiator.for_node(settings)
         if own_name is not None:
             own_name.ensure()

@@ -17,6 +17,12 @@ def is_block_device(path: str) -> bool:
         return False
 
 
+def device_number(device: str) -> str:
+    """``major:minor`` of a device node, as the mount table names devices."""
+    rdev = os.stat(device).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
 def size_bytes(device: str) -> int:
     """The size of a block device, as the kernel sees it now."""
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Collection, ContextManager, Dict, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
+from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
 from .model import Snapshot, Volume
 from .sizes import MiB
@@ -27,6 +28,8 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: longest a mounted volume's filesystem stays frozen while a pool copies it (seconds)
+    freeze_limit = DEFAULT_FREEZE_LIMIT
 
     def __init__(self, capacity_limit: int = 0) -> None:
         #: bytes that may be provisioned in all (0: no limit beyond the pool's own space)
@@ -157,6 +160,11 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def refresh(self, volume: Volume) -> None:
         """Make an attached device see its volume's new size."""
+
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        """Detach every device over the pool's storage but those of the *wanted* volume ids (start-up,
+        when nothing else runs: an interrupted operation's devices); return what was detached."""
+        return []
 
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""

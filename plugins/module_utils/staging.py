@@ -6,10 +6,9 @@ unstage, each idempotent and reporting whether it changed anything.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from . import devices, filesystem
 from . import mount as mounts
@@ -19,22 +18,21 @@ from .errors import Conflict, InvalidRequest, Precondition
 log = logging.getLogger(__name__)
 
 
-def _device_number(device: str) -> str:
-    rdev = os.stat(device).st_rdev
-    return f"{os.major(rdev)}:{os.minor(rdev)}"
-
-
-def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False) -> bool:
+def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False,
+                      before_format: Optional[Callable[[], None]] = None) -> bool:
     """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
 
     With *force*, a device holding another filesystem or other data is wiped
     (``wipefs --all``) and formatted; a device that already holds *fs_type* is
-    never reformatted.
+    never reformatted.  *before_format* runs just before a filesystem is made
+    (the agent records that it is making one, so a crash during mkfs is its to redo).
     """
     fs = filesystem.check_type(fs_type)
     found = probe(device)
     if found.blank:
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.make(device, fs)
             log.info("created %s on blank device %s", fs, device)
         return True
@@ -44,6 +42,8 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
                 f"{device} holds {found.describe()}, not {fs}; refusing to format a device that holds data"
             )
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.wipe(device)
             filesystem.make(device, fs)
             log.warning("wiped %s (it held %s) and created %s, as forced", device, found.describe(), fs)
@@ -59,15 +59,16 @@ def ensure_mounted(
     *,
     force: bool = False,
     check_mode: bool = False,
+    before_format: Optional[Callable[[], None]] = None,
 ) -> bool:
     """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it."""
     fs = filesystem.check_type(fs_type)
     current = mounts.find_mount(path)
     if current is not None:
-        if current.major_minor != _device_number(device) or current.root != "/":
+        if current.major_minor != devices.device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
         return False
-    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode)
+    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
         return True
     os.makedirs(path, exist_ok=True)
@@ -132,7 +133,7 @@ def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = Fals
 
 def device_mount_points(device: str) -> List[str]:
     """Where *device* is mounted (including bind mounts of it), for stats and checks."""
-    number = _device_number(device)
+    number = devices.device_number(device)
     return [e.mount_point for e in mounts.mounts() if e.major_minor == number]
 
 
@@ -143,25 +144,3 @@ def check_absolute(path: str, what: str) -> str:
     if normal != path.rstrip("/") and normal != path:
         raise InvalidRequest(f"{what} {path!r} must be normalised (no '.', '..' or '//')")
     return normal
-
-
-@contextlib.contextmanager
-def frozen(device: Optional[str]) -> Iterator[None]:
-    """Freeze the filesystem mounted from *device* (if any, here) while the block runs.
-
-    A copy taken meanwhile is what a crash at that instant would leave:
-    consistent for a journaling filesystem.
-    """
-    mount_point = None
-    if device is not None:
-        number = _device_number(device)
-        mount_point = next((e.mount_point for e in mounts.mounts()
-                            if e.major_minor == number and e.root == "/"), None)
-    if mount_point is None:
-        yield
-        return
-    filesystem.freeze(mount_point)
-    try:
-        yield
-    finally:
-        filesystem.unfreeze(mount_point)
