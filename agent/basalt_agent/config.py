@@ -7,7 +7,7 @@ import os
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from basalt_core.errors import InvalidRequest
 from basalt_core.freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
@@ -22,6 +22,8 @@ SERVICES = ("identity", "controller", "node")
 DEFAULT_STATE_DIR = "/var/lib/basalt"
 DEFAULT_ENDPOINT = "unix:///run/basalt/csi.sock"
 DEFAULT_INITIATORNAME_FILE = "/etc/iscsi/initiatorname.iscsi"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9822
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Config:
     registration_socket: str = ""
     kubelet_registration_path: str = ""
     log_level: str = "info"
+    metrics_address: str = ""
 
     @property
     def socket_path(self) -> str:
@@ -73,6 +76,19 @@ def endpoint_path(endpoint: str) -> str:
     if not os.path.isabs(path):
         raise InvalidRequest(f"endpoint {endpoint!r} must name an absolute socket path")
     return path
+
+
+def metrics_address(text: str) -> Tuple[str, int]:
+    """``HOST:PORT``, ``HOST``, ``:PORT`` or ``[V6]:PORT``; a missing host is loopback, a missing port the default."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _sep, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, _sep, port = text.partition(":")
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise InvalidRequest(f"--metrics-address {text!r}: the port must be a number from 1 to 65535")
+    return host or DEFAULT_METRICS_HOST, int(port) if port else DEFAULT_METRICS_PORT
 
 
 def _services(text: str) -> List[str]:
@@ -176,6 +192,12 @@ def parser() -> argparse.ArgumentParser:
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")
     p.add_argument("--kubelet-registration-path",
                    help="the CSI socket's path as kubelet sees it (default: the endpoint's path)")
+    p.add_argument("--metrics-address", nargs="?", const=f"{DEFAULT_METRICS_HOST}:{DEFAULT_METRICS_PORT}",
+                   metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics and the livenessprobe contract on "
+                   "/healthz (200 when Probe says ready, 500 with the reason). Off by default; alone: "
+                   f"{DEFAULT_METRICS_HOST}:{DEFAULT_METRICS_PORT}; a missing host is {DEFAULT_METRICS_HOST}, a "
+                   f"missing port {DEFAULT_METRICS_PORT}. Plain HTTP: give a pod or loopback address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
     return p
@@ -198,6 +220,8 @@ def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]]
         settings["iscsi_initiators"] = {**settings.get("iscsi_initiators", {}), **dict(args.iscsi_initiators)}
     config = Config(**settings)
     endpoint_path(config.endpoint)
+    if config.metrics_address:
+        metrics_address(config.metrics_address)
     _check_iscsi(config)
     return config
 

@@ -11,12 +11,13 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from .observing import ObservingInterceptor
 from .proto import csi_pb2
 
 log = logging.getLogger("basalt.rpc")
@@ -85,42 +86,16 @@ def request_fields(request: Message) -> Dict[str, Any]:
     return fields
 
 
-class RpcLogInterceptor(grpc.ServerInterceptor):
+class RpcLogInterceptor(ObservingInterceptor):
     """Logs every unary RPC: method, ids, duration and status code."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Optional[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Optional[grpc.RpcMethodHandler]:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        behaviour = handler.unary_unary
-
-        def logged(request: Message, context: grpc.ServicerContext) -> Any:
-            started = time.monotonic()
-            code = grpc.StatusCode.OK
-            try:
-                return behaviour(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                fields: Dict[str, Any] = {"method": method, "code": code.name,
-                                          "duration_ms": round((time.monotonic() - started) * 1000, 2)}
-                fields.update(request_fields(request))
-                if code is not grpc.StatusCode.OK:
-                    details = context.details()
-                    fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
-                if log.isEnabledFor(logging.DEBUG):
-                    fields["request"] = json_format.MessageToDict(redacted(request))
-                log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc",
-                        extra={"fields": fields})
-
-        return grpc.unary_unary_rpc_method_handler(
-            logged,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    def observe(self, method: str, request: Message, context: grpc.ServicerContext, code: grpc.StatusCode,
+                seconds: float) -> None:
+        fields: Dict[str, Any] = {"method": method, "code": code.name, "duration_ms": round(seconds * 1000, 2)}
+        fields.update(request_fields(request))
+        if code is not grpc.StatusCode.OK:
+            details = context.details()
+            fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
+        if log.isEnabledFor(logging.DEBUG):
+            fields["request"] = json_format.MessageToDict(redacted(request))
+        log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc", extra={"fields": fields})

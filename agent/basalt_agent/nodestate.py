@@ -33,6 +33,8 @@ class NodeRecord:
     targets: Dict[str, Target] = field(default_factory=dict)
     #: set for inline ephemeral volumes: the pool volume created for them
     ephemeral_volume_id: str = ""
+    #: "major:minor" of the device staged: marks this volume's mounts even once the device is gone
+    device_number: str = ""
     #: set for volumes attached over iSCSI from a storage host
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
@@ -60,6 +62,16 @@ class NodeState:
             return None
         targets = {path: Target(**t) for path, t in doc.pop("targets", {}).items()}
         return NodeRecord(targets=targets, **doc)
+
+    def all(self) -> List[NodeRecord]:
+        """Every record (for metrics, Probe and the operator command), in no particular order."""
+        found = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".json"):
+                record = self._read(os.path.join(self.directory, name))
+                if record is not None:
+                    found.append(record)
+        return found
 
     def save(self, record: NodeRecord) -> None:
         write_json(self._path(record.volume_id), asdict(record))

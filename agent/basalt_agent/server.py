@@ -1,13 +1,20 @@
-"""The gRPC server: sockets (mode 0600, stale ones replaced safely), services, shutdown."""
+"""The gRPC server: sockets (mode 0600, stale ones replaced safely), services, shutdown.
+
+A socket path may be taken over by another process (node-driver-registrar pointed at the same
+registry directory removes and re-creates ``<driver>-reg.sock``): the agent removes a socket only
+while it is still the very file it bound or probed (same device and inode), never a newcomer's.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import stat
+import tempfile
 from concurrent import futures
-from typing import List, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import grpc
 
@@ -18,35 +25,81 @@ class SocketInUse(Exception):
     pass
 
 
+class BoundSocket(NamedTuple):
+    """A socket file the agent made, known by its identity as well as its path."""
+
+    path: str
+    device: int
+    inode: int
+
+
+def _identity(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def remove_if_same(path: str, device: int, inode: int) -> bool:
+    """Unlink *path* only while it is still the socket file (device, inode); True when removed."""
+    now = _identity(path)
+    if now is None or not stat.S_ISSOCK(now.st_mode) or (now.st_dev, now.st_ino) != (device, inode):
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def prepare_socket(path: str) -> None:
     """Make way for a socket at *path*: remove a stale one, never a live one or a non-socket."""
     os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    found = _identity(path)
+    if found is None:
         return
-    if not stat.S_ISSOCK(mode):
+    if not stat.S_ISSOCK(found.st_mode):
         raise SocketInUse(f"{path} exists and is not a socket; refusing to remove it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale socket %s", path)
-        os.unlink(path)
+        # Only the file found dead: another process may have bound a new one there since.
+        if remove_if_same(path, found.st_dev, found.st_ino):
+            log.info("removed stale socket %s", path)
+            return
+        if _identity(path) is not None:
+            raise SocketInUse(f"another process replaced {path} while the agent was starting") from None
         return
     finally:
         probe.close()
     raise SocketInUse(f"another process is serving {path}")
 
 
-def bind(server: grpc.Server, path: str) -> None:
+def bind(server: grpc.Server, path: str) -> BoundSocket:
+    """Serve *path*: bound under a private name, then linked into place (never over an existing file).
+
+    gRPC unlinks the path it bound when it stops, whoever's file is there by then; binding in a
+    hidden directory of our own (kubelet's plugin watcher skips hidden names) and removing that name
+    at once leaves gRPC nothing to unlink but its own, and ``remove_sockets`` the public name.
+    """
     prepare_socket(path)
+    private_dir = tempfile.mkdtemp(prefix=".basalt-bind-", dir=os.path.dirname(path))
+    private = os.path.join(private_dir, "s.sock")
     previous = os.umask(0o177)  # the socket is born 0600: only root may talk to the driver
     try:
-        server.add_insecure_port(f"unix://{path}")
+        server.add_insecure_port(f"unix://{private}")
+        os.chmod(private, 0o600)
+        os.link(private, path)
+    except FileExistsError:
+        raise SocketInUse(f"another process made {path} while the agent was starting") from None
     finally:
         os.umask(previous)
-    os.chmod(path, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
+        os.rmdir(private_dir)
+    made = os.lstat(path)
+    return BoundSocket(path, made.st_dev, made.st_ino)
 
 
 def build(workers: int, max_concurrent_rpcs: int, interceptors: Sequence[grpc.ServerInterceptor]) -> grpc.Server:
@@ -57,10 +110,8 @@ def build(workers: int, max_concurrent_rpcs: int, interceptors: Sequence[grpc.Se
     )
 
 
-def remove_sockets(paths: List[str]) -> None:
-    for path in paths:
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+def remove_sockets(sockets: List[BoundSocket]) -> None:
+    """Remove the agent's own sockets; one replaced by another process since is left alone."""
+    for bound in sockets:
+        if not remove_if_same(*bound) and _identity(bound.path) is not None:
+            log.warning("left %s in place: another process has replaced the agent's socket there", bound.path)

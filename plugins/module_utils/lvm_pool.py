@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import lvm
+from . import devices, lvm
 from .activation import ACTIVATORS, Activator, active
 from .errors import InvalidRequest, NotFound, Precondition
 from .model import (
@@ -34,7 +34,7 @@ from .model import (
     is_snapshot_id,
     is_volume_id,
 )
-from .pool import Pool
+from .pool import Pool, Storage
 
 log = logging.getLogger(__name__)
 
@@ -272,24 +272,30 @@ class LvmPool(Pool):
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
         if source is None:
-            if self.activator.name != "dm":
-                # LVM could not zero or wipe without device-mapper: clear the
-                # ends ourselves, so blkid sees a blank device, never old data.
-                self._clear_ends(target)
+            # The new LV's extents may hold an old volume's data, and LVM zeroes at most its
+            # first 4 KiB (nothing without device-mapper): clear both ends ourselves, so the
+            # never-reformat rule (blkid.examine) sees a blank device, never old data.
+            self._clear_ends(target)
             return None
         origin = self._require_lv(source.id)
         # A classic snapshot LV reports its COW space as its size: copy the size of the record
         # (copying the COW space's length truncated restored filesystems: seen on a real kernel).
         self._copy(origin, target, source if isinstance(source, Volume) else None, length=source.size)
+        self._clear_ends(target, after=source.size)  # a larger copy's tail holds old data too
         return COPY
 
-    def _clear_ends(self, target: lvm.LogicalVolume) -> None:
+    def _clear_ends(self, target: lvm.LogicalVolume, after: int = 0) -> None:
+        """Zero the first and last BLANK_ENDS bytes of *target*, except what lies before *after*."""
+        span = min(target.size, devices.BLANK_ENDS)
+        ranges = [(start, end) for start, end in ((max(0, after), span),
+                                                  (max(target.size - span, after), target.size)) if start < end]
+        if not ranges:
+            return
         with active(self.activator, target) as device:
-            span = min(target.size, 1 << 20)
             with open(device, "r+b", buffering=0) as handle:
-                for offset in sorted({0, target.size - span}):
-                    handle.seek(offset)
-                    handle.write(b"\0" * span)
+                for start, end in ranges:
+                    handle.seek(start)
+                    handle.write(bytes(end - start))
                 os.fsync(handle.fileno())
 
     def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume],
@@ -384,6 +390,13 @@ class LvmPool(Pool):
             lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
         finally:
             self._changed()
+        grown = self._require_lv(volume.id)
+        # The new extents may hold old data, and a volume grown before its first format
+        # must stay blank (blkid.examine reads its last MiB); its filesystem, if any, ends
+        # before the old size. A loop-attached volume keeps its old size until refreshed:
+        # it is in use, so formatted, and its filesystem grows over the new space.
+        if grown.pool_lv is None and (self.activator.name == "dm" or self.activator.device(grown) is None):
+            self._clear_ends(grown, after=found.size)
 
     def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
         origin = self._require_lv(snapshot.source_volume_id)
@@ -415,6 +428,10 @@ class LvmPool(Pool):
 
     def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
+
+    def storage(self) -> Storage:
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        return Storage(group.size, group.size - group.free)
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
@@ -544,6 +561,11 @@ class LvmThinPool(LvmPool):
         virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
                       if lv.pool_lv == self.thin_pool)
         return max(0, int(pool.size * self.options.overprovision) - virtual)
+
+    def storage(self) -> Storage:
+        pool = self._pool_lv()
+        data = pool.data_percent or 0.0
+        return Storage(pool.size, int(pool.size * data / 100), data, pool.metadata_percent or 0.0)
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)

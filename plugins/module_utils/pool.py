@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Collection, ContextManager, Dict, List, Optional, Tuple, Union
 
 from .errors import InvalidRequest
@@ -21,6 +22,29 @@ from .sizes import MiB
 
 if TYPE_CHECKING:
     from .lvm_pool import LvmOptions
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The pool's own storage: bytes in all and bytes taken (by anything); thin pools add fill levels."""
+
+    size: int
+    allocated: int
+    data_percent: Optional[float] = None
+    metadata_percent: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What operators watch of a pool (metrics, ``basalt pools``)."""
+
+    storage: Storage
+    #: bytes a new volume may still take (thin: virtual, under the over-provisioning ratio)
+    available: int
+    #: bytes Basalt's volumes and snapshots were given
+    provisioned: int
+    volumes: int
+    snapshots: int
 
 
 class Pool(abc.ABC):
@@ -125,6 +149,15 @@ class Pool(abc.ABC):
 
     def provisioned_bytes(self) -> int:
         return sum(v.size for v in self.all_volumes()) + sum(s.size for s in self.all_snapshots())
+
+    @abc.abstractmethod
+    def storage(self) -> Storage:
+        """Size and use of the pool's own storage (filesystem, VG, thin pool)."""
+
+    def usage(self) -> Usage:
+        volumes, snapshots = self.all_volumes(), self.all_snapshots()
+        provisioned = sum(v.size for v in volumes) + sum(s.size for s in snapshots)
+        return Usage(self.storage(), self.available_bytes(), provisioned, len(volumes), len(snapshots))
 
     def available_bytes(self) -> int:
         """Bytes a new volume may still take: free space, bounded by the capacity limit."""

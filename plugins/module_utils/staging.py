@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional, Sequence
+import stat
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence
 
 from . import devices, filesystem
 from . import mount as mounts
-from .blkid import probe
+from .blkid import examine
+from .devices import device_number  # (also staging.device_number to callers)
 from .errors import Conflict, InvalidRequest, Precondition
 
 log = logging.getLogger(__name__)
@@ -22,13 +25,16 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
                       before_format: Optional[Callable[[], None]] = None) -> bool:
     """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
 
-    With *force*, a device holding another filesystem or other data is wiped
-    (``wipefs --all``) and formatted; a device that already holds *fs_type* is
-    never reformatted.  *before_format* runs just before a filesystem is made
-    (the agent records that it is making one, so a crash during mkfs is its to redo).
+    Blank is ``blkid.examine``'s rule: no signature, and the first and last MiB
+    read as zeros. With *force*, a device holding another filesystem or other
+    data is wiped (``wipefs --all``) and formatted; a device that already holds
+    *fs_type* is never reformatted.  *before_format* runs just before a filesystem
+    is made (the agent records that it is making one, so a crash during mkfs is its to redo).
     """
     fs = filesystem.check_type(fs_type)
-    found = probe(device)
+    found = examine(device)
+    if found.blank or (found.fs_type != fs and force):
+        _check_fits(device, fs)
     if found.blank:
         if not check_mode:
             if before_format is not None:
@@ -51,6 +57,16 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
     return False
 
 
+def _check_fits(device: str, fs: str) -> None:
+    """Refuse before mkfs does: a device below the filesystem's minimum size (xfsprogs has one)."""
+    if not filesystem.MINIMUM_SIZE[fs]:
+        return
+    size = devices.size_bytes(device)
+    if size < filesystem.MINIMUM_SIZE[fs]:
+        raise Precondition(f"{device} is {size} bytes, too small for {fs}: mkfs.{fs} needs at least "
+                           f"{filesystem.MINIMUM_SIZE[fs]} bytes")
+
+
 def ensure_mounted(
     device: str,
     path: str,
@@ -65,9 +81,10 @@ def ensure_mounted(
     fs = filesystem.check_type(fs_type)
     current = mounts.find_mount(path)
     if current is not None:
-        if current.major_minor != devices.device_number(device) or current.root != "/":
+        if current.major_minor != device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
         return False
+    _check_kind(path, directory=True)
     changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
         return True
@@ -92,6 +109,7 @@ def ensure_bind(source: str, target: str, *, read_only: bool = False,
             state = "read-only" if current.read_only else "read-write"
             raise Conflict(f"{target} is already mounted {state}")
         return False
+    _check_kind(target, directory=not block)
     if check_mode:
         return True
     if block:
@@ -103,6 +121,17 @@ def ensure_bind(source: str, target: str, *, read_only: bool = False,
         os.makedirs(target, exist_ok=True)
     mounts.bind_mount(source, target, read_only=read_only, options=options)
     return True
+
+
+def _check_kind(path: str, *, directory: bool) -> None:
+    """Refuse a mount point of the wrong kind: a filesystem needs a directory, a device node a file."""
+    if not os.path.lexists(path):
+        return
+    mode = os.lstat(path).st_mode
+    if directory and not stat.S_ISDIR(mode):
+        raise Precondition(f"{path} exists and is not a directory: a filesystem is mounted on a directory")
+    if not directory and not stat.S_ISREG(mode):
+        raise Precondition(f"{path} exists and is not a regular file: a block volume is bound onto a file")
 
 
 def _same_origin(current: mounts.MountEntry, source: str, block: bool) -> bool:
@@ -131,9 +160,70 @@ def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = Fals
     return changed
 
 
+@dataclass(frozen=True)
+class Owner:
+    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device node."""
+
+    numbers: FrozenSet[str]  # "major:minor" as /proc/self/mountinfo shows them
+    node: Optional[str] = None  # the device node, for binds of a raw block device
+
+    def owns(self, entry: mounts.MountEntry) -> bool:
+        if entry.major_minor in self.numbers:
+            return True
+        if self.node is None:
+            return False
+        # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
+        holder = os.stat(self.node).st_dev
+        return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
+                and entry.root.endswith("/" + os.path.basename(os.path.realpath(self.node))))
+
+
+def owner_of(device: Optional[str], recorded: Iterable[str] = ()) -> Owner:
+    numbers = {n for n in recorded if n}
+    if device is not None:
+        numbers.add(device_number(device))
+    return Owner(frozenset(numbers), device)
+
+
+def release(path: str, owner: Owner, *, strict: bool = True) -> bool:
+    """Unmount *owner*'s mounts stacked at *path*; return whether there were any.
+
+    A mount of anything else on top is never touched: with *strict* that is
+    an error, otherwise *path* is left as it is.
+    """
+    changed = False
+    current = mounts.find_mount(path)
+    while current is not None:
+        if not owner.owns(current):
+            if strict:
+                raise Precondition(f"{path} has {current.source} mounted, which is not this volume's; "
+                                   "it was left in place")
+            return changed
+        mounts.unmount(path)
+        changed = True
+        current = mounts.find_mount(path)
+    return changed
+
+
+def remove_mount_point(path: str) -> bool:
+    """Delete the empty directory or empty file a publish made at *path*; anything else stays."""
+    try:
+        mode = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(mode.st_mode) and not os.listdir(path):
+        os.rmdir(path)
+        return True
+    if stat.S_ISREG(mode.st_mode) and mode.st_size == 0:
+        os.unlink(path)
+        return True
+    log.warning("left %s in place: it is not an empty directory or file", path)
+    return False
+
+
 def device_mount_points(device: str) -> List[str]:
     """Where *device* is mounted (including bind mounts of it), for stats and checks."""
-    number = devices.device_number(device)
+    number = device_number(device)
     return [e.mount_point for e in mounts.mounts() if e.major_minor == number]
 
 

@@ -12,7 +12,9 @@ version_added: 0.1.0
 description:
   - Mounts a block device on a directory, creating the filesystem first only when the device is blank,
     exactly as the Basalt CSI agent stages a volume; or bind-mounts a directory or device; or unmounts.
-  - A device that holds another filesystem or any other data is never formatted unless O(force=true).
+  - A device counts as blank only when C(blkid) finds no signature on it and its first and last MiB read as
+    zeros (Basalt's pools zero both ends of the volumes they create). Any other device, one holding another
+    filesystem, another signature or data no signature explains, is never formatted unless O(force=true).
   - Optionally keeps a matching line in C(/etc/fstab) so the mount survives a reboot.
   - A thin layer over the Basalt storage core (C(staging.ensure_mounted), C(staging.ensure_bind),
     C(staging.ensure_unmounted), C(fstab.ensure_entry)); the CSI agent runs the very same code.
@@ -75,7 +77,7 @@ options:
   force:
     description:
       - Wipe (C(wipefs --all)) and format a device that holds a filesystem other than O(fstype) or other data
-        (a partition table, a RAID member, an LVM physical volume).
+        (a partition table, a RAID member, an LVM physical volume, non-zero bytes in its first or last MiB).
       - Without it such a device is refused and the failure names what it holds.
       - A device that already holds O(fstype) is never reformatted.
     type: bool

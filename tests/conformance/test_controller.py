@@ -188,6 +188,15 @@ def test_create_rejects_unknown_parameters(agent: Agent, key: str) -> None:
     assert err.details(), "error message must be human readable"
 
 
+def test_create_names_every_unknown_parameter_and_not_the_provisioners(agent: Agent) -> None:
+    """A StorageClass typo is refused with every unknown key named; the keys the provisioner adds are not."""
+    params = {"pool": "lvm", "fsType": "xfs", "csi.storage.k8s.io/pvc/name": "data",
+              "csi.storage.k8s.io/fstype": "ext4"}
+    err = expect_code(agent.ctl.CreateVolume, create_req(rng=exact(4 * MiB), parameters=params), SC.INVALID_ARGUMENT)
+    assert "'fsType'" in err.details() and "'pool'" in err.details()
+    assert "csi.storage.k8s.io" not in err.details()
+
+
 @pytest.mark.parametrize("mode", SINGLE_NODE_MODES, ids=lambda m: AM.Mode.Name(m))
 def test_create_single_node_modes(agent: Agent, mode: int) -> None:
     vol = agent.ctl.CreateVolume(create_req(cap=mount_cap(mode=mode), rng=exact(4 * MiB))).volume

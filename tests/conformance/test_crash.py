@@ -39,10 +39,10 @@ from basalt_csi_testlib import (
     volume_lv_name,
     write_file,
 )
-
 from crashpoints import CrashPoints
 
 AgentFactory = Callable[..., Agent]
+
 
 @pytest.fixture
 def crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:

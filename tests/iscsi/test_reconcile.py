@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Tuple
 
+import grpc
 import pytest
 from agent_iscsi_testlib import (
     BASE_IQN,
@@ -29,7 +30,7 @@ from agent_iscsi_testlib import (
     storage_host_args,
     wait_reconciled,
 )
-from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root, retry_until
+from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, code_of, make_root, retry_until
 from libiscsi_client import IscsiError
 from tgtd_testlib import Tgtd
 
@@ -252,7 +253,9 @@ def test_target_service_down_at_start_does_not_stop_the_agent(host: Tuple[Agent,
     agent.stop()
     daemon.proc.kill()
     daemon.proc.wait(10)
-    agent.start()
+    agent.start(wait_ready=False)
     assert retry_until(lambda: "iscsi reconciliation failed" in agent.log(), 60), agent.log()[-4000:]
-    assert agent.identity.Probe(csi.ProbeRequest()).ready.value
+    # Probe (and /healthz) depend on the target service and say so; the agent keeps serving.
+    code, error = code_of(agent.identity.Probe, csi.ProbeRequest())
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "target service" in error.details()
     assert [v.volume.volume_id for v in agent.list_all_volumes()] == [volume.volume_id]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import List, Tuple
 
 import grpc
 import pytest
 
-from basalt_agent import config
+from basalt_agent import config, server
 from basalt_agent.errors import RpcFailure
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.logs import JsonFormatter, redacted
@@ -159,3 +161,44 @@ def test_shared_volumes_allow_readers_everywhere_and_writers_only_on_raw_block()
         capability(block(Mode.MULTI_NODE_SINGLE_WRITER), access=SHARED)
     with pytest.raises(RpcFailure, match="local to one node"):
         capability(block(Mode.MULTI_NODE_READER_ONLY))
+
+
+def test_a_socket_is_removed_only_while_it_is_the_same_file(tmp_path: Path) -> None:
+    """The start-up and shutdown clean-up never remove a socket another process bound in its place."""
+    path = str(tmp_path / "csi.sock")
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    first.bind(path)
+    made = os.lstat(path)
+    first.close()
+    os.unlink(path)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        second.bind(path)
+        # the first socket's identity no longer names the file at the path (keep the old file's inode
+        # out of reuse: it was unlinked while a new file exists, so compare against the new one too)
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+            assert not server.remove_if_same(path, made.st_dev, made.st_ino)
+            assert os.path.exists(path)
+        assert server.remove_if_same(path, now.st_dev, now.st_ino)
+        assert not os.path.exists(path)
+    finally:
+        second.close()
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "csi.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()  # nobody listens: stale
+    server.prepare_socket(path)
+    assert not os.path.exists(path)
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(path)
+        live.listen(1)
+        with pytest.raises(server.SocketInUse):
+            server.prepare_socket(path)
+        assert os.path.exists(path)
+    finally:
+        live.close()

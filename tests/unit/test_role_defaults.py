@@ -1,0 +1,61 @@
+"""The shared role defaults (roles/defaults/defaults/main.yml) agree with the agent's own defaults.
+
+The agent's constants are the one home of these facts; the roles keep a copy because Ansible reads
+YAML, and this test guards it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import jinja2
+import yaml
+
+import basalt_agent
+from basalt_agent import config
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULTS = REPO / "roles" / "defaults" / "defaults" / "main.yml"
+SPECS = REPO / "roles" / "defaults" / "meta" / "argument_specs.yml"
+
+
+def rendered(values: Dict[str, Any], **context: Any) -> Dict[str, Any]:
+    """The defaults with their references to each other resolved (as Ansible would, for plain strings)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    result = dict(values)
+    for _ in range(len(result)):
+        for name, value in result.items():
+            if isinstance(value, str) and "{{" in value:
+                result[name] = env.from_string(value).render({**result, **context})
+    return result
+
+
+def test_role_defaults_are_the_agents_defaults() -> None:
+    defaults = rendered(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
+    agent = config.Config()
+    assert defaults["basalt_driver_name"] == basalt_agent.DRIVER_NAME
+    assert defaults["basalt_topology_key"] == basalt_agent.TOPOLOGY_NODE_KEY
+    assert defaults["basalt_state_dir"] == config.DEFAULT_STATE_DIR == agent.state_dir
+    assert defaults["basalt_iscsi_base_iqn"] == agent.iscsi_base_iqn
+    assert defaults["basalt_iscsi_initiator_base"] == agent.iscsi_initiator_base
+    assert defaults["basalt_iscsi_backend"] == agent.iscsi_backend
+    assert defaults["basalt_iscsi_portals"] == agent.iscsi_portals
+    assert defaults["basalt_node_id"] == "node-1"
+
+
+def test_kubelet_paths_follow_the_driver_name_and_root() -> None:
+    defaults = rendered(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
+    assert defaults["basalt_csi_socket"] == "/var/lib/kubelet/plugins/csi.basalt.dev/csi.sock"
+    assert defaults["basalt_registration_socket"] == "/var/lib/kubelet/plugins_registry/csi.basalt.dev-reg.sock"
+    moved = rendered({**yaml.safe_load(DEFAULTS.read_text()), "basalt_kubelet_dir": "/var/lib/k0s/kubelet"},
+                     inventory_hostname="node-1")
+    assert moved["basalt_csi_socket"] == "/var/lib/k0s/kubelet/plugins/csi.basalt.dev/csi.sock"
+
+
+def test_argument_spec_documents_every_default_with_the_same_value() -> None:
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    options = yaml.safe_load(SPECS.read_text())["argument_specs"]["main"]["options"]
+    assert sorted(options) == sorted(defaults)
+    for name, value in defaults.items():
+        assert options[name]["default"] == value, name
