@@ -15,7 +15,8 @@ from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import TargetBackend
 from basalt_core.lio import LioBackend
-from basalt_core.pool import Pool, open_pool
+from basalt_core.pool import Pool
+from basalt_core.pool_factory import open_pool
 from basalt_core.tgt import TgtBackend
 
 from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
@@ -88,7 +89,7 @@ def _session_count(state: NodeState) -> Callable[[], int]:
 
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
-    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
+    pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
     pool.freeze_limit = settings.freeze_limit
     metrics = Metrics(settings.node_id)
     locks = ObjectLocks()

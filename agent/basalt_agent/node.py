@@ -174,7 +174,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                           ) -> csi_pb2.NodePublishVolumeResponse:
         volume_id, cap = _volume_and_capability(request)
         target = required_path(request.target_path, "target_path")
-        read_only = request.readonly or cap.read_only_mode
+        read_only = request.readonly or cap.read_only_mode  # a reader-only mode is read-only (README)
         if request.volume_context.get(EPHEMERAL_KEY) == "true":
             self._publish_ephemeral(volume_id, target, cap, read_only, request.volume_context)
             return csi_pb2.NodePublishVolumeResponse()

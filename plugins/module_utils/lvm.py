@@ -833,6 +833,22 @@ def create_thin(
     return int(size[:-1])
 
 
+def create_thin_pool(vg: str, name: str, size_bytes: Optional[int] = None, *, free_percent: int = 90,
+                     settings: LvmSettings = DEFAULT_SETTINGS) -> None:
+    """Create thin pool *name* of *size_bytes*, or of *free_percent* of the VG's free space.
+
+    Without a size some space stays free: LVM keeps a spare metadata LV, and a
+    full pool's metadata can then still be grown.
+    """
+    what = f"create thin pool {vg}/{name}"
+    check_lv_name(name, vg)
+    if not 1 <= free_percent <= 100:
+        raise InvalidRequest(f"{what}: free_percent must be 1 to 100, not {free_percent}")
+    size = ["--size", _size_arg(size_bytes, None, what)] if size_bytes else ["--extents", f"{free_percent}%FREE"]
+    args = ["--yes", "--type", "thin-pool", "--name", name, *size, check_vg_name(vg)]
+    _lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT)
+
+
 def create_thin_snapshot(
     vg: str,
     origin: str,
@@ -965,15 +981,24 @@ def create_vg(
     tags: Sequence[str] = (),
     *,
     extent_size: Optional[int] = None,
+    metadata_size: Optional[int] = None,
+    wipe_signatures: bool = False,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> None:
+    """Create VG *vg* on *devices* (made PVs by this same command) with *tags*, in one metadata commit.
+
+    A device holding a signature is refused (Precondition) unless *wipe_signatures*;
+    *metadata_size* is each new PV's metadata area (LVM's default is 1 MiB).
+    """
     what = f"create VG {vg}"
     check_vg_name(vg)
     if not devices:
         raise InvalidRequest(f"{what}: no physical volumes given")
-    args: List[str] = []
+    args: List[str] = ["--yes"] if wipe_signatures else []
     if extent_size is not None:
         args += ["--physicalextentsize", _size_arg(extent_size, None, what)]
+    if metadata_size is not None:
+        args += ["--metadatasize", _size_arg(metadata_size, None, what)]
     args += _tag_args("--addtag", tags) + [vg] + [operand(device, "device") for device in devices]
     _lvm(settings, "vgcreate", args, what=what, timeout=CHANGE_TIMEOUT)
 
@@ -999,6 +1024,15 @@ def change_tags(
         return
     args = [*_tag_args("--deltag", remove), *_tag_args("--addtag", add), _target(vg, name)]
     _lvm(settings, "lvchange", args, what=f"retag LV {vg}/{name}", timeout=CHANGE_TIMEOUT)
+
+
+def change_vg_tags(vg: str, *, add: Sequence[str], remove: Sequence[str],
+                   settings: LvmSettings = DEFAULT_SETTINGS) -> None:
+    """Remove and add VG tags in one metadata commit."""
+    if not add and not remove:
+        return
+    args = [*_tag_args("--deltag", remove), *_tag_args("--addtag", add), check_vg_name(vg)]
+    _lvm(settings, "vgchange", args, what=f"retag VG {vg}", timeout=CHANGE_TIMEOUT)
 
 
 def refresh(vg: str, name: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:

@@ -265,7 +265,8 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
 )
 from ansible_collections.basalt.csi.plugins.module_utils.lio import LioBackend
 from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.tgt import TgtBackend
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import find_volume_by_name, get_volume
 

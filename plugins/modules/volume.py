@@ -162,7 +162,8 @@ from ansible_collections.basalt.csi.plugins.module_utils.model import (
     Volume,
     volume_id_for,
 )
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.sizes import parse_size, round_up
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     delete_volume,

@@ -41,7 +41,7 @@ from basalt_agent.reconcile import reconcile
 from basalt_core import exports, tgt, volumes
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import Chap
-from basalt_core.pool import open_pool
+from basalt_core.pool_factory import open_pool
 
 STRAY = f"{BASE_IQN}:vol-00000000-0000-5000-8000-000000000000"  # ours by name, in no record
 FOREIGN = "iqn.2003-01.org.example.other:disk1"
