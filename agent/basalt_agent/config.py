@@ -9,9 +9,11 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from basalt_core import tgt
 from basalt_core.errors import InvalidRequest
 from basalt_core.freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
-from basalt_core.iscsi_target import check_iqn, initiator_iqn_for
+from basalt_core.iscsi_target import DEFAULT_BASE_IQN, check_iqn, initiator_iqn_for
+from basalt_core.model import DEFAULT_STATE_DIR
 from basalt_core.pool_spec import ACTIVATIONS, ALLOCATION_POLICIES, SETTINGS_FILE, SNAPSHOT_MODES, SPEC_FORMS
 from basalt_core.pool_spec import DEFAULTS as POOL_DEFAULTS
 from basalt_core.runner import operand
@@ -23,7 +25,6 @@ SERVICES = ("identity", "controller", "node")
 STORED = ("A pool made by the basalt.csi.pool module or the pool role stores its settings (VG tags, or "
           f"{SETTINGS_FILE} in a file pool's directory) and the agent uses those: a flag that says otherwise "
           "stops the agent with an error; a pool that stores none takes the flags.")
-DEFAULT_STATE_DIR = "/var/lib/basalt"
 DEFAULT_ENDPOINT = "unix:///run/basalt/csi.sock"
 DEFAULT_INITIATORNAME_FILE = "/etc/iscsi/initiatorname.iscsi"
 DEFAULT_METRICS_HOST = "127.0.0.1"
@@ -51,7 +52,7 @@ class Config:
     thin_overprovision: Optional[float] = None
     thin_full_percent: Optional[float] = None
     iscsi_backend: str = ""
-    iscsi_base_iqn: str = "iqn.2026-11.dev.basalt"
+    iscsi_base_iqn: str = DEFAULT_BASE_IQN
     iscsi_portals: List[str] = field(default_factory=list)
     iscsi_initiators: Dict[str, str] = field(default_factory=dict)
     iscsi_require_chap: bool = True
@@ -59,7 +60,7 @@ class Config:
     iscsi_initiatorname_file: str = DEFAULT_INITIATORNAME_FILE
     iscsi_manage_initiatorname: bool = False
     tgt_control_port: int = 0
-    tgt_conf: str = "/etc/tgt/conf.d/basalt.conf"
+    tgt_conf: str = tgt.DEFAULT_CONF
     registration_socket: str = ""
     kubelet_registration_path: str = ""
     log_level: str = "info"
@@ -171,13 +172,13 @@ def parser() -> argparse.ArgumentParser:
                        "use). At start, in the background, the agent makes the target's exports under "
                        "--iscsi-base-iqn agree with the volumes' publication records (re-creates missing ones with "
                        "the saved CHAP, removes unwanted ones; other targets are never touched) and logs each action")
-    iscsi.add_argument("--iscsi-base-iqn", help="targets are named BASE:<volume> (default iqn.2026-11.dev.basalt)")
+    iscsi.add_argument("--iscsi-base-iqn", help=f"targets are named BASE:<volume> (default {DEFAULT_BASE_IQN})")
     iscsi.add_argument("--iscsi-portal", dest="iscsi_portals", action="append", metavar="HOST:PORT",
                        help="a portal nodes log in to (repeat for several)")
     iscsi.add_argument("--iscsi-initiator-base", metavar="BASE",
                        help="derive every node's initiator IQN from its node id as BASE:<node id> (lower-cased, "
                        "other characters than a-z 0-9 . - replaced, a hash added when that changed it), e.g. "
-                       "iqn.2026-11.dev.basalt.node: give the same BASE to the storage host and to every node. "
+                       f"{DEFAULT_BASE_IQN}.node: give the same BASE to the storage host and to every node. "
                        "The storage host then exports to any node id without a map (every node is known; "
                        "volumes carry no node topology), to that IQN only. A node agent's NodeGetInfo answers "
                        "FAILED_PRECONDITION, so kubelet's registration fails visibly, while "
@@ -195,8 +196,9 @@ def parser() -> argparse.ArgumentParser:
     iscsi.add_argument("--iscsi-no-chap", dest="iscsi_require_chap", action="store_false", default=None,
                        help="allow exports without CHAP (ACL by initiator IQN only)")
     iscsi.add_argument("--tgt-control-port", type=int, help="tgtd's control port (-C), for private instances")
-    iscsi.add_argument("--tgt-conf", help="where tgt's persistent config is written "
-                       "(default /etc/tgt/conf.d/basalt.conf)")
+    iscsi.add_argument("--tgt-conf", help=f"where tgt's persistent config is written (default {tgt.DEFAULT_CONF}); "
+                       "the grant record (CHAP secrets, which tgtd never shows) is "
+                       f"{tgt.record_path_under('STATE_DIR')}")
     p.add_argument("--registration-socket",
                    help="also serve kubelet plugin registration on this socket "
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")

@@ -6,6 +6,7 @@ unstage, each idempotent and reporting whether it changed anything.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -83,6 +84,8 @@ def ensure_mounted(
     if current is not None:
         if current.major_minor != device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
+        if current.fs_type != fs:
+            raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
         return False
     _check_kind(path, directory=True)
     changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
@@ -143,7 +146,13 @@ def _same_origin(current: mounts.MountEntry, source: str, block: bool) -> bool:
 
 
 def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = False) -> bool:
-    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used."""
+    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used.
+
+    A directory that is not empty once unmounted is not removed: Precondition,
+    with ``changed`` set when the unmount already happened. Check mode sees
+    that only for a path with nothing mounted on it (a mount hides what lies
+    beneath): it predicts the unmount and the removal.
+    """
     changed = False
     while mounts.find_mount(path) is not None:
         changed = True
@@ -151,13 +160,28 @@ def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = Fals
             return True
         mounts.unmount(path)
     if remove and os.path.lexists(path):
-        changed = True
-        if not check_mode:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
-            else:
+        if not (os.path.isdir(path) and not os.path.islink(path)):
+            if not check_mode:
                 os.unlink(path)
+        elif check_mode:
+            if os.listdir(path):
+                raise _not_empty(path, changed)
+        else:
+            try:
+                os.rmdir(path)
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise _not_empty(path, changed) from error
+        changed = True
     return changed
+
+
+def _not_empty(path: str, unmounted: bool) -> Precondition:
+    done = f"unmounted {path}, but did not remove it" if unmounted else f"did not remove {path}"
+    refused = Precondition(f"{done}: the directory is not empty")
+    refused.changed = unmounted
+    return refused
 
 
 @dataclass(frozen=True)

@@ -264,13 +264,11 @@ def tgtd() -> Iterator[Any]:
     sys.path.insert(0, str(REPO / "tests" / "iscsi"))
     from tgtd_testlib import start_tgtd
 
-    from basalt_core.tgt import stop_private_tgtd
-
     daemon = start_tgtd()
     try:
         yield daemon
     finally:
-        stop_private_tgtd(daemon.control_port, daemon.proc)
+        daemon.stop()
 
 
 def test_target_iscsi_export(playbook: Playbook, root: str, tgtd: Any) -> None:

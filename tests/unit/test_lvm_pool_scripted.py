@@ -354,13 +354,15 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     assert files["target"].read_bytes() == files["snap"].read_bytes()
 
 
-def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) -> None:
+def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tmp_path: Path) -> None:
     """CreateVolume: lvs, lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvchange, lvremove.
 
     No free-space read before lvcreate (it refuses what does not fit), no
     re-read of an LV the operation already read or only retagged, no listing
     of every LV unless this one is a COW origin, no lvchange -an before
-    lvremove (which takes an active, unopened LV down itself).
+    lvremove (which takes an active, unopened LV down itself). The new LV's
+    first and last MiB are zeroed (LVM zeroes only 4 KiB): a file stands in
+    for its device node, which this machine cannot make.
     """
     pool = LvmPool(VG, PoolSettings())
     volume_id = volume_id_for("pvc-thick")
@@ -369,7 +371,10 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) ->
     ready = dataclasses.replace(creating, state=READY)
     tags_creating, tags_ready = record_tags(pool, "volume", creating), record_tags(pool, "volume", ready)
     deleting = record_tags(pool, "volume", dataclasses.replace(creating, state="deleting"))
-    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB))
+    device = tmp_path / "lv"
+    device.write_bytes(b"\xaa" * (8 * MiB))  # old data on the LV's extents
+    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
+                      lv_path=str(device))
     script([
         missing(name),
         VGS,  # the extent size, read once per pool object
@@ -384,6 +389,8 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) ->
     ])
     volume, changed = volumes.ensure_volume(pool, "pvc-thick", 8 * MiB)
     assert changed and volume.state == READY
+    data = device.read_bytes()
+    assert data[:MiB] == data[-MiB:] == bytes(MiB) and data[MiB:-MiB] == b"\xaa" * (6 * MiB)
     assert volumes.delete_volume(pool, volume_id)
 
 

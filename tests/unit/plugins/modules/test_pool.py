@@ -93,7 +93,7 @@ CASES = [
             call("describe_pool", parse_pool_spec("file:/srv/pool"), returns=ABSENT),
             call("stored_settings", parse_pool_spec("file:/srv/pool"), returns=None),
         ],
-        dict(msg="is not a quantity"),
+        dict(msg="is not a Kubernetes quantity"),
         failed=True,
     ),
     Case(
