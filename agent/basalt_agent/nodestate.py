@@ -41,6 +41,10 @@ class NodeRecord:
     serial: str = ""
     #: saved just before NodeStage makes a filesystem, cleared once it is made and mounted
     formatting: bool = False
+    #: the dm-multipath map staged on (name, and uuid to recognise it): flushed at unstage even when every
+    #: path is lost and no disk leads to it any more
+    multipath_map: str = ""
+    multipath_uuid: str = ""
 
 
 class NodeState:

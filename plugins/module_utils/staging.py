@@ -11,9 +11,9 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from . import devices, filesystem
+from . import devices, filesystem, losetup
 from . import mount as mounts
 from .blkid import examine
 from .devices import device_number  # (also staging.device_number to callers)
@@ -186,27 +186,59 @@ def _not_empty(path: str, unmounted: bool) -> Precondition:
 
 @dataclass(frozen=True)
 class Owner:
-    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device node."""
+    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device nodes."""
 
     numbers: FrozenSet[str]  # "major:minor" as /proc/self/mountinfo shows them
-    node: Optional[str] = None  # the device node, for binds of a raw block device
+    nodes: Tuple[str, ...] = ()  # device nodes (the volume's, its read-only views), for raw block binds
 
     def owns(self, entry: mounts.MountEntry) -> bool:
-        if entry.major_minor in self.numbers:
-            return True
-        if self.node is None:
-            return False
-        # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
-        holder = os.stat(self.node).st_dev
-        return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
-                and entry.root.endswith("/" + os.path.basename(os.path.realpath(self.node))))
+        return entry.major_minor in self.numbers or any(_shows_node(entry, node) for node in self.nodes)
+
+
+def _shows_node(entry: mounts.MountEntry, node: str) -> bool:
+    # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
+    holder = os.stat(node).st_dev
+    return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
+            and entry.root.endswith("/" + os.path.basename(os.path.realpath(node))))
 
 
 def owner_of(device: Optional[str], recorded: Iterable[str] = ()) -> Owner:
     numbers = {n for n in recorded if n}
-    if device is not None:
-        numbers.add(device_number(device))
-    return Owner(frozenset(numbers), device)
+    if device is None:
+        return Owner(frozenset(numbers))
+    numbers.add(device_number(device))
+    return Owner(frozenset(numbers), (device, *read_only_views(device)))
+
+
+def read_only_views(device: str) -> List[str]:
+    """The read-only loop devices over *device* that read-only raw block publishes bind."""
+    backing = os.path.realpath(device)
+    return [loop.device for loop in losetup.list_devices()
+            if loop.backing_file == backing and loop.offset == 0 and loop.read_only]
+
+
+def read_only_view(device: str) -> str:
+    """A read-only loop device over *device*, made once and shared by its read-only publishes.
+
+    A device node bound on a read-only mount stays writable (the kernel checks
+    read-only mounts for files and directories only); a read-only loop device
+    refuses every write.
+    """
+    views = read_only_views(device)
+    if views:
+        return views[0]
+    view, _changed = losetup.ensure_attached(device, read_only=True)
+    if not view.read_only:
+        raise Conflict(f"{view.device} over {device} is writable; cannot use it as a read-only view")
+    return view.device
+
+
+def drop_unused_views(device: str) -> None:
+    """Detach the read-only views of *device* that no mount binds any more."""
+    table = mounts.mounts()
+    for view in read_only_views(device):
+        if not any(_shows_node(entry, view) for entry in table):
+            losetup.detach(view)
 
 
 def release(path: str, owner: Owner, *, strict: bool = True) -> bool:

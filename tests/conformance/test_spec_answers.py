@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -14,15 +15,19 @@ from basalt_csi_testlib import (
     Agent,
     MiB,
     assert_erofs,
+    block_cap,
     bring_up,
     code_of,
     csi,
     expect_code,
     iter_log_records,
+    loop_table,
     mount_cap,
+    read_block,
     tear_down,
     top_mount,
     unique,
+    write_block,
 )
 
 # Bytes no message decodes from, whatever its fields: a length-delimited field longer than the data, a
@@ -113,6 +118,40 @@ def test_secrets_flags_and_context_values_never_logged_or_echoed(agent: Agent) -
     assert "vault-token" in log, "the context key is logged, its value withheld"
 
 
+def read_only_views(device: str) -> list[str]:
+    return [lo.device for lo in loop_table() if lo.back_file == os.path.realpath(device)]
+
+
+def assert_block_read_only(target: str) -> None:
+    read_block(target, 512)
+    with pytest.raises(OSError) as info:
+        write_block(target, b"x" * 512)
+    assert info.value.errno in (errno.EROFS, errno.EPERM, errno.EACCES), info.value
+
+
+def test_read_only_block_publish_refuses_writes(agent: Agent) -> None:
+    """A device node bound read-only stays writable; a read-only publish binds a read-only loop device."""
+    cap = block_cap()
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    att = bring_up(agent, vol, cap, publish=False)
+    ro_a = agent.publish(vol.volume_id, cap, att.staging, readonly=True)
+    ro_b = agent.publish(vol.volume_id, cap, att.staging, readonly=True)
+    rw = agent.publish(vol.volume_id, cap, att.staging, readonly=False)
+    for target in (ro_a, ro_b):
+        assert_block_read_only(target)
+    write_block(rw, b"w" * 512)  # the read-write target of the same volume stays writable
+    assert read_block(ro_a, 512) == b"w" * 512
+    assert att.device
+    device = att.device
+    assert len(read_only_views(device)) == 1, "one read-only view shared by the read-only targets"
+    agent.unpublish(vol.volume_id, ro_a)
+    assert len(read_only_views(device)) == 1, "the view stays while ro_b binds it"
+    agent.unpublish(vol.volume_id, ro_b)
+    assert read_only_views(device) == [], "the last read-only unpublish detaches the view"
+    att.target = rw
+    tear_down(agent, att)
+
+
 @pytest.mark.parametrize("readonly", [False, True], ids=["readonly-false", "readonly-true"])
 @pytest.mark.parametrize("mode", [AM.SINGLE_NODE_READER_ONLY, AM.MULTI_NODE_READER_ONLY],
                          ids=["single-node-reader", "multi-node-reader"])
@@ -132,6 +171,14 @@ def test_reader_only_modes_publish_read_only(agent: Agent, mode: Any, readonly: 
     agent.publish(vol.volume_id, cap, staging, target=target, readonly=not readonly)
     agent.unpublish(vol.volume_id, target)
     agent.unstage(vol.volume_id, staging)
+
+    bcap = block_cap(mode)
+    bvol = agent.create_volume(8 * MiB, cap=block_cap())
+    bstaging = agent.stage(bvol.volume_id, bcap)
+    btarget = agent.publish(bvol.volume_id, bcap, bstaging, readonly=readonly)
+    assert_block_read_only(btarget)
+    agent.unpublish(bvol.volume_id, btarget)
+    agent.unstage(bvol.volume_id, bstaging)
 
 
 @pytest.mark.parametrize("readonly", [False, True], ids=["readonly-false", "readonly-true"])

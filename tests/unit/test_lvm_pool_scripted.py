@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from basalt_core import lvm, volumes
+from basalt_core import lvm, lvm_report, volumes
 from basalt_core.errors import NoSpace, Precondition
 from basalt_core.lvm_pool import COW, LvmPool, LvmThinPool, lv_name
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
@@ -28,8 +28,8 @@ from basalt_core.sizes import MiB
 
 RECORDED = Path(__file__).parent / "lvm_recorded"
 VG = "basalt-rec"
-LV_OPTIONS = ",".join(lvm._LV_COLUMNS)
-VG_OPTIONS = ",".join(lvm._VG_COLUMNS)
+LV_OPTIONS = ",".join(lvm_report.LV_COLUMNS)
+VG_OPTIONS = ",".join(lvm_report.VG_COLUMNS)
 NOT_FOUND = "  Failed to find logical volume \"basalt-rec/{name}\"\n"
 
 
