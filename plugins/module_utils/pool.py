@@ -12,7 +12,7 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Collection, ContextManager, Dict, List, Optional, Tuple, Union
+from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .model import Snapshot, Volume
@@ -180,6 +180,10 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def attached_device(self, volume: Volume) -> Optional[str]: ...
+
+    def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
+        """:meth:`attached_device` of many volumes, by id; pools that can look once override this."""
+        return {v.id: self.attached_device(v) for v in volumes}
 
     @abc.abstractmethod
     def detach(self, volume: Volume) -> bool:
