@@ -19,11 +19,13 @@ from . import imagefile, losetup, staging
 from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
-from .pool import Pool, Storage
+from .pool import Orphan, Pool, Storage
 
 log = logging.getLogger(__name__)
 
 KIND = "file"
+#: what the kernel appends to a loop device's backing file name once the file is removed
+DELETED = " (deleted)"
 
 
 class FilePool(Pool):
@@ -169,6 +171,36 @@ class FilePool(Pool):
         device = self.attached_device(volume)
         if device:
             losetup.refresh_capacity(device)
+
+    def orphans(self) -> List[Orphan]:
+        """Loop devices on images that are gone or have no record, then images with no record.
+
+        A record is written before its image and forgotten after it, so an image
+        without one is never a creation or deletion in progress.
+        """
+        owned = set(self.volume_ids()) | set(self.snapshot_ids())
+        images: List[Orphan] = []
+        for kind, is_id in (("volumes", is_volume_id), ("snapshots", is_snapshot_id)):
+            directory = self._dir(kind)
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                if name.endswith(".img") and is_id(name[:-4]) and name[:-4] not in owned:
+                    images.append(Orphan("image", os.path.join(directory, name), "no record owns it"))
+        loops: List[Orphan] = []
+        for loop in losetup.list_devices():
+            path = loop.backing_file[:-len(DELETED)] if loop.backing_file.endswith(DELETED) else loop.backing_file
+            if os.path.dirname(os.path.dirname(path)) != self.directory:
+                continue
+            image_id = os.path.basename(path)[:-4]
+            if loop.backing_file.endswith(DELETED) or not os.path.exists(path) or image_id not in owned:
+                loops.append(Orphan("loop device", loop.device, f"attached to {loop.backing_file}, "
+                                    "which no record owns"))
+        return loops + images
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        if orphan.kind == "loop device":
+            losetup.detach(orphan.name)
+        else:
+            remove_durably(orphan.name)
 
     def clean_leftovers(self) -> List[str]:
         removed = []

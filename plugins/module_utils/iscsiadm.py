@@ -31,7 +31,7 @@ import re
 import select
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import CommandFailed, InvalidRequest, NotFound
 from .iscsi_target import Chap, check_iqn
@@ -224,6 +224,26 @@ def sessions() -> List[Session]:
     if result.rc != 0:
         raise CommandFailed(result.argv, result.rc, result.stderr, "list iSCSI sessions")
     return parse_sessions(result.stdout)
+
+
+def parse_nodes(text: str) -> List[Tuple[str, str]]:
+    """``iscsiadm -m node`` lines ``PORTAL,TPGT IQN`` -> (target IQN, portal) pairs."""
+    found = []
+    for line in text.splitlines():
+        portal_tpgt, _sep, iqn = line.strip().partition(" ")
+        if iqn and "," in portal_tpgt:
+            found.append((iqn.strip(), portal_tpgt.rpartition(",")[0]))
+    return found
+
+
+def nodes() -> List[Tuple[str, str]]:
+    """Every node record as (target IQN, portal); rc 21 "No records found" is an empty list."""
+    result = run(["iscsiadm", "-m", "node"], check=False, timeout=TIMEOUT, what="list iSCSI node records")
+    if result.rc == ERR_NO_OBJS_FOUND:
+        return []
+    if result.rc != 0:
+        raise CommandFailed(result.argv, result.rc, result.stderr, "list iSCSI node records")
+    return parse_nodes(result.stdout)
 
 
 def initiator_name(path: str = "/etc/iscsi/initiatorname.iscsi") -> str:

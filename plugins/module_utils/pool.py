@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Tuple, Union
 
-from .errors import InvalidRequest
+from .errors import Conflict, InvalidRequest
 from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
 from .model import Snapshot, Volume
 from .sizes import MiB
@@ -44,6 +44,15 @@ class Usage:
     provisioned: int
     volumes: int
     snapshots: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Data under Basalt's names that no record owns (doctor reports it, gc removes it)."""
+
+    kind: str  # "image", "lv", "loop device"
+    name: str  # a path, VG/LV or /dev/loopN
+    reason: str
 
 
 class Pool(abc.ABC):
@@ -194,6 +203,19 @@ class Pool(abc.ABC):
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""
         return []
+
+    def orphans(self) -> List[Orphan]:
+        """Data named as Basalt names it that no record owns, in the order to remove it."""
+        return []
+
+    def remove_orphan(self, orphan: Orphan) -> None:
+        """Remove *orphan* if it still is one (read again first); Conflict otherwise."""
+        if orphan not in self.orphans():
+            raise Conflict(f"{orphan.kind} {orphan.name} is no longer an orphan: left in place")
+        self._remove_orphan(orphan)
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        raise InvalidRequest(f"the {self.kind} pool has no {orphan.kind} orphans to remove")
 
 
 def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None, *,
