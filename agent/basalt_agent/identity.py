@@ -32,7 +32,7 @@ def target_service_check(backend: TargetBackend) -> Check:
     """A storage host depends on its target service (tgtd, LIO's configfs) answering."""
     def check() -> None:
         try:
-            backend.exports()
+            backend.ping()  # not exports(): that waits for a publish or a reconciliation holding the service
         except StorageError as error:
             raise Precondition(f"the iSCSI target service does not answer: {error}") from error
     return check

@@ -14,9 +14,9 @@ from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import TargetBackend
-from basalt_core.lio import LioBackend
-from basalt_core.pool import Pool, open_pool
-from basalt_core.tgt import TgtBackend
+from basalt_core.pool import Pool
+from basalt_core.pool_factory import open_pool
+from basalt_core.target_backends import open_target_backend
 
 from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, server
 from .controller import ControllerService
@@ -54,13 +54,9 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
         return LocalPublishing(pool, settings.node_id)
     if not settings.iscsi_portals:
         raise InvalidRequest("--iscsi-backend needs at least one --iscsi-portal for nodes to log in to")
-    backend: TargetBackend
-    if settings.iscsi_backend == "tgt":
-        backend = TgtBackend(control_port=settings.tgt_control_port or None, conf_path=settings.tgt_conf,
-                             record_path=os.path.join(settings.state_dir, "iscsi", "tgt-grants.json"),
-                             base_iqn=settings.iscsi_base_iqn)
-    else:
-        backend = LioBackend(portals=settings.iscsi_portals)  # rtslib-fb is needed from here on
+    backend = open_target_backend(settings.iscsi_backend, base_iqn=settings.iscsi_base_iqn,
+                                  portals=settings.iscsi_portals, state_dir=settings.state_dir,
+                                  tgt_control_port=settings.tgt_control_port or None, tgt_conf=settings.tgt_conf)
     export_settings = ExportSettings(settings.iscsi_base_iqn, tuple(settings.iscsi_portals))
     return IscsiPublishing(pool, settings.node_id, backend, export_settings, settings.iscsi_initiators,
                            settings.iscsi_require_chap, settings.iscsi_initiator_base)
@@ -88,7 +84,7 @@ def _session_count(state: NodeState) -> Callable[[], int]:
 
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
-    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
+    pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
     metrics = Metrics(settings.node_id)
     locks = ObjectLocks()
     leftovers = pool.clean_leftovers()

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Tuple, Union
 
 import grpc
 
-from basalt_core import devices, filesystem, staging, volumes
+from basalt_core import devices, filesystem, multipath, staging, volumes
 from basalt_core import mount as mounts
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
@@ -85,7 +85,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
         """How a staged volume reached this node (None: a local volume that no longer exists)."""
         if record.iscsi_target:
-            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial)
+            staged_map = multipath.Map(record.multipath_map, "", record.multipath_uuid, ()) \
+                if record.multipath_map else None
+            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial, staged_map=staged_map)
         volume = self.pool.load_volume(record.ephemeral_volume_id or record.volume_id)
         return PoolAttachment(self.pool, volume) if volume is not None else None
 
@@ -113,6 +115,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if remote is not None:
                 record.iscsi_target, record.iscsi_portals, record.serial = remote.target_iqn, remote.portals, \
                     remote.serial
+                if remote.staged_map is not None:
+                    record.multipath_map, record.multipath_uuid = remote.staged_map.name, remote.staged_map.uuid
             self.state.save(record)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -142,13 +146,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if record is None:
                 # Not staged here: only what a stage interrupted before its record may be left to undo.
                 staging.release(path, owner, strict=False)
-                if attachment is not None and owner.node and not staging.device_mount_points(owner.node):
+                if attachment is not None and owner.nodes and not any(map(owner.owns, mounts.mounts())):
+                    staging.drop_unused_views(owner.nodes[0])
                     attachment.detach()
             elif record.staging_path == path and not record.ephemeral_volume_id:
                 busy = [t for t in record.targets if _holds(t, owner)]
                 if busy:
                     raise _failed(f"volume {volume_id} is still published at {', '.join(busy)}")
                 staging.release(path, owner)
+                if owner.nodes:
+                    staging.drop_unused_views(owner.nodes[0])
                 if attachment is not None:
                     attachment.detach()
                 self.state.drop(volume_id)
@@ -161,7 +168,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                           ) -> csi_pb2.NodePublishVolumeResponse:
         volume_id, cap = _volume_and_capability(request)
         target = required_path(request.target_path, "target_path")
-        read_only = request.readonly or cap.read_only_mode
+        read_only = request.readonly or cap.read_only_mode  # a reader-only mode is read-only (README)
         if request.volume_context.get(EPHEMERAL_KEY) == "true":
             self._publish_ephemeral(volume_id, target, cap, read_only, request.volume_context)
             return csi_pb2.NodePublishVolumeResponse()
@@ -184,7 +191,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 device = attachment.device() if attachment else None
                 if device is None:
                     raise _failed(f"volume {volume_id} is staged but its device is gone; stage it again")
-                staging.ensure_bind(device, target, read_only=read_only, block=True)
+                source = staging.read_only_view(device) if read_only else device
+                staging.ensure_bind(source, target, read_only=read_only, block=True)
             else:
                 staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
             record.targets[target] = Target(read_only, cap.block, cap.mode)
@@ -214,9 +222,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             record, attachment = self._known(volume_id)
             target = without_symlinks(required_path(request.target_path, "target_path"), "target_path")
             listed = record is not None and target in record.targets
+            owner = self._owner(record, attachment)
             # A mount of this volume that no record lists is what a publish interrupted before its record left.
-            if staging.release(target, self._owner(record, attachment), strict=listed) or listed:
+            if staging.release(target, owner, strict=listed) or listed:
                 staging.remove_mount_point(target)
+                if owner.nodes:
+                    staging.drop_unused_views(owner.nodes[0])
             if record is not None and listed:
                 del record.targets[target]
                 if record.ephemeral_volume_id and not record.targets:

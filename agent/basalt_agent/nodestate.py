@@ -38,6 +38,10 @@ class NodeRecord:
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
     serial: str = ""
+    #: the dm-multipath map staged on (name, and uuid to recognise it): flushed at unstage even when every
+    #: path is lost and no disk leads to it any more
+    multipath_map: str = ""
+    multipath_uuid: str = ""
 
 
 class NodeState:

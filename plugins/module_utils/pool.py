@@ -12,15 +12,11 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Tuple, Union
+from typing import ContextManager, Dict, List, Optional, Tuple, Union
 
 from .errors import Conflict, InvalidRequest
-from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
 from .model import Snapshot, Volume
 from .sizes import MiB
-
-if TYPE_CHECKING:
-    from .lvm_pool import LvmOptions
 
 
 @dataclass(frozen=True)
@@ -216,26 +212,3 @@ class Pool(abc.ABC):
 
     def _remove_orphan(self, orphan: Orphan) -> None:
         raise InvalidRequest(f"the {self.kind} pool has no {orphan.kind} orphans to remove")
-
-
-def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None, *,
-              create_layout: bool = True) -> Pool:
-    """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``.
-
-    A file pool's directories are created when missing, unless *create_layout* is
-    false (check mode): a missing layout then reads as an empty pool.
-    """
-    kind, _sep, location = spec.partition(":")
-    # The implementations import this module, hence the local imports.
-    if kind == "file" and location.startswith("/"):
-        from .file_pool import FilePool
-
-        pool = FilePool(location, capacity_limit)
-        if create_layout:
-            pool.ensure_layout()
-        return pool
-    if kind in ("lvm", "lvmthin") and location:
-        from .lvm_pool import LvmOptions, open_lvm_pool
-
-        return open_lvm_pool(kind, location, lvm_options or LvmOptions(), DEFAULT_LVM_SETTINGS, capacity_limit)
-    raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir, lvm:VG or lvmthin:VG/THINPOOL")

@@ -7,13 +7,14 @@ unstage, each idempotent and reporting whether it changed anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence
+from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from . import devices, filesystem
+from . import devices, filesystem, losetup
 from . import mount as mounts
 from .blkid import examine
 from .errors import Conflict, InvalidRequest, Precondition
@@ -81,6 +82,8 @@ def ensure_mounted(
     if current is not None:
         if current.major_minor != device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
+        if current.fs_type != fs:
+            raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
         return False
     _check_kind(path, directory=True)
     changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode)
@@ -141,7 +144,13 @@ def _same_origin(current: mounts.MountEntry, source: str, block: bool) -> bool:
 
 
 def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = False) -> bool:
-    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used."""
+    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used.
+
+    A directory that is not empty once unmounted is not removed: Precondition,
+    with ``changed`` set when the unmount already happened. Check mode sees
+    that only for a path with nothing mounted on it (a mount hides what lies
+    beneath): it predicts the unmount and the removal.
+    """
     changed = False
     while mounts.find_mount(path) is not None:
         changed = True
@@ -149,38 +158,85 @@ def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = Fals
             return True
         mounts.unmount(path)
     if remove and os.path.lexists(path):
-        changed = True
-        if not check_mode:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
-            else:
+        if not (os.path.isdir(path) and not os.path.islink(path)):
+            if not check_mode:
                 os.unlink(path)
+        elif check_mode:
+            if os.listdir(path):
+                raise _not_empty(path, changed)
+        else:
+            try:
+                os.rmdir(path)
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise _not_empty(path, changed) from error
+        changed = True
     return changed
+
+
+def _not_empty(path: str, unmounted: bool) -> Precondition:
+    done = f"unmounted {path}, but did not remove it" if unmounted else f"did not remove {path}"
+    refused = Precondition(f"{done}: the directory is not empty")
+    refused.changed = unmounted
+    return refused
 
 
 @dataclass(frozen=True)
 class Owner:
-    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device node."""
+    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device nodes."""
 
     numbers: FrozenSet[str]  # "major:minor" as /proc/self/mountinfo shows them
-    node: Optional[str] = None  # the device node, for binds of a raw block device
+    nodes: Tuple[str, ...] = ()  # device nodes (the volume's, its read-only views), for raw block binds
 
     def owns(self, entry: mounts.MountEntry) -> bool:
-        if entry.major_minor in self.numbers:
-            return True
-        if self.node is None:
-            return False
-        # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
-        holder = os.stat(self.node).st_dev
-        return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
-                and entry.root.endswith("/" + os.path.basename(os.path.realpath(self.node))))
+        return entry.major_minor in self.numbers or any(_shows_node(entry, node) for node in self.nodes)
+
+
+def _shows_node(entry: mounts.MountEntry, node: str) -> bool:
+    # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
+    holder = os.stat(node).st_dev
+    return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
+            and entry.root.endswith("/" + os.path.basename(os.path.realpath(node))))
 
 
 def owner_of(device: Optional[str], recorded: Iterable[str] = ()) -> Owner:
     numbers = {n for n in recorded if n}
-    if device is not None:
-        numbers.add(device_number(device))
-    return Owner(frozenset(numbers), device)
+    if device is None:
+        return Owner(frozenset(numbers))
+    numbers.add(device_number(device))
+    return Owner(frozenset(numbers), (device, *read_only_views(device)))
+
+
+def read_only_views(device: str) -> List[str]:
+    """The read-only loop devices over *device* that read-only raw block publishes bind."""
+    backing = os.path.realpath(device)
+    return [loop.device for loop in losetup.list_devices()
+            if loop.backing_file == backing and loop.offset == 0 and loop.read_only]
+
+
+def read_only_view(device: str) -> str:
+    """A read-only loop device over *device*, made once and shared by its read-only publishes.
+
+    A device node bound on a read-only mount stays writable (the kernel checks
+    read-only mounts for files and directories only); a read-only loop device
+    refuses every write.
+    """
+    views = read_only_views(device)
+    if views:
+        return views[0]
+    view, _changed = losetup.ensure_attached(device, read_only=True)
+    if not view.read_only:
+        raise Conflict(f"{view.device} over {device} is writable; cannot use it as a read-only view")
+    return view.device
+
+
+def drop_unused_views(device: str) -> None:
+    """Detach the read-only views of *device* that no mount binds any more."""
+    table = mounts.mounts()
+    for view in read_only_views(device):
+        if not any(_shows_node(entry, view) for entry in table):
+            losetup.detach(view)
 
 
 def release(path: str, owner: Owner, *, strict: bool = True) -> bool:
