@@ -133,16 +133,17 @@ def pool(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
 
 
 def lvm_settings(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
-    settings, lvm_pool = inventory.settings, inventory.pool
+    lvm_pool = inventory.pool
     if not isinstance(lvm_pool, LvmPool):
         return
+    options = lvm_pool.options  # what the pool stores, which the agent's flags must agree with
     missing = [tool for tool in ("lvs", "vgs", "lvcreate", "lvremove", "lvchange") if shutil.which(tool) is None]
     if missing:
         yield Finding(FAIL, "lvm settings", f"LVM tools missing: {', '.join(missing)}", "install lvm2")
-    if settings.lvm_activation == "loop" and settings.lvm_alloc != "contiguous":
+    if options.activation == "loop" and options.alloc != "contiguous":
         yield Finding(FAIL, "lvm settings", "--lvm-activation loop needs single-segment LVs",
                       "run the agent with --lvm-alloc contiguous")
-    if settings.lvm_activation == "dm" and os.path.exists(LVM_UDEV_RULE):
+    if options.activation == "dm" and os.path.exists(LVM_UDEV_RULE):
         answer = run(["lvmconfig", "--typeconfig", "full", "global/event_activation"], check=False,
                      timeout=30, what="read lvm.conf", env=lvm_pool.settings.env())
         if answer.stdout.strip().endswith("=1"):
@@ -150,7 +151,7 @@ def lvm_settings(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
                           "activates volumes behind the agent's back",
                           "set global { event_activation = 0 } in lvm.conf")
             return
-    yield Finding(OK, "lvm settings", f"activation {settings.lvm_activation}, allocation {settings.lvm_alloc}")
+    yield Finding(OK, "lvm settings", f"activation {options.activation}, allocation {options.alloc}")
 
 
 def target_service(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:

@@ -20,7 +20,8 @@ import grpc
 from basalt_core import iscsiadm
 from basalt_core.iscsi_target import TargetBackend
 from basalt_core.model import is_volume_id
-from basalt_core.pool import Pool, open_pool
+from basalt_core.pool import Pool
+from basalt_core.pool_factory import open_pool
 
 from . import config
 from .controller import ControllerService
@@ -66,8 +67,8 @@ class Inventory:
 
     @functools.cached_property
     def pool(self) -> Pool:
-        return open_pool(self.settings.pool_spec, self.settings.pool_capacity_limit,
-                         config.lvm_options(self.settings), create_layout=False)
+        return open_pool(self.settings.pool_spec, config.given_pool_settings(self.settings),
+                         labels=config.pool_setting_labels(), create_layout=False)
 
     @functools.cached_property
     def node_state(self) -> NodeState:
@@ -115,8 +116,8 @@ class Inventory:
     def snapshots(self, snapshot_id: str = "") -> List[Record]:
         found, token = [], ""
         while True:
-            answer = self._call("ListSnapshots", csi_pb2.ListSnapshotsRequest(starting_token=token,
-                                                                             snapshot_id=snapshot_id))
+            request = csi_pb2.ListSnapshotsRequest(starting_token=token, snapshot_id=snapshot_id)
+            answer = self._call("ListSnapshots", request)
             found += [snapshot_record(entry.snapshot) for entry in answer.entries]
             token = answer.next_token
             if not token:
@@ -142,7 +143,7 @@ class Inventory:
         return [{
             "target_iqn": export.target_iqn, "volume_id": volume_id_of(export.target_iqn), "lun": export.lun,
             "serial": export.serial, "device": export.device, "read_only": export.read_only,
-            "portals": list(export.portals), "initiators": [grant.initiator_iqn for grant in export.grants],
+            "initiators": [grant.initiator_iqn for grant in export.grants],
             "owned": volume_id_of(export.target_iqn) in known,
         } for export in backend.exports()]
 

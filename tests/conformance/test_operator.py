@@ -23,9 +23,8 @@ import pytest
 from basalt_csi_testlib import FILE_KIND, Agent, MiB, csi, exact, mount_cap, unique
 
 from basalt_agent import cli
-from basalt_core.lvm_pool import LvmOptions
 from basalt_core.model import CREATING, Volume, volume_id_for
-from basalt_core.pool import open_pool
+from basalt_core.pool_factory import open_pool
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -128,7 +127,7 @@ def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_fac
     with_env(agent, monkeypatch)
     kept = make_volume(agent)
     # the pool as the agent sees it (LVM_SYSTEM_DIR set above)
-    pool = open_pool(agent.pool_spec, 0, LvmOptions(alloc="contiguous", activation="loop"))
+    pool = open_pool(agent.pool_spec)
     # An interrupted creation, never retried (made after the agent's start-up clean-up; before the
     # mapping below, whose extents a later LV would take).
     abandoned = Volume(volume_id_for(unique("abandoned")), "abandoned", 4 * MiB, pool.location, state=CREATING,
