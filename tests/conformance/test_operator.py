@@ -23,6 +23,7 @@ import pytest
 from basalt_csi_testlib import FILE_KIND, Agent, MiB, csi, exact, mount_cap, unique
 
 from basalt_agent import cli
+from basalt_core.losetup import list_devices
 from basalt_core.model import CREATING, Volume, volume_id_for
 from basalt_core.pool_factory import open_pool
 
@@ -148,34 +149,40 @@ def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_fac
     assert leftovers_of(findings) == gone
     status, dry = basalt(capsys, agent, "gc", "--kubelet-root", str(tmp_path / "kubelet"))
     assert status == 0 and sorted(f["what"] for f in dry) == gone and {f["status"] for f in dry} == {"would remove"}
-    assert all(os.path.exists(f"/sys/block/{os.path.basename(d)}/loop") for d in loops)  # a dry run removes nothing
+    assert still_attached(loops) == loops  # a dry run removes nothing
 
     status, removed = basalt(capsys, agent, "gc", "--apply", "--kubelet-root", str(tmp_path / "kubelet"))
     assert status == 0 and sorted(f["what"] for f in removed) == gone
     assert {f["status"] for f in removed} == {"removed"}
     _, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
     assert leftovers_of(findings) == []
-    assert not any(os.path.exists(f"/sys/block/{os.path.basename(d)}/loop") for d in loops)
+    assert still_attached(loops) == []
     assert foreign_file.read_bytes() == b"not Basalt's"
     assert pool.load_volume(kept.volume_id) is not None and pool.load_volume(abandoned.id) is None
     # the fixture's teardown checks that the VG's foreign LVs (one named like Basalt's) and their data stayed
 
 
-def file_pool_leftovers(agent: Agent) -> tuple[list[str], list[str]]:
+def still_attached(loops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of these (device, backing file) loops are still there (the numbers are reused by others)."""
+    now = {(loop.device, loop.backing_file) for loop in list_devices()}
+    return [loop for loop in loops if loop in now]
+
+
+def file_pool_leftovers(agent: Agent) -> tuple[list[str], list[tuple[str, str]]]:
     """An image without a record with a loop device on it, and a loop device on a removed image."""
     orphan = Path(agent.pool) / "volumes" / f"vol-{uuid.uuid4().hex}.img"
     removed = Path(agent.pool) / "snapshots" / f"snap-{uuid.uuid4().hex}.img"
     for image in (orphan, removed):
         with open(image, "wb") as handle:
             handle.truncate(4 * MiB)
-    loops = [attach(str(orphan)), attach(str(removed))]
+    loops = [(attach(str(orphan)), str(orphan)), (attach(str(removed)), f"{removed} (deleted)")]
     removed.unlink()
     return [f"image {orphan}: no record owns it",
-            f"loop device {loops[0]}: attached to {orphan}, which no record owns",
-            f"loop device {loops[1]}: attached to {removed} (deleted), which no record owns"], loops
+            f"loop device {loops[0][0]}: attached to {orphan}, which no record owns",
+            f"loop device {loops[1][0]}: attached to {removed} (deleted), which no record owns"], loops
 
 
-def lvm_pool_leftovers(agent: Agent) -> tuple[list[str], list[str]]:
+def lvm_pool_leftovers(agent: Agent) -> tuple[list[str], list[tuple[str, str]]]:
     """A loop mapping (loop activation) left on the PV after its LV was removed."""
     vg = agent.lvm
     assert vg is not None and vg.device
@@ -183,7 +190,8 @@ def lvm_pool_leftovers(agent: Agent) -> tuple[list[str], list[str]]:
     offset, length = vg.lv_location("short-lived")
     device = attach(vg.device, "--offset", str(offset), "--sizelimit", str(length))
     vg.run("lvremove", "-y", f"{vg.vg}/short-lived")
-    return [f"loop device {device}: maps {vg.device} at offset {offset}, where no LV of {vg.vg} lies"], [device]
+    return [f"loop device {device}: maps {vg.device} at offset {offset}, where no LV of {vg.vg} lies"], \
+        [(device, vg.device)]
 
 
 def attach(path: str, *args: str) -> str:
