@@ -25,7 +25,7 @@ from .initiator import InitiatorName
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import chap_from_secrets
+from .publish_keys import chap_from_secrets
 from .validation import (
     EPHEMERAL_KEY,
     K8S_PREFIX,

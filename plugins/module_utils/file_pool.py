@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from . import imagefile, losetup, staging
 from .atomicfile import read_json, remove_durably, write_json
@@ -159,6 +159,10 @@ class FilePool(Pool):
     def attach(self, volume: Volume) -> str:
         device, _changed = losetup.ensure_attached(self.image_path(volume.id))
         return device.device
+
+    def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
+        by_image = {d.backing_file: d.device for d in losetup.list_devices() if d.offset == 0}  # one listing
+        return {v.id: by_image.get(os.path.realpath(self.image_path(v.id))) for v in volumes}
 
     def attached_device(self, volume: Volume) -> Optional[str]:
         found = losetup.find(self.image_path(volume.id))

@@ -12,7 +12,7 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import ContextManager, Dict, List, Optional, Tuple, Union
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import Conflict, InvalidRequest
 from .model import Snapshot, Volume
@@ -187,6 +187,10 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def attached_device(self, volume: Volume) -> Optional[str]: ...
+
+    def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
+        """:meth:`attached_device` of many volumes, by id; pools that can look once override this."""
+        return {v.id: self.attached_device(v) for v in volumes}
 
     @abc.abstractmethod
     def detach(self, volume: Volume) -> bool:
