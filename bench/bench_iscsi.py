@@ -53,7 +53,6 @@ DEFAULT_ROUNDS = 20
 DEFAULT_RESTART_VOLUMES = 20
 PEER_NODE = "bench-peer"
 PEER_IQN = "iqn.2026-11.dev.basalt.bench:peer"
-AGENT_BASE_IQN = "iqn.2026-11.dev.basalt"
 BARE_BASE_IQN = "iqn.2026-11.dev.basalt.bare"
 AGENT_USER = "bench-user"
 BARE_USER = "bare-user"
@@ -105,7 +104,7 @@ class IscsiAgent(lp.LvmAgent):
 
     def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
         fp.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
-        self.argv += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
+        self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
                       "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
                       "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(lp.CLEANUP_GRACE),
                       "--log-level", "debug"]
