@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from basalt_core import tgt
 from basalt_core.errors import InvalidRequest
+from basalt_core.freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from basalt_core.iscsi_target import DEFAULT_BASE_IQN, check_iqn, initiator_iqn_for
 from basalt_core.model import DEFAULT_STATE_DIR
 from basalt_core.pool_spec import ACTIVATIONS, ALLOCATION_POLICIES, SETTINGS_FILE, SNAPSHOT_MODES, SPEC_FORMS
@@ -42,6 +43,7 @@ class Config:
     workers: int = 16
     max_concurrent_rpcs: int = 64
     cleanup_grace: float = 600.0
+    freeze_limit: float = DEFAULT_FREEZE_LIMIT
     default_volume_size: int = 1 << 30
     lvm_activation: Optional[str] = None
     lvm_alloc: Optional[str] = None
@@ -148,6 +150,9 @@ def add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, help="RPCs over this are refused (default 64)")
     p.add_argument("--cleanup-grace", type=float,
                    help="seconds before an unfinished, never retried creation is removed (default 600)")
+    p.add_argument("--freeze-limit", type=float,
+                   help="longest, in seconds, a mounted volume stays frozen while a snapshot or clone copies it; "
+                        f"a slower copy fails and the volume is thawed (default {DEFAULT_FREEZE_LIMIT:g})")
     p.add_argument("--default-volume-size", type=_size, help="size when a request sets none (default 1Gi)")
     lvm = p.add_argument_group("LVM pools", "Each of these is a setting of the pool. " + STORED)
     lvm.add_argument("--lvm-activation", choices=ACTIVATIONS,

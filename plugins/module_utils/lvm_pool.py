@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import threading
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import devices, losetup, lvm
 from .activation import ACTIVATORS, Activator, LoopActivator, active
@@ -433,6 +433,8 @@ class LvmPool(Pool):
     def release_snapshot(self, snapshot: Snapshot) -> None:
         found = self._lv(snapshot.id)
         if found is not None:
+            if not found.attr.snapshot:  # a copy: its copy's device, if any, goes first (a COW one has none)
+                self.activator.release(found)
             self._remove(found)
 
     def free_bytes(self) -> int:
@@ -494,6 +496,10 @@ class LvmPool(Pool):
         found = self._lv(volume.id)
         if found is not None and self.activator.device(found):
             self.activator.refresh(found)
+
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        keep = [lv for lv in map(self._lv, wanted) if lv is not None]
+        return self.activator.detach_strays(self.vg, keep)
 
 
 class LvmThinPool(LvmPool):

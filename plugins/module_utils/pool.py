@@ -12,9 +12,10 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import Conflict, InvalidRequest
+from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .model import Snapshot, Volume
 from .sizes import MiB
 
@@ -56,6 +57,8 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: longest a mounted volume's filesystem stays frozen while a pool copies it (seconds)
+    freeze_limit = DEFAULT_FREEZE_LIMIT
 
     def __init__(self, capacity_limit: int = 0) -> None:
         #: bytes that may be provisioned in all (0: no limit beyond the pool's own space)
@@ -199,6 +202,11 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def refresh(self, volume: Volume) -> None:
         """Make an attached device see its volume's new size."""
+
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        """Detach every device over the pool's storage but those of the *wanted* volume ids (start-up,
+        when nothing else runs: an interrupted operation's devices); return what was detached."""
+        return []
 
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""

@@ -154,7 +154,8 @@ class TgtBackend(TargetBackend):
                 self._session = None
 
     def _current(self) -> _Session:
-        assert self._session is not None, "TgtBackend state is used outside its transaction"
+        if self._session is None:  # a programming error: every caller holds the transaction
+            raise RuntimeError("TgtBackend state is used outside its transaction")
         return self._session
 
     # -- commands --
