@@ -33,7 +33,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def basalt(capsys: pytest.CaptureFixture[str], agent: Agent, *args: str) -> tuple[int, Any]:
     """Run ``basalt ARGS`` with the agent's settings; JSON output parsed (``-o json`` is added)."""
     capsys.readouterr()
-    status = cli.main([*args, *agent.command()[3:], "-o", "json"])
+    status = cli.main([*args, "--endpoint", f"unix://{agent.socket}", *agent.command(), "-o", "json"])
     out = capsys.readouterr().out
     return status, json.loads(out) if out.strip() else None
 
@@ -110,7 +110,8 @@ def test_readme_query_examples(fresh_agent_factory: Any, capsys: Any, monkeypatc
 def test_the_command_runs_as_a_program(fresh_agent_factory: Any) -> None:
     agent = fresh_agent_factory()
     volume = make_volume(agent)
-    answer = subprocess.run([sys.executable, "-m", "basalt_agent.cli", "volumes", "list", *agent.command()[3:]],
+    settings = ["--endpoint", f"unix://{agent.socket}", *agent.command()]
+    answer = subprocess.run([sys.executable, "-m", "basalt_agent.cli", "volumes", "list", *settings],
                             capture_output=True, text=True, timeout=60, env={**os.environ, **agent.env()})
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.splitlines()[0].split()[:2] == ["VOLUME", "CAPACITY"]

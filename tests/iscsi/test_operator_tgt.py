@@ -56,7 +56,7 @@ def node_records(tgtd: Tgtd) -> Iterator[List[str]]:
 
 def basalt(capsys: Any, agent: Agent, *args: str) -> Any:
     capsys.readouterr()
-    status = cli.main([*args, *agent.command()[3:], "-o", "json"])
+    status = cli.main([*args, "--endpoint", f"unix://{agent.socket}", *agent.command(), "-o", "json"])
     return status, json.loads(capsys.readouterr().out)
 
 
