@@ -154,8 +154,8 @@ class TgtBackend(TargetBackend):
                 self._session = None
 
     def _current(self) -> _Session:
-        if self._session is None:
-            raise AssertionError("TgtBackend state is used outside its transaction")
+        if self._session is None:  # a programming error: every caller holds the transaction
+            raise RuntimeError("TgtBackend state is used outside its transaction")
         return self._session
 
     # -- commands --
