@@ -760,6 +760,7 @@ class Agent:
         capacity_limit: int | None = None,
         extra_args: Iterable[str] = (),
         lvm: LvmVg | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.pool = pool  # the file pool's directory (created, unused, for lvm-loop)
@@ -771,6 +772,7 @@ class Agent:
         self.services = services
         self.capacity_limit = capacity_limit
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.process: AgentProcess | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the running agent's process
         self.channel: grpc.Channel | None = None
@@ -808,6 +810,7 @@ class Agent:
         env = agent_env()
         if self.lvm is not None:
             env.update(self.lvm.env())
+        env.update(self.extra_env)
         return env
 
     def start(self, wait_ready: bool = True) -> Agent:
@@ -840,6 +843,18 @@ class Agent:
             self.process = None
             self.proc = None
         return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the agent (a crash), unless it already died (a crash point killed it)."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.returncode = self.proc.wait(10)
+        self.process = None
+        self.proc = None
 
     def log(self) -> str:
         try:

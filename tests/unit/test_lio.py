@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -478,3 +480,31 @@ def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_
     per_target = {k: v for k, v in busy_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
     assert per_target == {k: v for k, v in alone_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
     assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] <= 6
+
+
+def test_concurrent_publishes_never_interleave_in_lio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIO's objects and its saved configuration are every volume's: twelve publishes of twelve volumes at
+    once run one at a time inside the backend (as tgt's do), and every export and grant is there after."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    active, most = [0], [0]
+    real_save = rts.RTSRoot.save_to_file
+
+    def slow_save(self: Any, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # long enough for another thread to get in, were it let in
+        real_save(self, save_file, so_path)
+        active[0] -= 1
+    monkeypatch.setattr(rts.RTSRoot, "save_to_file", slow_save)
+
+    def publish(i: int) -> None:
+        volume = SimpleNamespace(id=f"pvc-{i}")
+        exports.ensure_exported(_Pool(), backend, settings, volume, f"iqn.2026-11.io.example:node-{i}",  # type: ignore[arg-type]
+                                Chap(f"user-{i}", f"secret-{i:02d}-0123456"), False)
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(publish, range(12)))
+    assert most[0] == 1
+    found = {e.target_iqn: e.grants for e in backend.exports()}
+    assert len(found) == 12 and all(len(g) == 1 and g[0].chap is not None for g in found.values())
