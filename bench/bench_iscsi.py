@@ -33,6 +33,8 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "iscsi"))
+
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
     import bench.bench_file_pool as fp
     import bench.bench_lvm_pool as lp
@@ -40,9 +42,12 @@ else:  # the bench directory is not a package: found through sys.path
     import bench_file_pool as fp
     import bench_lvm_pool as lp
 
+from tgtd_testlib import control_port_in_use, start_private_tgtd, stop_private_tgtd  # the test daemon, not shipped
+
 from basalt_agent.proto import csi_pb2
 from basalt_core import tgt
 from basalt_core.iscsi_target import serial_for
+from basalt_core.tgt_config import NO_ADDRESS
 
 DEFAULT_ROUNDS = 20
 DEFAULT_RESTART_VOLUMES = 20
@@ -67,22 +72,22 @@ class IscsiWorkspace(fp.Workspace):
         self.portal = ""
 
     def start_tgtd(self) -> None:
-        self.control_port = next(p for p in CONTROL_PORTS if not tgt.control_port_in_use(p))
+        self.control_port = next(p for p in CONTROL_PORTS if not control_port_in_use(p))
         self.portal = f"127.0.0.1:{free_port()}"
-        self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
+        self.tgtd = start_private_tgtd(self.control_port, self.portal, wait=30.0)
 
     def restart_tgtd_empty(self) -> None:
         """A crash of tgtd and a start that does not load the config: SIGKILL, then a fresh, empty tgtd."""
         assert self.tgtd is not None
         self.tgtd.kill()
         self.tgtd.wait(timeout=30)
-        self.tgtd = tgt.start_private_tgtd(self.control_port, self.portal, wait=30.0)
+        self.tgtd = start_private_tgtd(self.control_port, self.portal, wait=30.0)
 
     def cleanup(self) -> List[str]:
         problems = self.stop_agents()  # before tgtd: an agent may be mid-call on it
         if self.tgtd is not None:
             try:
-                tgt.stop_private_tgtd(self.control_port, self.tgtd)
+                stop_private_tgtd(self.control_port, self.tgtd)
             except Exception as error:
                 problems.append(f"stopping tgtd -C {self.control_port}: {error}")
             self.tgtd = None
@@ -151,7 +156,7 @@ class Bare:
                     "--bstype", "rdwr")
         self.tgtadm("--mode", "logicalunit", "--op", "update", "--tid", t, "--lun", "1", "--params",
                     f"scsi_sn={serial},readonly=0")
-        self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-address", tgt.NO_ADDRESS)
+        self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-address", NO_ADDRESS)
         self.tgtadm("--mode", "account", "--op", "new", "--user", user, "--password", PASSWORD)
         self.tgtadm("--mode", "account", "--op", "bind", "--tid", t, "--user", user)
         self.tgtadm("--mode", "target", "--op", "bind", "--tid", t, "--initiator-name", PEER_IQN)

@@ -32,10 +32,16 @@ class NodeRecord:
     targets: Dict[str, Target] = field(default_factory=dict)
     #: set for inline ephemeral volumes: the pool volume created for them
     ephemeral_volume_id: str = ""
+    #: "major:minor" of the device staged: marks this volume's mounts even once the device is gone
+    device_number: str = ""
     #: set for volumes attached over iSCSI from a storage host
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
     serial: str = ""
+    #: the dm-multipath map staged on (name, and uuid to recognise it): flushed at unstage even when every
+    #: path is lost and no disk leads to it any more
+    multipath_map: str = ""
+    multipath_uuid: str = ""
 
 
 class NodeState:
@@ -48,11 +54,25 @@ class NodeState:
         return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
 
     def load(self, volume_id: str) -> Optional[NodeRecord]:
-        doc = read_json(self._path(volume_id))
+        return self._read(self._path(volume_id))
+
+    @staticmethod
+    def _read(path: str) -> Optional[NodeRecord]:
+        doc = read_json(path)
         if doc is None:
             return None
         targets = {path: Target(**t) for path, t in doc.pop("targets", {}).items()}
         return NodeRecord(targets=targets, **doc)
+
+    def all(self) -> List[NodeRecord]:
+        """Every record (for metrics, Probe and the operator command), in no particular order."""
+        found = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".json"):
+                record = self._read(os.path.join(self.directory, name))
+                if record is not None:
+                    found.append(record)
+        return found
 
     def save(self, record: NodeRecord) -> None:
         write_json(self._path(record.volume_id), asdict(record))

@@ -14,7 +14,7 @@ import socket
 import stat
 import tempfile
 from concurrent import futures
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import grpc
 
@@ -102,10 +102,60 @@ def bind(server: grpc.Server, path: str) -> BoundSocket:
     return BoundSocket(path, made.st_dev, made.st_ino)
 
 
+class Undecodable:
+    """What a request's bytes decode to when they are not the method's request message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # protobuf's DecodeError, or anything a malformed message raises
+            return Undecodable(error)
+
+    return decode
+
+
+class RequestDecoding(grpc.ServerInterceptor):
+    """Bytes that are not a valid request message: INVALID_ARGUMENT, as the CSI spec has it.
+
+    Left to itself, the gRPC library answers INTERNAL ("Exception
+    deserializing request!") before any of the agent's code runs.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Optional[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Optional[grpc.RpcMethodHandler]:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        behaviour = handler.unary_unary
+        method = handler_call_details.method
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"the request is not a valid {method} request message "
+                              f"({type(request.error).__name__})")
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
 def build(workers: int, max_concurrent_rpcs: int, interceptors: Sequence[grpc.ServerInterceptor]) -> grpc.Server:
+    """A server running *interceptors* around every call, and request decoding innermost."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, RequestDecoding()],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
 

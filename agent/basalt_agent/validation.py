@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import stat
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple
+
+import grpc
 
 from basalt_core import filesystem
 from basalt_core.errors import InvalidRequest
 from basalt_core.mount import validate_options
 
-from .errors import invalid
+from .errors import RpcFailure, invalid
 from .proto import csi_pb2
 
 MAX_STRING_BYTES = 128  # names and ids
@@ -63,6 +66,23 @@ def required_path(value: str, field: str) -> str:
     if any(part in (".", "..") for part in value.split("/")):
         raise invalid(f"{field} {value!r} must not contain '.' or '..' components")
     return os.path.normpath(value)
+
+
+def without_symlinks(path: str, field: str) -> str:
+    """Refuse a path through a symlink: a mount lands where the CO named, never where a link points."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return path  # the rest does not exist yet, so holds no link
+        except NotADirectoryError:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{field} {path!r} runs through a file that is not a directory") from None
+        if stat.S_ISLNK(mode):
+            raise invalid(f"{field} {path!r} runs through the symlink {current}: paths with symlinks are refused")
+    return path
 
 
 def bounded_map(values: Mapping[str, str], field: str) -> Mapping[str, str]:

@@ -19,7 +19,7 @@ from . import imagefile, losetup, staging
 from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
-from .pool import Pool
+from .pool import Pool, Storage
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,20 @@ class FilePool(Pool):
     def release_snapshot(self, snapshot: Snapshot) -> None:
         remove_durably(self.snapshot_path(snapshot.id))
 
-    def free_bytes(self) -> int:
+    def _filesystem(self) -> str:
         # The pool's directory may not exist yet (opened without its layout, in check mode):
         # its space is that of the filesystem it would be created on.
         existing = self.directory
         while not os.path.isdir(existing):
             existing = os.path.dirname(existing)
-        return shutil.disk_usage(existing).free
+        return existing
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self._filesystem()).free
+
+    def storage(self) -> Storage:
+        space = shutil.disk_usage(self._filesystem())
+        return Storage(space.total, space.total - space.free)
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         device = self.attached_device(volume)

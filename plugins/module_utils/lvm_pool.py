@@ -34,7 +34,8 @@ from .model import (
     is_snapshot_id,
     is_volume_id,
 )
-from .pool import Pool
+from .pool import Pool, Storage
+from .pool_spec import DEFAULTS, PoolSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,6 @@ COPY = "copy"
 THIN = "thin"
 
 
-@dataclasses.dataclass(frozen=True)
-class LvmOptions:
-    alloc: str = "normal"
-    activation: str = "dm"
-    #: COW space of a classic snapshot, as a percentage of its origin
-    cow_percent: int = 25
-    #: default snapshot mode of the thick pool: cow (classic) or copy (independent)
-    snapshot_mode: str = COPY
-    #: thin: virtual bytes allowed per byte of thin pool data
-    overprovision: float = 1.0
-    #: thin: data or metadata use (percent) above which volumes report abnormal
-    full_percent: float = 90.0
-
-
 def lv_name(object_id: str) -> str:
     if is_volume_id(object_id):
         return VOLUME_LV_PREFIX + object_id[len(VOLUME_PREFIX):]
@@ -81,18 +68,15 @@ class LvmPool(Pool):
     kind = "lvm"
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
 
-    def __init__(self, vg: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
-        super().__init__(capacity_limit)
+    def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+        super().__init__(options.capacity_limit)
         self.vg = lvm.check_vg_name(vg)
         self._extent: Optional[int] = None
+        #: the pool's own settings (pool_spec); *settings* say how the LVM tools run
         self.options = options
         self.settings = settings
-        if options.activation not in ACTIVATORS:
-            raise InvalidRequest(f"activation {options.activation!r} is not one of {', '.join(ACTIVATORS)}")
         self.activator: Activator = ACTIVATORS[options.activation](settings)
-        if options.snapshot_mode not in (COW, COPY):
-            raise InvalidRequest(f"snapshot mode {options.snapshot_mode!r} is not cow or copy")
         # Per thread: the LVs read during the current operation (None outside one).
         self._operation = threading.local()
 
@@ -427,6 +411,10 @@ class LvmPool(Pool):
     def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
 
+    def storage(self) -> Storage:
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        return Storage(group.size, group.size - group.free)
+
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
         if found is None:
@@ -487,11 +475,11 @@ class LvmThinPool(LvmPool):
     kind = "lvmthin"
     allocation_checks_space = False  # LVM lets thin LVs over-provision the pool: the ratio is ours to check
 
-    def __init__(self, vg: str, thin_pool: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
+    def __init__(self, vg: str, thin_pool: str, options: PoolSettings = DEFAULTS,
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
         if options.activation != "dm":
             raise InvalidRequest("thin volumes need device-mapper activation (dm_thin_pool); loop cannot reach them")
-        super().__init__(vg, options, settings, capacity_limit)
+        super().__init__(vg, options, settings)
         self.thin_pool = lvm.check_lv_name(thin_pool)
 
     @property
@@ -552,6 +540,11 @@ class LvmThinPool(LvmPool):
                       if lv.pool_lv == self.thin_pool)
         return max(0, int(pool.size * self.options.overprovision) - virtual)
 
+    def storage(self) -> Storage:
+        pool = self._pool_lv()
+        data = pool.data_percent or 0.0
+        return Storage(pool.size, int(pool.size * data / 100), data, pool.metadata_percent or 0.0)
+
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
         return self._in_use(found) if found else None  # thin snapshots do not depend on their origin
@@ -565,14 +558,3 @@ class LvmThinPool(LvmPool):
             if used is not None and used >= self.options.full_percent:
                 return f"thin pool {pool.full_name} {what} is {used:.1f}% full (threshold {self.options.full_percent}%)"
         return None
-
-
-def open_lvm_pool(kind: str, location: str, options: LvmOptions, settings: lvm.LvmSettings,
-                  capacity_limit: int = 0) -> LvmPool:
-    """``lvm`` + ``VG`` or ``lvmthin`` + ``VG/THINPOOL``."""
-    if kind == "lvm":
-        return LvmPool(location, options, settings, capacity_limit)
-    vg, sep, thin_pool = location.partition("/")
-    if not sep:
-        raise InvalidRequest(f"lvmthin pool {location!r} must be VG/THINPOOL")
-    return LvmThinPool(vg, thin_pool, options, settings, capacity_limit)

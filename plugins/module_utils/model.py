@@ -7,6 +7,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
+#: where the agent keeps its records (--state-dir) and where the modules look for the ones they share with it
+DEFAULT_STATE_DIR = "/var/lib/basalt"
 CREATING = "creating"
 READY = "ready"
 DELETING = "deleting"

@@ -11,15 +11,34 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from typing import TYPE_CHECKING, ContextManager, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import ContextManager, Dict, List, Optional, Tuple, Union
 
-from .errors import InvalidRequest
-from .lvm import DEFAULT_SETTINGS as DEFAULT_LVM_SETTINGS
 from .model import Snapshot, Volume
 from .sizes import MiB
 
-if TYPE_CHECKING:
-    from .lvm_pool import LvmOptions
+
+@dataclass(frozen=True)
+class Storage:
+    """The pool's own storage: bytes in all and bytes taken (by anything); thin pools add fill levels."""
+
+    size: int
+    allocated: int
+    data_percent: Optional[float] = None
+    metadata_percent: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What operators watch of a pool (metrics, ``basalt pools``)."""
+
+    storage: Storage
+    #: bytes a new volume may still take (thin: virtual, under the over-provisioning ratio)
+    available: int
+    #: bytes Basalt's volumes and snapshots were given
+    provisioned: int
+    volumes: int
+    snapshots: int
 
 
 class Pool(abc.ABC):
@@ -123,6 +142,15 @@ class Pool(abc.ABC):
     def provisioned_bytes(self) -> int:
         return sum(v.size for v in self.all_volumes()) + sum(s.size for s in self.all_snapshots())
 
+    @abc.abstractmethod
+    def storage(self) -> Storage:
+        """Size and use of the pool's own storage (filesystem, VG, thin pool)."""
+
+    def usage(self) -> Usage:
+        volumes, snapshots = self.all_volumes(), self.all_snapshots()
+        provisioned = sum(v.size for v in volumes) + sum(s.size for s in snapshots)
+        return Usage(self.storage(), self.available_bytes(), provisioned, len(volumes), len(snapshots))
+
     def available_bytes(self) -> int:
         """Bytes a new volume may still take: free space, bounded by the capacity limit."""
         free = self.free_bytes()
@@ -161,26 +189,3 @@ class Pool(abc.ABC):
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""
         return []
-
-
-def open_pool(spec: str, capacity_limit: int = 0, lvm_options: Optional["LvmOptions"] = None, *,
-              create_layout: bool = True) -> Pool:
-    """Open the pool a spec names: ``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``.
-
-    A file pool's directories are created when missing, unless *create_layout* is
-    false (check mode): a missing layout then reads as an empty pool.
-    """
-    kind, _sep, location = spec.partition(":")
-    # The implementations import this module, hence the local imports.
-    if kind == "file" and location.startswith("/"):
-        from .file_pool import FilePool
-
-        pool = FilePool(location, capacity_limit)
-        if create_layout:
-            pool.ensure_layout()
-        return pool
-    if kind in ("lvm", "lvmthin") and location:
-        from .lvm_pool import LvmOptions, open_lvm_pool
-
-        return open_lvm_pool(kind, location, lvm_options or LvmOptions(), DEFAULT_LVM_SETTINGS, capacity_limit)
-    raise InvalidRequest(f"pool {spec!r} is not supported: use file:/absolute/dir, lvm:VG or lvmthin:VG/THINPOOL")

@@ -24,6 +24,10 @@ attributes:
   check_mode:
     description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
+    details:
+      - A mount hides the directory beneath it, so for O(state=absent) on a mounted path check mode predicts
+        the unmount and the removal; on a path with nothing mounted it predicts a directory that is not empty
+        as the failure it is.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
@@ -40,7 +44,8 @@ options:
         A mount point that already has this device mounted is left as it is (its options are not changed).
       - V(unmounted) unmounts everything mounted on O(path) and leaves the directory and C(fstab) alone.
       - V(absent) unmounts, removes the mount point (it must be empty once unmounted) and, with O(fstab=true),
-        its C(fstab) line.
+        its C(fstab) line. A mount point that is not empty once unmounted fails the task, which reports
+        C(changed) when it had unmounted; the C(fstab) line is then kept.
     type: str
     choices: [mounted, unmounted, absent]
     default: mounted
@@ -60,6 +65,7 @@ options:
   fstype:
     description:
       - The filesystem to expect on O(device), and to create when the device is blank.
+      - When O(path) already has O(device) mounted with another filesystem, the task fails naming both.
     type: str
     choices: [ext4, xfs]
     default: ext4

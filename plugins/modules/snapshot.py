@@ -113,7 +113,8 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.basalt.csi.plugins.module_utils.errors import NotFound, StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, snapshot_id_for
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     delete_snapshot,
     ensure_snapshot,

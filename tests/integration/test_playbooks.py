@@ -264,13 +264,11 @@ def tgtd() -> Iterator[Any]:
     sys.path.insert(0, str(REPO / "tests" / "iscsi"))
     from tgtd_testlib import start_tgtd
 
-    from basalt_core.tgt import stop_private_tgtd
-
     daemon = start_tgtd()
     try:
         yield daemon
     finally:
-        stop_private_tgtd(daemon.control_port, daemon.proc)
+        daemon.stop()
 
 
 def test_target_iscsi_export(playbook: Playbook, root: str, tgtd: Any) -> None:
@@ -389,21 +387,25 @@ def setup_volume_id(output: Dict[str, Any], name: str) -> str:
 # -- the CSI agent and the modules on one pool ---------------------------------------
 
 class Agent:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *extra: str) -> None:
         self.root = root
+        self.extra = list(extra)
         self.socket = os.path.join(root, "csi.sock")
         self.log = os.path.join(root, "agent.log")
         self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def argv(self) -> List[str]:
+        return [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{self.socket}", "--node-id", "n1",
+                "--pool", f"file:{self.root}/pool", "--state-dir", f"{self.root}/state", *self.extra]
 
     def start(self) -> Any:
         import grpc
 
         from basalt_agent.proto import csi_pb2, csi_pb2_grpc
 
-        argv = [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{self.socket}", "--node-id", "n1",
-                "--pool", f"file:{self.root}/pool", "--state-dir", f"{self.root}/state"]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root)
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root)
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")
         identity = csi_pb2_grpc.IdentityStub(self.channel)
         deadline = time.monotonic() + 30
@@ -489,3 +491,33 @@ def test_cross_face(playbook: Playbook, root: str, controller: Any) -> None:
     assert all(r["changed"] for _name, r in basalt_results(output))
     assert _volume_ids(controller) == {}
     assert list(controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(), timeout=30).entries) == []
+
+
+def test_a_playbook_and_an_agent_on_one_pool_report_the_same_capacity(playbook: Playbook, root: str) -> None:
+    """The pool module stores the pool's settings with it; the volume module and the agent read them there."""
+    pytest.importorskip("grpc")
+    from basalt_agent.proto import csi_pb2
+
+    pool = f"file:{root}/pool"
+    output = playbook.run(play(
+        _module("pool", "Make the pool", pool=pool, capacity_limit="64Mi"),
+        _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"),
+        _module("pool", "Make the pool again", pool=pool),
+    ), name="pool")
+    made, again = result(output, "Make the pool"), result(output, "Make the pool again")
+    assert made["changed"] and not again["changed"]
+    assert again["pool"]["settings"] == {"capacity_limit": 64 * MiB} and again["pool"]["volumes"] == 1
+    assert again["pool"]["available_bytes"] == 56 * MiB
+
+    agent = Agent(root)  # given no capacity flag: the stored limit applies
+    try:
+        controller = agent.start()
+        capacity = controller.GetCapacity(csi_pb2.GetCapacityRequest(), timeout=30).available_capacity
+    finally:
+        agent.stop()
+    assert capacity == again["pool"]["available_bytes"]
+
+    refused = subprocess.run(Agent(root, "--pool-capacity-limit", "32Mi").argv, capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 1
+    assert "--pool-capacity-limit 33554432 (stored: 67108864)" in refused.stderr

@@ -45,7 +45,7 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm", "tgt", "iscsiadm", "multipath")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "iscsiadm", "multipath")
 
 
 @pytest.fixture

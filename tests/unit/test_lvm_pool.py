@@ -17,8 +17,9 @@ import pytest
 
 from basalt_core import blkid, losetup, lvm, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
-from basalt_core.lvm_pool import LvmOptions, LvmPool, lv_name
+from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
+from basalt_core.pool_spec import PoolSettings
 from basalt_core.sizes import MiB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and LVM")
@@ -54,7 +55,7 @@ def vg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def pool_of(vg: Any, **options: Any) -> LvmPool:
-    return LvmPool(vg[0], LvmOptions(activation="loop", alloc="contiguous", **options))
+    return LvmPool(vg[0], PoolSettings(activation="loop", alloc="contiguous", **options))
 
 
 def read_lv(vg: Any, pool: LvmPool, object_id: str, offset: int, length: int) -> bytes:

@@ -19,16 +19,17 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from basalt_core import lvm, volumes
+from basalt_core import lvm, lvm_report, volumes
 from basalt_core.errors import NoSpace, Precondition
-from basalt_core.lvm_pool import COW, LvmOptions, LvmPool, LvmThinPool, lv_name
+from basalt_core.lvm_pool import COW, LvmPool, LvmThinPool, lv_name
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
+from basalt_core.pool_spec import PoolSettings
 from basalt_core.sizes import MiB
 
 RECORDED = Path(__file__).parent / "lvm_recorded"
 VG = "basalt-rec"
-LV_OPTIONS = ",".join(lvm._LV_COLUMNS)
-VG_OPTIONS = ",".join(lvm._VG_COLUMNS)
+LV_OPTIONS = ",".join(lvm_report.LV_COLUMNS)
+VG_OPTIONS = ",".join(lvm_report.VG_COLUMNS)
 NOT_FOUND = "  Failed to find logical volume \"basalt-rec/{name}\"\n"
 
 
@@ -94,7 +95,7 @@ def retag(name: str, old: List[str], new: List[str]) -> Any:
 
 
 def thin_pool(**options: Any) -> LvmThinPool:
-    return LvmThinPool(VG, "pool0", LvmOptions(**options))
+    return LvmThinPool(VG, "pool0", PoolSettings(**options))
 
 
 def test_thin_volume_creation_sequence(script: Any) -> None:
@@ -217,7 +218,7 @@ def test_activation_that_does_nothing_is_an_error_not_a_guess(script: Any) -> No
 
 
 def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
-    pool = LvmPool(VG, LvmOptions(snapshot_mode=COW, cow_percent=25))
+    pool = LvmPool(VG, PoolSettings(snapshot_mode=COW, cow_percent=25))
     origin = Volume(id=volume_id_for("db"), name="db", size=8 * MiB, pool="lvm", state=READY)
     origin_row = row_like("vol-contig", lv_name(origin.id), record_tags(pool, "volume", origin))
     snapshot_id = snapshot_id_for("db-snap")
@@ -260,7 +261,7 @@ def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
         frozen.append(f"thaw {device}")
 
     monkeypatch.setattr("basalt_core.staging.frozen", freeze)
-    pool = LvmPool(VG, LvmOptions(cow_percent=25))
+    pool = LvmPool(VG, PoolSettings(cow_percent=25))
     origin_id, target_id = volume_id_for("db"), snapshot_id_for("db-copy")
     pit = "csi-pit-snap-" + target_id[len("snap-"):]
     files = {name: tmp_path / name for name in ("origin", "pit", "target")}
@@ -291,7 +292,7 @@ def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
 
 def test_full_cow_space_during_the_copy_fails_clearly(script: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    pool = LvmPool(VG, LvmOptions())
+    pool = LvmPool(VG, PoolSettings())
     origin_id, target_id = volume_id_for("busy"), volume_id_for("busy-clone")
     pit = "csi-pit-" + target_id[len("vol-"):]
     for name in ("o", "p", "t"):
@@ -322,7 +323,7 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     copying lv_size bytes gave restored ext4 volumes without their journal on a
     real kernel (VM tier).  The LVs' device nodes are stand-in files here.
     """
-    pool = LvmPool(VG, LvmOptions(cow_percent=25))
+    pool = LvmPool(VG, PoolSettings(cow_percent=25))
     origin_id = volume_id_for("db")
     snap = Snapshot(id=snapshot_id_for("db-snap"), name="db-snap", source_volume_id=origin_id, size=8 * MiB,
                     pool="lvm", state=READY, copy_method=COW, created_at=1795580000.0)
@@ -353,22 +354,27 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     assert files["target"].read_bytes() == files["snap"].read_bytes()
 
 
-def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) -> None:
+def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tmp_path: Path) -> None:
     """CreateVolume: lvs, lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvchange, lvremove.
 
     No free-space read before lvcreate (it refuses what does not fit), no
     re-read of an LV the operation already read or only retagged, no listing
     of every LV unless this one is a COW origin, no lvchange -an before
-    lvremove (which takes an active, unopened LV down itself).
+    lvremove (which takes an active, unopened LV down itself). The new LV's
+    first and last MiB are zeroed (LVM zeroes only 4 KiB): a file stands in
+    for its device node, which this machine cannot make.
     """
-    pool = LvmPool(VG, LvmOptions())
+    pool = LvmPool(VG, PoolSettings())
     volume_id = volume_id_for("pvc-thick")
     name = lv_name(volume_id)
     creating = Volume(id=volume_id, name="pvc-thick", size=8 * MiB, pool="lvm", created_at=1795580000.0)
     ready = dataclasses.replace(creating, state=READY)
     tags_creating, tags_ready = record_tags(pool, "volume", creating), record_tags(pool, "volume", ready)
     deleting = record_tags(pool, "volume", dataclasses.replace(creating, state="deleting"))
-    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB))
+    device = tmp_path / "lv"
+    device.write_bytes(b"\xaa" * (8 * MiB))  # old data on the LV's extents
+    new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
+                      lv_path=str(device))
     script([
         missing(name),
         VGS,  # the extent size, read once per pool object
@@ -383,11 +389,13 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any) ->
     ])
     volume, changed = volumes.ensure_volume(pool, "pvc-thick", 8 * MiB)
     assert changed and volume.state == READY
+    data = device.read_bytes()
+    assert data[:MiB] == data[-MiB:] == bytes(MiB) and data[MiB:-MiB] == b"\xaa" * (6 * MiB)
     assert volumes.delete_volume(pool, volume_id)
 
 
 def test_a_capacity_limit_keeps_the_space_check_before_lvcreate(script: Any) -> None:
-    pool = LvmPool(VG, LvmOptions(), capacity_limit=4 * MiB)
+    pool = LvmPool(VG, PoolSettings(capacity_limit=4 * MiB))
     name = lv_name(volume_id_for("too-big"))
     script([missing(name), VGS, (lvs_all(True), 0, lvs_json(), "")])  # free space, then what is provisioned
     with pytest.raises(NoSpace, match="4194304 bytes available"):
@@ -398,4 +406,4 @@ def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: An
     name = lv_name(volume_id_for("too-big"))
     script([missing(name), VGS])  # the recorded VG has 56 MiB free
     with pytest.raises(NoSpace, match="58720256 bytes available"):
-        volumes.ensure_volume(LvmPool(VG, LvmOptions()), "too-big", 64 * MiB, check_mode=True)
+        volumes.ensure_volume(LvmPool(VG, PoolSettings()), "too-big", 64 * MiB, check_mode=True)
