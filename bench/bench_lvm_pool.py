@@ -166,8 +166,7 @@ class LvmAgent(fp.Agent):
 
     def __init__(self, workspace: fp.Workspace, name: str, vg: str) -> None:
         super().__init__(workspace, name, "/nonexistent")
-        self.argv = [sys.executable, "-m", "basalt_agent", "--endpoint", "unix://" + self.socket,
-                     "--node-id", fp.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
+        self.args = ["--node-id", fp.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
                      "--lvm-alloc", "contiguous", "--state-dir", os.path.join(self.home, "state"),
                      "--cleanup-grace", str(CLEANUP_GRACE), "--log-level", "debug"]
 

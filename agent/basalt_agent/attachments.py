@@ -19,7 +19,7 @@ from basalt_core.model import Volume
 from basalt_core.pool import Pool
 
 from .errors import RpcFailure
-from .publishing import PORTALS_KEY, SERIAL_KEY, STORAGE_NODE_KEY, TARGET_KEY
+from .publish_keys import PORTALS_KEY, SERIAL_KEY, STORAGE_NODE_KEY, TARGET_KEY
 
 
 class Attachment(abc.ABC):

@@ -25,7 +25,7 @@ from .initiator import InitiatorName
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import chap_from_secrets
+from .publish_keys import chap_from_secrets
 from .validation import (
     EPHEMERAL_KEY,
     K8S_PREFIX,
@@ -68,19 +68,32 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.default_size = default_size
 
     # -- staging -------------------------------------------------------------
-    def _stage(self, attachment: Attachment, path: str, cap: Capability) -> str:
-        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
+    def _stage(self, attachment: Attachment, path: str, cap: Capability, record: NodeRecord) -> str:
+        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*.
+
+        *record* (saved by the caller afterwards) carries the mark of a
+        filesystem being made, saved before mkfs: a filesystem that we were
+        making when we died is ours to make again.
+        """
         was_attached = attachment.device() is not None
         try:
             device = attachment.attach()
             if not cap.block:
-                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
+                if record.formatting and not _mounted_at(device, path):
+                    devices.zero_ends(device)  # half made by an interrupted NodeStage: blank, to make again
+                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags,
+                                       before_format=lambda: self._mark_formatting(record))
+                record.formatting = False
         except BaseException:
             # A refused login leaves a node record (and maybe sessions on other portals): undo it all.
             if not was_attached:
                 attachment.detach()
             raise
         return device
+
+    def _mark_formatting(self, record: NodeRecord) -> None:
+        record.formatting = True
+        self.state.save(record)
 
     def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
         """How a staged volume reached this node (None: a local volume that no longer exists)."""
@@ -109,7 +122,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                      f"volume {volume_id} is already staged at {path} with another capability")
             without_symlinks(path, "staging_target_path")
-            device = self._stage(attachment, path, cap)
+            device = self._stage(attachment, path, cap, record)
             record.staging_path, record.block, record.fs_type, record.mode = path, cap.block, cap.fs_type, cap.mode
             record.device_number = staging.device_number(device)
             if remote is not None:
@@ -263,7 +276,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 self.state.save(record)
             try:
                 self._check_target(record, target, cap, read_only)
-                device = self._stage(PoolAttachment(self.pool, volume), path, cap)
+                device = self._stage(PoolAttachment(self.pool, volume), path, cap, record)
                 record.device_number = staging.device_number(device)
                 staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
             except BaseException:
@@ -381,6 +394,11 @@ def _volume_and_capability(
     bounded_map(request.publish_context, "publish_context")
     bounded_map(request.volume_context, "volume_context")
     return volume_id, cap
+
+
+def _mounted_at(device: str, path: str) -> bool:
+    current = mounts.find_mount(path)
+    return current is not None and current.major_minor == devices.device_number(device)
 
 
 def _staged_capability(record: NodeRecord) -> Capability:

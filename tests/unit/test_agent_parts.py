@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from basalt_agent import config, server
+from basalt_agent import main as agent_main
 from basalt_agent.errors import RpcFailure
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.logs import JsonFormatter, redacted
@@ -140,10 +141,24 @@ def test_default_pool_lives_in_the_state_dir() -> None:
     assert settings.pool_spec == "file:/srv/basalt/pools/file"
 
 
-@pytest.mark.parametrize("argv", [["--endpoint", "tcp://0.0.0.0:1"], ["--services", "storage"]])
-def test_bad_settings_exit(argv: List[str]) -> None:
-    with pytest.raises((SystemExit, Exception)):
-        config.load(argv, environ={})
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--endpoint", "tcp://0.0.0.0:1"], "basalt-agent: endpoint 'tcp://0.0.0.0:1' must be unix:///absolute/path.sock"),
+        (["--services", "storage"],
+         "basalt-agent: error: argument --services: services must be 'all' or a list of identity, controller, node"),
+    ],
+    ids=["tcp-endpoint", "unknown-service"],
+)
+def test_bad_settings_exit(argv: List[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent refuses to start: exit status 2 (a usage error) and a message naming the setting."""
+    status: object
+    try:
+        status = agent_main.main(argv)
+    except SystemExit as exited:  # argparse's own refusals
+        status = exited.code
+    assert status == 2
+    assert message in capsys.readouterr().err
 
 
 def block(mode: "csi_pb2.VolumeCapability.AccessMode.Mode") -> csi_pb2.VolumeCapability:

@@ -255,12 +255,12 @@ def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
     frozen: List[str] = []
 
     @contextlib.contextmanager
-    def freeze(device: Optional[str]) -> Iterator[None]:
+    def freeze(device: Optional[str], *_args: Any, **_kwargs: Any) -> Iterator[None]:
         frozen.append(f"freeze {device}")
         yield
         frozen.append(f"thaw {device}")
 
-    monkeypatch.setattr("basalt_core.staging.frozen", freeze)
+    monkeypatch.setattr("basalt_core.freeze.frozen", freeze)
     pool = LvmPool(VG, PoolSettings(cow_percent=25))
     origin_id, target_id = volume_id_for("db"), snapshot_id_for("db-copy")
     pit = "csi-pit-snap-" + target_id[len("snap-"):]
