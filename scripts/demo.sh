@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end, on a fresh Debian 12 machine (as root):
 #   1. set up (scripts/setup.sh) and install ansible-core (the version scripts/ansible-checks.sh pins);
-#   2. build the Ansible collection basalt.csi and install it from its own tarball, offline (no Galaxy),
+#   2. build the Ansible collection basalt.csi and install it from its own tarball, offline (no Galaxy; the
+#      cluster role's kubernetes.core is not needed here),
 #      into $BASALT_COLLECTIONS_DIR (default /opt/basalt-ansible/collections);
 #   3. run its quickstart playbook through the installed collection: the host's storage side, the agent as a
 #      service (systemd where it runs, an init script elsewhere) on the embedded file pool, and a smoke walk
@@ -23,7 +24,7 @@ collections=${BASALT_COLLECTIONS_DIR:-/opt/basalt-ansible/collections}
 dist=$(mktemp -d)
 trap 'rm -rf "$dist"' EXIT
 ansible-galaxy collection build --output-path "$dist" .
-ansible-galaxy collection install --offline --force --collections-path "$collections" "$dist"/basalt-csi-*.tar.gz
+ansible-galaxy collection install --offline --no-deps --force --collections-path "$collections" "$dist"/basalt-csi-*.tar.gz
 
 export ANSIBLE_COLLECTIONS_PATH=$collections
 ansible-playbook basalt.csi.quickstart

@@ -28,7 +28,8 @@ from .errors import RpcFailure, invalid, rpc_method
 from .locks import ObjectLocks
 from .paging import page
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import POOL_KEY, Publishing
+from .publish_keys import POOL_KEY
+from .publishing import Publishing
 from .validation import MAX_NODE_ID_BYTES as NODE_ID_LIMIT
 from .validation import (
     SINGLE_NODE_MODES,
@@ -163,7 +164,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if not self.publishing.reaches(node_id):
                 raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} is unknown: volume {volume_id} "
                                  f"can be published to {', '.join(self.publishing.nodes())}")
-            wanted = Publication(readonly=request.readonly, access_mode=cap.mode_name)
+            # A reader-only mode publishes read-only whatever `readonly` says (README: access modes).
+            read_only = request.readonly or cap.read_only_mode
+            wanted = Publication(readonly=read_only, access_mode=cap.mode_name)
             current = volume.publications.get(node_id)
             if current is not None and current != wanted:
                 raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
@@ -174,7 +177,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                                  f"volume {volume_id} is {cap.mode_name} and already published to node "
                                  f"{', '.join(elsewhere)}")
-            context = self.publishing.publish(volume, node_id, request.readonly or cap.read_only_mode, secrets)
+            context = self.publishing.publish(volume, node_id, read_only, secrets)
             volumes.set_publication(self.pool, volume_id, node_id, wanted)
         return csi_pb2.ControllerPublishVolumeResponse(publish_context=context)
 

@@ -3,24 +3,74 @@
 from __future__ import annotations
 
 import shutil
-from typing import Sequence
+import socket
+from typing import Callable, Sequence
 
 import grpc
 
+from basalt_core.errors import Precondition, StorageError
+from basalt_core.iscsi_target import TargetBackend
 from basalt_core.pool import Pool
 
 from . import DRIVER_NAME, __version__
+from .bounded import BoundedRead
 from .errors import RpcFailure, rpc_method
+from .nodestate import NodeState
 from .proto import csi_pb2, csi_pb2_grpc
 
 # Tools the node service runs; Probe fails early and clearly when one is missing.
 NODE_TOOLS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4", "mkfs.xfs", "fsfreeze")
+#: Probe's checks (the pool, the target service, iscsid) answer within this many seconds or Probe fails
+PROBE_BOUND = 5.0
+#: where iscsid (or its systemd socket) listens for iscsiadm: an abstract unix socket
+ISCSID_SOCKET = "\0ISCSIADM_ABSTRACT_NAMESPACE"
+
+Check = Callable[[], None]
+
+
+def target_service_check(backend: TargetBackend) -> Check:
+    """A storage host depends on its target service (tgtd, LIO's configfs) answering."""
+    def check() -> None:
+        try:
+            backend.ping()  # not exports(): that waits for a publish or a reconciliation holding the service
+        except StorageError as error:
+            raise Precondition(f"the iSCSI target service does not answer: {error}") from error
+    return check
+
+
+def iscsid_answers() -> None:
+    """Precondition unless iscsid (or its systemd socket) accepts a connection."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(ISCSID_SOCKET)
+    except OSError as error:
+        raise Precondition(f"iscsid does not answer ({error.strerror})") from error
+    finally:
+        probe.close()
+
+
+def iscsid_check(state: NodeState) -> Check:
+    """A node holding iSCSI attachments depends on iscsid (logins, session recovery)."""
+    def check() -> None:
+        if any(record.iscsi_target for record in state.all()):
+            try:
+                iscsid_answers()
+            except Precondition as error:
+                raise Precondition(f"{error} and this node has iSCSI volumes attached: start iscsid") from error
+    return check
 
 
 class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, pool: Pool, services: Sequence[str]) -> None:
+    def __init__(self, pool: Pool, services: Sequence[str], dependencies: Sequence[Check] = ()) -> None:
         self.pool = pool
         self.services = services
+        self.dependencies = dependencies
+        self._checks = BoundedRead(self._check_dependencies, PROBE_BOUND, name="probe")
+
+    def _check_dependencies(self) -> None:
+        self.pool.probe()
+        for check in self.dependencies:
+            check()
 
     @rpc_method
     def GetPluginInfo(self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
@@ -42,7 +92,11 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
 
     @rpc_method
     def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
-        self.pool.probe()
+        try:
+            self._checks()
+        except TimeoutError as error:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"the pool or a service it depends on did not answer: {error}") from None
         if "node" in self.services:
             missing = [tool for tool in NODE_TOOLS if shutil.which(tool) is None]
             if missing:

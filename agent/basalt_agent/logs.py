@@ -1,8 +1,9 @@
 """Structured logs: one JSON line per event, one line per RPC, secrets never written.
 
 Fields marked ``csi_secret`` in the CSI proto are dropped (recursively) from
-anything logged, and mount flags are withheld too (the spec says they may be
-sensitive).
+anything logged, mount flags are withheld too (the spec says they may be
+sensitive), and so are volume_context values other than the few known to be
+harmless.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from .observing import ObservingInterceptor
 from .proto import csi_pb2
+from .validation import K8S_PREFIX
 
 log = logging.getLogger("basalt.rpc")
 
@@ -27,8 +30,12 @@ _ID_FIELDS = (
     "staging_target_path", "target_path", "volume_path",
 )
 _WITHHELD = {"mount_flags"}
-# Kubelet puts service account tokens into NodePublish's volume_context.
-_SENSITIVE_CONTEXT = {"csi.storage.k8s.io/serviceAccount.tokens"}
+# volume_context may carry anything (an inline volume's attributes come from the pod spec, kubelet adds
+# service account tokens): only values of keys known to hold no secret are logged.
+_SHOWN_CONTEXT = {K8S_PREFIX + key for key in ("ephemeral", "pod.name", "pod.namespace", "pod.uid",
+                                               "serviceAccount.name")} | {"size"}
+_SHOWN_PREFIX = "basalt.dev/"
+WITHHELD_VALUE = "(withheld)"
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,8 +73,9 @@ def _strip(message: Message) -> None:
         if field.GetOptions().Extensions[csi_pb2.csi_secret] or field.name in _WITHHELD:
             message.ClearField(field.name)
         elif field.name == "volume_context":
-            for key in _SENSITIVE_CONTEXT & set(value):
-                del value[key]
+            for key in value:
+                if key not in _SHOWN_CONTEXT and not key.startswith(_SHOWN_PREFIX):
+                    value[key] = WITHHELD_VALUE
         elif field.message_type is not None:
             if field.message_type.GetOptions().map_entry:
                 continue
@@ -76,7 +84,9 @@ def _strip(message: Message) -> None:
 
 
 def request_fields(request: Message) -> Dict[str, Any]:
-    fields = {}
+    fields: Dict[str, Any] = {}
+    if not isinstance(request, Message):  # bytes that did not decode (server.Undecodable)
+        return fields
     for name in _ID_FIELDS:
         if name in request.DESCRIPTOR.fields_by_name:
             value = getattr(request, name)
@@ -85,42 +95,16 @@ def request_fields(request: Message) -> Dict[str, Any]:
     return fields
 
 
-class RpcLogInterceptor(grpc.ServerInterceptor):
+class RpcLogInterceptor(ObservingInterceptor):
     """Logs every unary RPC: method, ids, duration and status code."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Optional[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Optional[grpc.RpcMethodHandler]:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        behaviour = handler.unary_unary
-
-        def logged(request: Message, context: grpc.ServicerContext) -> Any:
-            started = time.monotonic()
-            code = grpc.StatusCode.OK
-            try:
-                return behaviour(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                fields: Dict[str, Any] = {"method": method, "code": code.name,
-                                          "duration_ms": round((time.monotonic() - started) * 1000, 2)}
-                fields.update(request_fields(request))
-                if code is not grpc.StatusCode.OK:
-                    details = context.details()
-                    fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
-                if log.isEnabledFor(logging.DEBUG):
-                    fields["request"] = json_format.MessageToDict(redacted(request))
-                log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc",
-                        extra={"fields": fields})
-
-        return grpc.unary_unary_rpc_method_handler(
-            logged,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    def observe(self, method: str, request: Message, context: grpc.ServicerContext, code: grpc.StatusCode,
+                seconds: float) -> None:
+        fields: Dict[str, Any] = {"method": method, "code": code.name, "duration_ms": round(seconds * 1000, 2)}
+        fields.update(request_fields(request))
+        if code is not grpc.StatusCode.OK:
+            details = context.details()
+            fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
+        if log.isEnabledFor(logging.DEBUG) and isinstance(request, Message):
+            fields["request"] = json_format.MessageToDict(redacted(request))
+        log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc", extra={"fields": fields})

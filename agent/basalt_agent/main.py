@@ -8,23 +8,24 @@ import signal
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import grpc
 
-from basalt_core import volumes
-from basalt_core.errors import InvalidRequest, StorageError
+from basalt_core import iscsiadm, volumes
+from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import TargetBackend
-from basalt_core.lio import LioBackend
-from basalt_core.pool import Pool, open_pool
-from basalt_core.tgt import TgtBackend
+from basalt_core.pool import Pool
+from basalt_core.pool_factory import open_pool
+from basalt_core.target_backends import open_target_backend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
 from .controller import ControllerService
-from .identity import IdentityService
+from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
 from .logs import RpcLogInterceptor
+from .metrics import Metrics, probe_health
 from .node import NodeService
 from .nodestate import NodeState
 from .proto import csi_pb2, csi_pb2_grpc, pluginregistration_pb2_grpc
@@ -77,68 +78,100 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
         return LocalPublishing(pool, settings.node_id)
     if not settings.iscsi_portals:
         raise InvalidRequest("--iscsi-backend needs at least one --iscsi-portal for nodes to log in to")
-    backend: TargetBackend
-    if settings.iscsi_backend == "tgt":
-        backend = TgtBackend(control_port=settings.tgt_control_port or None, conf_path=settings.tgt_conf,
-                             record_path=os.path.join(settings.state_dir, "iscsi", "tgt-grants.json"),
-                             base_iqn=settings.iscsi_base_iqn)
-    else:
-        backend = LioBackend(portals=settings.iscsi_portals)  # rtslib-fb is needed from here on
+    backend = open_target_backend(settings.iscsi_backend, base_iqn=settings.iscsi_base_iqn,
+                                  portals=settings.iscsi_portals, state_dir=settings.state_dir,
+                                  tgt_control_port=settings.tgt_control_port or None, tgt_conf=settings.tgt_conf)
     export_settings = ExportSettings(settings.iscsi_base_iqn, tuple(settings.iscsi_portals))
     return IscsiPublishing(pool, settings.node_id, backend, export_settings, settings.iscsi_initiators,
                            settings.iscsi_require_chap, settings.iscsi_initiator_base)
 
 
-def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks) -> None:
+def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Metrics) -> None:
     try:
-        reconcile.reconcile(exporting, locks)
+        summary = reconcile.reconcile(exporting, locks)
+        metrics.reconciled(summary.applied, summary.skipped, summary.failed)
     except Exception:  # e.g. the target service is down: keep serving, the exports stay as they are
         log.exception("iscsi reconciliation failed")
 
 
+def _export_count(backend: TargetBackend) -> Callable[[], int]:
+    return lambda: len(backend.exports())
+
+
+def _session_count(state: NodeState) -> Callable[[], int]:
+    """Live iSCSI sessions to the targets this node's records name."""
+    def count() -> int:
+        wanted = {record.iscsi_target for record in state.all() if record.iscsi_target}
+        return sum(1 for session in iscsiadm.sessions() if session.target_iqn in wanted) if wanted else 0
+    return count
+
+
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
-    pool = open_pool(settings.pool_spec, settings.pool_capacity_limit, config.lvm_options(settings))
+    pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
+    pool.freeze_limit = settings.freeze_limit
+    metrics = Metrics(settings.node_id)
     locks = ObjectLocks()
-    for leftover in pool.clean_leftovers():
-        log.info("removed leftover %s", leftover)
-    volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)
+    state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
+    repaired = recovery.recover(pool, state if "controller" in settings.services else None,
+                                bool(settings.iscsi_backend))
+    metrics.repaired(pool, len(repaired) + len(volumes.clean_up(pool, settings.cleanup_grace,
+                                                                claim=locks.try_hold)))
 
-    grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs, [RpcLogInterceptor()])
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services), grpc_server)
+    grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs,
+                               [RpcLogInterceptor(), metrics.interceptor()])
+    dependencies: List[Check] = []
     exporting: Optional[IscsiPublishing] = None
     if "controller" in settings.services:
         published = publishing(settings, pool)
         exporting = published if isinstance(published, IscsiPublishing) else None
+        if exporting is not None:
+            dependencies.append(target_service_check(exporting.backend))
         controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
-    if "node" in settings.services:
-        state = NodeState(os.path.join(settings.state_dir, "node"))
+    if state is not None:
+        dependencies.append(iscsid_check(state))
         own_name = initiator.for_node(settings)
         if own_name is not None:
             own_name.ensure()
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies), grpc_server)
+    metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
+                  sessions=_session_count(state) if state else None)
+
+    metrics_server = None
+    if settings.metrics_address:
+        try:
+            metrics_server = metrics.serve(config.metrics_address(settings.metrics_address),
+                                           probe_health(settings.socket_path))
+        except OSError as error:
+            raise Precondition(f"--metrics-address {settings.metrics_address}: {error.strerror}") from error
 
     stop = threading.Event()
     refused = threading.Event()
-    sockets: List[str] = [settings.socket_path]
-    server.bind(grpc_server, settings.socket_path)
+    sockets = [server.bind(grpc_server, settings.socket_path)]
+    # Registration on its own server and socket: kubelet's registry socket serves nothing else, and
+    # the CSI socket does not answer Registration.
+    servers = [grpc_server]
     if settings.registration_socket:
+        registration_server = server.build(2, 4, [RpcLogInterceptor(), metrics.interceptor()])
         registration = RegistrationService(settings.kubelet_registration_path or settings.socket_path, refused)
-        pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, grpc_server)
-        server.bind(grpc_server, settings.registration_socket)
-        sockets.append(settings.registration_socket)
+        pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, registration_server)
+        sockets.append(server.bind(registration_server, settings.registration_socket))
+        servers.append(registration_server)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    grpc_server.start()
+    for started in servers:
+        started.start()
     if exporting is not None:  # in the background: the socket serves meanwhile, under the same volume locks
-        threading.Thread(target=_reconcile, args=(exporting, locks), name="reconcile", daemon=True).start()
+        threading.Thread(target=_reconcile, args=(exporting, locks, metrics), name="reconcile",
+                         daemon=True).start()
     log.info("serving", extra={"fields": {
         "driver": DRIVER_NAME, "version": __version__, "endpoint": settings.endpoint, "node_id": settings.node_id,
-        "pool": settings.pool_spec, "services": settings.services}})
+        "pool": settings.pool_spec, "services": settings.services, "metrics": settings.metrics_address or None}})
 
     every = max(settings.cleanup_grace / 2, 1.0)
     next_cleanup = time.monotonic() + every
@@ -146,12 +179,16 @@ def serve(settings: config.Config) -> int:
         if time.monotonic() >= next_cleanup:
             next_cleanup = time.monotonic() + every
             try:
-                volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)
+                metrics.repaired(pool, len(volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)))
             except Exception:  # keep serving; the next round retries
                 log.exception("periodic clean-up failed")
 
     log.info("stopping: finishing in-flight calls")
-    grpc_server.stop(SHUTDOWN_GRACE).wait()
+    for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once
+        stopped.wait()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
     server.remove_sockets(sockets)
     log.info("stopped")
     return 1 if refused.is_set() else 0

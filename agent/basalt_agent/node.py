@@ -7,14 +7,14 @@ NodePublishVolume, removed again by NodeUnpublishVolume.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from typing import Mapping, Optional, Tuple, Union
 
 import grpc
 
-from basalt_core import devices, filesystem, staging, volumes
+from basalt_core import devices, filesystem, multipath, staging, volumes
 from basalt_core import mount as mounts
-from basalt_core.model import is_volume_id
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
 
@@ -25,10 +25,11 @@ from .initiator import InitiatorName
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import chap_from_secrets
+from .publish_keys import chap_from_secrets
 from .validation import (
     EPHEMERAL_KEY,
     K8S_PREFIX,
+    MAX_PATH_BYTES,
     SHARED,
     Capability,
     Mode,
@@ -38,8 +39,10 @@ from .validation import (
     required_capability,
     required_path,
     required_string,
+    without_symlinks,
 )
 
+log = logging.getLogger(__name__)
 NodeRPC = csi_pb2.NodeServiceCapability.RPC
 ADVERTISED = (NodeRPC.STAGE_UNSTAGE_VOLUME, NodeRPC.GET_VOLUME_STATS, NodeRPC.EXPAND_VOLUME,
               NodeRPC.VOLUME_CONDITION, NodeRPC.SINGLE_NODE_MULTI_WRITER)
@@ -65,13 +68,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.default_size = default_size
 
     # -- staging -------------------------------------------------------------
-    def _stage(self, attachment: Attachment, path: str, cap: Capability) -> str:
-        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
+    def _stage(self, attachment: Attachment, path: str, cap: Capability, record: NodeRecord) -> str:
+        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*.
+
+        *record* (saved by the caller afterwards) carries the mark of a
+        filesystem being made, saved before mkfs: a filesystem that we were
+        making when we died is ours to make again.
+        """
         was_attached = attachment.device() is not None
         try:
             device = attachment.attach()
             if not cap.block:
-                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
+                if record.formatting and not _mounted_at(device, path):
+                    devices.zero_ends(device)  # half made by an interrupted NodeStage: blank, to make again
+                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags,
+                                       before_format=lambda: self._mark_formatting(record))
+                record.formatting = False
         except BaseException:
             # A refused login leaves a node record (and maybe sessions on other portals): undo it all.
             if not was_attached:
@@ -79,10 +91,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise
         return device
 
+    def _mark_formatting(self, record: NodeRecord) -> None:
+        record.formatting = True
+        self.state.save(record)
+
     def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
         """How a staged volume reached this node (None: a local volume that no longer exists)."""
         if record.iscsi_target:
-            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial)
+            staged_map = multipath.Map(record.multipath_map, "", record.multipath_uuid, ()) \
+                if record.multipath_map else None
+            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial, staged_map=staged_map)
         volume = self.pool.load_volume(record.ephemeral_volume_id or record.volume_id)
         return PoolAttachment(self.pool, volume) if volume is not None else None
 
@@ -103,32 +121,58 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 if not cap.same_use(_staged_capability(record)):
                     raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                      f"volume {volume_id} is already staged at {path} with another capability")
-            self._stage(attachment, path, cap)
+            without_symlinks(path, "staging_target_path")
+            device = self._stage(attachment, path, cap, record)
             record.staging_path, record.block, record.fs_type, record.mode = path, cap.block, cap.fs_type, cap.mode
+            record.device_number = staging.device_number(device)
             if remote is not None:
                 record.iscsi_target, record.iscsi_portals, record.serial = remote.target_iqn, remote.portals, \
                     remote.serial
+                if remote.staged_map is not None:
+                    record.multipath_map, record.multipath_uuid = remote.staged_map.name, remote.staged_map.uuid
             self.state.save(record)
         return csi_pb2.NodeStageVolumeResponse()
+
+    def _known(self, volume_id: str) -> Tuple[Optional[NodeRecord], Optional[Attachment]]:
+        """The node's record of a volume and how it reaches this node; NOT_FOUND for a volume unknown here."""
+        record = self.state.load(volume_id)
+        if record is not None:
+            return record, self._attachment(record)
+        return None, PoolAttachment(self.pool, volumes.get_volume(self.pool, volume_id))
+
+    @staticmethod
+    def _owner(record: Optional[NodeRecord], attachment: Optional[Attachment]) -> staging.Owner:
+        """What marks this volume's mounts: its device now, and the device it was staged from."""
+        return staging.owner_of(attachment.device() if attachment else None,
+                                [record.device_number] if record else [])
 
     @rpc_method
     def NodeUnstageVolume(self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
                           ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
-        path = required_path(request.staging_target_path, "staging_target_path")
+        required_string(request.staging_target_path, "staging_target_path", MAX_PATH_BYTES)
         with self.locks.hold(volume_id):
-            record = self.state.load(volume_id)
-            if record is not None:
-                busy = [t for t in record.targets if mounts.is_mounted(t)]
+            record, attachment = self._known(volume_id)
+            path = without_symlinks(required_path(request.staging_target_path, "staging_target_path"),
+                                    "staging_target_path")
+            owner = self._owner(record, attachment)
+            if record is None:
+                # Not staged here: only what a stage interrupted before its record may be left to undo.
+                staging.release(path, owner, strict=False)
+                if attachment is not None and owner.nodes and not any(map(owner.owns, mounts.mounts())):
+                    staging.drop_unused_views(owner.nodes[0])
+                    attachment.detach()
+            elif record.staging_path == path and not record.ephemeral_volume_id:
+                busy = [t for t in record.targets if _holds(t, owner)]
                 if busy:
                     raise _failed(f"volume {volume_id} is still published at {', '.join(busy)}")
-            staging.ensure_unmounted(path)
-            attachment = self._attachment(record or NodeRecord(volume_id)) if record or is_volume_id(volume_id) \
-                else None
-            if attachment is not None:
-                attachment.detach()
-            if record is not None:
+                staging.release(path, owner)
+                if owner.nodes:
+                    staging.drop_unused_views(owner.nodes[0])
+                if attachment is not None:
+                    attachment.detach()
                 self.state.drop(volume_id)
+            # else staged elsewhere (or an inline ephemeral volume): nothing of it is at this path.
         return csi_pb2.NodeUnstageVolumeResponse()
 
     # -- publishing ----------------------------------------------------------
@@ -137,7 +181,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                           ) -> csi_pb2.NodePublishVolumeResponse:
         volume_id, cap = _volume_and_capability(request)
         target = required_path(request.target_path, "target_path")
-        read_only = request.readonly or cap.read_only_mode
+        read_only = request.readonly or cap.read_only_mode  # a reader-only mode is read-only (README)
         if request.volume_context.get(EPHEMERAL_KEY) == "true":
             self._publish_ephemeral(volume_id, target, cap, read_only, request.volume_context)
             return csi_pb2.NodePublishVolumeResponse()
@@ -150,6 +194,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 volumes.get_volume(self.pool, volume_id)  # NOT_FOUND for a volume that does not exist at all
             if record is None or record.staging_path != path:
                 raise _failed(f"volume {volume_id} is not staged at {path}")
+            without_symlinks(path, "staging_target_path")
+            without_symlinks(target, "target_path")
             if record.block != cap.block:
                 raise _failed(f"volume {volume_id} was staged as {'block' if record.block else 'filesystem'}")
             self._check_target(record, target, cap, read_only)
@@ -158,7 +204,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 device = attachment.device() if attachment else None
                 if device is None:
                     raise _failed(f"volume {volume_id} is staged but its device is gone; stage it again")
-                staging.ensure_bind(device, target, read_only=read_only, block=True)
+                source = staging.read_only_view(device) if read_only else device
+                staging.ensure_bind(source, target, read_only=read_only, block=True)
             else:
                 staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
             record.targets[target] = Target(read_only, cap.block, cap.mode)
@@ -183,12 +230,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeUnpublishVolume(self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
                             ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
-        target = required_path(request.target_path, "target_path")
+        required_string(request.target_path, "target_path", MAX_PATH_BYTES)
         with self.locks.hold(volume_id):
-            staging.ensure_unmounted(target, remove=True)
-            record = self.state.load(volume_id)
-            if record is not None:
-                record.targets.pop(target, None)
+            record, attachment = self._known(volume_id)
+            target = without_symlinks(required_path(request.target_path, "target_path"), "target_path")
+            listed = record is not None and target in record.targets
+            owner = self._owner(record, attachment)
+            # A mount of this volume that no record lists is what a publish interrupted before its record left.
+            if staging.release(target, owner, strict=listed) or listed:
+                staging.remove_mount_point(target)
+                if owner.nodes:
+                    staging.drop_unused_views(owner.nodes[0])
+            if record is not None and listed:
+                del record.targets[target]
                 if record.ephemeral_volume_id and not record.targets:
                     self._remove_ephemeral(record)
                 else:
@@ -213,16 +267,30 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if record is not None and not record.ephemeral_volume_id:
                 raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                  f"volume {volume_id} exists and is not an inline ephemeral volume")
+            without_symlinks(target, "target_path")
             volume, _changed = volumes.ensure_volume(self.pool, volume_id, size, min_size=requested, ephemeral=True)
+            fresh = record is None
             if record is None:
-                # Recorded before any attach or mount, so an unpublish after a failure here cleans up.
+                # Recorded before any attach or mount, so a crash here is cleaned up by an unpublish.
                 record = NodeRecord(volume_id, path, False, cap.fs_type, cap.mode, ephemeral_volume_id=volume.id)
                 self.state.save(record)
-            self._check_target(record, target, cap, read_only)
-            self._stage(PoolAttachment(self.pool, volume), path, cap)
-            staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
+            try:
+                self._check_target(record, target, cap, read_only)
+                device = self._stage(PoolAttachment(self.pool, volume), path, cap, record)
+                record.device_number = staging.device_number(device)
+                staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
+            except BaseException:
+                if fresh:  # a refused first publish leaves nothing behind: no mount, device or volume
+                    self._undo_ephemeral(record)
+                raise
             record.targets[target] = Target(read_only, False, cap.mode)
             self.state.save(record)
+
+    def _undo_ephemeral(self, record: NodeRecord) -> None:
+        try:
+            self._remove_ephemeral(record)
+        except Exception:  # the refusal is what the caller needs to see; the record lets an unpublish retry
+            log.exception("could not remove the refused inline ephemeral volume %s", record.volume_id)
 
     def _remove_ephemeral(self, record: NodeRecord) -> None:
         staging.ensure_unmounted(record.staging_path, remove=True)
@@ -233,23 +301,32 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.state.drop(record.volume_id)
 
     # -- stats and expansion ------------------------------------------------
-    def _published(self, volume_id: str, path: str) -> Tuple[NodeRecord, Attachment]:
-        record = self.state.load(volume_id)
-        if record is None or (path not in record.targets and path != record.staging_path):
-            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} is not staged or published at {path}")
-        attachment = self._attachment(record)
+    def _published(self, volume_id: str, raw_path: str) -> Tuple[NodeRecord, Attachment, str]:
+        """The volume's record and attachment, and the path (as recorded) where it is staged or published.
+
+        The volume is found first (NOT_FOUND whatever the path); then a path
+        where it is not mounted, malformed ones included, is NOT_FOUND too.
+        """
+        record, attachment = self._known(volume_id)
+        try:
+            path = required_path(raw_path, "volume_path")
+        except RpcFailure:
+            path = ""
+        if record is None or not path or (path not in record.targets and path != record.staging_path):
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} is not staged or published at "
+                                                        f"{raw_path!r}")
         if attachment is None:
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} does not exist")
-        return record, attachment
+        return record, attachment, path
 
     @rpc_method
     def NodeGetVolumeStats(self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
                            ) -> csi_pb2.NodeGetVolumeStatsResponse:
         volume_id = required_string(request.volume_id, "volume_id")
-        path = required_path(request.volume_path, "volume_path")
+        required_string(request.volume_path, "volume_path", MAX_PATH_BYTES)
+        record, attachment, path = self._published(volume_id, request.volume_path)
         if request.staging_target_path:
             required_path(request.staging_target_path, "staging_target_path")
-        record, attachment = self._published(volume_id, path)
         problem = attachment.problem()
         if not mounts.is_mounted(path):
             problem = problem or f"volume {volume_id} is no longer mounted at {path}"
@@ -273,12 +350,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeExpandVolume(self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
                          ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = required_string(request.volume_id, "volume_id")
-        path = required_path(request.volume_path, "volume_path")
+        required_string(request.volume_path, "volume_path", MAX_PATH_BYTES)
         _required, limit = non_negative_range(request.capacity_range)
         if request.HasField("volume_capability"):
             capability(request.volume_capability, access=SHARED)
         with self.locks.hold(volume_id):
-            record, attachment = self._published(volume_id, path)
+            record, attachment, _path = self._published(volume_id, request.volume_path)
             attachment.refresh()
             device = attachment.device()
             if device is None:
@@ -319,8 +396,19 @@ def _volume_and_capability(
     return volume_id, cap
 
 
+def _mounted_at(device: str, path: str) -> bool:
+    current = mounts.find_mount(path)
+    return current is not None and current.major_minor == devices.device_number(device)
+
+
 def _staged_capability(record: NodeRecord) -> Capability:
     return Capability(record.block, record.fs_type, (), record.mode)
+
+
+def _holds(path: str, owner: staging.Owner) -> bool:
+    """Whether a mount of the volume *owner* marks is at *path*."""
+    current = mounts.find_mount(path)
+    return current is not None and owner.owns(current)
 
 
 def _bind_flags(cap: Capability) -> Tuple[str, ...]:

@@ -7,10 +7,11 @@ single-writer rules need.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from basalt_core.atomicfile import read_json, remove_durably, write_json
 
@@ -32,10 +33,18 @@ class NodeRecord:
     targets: Dict[str, Target] = field(default_factory=dict)
     #: set for inline ephemeral volumes: the pool volume created for them
     ephemeral_volume_id: str = ""
+    #: "major:minor" of the device staged: marks this volume's mounts even once the device is gone
+    device_number: str = ""
     #: set for volumes attached over iSCSI from a storage host
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
     serial: str = ""
+    #: saved just before NodeStage makes a filesystem, cleared once it is made and mounted
+    formatting: bool = False
+    #: the dm-multipath map staged on (name, and uuid to recognise it): flushed at unstage even when every
+    #: path is lost and no disk leads to it any more
+    multipath_map: str = ""
+    multipath_uuid: str = ""
 
 
 class NodeState:
@@ -48,14 +57,43 @@ class NodeState:
         return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
 
     def load(self, volume_id: str) -> Optional[NodeRecord]:
-        doc = read_json(self._path(volume_id))
+        return self._read(self._path(volume_id))
+
+    @staticmethod
+    def _read(path: str) -> Optional[NodeRecord]:
+        doc = read_json(path)
         if doc is None:
             return None
         targets = {path: Target(**t) for path, t in doc.pop("targets", {}).items()}
         return NodeRecord(targets=targets, **doc)
+
+    def all(self) -> List[NodeRecord]:
+        """Every record (for metrics, Probe and the operator command), in no particular order."""
+        found = []
+        for name in os.listdir(self.directory):
+            if name.endswith(".json"):
+                record = self._read(os.path.join(self.directory, name))
+                if record is not None:
+                    found.append(record)
+        return found
 
     def save(self, record: NodeRecord) -> None:
         write_json(self._path(record.volume_id), asdict(record))
 
     def drop(self, volume_id: str) -> None:
         remove_durably(self._path(volume_id))
+
+    def records(self) -> List[NodeRecord]:
+        return [record for record in map(self._read, sorted(glob.glob(os.path.join(self.directory, "*.json"))))
+                if record is not None]
+
+    def local_volume_ids(self) -> Set[str]:
+        """Pool volumes this node stages, publishes or is staging (not those attached over iSCSI)."""
+        return {r.ephemeral_volume_id or r.volume_id for r in self.records() if not r.iscsi_target}
+
+    def clean_leftovers(self) -> List[str]:
+        """Remove the temp files of record writes a crash interrupted; return them."""
+        removed = glob.glob(os.path.join(self.directory, ".tmp-*"))
+        for path in removed:
+            remove_durably(path)
+        return removed

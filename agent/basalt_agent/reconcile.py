@@ -6,8 +6,9 @@ is.  They disagree after tgtd restarted without loading its config (exports
 missing), after a crash between an export and its record, or after an
 interrupted unpublish (exports nobody wants).  :func:`plan` turns both sides
 into actions, as data; :func:`reconcile` applies them one target at a time,
-under the volume's lock, re-planning each target from fresh state first, so
-RPCs served meanwhile are never undone.
+under the volume's lock, re-planning each target from its volume's record as
+it is then, so RPCs served meanwhile are never undone.  The target service is
+listed once and the pool once: linear in the number of exports.
 
 Only targets under the configured base IQN are considered: anything else on
 the target service is not ours and is never touched.  CHAP secrets are never
@@ -147,48 +148,62 @@ class Summary:
 
 
 def reconcile(publishing: IscsiPublishing, locks: ObjectLocks) -> Summary:
-    """Bring the backend in line with the records; one target's failure never stops the others."""
+    """Bring the backend in line with the records; one target's failure never stops the others.
+
+    The whole pass holds the backend's transaction: the target service is listed once and stays
+    as listed (plus this pass's own changes), since every RPC that changes it waits for the
+    transaction. An RPC already at work on a volume holds that volume's lock, which the pass only
+    tries: such a target is left to the RPC (lock order volume -> target service, never reversed).
+    """
     backend, base = publishing.backend, publishing.settings.base_iqn
-    live, saved = _resolved(backend.exports()), backend.saved_grants()
-    # Listed after reading the backend: a target seen there was made after its volume (publish looks the
-    # volume up first), so its volume is found below and locked by its id, as ControllerPublish locks it.
-    volumes = publishing.pool.all_volumes()
-    by_target = {target_iqn_for(base, v.id): v for v in volumes}
-    first = plan(base, live, saved, wanted_of(publishing, volumes), _devices(publishing, live, by_target))
     summary = Summary()
-    for target in dict.fromkeys(a.target_iqn for a in first):  # in plan order, once each
-        volume = by_target.get(target)
-        with locks.try_hold(volume.id if volume else target) as granted:
-            if not granted:  # an RPC is at work on it and settles it itself
-                summary.busy += 1
-                log.info("reconcile: %s is busy, left to the RPC in progress", target)
-                continue
+    with backend.transaction():
+        live, saved = _resolved(backend.exports()), backend.saved_grants()
+        # Listed after reading the backend: a target seen there was made after its volume (publish looks the
+        # volume up first), so its volume is found below and locked by its id, as ControllerPublish locks it.
+        volumes = publishing.pool.all_volumes()
+        by_target = {target_iqn_for(base, v.id): v for v in volumes}
+        live_by = {e.target_iqn: e for e in live}
+        devices = _devices(publishing, live, by_target)
+        first = plan(base, live, saved, wanted_of(publishing, volumes), devices)
+        for target in dict.fromkeys(a.target_iqn for a in first):  # in plan order, once each
+            volume = by_target.get(target)
+            with locks.try_hold(volume.id if volume else target) as granted:
+                if not granted:  # an RPC is at work on it and settles it itself
+                    summary.busy += 1
+                    log.info("reconcile: %s is busy, left to the RPC in progress", target)
+                    continue
+                try:
+                    _settle(publishing, target, volume.id if volume else None, live_by.get(target),
+                            saved.get(target, {}), devices, summary)
+                except Exception as error:  # keep going: the other volumes and the agent matter more
+                    summary.failed += 1
+                    log.error("reconcile: %s failed: %s", target, error,
+                              extra={"fields": {"target": target, "error": type(error).__name__}})
+        if summary.applied:
             try:
-                _settle(publishing, target, volume.id if volume else None, summary)
-            except Exception as error:  # keep going: the other volumes and the agent matter more
+                backend.persist()
+            except Exception as error:
                 summary.failed += 1
-                log.error("reconcile: %s failed: %s", target, error,
-                          extra={"fields": {"target": target, "error": type(error).__name__}})
-    if summary.applied:
-        try:
-            backend.persist()
-        except Exception as error:
-            summary.failed += 1
-            log.error("reconcile: persisting the target configuration failed: %s", error)
+                log.error("reconcile: persisting the target configuration failed: %s", error)
     log.info("iscsi reconciliation finished", extra={"fields": {
         "applied": summary.applied, "skipped": summary.skipped, "failed": summary.failed, "busy": summary.busy}})
     return summary
 
 
-def _settle(publishing: IscsiPublishing, target: str, volume_id: Optional[str], summary: Summary) -> None:
-    """Re-plan *target* from fresh state (under its lock) and apply the actions."""
+def _settle(publishing: IscsiPublishing, target: str, volume_id: Optional[str], current: Optional[Export],
+            saved: Mapping[str, Optional[Chap]], devices: Mapping[str, Optional[str]], summary: Summary) -> None:
+    """Re-plan *target* from its volume's record read now (under its lock) and apply the actions.
+
+    *current*, *saved* and *devices* are as found at the start of the pass: nothing else has changed
+    them since (the pass holds the backend's transaction, an RPC that attaches or detaches holds the
+    volume's lock, and each target is settled once).
+    """
     backend, pool = publishing.backend, publishing.pool
     volume = pool.load_volume(volume_id) if volume_id else None
-    current = backend.export(target)
-    live = _resolved([current] if current else [])
-    saved = {target: backend.saved_grants().get(target, {})}
-    actions = plan(publishing.settings.base_iqn, live, saved, wanted_of(publishing, [volume] if volume else []),
-                   _devices(publishing, live, {target: volume} if volume else {}))
+    live = [current] if current else []
+    actions = plan(publishing.settings.base_iqn, live, {target: saved},
+                   wanted_of(publishing, [volume] if volume else []), devices)
     for action in actions:
         fields = {"action": action.kind, "target": target, "volume_id": action.volume_id or None,
                   "initiator": action.initiator_iqn or None, "reason": action.reason}
@@ -219,11 +234,9 @@ def _resolved(exports: Sequence[Export]) -> List[Export]:
 
 def _devices(publishing: IscsiPublishing, live: Sequence[Export], by_target: Mapping[str, Volume]
              ) -> Dict[str, Optional[str]]:
-    """Where each exported volume that a record still wants exported is now (one pool lookup each)."""
-    found: Dict[str, Optional[str]] = {}
-    for export in live:
-        volume = by_target.get(export.target_iqn)
-        if export.device and volume is not None and set(volume.publications) - {publishing.node_id}:
-            device = publishing.pool.attached_device(volume)
-            found[export.target_iqn] = os.path.realpath(device) if device else None
-    return found
+    """Where each exported volume that a record still wants exported is now (one pool lookup for all)."""
+    wanted = {e.target_iqn: by_target[e.target_iqn] for e in live if e.device and e.target_iqn in by_target
+              and set(by_target[e.target_iqn].publications) - {publishing.node_id}}
+    attached = publishing.pool.attached_devices(list(wanted.values())) if wanted else {}
+    return {target: os.path.realpath(device) if (device := attached[volume.id]) else None
+            for target, volume in wanted.items()}

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-import unicodedata
+import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple
 
+import grpc
+
 from basalt_core import filesystem
 from basalt_core.errors import InvalidRequest
+from basalt_core.model import MAX_NAME_BYTES, check_name
 from basalt_core.mount import validate_options
 
-from .errors import invalid
+from .errors import RpcFailure, invalid
 from .proto import csi_pb2
 
-MAX_STRING_BYTES = 128  # names and ids
+MAX_STRING_BYTES = MAX_NAME_BYTES  # names and ids: CSI's limit for both
 MAX_NODE_ID_BYTES = 256
 MAX_MAP_BYTES = 4096  # maps and mount_flags
 MAX_PATH_BYTES = 4096
@@ -40,12 +43,8 @@ def required_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> st
 
 
 def required_name(value: str, field: str = "name") -> str:
-    """A CSI name: any Unicode up to 128 bytes, but no control characters (the spec bans them)."""
-    required_string(value, field)
-    bad = [c for c in value if unicodedata.category(c) == "Cc"]
-    if bad:
-        raise invalid(f"{field} contains control character(s) {', '.join(repr(c) for c in bad)}")
-    return value
+    """A CSI name, by the rule every face shares (model.check_name)."""
+    return check_name(value, field)
 
 
 def bounded_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> str:
@@ -65,6 +64,23 @@ def required_path(value: str, field: str) -> str:
     return os.path.normpath(value)
 
 
+def without_symlinks(path: str, field: str) -> str:
+    """Refuse a path through a symlink: a mount lands where the CO named, never where a link points."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return path  # the rest does not exist yet, so holds no link
+        except NotADirectoryError:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{field} {path!r} runs through a file that is not a directory") from None
+        if stat.S_ISLNK(mode):
+            raise invalid(f"{field} {path!r} runs through the symlink {current}: paths with symlinks are refused")
+    return path
+
+
 def bounded_map(values: Mapping[str, str], field: str) -> Mapping[str, str]:
     size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
     if size > MAX_MAP_BYTES:
@@ -80,12 +96,11 @@ def volume_parameters(parameters: Mapping[str, str], known: Iterable[str] = ()) 
     """
     bounded_map(parameters, "parameters")
     allowed = set(known)
-    kept = {}
-    for key, value in parameters.items():
-        if key in allowed or key in K8S_KEPT:
-            kept[key] = value
-        elif not key.startswith(K8S_PREFIX):
-            raise invalid(f"unknown parameter {key!r}" + (f" (known: {', '.join(sorted(allowed))})" if allowed else ""))
+    kept = {key: value for key, value in parameters.items() if key in allowed or key in K8S_KEPT}
+    unknown = sorted(key for key in parameters if key not in kept and not key.startswith(K8S_PREFIX))
+    if unknown:
+        raise invalid(f"unknown parameter(s) {', '.join(map(repr, unknown))}"
+                      + (f" (known: {', '.join(sorted(allowed))})" if allowed else ""))
     return kept
 
 

@@ -13,6 +13,9 @@ from typing import Any, Dict, Optional, Sequence
 class StorageError(Exception):
     """Base class of every failure the core reports."""
 
+    #: True when the host had already changed before the failure stopped the operation
+    changed = False
+
 
 class InvalidRequest(StorageError):
     """A name, size or parameter is malformed or not supported."""
@@ -56,9 +59,10 @@ class CommandFailed(StorageError):
 
 
 def failure_details(what: str, error: BaseException) -> Dict[str, Any]:
-    """Keyword arguments for Ansible's ``fail_json``: a message naming the object, and the tool's rc,
-    stderr and argv when a command failed (a traceback only for what the core did not expect)."""
-    details: Dict[str, Any] = {"msg": f"{what}: {error}"}
+    """Keyword arguments for Ansible's ``fail_json``: a message naming the object, whether the host
+    changed before the failure, and the tool's rc, stderr and argv when a command failed (a traceback
+    only for what the core did not expect)."""
+    details: Dict[str, Any] = {"msg": f"{what}: {error}", "changed": getattr(error, "changed", False)}
     if isinstance(error, CommandFailed):
         details.update(rc=error.rc, stderr=error.stderr, cmd=error.argv)
     elif not isinstance(error, StorageError):

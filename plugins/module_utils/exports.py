@@ -59,11 +59,12 @@ def ensure_exported(
                            f"not {read_only}")
         grant = current.grant_for(initiator_iqn) if current else None
         return info, grant != Grant(initiator_iqn, chap)
-    device = pool.attach(volume)
-    changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only)
-    changed = backend.ensure_grant(info.target_iqn, initiator_iqn, chap) or changed
-    if changed:
-        backend.persist()
+    device = pool.attach(volume)  # the volume's own: its lock covers it
+    with backend.transaction():  # targets, accounts and the saved configuration are every volume's
+        changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only)
+        changed = backend.ensure_grant(info.target_iqn, initiator_iqn, chap) or changed
+        if changed:
+            backend.persist()
     return info, changed
 
 
@@ -76,29 +77,30 @@ def ensure_unexported(
     *,
     check_mode: bool = False,
 ) -> bool:
-    """Withdraw the node's access; the target (and the device) go with the last grant."""
+    """Withdraw the node's access; the target goes with the last grant, and the device with it.
+
+    The device is released also when the target is already gone (the target service restarted
+    empty), unless the volume's record still publishes it elsewhere.
+    """
     target = target_iqn_for(settings.base_iqn, volume_id)
-    current = backend.export(target)
-    if current is None:
-        return False
-    if check_mode:
-        return current.grant_for(initiator_iqn) is not None or len(current.grants) == 0
-    changed = backend.revoke_grant(target, initiator_iqn)
-    remaining = backend.export(target)
-    if remaining is not None and not remaining.grants:
-        changed = _remove_export(pool, backend, target, volume_id) or changed
-    if changed:
-        backend.persist()
+    with backend.transaction():
+        if check_mode:
+            current = backend.export(target)
+            return current is not None and (current.grant_for(initiator_iqn) is not None or not current.grants)
+        changed, gone = backend.withdraw(target, initiator_iqn)
+        if changed:
+            backend.persist()
+    if gone:
+        changed = _release(pool, volume_id) or changed
     return changed
 
 
-def _remove_export(pool: Pool, backend: TargetBackend, target: str, volume_id: str) -> bool:
-    """Delete the target (it has no grants left) and release the volume's device."""
-    changed = backend.remove_export(target)
+def _release(pool: Pool, volume_id: str) -> bool:
+    """Detach the volume's device once no export uses it, unless a recorded publication still wants it."""
     volume = pool.load_volume(volume_id)
-    if volume is not None:
-        pool.detach(volume)
-    return changed
+    if volume is None or volume.publications:
+        return False
+    return pool.detach(volume)
 
 
 def ensure_withdrawn(
@@ -111,13 +113,17 @@ def ensure_withdrawn(
 ) -> bool:
     """Withdraw every node's access, then the target and the device: the whole export goes."""
     target = target_iqn_for(settings.base_iqn, volume_id)
-    current = backend.export(target)
-    if current is None:
-        return False
-    if check_mode:
-        return True
-    for grant in current.grants:
-        backend.revoke_grant(target, grant.initiator_iqn)
-    _remove_export(pool, backend, target, volume_id)
-    backend.persist()
+    with backend.transaction():
+        current = backend.export(target)
+        if current is None:
+            return False
+        if check_mode:
+            return True
+        for grant in current.grants:
+            backend.revoke_grant(target, grant.initiator_iqn)
+        backend.remove_export(target)
+        backend.persist()
+    volume = pool.load_volume(volume_id)
+    if volume is not None:
+        pool.detach(volume)
     return True

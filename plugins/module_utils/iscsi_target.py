@@ -17,10 +17,12 @@ import abc
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import ContextManager, Dict, List, Optional, Tuple
 
 from .errors import InvalidRequest
 
+#: the agent's --iscsi-base-iqn and the iscsi_export module's base_iqn by default: targets are BASE:<volume id>
+DEFAULT_BASE_IQN = "iqn.2026-11.dev.basalt"
 # RFC 3720 3.2.6.1: at most 223 bytes, UTF-8.  We produce and accept only the
 # ASCII subset a stringprep'd name can hold without escaping trouble.
 MAX_IQN_BYTES = 223
@@ -70,6 +72,10 @@ class Chap:
         """The values to redact from command lines and logs."""
         return tuple(s for s in (self.password, self.mutual_password) if s)
 
+    def users(self) -> Tuple[str, ...]:
+        """The account names these credentials use (the initiator's, then the mutual one)."""
+        return (self.user,) + ((self.mutual_user,) if self.mutual_user else ())
+
 
 def _check_chap_text(value: str, what: str) -> None:
     # tgtadm and tgt's config file split on whitespace; iscsiadm node files on
@@ -101,7 +107,6 @@ class Export:
     serial: str
     device: str
     read_only: bool
-    portals: Tuple[str, ...] = ()
     grants: Tuple[Grant, ...] = ()
 
     def grant_for(self, initiator_iqn: str) -> Optional[Grant]:
@@ -112,10 +117,23 @@ class Export:
 
 
 class TargetBackend(abc.ABC):
-    """What the agent needs from an iSCSI target implementation."""
+    """What the agent needs from an iSCSI target implementation.
+
+    The target service's state is shared by every volume: each method holds
+    :meth:`transaction`, and a caller that needs several calls to see one
+    consistent state (publish, unpublish, reconciliation) holds it around them.
+    """
 
     #: the LUN number the volume's data LUN gets (tgt: 1, LUN 0 is its controller; LIO: 0)
     lun: int = 0
+
+    @abc.abstractmethod
+    def transaction(self) -> ContextManager[None]:
+        """Exclusive use of the target service's shared state (threads and processes); re-entrant."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StorageError unless the target service answers; never waits for :meth:`transaction`."""
 
     @abc.abstractmethod
     def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
@@ -161,6 +179,18 @@ class TargetBackend(abc.ABC):
             if item.target_iqn == target_iqn:
                 return item
         return None
+
+    def withdraw(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, bool]:
+        """Revoke *initiator_iqn*'s grant and delete the target when no grant is left.
+
+        Returns (changed, the target is gone).
+        """
+        with self.transaction():
+            changed = self.revoke_grant(target_iqn, initiator_iqn)
+            remaining = self.export(target_iqn)
+            if remaining is not None and remaining.grants:
+                return changed, False
+            return self.remove_export(target_iqn) or changed, True
 
 
 # -- names -----------------------------------------------------------------

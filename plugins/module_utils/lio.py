@@ -31,15 +31,34 @@ tier, where a save to /etc/target was never restored).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+import functools
+import os
+from typing import Any, Callable, ContextManager, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 from .errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
+from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
+from .model import DEFAULT_STATE_DIR
 from .runner import operand
 
 DATA_LUN = 0
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 TPG_TAG = 1
 SO_PREFIX = "basalt-"
+
+
+def _locked(method: _Method) -> _Method:
+    """Run the method inside the backend's transaction (LIO's state is shared by every volume)."""
+    @functools.wraps(method)
+    def locked(self: "LioBackend", *args: Any, **kwargs: Any) -> Any:
+        with self.transaction():
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
+
+
+def lock_path_under(state_dir: str) -> str:
+    """The lock every writer of LIO's state on this host takes (the agent and the module agree on it)."""
+    return os.path.join(state_dir, "iscsi", "lio.lock")
 
 
 def load_rtslib() -> Any:
@@ -75,18 +94,27 @@ class LioBackend(TargetBackend):
 
     *portals*: where TPG 1 listens (default ``0.0.0.0:3260``).  *save_file*:
     what ``persist`` writes (default: rtslib's ``default_save_file``).
+    *lock_path*: the :class:`~.hostlock.HostLock` every call holds: LIO's
+    objects and its saved configuration are shared by every volume.
     *rtslib*: the rtslib_fb module (tests pass a fake).
     """
 
     lun = DATA_LUN
 
     def __init__(self, *, portals: Sequence[str] = ("0.0.0.0:3260",), save_file: Optional[str] = None,
-                 rtslib: Any = None) -> None:
+                 lock_path: str = lock_path_under(DEFAULT_STATE_DIR), rtslib: Any = None) -> None:
         self.portals = tuple(portals)
         for portal in self.portals:
             _split_portal(portal)
         self.save_file = save_file
+        self._lock = HostLock(lock_path)
         self._rtslib = rtslib
+
+    def transaction(self) -> ContextManager[None]:
+        return self._lock
+
+    def ping(self) -> None:
+        self._fabric()  # rtslib reads configfs: fails without the target modules
 
     @property
     def rts(self) -> Any:
@@ -141,6 +169,7 @@ class LioBackend(TargetBackend):
 
     # -- TargetBackend --
 
+    @_locked
     def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_serial(serial)
@@ -183,6 +212,7 @@ class LioBackend(TargetBackend):
             changed = True
         return changed
 
+    @_locked
     def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
@@ -224,6 +254,7 @@ class LioBackend(TargetBackend):
             changed = True
         return changed
 
+    @_locked
     def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
@@ -235,6 +266,7 @@ class LioBackend(TargetBackend):
         acl.delete()  # with its mapped LUNs; the kernel closes the initiator's sessions
         return True
 
+    @_locked
     def remove_export(self, target_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
         target = self._target(target_iqn)
@@ -251,19 +283,25 @@ class LioBackend(TargetBackend):
             so.delete()
         return True
 
+    @_locked
     def exports(self) -> List[Export]:
-        found = []
-        portals = tuple(self.portals)
-        for target in self._fabric().targets:
-            tpg = self._tpg(target)
-            lun = self._lun(tpg) if tpg is not None else None
-            if lun is None or not lun.storage_object.name.startswith(SO_PREFIX):
-                continue  # not ours
-            so = lun.storage_object
-            grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
-            found.append(Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), portals,
-                                tuple(grants)))
-        return found
+        return [e for e in map(self._export_of, self._fabric().targets) if e is not None]
 
+    @_locked
+    def export(self, target_iqn: str) -> Optional[Export]:
+        """One target's export: reads that target only, however many the host has."""
+        target = self._target(target_iqn)
+        return self._export_of(target) if target is not None else None
+
+    def _export_of(self, target: Any) -> Optional[Export]:
+        tpg = self._tpg(target)
+        lun = self._lun(tpg) if tpg is not None else None
+        if lun is None or not lun.storage_object.name.startswith(SO_PREFIX):
+            return None  # not ours
+        so = lun.storage_object
+        grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
+        return Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), tuple(grants))
+
+    @_locked
     def persist(self) -> None:
         self.rts.RTSRoot().save_to_file(self.save_file)

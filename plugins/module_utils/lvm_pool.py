@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import threading
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import lvm
-from .activation import ACTIVATORS, Activator, active
+from . import devices, losetup, lvm
+from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NotFound, Precondition
 from .model import (
     CREATING,
@@ -34,7 +34,8 @@ from .model import (
     is_snapshot_id,
     is_volume_id,
 )
-from .pool import Pool
+from .pool import Orphan, Pool, Storage
+from .pool_spec import DEFAULTS, PoolSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,6 @@ COPY = "copy"
 THIN = "thin"
 
 
-@dataclasses.dataclass(frozen=True)
-class LvmOptions:
-    alloc: str = "normal"
-    activation: str = "dm"
-    #: COW space of a classic snapshot, as a percentage of its origin
-    cow_percent: int = 25
-    #: default snapshot mode of the thick pool: cow (classic) or copy (independent)
-    snapshot_mode: str = COPY
-    #: thin: virtual bytes allowed per byte of thin pool data
-    overprovision: float = 1.0
-    #: thin: data or metadata use (percent) above which volumes report abnormal
-    full_percent: float = 90.0
-
-
 def lv_name(object_id: str) -> str:
     if is_volume_id(object_id):
         return VOLUME_LV_PREFIX + object_id[len(VOLUME_PREFIX):]
@@ -80,19 +67,17 @@ def lv_name(object_id: str) -> str:
 class LvmPool(Pool):
     kind = "lvm"
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
+    releases_record_with_data = True  # the LV is the record: one lvremove drops both
 
-    def __init__(self, vg: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
-        super().__init__(capacity_limit)
+    def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
+                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+        super().__init__(options.capacity_limit)
         self.vg = lvm.check_vg_name(vg)
         self._extent: Optional[int] = None
+        #: the pool's own settings (pool_spec); *settings* say how the LVM tools run
         self.options = options
         self.settings = settings
-        if options.activation not in ACTIVATORS:
-            raise InvalidRequest(f"activation {options.activation!r} is not one of {', '.join(ACTIVATORS)}")
         self.activator: Activator = ACTIVATORS[options.activation](settings)
-        if options.snapshot_mode not in (COW, COPY):
-            raise InvalidRequest(f"snapshot mode {options.snapshot_mode!r} is not cow or copy")
         # Per thread: the LVs read during the current operation (None outside one).
         self._operation = threading.local()
 
@@ -245,6 +230,13 @@ class LvmPool(Pool):
     def save_volume(self, volume: Volume) -> None:
         self._save("volume", volume, lambda tags: self._allocate_volume(volume, tags))
 
+    def create_volume(self, volume: Volume) -> None:
+        """One lvcreate carrying the whole record (``--addtag``): no lookup first, no read-back."""
+        try:
+            self._allocate_volume(volume, self._record_tags("volume", volume))
+        finally:
+            self._changed()
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         self._save("snapshot", snapshot, lambda tags: self._allocate_snapshot(snapshot, tags))
 
@@ -272,25 +264,39 @@ class LvmPool(Pool):
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
         if source is None:
-            if self.activator.name != "dm":
-                # LVM could not zero or wipe without device-mapper: clear the
-                # ends ourselves, so blkid sees a blank device, never old data.
-                self._clear_ends(target)
+            # The new LV's extents may hold an old volume's data, and LVM zeroes at most its
+            # first 4 KiB (nothing without device-mapper): clear both ends ourselves, so the
+            # never-reformat rule (blkid.examine) sees a blank device, never old data.
+            self._clear_ends(target)
             return None
         origin = self._require_lv(source.id)
         # A classic snapshot LV reports its COW space as its size: copy the size of the record
         # (copying the COW space's length truncated restored filesystems: seen on a real kernel).
         self._copy(origin, target, source if isinstance(source, Volume) else None, length=source.size)
+        self._clear_ends(target, after=source.size)  # a larger copy's tail holds old data too
         return COPY
 
-    def _clear_ends(self, target: lvm.LogicalVolume) -> None:
+    def _clear_ends(self, target: lvm.LogicalVolume, after: int = 0) -> None:
+        """Zero the first and last BLANK_ENDS bytes of *target*, except what lies before *after*."""
+        span = min(target.size, devices.BLANK_ENDS)
+        ranges = [(start, end) for start, end in ((max(0, after), span),
+                                                  (max(target.size - span, after), target.size)) if start < end]
+        if not ranges:
+            return
+        location = self.activator.unmapped_location(target)
+        if location is not None:  # loop activation, nothing attached: straight on the PV, 4 losetup calls fewer
+            self._write_zeros(location.device, [(location.offset + s, location.offset + e) for s, e in ranges])
+            return
         with active(self.activator, target) as device:
-            span = min(target.size, 1 << 20)
-            with open(device, "r+b", buffering=0) as handle:
-                for offset in sorted({0, target.size - span}):
-                    handle.seek(offset)
-                    handle.write(b"\0" * span)
-                os.fsync(handle.fileno())
+            self._write_zeros(device, ranges)
+
+    @staticmethod
+    def _write_zeros(device: str, ranges: List[Tuple[int, int]]) -> None:
+        with open(device, "r+b", buffering=0) as handle:
+            for start, end in ranges:
+                handle.seek(start)
+                handle.write(bytes(end - start))
+            os.fsync(handle.fileno())
 
     def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume],
               length: int = 0) -> None:
@@ -345,6 +351,33 @@ class LvmPool(Pool):
             # No deactivation first: for a COW snapshot LVM would take its origin down too.
             lvm.remove(self.vg, name, settings=self.settings)
 
+    def orphans(self) -> List[Orphan]:
+        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more.
+
+        A mapping that matches an LV (Basalt's or not) is that LV's and stays.
+        """
+        if not isinstance(self.activator, LoopActivator):
+            return []
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        pvs = lvm.physical_volumes(self.vg, settings=self.settings)
+        if not pvs:
+            return []
+        mapped = set()
+        for lv in lvm.logical_volumes(self.vg, None, settings=self.settings):
+            try:
+                location = lvm.linear_location(lv, pvs, group.extent_size)
+            except (Precondition, NotFound):  # not one byte range: never loop-mapped
+                continue
+            mapped.add((location.device, location.offset))
+        return [Orphan("loop device", loop.device, f"maps {loop.backing_file} at offset {loop.offset}, where "
+                       f"no LV of {self.vg} lies")
+                for loop in losetup.list_devices()
+                if loop.backing_file in {pv.name for pv in pvs} and loop.offset >= min(pv.pe_start for pv in pvs)
+                and (loop.backing_file, loop.offset) not in mapped]
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        losetup.detach(orphan.name)
+
     def clean_leftovers(self) -> List[str]:
         """Point-in-time snapshots a crash left behind (they carry their own tag, never basalt.managed)."""
         leftovers = lvm.logical_volumes(self.vg, POINT_IN_TIME_TAG, settings=self.settings)
@@ -384,6 +417,13 @@ class LvmPool(Pool):
             lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
         finally:
             self._changed()
+        grown = self._require_lv(volume.id)
+        # The new extents may hold old data, and a volume grown before its first format
+        # must stay blank (blkid.examine reads its last MiB); its filesystem, if any, ends
+        # before the old size. A loop-attached volume keeps its old size until refreshed:
+        # it is in use, so formatted, and its filesystem grows over the new space.
+        if grown.pool_lv is None and (self.activator.name == "dm" or self.activator.device(grown) is None):
+            self._clear_ends(grown, after=found.size)
 
     def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
         origin = self._require_lv(snapshot.source_volume_id)
@@ -409,10 +449,16 @@ class LvmPool(Pool):
     def release_snapshot(self, snapshot: Snapshot) -> None:
         found = self._lv(snapshot.id)
         if found is not None:
+            if not found.attr.snapshot:  # a copy: its copy's device, if any, goes first (a COW one has none)
+                self.activator.release(found)
             self._remove(found)
 
     def free_bytes(self) -> int:
         return lvm.volume_group(self.vg, settings=self.settings).free
+
+    def storage(self) -> Storage:
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        return Storage(group.size, group.size - group.free)
 
     def busy_reason(self, volume: Volume) -> Optional[str]:
         found = self._lv(volume.id)
@@ -467,99 +513,6 @@ class LvmPool(Pool):
         if found is not None and self.activator.device(found):
             self.activator.refresh(found)
 
-
-class LvmThinPool(LvmPool):
-    """Thin LVs in one thin pool: instant snapshots, clones and restores (thin snapshots)."""
-
-    kind = "lvmthin"
-    allocation_checks_space = False  # LVM lets thin LVs over-provision the pool: the ratio is ours to check
-
-    def __init__(self, vg: str, thin_pool: str, options: LvmOptions = LvmOptions(),
-                 settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS, capacity_limit: int = 0) -> None:
-        if options.activation != "dm":
-            raise InvalidRequest("thin volumes need device-mapper activation (dm_thin_pool); loop cannot reach them")
-        super().__init__(vg, options, settings, capacity_limit)
-        self.thin_pool = lvm.check_lv_name(thin_pool)
-
-    @property
-    def location(self) -> str:
-        return f"{self.vg}/{self.thin_pool}"
-
-    @property
-    def snapshot_parameter_keys(self) -> Tuple[str, ...]:
-        return ()
-
-    def _pool_lv(self) -> lvm.LogicalVolume:
-        found = lvm.logical_volume(self.vg, self.thin_pool, settings=self.settings)
-        if found is None or not found.attr.thin_pool:
-            raise Precondition(f"{self.vg}/{self.thin_pool} is not a thin pool")
-        return found
-
-    def probe(self) -> None:
-        super().probe()
-        try:
-            self._pool_lv()
-        except NotFound as error:
-            raise Precondition(str(error)) from error
-
-    def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
-        name = lv_name(volume.id)
-        if volume.source is None:
-            lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags, extent_size=self._extent_size(),
-                            settings=self.settings)
-        else:
-            # A clone or a restore is a thin snapshot of its source: instant, shares blocks.
-            origin = self._require_lv(volume.source.id)
-            lvm.create_thin_snapshot(self.vg, origin.name, name, tags, activation_skip=False,
-                                     settings=self.settings)
-
-    def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
-        if source is None:
-            return None  # unprovisioned thin blocks read as zeroes
-        found = self._require_lv(volume.id)
-        if found.size < volume.size:
-            try:
-                lvm.extend(self.vg, found.name, volume.size, extent_size=self._extent_size(),
-                           settings=self.settings)
-            finally:
-                self._changed()
-        return THIN
-
-    def _allocate_snapshot(self, snapshot: Snapshot, tags: List[str]) -> None:
-        origin = self._require_lv(snapshot.source_volume_id)
-        lvm.create_thin_snapshot(self.vg, origin.name, lv_name(snapshot.id), tags, settings=self.settings)
-
-    def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
-        return THIN  # taken, point in time, by _allocate_snapshot
-
-    def free_bytes(self) -> int:
-        """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too)."""
-        pool = self._pool_lv()
-        virtual = sum(lv.size for lv in lvm.logical_volumes(self.vg, None, settings=self.settings)
-                      if lv.pool_lv == self.thin_pool)
-        return max(0, int(pool.size * self.options.overprovision) - virtual)
-
-    def busy_reason(self, volume: Volume) -> Optional[str]:
-        found = self._lv(volume.id)
-        return self._in_use(found) if found else None  # thin snapshots do not depend on their origin
-
-    def _problem(self, volume: Volume, found: Optional[lvm.LogicalVolume]) -> Optional[str]:
-        problem = super()._problem(volume, found)
-        if problem:
-            return problem
-        pool = self._pool_lv()
-        for what, used in (("data", pool.data_percent), ("metadata", pool.metadata_percent)):
-            if used is not None and used >= self.options.full_percent:
-                return f"thin pool {pool.full_name} {what} is {used:.1f}% full (threshold {self.options.full_percent}%)"
-        return None
-
-
-def open_lvm_pool(kind: str, location: str, options: LvmOptions, settings: lvm.LvmSettings,
-                  capacity_limit: int = 0) -> LvmPool:
-    """``lvm`` + ``VG`` or ``lvmthin`` + ``VG/THINPOOL``."""
-    if kind == "lvm":
-        return LvmPool(location, options, settings, capacity_limit)
-    vg, sep, thin_pool = location.partition("/")
-    if not sep:
-        raise InvalidRequest(f"lvmthin pool {location!r} must be VG/THINPOOL")
-    return LvmThinPool(vg, thin_pool, options, settings, capacity_limit)
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        keep = [lv for lv in map(self._lv, wanted) if lv is not None]
+        return self.activator.detach_strays(self.vg, keep)

@@ -83,9 +83,25 @@ def validate_options(options: Sequence[str]) -> List[str]:
             if not part:
                 continue
             if not _OPTION.match(part):
-                raise InvalidRequest(f"mount option {part!r} is not allowed")
+                # Never echoed: mount options may carry credentials.
+                raise InvalidRequest(f"mount option #{len(flat) + 1} is not allowed: options start with a "
+                                     "letter, digit or '_' and hold only letters, digits and _=.:/+@- "
+                                     "(its text is withheld: mount options may hold secrets)")
             flat.append(part)
     return flat
+
+
+def _option_secrets(flat: Sequence[str]) -> List[str]:
+    """What to redact from a failed mount's argv and stderr: the option list, each key=value, each value.
+
+    A bare flag (``ro``, ``noatime``) holds no secret, and values shorter than
+    4 characters would mangle the tool's message more than they could hide.
+    Longest first, so that a whole option is hidden before any part of it.
+    """
+    pairs = [option for option in flat if "=" in option]
+    values = [option.partition("=")[2] for option in pairs]
+    hidden = {",".join(flat), *pairs, *(v for v in values if len(v) >= 4)} - {""}
+    return sorted(hidden, key=len, reverse=True)
 
 
 def mount(source: str, target: str, fs_type: str, options: Sequence[str] = ()) -> None:
@@ -95,7 +111,7 @@ def mount(source: str, target: str, fs_type: str, options: Sequence[str] = ()) -
         argv += ["-o", ",".join(flat)]
     argv += [operand(source, "mount source"), operand(target, "mount target")]
     # Mount options may carry credentials: keep them out of logs and errors.
-    run(argv, what=f"mount {source} on {target}", secrets=[",".join(flat)] if flat else ())
+    run(argv, what=f"mount {source} on {target}", secrets=_option_secrets(flat))
 
 
 def bind_mount(source: str, target: str, read_only: bool = False, options: Sequence[str] = ()) -> None:
@@ -111,7 +127,7 @@ def bind_mount(source: str, target: str, read_only: bool = False, options: Seque
             run(
                 ["mount", "-o", ",".join(["remount", "bind", *extra]), operand(target, "bind target")],
                 what=f"remount {target} with its options",
-                secrets=[",".join(flat)] if flat else (),
+                secrets=_option_secrets(flat),
             )
         except Exception:
             # Never leave a writable bind behind a failed read-only request.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Optional
 
 from .errors import InvalidRequest, OutOfRange
@@ -12,20 +13,64 @@ MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
 
-_UNITS = {
-    "": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-    "ki": KiB, "mi": MiB, "gi": GiB, "ti": TiB,
+# The Kubernetes quantity grammar (resource.Quantity), suffixes case-sensitive:
+#   binary Ki Mi Gi Ti Pi Ei (2^10..2^60), decimal m "" k M G T P E (10^-3..10^18),
+#   or a decimal exponent e/E followed by an integer (Kubernetes parses it as one).
+_SUFFIXES = {
+    "Ki": Fraction(KiB), "Mi": Fraction(MiB), "Gi": Fraction(GiB), "Ti": Fraction(TiB),
+    "Pi": Fraction(1 << 50), "Ei": Fraction(1 << 60),
+    "m": Fraction(1, 1000), "": Fraction(1), "k": Fraction(10**3), "M": Fraction(10**6),
+    "G": Fraction(10**9), "T": Fraction(10**12), "P": Fraction(10**15), "E": Fraction(10**18),
 }
-_QUANTITY = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]i?)?[bB]?\s*$")
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(?P<exponent>[eE][+-]?\d+)|(?P<suffix>[KMGTPE]i|[mkMGTPE])?)"
+)
+_MAX_EXPONENT = 64  # beyond it no quantity is a byte count an int64 holds (and powers get costly)
+MAX_BYTES = (1 << 63) - 1
+_EXAMPLES = "such as 1073741824, 512Mi, 10Gi, 1.5Gi, 10G or 1e9"
 
 
 def parse_size(text: str) -> int:
-    """Parse ``"64Mi"``, ``"1G"``, ``"1048576"`` (Kubernetes quantity style) into bytes."""
-    match = _QUANTITY.match(text)
+    """Bytes in a Kubernetes quantity, exactly as Kubernetes reads it, refusing what is no byte count.
+
+    ========  =====================  ===================================
+    text      bytes                  why
+    ========  =====================  ===================================
+    1048576   1048576                plain bytes
+    64Mi      67108864               binary suffixes: 64 * 2^20
+    10Gi      10737418240            10 * 2^30
+    10G       10000000000            decimal suffixes: 10 * 10^9
+    2k        2000                   (lowercase k; K is not a suffix)
+    1.5Gi     1610612736             fractions that come to whole bytes
+    1e9       1000000000             a decimal exponent
+    10m       refused                m is milli: 0.01 bytes
+    10gi      refused                suffixes are case-sensitive
+    10MiB     refused                not a quantity (no B suffix)
+    0.5       refused                not a whole number of bytes
+    -1Gi      refused                negative
+    8Ei       refused                above 2^63-1 (CSI sizes are int64)
+    ========  =====================  ===================================
+    """
+    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
     if not match:
-        raise InvalidRequest(f"size {text!r} is not a quantity such as 512Mi, 10Gi or 1073741824")
-    number, unit = match.groups()
-    return int(number) * _UNITS[(unit or "").lower()]
+        raise InvalidRequest(f"size {text!r} is not a Kubernetes quantity {_EXAMPLES} "
+                             "(suffixes are case-sensitive)")
+    number, exponent, suffix = match.group("number", "exponent", "suffix")
+    if suffix == "m":
+        raise InvalidRequest(f"size {text!r} is in thousandths of a byte (m is milli); "
+                             "for mega- or mebibytes write M (10^6) or Mi (2^20)")
+    power = int(exponent[1:]) if exponent else 0
+    if abs(power) > _MAX_EXPONENT:
+        raise InvalidRequest(f"size {text!r} is out of range (exponent beyond ±{_MAX_EXPONENT})")
+    value = Fraction(number) * (Fraction(10) ** power if exponent else _SUFFIXES[suffix or ""])
+    if value < 0:
+        raise InvalidRequest(f"size {text!r} is negative")
+    if value.denominator != 1:
+        raise InvalidRequest(f"size {text!r} is not a whole number of bytes ({float(value)})")
+    if value > MAX_BYTES:
+        raise InvalidRequest(f"size {text!r} is more than {MAX_BYTES} bytes (CSI sizes are int64)")
+    return int(value)
 
 
 def round_up(value: int, unit: int) -> int:

@@ -6,35 +6,40 @@ unstage, each idempotent and reporting whether it changed anything.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
-from typing import Iterator, List, Optional, Sequence
+import stat
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from . import devices, filesystem
+from . import devices, filesystem, losetup
 from . import mount as mounts
-from .blkid import probe
+from .blkid import examine
+from .devices import device_number  # (also staging.device_number to callers)
 from .errors import Conflict, InvalidRequest, Precondition
 
 log = logging.getLogger(__name__)
 
 
-def _device_number(device: str) -> str:
-    rdev = os.stat(device).st_rdev
-    return f"{os.major(rdev)}:{os.minor(rdev)}"
-
-
-def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False) -> bool:
+def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False,
+                      before_format: Optional[Callable[[], None]] = None) -> bool:
     """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
 
-    With *force*, a device holding another filesystem or other data is wiped
-    (``wipefs --all``) and formatted; a device that already holds *fs_type* is
-    never reformatted.
+    Blank is ``blkid.examine``'s rule: no signature, and the first and last MiB
+    read as zeros. With *force*, a device holding another filesystem or other
+    data is wiped (``wipefs --all``) and formatted; a device that already holds
+    *fs_type* is never reformatted.  *before_format* runs just before a filesystem
+    is made (the agent records that it is making one, so a crash during mkfs is its to redo).
     """
     fs = filesystem.check_type(fs_type)
-    found = probe(device)
+    found = examine(device)
+    if found.blank or (found.fs_type != fs and force):
+        _check_fits(device, fs)
     if found.blank:
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.make(device, fs)
             log.info("created %s on blank device %s", fs, device)
         return True
@@ -44,11 +49,23 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
                 f"{device} holds {found.describe()}, not {fs}; refusing to format a device that holds data"
             )
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.wipe(device)
             filesystem.make(device, fs)
             log.warning("wiped %s (it held %s) and created %s, as forced", device, found.describe(), fs)
         return True
     return False
+
+
+def _check_fits(device: str, fs: str) -> None:
+    """Refuse before mkfs does: a device below the filesystem's minimum size (xfsprogs has one)."""
+    if not filesystem.MINIMUM_SIZE[fs]:
+        return
+    size = devices.size_bytes(device)
+    if size < filesystem.MINIMUM_SIZE[fs]:
+        raise Precondition(f"{device} is {size} bytes, too small for {fs}: mkfs.{fs} needs at least "
+                           f"{filesystem.MINIMUM_SIZE[fs]} bytes")
 
 
 def ensure_mounted(
@@ -59,15 +76,19 @@ def ensure_mounted(
     *,
     force: bool = False,
     check_mode: bool = False,
+    before_format: Optional[Callable[[], None]] = None,
 ) -> bool:
     """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it."""
     fs = filesystem.check_type(fs_type)
     current = mounts.find_mount(path)
     if current is not None:
-        if current.major_minor != _device_number(device) or current.root != "/":
+        if current.major_minor != device_number(device) or current.root != "/":
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
+        if current.fs_type != fs:
+            raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
         return False
-    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode)
+    _check_kind(path, directory=True)
+    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
         return True
     os.makedirs(path, exist_ok=True)
@@ -91,6 +112,7 @@ def ensure_bind(source: str, target: str, *, read_only: bool = False,
             state = "read-only" if current.read_only else "read-write"
             raise Conflict(f"{target} is already mounted {state}")
         return False
+    _check_kind(target, directory=not block)
     if check_mode:
         return True
     if block:
@@ -104,6 +126,17 @@ def ensure_bind(source: str, target: str, *, read_only: bool = False,
     return True
 
 
+def _check_kind(path: str, *, directory: bool) -> None:
+    """Refuse a mount point of the wrong kind: a filesystem needs a directory, a device node a file."""
+    if not os.path.lexists(path):
+        return
+    mode = os.lstat(path).st_mode
+    if directory and not stat.S_ISDIR(mode):
+        raise Precondition(f"{path} exists and is not a directory: a filesystem is mounted on a directory")
+    if not directory and not stat.S_ISREG(mode):
+        raise Precondition(f"{path} exists and is not a regular file: a block volume is bound onto a file")
+
+
 def _same_origin(current: mounts.MountEntry, source: str, block: bool) -> bool:
     if block:
         # A bound device node shows as its path inside the devtmpfs mount.
@@ -113,7 +146,13 @@ def _same_origin(current: mounts.MountEntry, source: str, block: bool) -> bool:
 
 
 def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = False) -> bool:
-    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used."""
+    """Unmount everything stacked at *path*; with *remove*, delete the path the mount used.
+
+    A directory that is not empty once unmounted is not removed: Precondition,
+    with ``changed`` set when the unmount already happened. Check mode sees
+    that only for a path with nothing mounted on it (a mount hides what lies
+    beneath): it predicts the unmount and the removal.
+    """
     changed = False
     while mounts.find_mount(path) is not None:
         changed = True
@@ -121,18 +160,126 @@ def ensure_unmounted(path: str, *, remove: bool = False, check_mode: bool = Fals
             return True
         mounts.unmount(path)
     if remove and os.path.lexists(path):
-        changed = True
-        if not check_mode:
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.rmdir(path)
-            else:
+        if not (os.path.isdir(path) and not os.path.islink(path)):
+            if not check_mode:
                 os.unlink(path)
+        elif check_mode:
+            if os.listdir(path):
+                raise _not_empty(path, changed)
+        else:
+            try:
+                os.rmdir(path)
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise _not_empty(path, changed) from error
+        changed = True
     return changed
+
+
+def _not_empty(path: str, unmounted: bool) -> Precondition:
+    done = f"unmounted {path}, but did not remove it" if unmounted else f"did not remove {path}"
+    refused = Precondition(f"{done}: the directory is not empty")
+    refused.changed = unmounted
+    return refused
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What marks one volume's mounts: its device's numbers (now, or as recorded at stage) and device nodes."""
+
+    numbers: FrozenSet[str]  # "major:minor" as /proc/self/mountinfo shows them
+    nodes: Tuple[str, ...] = ()  # device nodes (the volume's, its read-only views), for raw block binds
+
+    def owns(self, entry: mounts.MountEntry) -> bool:
+        return entry.major_minor in self.numbers or any(_shows_node(entry, node) for node in self.nodes)
+
+
+def _shows_node(entry: mounts.MountEntry, node: str) -> bool:
+    # A bound device node shows as the devtmpfs mount's number and the node's path inside it.
+    holder = os.stat(node).st_dev
+    return (entry.major_minor == f"{os.major(holder)}:{os.minor(holder)}"
+            and entry.root.endswith("/" + os.path.basename(os.path.realpath(node))))
+
+
+def owner_of(device: Optional[str], recorded: Iterable[str] = ()) -> Owner:
+    numbers = {n for n in recorded if n}
+    if device is None:
+        return Owner(frozenset(numbers))
+    numbers.add(device_number(device))
+    return Owner(frozenset(numbers), (device, *read_only_views(device)))
+
+
+def read_only_views(device: str) -> List[str]:
+    """The read-only loop devices over *device* that read-only raw block publishes bind."""
+    backing = os.path.realpath(device)
+    return [loop.device for loop in losetup.list_devices()
+            if loop.backing_file == backing and loop.offset == 0 and loop.read_only]
+
+
+def read_only_view(device: str) -> str:
+    """A read-only loop device over *device*, made once and shared by its read-only publishes.
+
+    A device node bound on a read-only mount stays writable (the kernel checks
+    read-only mounts for files and directories only); a read-only loop device
+    refuses every write.
+    """
+    views = read_only_views(device)
+    if views:
+        return views[0]
+    view, _changed = losetup.ensure_attached(device, read_only=True)
+    if not view.read_only:
+        raise Conflict(f"{view.device} over {device} is writable; cannot use it as a read-only view")
+    return view.device
+
+
+def drop_unused_views(device: str) -> None:
+    """Detach the read-only views of *device* that no mount binds any more."""
+    table = mounts.mounts()
+    for view in read_only_views(device):
+        if not any(_shows_node(entry, view) for entry in table):
+            losetup.detach(view)
+
+
+def release(path: str, owner: Owner, *, strict: bool = True) -> bool:
+    """Unmount *owner*'s mounts stacked at *path*; return whether there were any.
+
+    A mount of anything else on top is never touched: with *strict* that is
+    an error, otherwise *path* is left as it is.
+    """
+    changed = False
+    current = mounts.find_mount(path)
+    while current is not None:
+        if not owner.owns(current):
+            if strict:
+                raise Precondition(f"{path} has {current.source} mounted, which is not this volume's; "
+                                   "it was left in place")
+            return changed
+        mounts.unmount(path)
+        changed = True
+        current = mounts.find_mount(path)
+    return changed
+
+
+def remove_mount_point(path: str) -> bool:
+    """Delete the empty directory or empty file a publish made at *path*; anything else stays."""
+    try:
+        mode = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(mode.st_mode) and not os.listdir(path):
+        os.rmdir(path)
+        return True
+    if stat.S_ISREG(mode.st_mode) and mode.st_size == 0:
+        os.unlink(path)
+        return True
+    log.warning("left %s in place: it is not an empty directory or file", path)
+    return False
 
 
 def device_mount_points(device: str) -> List[str]:
     """Where *device* is mounted (including bind mounts of it), for stats and checks."""
-    number = _device_number(device)
+    number = device_number(device)
     return [e.mount_point for e in mounts.mounts() if e.major_minor == number]
 
 
@@ -143,25 +290,3 @@ def check_absolute(path: str, what: str) -> str:
     if normal != path.rstrip("/") and normal != path:
         raise InvalidRequest(f"{what} {path!r} must be normalised (no '.', '..' or '//')")
     return normal
-
-
-@contextlib.contextmanager
-def frozen(device: Optional[str]) -> Iterator[None]:
-    """Freeze the filesystem mounted from *device* (if any, here) while the block runs.
-
-    A copy taken meanwhile is what a crash at that instant would leave:
-    consistent for a journaling filesystem.
-    """
-    mount_point = None
-    if device is not None:
-        number = _device_number(device)
-        mount_point = next((e.mount_point for e in mounts.mounts()
-                            if e.major_minor == number and e.root == "/"), None)
-    if mount_point is None:
-        yield
-        return
-    filesystem.freeze(mount_point)
-    try:
-        yield
-    finally:
-        filesystem.unfreeze(mount_point)

@@ -20,9 +20,18 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
 * tgtd never shows passwords (``--mode account --op show`` lists names), so
   ``persist`` could not write ``incominguser`` lines from the live state
   alone.  The backend keeps a grant record (JSON, mode 0600, written
-  atomically on each change): which targets are ours and, per initiator,
+  atomically, once per call): which targets are ours and, per initiator,
   its CHAP credentials.  It is the source of the passwords in the config
-  file and of the initiator-to-account mapping used on revoke.
+  file and of the initiator-to-account mapping used on revoke.  A grant's
+  secret is written before any command uses it; removals after the
+  commands (a crash in between leaves a record entry that reconciliation
+  removes).
+* One writer: targets, accounts, the record and the config file are shared
+  by every volume, so every call holds :meth:`TgtBackend.transaction` (a
+  :class:`~.hostlock.HostLock` on the record's ``.lock`` file: threads and
+  processes).  Inside it, tgtd is listed once and the backend keeps that
+  listing up to date with its own changes (no ``show`` after a change);
+  accounts are never listed: ``--op new`` answering "already exists" tells.
 * Read-only: ``--params readonly=1`` on the LUN; a WRITE then fails with
   CHECK CONDITION, sense key DATA PROTECT (7), ASC/ASCQ 0x27/0x00 WRITE
   PROTECTED, reads work.  ``--params`` is refused on ``--op new`` ("option
@@ -31,194 +40,43 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
   target is tgt's own controller LUN, so the volume is LUN 1.
 * Errors are rc 22 with a text on stderr ("this target already exists",
   "can't find the target", "this target is still active", ...), see
-  tests/unit/iscsi_recorded/tgtadm_errors.txt.
+  tests/unit/iscsi_recorded/tgtadm_errors.tsv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-import re
-import subprocess
-import tempfile
-import time
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .atomicfile import write_atomic
 from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
+from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
+from .model import DEFAULT_STATE_DIR
 from .runner import operand, run
+from .tgt_config import NO_ADDRESS, render_config
+from .tgt_show import TgtLun, TgtTarget, is_name_acl, parse_targets
 
 DEFAULT_CONF = "/etc/tgt/conf.d/basalt.conf"
-DEFAULT_RECORD = "/var/lib/basalt/tgt-grants.json"
-NO_ADDRESS = "255.255.255.255/32"
+
+
+def record_path_under(state_dir: str) -> str:
+    """Where the grant record lives in a state directory (the agent's and the modules' default agree)."""
+    return os.path.join(state_dir, "iscsi", "tgt-grants.json")
+
+
+DEFAULT_RECORD = record_path_under(DEFAULT_STATE_DIR)
 DATA_LUN = 1
 TIMEOUT = 30.0
 
 _ALREADY = ("already exists",)
 _MISSING = ("can't find", "does not exist")
 
-
-# -- the parsed state of tgtd ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class TgtLun:
-    lun: int
-    type: str
-    serial: str
-    read_only: bool
-    backing_store: str
-    backing_store_type: str
-
-
-@dataclass(frozen=True)
-class TgtSession:
-    sid: int
-    initiator: str
-    connections: Tuple[int, ...]
-    addresses: Tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TgtTarget:
-    tid: int
-    iqn: str
-    state: str = ""
-    luns: Tuple[TgtLun, ...] = ()
-    incoming: Tuple[str, ...] = ()
-    outgoing: Tuple[str, ...] = ()
-    acls: Tuple[str, ...] = ()
-    sessions: Tuple[TgtSession, ...] = ()
-
-    def lun(self, number: int) -> Optional[TgtLun]:
-        for item in self.luns:
-            if item.lun == number:
-                return item
-        return None
-
-    @property
-    def initiator_acls(self) -> Tuple[str, ...]:
-        """The ACL entries that are initiator names (address entries hold '/' or are 'ALL' or an address)."""
-        return tuple(a for a in self.acls if _is_name_acl(a))
-
-
-def _is_name_acl(entry: str) -> bool:
-    return entry.startswith(("iqn.", "eui.", "naa."))
-
-
-def parse_targets(text: str) -> List[TgtTarget]:
-    """Parse ``tgtadm --lld iscsi --mode target --op show`` (tgt 1.0.85 layout, indent-structured)."""
-    targets: List[TgtTarget] = []
-    current: Optional[Dict[str, Any]] = None
-    section = ""
-    lun: Optional[Dict[str, str]] = None
-    session: Optional[Dict[str, Any]] = None
-
-    def close_lun() -> None:
-        nonlocal lun
-        if lun is not None and current is not None:
-            current["luns"].append(
-                TgtLun(
-                    lun=int(lun["LUN"]),
-                    type=lun.get("Type", ""),
-                    serial=lun.get("SCSI SN", ""),
-                    read_only=lun.get("Readonly", "No") == "Yes",
-                    backing_store=lun.get("Backing store path", ""),
-                    backing_store_type=lun.get("Backing store type", ""),
-                )
-            )
-        lun = None
-
-    def close_session() -> None:
-        nonlocal session
-        if session is not None and current is not None:
-            current["sessions"].append(
-                TgtSession(session["sid"], session["initiator"], tuple(session["cids"]), tuple(session["ips"]))
-            )
-        session = None
-
-    def close_target() -> None:
-        close_lun()
-        close_session()
-        if current is not None:
-            targets.append(
-                TgtTarget(
-                    tid=current["tid"],
-                    iqn=current["iqn"],
-                    state=current["state"],
-                    luns=tuple(current["luns"]),
-                    incoming=tuple(current["incoming"]),
-                    outgoing=tuple(current["outgoing"]),
-                    acls=tuple(current["acls"]),
-                    sessions=tuple(current["sessions"]),
-                )
-            )
-
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        body = line.strip()
-        match = re.match(r"^Target (\d+): (\S+)$", line)
-        if match:
-            close_target()
-            current = {"tid": int(match.group(1)), "iqn": match.group(2), "state": "", "luns": [],
-                       "incoming": [], "outgoing": [], "acls": [], "sessions": []}
-            section = ""
-            continue
-        if current is None:
-            continue
-        if indent == 4:
-            close_lun()
-            close_session()
-            section = body.rstrip(":")
-            continue
-        if section == "System information" and body.startswith("State:"):
-            current["state"] = body.split(":", 1)[1].strip()
-        elif section == "LUN information":
-            if indent == 8 and body.startswith("LUN:"):
-                close_lun()
-                lun = {"LUN": body.split(":", 1)[1].strip()}
-            elif lun is not None and ":" in body:
-                key, value = body.split(":", 1)
-                lun.setdefault(key.strip(), value.strip())
-        elif section == "Account information" and indent == 8:
-            if body.endswith(" (outgoing)"):
-                current["outgoing"].append(body[: -len(" (outgoing)")])
-            else:
-                current["incoming"].append(body)
-        elif section == "ACL information" and indent == 8:
-            current["acls"].append(body)
-        elif section == "I_T nexus information":
-            if indent == 8 and body.startswith("I_T nexus:"):
-                close_session()
-                session = {"sid": int(body.split(":", 1)[1]), "initiator": "", "cids": [], "ips": []}
-            elif session is not None and body.startswith("Initiator:"):
-                session["initiator"] = body.split(":", 1)[1].strip().split(" ")[0]
-            elif session is not None and body.startswith("Connection:"):
-                session["cids"].append(int(body.split(":", 1)[1]))
-            elif session is not None and body.startswith("IP Address:"):
-                session["ips"].append(body.split(":", 1)[1].strip())
-    close_target()
-    return targets
-
-
-def parse_accounts(text: str) -> List[str]:
-    """Parse ``tgtadm --lld iscsi --mode account --op show`` ("Account list:" then one name per line)."""
-    return [line.strip() for line in text.splitlines()[1:] if line.strip()] if text.startswith("Account list:") else []
-
-
-def parse_portals(text: str) -> List[str]:
-    """Parse ``tgtadm --lld iscsi --mode portal --op show`` ("Portal: 127.0.0.1:3260,1" per line)."""
-    portals = []
-    for line in text.splitlines():
-        if line.startswith("Portal:"):
-            portals.append(line.split(":", 1)[1].strip().rsplit(",", 1)[0])
-    return portals
+Record = Dict[str, Dict[str, Any]]
 
 
 # -- the grant record --------------------------------------------------------
@@ -237,6 +95,15 @@ def _chap_from_json(doc: Optional[Dict[str, Any]]) -> Optional[Chap]:
     return Chap(doc["user"], doc["password"], doc.get("mutual_user"), doc.get("mutual_password"))
 
 
+@dataclass
+class _Session:
+    """What one transaction knows: the record as read once, and tgtd as listed once then kept current."""
+
+    record: Record
+    record_dirty: bool = False
+    live: Optional[Dict[str, TgtTarget]] = None  # by IQN; None: not listed yet
+
+
 # -- the backend -------------------------------------------------------------
 
 
@@ -246,9 +113,9 @@ class TgtBackend(TargetBackend):
     *control_port*: tgtd's ``-C`` (``None``: the system daemon, port 0).
     *conf_path*: the config file ``persist`` writes (tgt's targets.conf
     includes /etc/tgt/conf.d/*.conf).  *record_path*: the grant record (see
-    the module docstring).  *base_iqn*: targets whose IQN starts with it
-    count as ours even when missing from the record (crash between record and
-    tgtadm).
+    the module docstring); its lock is ``record_path + ".lock"``.
+    *base_iqn*: targets whose IQN starts with it count as ours even when
+    missing from the record (a crash between the command and the record).
     """
 
     lun = DATA_LUN
@@ -267,6 +134,28 @@ class TgtBackend(TargetBackend):
         self.record_path = record_path
         self.base_iqn = base_iqn
         self.timeout = timeout
+        self._lock = HostLock(record_path + ".lock")
+        self._session: Optional[_Session] = None
+
+    # -- the transaction --
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._session is not None:  # re-entered by the holder
+                yield
+                return
+            self._session = _Session(self._read_record())
+            try:
+                yield
+                self._flush()
+            finally:
+                self._session = None
+
+    def _current(self) -> _Session:
+        if self._session is None:  # a programming error: every caller holds the transaction
+            raise RuntimeError("TgtBackend state is used outside its transaction")
+        return self._session
 
     # -- commands --
 
@@ -276,8 +165,8 @@ class TgtBackend(TargetBackend):
             argv += ["-C", str(self.control_port)]
         return [*argv, "--lld", "iscsi", *args]
 
-    def _run(self, *args: str, what: str, secrets: Iterable[str] = (), check: bool = True) -> Any:
-        return run(self._argv(*args), timeout=self.timeout, what=what, secrets=secrets, check=check)
+    def _run(self, *args: str, what: str, secrets: Iterable[str] = ()) -> Any:
+        return run(self._argv(*args), timeout=self.timeout, what=what, secrets=secrets)
 
     def _tolerant(self, args: Sequence[str], what: str, ok: Tuple[str, ...], secrets: Iterable[str] = ()) -> bool:
         """Run; True if it changed something, False if tgtadm said the wanted state already holds."""
@@ -290,24 +179,27 @@ class TgtBackend(TargetBackend):
         return True
 
     def targets(self) -> List[TgtTarget]:
-        result = self._run("--mode", "target", "--op", "show", what="list tgt targets")
-        return parse_targets(result.stdout)
+        """tgtd's targets, listed now (every target, ours or not)."""
+        return parse_targets(self._run("--mode", "target", "--op", "show", what="list tgt targets").stdout)
 
-    def target(self, target_iqn: str) -> Optional[TgtTarget]:
-        for item in self.targets():
-            if item.iqn == target_iqn:
-                return item
-        return None
+    def ping(self) -> None:
+        self._run("--mode", "system", "--op", "show", what="ask tgtd")
 
-    def accounts(self) -> List[str]:
-        return parse_accounts(self._run("--mode", "account", "--op", "show", what="list tgt accounts").stdout)
+    def _live(self) -> Dict[str, TgtTarget]:
+        session = self._current()
+        if session.live is None:
+            session.live = {t.iqn: t for t in self.targets()}
+        return session.live
 
-    def portals(self) -> List[str]:
-        return parse_portals(self._run("--mode", "portal", "--op", "show", what="list tgt portals").stdout)
+    def _put(self, target: TgtTarget) -> None:
+        self._live()[target.iqn] = target
+
+    def _bound_anywhere(self, user: str) -> bool:
+        return any(user in t.incoming or user in t.outgoing for t in self._live().values())
 
     # -- record --
 
-    def _load(self) -> Dict[str, Dict[str, Any]]:
+    def _read_record(self) -> Record:
         try:
             with open(self.record_path, encoding="utf-8") as handle:
                 doc = json.load(handle)
@@ -316,16 +208,30 @@ class TgtBackend(TargetBackend):
         targets = doc.get("targets", {}) if isinstance(doc, dict) else {}
         return {iqn: {"grants": dict(entry.get("grants", {}))} for iqn, entry in targets.items()}
 
-    def _save(self, record: Dict[str, Dict[str, Any]]) -> None:
-        os.makedirs(os.path.dirname(self.record_path) or ".", mode=0o700, exist_ok=True)
-        doc = {"version": 1, "targets": record}
-        write_atomic(self.record_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+    def _record(self) -> Record:
+        return self._current().record
 
-    def _owned(self, iqn: str, record: Dict[str, Dict[str, Any]]) -> bool:
+    def _write_record(self) -> None:
+        """Write the record now (a secret must be on disk before a command uses it)."""
+        session = self._current()
+        os.makedirs(os.path.dirname(self.record_path) or ".", mode=0o700, exist_ok=True)
+        doc = {"version": 1, "targets": session.record}
+        write_atomic(self.record_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+        session.record_dirty = False
+
+    def _forget_later(self) -> None:
+        """The record lost something: written at the end of the transaction (after the commands)."""
+        self._current().record_dirty = True
+
+    def _flush(self) -> None:
+        if self._current().record_dirty:
+            self._write_record()
+
+    def _owned(self, iqn: str, record: Record) -> bool:
         return iqn in record or bool(self.base_iqn and iqn.startswith(self.base_iqn + ":"))
 
     @staticmethod
-    def _password_of(record: Dict[str, Dict[str, Any]], user: str) -> "List[Tuple[str, str, str]]":
+    def _password_of(record: Record, user: str) -> "List[Tuple[str, str, str]]":
         """Every (target, initiator, password) the record holds for CHAP user *user*."""
         found = []
         for iqn, entry in record.items():
@@ -344,128 +250,156 @@ class TgtBackend(TargetBackend):
         check_iqn(target_iqn, "target IQN")
         check_serial(serial)
         operand(device, "device")
-        record = self._load()
-        if target_iqn not in record:
-            record[target_iqn] = {"grants": {}}
-            self._save(record)
-        changed = False
-        current = self.target(target_iqn)
-        if current is None:
-            tid = self._new_target(target_iqn)
-            changed = True
-        else:
-            tid = current.tid
-        lun = current.lun(DATA_LUN) if current else None
-        if lun is None:
-            self._run("--mode", "logicalunit", "--op", "new", "--tid", str(tid), "--lun", str(DATA_LUN),
-                      "--backing-store", device, "--bstype", "rdwr", what=f"add {device} to {target_iqn}")
-            self._run("--mode", "logicalunit", "--op", "update", "--tid", str(tid), "--lun", str(DATA_LUN),
-                      "--params", f"scsi_sn={serial},readonly={int(read_only)}",
-                      what=f"set serial and mode of {target_iqn}")
-            changed = True
-        else:
-            wanted = (os.path.realpath(device), serial, read_only)
-            have = (os.path.realpath(lun.backing_store), lun.serial, lun.read_only)
-            if wanted != have:
-                raise Conflict(f"target {target_iqn} exports {lun.backing_store} (serial {lun.serial}, "
-                               f"read-only {lun.read_only}), not {device} (serial {serial}, read-only {read_only})")
-        for stray in (current.acls if current else ()):
-            if not _is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
-                self._run("--mode", "target", "--op", "unbind", "--tid", str(tid), "--initiator-address", stray,
-                          what=f"remove address ACL {stray} of {target_iqn}")
+        with self.transaction():
+            record = self._record()
+            if not self._owned(target_iqn, record):
+                record[target_iqn] = {"grants": {}}
+                self._write_record()  # ours before it exists
+            changed = False
+            current = self._live().get(target_iqn)
+            if current is None:
+                current = self._new_target(target_iqn)
                 changed = True
-        if current is None or NO_ADDRESS not in current.acls:
-            changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", str(tid),
-                                       "--initiator-address", NO_ADDRESS],
-                                      f"close address ACL of {target_iqn}", _ALREADY)
-        return changed
+            tid = str(current.tid)
+            lun = current.lun(DATA_LUN)
+            if lun is None:
+                self._run("--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", str(DATA_LUN),
+                          "--backing-store", device, "--bstype", "rdwr", what=f"add {device} to {target_iqn}")
+                self._run("--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", str(DATA_LUN),
+                          "--params", f"scsi_sn={serial},readonly={int(read_only)}",
+                          what=f"set serial and mode of {target_iqn}")
+                current = replace(current, luns=(*current.luns,
+                                                 TgtLun(DATA_LUN, "disk", serial, read_only, device, "rdwr")))
+                changed = True
+            else:
+                wanted = (os.path.realpath(device), serial, read_only)
+                have = (os.path.realpath(lun.backing_store), lun.serial, lun.read_only)
+                if wanted != have:
+                    raise Conflict(f"target {target_iqn} exports {lun.backing_store} (serial {lun.serial}, read-only "
+                                   f"{lun.read_only}), not {device} (serial {serial}, read-only {read_only})")
+            for stray in current.acls:
+                if not is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
+                    self._run("--mode", "target", "--op", "unbind", "--tid", tid, "--initiator-address", stray,
+                              what=f"remove address ACL {stray} of {target_iqn}")
+                    current = replace(current, acls=tuple(a for a in current.acls if a != stray))
+                    changed = True
+            if NO_ADDRESS not in current.acls:
+                changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", tid,
+                                           "--initiator-address", NO_ADDRESS],
+                                          f"close address ACL of {target_iqn}", _ALREADY)
+                current = replace(current, acls=(NO_ADDRESS, *current.acls))
+            self._put(current)
+            return changed
 
-    def _new_target(self, target_iqn: str) -> int:
+    def _new_target(self, target_iqn: str) -> TgtTarget:
         for _attempt in range(5):
-            tids = [t.tid for t in self.targets()]
-            tid = max(tids, default=0) + 1
+            tid = max((t.tid for t in self._live().values()), default=0) + 1
             try:
                 self._run("--mode", "target", "--op", "new", "--tid", str(tid), "--targetname", target_iqn,
                           what=f"create target {target_iqn}")
-                return tid
             except CommandFailed as exc:
                 if "already exists" not in exc.stderr:
                     raise
-                existing = self.target(target_iqn)
-                if existing is not None:  # someone else created it meanwhile
-                    return existing.tid
+                self._current().live = None  # someone outside basalt took the tid (or made the target): list again
+                existing = self._live().get(target_iqn)
+                if existing is not None:
+                    return existing
+                continue
+            made = TgtTarget(tid, target_iqn, "ready")
+            self._put(made)
+            return made
         raise Conflict(f"no free tid for {target_iqn} after 5 attempts")
 
     def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        current = self.target(target_iqn)
-        if current is None:
-            raise NotFound(f"target {target_iqn} does not exist")
-        record = self._load()
-        entry = record.setdefault(target_iqn, {"grants": {}})
-        others = {i: _chap_from_json(c) for i, c in entry["grants"].items() if i != initiator_iqn}
-        for other, other_chap in others.items():
-            if (other_chap is None) != (chap is None):
-                raise Conflict(f"tgt applies CHAP per target: {initiator_iqn} and {other} on {target_iqn} "
-                               "must both use CHAP or both not")
-            if chap and other_chap and chap.mutual and other_chap.mutual and chap.mutual_user != other_chap.mutual_user:
-                raise Conflict(f"tgt allows one mutual CHAP user per target; {other} uses {other_chap.mutual_user}")
-        old = _chap_from_json(entry["grants"].get(initiator_iqn))
-        before = copy.deepcopy(record)
-        entry["grants"][initiator_iqn] = _chap_to_json(chap)
-        self._save(record)  # passwords first: persist() must be able to write them
-        try:
-            changed = False
+        with self.transaction():
+            current = self._live().get(target_iqn)
+            if current is None:
+                raise NotFound(f"target {target_iqn} does not exist")
+            record = self._record()
+            before = copy.deepcopy(record)
+            entry = record.setdefault(target_iqn, {"grants": {}})
+            for other, other_doc in entry["grants"].items():
+                other_chap = _chap_from_json(other_doc)
+                if other == initiator_iqn:
+                    continue
+                if (other_chap is None) != (chap is None):
+                    raise Conflict(f"tgt applies CHAP per target: {initiator_iqn} and {other} on {target_iqn} "
+                                   "must both use CHAP or both not")
+                if chap and other_chap and chap.mutual and other_chap.mutual \
+                        and chap.mutual_user != other_chap.mutual_user:
+                    raise Conflict(f"tgt allows one mutual CHAP user per target; {other} uses {other_chap.mutual_user}")
+            old = _chap_from_json(entry["grants"].get(initiator_iqn))
+            if initiator_iqn not in entry["grants"] or old != chap or target_iqn not in before:
+                entry["grants"][initiator_iqn] = _chap_to_json(chap)
+                self._write_record()  # passwords first: persist() and reconciliation must be able to restore them
             tid = str(current.tid)
-            if chap is not None:
-                changed |= self._ensure_account(chap.user, chap.password, before, (target_iqn, initiator_iqn))
-                if chap.user not in current.incoming:
-                    self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.user,
-                              what=f"bind CHAP user to {target_iqn}")
-                    changed = True
-                if chap.mutual_user is not None and chap.mutual_password is not None:
-                    changed |= self._ensure_account(chap.mutual_user, chap.mutual_password, before,
-                                                    (target_iqn, initiator_iqn))
-                    if chap.mutual_user not in current.outgoing:
-                        for stale in current.outgoing:
-                            self._run("--mode", "account", "--op", "unbind", "--tid", tid, "--user", stale,
-                                      "--outgoing", what=f"unbind old mutual CHAP user of {target_iqn}")
-                        self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.mutual_user,
-                                  "--outgoing", what=f"bind mutual CHAP user to {target_iqn}")
+            changed = False
+            try:
+                if chap is not None:
+                    changed |= self._ensure_account(chap.user, chap.password, before, (target_iqn, initiator_iqn))
+                    if chap.user not in current.incoming:
+                        self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.user,
+                                  what=f"bind CHAP user to {target_iqn}")
+                        current = replace(current, incoming=(*current.incoming, chap.user))
                         changed = True
-        except (Conflict, InvalidRequest):
-            self._save(before)  # the grant did not happen
-            raise
-        changed |= self._drop_unused_accounts(current, old, record, target_iqn)
-        if initiator_iqn not in current.acls:
-            self._run("--mode", "target", "--op", "bind", "--tid", tid, "--initiator-name", initiator_iqn,
-                      what=f"allow {initiator_iqn} on {target_iqn}")
-            changed = True
-        return changed
+                    if chap.mutual_user is not None and chap.mutual_password is not None:
+                        changed |= self._ensure_account(chap.mutual_user, chap.mutual_password, before,
+                                                        (target_iqn, initiator_iqn))
+                        if chap.mutual_user not in current.outgoing:
+                            for stale in current.outgoing:
+                                self._run("--mode", "account", "--op", "unbind", "--tid", tid, "--user", stale,
+                                          "--outgoing", what=f"unbind old mutual CHAP user of {target_iqn}")
+                            self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.mutual_user,
+                                      "--outgoing", what=f"bind mutual CHAP user to {target_iqn}")
+                            current = replace(current, outgoing=(chap.mutual_user,))
+                            changed = True
+            except (Conflict, InvalidRequest):
+                self._current().record = before  # the grant did not happen
+                self._write_record()
+                raise
+            finally:
+                self._put(current)
+            changed |= self._drop_unused_accounts(target_iqn, old)
+            current = self._live()[target_iqn]
+            if initiator_iqn not in current.acls:
+                self._run("--mode", "target", "--op", "bind", "--tid", tid, "--initiator-name", initiator_iqn,
+                          what=f"allow {initiator_iqn} on {target_iqn}")
+                self._put(replace(current, acls=(*current.acls, initiator_iqn)))
+                changed = True
+            return changed
 
-    def _ensure_account(self, user: str, password: str, record: Dict[str, Dict[str, Any]],
-                        owner: Tuple[str, str]) -> bool:
-        """Create tgt account *user* with *password*; recreate it when the record says its password changed."""
+    def _ensure_account(self, user: str, password: str, record: Record, owner: Tuple[str, str]) -> bool:
+        """Create tgt account *user* with *password*; recreate it when the record says its password changed.
+
+        *record* is the record before this grant.  No listing: an account bound to a target shows in the
+        target listing, and ``--op new`` answers "already exists" for the others.
+        """
         operand(user, "CHAP user")
         users = self._password_of(record, user)
-        if user in self.accounts():
-            differing = [(t, i) for t, i, p in users if p != password]
-            if not differing:
-                if users:
-                    return False
-                raise Conflict(f"tgt account {user!r} exists but was not created by basalt")
-            if any((t, i) != owner for t, i in differing):
-                raise Conflict(f"CHAP user {user!r} is in use on {differing[0][0]} with another secret")
-            bound = [(t.tid, t.outgoing) for t in self.targets() if user in t.incoming or user in t.outgoing]
-            self._run("--mode", "account", "--op", "delete", "--user", user, what=f"replace CHAP user {user}")
+        differing = [(t, i) for t, i, p in users if p != password]
+        if users and not differing and self._bound_anywhere(user):
+            return False
+        try:
             self._new_account(user, password)
-            for tid, outgoing in bound:
-                extra = ["--outgoing"] if user in outgoing else []
-                self._run("--mode", "account", "--op", "bind", "--tid", str(tid), "--user", user, *extra,
-                          what=f"rebind CHAP user {user}")
             return True
+        except CommandFailed as exc:
+            if "already exists" not in exc.stderr:
+                raise
+        if not users:
+            raise Conflict(f"tgt account {user!r} exists but was not created by basalt")
+        if not differing:
+            return False
+        if any((t, i) != owner for t, i in differing):
+            raise Conflict(f"CHAP user {user!r} is in use on {differing[0][0]} with another secret")
+        bound = [t for t in self._live().values() if user in t.incoming or user in t.outgoing]
+        self._run("--mode", "account", "--op", "delete", "--user", user, what=f"replace CHAP user {user}")
         self._new_account(user, password)
+        for target in bound:
+            extra = ["--outgoing"] if user in target.outgoing else []
+            self._run("--mode", "account", "--op", "bind", "--tid", str(target.tid), "--user", user, *extra,
+                      what=f"rebind CHAP user {user}")
         return True
 
     def _new_account(self, user: str, password: str) -> None:
@@ -474,11 +408,11 @@ class TgtBackend(TargetBackend):
         self._run("--mode", "account", "--op", "new", "--user", user, "--password", password,
                   what=f"create CHAP user {user}", secrets=[password])
 
-    def _drop_unused_accounts(self, target: TgtTarget, old: Optional[Chap], record: Dict[str, Dict[str, Any]],
-                              target_iqn: str) -> bool:
-        """Unbind *old*'s accounts from *target* when no grant in *record* uses them; delete orphaned accounts."""
+    def _drop_unused_accounts(self, target_iqn: str, old: Optional[Chap]) -> bool:
+        """Unbind *old*'s accounts from the target when no grant there uses them; delete orphaned accounts."""
         if old is None:
             return False
+        record = self._record()
         in_use_here = set()
         for chap_doc in record.get(target_iqn, {"grants": {}})["grants"].values():
             chap = _chap_from_json(chap_doc)
@@ -488,105 +422,128 @@ class TgtBackend(TargetBackend):
                     in_use_here.add(("out", chap.mutual_user))
         changed = False
         candidates = [("in", old.user)] + ([("out", old.mutual_user)] if old.mutual_user else [])
+        target = self._live().get(target_iqn)
         for kind, user in candidates:
-            if (kind, user) in in_use_here:
+            if target is None or (kind, user) in in_use_here:
                 continue
             bound = target.incoming if kind == "in" else target.outgoing
             if user in bound:
                 extra = ["--outgoing"] if kind == "out" else []
                 changed |= self._tolerant(["--mode", "account", "--op", "unbind", "--tid", str(target.tid),
                                            "--user", user, *extra], f"unbind CHAP user {user}", _MISSING)
-        for _kind, user in candidates:
-            if not self._password_of(record, user) and user in self.accounts():
-                if not any(user in t.incoming or user in t.outgoing for t in self.targets()):
-                    changed |= self._tolerant(["--mode", "account", "--op", "delete", "--user", user],
-                                              f"delete CHAP user {user}", _MISSING)
+                target = replace(target, incoming=tuple(u for u in target.incoming if (kind, u) != ("in", user)),
+                                 outgoing=tuple(u for u in target.outgoing if (kind, u) != ("out", user)))
+                self._put(target)
+        return self._delete_orphans(user for _kind, user in candidates) or changed
+
+    def _delete_orphans(self, users: Iterable[str]) -> bool:
+        """Delete the accounts among *users* that no grant in the record uses and no target binds."""
+        changed = False
+        for user in dict.fromkeys(users):
+            if not self._password_of(self._record(), user) and not self._bound_anywhere(user):
+                changed |= self._tolerant(["--mode", "account", "--op", "delete", "--user", user],
+                                          f"delete CHAP user {user}", _MISSING)
         return changed
 
     def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        record = self._load()
-        entry = record.get(target_iqn, {"grants": {}})
+        with self.transaction():
+            had, old = self._forget_grant(target_iqn, initiator_iqn)
+            current = self._live().get(target_iqn)
+            if current is None:
+                return self._delete_orphans(old.users() if old else ()) or had
+            changed = had
+            if initiator_iqn in current.acls:
+                changed |= self._tolerant(["--mode", "target", "--op", "unbind", "--tid", str(current.tid),
+                                           "--initiator-name", initiator_iqn],
+                                          f"disallow {initiator_iqn} on {target_iqn}", _MISSING)
+                self._put(replace(current, acls=tuple(a for a in current.acls if a != initiator_iqn)))
+            changed |= self._drop_unused_accounts(target_iqn, old)
+            return self._close_sessions(target_iqn, initiator_iqn) or changed
+
+    def _forget_grant(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, Optional[Chap]]:
+        entry = self._record().get(target_iqn, {"grants": {}})
         had = initiator_iqn in entry["grants"]
         old = _chap_from_json(entry["grants"].pop(initiator_iqn, None))
         if had:
-            self._save(record)
-        current = self.target(target_iqn)
-        if current is None:
-            return had
-        changed = had
-        if initiator_iqn in current.acls:
-            changed |= self._tolerant(["--mode", "target", "--op", "unbind", "--tid", str(current.tid),
-                                       "--initiator-name", initiator_iqn],
-                                      f"disallow {initiator_iqn} on {target_iqn}", _MISSING)
-        changed |= self._drop_unused_accounts(current, old, record, target_iqn)
-        changed |= self._close_sessions(current, initiator_iqn)
-        return changed
+            self._forget_later()
+        return had, old
 
-    def _close_sessions(self, target: TgtTarget, initiator_iqn: Optional[str]) -> bool:
-        """Drop the connections of *initiator_iqn* (all when None): a revoked node must not keep writing."""
+    def _close_sessions(self, target_iqn: str, initiator_iqn: str) -> bool:
+        """Drop the connections of *initiator_iqn*: a revoked node must not keep writing."""
+        target = self._live()[target_iqn]
         changed = False
         for session in target.sessions:
-            if initiator_iqn is not None and session.initiator != initiator_iqn:
+            if session.initiator != initiator_iqn:
                 continue
             for cid in session.connections:
                 changed |= self._tolerant(["--mode", "conn", "--op", "delete", "--tid", str(target.tid),
                                            "--sid", str(session.sid), "--cid", str(cid)],
                                           f"close session of {session.initiator}", _MISSING)
+        self._put(replace(target, sessions=tuple(s for s in target.sessions if s.initiator != initiator_iqn)))
         return changed
+
+    def withdraw(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, bool]:
+        """Revoke; when it was the target's last grant, delete the target outright (its ACLs, account
+        bindings and sessions go with it) instead of unbinding each first."""
+        check_iqn(target_iqn, "target IQN")
+        check_iqn(initiator_iqn, "initiator IQN")
+        with self.transaction():
+            current = self._live().get(target_iqn)
+            others = set(current.initiator_acls if current else ()) | \
+                set(self._record().get(target_iqn, {"grants": {}})["grants"])
+            if others - {initiator_iqn}:
+                return self.revoke_grant(target_iqn, initiator_iqn), False
+            had, old = self._forget_grant(target_iqn, initiator_iqn)
+            removed = self._remove(target_iqn)
+            return self._delete_orphans(old.users() if old else ()) or removed or had, True
 
     def remove_export(self, target_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
-        record = self._load()
-        current = self.target(target_iqn)
+        with self.transaction():
+            current = self._live().get(target_iqn)
+            grants = (list(current.initiator_acls) if current else []) or \
+                list(self._record().get(target_iqn, {"grants": {}})["grants"])
+            if current is not None and grants:
+                raise InUse(f"target {target_iqn} still grants access to {', '.join(sorted(grants))}")
+            return self._remove(target_iqn)
+
+    def _remove(self, target_iqn: str) -> bool:
+        """Delete the target (``--force``: a node that was never unstaged may still have a session; its grant
+        is gone already) and forget it; the accounts it bound stay (deleted when no grant uses them)."""
+        current = self._live().pop(target_iqn, None)
+        forgotten = self._record().pop(target_iqn, None) is not None
+        if forgotten:
+            self._forget_later()
         if current is None:
-            if target_iqn in record:
-                del record[target_iqn]
-                self._save(record)
-                return True
-            return False
-        grants = list(current.initiator_acls) or list(record.get(target_iqn, {"grants": {}})["grants"])
-        if grants:
-            raise InUse(f"target {target_iqn} still grants access to {', '.join(sorted(grants))}")
-        for user in current.incoming:
-            self._tolerant(["--mode", "account", "--op", "unbind", "--tid", str(current.tid), "--user", user],
-                           f"unbind CHAP user {user}", _MISSING)
-        for user in current.outgoing:
-            self._tolerant(["--mode", "account", "--op", "unbind", "--tid", str(current.tid), "--user", user,
-                            "--outgoing"], f"unbind CHAP user {user}", _MISSING)
-        # --force: sessions may remain (a node that was never unstaged); its grant is gone already.
+            return forgotten
         self._tolerant(["--mode", "target", "--op", "delete", "--force", "--tid", str(current.tid)],
                        f"delete target {target_iqn}", _MISSING)
-        record.pop(target_iqn, None)
-        self._save(record)
         return True
 
     def exports(self) -> List[Export]:
-        record = self._load()
-        portals = tuple(self.portals())
-        found = []
-        for target in self.targets():
-            if not self._owned(target.iqn, record):
-                continue
-            lun = target.lun(DATA_LUN)
-            grants_doc = record.get(target.iqn, {"grants": {}})["grants"]
-            grants = tuple(Grant(i, _chap_from_json(grants_doc.get(i))) for i in target.initiator_acls)
-            found.append(Export(
-                target_iqn=target.iqn,
-                lun=DATA_LUN,
-                serial=lun.serial if lun else "",
-                device=lun.backing_store if lun else "",
-                read_only=lun.read_only if lun else False,
-                portals=portals,
-                grants=grants,
-            ))
-        return found
+        with self.transaction():
+            return [self._export_of(t) for t in self._live().values() if self._owned(t.iqn, self._record())]
+
+    def export(self, target_iqn: str) -> Optional[Export]:
+        with self.transaction():
+            target = self._live().get(target_iqn)
+            return self._export_of(target) if target and self._owned(target_iqn, self._record()) else None
+
+    def _export_of(self, target: TgtTarget) -> Export:
+        lun = target.lun(DATA_LUN)
+        grants_doc = self._record().get(target.iqn, {"grants": {}})["grants"]
+        grants = tuple(Grant(i, _chap_from_json(grants_doc.get(i))) for i in target.initiator_acls)
+        return Export(target_iqn=target.iqn, lun=DATA_LUN, serial=lun.serial if lun else "",
+                      device=lun.backing_store if lun else "", read_only=lun.read_only if lun else False,
+                      grants=grants)
 
     def saved_grants(self) -> Dict[str, Dict[str, Optional[Chap]]]:
         """The grant record (it outlives tgtd, which forgets everything when it stops)."""
-        return {iqn: {initiator: _chap_from_json(doc) for initiator, doc in entry["grants"].items()}
-                for iqn, entry in self._load().items()}
+        with self.transaction():
+            return {iqn: {initiator: _chap_from_json(doc) for initiator, doc in entry["grants"].items()}
+                    for iqn, entry in self._record().items()}
 
     def persist(self) -> None:
         """Write :attr:`conf_path` (mode 0600: it holds CHAP secrets) from the live state and the record.
@@ -595,140 +552,14 @@ class TgtBackend(TargetBackend):
         whose secret the record does not hold: the file would restore the
         target without it, i.e. weaker than it runs now.
         """
-        record = self._load()
-        for target in self.targets():
-            if not self._owned(target.iqn, record):
-                continue
-            for user in (*target.incoming, *target.outgoing):
-                if not self._password_of(record, user):
-                    raise Precondition(f"cannot persist {target.iqn}: the secret of CHAP user {user!r} is not in "
-                                       f"{self.record_path}")
-        write_atomic(self.conf_path, render_config(self.exports()).encode(), mode=0o600)
-
-
-# -- the config file -----------------------------------------------------------
-
-
-def render_config(exports: Sequence[Export]) -> str:
-    """tgt-admin's config syntax for *exports*; see the module docstring for the NO_ADDRESS line."""
-    lines = [
-        "# Written by basalt (basalt_core.tgt.TgtBackend.persist); do not edit: it is rewritten.",
-        "# Loaded at boot by tgt.service (tgt-admin -e -c /etc/tgt/targets.conf includes conf.d/*.conf).",
-        f"# initiator-address {NO_ADDRESS} matches no host; it stops tgt-admin from binding ALL.",
-        "",
-    ]
-    for item in exports:
-        for value in (item.target_iqn, item.device, item.serial):
-            if not value or any(c.isspace() or c in "<>#\"" for c in value):
-                raise InvalidRequest(f"{value!r} cannot be written to a tgt config file")
-        lines.append(f"<target {item.target_iqn}>")
-        lines.append(f"    <backing-store {item.device}>")
-        lines.append(f"        lun {item.lun}")
-        lines.append(f"        scsi_sn {item.serial}")
-        lines.append(f"        readonly {int(item.read_only)}")
-        lines.append("    </backing-store>")
-        lines.append(f"    initiator-address {NO_ADDRESS}")
-        mutual: Optional[Chap] = None
-        incoming: Dict[str, str] = {}
-        for grant in item.grants:
-            lines.append(f"    initiator-name {grant.initiator_iqn}")
-            if grant.chap is not None:
-                incoming[grant.chap.user] = grant.chap.password
-                if grant.chap.mutual:
-                    mutual = grant.chap
-        for user, password in incoming.items():
-            lines.append(f"    incominguser {user} {password}")
-        if mutual is not None:
-            lines.append(f"    outgoinguser {mutual.mutual_user} {mutual.mutual_password}")
-        lines.append("</target>")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def load_config(path: str, *, control_port: Optional[int] = None, force: bool = False,
-                secrets: Iterable[str] = (), timeout: float = 120.0) -> None:
-    """Apply a config file to a running tgtd with ``tgt-admin -e`` (what tgt.service does at boot).
-
-    *force* (``-f``) skips tgt-admin's "device in use" check (it runs ``lsof``
-    on each backing store and skips the ones another process, e.g. another
-    tgtd, holds open).  Not verbose: tgt-admin -v prints the tgtadm commands,
-    passwords included.
-    """
-    argv = ["tgt-admin"]
-    if control_port is not None:
-        argv += ["-C", str(control_port)]
-    argv += ["-c", operand(path, "config file"), "-e"]
-    if force:
-        argv.append("-f")
-    result = run(argv, timeout=timeout, what=f"load {path}", secrets=secrets)
-    skipped = [line for line in result.stdout.splitlines() if line.startswith("# Skipping")]
-    if skipped:
-        raise CommandFailed(result.argv, 0, "; ".join(skipped), f"load {path}")
-
-
-MAX_CONTROL_PORT = 32767  # tgtd: "-C argument value '32768' out of range"
-SOCKET_DIR = "/var/run/tgtd"
-
-
-def control_port_in_use(control_port: int) -> bool:
-    """Whether a tgtd answers on control port *control_port*."""
-    result = run(["tgtadm", "-C", str(control_port), "--mode", "system", "--op", "show"], check=False, timeout=5,
-                 what="probe tgtd")
-    return result.rc == 0
-
-
-def start_private_tgtd(control_port: int, portal: str, *, wait: float = 5.0) -> "subprocess.Popen[bytes]":
-    """Start ``tgtd -f -C control_port --iscsi portal=PORTAL`` in its own session; wait until it answers.
-
-    For tests and for checking a config file in a throw-away daemon; stop it
-    with :func:`stop_private_tgtd` (tgtd ignores SIGTERM).  *control_port*
-    must be 1..32767 and not in use (see :func:`control_port_in_use`).
-    """
-    if not 0 < control_port <= MAX_CONTROL_PORT:
-        raise InvalidRequest(f"tgtd control port {control_port} is not in 1..{MAX_CONTROL_PORT}")
-    # stderr to a file, never a pipe: tgtd -f logs there for its whole life and would block on a full pipe.
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={portal}"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    log.close()  # the child keeps its copy
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if control_port_in_use(control_port) and parse_portals(
-                run(["tgtadm", "-C", str(control_port), "--lld", "iscsi", "--mode", "portal", "--op", "show"],
-                    check=False, timeout=5).stdout):
-            return proc
-        if proc.poll() is not None:
-            _remove_socket(control_port)
-            raise CommandFailed(["tgtd", "-C", str(control_port)], proc.returncode,
-                                "exited at start (control port in use or out of range?)", "start tgtd")
-        time.sleep(0.05)
-    stop_private_tgtd(control_port, proc)
-    raise CommandFailed(["tgtd", "-C", str(control_port)], -1, f"no answer within {wait:g}s", "start tgtd")
-
-
-def _remove_socket(control_port: int) -> None:
-    """tgtd leaves /var/run/tgtd/socket.N and socket.N.lock behind; remove ours once it has exited."""
-    for name in (f"socket.{control_port}", f"socket.{control_port}.lock"):
-        try:
-            os.unlink(os.path.join(SOCKET_DIR, name))
-        except FileNotFoundError:
-            pass
-
-
-def stop_private_tgtd(control_port: int, proc: "Optional[subprocess.Popen[bytes]]" = None) -> None:
-    """Delete every target (``--force``) then the system (``--mode system --op delete``), as tgt.service does."""
-    backend = TgtBackend(control_port=control_port)
-    try:
-        for target in backend.targets():
-            run(backend._argv("--mode", "target", "--op", "delete", "--force", "--tid", str(target.tid)),
-                check=False, timeout=10, what="delete target")
-        run(["tgtadm", "-C", str(control_port), "--mode", "system", "--op", "delete"], check=False, timeout=10)
-    except CommandFailed:
-        pass
-    if proc is not None:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        _remove_socket(control_port)
+        with self.transaction():
+            record = self._record()
+            for target in self._live().values():
+                if not self._owned(target.iqn, record):
+                    continue
+                for user in (*target.incoming, *target.outgoing):
+                    if not self._password_of(record, user):
+                        raise Precondition(f"cannot persist {target.iqn}: the secret of CHAP user {user!r} is not "
+                                           f"in {self.record_path}")
+            self._flush()  # the record first: it is what the config file is derived from
+            write_atomic(self.conf_path, render_config(self.exports()).encode(), mode=0o600)

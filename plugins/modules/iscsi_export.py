@@ -257,16 +257,18 @@ from ansible_collections.basalt.csi.plugins.module_utils.exports import (
     info_for,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
+    DEFAULT_BASE_IQN,
     Chap,
     Export,
     Grant,
     TargetBackend,
     check_iqn,
 )
-from ansible_collections.basalt.csi.plugins.module_utils.lio import LioBackend
-from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
-from ansible_collections.basalt.csi.plugins.module_utils.tgt import TgtBackend
+from ansible_collections.basalt.csi.plugins.module_utils.model import check_name, volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.target_backends import BACKENDS, open_target_backend
+from ansible_collections.basalt.csi.plugins.module_utils.tgt import DEFAULT_CONF, DEFAULT_RECORD
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import find_volume_by_name, get_volume
 
 try:
@@ -283,13 +285,14 @@ def make_backend(module: AnsibleModule) -> TargetBackend:
     if params["backend"] == "lio":
         if rtslib_fb is None:
             module.fail_json(msg=missing_required_lib("rtslib-fb"), exception=RTSLIB_IMPORT_ERROR)
-        return LioBackend(portals=params["portals"] or (), save_file=params["lio_save_file"], rtslib=rtslib_fb)
-    return TgtBackend(control_port=params["tgt_control_port"], conf_path=params["tgt_conf"],
-                      record_path=params["tgt_record"], base_iqn=params["base_iqn"])
+    return open_target_backend(params["backend"], base_iqn=params["base_iqn"], portals=params["portals"] or (),
+                               tgt_control_port=params["tgt_control_port"], tgt_conf=params["tgt_conf"],
+                               tgt_record=params["tgt_record"], lio_save_file=params["lio_save_file"],
+                               rtslib=rtslib_fb)
 
 
 def volume_id(module: AnsibleModule) -> str:
-    return module.params["volume_id"] or volume_id_for(module.params["volume_name"])
+    return module.params["volume_id"] or volume_id_for(check_name(module.params["volume_name"], "volume_name"))
 
 
 def describe(export: t.Optional[Export], settings: ExportSettings, backend: TargetBackend,
@@ -383,12 +386,12 @@ def main() -> None:
                 mutual_password=dict(type="str", no_log=True),
             ), required_together=[("mutual_user", "mutual_password")]),
             read_only=dict(type="bool", default=False),
-            backend=dict(type="str", choices=["tgt", "lio"], default="tgt"),
-            base_iqn=dict(type="str", default="iqn.2026-11.dev.basalt"),
+            backend=dict(type="str", choices=list(BACKENDS), default="tgt"),
+            base_iqn=dict(type="str", default=DEFAULT_BASE_IQN),
             portals=dict(type="list", elements="str"),
             tgt_control_port=dict(type="int"),
-            tgt_conf=dict(type="path", default="/etc/tgt/conf.d/basalt.conf"),
-            tgt_record=dict(type="path", default="/var/lib/basalt/iscsi/tgt-grants.json"),
+            tgt_conf=dict(type="path", default=DEFAULT_CONF),
+            tgt_record=dict(type="path", default=DEFAULT_RECORD),
             lio_save_file=dict(type="path"),
         ),
         mutually_exclusive=[("volume_name", "volume_id")],
@@ -407,11 +410,12 @@ def main() -> None:
         settings = ExportSettings(params["base_iqn"], tuple(params["portals"] or ()))
         pool = open_pool(params["pool"], create_layout=not module.check_mode)
         vid = volume_id(module)
-        before = backend.export(info_for(backend, settings, vid).target_iqn)
-        if params["state"] == "present":
-            changed, after = present(module, pool, backend, settings, before)
-        else:
-            changed, after = absent(module, pool, backend, settings, before, vid)
+        with backend.transaction():  # one consistent view of the target service, shared with the agent
+            before = backend.export(info_for(backend, settings, vid).target_iqn)
+            if params["state"] == "present":
+                changed, after = present(module, pool, backend, settings, before)
+            else:
+                changed, after = absent(module, pool, backend, settings, before, vid)
         result = dict(changed=changed, export=describe(after, settings, backend, vid))
         if module._diff:
             result["diff"] = dict(before=describe(before, settings, backend, vid), after=result["export"])

@@ -12,7 +12,9 @@ version_added: 0.1.0
 description:
   - Mounts a block device on a directory, creating the filesystem first only when the device is blank,
     exactly as the Basalt CSI agent stages a volume; or bind-mounts a directory or device; or unmounts.
-  - A device that holds another filesystem or any other data is never formatted unless O(force=true).
+  - A device counts as blank only when C(blkid) finds no signature on it and its first and last MiB read as
+    zeros (Basalt's pools zero both ends of the volumes they create). Any other device, one holding another
+    filesystem, another signature or data no signature explains, is never formatted unless O(force=true).
   - Optionally keeps a matching line in C(/etc/fstab) so the mount survives a reboot.
   - A thin layer over the Basalt storage core (C(staging.ensure_mounted), C(staging.ensure_bind),
     C(staging.ensure_unmounted), C(fstab.ensure_entry)); the CSI agent runs the very same code.
@@ -22,6 +24,10 @@ attributes:
   check_mode:
     description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
+    details:
+      - A mount hides the directory beneath it, so for O(state=absent) on a mounted path check mode predicts
+        the unmount and the removal; on a path with nothing mounted it predicts a directory that is not empty
+        as the failure it is.
   diff_mode:
     description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
@@ -38,7 +44,8 @@ options:
         A mount point that already has this device mounted is left as it is (its options are not changed).
       - V(unmounted) unmounts everything mounted on O(path) and leaves the directory and C(fstab) alone.
       - V(absent) unmounts, removes the mount point (it must be empty once unmounted) and, with O(fstab=true),
-        its C(fstab) line.
+        its C(fstab) line. A mount point that is not empty once unmounted fails the task, which reports
+        C(changed) when it had unmounted; the C(fstab) line is then kept.
     type: str
     choices: [mounted, unmounted, absent]
     default: mounted
@@ -58,6 +65,7 @@ options:
   fstype:
     description:
       - The filesystem to expect on O(device), and to create when the device is blank.
+      - When O(path) already has O(device) mounted with another filesystem, the task fails naming both.
     type: str
     choices: [ext4, xfs]
     default: ext4
@@ -75,7 +83,7 @@ options:
   force:
     description:
       - Wipe (C(wipefs --all)) and format a device that holds a filesystem other than O(fstype) or other data
-        (a partition table, a RAID member, an LVM physical volume).
+        (a partition table, a RAID member, an LVM physical volume, non-zero bytes in its first or last MiB).
       - Without it such a device is refused and the failure names what it holds.
       - A device that already holds O(fstype) is never reformatted.
     type: bool

@@ -11,6 +11,7 @@ short_description: Create, grow and delete Basalt volumes in a pool
 version_added: 0.1.0
 description:
   - Makes sure a Basalt volume of a given name exists in a pool with at least a given size, or does not exist.
+    A volume larger than O(size) (grown by a later task or by a PVC expansion) is fine and left unchanged.
   - The volume id is derived from the name exactly as the Basalt CSI agent derives it, so a volume made by
     this module is the volume the agent lists (and the other way round).
   - A thin layer over the Basalt storage core (C(volumes.ensure_volume), C(volumes.expand_volume),
@@ -30,7 +31,8 @@ attributes:
 options:
   name:
     description:
-      - The volume's name (any Unicode text of at most 128 bytes in UTF-8), the CSI name for volumes the agent made.
+      - The volume's name (the CSI name, for volumes the agent made), any Unicode text of 1 to 128 bytes in
+        UTF-8 without control characters (the rule the agent applies).
     type: str
     required: true
   pool:
@@ -48,10 +50,14 @@ options:
     default: present
   size:
     description:
-      - The volume's size, in bytes or as a quantity such as V(512Mi), V(10Gi) or V(1G).
+      - The volume's least size, in bytes (an integer) or as a Kubernetes quantity, read exactly as Kubernetes
+        reads it. Suffixes are case-sensitive. Binary V(Ki), V(Mi), V(Gi), V(Ti), V(Pi), V(Ei) are powers of
+        1024 (V(10Gi) is 10737418240 bytes); decimal V(k), V(M), V(G), V(T), V(P), V(E) are powers of 1000
+        (V(10G) is 10000000000 bytes); an exponent is allowed (V(1e9)); a fraction must come to whole bytes
+        (V(1.5Gi)). V(m) means thousandths and is refused, as are V(10gi), V(10GB) and V(10MiB).
       - Rounded up to the pool's allocation unit (1 MiB).
-      - Required to create a volume. A larger size than the volume has grows it; a smaller one fails
-        (see O(allow_shrink)).
+      - Required to create a volume. A larger size than the volume has grows it; a smaller one leaves it as it
+        is (see O(allow_shrink)).
     type: raw
   source_snapshot:
     description:
@@ -65,9 +71,10 @@ options:
     type: str
   allow_shrink:
     description:
-      - Whether a O(size) smaller than the volume's may shrink it.
+      - Whether O(size) is the exact size, so that a smaller one than the volume's asks to shrink it.
       - No pool supports shrinking yet (the file pool never shrinks an image that may hold a filesystem), so
-        a smaller size always fails; without this option the failure says so before asking the pool.
+        with this option a smaller size fails, naming the pool; without it (the default) a volume larger than
+        O(size) is left as it is, unchanged.
     type: bool
     default: false
 notes:
@@ -160,9 +167,11 @@ from ansible_collections.basalt.csi.plugins.module_utils.model import (
     SOURCE_VOLUME,
     ContentSource,
     Volume,
+    check_name,
     volume_id_for,
 )
-from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool, open_pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
+from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.sizes import parse_size, round_up
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     delete_volume,
@@ -171,7 +180,6 @@ from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     find_volume_by_name,
 )
 
-MAX_NAME_BYTES = 128
 # (changed, the volume before, the volume after)
 Outcome = t.Tuple[bool, t.Optional[Volume], t.Optional[Volume]]
 
@@ -225,12 +233,9 @@ def present(module: AnsibleModule, pool: Pool, name: str) -> Outcome:
     if source is not None and existing.source != source:
         had = f"{existing.source.kind} {existing.source.id}" if existing.source else "none"
         raise Conflict(f"{existing.id} already exists with another content source ({had})")
-    if size is None or size == existing.size:
-        return False, existing, existing
+    if size is None or size == existing.size or (size < existing.size and not module.params["allow_shrink"]):
+        return False, existing, existing  # at least the size asked for: a larger volume is fine as it is
     if size < existing.size:
-        if not module.params["allow_shrink"]:
-            raise InvalidRequest(f"{existing.id} is {existing.size} bytes, larger than the requested {size}; "
-                                 f"shrinking would cut off data and needs allow_shrink=true")
         raise InvalidRequest(f"{existing.id} cannot shrink from {existing.size} to {size} bytes: "
                              f"the {pool.kind} pool does not shrink volumes")
     grown, changed = expand_volume(pool, existing.id, size, check_mode=module.check_mode)
@@ -259,9 +264,8 @@ def main() -> None:
     )
     name = module.params["name"]
     spec = module.params["pool"]
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        module.fail_json(msg=f"volume name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
     try:
+        check_name(name, "volume name")
         pool = open_pool(spec, create_layout=not module.check_mode)
         action = present if module.params["state"] == "present" else absent
         changed, before, after = action(module, pool, name)

@@ -536,8 +536,9 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
     assert retry_until(lambda: agent.pool_loops() == loops_before), (loops_before, agent.pool_loops())
     assert agent.pool_objects() == files_before, "the ephemeral volume left files (LVs) in the pool"
     assert volume_id not in {e.volume.volume_id for e in agent.list_all_volumes()}
-    # a second unpublish is a no-op
-    agent.unpublish(volume_id, target)
+    # the volume is gone with its last publication: a second unpublish finds no such volume (spec: NOT_FOUND)
+    expect_code(agent.node.NodeUnpublishVolume,
+                csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target), SC.NOT_FOUND)
 
 
 def test_ephemeral_republish_is_idempotent(agent: Agent) -> None:

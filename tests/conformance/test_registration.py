@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from typing import Any
 
 import grpc
 
+from basalt_agent.proto import csi_pb2 as csi
+from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 from basalt_agent.proto import pluginregistration_pb2 as reg
 from basalt_agent.proto import pluginregistration_pb2_grpc as reg_grpc
 
@@ -48,3 +51,44 @@ def test_refused_registration_stops_the_agent(fresh_agent_factory: Any) -> None:
     assert agent.proc.wait(timeout=30) == 1  # like node-driver-registrar: exit, so the pod restarts
     assert not os.path.exists(agent.registration_socket)
     assert "driver name already taken" in agent.log()
+
+
+def _unimplemented(call: Any, request: Any) -> bool:
+    try:
+        call(request, timeout=5)
+    except grpc.RpcError as error:
+        return error.code() == grpc.StatusCode.UNIMPLEMENTED
+    return False
+
+
+def test_each_socket_serves_only_its_own_services(fresh_agent_factory: Any) -> None:
+    """kubelet's registry socket answers Registration only; the CSI socket does not answer Registration."""
+    agent = start(fresh_agent_factory)
+    with grpc.insecure_channel(f"unix://{agent.registration_socket}") as channel:
+        assert _unimplemented(csi_grpc.IdentityStub(channel).GetPluginInfo, csi.GetPluginInfoRequest())
+        assert _unimplemented(csi_grpc.NodeStub(channel).NodeGetInfo, csi.NodeGetInfoRequest())
+    with grpc.insecure_channel(f"unix://{agent.socket}") as channel:
+        assert _unimplemented(reg_grpc.RegistrationStub(channel).GetInfo, reg.InfoRequest())
+        assert csi_grpc.IdentityStub(channel).GetPluginInfo(csi.GetPluginInfoRequest(), timeout=5).name
+
+
+def test_sigterm_leaves_a_socket_another_process_put_in_its_place(fresh_agent_factory: Any) -> None:
+    """What node-driver-registrar does when pointed at the same registry: it replaces the agent's socket.
+
+    On SIGTERM the agent removes its own CSI socket but leaves the newcomer's registration socket alone.
+    """
+    agent = start(fresh_agent_factory)
+    os.unlink(agent.registration_socket)
+    newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        newcomer.bind(agent.registration_socket)
+        newcomer.listen(1)
+        identity = os.lstat(agent.registration_socket)
+        assert agent.stop() == 0
+        now = os.lstat(agent.registration_socket)
+        assert (now.st_dev, now.st_ino) == (identity.st_dev, identity.st_ino)
+        assert not os.path.exists(agent.socket)
+        assert "another process has replaced" in agent.log()
+    finally:
+        newcomer.close()
+        os.unlink(agent.registration_socket)

@@ -24,11 +24,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -264,13 +262,11 @@ def tgtd() -> Iterator[Any]:
     sys.path.insert(0, str(REPO / "tests" / "iscsi"))
     from tgtd_testlib import start_tgtd
 
-    from basalt_core.tgt import stop_private_tgtd
-
     daemon = start_tgtd()
     try:
         yield daemon
     finally:
-        stop_private_tgtd(daemon.control_port, daemon.proc)
+        daemon.stop()
 
 
 def test_target_iscsi_export(playbook: Playbook, root: str, tgtd: Any) -> None:
@@ -389,47 +385,41 @@ def setup_volume_id(output: Dict[str, Any], name: str) -> str:
 # -- the CSI agent and the modules on one pool ---------------------------------------
 
 class Agent:
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.socket = os.path.join(root, "csi.sock")
-        self.log = os.path.join(root, "agent.log")
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+    """The agent on the test's file pool (basalt_agent.launcher), and a controller stub once it answers Probe."""
+
+    def __init__(self, root: str, *extra: str) -> None:
+        from basalt_agent.launcher import AgentProcess
+
+        self.process = AgentProcess(
+            os.path.join(root, "csi.sock"),
+            ["--node-id", "n1", "--pool", f"file:{root}/pool", "--state-dir", f"{root}/state", *extra],
+            log_path=os.path.join(root, "agent.log"), cwd=root)
+        self.channel: Any = None
+
+    @property
+    def argv(self) -> List[str]:
+        return self.process.argv
 
     def start(self) -> Any:
         import grpc
 
-        from basalt_agent.proto import csi_pb2, csi_pb2_grpc
+        from basalt_agent.launcher import AgentFailed
+        from basalt_agent.proto import csi_pb2_grpc
 
-        argv = [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{self.socket}", "--node-id", "n1",
-                "--pool", f"file:{self.root}/pool", "--state-dir", f"{self.root}/state"]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root)
-        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
-        identity = csi_pb2_grpc.IdentityStub(self.channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"agent exited: {Path(self.log).read_text()[-3000:]}"
-            if os.path.exists(self.socket):
-                try:
-                    identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
-                    return csi_pb2_grpc.ControllerStub(self.channel)
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.1)
-        pytest.fail(f"agent not ready: {Path(self.log).read_text()[-3000:]}")
+        self.process.start()
+        try:
+            self.process.wait_ready()
+        except AgentFailed as failure:
+            self.process.stop()
+            pytest.fail(str(failure))
+        self.channel = grpc.insecure_channel(f"unix://{self.process.socket_path}")
+        return csi_pb2_grpc.ControllerStub(self.channel)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        self.process.stop()
 
 
 @pytest.fixture
@@ -489,3 +479,33 @@ def test_cross_face(playbook: Playbook, root: str, controller: Any) -> None:
     assert all(r["changed"] for _name, r in basalt_results(output))
     assert _volume_ids(controller) == {}
     assert list(controller.ListSnapshots(csi_pb2.ListSnapshotsRequest(), timeout=30).entries) == []
+
+
+def test_a_playbook_and_an_agent_on_one_pool_report_the_same_capacity(playbook: Playbook, root: str) -> None:
+    """The pool module stores the pool's settings with it; the volume module and the agent read them there."""
+    pytest.importorskip("grpc")
+    from basalt_agent.proto import csi_pb2
+
+    pool = f"file:{root}/pool"
+    output = playbook.run(play(
+        _module("pool", "Make the pool", pool=pool, capacity_limit="64Mi"),
+        _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"),
+        _module("pool", "Make the pool again", pool=pool),
+    ), name="pool")
+    made, again = result(output, "Make the pool"), result(output, "Make the pool again")
+    assert made["changed"] and not again["changed"]
+    assert again["pool"]["settings"] == {"capacity_limit": 64 * MiB} and again["pool"]["volumes"] == 1
+    assert again["pool"]["available_bytes"] == 56 * MiB
+
+    agent = Agent(root)  # given no capacity flag: the stored limit applies
+    try:
+        controller = agent.start()
+        capacity = controller.GetCapacity(csi_pb2.GetCapacityRequest(), timeout=30).available_capacity
+    finally:
+        agent.stop()
+    assert capacity == again["pool"]["available_bytes"]
+
+    refused = subprocess.run(Agent(root, "--pool-capacity-limit", "32Mi").argv, capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert refused.returncode == 1
+    assert "--pool-capacity-limit 33554432 (stored: 67108864)" in refused.stderr

@@ -18,8 +18,6 @@ import pytest
 from libiscsi_client import library_name
 from tgtd_testlib import Loop, MiB, Tgtd, start_tgtd
 
-from basalt_core import tgt
-
 
 def _missing() -> List[str]:
     missing = [tool for tool in ("tgtd", "tgtadm", "tgt-admin", "losetup") if shutil.which(tool) is None]
@@ -51,7 +49,7 @@ def tgtd() -> Iterator[Tgtd]:
     try:
         yield daemon
     finally:
-        tgt.stop_private_tgtd(daemon.control_port, daemon.proc)
+        daemon.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from libiscsi_client import Session
-from tgtd_testlib import free_port
+from tgtd_testlib import free_port, start_private_tgtd, stop_private_tgtd
 
 from basalt_core import tgt
 from basalt_core.iscsi_target import Chap
@@ -38,7 +38,7 @@ def tgtadm(control: int, args: List[str]) -> "subprocess.CompletedProcess[str]":
 def main() -> None:
     control = 31000 + free_port() % 1700
     portal = f"127.0.0.1:{free_port()}"
-    proc = tgt.start_private_tgtd(control, portal)
+    proc = start_private_tgtd(control, portal)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "v.img"
         with open(image, "wb") as handle:
@@ -90,7 +90,7 @@ def main() -> None:
                               f"{result.stderr.strip()}")
             (OUT / "tgtadm_errors.tsv").write_text("\n".join(errors) + "\n")
         finally:
-            tgt.stop_private_tgtd(control, proc)
+            stop_private_tgtd(control, proc)
             subprocess.run(["losetup", "--detach", device], check=False)
 
 

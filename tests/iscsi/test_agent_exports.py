@@ -54,10 +54,12 @@ def test_only_the_published_node_with_the_right_secret_reaches_the_data(storage_
     storage_host.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=volume.volume_id))
 
 
-def test_read_only_publication_refuses_writes_at_the_target(storage_host: Agent) -> None:
+@pytest.mark.parametrize("readonly", [True, False], ids=["readonly-true", "reader-mode-readonly-false"])
+def test_read_only_publication_refuses_writes_at_the_target(storage_host: Agent, readonly: bool) -> None:
+    """MULTI_NODE_READER_ONLY exports read-only whatever `readonly` says (README: access modes)."""
     cap = block_cap(AM.MULTI_NODE_READER_ONLY)
     volume = create(storage_host, "readers", cap)
-    contexts = [publish(storage_host, volume.volume_id, node, cap, readonly=True) for node in ("node-a", "node-b")]
+    contexts = [publish(storage_host, volume.volume_id, node, cap, readonly=readonly) for node in ("node-a", "node-b")]
     with login(contexts[0], NODE_A) as session:
         assert session.read(0, 512).good
         assert not session.write(0, b"X" * 512).good

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
+import grpc
 import pytest
 from agent_iscsi_testlib import (
     BASE_IQN,
@@ -29,9 +30,9 @@ from agent_iscsi_testlib import (
     storage_host_args,
     wait_reconciled,
 )
-from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, make_root, retry_until
+from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, code_of, make_root, retry_until
 from libiscsi_client import IscsiError
-from tgtd_testlib import Tgtd
+from tgtd_testlib import Tgtd, load_config
 
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.proto import csi_pb2 as csi
@@ -40,7 +41,8 @@ from basalt_agent.reconcile import reconcile
 from basalt_core import exports, tgt, volumes
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import Chap
-from basalt_core.pool import open_pool
+from basalt_core.model import Publication
+from basalt_core.pool_factory import open_pool
 
 STRAY = f"{BASE_IQN}:vol-00000000-0000-5000-8000-000000000000"  # ours by name, in no record
 FOREIGN = "iqn.2003-01.org.example.other:disk1"
@@ -58,13 +60,10 @@ def host(tgtd: Tgtd) -> Iterator[Tuple[Agent, Tgtd]]:
         cleanup_root(root)
 
 
-def crash_and_restart_tgtd(daemon: Tgtd) -> "subprocess.Popen[bytes]":
-    """SIGKILL our tgtd; start an empty one on the same control port and portal (stop it with stop_private_tgtd)."""
-    daemon.proc.kill()
-    daemon.proc.wait(10)
-    fresh = tgt.start_private_tgtd(daemon.control_port, daemon.portal, wait=30.0)
+def crash_and_restart_tgtd(daemon: Tgtd) -> None:
+    """SIGKILL our tgtd; start an empty one on the same control port and portal (the fixture stops it)."""
+    daemon.restart_empty()
     assert tgt.TgtBackend(control_port=daemon.control_port).targets() == []
-    return fresh
 
 
 def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent, Tgtd], loop: Any,
@@ -83,7 +82,7 @@ def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent,
                                                                              node_id="node-a"))
     agent.stop()
 
-    fresh = crash_and_restart_tgtd(daemon)
+    crash_and_restart_tgtd(daemon)
     try:
         # Someone else's target, and one of ours that no record wants (a crash between export and record).
         other = tgt.TgtBackend(control_port=daemon.control_port, conf_path=str(tmp_path / "other.conf"),
@@ -132,7 +131,6 @@ def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent,
         other.remove_export(FOREIGN)
     finally:
         agent.stop()
-        tgt.stop_private_tgtd(daemon.control_port, fresh)
 
 
 def test_one_failing_volume_does_not_stop_the_others(host: Tuple[Agent, Tgtd]) -> None:
@@ -142,7 +140,7 @@ def test_one_failing_volume_does_not_stop_the_others(host: Tuple[Agent, Tgtd]) -
     fine = create(agent, "fine", block_cap())
     context = publish(agent, fine.volume_id, "node-a", block_cap())
     agent.stop()
-    fresh = crash_and_restart_tgtd(daemon)
+    crash_and_restart_tgtd(daemon)
     try:
         # The broken volume's image disappears behind the agent's back: its export cannot be re-created.
         image = image_of(agent, broken.volume_id)
@@ -159,7 +157,6 @@ def test_one_failing_volume_does_not_stop_the_others(host: Tuple[Agent, Tgtd]) -
         assert agent.identity.Probe(csi.ProbeRequest()).ready.value  # still serving
     finally:
         agent.stop()
-        tgt.stop_private_tgtd(daemon.control_port, fresh)
 
 
 def test_a_volume_busy_in_an_rpc_is_left_to_it(tgtd: Tgtd, tmp_path: Path) -> None:
@@ -191,16 +188,56 @@ def test_a_volume_busy_in_an_rpc_is_left_to_it(tgtd: Tgtd, tmp_path: Path) -> No
     volumes.delete_volume(pool, volume.id)
 
 
+def test_reconciliation_lists_the_target_service_once_whatever_the_exports(tgtd: Tgtd, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linear in the number of exports: after tgtd restarted empty, restoring N exports lists tgtd once and
+    runs only the commands that change something (the shared CHAP account made once), with the real tgtd."""
+    pool = open_pool(f"file:{tmp_path / 'pool'}")
+    backend = tgt.TgtBackend(control_port=tgtd.control_port, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE_IQN)
+    settings = ExportSettings(BASE_IQN, (tgtd.portal,))
+    publishing = IscsiPublishing(pool, "storage-1", backend, settings, {"node-a": NODE_A})
+    chap = Chap(CHAP["node.session.auth.username"], CHAP["node.session.auth.password"])
+    published = []
+    for i in range(5):
+        volume, _ = volumes.ensure_volume(pool, f"linear-{i}", 4 << 20)
+        exports.ensure_exported(pool, backend, settings, volume, NODE_A, chap, False)
+        volumes.set_publication(pool, volume.id, "node-a", Publication(readonly=False,
+                                                                       access_mode="SINGLE_NODE_WRITER"))
+        published.append(volume)
+    tgtd.restart_empty()
+    ran: List[List[str]] = []
+    real_run = tgt.run
+
+    def counting(argv: List[str], **kwargs: Any) -> Any:
+        ran.append(list(argv))
+        return real_run(argv, **kwargs)
+    monkeypatch.setattr(tgt, "run", counting)
+    try:
+        summary = reconcile(publishing, ObjectLocks())
+        assert (summary.applied, summary.failed, summary.skipped) == (10, 0, 0)  # an export and a grant each
+        listings = [argv for argv in ran if "show" in argv]
+        assert len(listings) == 1 and listings[0][-4:] == ["--mode", "target", "--op", "show"]
+        assert len(ran) == 1 + 6 * len(published) + 1  # 6 changes per export, the shared account once
+        assert len(backend.targets()) == len(published)
+    finally:
+        monkeypatch.undo()
+        for volume in published:
+            volumes.clear_publication(pool, volume.id, "node-a")
+            exports.ensure_unexported(pool, backend, settings, volume.id, NODE_A)
+            pool.detach(volume)
+            volumes.delete_volume(pool, volume.id)
+
+
 def test_config_loaded_at_boot_leaves_nothing_to_reconcile(host: Tuple[Agent, Tgtd]) -> None:
     """tgt.service at boot loads the config file the agent persisted (tgt-admin -e): the agent then agrees."""
     agent, daemon = host
     volume = create(agent, "booted", block_cap())
     context = publish(agent, volume.volume_id, "node-a", block_cap())
     agent.stop()
-    fresh = crash_and_restart_tgtd(daemon)
+    crash_and_restart_tgtd(daemon)
     try:
-        tgt.load_config(os.path.join(agent.root, "tgt-basalt.conf"), control_port=daemon.control_port,
-                        force=True, secrets=[CHAP["node.session.auth.password"]])
+        load_config(os.path.join(agent.root, "tgt-basalt.conf"), daemon.control_port, force=True)
         agent.start()
         summary = wait_reconciled(agent, 2)
         assert (summary["applied"], summary["failed"], summary["skipped"]) == (0, 0, 0), summary
@@ -210,7 +247,6 @@ def test_config_loaded_at_boot_leaves_nothing_to_reconcile(host: Tuple[Agent, Tg
             login(context, NODE_A, password="Wrong-Secret-999")
     finally:
         agent.stop()
-        tgt.stop_private_tgtd(daemon.control_port, fresh)
 
 
 def test_a_lun_on_another_device_is_exported_again_from_the_volume(host: Tuple[Agent, Tgtd], loop: Any,
@@ -223,7 +259,7 @@ def test_a_lun_on_another_device_is_exported_again_from_the_volume(host: Tuple[A
     with login(context, NODE_A) as session:
         assert session.write(0, b"R" * 512).good
     agent.stop()
-    fresh = crash_and_restart_tgtd(daemon)
+    crash_and_restart_tgtd(daemon)
     try:
         target = context["basalt.dev/iscsi-target"]
         restored = tgt.TgtBackend(control_port=daemon.control_port, conf_path=str(tmp_path / "boot.conf"),
@@ -242,7 +278,6 @@ def test_a_lun_on_another_device_is_exported_again_from_the_volume(host: Tuple[A
             assert session.read(0, 512).data == b"R" * 512
     finally:
         agent.stop()
-        tgt.stop_private_tgtd(daemon.control_port, fresh)
 
 
 def test_target_service_down_at_start_does_not_stop_the_agent(host: Tuple[Agent, Tgtd]) -> None:
@@ -252,7 +287,9 @@ def test_target_service_down_at_start_does_not_stop_the_agent(host: Tuple[Agent,
     agent.stop()
     daemon.proc.kill()
     daemon.proc.wait(10)
-    agent.start()
+    agent.start(wait_ready=False)
     assert retry_until(lambda: "iscsi reconciliation failed" in agent.log(), 60), agent.log()[-4000:]
-    assert agent.identity.Probe(csi.ProbeRequest()).ready.value
+    # Probe (and /healthz) depend on the target service and say so; the agent keeps serving.
+    code, error = code_of(agent.identity.Probe, csi.ProbeRequest())
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "target service" in error.details()
     assert [v.volume.volume_id for v in agent.list_all_volumes()] == [volume.volume_id]

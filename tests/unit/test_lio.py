@@ -1,24 +1,29 @@
 """basalt_core.lio against a fake rtslib_fb that records the object calls.
 
 LIO cannot run on the development and CI machines (no configfs); the VM
-tier exercises the real kernel target.  The fake mirrors rtslib-fb 2.1.76:
-same constructor signatures (checked against the real package by
-``test_fake_matches_real_rtslib`` when rtslib_fb is importable, e.g.
-``PYTHONPATH=<unpacked rtslib-fb-2.1.76> pytest tests/unit/test_lio.py``),
-and the same properties (NodeACL.chap_*, MappedLUN.write_protect,
-TPG.enable, BlockStorageObject.readonly/udev_path/wwn) and methods
-(TPG.set_attribute/get_attribute, delete, RTSRoot.save_to_file).
+tier exercises the real kernel target.  The fake mirrors rtslib-fb's API
+(2.1.76 as Debian 12 ships it; the dev extra installs rtslib-fb from PyPI):
+``test_fake_matches_real_rtslib`` records every class, constructor, method
+and attribute that basalt_core.lio itself uses on the fake, and checks each
+against the real package (configfs is absent, so only its API can be
+checked): the class exists, the arguments bind to the real signature, the
+attribute exists and is settable where lio sets it.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Counter, Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from basalt_core import lio
+from basalt_core import exports, lio
 from basalt_core.errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant
 
@@ -29,16 +34,60 @@ SERIAL = "5b1fd0c2a1b2c3d4"
 CHAP_A = Chap("node-a", "secret-a-0123456", "target-1", "secret-t-6543210")
 
 
+@dataclass
+class ApiUse:
+    """What basalt_core.lio used of the (fake) rtslib_fb: calls with their arguments, attributes read and set."""
+
+    calls: List[Tuple[str, str, Tuple[Any, ...], Dict[str, Any]]] = field(default_factory=list)
+    reads: Counter[Tuple[str, str]] = field(default_factory=Counter)
+    writes: Set[Tuple[str, str]] = field(default_factory=set)
+
+
+_USE: List[ApiUse] = []  # the active recorder, if any
+
+
+def _by_lio() -> bool:
+    """Whether the access being recorded comes from basalt_core.lio itself (not from the fake or the test)."""
+    return sys._getframe(2).f_globals.get("__name__") == lio.__name__
+
+
 class Recorded:
-    """Base of the fake objects: attribute sets after construction are logged."""
+    """Base of the fake objects: attribute sets after construction are logged; lio's uses are recorded."""
 
     _log: List[Tuple[Any, ...]]
     _ready = False
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if _USE and not name.startswith("_") and _by_lio():
+            _USE[0].writes.add((type(self).__name__, name))
         if self._ready and not name.startswith("_"):
             self._log.append(("set", repr(self), name, value))
         object.__setattr__(self, name, value)
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _USE and not name.startswith("_") and _by_lio():
+            owner = type(self).__name__
+            if inspect.ismethod(value):
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    _USE[0].calls.append((owner, name, args, kwargs))
+                    return value(*args, **kwargs)
+                return call
+            _USE[0].reads[(owner, name)] += 1
+        return value
+
+
+class FakeModule(SimpleNamespace):
+    """The fake rtslib_fb module: lio's constructor calls are recorded with their arguments."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _USE and isinstance(value, type) and _by_lio():
+            def construct(*args: Any, **kwargs: Any) -> Any:
+                _USE[0].calls.append((name, "", args, kwargs))
+                return value(*args, **kwargs)
+            return construct
+        return value
 
 
 def make_fake() -> SimpleNamespace:
@@ -46,10 +95,12 @@ def make_fake() -> SimpleNamespace:
     log: List[Tuple[Any, ...]] = []
     state: Dict[str, List[Any]] = {"targets": [], "storage": []}
 
-    class FabricModule:
+    class FabricModule(Recorded):
         def __new__(cls, name: str) -> Any:  # rtslib: FabricModule(name) returns the registered module
             assert name == "iscsi"
-            return SimpleNamespace(targets=list(state["targets"]), name=name)
+            module = object.__new__(cls)
+            module.targets = list(state["targets"])
+            return module
 
     class BlockStorageObject(Recorded):
         plugin = "block"
@@ -152,14 +203,14 @@ def make_fake() -> SimpleNamespace:
         def __repr__(self) -> str:
             return f"<mapped {self.mapped_lun}>"
 
-    class RTSRoot:
+    class RTSRoot(Recorded):
         def __init__(self) -> None:
             self.storage_objects = list(state["storage"])
 
         def save_to_file(self, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
             log.append(("save_to_file", save_file))
 
-    return SimpleNamespace(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
+    return FakeModule(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
                            BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
                            RTSRoot=RTSRoot)
 
@@ -170,8 +221,9 @@ def rts() -> SimpleNamespace:
 
 
 @pytest.fixture
-def backend(rts: SimpleNamespace) -> lio.LioBackend:
-    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file="/tmp/x.json", rtslib=rts)
+def backend(rts: SimpleNamespace, tmp_path: Path) -> lio.LioBackend:
+    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file="/tmp/x.json",
+                          lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
 
 
 def _taken(rts: SimpleNamespace) -> List[Tuple[Any, ...]]:
@@ -212,8 +264,7 @@ def test_export_grant_revoke_remove(rts: SimpleNamespace, backend: lio.LioBacken
     assert backend.ensure_grant(T, A, CHAP_A) is False
     assert _taken(rts) == []
 
-    assert backend.exports() == [Export(T, 0, SERIAL, "/dev/vg/pvc-1", False,
-                                        ("192.0.2.10:3260", "[2001:db8::10]:3260"), (Grant(A, CHAP_A),))]
+    assert backend.exports() == [Export(T, 0, SERIAL, "/dev/vg/pvc-1", False, (Grant(A, CHAP_A),))]
     with pytest.raises(Conflict, match="both use CHAP"):
         backend.ensure_grant(T, B, None)
     with pytest.raises(InUse):
@@ -276,7 +327,7 @@ def test_foreign_targets_are_not_reported(rts: SimpleNamespace, backend: lio.Lio
     assert backend.exports() == []
 
 
-def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import builtins
 
     real_import = builtins.__import__
@@ -288,36 +339,172 @@ def test_without_rtslib_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_rtslib)
     with pytest.raises(Precondition, match="rtslib-fb"):
-        lio.LioBackend().exports()
+        lio.LioBackend(lock_path=str(tmp_path / "lio.lock")).exports()
 
 
-def test_fake_matches_real_rtslib() -> None:
-    real = pytest.importorskip("rtslib_fb", reason="rtslib_fb not installed (LIO runs in the VM tier only)")
-    fake = make_fake()
-    for name in ("Target", "TPG", "NetworkPortal", "BlockStorageObject", "LUN", "NodeACL", "MappedLUN", "RTSRoot"):
-        real_sig = inspect.signature(getattr(real, name).__init__)
-        fake_sig = inspect.signature(getattr(fake, name).__init__)
-        assert list(real_sig.parameters) == list(fake_sig.parameters), name
-        assert [p.default for p in real_sig.parameters.values()] == [p.default for p in fake_sig.parameters.values()]
-    assert list(inspect.signature(real.FabricModule.__new__).parameters) == ["cls", "name"]
-    assert list(inspect.signature(real.RTSRoot.save_to_file).parameters) == ["self", "save_file", "so_path"]
-    for cls, props in ((real.NodeACL, ("chap_userid", "chap_password", "chap_mutual_userid", "chap_mutual_password",
-                                       "node_wwn", "mapped_luns")),
-                       (real.TPG, ("enable", "tag", "luns", "node_acls", "network_portals")),
-                       (real.MappedLUN, ("write_protect", "mapped_lun")),
-                       (real.BlockStorageObject, ("readonly", "udev_path", "wwn", "name", "plugin")),
-                       (real.NetworkPortal, ("ip_address", "port")),
-                       (real.LUN, ("lun", "storage_object")),
-                       (real.Target, ("tpgs",))):
-        for prop in props:
-            assert hasattr(cls, prop) or prop == "plugin", f"{cls.__name__}.{prop}"
-    for cls, attr in ((real.NodeACL, "chap_userid"), (real.MappedLUN, "write_protect"), (real.TPG, "enable")):
-        assert getattr(cls, attr).fset is not None, f"{cls.__name__}.{attr} is settable"
-    assert callable(real.TPG.set_attribute) and callable(real.TPG.get_attribute)
+def _real_class(real: Any, fake_name: str) -> Any:
+    """The real class behind a fake's name: FabricModule("iscsi") is an ISCSIFabricModule."""
+    return real.fabric.fabric_modules["iscsi"] if fake_name == "FabricModule" else getattr(real, fake_name)
 
 
-def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespace) -> None:
+def _set_in_a_constructor(cls: Any, name: str) -> bool:
+    """Whether some __init__ in *cls*'s MRO assigns ``self.<name>`` (rtslib keeps a few plain attributes)."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and f"self.{name} =" in inspect.getsource(init):
+            return True
+    return False
+
+
+def _exercise(tmp_path: Path) -> ApiUse:
+    """Every path of LioBackend against the fake, recording what it uses."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), save_file=str(tmp_path / "saved.json"),
+                             lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    use = ApiUse()
+    _USE.append(use)
+    try:
+        backend.ping()
+        backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
+        backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
+        backend.ensure_grant(T, A, CHAP_A)
+        backend.ensure_grant(T, A, Chap("node-a", "secret-a-rotated"))
+        backend.exports()
+        backend.persist()
+        backend.revoke_grant(T, A)
+        backend.remove_export(T)
+        backend.ensure_export(T, "/dev/vg/pvc-2", SERIAL, True)
+        backend.ensure_grant(T, B, None)
+        [acl] = rts.FabricModule("iscsi").targets[0].tpgs[0].node_acls
+        acl.mapped_luns[0].write_protect = False  # someone changed it: lio puts it back
+        backend.ensure_grant(T, B, None)
+    finally:
+        _USE.clear()
+    return use
+
+
+def test_fake_matches_real_rtslib(tmp_path: Path) -> None:
+    use = _exercise(tmp_path)
+    constructed = {owner for owner, method, _a, _k in use.calls if not method}
+    assert constructed == {"FabricModule", "Target", "TPG", "NetworkPortal", "BlockStorageObject", "LUN", "NodeACL",
+                           "MappedLUN", "RTSRoot"}, "the exercise must reach every class lio constructs"
+    assert ("NodeACL", "chap_password") in use.writes and ("MappedLUN", "write_protect") in use.writes
+    assert ("TPG", "set_attribute") in {(o, m) for o, m, _a, _k in use.calls}
+    real = pytest.importorskip("rtslib_fb", reason="rtslib-fb is not installed (pip install -e .[dev] installs it)")
+    problems = []
+    for owner, method, args, kwargs in use.calls:
+        if not method:  # a constructor: the module attribute, called as lio calls it
+            real_cls = getattr(real, owner, None)
+            if real_cls is None:
+                problems.append(f"rtslib_fb has no {owner}")
+                continue
+            function, first = (real_cls.__new__, real_cls) if owner == "FabricModule" else (real_cls.__init__, None)
+        else:
+            function, first = getattr(_real_class(real, owner), method, None), None
+            if not callable(function):
+                problems.append(f"rtslib_fb {owner} has no method {method}")
+                continue
+        try:
+            inspect.signature(function).bind(first, *args, **kwargs)
+        except TypeError as error:
+            problems.append(f"{owner}{'.' + method if method else ''}{args!r} {kwargs!r}: {error}")
+    for owner, name in sorted(set(use.reads) | use.writes):
+        real_cls = _real_class(real, owner)
+        found = inspect.getattr_static(real_cls, name, None)
+        if (owner, name) in use.writes:
+            if not (isinstance(found, property) and found.fset is not None):
+                problems.append(f"{owner}.{name} is set by lio but not a settable property in rtslib_fb")
+        elif found is None and not _set_in_a_constructor(real_cls, name):
+            problems.append(f"{owner}.{name} is read by lio but rtslib_fb has no such attribute")
+    assert problems == []
+
+
+def test_the_api_check_catches_a_drifted_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above is only worth something if it fails: lio using a name rtslib does not have is caught."""
+    real = pytest.importorskip("rtslib_fb", reason="rtslib-fb is not installed (pip install -e .[dev] installs it)")
+    monkeypatch.setattr(real.TPG, "set_attribute", None)
+    with pytest.raises(AssertionError, match="TPG has no method set_attribute"):
+        test_fake_matches_real_rtslib(tmp_path)
+
+
+def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespace, tmp_path: Path) -> None:
     # None lets rtslib pick its default_save_file: Debian's python3-rtslib-fb restores
     # /etc/rtslib-fb-target/saveconfig.json at boot, upstream /etc/target/saveconfig.json (VM tier).
-    lio.LioBackend(portals=("192.0.2.10:3260",), rtslib=rts).persist()
+    lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts).persist()
     assert _taken(rts) == [("save_to_file", None)]
+
+
+class _Pool:
+    """The pool side of a publish: the volume's device (attach and detach are the pool's, not LIO's)."""
+
+    def attach(self, volume: Any) -> str:
+        return "/dev/vg/" + volume.id
+
+    def load_volume(self, volume_id: str) -> Any:
+        return SimpleNamespace(id=volume_id, publications={})
+
+    def detach(self, volume: Any) -> bool:
+        return True
+
+
+def _publish_and_unpublish_reads(tmp_path: Path, others: int) -> Tuple[Counter[Tuple[str, str]], List[Any]]:
+    """ControllerPublish + ControllerUnpublish of one volume on a host that exports *others* more."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / f"lio-{others}.lock"),
+                             rtslib=rts)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    for i in range(others):
+        backend.ensure_export(f"iqn.2026-11.io.basalt:other-{i}", f"/dev/vg/other-{i}", f"{i:016x}", False)
+        backend.ensure_grant(f"iqn.2026-11.io.basalt:other-{i}", B, CHAP_A)
+    _taken(rts)
+    use = ApiUse()
+    _USE.append(use)
+    try:
+        volume = SimpleNamespace(id="pvc-1")
+        exports.ensure_exported(_Pool(), backend, settings, volume, A, CHAP_A, False)  # type: ignore[arg-type]
+        exports.ensure_unexported(_Pool(), backend, settings, "pvc-1", A)  # type: ignore[arg-type]
+    finally:
+        _USE.clear()
+    return use.reads, _taken(rts)
+
+
+def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_path: Path) -> None:
+    """LIO's cost per RPC is rtslib's own calls: the changes a bare rtslib script would make, plus lookups
+    that read the fabric's target list and the storage objects once each step, not every target's objects."""
+    alone_reads, alone_changes = _publish_and_unpublish_reads(tmp_path, 0)
+    busy_reads, busy_changes = _publish_and_unpublish_reads(tmp_path, 30)
+    assert busy_changes == alone_changes
+    made = [c[0] for c in alone_changes if c[0] not in ("set", "set_attribute")]
+    assert made == ["BlockStorageObject", "Target", "TPG", "NetworkPortal", "LUN", "NodeACL", "MappedLUN",
+                    "save_to_file", "delete", "delete", "delete", "save_to_file"]  # every one a bare script needs
+    per_target = {k: v for k, v in busy_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
+    assert per_target == {k: v for k, v in alone_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
+    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] <= 6
+
+
+def test_concurrent_publishes_never_interleave_in_lio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIO's objects and its saved configuration are every volume's: twelve publishes of twelve volumes at
+    once run one at a time inside the backend (as tgt's do), and every export and grant is there after."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    active, most = [0], [0]
+    real_save = rts.RTSRoot.save_to_file
+
+    def slow_save(self: Any, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # long enough for another thread to get in, were it let in
+        real_save(self, save_file, so_path)
+        active[0] -= 1
+    monkeypatch.setattr(rts.RTSRoot, "save_to_file", slow_save)
+
+    def publish(i: int) -> None:
+        volume = SimpleNamespace(id=f"pvc-{i}")
+        exports.ensure_exported(_Pool(), backend, settings, volume, f"iqn.2026-11.io.example:node-{i}",  # type: ignore[arg-type]
+                                Chap(f"user-{i}", f"secret-{i:02d}-0123456"), False)
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(publish, range(12)))
+    assert most[0] == 1
+    found = {e.target_iqn: e.grants for e in backend.exports()}
+    assert len(found) == 12 and all(len(g) == 1 and g[0].chap is not None for g in found.values())

@@ -15,10 +15,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from basalt_core import losetup, lvm, volumes
+from basalt_core import blkid, losetup, lvm, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
-from basalt_core.lvm_pool import LvmOptions, LvmPool, lv_name
+from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
+from basalt_core.pool_spec import PoolSettings
 from basalt_core.sizes import MiB
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for loop devices and LVM")
@@ -54,7 +55,7 @@ def vg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def pool_of(vg: Any, **options: Any) -> LvmPool:
-    return LvmPool(vg[0], LvmOptions(activation="loop", alloc="contiguous", **options))
+    return LvmPool(vg[0], PoolSettings(activation="loop", alloc="contiguous", **options))
 
 
 def read_lv(vg: Any, pool: LvmPool, object_id: str, offset: int, length: int) -> bytes:
@@ -101,6 +102,27 @@ def test_new_volumes_read_blank_even_over_old_data(vg: Any) -> None:
     second, _ = volumes.ensure_volume(pool, "second", 4 * MiB)  # same extents, reused
     assert read_lv(vg, pool, second.id, 0, MiB) == b"\0" * MiB
     assert read_lv(vg, pool, second.id, 3 * MiB, MiB) == b"\0" * MiB
+
+
+def test_new_grown_and_restored_volumes_stay_formattable_over_old_data(vg: Any) -> None:
+    """The never-reformat rule reads both ends: every volume the pool hands out must read blank there."""
+    pool = pool_of(vg)
+    old, _ = volumes.ensure_volume(pool, "old", 64 * MiB)
+    write_through_device(pool, old, 0, b"\xaa" * (64 * MiB))
+    volumes.delete_volume(pool, old.id)
+    fresh, _ = volumes.ensure_volume(pool, "fresh", 4 * MiB)
+    grown, _ = volumes.ensure_volume(pool, "grown", 4 * MiB)
+    volumes.expand_volume(pool, grown.id, 12 * MiB)  # onto old extents
+    snap, _ = volumes.ensure_snapshot(pool, "snap", fresh.id)
+    restored, _ = volumes.ensure_volume(pool, "restored", 8 * MiB, source=ContentSource(SOURCE_SNAPSHOT, snap.id))
+    for volume in (fresh, grown, restored):
+        device = pool.attach(volume)
+        try:
+            found = blkid.examine(device)
+            assert found.blank, f"{volume.name}: {found.describe()}"
+        finally:
+            pool.detach(volume)
+    assert read_lv(vg, pool, restored.id, 4 * MiB, MiB) == b"\xaa" * MiB  # the middle is not rewritten
 
 
 def test_snapshot_restore_and_clone_copy_the_bytes(vg: Any) -> None:

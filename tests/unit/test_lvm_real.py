@@ -87,7 +87,7 @@ def test_volume_group_and_physical_volumes(vg: RealVg) -> None:
     assert (group.name, group.extent_size, group.extent_count) == (vg.name, 4 * MiB, 30)
     assert group.free == group.size == 30 * 4 * MiB and group.tags == ()
     pvs = lvm.physical_volumes(vg.name, settings=vg.settings)
-    assert [pv.name for pv in pvs] == vg.devices
+    assert sorted(pv.name for pv in pvs) == sorted(vg.devices)  # LVM lists PVs in its own order
     assert all(pv.vg_name == vg.name and pv.pe_start == MiB and pv.size == 60 * MiB for pv in pvs)
 
 
@@ -99,7 +99,7 @@ def test_config_text_works_without_a_private_lvm_conf(vg: RealVg) -> None:
     assert lvm.volume_group(vg.name, settings=settings).extent_count == 30
     # With the second device filtered out, LVM reports the VG's PV there as missing.
     hidden = lvm.LvmSettings.isolated(vg.devices[:1], system_dir=empty)
-    assert [pv.name for pv in lvm.physical_volumes(settings=hidden)] == [vg.devices[0], "[unknown]"]
+    assert sorted(pv.name for pv in lvm.physical_volumes(settings=hidden)) == sorted([vg.devices[0], "[unknown]"])
 
 
 def test_linear_lifecycle(vg: RealVg) -> None:
@@ -158,6 +158,7 @@ def test_contiguous_lv_location(vg: RealVg) -> None:
         pvs = lvm.physical_volumes(vg.name, settings=s)
         location = lvm.linear_location(volume, pvs, 4 * MiB)
         first = volume.seg_pe_ranges[0].first
+        # LVM allocates from the VG's first PV (vgcreate's order, not the devices' numbering).
         assert location == lvm.DataLocation(vg.devices[0], MiB + first * 4 * MiB, 8 * MiB)
         assert first == 1  # right after "first"
         # A contiguous LV cannot grow past its neighbour... unless the next extents are free.
@@ -219,8 +220,8 @@ def test_tag_values_survive_lvm(vg: RealVg) -> None:
 def test_thin_metadata_reports(vg: RealVg) -> None:
     """Runs last: it leaves thin LVs that only the fixture's vgremove -ff takes away."""
     s = vg.settings
-    pvs = lvm.physical_volumes(vg.name, settings=s)
-    assert pvs[1].free == pvs[1].size, "thin_lvs.vgtext needs the second PV empty"
+    second = {pv.name: pv for pv in lvm.physical_volumes(vg.name, settings=s)}[vg.devices[1]]  # pv1 in the VG
+    assert second.free == second.size, "thin_lvs.vgtext needs the second PV empty"
     lvm.create_linear(vg.name, "origin", 8 * MiB, [MANAGED], settings=s)
     backup = os.path.join(vg.workdir, "backup.vg")
     run(["vgcfgbackup", "--file", backup, vg.name], env=vg.env, what="back up VG metadata", stdin="")

@@ -7,9 +7,10 @@ touched (targets outside the base IQN).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, cast
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, cast
 
 import pytest
 
@@ -32,7 +33,7 @@ LOOKALIKE = f"{BASE}.other:vol-1"  # shares the base as a string prefix, but is 
 
 
 def live(target: str, *grants: Grant, device: str = "/dev/loop7", read_only: bool = False) -> Export:
-    return Export(target, 1, "0123456789abcdef", device, read_only, ("127.0.0.1:3260",), tuple(grants))
+    return Export(target, 1, "0123456789abcdef", device, read_only, tuple(grants))
 
 
 def want(target: str, initiator: Optional[str], node: str = "node-a", read_only: bool = False,
@@ -160,7 +161,7 @@ def test_derived_initiator_is_what_the_node_writes() -> None:
 
 
 def test_tgt_saved_grants_come_from_its_grant_record(tmp_path: Path) -> None:
-    """tgtd forgets everything when it stops; the grant record (0600, written before every change) does not."""
+    """tgtd forgets everything when it stops; the grant record (0600, written with every change) does not."""
     record = tmp_path / "tgt-grants.json"
     record.write_text(json.dumps({"version": 1, "targets": {
         T1: {"grants": {A: {"user": "user-a", "password": "Secret-Of-A-1234", "mutual_user": None,
@@ -194,6 +195,12 @@ class _LiveOnly(TargetBackend):
         return self.live
 
     def persist(self) -> None:
+        raise AssertionError("not called")
+
+    def transaction(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def ping(self) -> None:
         raise AssertionError("not called")
 
 

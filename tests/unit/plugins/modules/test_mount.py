@@ -42,6 +42,10 @@ FAILED_MOUNT = CommandFailed(["mount", "-t", "ext4", DEV, MNT], 32,
                              f"mount {DEV} on /mnt")
 
 
+NOT_EMPTY_AFTER_UNMOUNT = Precondition(f"unmounted {MNT}, but did not remove it: the directory is not empty")
+NOT_EMPTY_AFTER_UNMOUNT.changed = True
+
+
 @dataclass
 class MountCase:
     case: Case
@@ -171,7 +175,7 @@ CASES = [
         "a mount option that could smuggle another",
         dict(device=DEV, path=MNT, opts=["ro;rm"]),
         [],
-        dict(msg="mount option 'ro;rm' is not allowed"),
+        dict(msg="mount option #1 is not allowed"),
         failed=True,
     )),
     MountCase(Case(
@@ -274,6 +278,39 @@ CASES = [
                                      after=dict(mounted=False, fstab_line=None))),
         check_mode=True, diff=True,
     ), HEAD + f"UUID={UUID} {MNT} ext4 defaults 0 0\n", HEAD + f"UUID={UUID} {MNT} ext4 defaults 0 0\n"),
+    MountCase(Case(
+        "absent on a mount point not empty beneath: the unmount is reported as a change, then the failure",
+        dict(path=MNT, state="absent", fstab=True, fstab_file=FSTAB),
+        [
+            call("find_mount", MNT, returns=entry()),
+            call("ensure_unmounted", MNT, remove=True, check_mode=False, raises=NOT_EMPTY_AFTER_UNMOUNT),
+        ],
+        dict(changed=True, msg="/mnt, but did not remove it: the directory is not empty"),
+        failed=True,
+    ), HEAD + f"UUID={UUID} {MNT} ext4 defaults 0 0\n", HEAD + f"UUID={UUID} {MNT} ext4 defaults 0 0\n"),
+    MountCase(Case(
+        "absent on a directory not empty, nothing mounted: fails unchanged",
+        dict(path=MNT, state="absent"),
+        [
+            call("find_mount", MNT, returns=None),
+            call("ensure_unmounted", MNT, remove=True, check_mode=True,
+                 raises=Precondition(f"did not remove {MNT}: the directory is not empty")),
+        ],
+        dict(changed=False, msg="the directory is not empty"),
+        check_mode=True, failed=True,
+    )),
+    MountCase(Case(
+        "mounted with another filesystem than asked for: an error naming both",
+        dict(device=DEV, path=MNT, fstype="xfs"),
+        [
+            call("find_mount", MNT, returns=entry()),
+            call("is_block_device", DEV, returns=True),
+            call("ensure_mounted", DEV, MNT, "xfs", [], force=False, check_mode=False,
+                 raises=Conflict(f"{MNT} has {DEV} mounted as ext4, not as the xfs asked for")),
+        ],
+        dict(changed=False, msg="mounted as ext4, not as the xfs asked for"),
+        failed=True,
+    )),
     MountCase(Case(
         "absent when already gone",
         dict(path=MNT, state="absent", fstab=True, fstab_file=FSTAB),

@@ -63,6 +63,28 @@ CASES = [
         dict(changed=True, volume=facts(8 * MiB)),
     ),
     Case(
+        "10G is 10^10 bytes (decimal), rounded up to the pool unit",
+        dict(name=NAME, pool=SPEC, size="10G"),
+        [
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
+            call("find_volume_by_name", POOL, NAME, returns=None),
+            call("ensure_volume", POOL, NAME, 9537 * MiB, source=None, check_mode=False,
+                 returns=(vol(9537 * MiB), True)),
+        ],
+        dict(changed=True, volume=facts(9537 * MiB)),
+    ),
+    Case(
+        "1.5Gi is 1536 MiB",
+        dict(name=NAME, pool=SPEC, size="1.5Gi"),
+        [
+            call("open_pool", SPEC, create_layout=True, returns=POOL),
+            call("find_volume_by_name", POOL, NAME, returns=None),
+            call("ensure_volume", POOL, NAME, 1536 * MiB, source=None, check_mode=False,
+                 returns=(vol(1536 * MiB), True)),
+        ],
+        dict(changed=True, volume=facts(1536 * MiB)),
+    ),
+    Case(
         "create in check mode, with diff",
         dict(name=NAME, pool=SPEC, size="8Mi"),
         [
@@ -124,14 +146,23 @@ CASES = [
         check_mode=True, diff=True,
     ),
     Case(
-        "smaller size without allow_shrink fails",
+        "smaller size: at least that size, so a larger volume (grown since) is fine and unchanged",
         dict(name=NAME, pool=SPEC, size="4Mi"),
         [
             call("open_pool", SPEC, create_layout=True, returns=POOL),
             call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
         ],
-        dict(msg="needs allow_shrink=true"),
-        failed=True,
+        dict(changed=False, volume=facts(8 * MiB)),
+    ),
+    Case(
+        "smaller size in check mode: unchanged too",
+        dict(name=NAME, pool=SPEC, size="4Mi"),
+        [
+            call("open_pool", SPEC, create_layout=False, returns=POOL),
+            call("find_volume_by_name", POOL, NAME, returns=vol(8 * MiB)),
+        ],
+        dict(changed=False, volume=facts(8 * MiB)),
+        check_mode=True,
     ),
     Case(
         "smaller size with allow_shrink fails: the file pool cannot shrink",
@@ -179,7 +210,28 @@ CASES = [
         "bad quantity",
         dict(name=NAME, pool=SPEC, size="ten gigs"),
         [call("open_pool", SPEC, create_layout=True, returns=POOL)],
-        dict(msg="is not a quantity"),
+        dict(msg="is not a Kubernetes quantity"),
+        failed=True,
+    ),
+    Case(
+        "suffixes are case-sensitive: 10gi is no quantity",
+        dict(name=NAME, pool=SPEC, size="10gi"),
+        [call("open_pool", SPEC, create_layout=True, returns=POOL)],
+        dict(msg="suffixes are case-sensitive"),
+        failed=True,
+    ),
+    Case(
+        "m is milli, not a size",
+        dict(name=NAME, pool=SPEC, size="10m"),
+        [call("open_pool", SPEC, create_layout=True, returns=POOL)],
+        dict(msg="m is milli"),
+        failed=True,
+    ),
+    Case(
+        "zero bytes is no size",
+        dict(name=NAME, pool=SPEC, size="0Gi"),
+        [call("open_pool", SPEC, create_layout=True, returns=POOL)],
+        dict(msg="size must be positive"),
         failed=True,
     ),
     Case(
@@ -193,7 +245,14 @@ CASES = [
         "name longer than 128 bytes",
         dict(name="é" * 65, pool=SPEC, size="8Mi"),
         [],
-        dict(msg="must be 1 to 128 bytes"),
+        dict(msg="volume name is longer than 128 bytes in UTF-8"),
+        failed=True,
+    ),
+    Case(
+        "name with a control character: the rule the agent applies too",
+        dict(name="pvc\nx", pool=SPEC, size="8Mi"),
+        [],
+        dict(msg="volume name contains control character(s) '\\n'"),
         failed=True,
     ),
     Case(

@@ -1,0 +1,104 @@
+"""Metrics and operator pieces: the listener address, bounded reads, Probe's iscsid check, iscsiadm node lists."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from basalt_agent import config, identity
+from basalt_agent.bounded import BoundedRead
+from basalt_agent.metrics import method_name
+from basalt_agent.nodestate import NodeRecord, NodeState
+from basalt_core import iscsiadm
+from basalt_core.errors import InvalidRequest, Precondition
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+    ("0.0.0.0", ("0.0.0.0", config.DEFAULT_METRICS_PORT)),
+    (":9200", (config.DEFAULT_METRICS_HOST, 9200)),
+    ("[::1]:9300", ("::1", 9300)),
+    ("[::]", ("::", config.DEFAULT_METRICS_PORT)),
+    ("::1", ("::1", config.DEFAULT_METRICS_PORT)),
+])
+def test_metrics_address_forms(text: str, expected: tuple[str, int]) -> None:
+    assert config.metrics_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:port", "host:0", "host:70000", "[::1]:x"])
+def test_metrics_address_refuses_bad_ports(text: str) -> None:
+    with pytest.raises(InvalidRequest, match="--metrics-address"):
+        config.metrics_address(text)
+
+
+def test_metrics_address_flag_alone_is_loopback_default() -> None:
+    settings = config.load(["--metrics-address"], environ={})
+    assert config.metrics_address(settings.metrics_address) == ("127.0.0.1", config.DEFAULT_METRICS_PORT)
+    assert config.load([], environ={}).metrics_address == ""
+
+
+def test_method_name_is_the_last_part() -> None:
+    assert method_name("/csi.v1.Controller/CreateVolume") == "CreateVolume"
+
+
+def test_bounded_read_times_out_and_shares_the_running_read() -> None:
+    release, calls = threading.Event(), []
+
+    def slow() -> int:
+        calls.append(1)
+        release.wait(10)
+        return len(calls)
+
+    read = BoundedRead(slow, bound=0.1)
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            read()
+    assert len(calls) == 1  # one hung read, not one per caller
+    release.set()
+    assert read() == 1
+    assert read() == 2  # max_age 0: a finished read is never reused
+
+
+def test_bounded_read_caches_for_max_age_and_passes_errors() -> None:
+    values = iter([1, 2])
+    read = BoundedRead(lambda: next(values), bound=1, max_age=0.3)
+    assert read() == 1 and read() == 1
+    time.sleep(0.35)
+    assert read() == 2
+
+    def broken() -> int:
+        raise Precondition("pool gone")
+    with pytest.raises(Precondition, match="pool gone"):
+        BoundedRead(broken, bound=1)()
+
+
+def test_iscsid_check_only_on_a_node_with_iscsi_attachments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    name = f"\0basalt-test-iscsid-{uuid.uuid4().hex}"  # an abstract socket of this test's own
+    monkeypatch.setattr(identity, "ISCSID_SOCKET", name)
+    state = NodeState(str(tmp_path / "node"))
+    check = identity.iscsid_check(state)
+    check()  # no iSCSI attachments: iscsid is not needed
+    state.save(NodeRecord(volume_id="vol-1", iscsi_target="iqn.2026-11.dev.basalt:vol-1"))
+    with pytest.raises(Precondition, match="iscsid does not answer"):
+        check()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(name)
+        listener.listen()
+        check()
+    finally:
+        listener.close()
+    assert [r.volume_id for r in state.all()] == ["vol-1"]
+
+
+def test_iscsiadm_node_list_parses_portals_and_targets() -> None:
+    text = ("127.0.0.1:3260,1 iqn.2026-11.dev.basalt:vol-1\n"
+            "[::1]:3999,4294967295 iqn.2003-01.org.example:disk\n")
+    assert iscsiadm.parse_nodes(text) == [("iqn.2026-11.dev.basalt:vol-1", "127.0.0.1:3260"),
+                                          ("iqn.2003-01.org.example:disk", "[::1]:3999")]
