@@ -315,6 +315,8 @@ def _from_file(document: Dict[str, Any], path: str) -> Dict[str, Any]:
 def _has_type(value: Any, wanted: Any) -> bool:
     """Whether a TOML value fits a Config field's type (TOML's integers are floats' too, never booleans)."""
     origin, args = typing.get_origin(wanted), typing.get_args(wanted)
+    if origin is typing.Union:  # Optional[X]: TOML has no null, so X
+        return any(_has_type(value, arg) for arg in args if arg is not type(None))
     if origin is list:
         return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
     if origin is dict:
@@ -329,5 +331,7 @@ def _has_type(value: Any, wanted: Any) -> bool:
 
 def _type_name(wanted: Any) -> str:
     origin = typing.get_origin(wanted)
+    if origin is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(wanted) if arg is not type(None))
     return f"{origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(wanted))}" if origin \
         else wanted.__name__
