@@ -1,21 +1,12 @@
-"""Molecule converges the collection's roles and playbooks on a real host: the VM tier's systemd VM over SSH.
+"""Molecule converges the collection against a real host: the VM tier's systemd VM over SSH.
 
 ssh_vm.py boots the ``systemd`` variant of the image (systemd as PID 1, sshd,
 QEMU user-mode networking with ``hostfwd=tcp:127.0.0.1:PORT-:22``, a key made
-for this run, the VM's own host key checked, two scratch disks); three
-scenarios then run on that one VM, with this checkout linked into a temporary
-``ansible_collections/basalt/csi`` tree and the agent's dependencies from a
-wheel directory (the guest has no network):
-
-- ``molecule/default`` (syntax, converge, idempotence, check, verify): the
-  nodes playbook (host role, agent role under systemd, file pool); verify: the
-  unit active, sockets 0600, Probe, the derived initiator name, a volume
-  walked through the agent;
-- ``molecule/lvm`` (converge, verify): the same playbook with an lvmthin pool
-  on the two disks (PVs, VG, thin pool made by the pool role), a thin volume
-  walked through the agent with device-mapper;
-- ``molecule/uninstall`` (converge, verify): the uninstall playbook; nothing
-  of the agent left, the pools kept.
+for this run, the VM's own host key checked); ``molecule test`` then runs the
+top-level scenario ``molecule/default`` (syntax, converge, idempotence, check,
+verify, cleanup) against it, with this checkout linked into a temporary
+``ansible_collections/basalt/csi`` tree.  The scenario drives the modules for
+real inside the VM (file pool volume, loop device, mkfs + mount, a file).
 
 Skips only where QEMU or debootstrap is missing, where the image is not cached
 and the user is not root, or where molecule/ansible are not installed.
@@ -34,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import build_image
-import pydeps
 import pytest
 import ssh_vm
 from vm_testlib import fake_image, fake_qemu, gone, tail, unavailable
@@ -42,13 +32,9 @@ from vm_testlib import fake_image, fake_qemu, gone, tail, unavailable
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
-POOL_DIR = "/var/lib/basalt/pools/file"  # the agent's default pool (roles/defaults: basalt_pool)
-# each scenario's test_sequence (molecule/<scenario>/molecule.yml), in the order they run on the VM
-SCENARIOS = {
-    "default": ["syntax", "converge", "idempotence", "check", "verify"],
-    "lvm": ["converge", "verify"],
-    "uninstall": ["converge", "verify"],
-}
+POOL_DIR = "/var/lib/basalt/pools/file"  # molecule/default/group_vars/basalt_storage.yml
+MOUNT = "/srv/basalt-molecule"
+STEPS = ["syntax", "converge", "idempotence", "check", "verify", "cleanup"]  # molecule.yml's test_sequence
 
 
 @pytest.fixture
@@ -71,12 +57,11 @@ def _in_vm(vm: ssh_vm.SshVm, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(vm.ssh_argv(*command), capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_molecule_scenarios_on_the_systemd_vm_over_ssh(
+def test_molecule_converges_the_systemd_vm_over_ssh(
     tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
-    timings: dict[str, float] = {}
-    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, disks=2, disk_size_mib=1024) as vm:
+    with ssh_vm.ssh_vm(image=systemd_image, timeout=1500) as vm:
         boot = vm.boot_seconds
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
         assert _in_vm(vm, "readlink", "/proc/1/exe").stdout.strip() == "/usr/lib/systemd/systemd"
@@ -94,30 +79,29 @@ def test_molecule_scenarios_on_the_systemd_vm_over_ssh(
             MOLECULE_GLOB="molecule/*/molecule.yml",
             MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"),
             BASALT_COLLECTIONS_PATH=str(collections),
-            BASALT_AGENT_WHEEL_DIR=str(pydeps.ensure_wheels()),
             ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / "cp"),
             ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"),
             ANSIBLE_NOCOLOR="1",
             NO_COLOR="1",
         )
-        for scenario, steps in SCENARIOS.items():
-            t1 = time.monotonic()
-            proc = subprocess.run(["molecule", "test", "-s", scenario], cwd=REPO, env=env, capture_output=True,
-                                  text=True, timeout=1500, check=False)
-            timings[scenario] = time.monotonic() - t1
-            output = proc.stdout + proc.stderr
-            print(output)
-            assert proc.returncode == 0, f"molecule test -s {scenario}:\n{tail(output, 120)}"
-            for step in steps:
-                assert f"{scenario} > {step}: Executed: Successful" in output, f"{scenario} > {step} did not run"
-            assert "read the same bytes back through the staging mount" in output or scenario == "uninstall"
-        # After uninstall: the agent is gone from systemd, the pools and data are kept.
-        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() in ("inactive", "unknown")
+        t1 = time.monotonic()
+        proc = subprocess.run(
+            ["molecule", "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False
+        )
+        molecule_seconds = time.monotonic() - t1
+        output = proc.stdout + proc.stderr
+        print(output)
+        assert proc.returncode == 0, tail(output, 120)
+        # Converge ran in the VM (the module laid the pool out there), cleanup undid it.
         assert _in_vm(vm, "test", "-d", f"{POOL_DIR}/volumes").returncode == 0
-        assert _in_vm(vm, "vgs", "basalt").returncode == 0
+        assert _in_vm(vm, "ls", "-A", f"{POOL_DIR}/volumes").stdout == ""
+        assert _in_vm(vm, "findmnt", MOUNT).returncode == 1
+        assert _in_vm(vm, "losetup", "--list", "--noheadings").stdout == ""
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
-    print(f"boot to sshd {boot:.1f} s; " + "; ".join(f"molecule test -s {k} {v:.1f} s" for k, v in timings.items())
-          + f"; all {time.monotonic() - t0:.1f} s")
+    print(f"boot to sshd {boot:.1f} s; molecule test {molecule_seconds:.1f} s; all {time.monotonic() - t0:.1f} s")
+    for step in STEPS:
+        assert f"default > {step}: Executed: Successful" in output, f"step {step} did not run:\n{tail(output, 120)}"
+    assert "basalt-vm" in output
 
 
 # --- the runner's bounds, with a fake QEMU (no image, no VM) -----------------
