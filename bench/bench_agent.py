@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -156,20 +155,19 @@ def no_command_calls(agent: fp.Agent) -> Dict[str, Callable[[], Any]]:
 
 def bench_overhead(agent: fp.Agent, bare: BareServer, calls: int) -> List[fp.Row]:
     """Each call *calls* times, alternating with a bare Probe, after 20 untimed warm-up calls of each."""
-    rows = []
-    for operation, call in no_command_calls(agent).items():
+    def floor_call() -> Any:
+        return bare.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT)
+
+    def measure(operation: str, call: Callable[[], Any]) -> fp.Row:
         basalt, floor = fp.Samples(), fp.Samples()
-
-        def floor_call() -> Any:
-            return bare.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT)
-
         for _ in range(20):
             call()
             floor_call()
-        fp.interleave(calls, [lambda i, c=call: basalt.add(fp.timed(c)[0]),
+        fp.interleave(calls, [lambda i: basalt.add(fp.timed(call)[0]),
                               lambda i: floor.add(fp.timed(floor_call)[0])])
-        rows.append(fp.Row("1 no-command RPC", operation, basalt, "bare gRPC Probe", floor))
-    return rows
+        return fp.Row("1 no-command RPC", operation, basalt, "bare gRPC Probe", floor)
+
+    return [measure(operation, call) for operation, call in no_command_calls(agent).items()]
 
 
 # -- benchmark 2: start-up and memory ----------------------------------------------------
@@ -213,7 +211,8 @@ def fill(agent: fp.Agent, count: int, label: str) -> float:
     return fp.now() - start
 
 
-def bench_curve(agent: fp.Agent, levels: Sequence[int], samples: int, label: str) -> Tuple[List[fp.Row], Dict[str, Any]]:
+def bench_curve(agent: fp.Agent, levels: Sequence[int], samples: int, label: str
+                ) -> Tuple[List[fp.Row], Dict[str, Any]]:
     """At each fill level: *samples* CreateVolume (then an untimed DeleteVolume); ratio to the first level."""
     rows: List[fp.Row] = []
     filled = 0

@@ -67,6 +67,7 @@ def lv_name(object_id: str) -> str:
 class LvmPool(Pool):
     kind = "lvm"
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
+    probe_runs_commands = True  # vgs
 
     def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
                  settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:

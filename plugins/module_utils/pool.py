@@ -57,6 +57,8 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: probe() runs commands (so Probe need not run it at every call)
+    probe_runs_commands = False
     #: longest a mounted volume's filesystem stays frozen while a pool copies it (seconds)
     freeze_limit = DEFAULT_FREEZE_LIMIT
 
