@@ -131,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
         "then defaults. With no settings at all the agent serves a file pool under "
         f"{DEFAULT_STATE_DIR}/pools/file on {DEFAULT_ENDPOINT}.",
     )
+    add_settings(p)
+    p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
+    return p
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """Every setting, for the agent and for the ``basalt`` command (same names, same defaults)."""
     p.add_argument("--config", help="TOML file with any of the settings below")
     p.add_argument("--endpoint", help=f"unix:///path.sock to serve (env CSI_ENDPOINT; default {DEFAULT_ENDPOINT})")
     p.add_argument("--node-id", help="this node's id (default: the host name)")
@@ -211,13 +218,15 @@ def parser() -> argparse.ArgumentParser:
                    f"{DEFAULT_METRICS_HOST}:{DEFAULT_METRICS_PORT}; a missing host is {DEFAULT_METRICS_HOST}, a "
                    f"missing port {DEFAULT_METRICS_PORT}. Plain HTTP: give a pod or loopback address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
-    p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
-    return p
 
 
 def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]] = None) -> Config:
+    return from_args(parser().parse_args(argv), environ)
+
+
+def from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Config:
+    """The settings parsed by :func:`add_settings`, over --config, CSI_ENDPOINT and the defaults."""
     environ = dict(os.environ if environ is None else environ)
-    args = parser().parse_args(argv)
     settings: Dict[str, Any] = {}
     if args.config:
         with open(args.config, "rb") as handle:

@@ -19,7 +19,7 @@ from . import freeze, imagefile, losetup
 from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
-from .pool import Pool, Storage
+from .pool import Orphan, Pool, Storage
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,34 @@ class FilePool(Pool):
         device = self.attached_device(volume)
         if device:
             losetup.refresh_capacity(device)
+
+    def orphans(self) -> List[Orphan]:
+        """Loop devices on images that are gone or have no record, then images with no record.
+
+        A record is written before its image and forgotten after it, so an image
+        without one is never a creation or deletion in progress.
+        """
+        owned = set(self.volume_ids()) | set(self.snapshot_ids())
+        images: List[Orphan] = []
+        for kind, is_id in (("volumes", is_volume_id), ("snapshots", is_snapshot_id)):
+            directory = self._dir(kind)
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                if name.endswith(".img") and is_id(name[:-4]) and name[:-4] not in owned:
+                    images.append(Orphan("image", os.path.join(directory, name), "no record owns it"))
+        loops: List[Orphan] = []
+        for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):
+            path = loop.backing_path
+            deleted = loop.backing_file != path  # the kernel says " (deleted)"
+            if deleted or not os.path.exists(path) or os.path.basename(path)[:-4] not in owned:
+                loops.append(Orphan("loop device", loop.device, f"attached to {loop.backing_file}, "
+                                    "which no record owns"))
+        return loops + images
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        if orphan.kind == "loop device":
+            losetup.detach(orphan.name)
+        else:
+            remove_durably(orphan.name)
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
         keep = {losetup.find(self.image_path(volume_id), size_limit=0) for volume_id in wanted}

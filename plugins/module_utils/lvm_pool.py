@@ -21,8 +21,8 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, lvm
-from .activation import ACTIVATORS, Activator, active
+from . import devices, losetup, lvm
+from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NotFound, Precondition
 from .model import (
     CREATING,
@@ -34,7 +34,7 @@ from .model import (
     is_snapshot_id,
     is_volume_id,
 )
-from .pool import Pool, Storage
+from .pool import Orphan, Pool, Storage
 from .pool_spec import DEFAULTS, PoolSettings
 
 log = logging.getLogger(__name__)
@@ -334,6 +334,33 @@ class LvmPool(Pool):
         if found is not None and POINT_IN_TIME_TAG in found.tags:
             # No deactivation first: for a COW snapshot LVM would take its origin down too.
             lvm.remove(self.vg, name, settings=self.settings)
+
+    def orphans(self) -> List[Orphan]:
+        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more.
+
+        A mapping that matches an LV (Basalt's or not) is that LV's and stays.
+        """
+        if not isinstance(self.activator, LoopActivator):
+            return []
+        group = lvm.volume_group(self.vg, settings=self.settings)
+        pvs = lvm.physical_volumes(self.vg, settings=self.settings)
+        if not pvs:
+            return []
+        mapped = set()
+        for lv in lvm.logical_volumes(self.vg, None, settings=self.settings):
+            try:
+                location = lvm.linear_location(lv, pvs, group.extent_size)
+            except (Precondition, NotFound):  # not one byte range: never loop-mapped
+                continue
+            mapped.add((location.device, location.offset))
+        return [Orphan("loop device", loop.device, f"maps {loop.backing_file} at offset {loop.offset}, where "
+                       f"no LV of {self.vg} lies")
+                for loop in losetup.list_devices()
+                if loop.backing_file in {pv.name for pv in pvs} and loop.offset >= min(pv.pe_start for pv in pvs)
+                and (loop.backing_file, loop.offset) not in mapped]
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        losetup.detach(orphan.name)
 
     def clean_leftovers(self) -> List[str]:
         """Point-in-time snapshots a crash left behind (they carry their own tag, never basalt.managed)."""

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import Conflict, InvalidRequest
 from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .model import Snapshot, Volume
 from .sizes import MiB
@@ -40,6 +41,15 @@ class Usage:
     provisioned: int
     volumes: int
     snapshots: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Data under Basalt's names that no record owns (doctor reports it, gc removes it)."""
+
+    kind: str  # "image", "lv", "loop device"
+    name: str  # a path, VG/LV or /dev/loopN
+    reason: str
 
 
 class Pool(abc.ABC):
@@ -201,3 +211,16 @@ class Pool(abc.ABC):
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""
         return []
+
+    def orphans(self) -> List[Orphan]:
+        """Data named as Basalt names it that no record owns, in the order to remove it."""
+        return []
+
+    def remove_orphan(self, orphan: Orphan) -> None:
+        """Remove *orphan* if it still is one (read again first); Conflict otherwise."""
+        if orphan not in self.orphans():
+            raise Conflict(f"{orphan.kind} {orphan.name} is no longer an orphan: left in place")
+        self._remove_orphan(orphan)
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        raise InvalidRequest(f"the {self.kind} pool has no {orphan.kind} orphans to remove")

@@ -332,5 +332,12 @@ def clean_up(
     return done
 
 
+def abandoned(pool: Pool, grace_seconds: float, now: Optional[float] = None) -> List[Union[Volume, Snapshot]]:
+    """What :func:`clean_up` would remove now (for reports: it re-reads under its claims itself)."""
+    now = time.time() if now is None else now
+    found: List[Union[Volume, Snapshot]] = [*pool.all_volumes(), *pool.all_snapshots()]
+    return [record for record in found if _abandoned(record.state, record.created_at, now, grace_seconds)]
+
+
 def _abandoned(state: str, created_at: float, now: float, grace_seconds: float) -> bool:
     return state == DELETING or (state == CREATING and now - created_at > grace_seconds)
