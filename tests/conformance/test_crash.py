@@ -162,9 +162,9 @@ def test_a_copy_slower_than_the_freeze_limit_fails_and_thaws(fresh_agent_factory
     if agent.kind == LVM_LOOP_KIND:
         pytest.skip("lvm-loop never freezes (see above)")
     cap = mount_cap("ext4")
-    vol = agent.create_volume(256 * MiB, cap=cap)
+    vol = agent.create_volume(64 * MiB, cap=cap)
     att = stage_tracking_image(agent, vol.volume_id, cap)
-    write_file(os.path.join(att.staging, "data"), pattern(160 * MiB, "slow"))
+    write_file(os.path.join(att.staging, "data"), pattern(48 * MiB, "slow"))  # copied in well over 10 ms
     err = expect_code(agent.ctl.CreateSnapshot, csi.CreateSnapshotRequest(source_volume_id=vol.volume_id,
                                                                           name=unique("snap")), SC.FAILED_PRECONDITION)
     assert "freeze limit of 0.01s" in (err.details() or ""), err.details()
