@@ -759,6 +759,7 @@ class Agent:
         capacity_limit: int | None = None,
         extra_args: Iterable[str] = (),
         lvm: LvmVg | None = None,
+        launcher: Iterable[str] = (),
     ) -> None:
         self.root = root
         self.pool = pool  # the file pool's directory (created, unused, for lvm-loop)
@@ -770,6 +771,7 @@ class Agent:
         self.services = services
         self.capacity_limit = capacity_limit
         self.extra_args = list(extra_args)
+        self.launcher = list(launcher)  # a command the agent runs under, e.g. unshare for its own mount namespace
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
         self.returncode: int | None = None
@@ -780,6 +782,7 @@ class Agent:
 
     def command(self) -> list[str]:
         cmd = [
+            *self.launcher,
             sys.executable, "-m", "basalt_agent",
             "--endpoint", f"unix://{self.socket}",
             "--node-id", self.node_id,
