@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import grpc
 
+from basalt_agent.launcher import AgentFailed, AgentProcess
 from basalt_agent.proto import csi_pb2, csi_pb2_grpc
 
 MiB = 1 << 20
@@ -228,17 +229,17 @@ class Workspace:
 # -- the agent ------------------------------------------------------------------
 
 class Agent:
-    """One ``python3 -m basalt_agent`` process serving a file pool on a socket of the workspace."""
+    """One agent (basalt_agent.launcher) serving a file pool on a socket of the workspace."""
 
     def __init__(self, workspace: Workspace, name: str, pool_dir: str) -> None:
         self.name = name
         self.home = workspace.mkdir("agents", name)
         self.socket = os.path.join(self.home, "csi.sock")
-        self.argv = [sys.executable, "-m", "basalt_agent", "--endpoint", "unix://" + self.socket,
-                     "--node-id", NODE_ID, "--pool", "file:" + pool_dir,
+        #: the agent's arguments after --endpoint
+        self.args = ["--node-id", NODE_ID, "--pool", "file:" + pool_dir,
                      "--state-dir", os.path.join(self.home, "state")]
         self.log_path = os.path.join(self.home, "agent.log")
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: Optional[AgentProcess] = None
         self.channel: Optional[grpc.Channel] = None
         self.identity: Any = None
         self.controller: Any = None
@@ -246,45 +247,30 @@ class Agent:
         workspace.agents.append(self)
 
     @property
+    def argv(self) -> List[str]:
+        return AgentProcess(self.socket, self.args, log_path=self.log_path).argv
+
+    @property
     def pid(self) -> int:
-        if self.process is None:
+        if self.process is None or self.process.proc is None:
             raise BenchError(f"agent {self.name} is not running")
-        return self.process.pid
+        return self.process.proc.pid
 
     def start(self) -> float:
         """Start the agent; return the seconds from exec to its first successful Probe."""
         if self.process is not None:
             raise BenchError(f"agent {self.name} is already running")
-        with open(self.log_path, "ab") as log:
-            started = now()
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = started + START_TIMEOUT
-        while now() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"agent {self.name} exited with {self.process.returncode}:\n{self._log_tail()}")
-            if os.path.exists(self.socket):
-                if self.channel is None:
-                    self._connect()
-                try:
-                    self.identity.Probe(csi_pb2.ProbeRequest(), timeout=2.0)
-                    return now() - started
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.001)
-        raise BenchError(f"agent {self.name} did not answer Probe within {START_TIMEOUT} s:\n{self._log_tail()}")
-
-    def _connect(self) -> None:
+        self.process = AgentProcess(self.socket, self.args, log_path=self.log_path)
+        self.process.start()
+        try:
+            ready = self.process.wait_ready(START_TIMEOUT, poll=0.001)
+        except AgentFailed as failure:
+            raise BenchError(f"agent {self.name}: {failure}") from None
         self.channel = grpc.insecure_channel("unix://" + self.socket, options=CHANNEL_OPTIONS)
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)
         self.node = csi_pb2_grpc.NodeStub(self.channel)
-
-    def _log_tail(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-20:])
-        except OSError:
-            return ""
+        return ready
 
     def stop(self) -> None:
         """SIGTERM and wait (it finishes in-flight calls and removes its socket); SIGKILL if it hangs."""
@@ -292,14 +278,8 @@ class Agent:
             self.channel.close()
             self.channel = None
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process is not None:
+            process.stop(timeout=45)
 
     def memory(self) -> Dict[str, int]:
         """VmRSS and VmHWM of the agent, in KiB, from /proc/PID/status."""

@@ -53,7 +53,6 @@ DEFAULT_ROUNDS = 20
 DEFAULT_RESTART_VOLUMES = 20
 PEER_NODE = "bench-peer"
 PEER_IQN = "iqn.2026-11.dev.basalt.bench:peer"
-AGENT_BASE_IQN = "iqn.2026-11.dev.basalt"
 BARE_BASE_IQN = "iqn.2026-11.dev.basalt.bare"
 AGENT_USER = "bench-user"
 BARE_USER = "bare-user"
@@ -105,7 +104,7 @@ class IscsiAgent(lp.LvmAgent):
 
     def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
         fp.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
-        self.argv += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
+        self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
                       "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
                       "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(lp.CLEANUP_GRACE),
                       "--log-level", "debug"]
@@ -259,8 +258,14 @@ def seconds_of_day(entry: Dict[str, Any]) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, Any]]:
-    """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), and its summary."""
+def is_listing(command: lp.Command) -> bool:
+    """A tgtadm command that reads (``--op show``) rather than changes state."""
+    return command.tool == "tgtadm" and "show" in command.argv[command.argv.index("--op") + 1:][:1]
+
+
+def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
+    """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), its summary, and the
+    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once)."""
     agent.stop()
     mark = agent.log_mark()
     startup = agent.start()
@@ -269,7 +274,15 @@ def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, An
         entries = {e.get("msg"): e for e in log_entries(agent, mark)}
         done = entries.get("iscsi reconciliation finished")
         if done is not None:
-            return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done
+            commands: Counter[str] = Counter()
+            for command in agent.commands_since(mark):
+                if command.tool != "tgtadm":
+                    commands[command.tool] += 1
+                elif is_listing(command):
+                    commands[f"tgtadm --mode {command.argv[command.argv.index('--mode') + 1]} show"] += 1
+                else:
+                    commands["tgtadm (changes)"] += 1
+            return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done, commands
         time.sleep(0.005)
     raise fp.BenchError("the agent did not finish its reconciliation")
 
@@ -280,11 +293,11 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> T
         volume = create_block_volume(agent, f"bench-restart-{i}-{uuid.uuid4().hex[:6]}")
         controller_publish(agent, volume.volume_id)
         volume_ids.append(volume.volume_id)
-    steady_start, steady, steady_summary = restart_and_reconcile(agent)  # nothing to do
+    steady_start, steady, steady_summary, steady_commands = restart_and_reconcile(agent)  # nothing to do
 
     agent.stop()
     workspace.restart_tgtd_empty()
-    restore_start, restore, restore_summary = restart_and_reconcile(agent)
+    restore_start, restore, restore_summary, restore_commands = restart_and_reconcile(agent)
     restored = len(tgt.TgtBackend(control_port=workspace.control_port).targets())
     if restored != count or restore_summary.get("failed"):
         raise fp.BenchError(f"reconciliation restored {restored} of {count} targets: {restore_summary}")
@@ -311,12 +324,17 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> T
     ]
     facts = {"count": count, "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
              "steady_summary": steady_summary, "startup_restore_s": restore_start, "startup_steady_s": steady_start,
-             "bare_exports_s": floor}
+             "bare_exports_s": floor, "restore_commands": dict(restore_commands),
+             "steady_commands": dict(steady_commands)}
     return rows, facts
 
 
+FLOOR_COMMANDS = {"ControllerPublish": EXPORT_COMMANDS, "ControllerUnpublish": UNEXPORT_COMMANDS}
+
+
 def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
-    """Per RPC: the external commands behind its median sample, and the time they took."""
+    """Per RPC: the external commands behind its median sample, the time they took, and the tgtadm count
+    against the bare commands that change state (the goal: at most 1.2x)."""
     lines = []
     for p in profiles:
         counts: Counter[str] = p.counts()
@@ -324,7 +342,12 @@ def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
         rpc_ms = fp.Samples(p.seconds).median * 1000
         commands_ms = p.all_seconds() * 1000
         listed = ", ".join(f"{tool} x{n}" for tool, n in sorted(counts.items()))
-        lines.append(f"{p.rpc}: {listed}; median {rpc_ms:.1f} ms, of which commands {commands_ms:.1f} ms "
+        median = sorted(p.samples, key=len)[len(p.samples) // 2] if p.samples else []
+        listings = sum(1 for c in median if is_listing(c))
+        floor = FLOOR_COMMANDS.get(p.rpc)
+        ratio = f"{counts['tgtadm'] / floor:.2f}x the bare {floor}" if floor else "no floor"
+        lines.append(f"{p.rpc}: {listed}; tgtadm: {counts['tgtadm'] - listings} changes + {listings} listing(s) = "
+                     f"{ratio}; median {rpc_ms:.1f} ms, of which commands {commands_ms:.1f} ms "
                      f"(tgtadm {tgtadm_ms:.1f} ms); the rest (gRPC, records, config file, Python) "
                      f"{rpc_ms - commands_ms:.1f} ms")
     return lines
@@ -380,6 +403,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{restart['restore_s'] * 1000:.0f} ms for {restart['count']} exports "
                   f"({restart['restore_summary']['applied']} actions), {restart['steady_s'] * 1000:.0f} ms "
                   "when everything is in place")
+            for when in ("restore", "steady"):
+                commands = ", ".join(f"{k} x{v}" for k, v in sorted(restart[f"{when}_commands"].items()))
+                print(f"restart ({when}): the start's commands: {commands}")
         return rows
 
     return fp.run_reported("bench_iscsi", run, workspace, report, args.json,

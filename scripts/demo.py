@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from typing import Callable, TypeVar
 
 import grpc
 
+from basalt_agent.launcher import AgentFailed, AgentProcess
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as rpc
 
@@ -34,22 +33,6 @@ def step(text: str, call: Callable[[], T]) -> T:
     result = call()
     print(f"  ok  {text}  ({(time.monotonic() - started) * 1000:.0f} ms)")
     return result
-
-
-def wait_ready(channel: grpc.Channel, agent: subprocess.Popen, socket_path: str) -> None:
-    identity = rpc.IdentityStub(channel)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise SystemExit(f"agent exited with {agent.returncode} before it was ready")
-        if os.path.exists(socket_path):
-            try:
-                identity.Probe(csi.ProbeRequest(), timeout=2)
-                return
-            except grpc.RpcError:
-                pass
-        time.sleep(0.1)
-    raise SystemExit("agent did not become ready in 30 s")
 
 
 def walk(channel: grpc.Channel, work: str, node_id: str) -> None:
@@ -129,21 +112,21 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="basalt-demo-")
     socket_path = os.path.join(work, "csi.sock")
     node_id = "demo-node"
-    command = [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{socket_path}", "--node-id", node_id,
-               "--state-dir", os.path.join(work, "state")]
-    print("starting:", " ".join(command))
-    log = open(os.path.join(work, "agent.log"), "w")
-    agent = subprocess.Popen(command, stderr=log)
+    agent = AgentProcess(socket_path, ["--node-id", node_id, "--state-dir", os.path.join(work, "state")],
+                         log_path=os.path.join(work, "agent.log"))
+    print("starting:", " ".join(agent.argv))
+    agent.start()
     try:
+        try:
+            agent.wait_ready()
+        except AgentFailed as failure:
+            raise SystemExit(str(failure)) from None
         with grpc.insecure_channel(f"unix://{socket_path}") as channel:
-            wait_ready(channel, agent, socket_path)
             print(f"socket {socket_path} mode {oct(os.stat(socket_path).st_mode & 0o777)}")
             walk(channel, work, node_id)
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=60)
-        log.close()
-        print(f"agent stopped (exit {agent.returncode}); its log: {os.path.join(work, 'agent.log')}")
+        returncode = agent.stop(timeout=60)
+        print(f"agent stopped (exit {returncode}); its log: {agent.log_path}")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("demo passed")

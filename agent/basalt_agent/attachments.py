@@ -12,14 +12,14 @@ from typing import List, Mapping, Optional
 
 import grpc
 
-from basalt_core import iscsi_attach, iscsiadm
+from basalt_core import iscsi_attach, iscsiadm, multipath
 from basalt_core.atomicfile import fsync_path
 from basalt_core.iscsi_target import Chap
 from basalt_core.model import Volume
 from basalt_core.pool import Pool
 
 from .errors import RpcFailure
-from .publishing import PORTALS_KEY, SERIAL_KEY, STORAGE_NODE_KEY, TARGET_KEY
+from .publish_keys import PORTALS_KEY, SERIAL_KEY, STORAGE_NODE_KEY, TARGET_KEY
 
 
 class Attachment(abc.ABC):
@@ -69,17 +69,22 @@ class PoolAttachment(Attachment):
 
 
 class IscsiAttachment(Attachment):
-    def __init__(self, target_iqn: str, portals: List[str], serial: str, chap: Optional[Chap] = None) -> None:
+    """*staged_map*: the multipath map the volume is on (attach finds it; the node record keeps it)."""
+
+    def __init__(self, target_iqn: str, portals: List[str], serial: str, chap: Optional[Chap] = None,
+                 staged_map: Optional[multipath.Map] = None) -> None:
         self.target_iqn = target_iqn
         self.portals = portals
         self.serial = serial
         self.chap = chap
+        self.staged_map = staged_map
 
     def attach(self) -> str:
         try:
             device, _changed = iscsi_attach.ensure_attached(self.target_iqn, self.portals, self.chap, self.serial)
         except iscsiadm.LoginFailed as failed:
             raise _login_failure(self.target_iqn, failed) from None
+        self.staged_map = multipath.map_at(device)
         return device
 
     def device(self) -> Optional[str]:
@@ -90,7 +95,7 @@ class IscsiAttachment(Attachment):
         if device is not None:
             fsync_path(device)
         # also when the disk is already gone; a multipath map is flushed before the logouts
-        iscsi_attach.ensure_detached(self.target_iqn, self.portals, serial=self.serial)
+        iscsi_attach.ensure_detached(self.target_iqn, self.portals, serial=self.serial, staged_map=self.staged_map)
 
     def refresh(self) -> None:
         iscsi_attach.rescan(self.target_iqn, self.portals, serial=self.serial)

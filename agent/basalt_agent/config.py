@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from basalt_core import tgt
 from basalt_core.errors import InvalidRequest
+from basalt_core.freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from basalt_core.iscsi_target import DEFAULT_BASE_IQN, check_iqn, initiator_iqn_for
 from basalt_core.model import DEFAULT_STATE_DIR
 from basalt_core.pool_spec import ACTIVATIONS, ALLOCATION_POLICIES, SETTINGS_FILE, SNAPSHOT_MODES, SPEC_FORMS
@@ -42,6 +43,7 @@ class Config:
     workers: int = 16
     max_concurrent_rpcs: int = 64
     cleanup_grace: float = 600.0
+    freeze_limit: float = DEFAULT_FREEZE_LIMIT
     default_volume_size: int = 1 << 30
     lvm_activation: Optional[str] = None
     lvm_alloc: Optional[str] = None
@@ -129,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
         "then defaults. With no settings at all the agent serves a file pool under "
         f"{DEFAULT_STATE_DIR}/pools/file on {DEFAULT_ENDPOINT}.",
     )
+    add_settings(p)
+    p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
+    return p
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """Every setting, for the agent and for the ``basalt`` command (same names, same defaults)."""
     p.add_argument("--config", help="TOML file with any of the settings below")
     p.add_argument("--endpoint", help=f"unix:///path.sock to serve (env CSI_ENDPOINT; default {DEFAULT_ENDPOINT})")
     p.add_argument("--node-id", help="this node's id (default: the host name)")
@@ -141,6 +150,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent-rpcs", type=int, help="RPCs over this are refused (default 64)")
     p.add_argument("--cleanup-grace", type=float,
                    help="seconds before an unfinished, never retried creation is removed (default 600)")
+    p.add_argument("--freeze-limit", type=float,
+                   help="longest, in seconds, a mounted volume stays frozen while a snapshot or clone copies it; "
+                        f"a slower copy fails and the volume is thawed (default {DEFAULT_FREEZE_LIMIT:g})")
     p.add_argument("--default-volume-size", type=_size, help="size when a request sets none (default 1Gi)")
     lvm = p.add_argument_group("LVM pools", "Each of these is a setting of the pool. " + STORED)
     lvm.add_argument("--lvm-activation", choices=ACTIVATIONS,
@@ -206,13 +218,15 @@ def parser() -> argparse.ArgumentParser:
                    f"{DEFAULT_METRICS_HOST}:{DEFAULT_METRICS_PORT}; a missing host is {DEFAULT_METRICS_HOST}, a "
                    f"missing port {DEFAULT_METRICS_PORT}. Plain HTTP: give a pod or loopback address")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
-    p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
-    return p
 
 
 def load(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]] = None) -> Config:
+    return from_args(parser().parse_args(argv), environ)
+
+
+def from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> Config:
+    """The settings parsed by :func:`add_settings`, over --config, CSI_ENDPOINT and the defaults."""
     environ = dict(os.environ if environ is None else environ)
-    args = parser().parse_args(argv)
     settings: Dict[str, Any] = {}
     if args.config:
         with open(args.config, "rb") as handle:

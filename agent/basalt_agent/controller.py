@@ -28,7 +28,8 @@ from .errors import RpcFailure, invalid, rpc_method
 from .locks import ObjectLocks
 from .paging import page
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import POOL_KEY, Publishing
+from .publish_keys import POOL_KEY
+from .publishing import Publishing
 from .validation import MAX_NODE_ID_BYTES as NODE_ID_LIMIT
 from .validation import (
     SINGLE_NODE_MODES,

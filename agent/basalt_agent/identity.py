@@ -38,19 +38,25 @@ def target_service_check(backend: TargetBackend) -> Check:
     return check
 
 
+def iscsid_answers() -> None:
+    """Precondition unless iscsid (or its systemd socket) accepts a connection."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(ISCSID_SOCKET)
+    except OSError as error:
+        raise Precondition(f"iscsid does not answer ({error.strerror})") from error
+    finally:
+        probe.close()
+
+
 def iscsid_check(state: NodeState) -> Check:
     """A node holding iSCSI attachments depends on iscsid (logins, session recovery)."""
     def check() -> None:
-        if not any(record.iscsi_target for record in state.all()):
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(ISCSID_SOCKET)
-        except OSError as error:
-            raise Precondition(f"iscsid does not answer ({error.strerror}) and this node has iSCSI volumes "
-                               "attached: start iscsid") from error
-        finally:
-            probe.close()
+        if any(record.iscsi_target for record in state.all()):
+            try:
+                iscsid_answers()
+            except Precondition as error:
+                raise Precondition(f"{error} and this node has iSCSI volumes attached: start iscsid") from error
     return check
 
 

@@ -18,7 +18,7 @@ from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 from basalt_core.target_backends import open_target_backend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
 from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
@@ -85,19 +85,19 @@ def _session_count(state: NodeState) -> Callable[[], int]:
 def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
     pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
+    pool.freeze_limit = settings.freeze_limit
     metrics = Metrics(settings.node_id)
     locks = ObjectLocks()
-    leftovers = pool.clean_leftovers()
-    for leftover in leftovers:
-        log.info("removed leftover %s", leftover)
-    metrics.repaired(pool, len(leftovers) + len(volumes.clean_up(pool, settings.cleanup_grace,
-                                                                 claim=locks.try_hold)))
+    state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
+    repaired = recovery.recover(pool, state if "controller" in settings.services else None,
+                                bool(settings.iscsi_backend))
+    metrics.repaired(pool, len(repaired) + len(volumes.clean_up(pool, settings.cleanup_grace,
+                                                                claim=locks.try_hold)))
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs,
                                [RpcLogInterceptor(), metrics.interceptor()])
     dependencies: List[Check] = []
     exporting: Optional[IscsiPublishing] = None
-    state: Optional[NodeState] = None
     if "controller" in settings.services:
         published = publishing(settings, pool)
         exporting = published if isinstance(published, IscsiPublishing) else None
@@ -105,8 +105,7 @@ def serve(settings: config.Config) -> int:
             dependencies.append(target_service_check(exporting.backend))
         controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
-    if "node" in settings.services:
-        state = NodeState(os.path.join(settings.state_dir, "node"))
+    if state is not None:
         dependencies.append(iscsid_check(state))
         own_name = initiator.for_node(settings)
         if own_name is not None:

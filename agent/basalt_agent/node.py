@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Tuple, Union
 
 import grpc
 
-from basalt_core import devices, filesystem, staging, volumes
+from basalt_core import devices, filesystem, multipath, staging, volumes
 from basalt_core import mount as mounts
 from basalt_core.pool import Pool
 from basalt_core.sizes import fit_capacity, parse_size
@@ -25,7 +25,7 @@ from .initiator import InitiatorName
 from .locks import ObjectLocks
 from .nodestate import NodeRecord, NodeState, Target
 from .proto import csi_pb2, csi_pb2_grpc
-from .publishing import chap_from_secrets
+from .publish_keys import chap_from_secrets
 from .validation import (
     EPHEMERAL_KEY,
     K8S_PREFIX,
@@ -68,13 +68,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.default_size = default_size
 
     # -- staging -------------------------------------------------------------
-    def _stage(self, attachment: Attachment, path: str, cap: Capability) -> str:
-        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*."""
+    def _stage(self, attachment: Attachment, path: str, cap: Capability, record: NodeRecord) -> str:
+        """Attach the volume and, for a filesystem, format-if-blank and mount at *path*.
+
+        *record* (saved by the caller afterwards) carries the mark of a
+        filesystem being made, saved before mkfs: a filesystem that we were
+        making when we died is ours to make again.
+        """
         was_attached = attachment.device() is not None
         try:
             device = attachment.attach()
             if not cap.block:
-                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags)
+                if record.formatting and not _mounted_at(device, path):
+                    devices.zero_ends(device)  # half made by an interrupted NodeStage: blank, to make again
+                staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags,
+                                       before_format=lambda: self._mark_formatting(record))
+                record.formatting = False
         except BaseException:
             # A refused login leaves a node record (and maybe sessions on other portals): undo it all.
             if not was_attached:
@@ -82,10 +91,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise
         return device
 
+    def _mark_formatting(self, record: NodeRecord) -> None:
+        record.formatting = True
+        self.state.save(record)
+
     def _attachment(self, record: NodeRecord) -> Optional[Attachment]:
         """How a staged volume reached this node (None: a local volume that no longer exists)."""
         if record.iscsi_target:
-            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial)
+            staged_map = multipath.Map(record.multipath_map, "", record.multipath_uuid, ()) \
+                if record.multipath_map else None
+            return IscsiAttachment(record.iscsi_target, record.iscsi_portals, record.serial, staged_map=staged_map)
         volume = self.pool.load_volume(record.ephemeral_volume_id or record.volume_id)
         return PoolAttachment(self.pool, volume) if volume is not None else None
 
@@ -107,12 +122,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
                                      f"volume {volume_id} is already staged at {path} with another capability")
             without_symlinks(path, "staging_target_path")
-            device = self._stage(attachment, path, cap)
+            device = self._stage(attachment, path, cap, record)
             record.staging_path, record.block, record.fs_type, record.mode = path, cap.block, cap.fs_type, cap.mode
             record.device_number = staging.device_number(device)
             if remote is not None:
                 record.iscsi_target, record.iscsi_portals, record.serial = remote.target_iqn, remote.portals, \
                     remote.serial
+                if remote.staged_map is not None:
+                    record.multipath_map, record.multipath_uuid = remote.staged_map.name, remote.staged_map.uuid
             self.state.save(record)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -259,7 +276,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 self.state.save(record)
             try:
                 self._check_target(record, target, cap, read_only)
-                device = self._stage(PoolAttachment(self.pool, volume), path, cap)
+                device = self._stage(PoolAttachment(self.pool, volume), path, cap, record)
                 record.device_number = staging.device_number(device)
                 staging.ensure_bind(path, target, read_only=read_only, options=_bind_flags(cap))
             except BaseException:
@@ -377,6 +394,11 @@ def _volume_and_capability(
     bounded_map(request.publish_context, "publish_context")
     bounded_map(request.volume_context, "volume_context")
     return volume_id, cap
+
+
+def _mounted_at(device: str, path: str) -> bool:
+    current = mounts.find_mount(path)
+    return current is not None and current.major_minor == devices.device_number(device)
 
 
 def _staged_capability(record: NodeRecord) -> Capability:

@@ -7,10 +7,11 @@ single-writer rules need.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from basalt_core.atomicfile import read_json, remove_durably, write_json
 
@@ -38,6 +39,12 @@ class NodeRecord:
     iscsi_target: str = ""
     iscsi_portals: List[str] = field(default_factory=list)
     serial: str = ""
+    #: saved just before NodeStage makes a filesystem, cleared once it is made and mounted
+    formatting: bool = False
+    #: the dm-multipath map staged on (name, and uuid to recognise it): flushed at unstage even when every
+    #: path is lost and no disk leads to it any more
+    multipath_map: str = ""
+    multipath_uuid: str = ""
 
 
 class NodeState:
@@ -75,3 +82,18 @@ class NodeState:
 
     def drop(self, volume_id: str) -> None:
         remove_durably(self._path(volume_id))
+
+    def records(self) -> List[NodeRecord]:
+        return [record for record in map(self._read, sorted(glob.glob(os.path.join(self.directory, "*.json"))))
+                if record is not None]
+
+    def local_volume_ids(self) -> Set[str]:
+        """Pool volumes this node stages, publishes or is staging (not those attached over iSCSI)."""
+        return {r.ephemeral_volume_id or r.volume_id for r in self.records() if not r.iscsi_target}
+
+    def clean_leftovers(self) -> List[str]:
+        """Remove the temp files of record writes a crash interrupted; return them."""
+        removed = glob.glob(os.path.join(self.directory, ".tmp-*"))
+        for path in removed:
+            remove_durably(path)
+        return removed

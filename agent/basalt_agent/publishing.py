@@ -14,40 +14,26 @@ from typing import Dict, List, Mapping, Optional
 import grpc
 
 from basalt_core import exports
-from basalt_core.errors import Conflict, InvalidRequest
-from basalt_core.iscsi_target import Chap, TargetBackend, initiator_iqn_for
+from basalt_core.errors import Conflict
+from basalt_core.iscsi_target import TargetBackend, initiator_iqn_for
 from basalt_core.model import Volume
 from basalt_core.pool import Pool
 
 from . import TOPOLOGY_NODE_KEY
 from .errors import RpcFailure, invalid
 from .proto import csi_pb2
+from .publish_keys import (
+    CHAP_PASSWORD,
+    CHAP_USER,
+    LUN_KEY,
+    POOL_KEY,
+    PORTALS_KEY,
+    SERIAL_KEY,
+    STORAGE_NODE_KEY,
+    TARGET_KEY,
+    chap_from_secrets,
+)
 from .validation import LOCAL, SHARED, AccessPolicy
-
-POOL_KEY = "basalt.dev/pool"
-STORAGE_NODE_KEY = "basalt.dev/storage-node"
-TARGET_KEY = "basalt.dev/iscsi-target"
-PORTALS_KEY = "basalt.dev/iscsi-portals"
-LUN_KEY = "basalt.dev/iscsi-lun"
-SERIAL_KEY = "basalt.dev/serial"
-# CSI secrets (controller-publish and node-stage secrets) carrying CHAP, named
-# after the open-iscsi settings they end up in.
-CHAP_USER = "node.session.auth.username"
-CHAP_PASSWORD = "node.session.auth.password"
-CHAP_MUTUAL_USER = "node.session.auth.username_in"
-CHAP_MUTUAL_PASSWORD = "node.session.auth.password_in"
-
-
-def chap_from_secrets(secrets: Mapping[str, str]) -> Optional[Chap]:
-    """CHAP credentials from CSI secrets; None when they carry none."""
-    if CHAP_USER not in secrets and CHAP_PASSWORD not in secrets:
-        return None
-    try:
-        return Chap(secrets.get(CHAP_USER, ""), secrets.get(CHAP_PASSWORD, ""),
-                    secrets.get(CHAP_MUTUAL_USER), secrets.get(CHAP_MUTUAL_PASSWORD))
-    except InvalidRequest as error:
-        # Never echo the values: the message names the keys only.
-        raise invalid(f"CHAP secrets ({CHAP_USER}, {CHAP_PASSWORD}, ...) are not usable: {error}") from None
 
 
 def topology(node_id: str) -> csi_pb2.Topology:

@@ -234,11 +234,9 @@ def _resolved(exports: Sequence[Export]) -> List[Export]:
 
 def _devices(publishing: IscsiPublishing, live: Sequence[Export], by_target: Mapping[str, Volume]
              ) -> Dict[str, Optional[str]]:
-    """Where each exported volume that a record still wants exported is now (one pool lookup each)."""
-    found: Dict[str, Optional[str]] = {}
-    for export in live:
-        volume = by_target.get(export.target_iqn)
-        if export.device and volume is not None and set(volume.publications) - {publishing.node_id}:
-            device = publishing.pool.attached_device(volume)
-            found[export.target_iqn] = os.path.realpath(device) if device else None
-    return found
+    """Where each exported volume that a record still wants exported is now (one pool lookup for all)."""
+    wanted = {e.target_iqn: by_target[e.target_iqn] for e in live if e.device and e.target_iqn in by_target
+              and set(by_target[e.target_iqn].publications) - {publishing.node_id}}
+    attached = publishing.pool.attached_devices(list(wanted.values())) if wanted else {}
+    return {target: os.path.realpath(device) if (device := attached[volume.id]) else None
+            for target, volume in wanted.items()}

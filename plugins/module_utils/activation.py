@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+import os
+from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import losetup, lvm
 from .errors import Precondition
@@ -45,6 +46,14 @@ class Activator(abc.ABC):
     def release(self, volume: lvm.LogicalVolume) -> None:
         """Let go of *volume* before ``lvremove``."""
         self.deactivate(volume)
+
+    def unmapped_location(self, volume: lvm.LogicalVolume) -> Optional[lvm.DataLocation]:
+        """Where *volume*'s bytes can be written straight on its PV, when nothing maps it; else None."""
+        return None
+
+    def detach_strays(self, vg: str, wanted: Collection[lvm.LogicalVolume]) -> List[str]:
+        """Undo activations no *wanted* LV needs, left by interrupted operations (start-up); return them."""
+        return []
 
 
 class DeviceMapperActivator(Activator):
@@ -100,11 +109,24 @@ class LoopActivator(Activator):
         return lvm.linear_location(volume, known[1], known[0])
 
     def _find(self, volume: lvm.LogicalVolume) -> Optional[losetup.LoopDevice]:
+        """The volume's loop device: at its offset, within its extents (smaller only before a refresh)."""
         location = self._location(volume)
-        return losetup.find(location.device, location.offset)
+        found = losetup.find(location.device, location.offset)
+        return found if found is not None and 0 < found.size_limit <= location.length else None
 
     def activate(self, volume: lvm.LogicalVolume) -> str:
         location = self._location(volume)
+        found = losetup.find(location.device, location.offset)
+        if found is not None and not 0 < found.size_limit <= location.length:
+            # Reaching past the LV's extents: left by an interrupted operation over a removed LV
+            # (start-up detaches those); never the volume's own.
+            raise Precondition(f"{found.device} covers {location.device} from {location.offset} for "
+                               f"{found.size_limit or 'all'} bytes, beyond {volume.full_name} "
+                               f"({location.length} bytes): a stale device; restart the agent to detach it")
+        if found is not None:
+            if found.size_limit < location.length:  # the LV grew since it was attached
+                losetup.set_size_limit(found.device, location.length)
+            return found.device
         device, _changed = losetup.ensure_attached(location.device, offset=location.offset, size_limit=location.length)
         return device.device
 
@@ -121,11 +143,40 @@ class LoopActivator(Activator):
         losetup.detach(found.device)
         return True
 
+    def unmapped_location(self, volume: lvm.LogicalVolume) -> Optional[lvm.DataLocation]:
+        """Its range of the PV while no loop device maps it: written there, no attach and detach is needed."""
+        location = self._location(volume)
+        return None if losetup.find(location.device, location.offset) else location
+
     def refresh(self, volume: lvm.LogicalVolume) -> None:
         location = self._location(volume)  # still one contiguous range, or Precondition
-        found = losetup.find(location.device, location.offset)
+        found = self._find(volume)
         if found is not None and found.size_limit != location.length:
             losetup.set_size_limit(found.device, location.length)
+
+    def detach_strays(self, vg: str, wanted: Collection[lvm.LogicalVolume]) -> List[str]:
+        """Detach every loop device over the VG's PVs but those of *wanted* LVs; return them.
+
+        A loop device lying within an LV Basalt does not manage is somebody else's: left alone.
+        """
+        pvs = lvm.physical_volumes(vg, settings=self.settings)
+        extent = lvm.volume_group(vg, settings=self.settings).extent_size
+        keep = set()
+        for volume in wanted:
+            with contextlib.suppress(Precondition):  # not reachable by loop: has no loop device to keep
+                keep.add(self._find(volume))
+        foreign = [(pv.name, pv.pe_start + r.first * extent, pv.pe_start + (r.first + r.count) * extent)
+                   for lv in lvm.logical_volumes(vg, None, settings=self.settings) if lvm.MANAGED_TAG not in lv.tags
+                   for segment in lv.segments for r in segment.pe_ranges for pv in pvs if pv.name == r.device]
+        detached = []
+        for loop in losetup.over([pv.name for pv in pvs]):
+            end = loop.offset + loop.size_limit
+            if loop in keep or any(loop.backing_path == os.path.realpath(name) and start <= loop.offset and
+                                   0 < loop.size_limit and end <= stop for name, start, stop in foreign):
+                continue
+            losetup.detach(loop.device)
+            detached.append(f"{loop.device} over {loop.backing_path}@{loop.offset}")
+        return detached
 
 
 ACTIVATORS = {cls.name: cls for cls in (DeviceMapperActivator, LoopActivator)}

@@ -22,6 +22,12 @@ def is_block_device(path: str) -> bool:
         return False
 
 
+def device_number(device: str) -> str:
+    """``major:minor`` of a device node, as the mount table names devices."""
+    rdev = os.stat(device).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
 def size_bytes(device: str) -> int:
     """The size of a block device, as the kernel sees it now."""
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
@@ -56,6 +62,17 @@ def nonzero_end(device: str) -> Optional[str]:
     finally:
         os.close(fd)
     return None
+
+
+def zero_ends(device: str) -> None:
+    """Make *device* blank by nonzero_end's rule: zeros over its first and last BLANK_ENDS bytes, synced."""
+    with open(device, "r+b", buffering=0) as handle:
+        total = size_bytes(device) if is_block_device(device) else os.fstat(handle.fileno()).st_size
+        span = min(BLANK_ENDS, total)
+        for offset in sorted({0, total - span}):
+            handle.seek(offset)
+            handle.write(bytes(span))
+        os.fsync(handle.fileno())
 
 
 def _read_at(fd: int, buffer: mmap.mmap, length: int, offset: int) -> bytes:

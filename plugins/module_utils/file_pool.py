@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import List, Optional, Union
+from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Union
 
-from . import imagefile, losetup, staging
+from . import freeze, imagefile, losetup
 from .atomicfile import read_json, remove_durably, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
-from .pool import Pool, Storage
+from .pool import Orphan, Pool, Storage
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,13 @@ class FilePool(Pool):
             imagefile.create(target, volume.size)
             return None
         origin = self.image_path(source.id) if isinstance(source, Volume) else self.snapshot_path(source.id)
-        with staging.frozen(self.attached_device(source) if isinstance(source, Volume) else None):
+        with self._frozen(source if isinstance(source, Volume) else None):
             return imagefile.clone(origin, target, volume.size)
+
+    def _frozen(self, volume: Optional[Volume]) -> ContextManager[None]:
+        """*volume*'s filesystem frozen (if it is mounted here), bounded, recorded for start-up to thaw."""
+        device = self.attached_device(volume) if volume is not None else None
+        return freeze.frozen(device, self.freeze_limit, self._dir("freezes"))
 
     def release_volume(self, volume: Volume) -> None:
         image = self.image_path(volume.id)
@@ -118,7 +123,7 @@ class FilePool(Pool):
         imagefile.grow(self.image_path(volume.id), size)
 
     def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
-        with staging.frozen(self.attached_device(volume)):
+        with self._frozen(volume):
             return imagefile.clone(self.image_path(volume.id), self.snapshot_path(snapshot.id))
 
     def release_snapshot(self, snapshot: Snapshot) -> None:
@@ -158,8 +163,13 @@ class FilePool(Pool):
         device, _changed = losetup.ensure_attached(self.image_path(volume.id))
         return device.device
 
+    def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
+        by_image = {d.backing_file: d.device for d in losetup.list_devices()  # one listing
+                    if d.offset == 0 and d.size_limit == 0}
+        return {v.id: by_image.get(os.path.realpath(self.image_path(v.id))) for v in volumes}
+
     def attached_device(self, volume: Volume) -> Optional[str]:
-        found = losetup.find(self.image_path(volume.id))
+        found = losetup.find(self.image_path(volume.id), size_limit=0)
         return found.device if found else None
 
     def detach(self, volume: Volume) -> bool:
@@ -170,8 +180,45 @@ class FilePool(Pool):
         if device:
             losetup.refresh_capacity(device)
 
+    def orphans(self) -> List[Orphan]:
+        """Loop devices on images that are gone or have no record, then images with no record.
+
+        A record is written before its image and forgotten after it, so an image
+        without one is never a creation or deletion in progress.
+        """
+        owned = set(self.volume_ids()) | set(self.snapshot_ids())
+        images: List[Orphan] = []
+        for kind, is_id in (("volumes", is_volume_id), ("snapshots", is_snapshot_id)):
+            directory = self._dir(kind)
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                if name.endswith(".img") and is_id(name[:-4]) and name[:-4] not in owned:
+                    images.append(Orphan("image", os.path.join(directory, name), "no record owns it"))
+        loops: List[Orphan] = []
+        for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):
+            path = loop.backing_path
+            deleted = loop.backing_file != path  # the kernel says " (deleted)"
+            if deleted or not os.path.exists(path) or os.path.basename(path)[:-4] not in owned:
+                loops.append(Orphan("loop device", loop.device, f"attached to {loop.backing_file}, "
+                                    "which no record owns"))
+        return loops + images
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        if orphan.kind == "loop device":
+            losetup.detach(orphan.name)
+        else:
+            remove_durably(orphan.name)
+
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        keep = {losetup.find(self.image_path(volume_id), size_limit=0) for volume_id in wanted}
+        detached = []
+        for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):
+            if loop not in keep:
+                losetup.detach(loop.device)
+                detached.append(f"{loop.device} over {loop.backing_file}")
+        return detached
+
     def clean_leftovers(self) -> List[str]:
-        removed = []
+        removed = [f"freeze of {path}" for path in freeze.thaw_recorded(self._dir("freezes"))]
         for kind in ("volumes", "snapshots"):
             directory = self._dir(kind)
             for name in os.listdir(directory) if os.path.isdir(directory) else []:

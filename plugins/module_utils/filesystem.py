@@ -1,7 +1,7 @@
-"""Filesystems on block devices: make (only on blank devices), measure, grow, freeze.
+"""Filesystems on block devices: make (only on blank devices), measure, grow.
 
 Tools: mkfs.ext4/mkfs.xfs, dumpe2fs/e2fsck/resize2fs (e2fsprogs), xfs_growfs
-(xfsprogs) and fsfreeze.
+(xfsprogs).  Freezing is ``freeze.py``.
 """
 
 from __future__ import annotations
@@ -95,10 +95,3 @@ def grow_online(device: str, fs_type: str, mount_point: str) -> None:
             ) from failure
         raise
 
-
-def freeze(mount_point: str) -> None:
-    run(["fsfreeze", "--freeze", operand(mount_point, "mount point")], what=f"freeze {mount_point}")
-
-
-def unfreeze(mount_point: str) -> None:
-    run(["fsfreeze", "--unfreeze", operand(mount_point, "mount point")], what=f"unfreeze {mount_point}")

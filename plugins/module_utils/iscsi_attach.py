@@ -81,9 +81,14 @@ def attached_device(serial: str) -> Optional[str]:
     return disks[0] if disks else None
 
 
-def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = "", check_mode: bool = False) -> bool:
+def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = "",
+                    staged_map: Optional[multipath.Map] = None, check_mode: bool = False) -> bool:
     """Log out of every portal's session and forget the node records; the multipath map over the disks
     with unit serial *serial* (when given) is flushed first.
+
+    *staged_map*: the map the volume was staged on, as the caller recorded it (name and uuid).  With
+    every path lost the disks are gone and no map can be found through them, but the map stays (and
+    with ``queue_if_no_path`` holds I/O for ever): it is flushed by that name, if it still has that uuid.
 
     With *check_mode* nothing changes: True when a session or a node record is there.
     """
@@ -95,6 +100,8 @@ def ensure_detached(target_iqn: str, portals: Sequence[str], *, serial: str = ""
     held = multipath.map_for(os.path.basename(d) for d in iscsiadm.find_disks(serial)) if serial else None
     if held is not None:
         changed = multipath.flush(held.name)  # before logout: a map without paths would queue I/O forever
+    elif staged_map is not None and staged_map.name:
+        changed = multipath.flush(staged_map.name, uuid=staged_map.uuid)
     for portal in portals:
         changed = iscsiadm.logout(target_iqn, portal) or changed
         changed = iscsiadm.delete_node(target_iqn, portal) or changed

@@ -31,7 +31,7 @@ import re
 import select
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .errors import CommandFailed, InvalidRequest, NotFound
 from .iscsi_target import Chap, check_iqn
@@ -216,14 +216,34 @@ def _node_operation(target_iqn: str, portal: str, iface: Optional[str], operatio
     return True
 
 
+def _listing(mode: str, what: str) -> str:
+    """``iscsiadm -m MODE``'s output; rc 21 (nothing of that kind) is empty."""
+    result = run(["iscsiadm", "-m", mode], check=False, timeout=TIMEOUT, what=what)
+    if result.rc == ERR_NO_OBJS_FOUND:
+        return ""
+    if result.rc != 0:
+        raise CommandFailed(result.argv, result.rc, result.stderr, what)
+    return result.stdout
+
+
 def sessions() -> List[Session]:
     """Active sessions; rc 21 "No active sessions." is an empty list."""
-    result = run(["iscsiadm", "-m", "session"], check=False, timeout=TIMEOUT, what="list iSCSI sessions")
-    if result.rc == ERR_NO_OBJS_FOUND:
-        return []
-    if result.rc != 0:
-        raise CommandFailed(result.argv, result.rc, result.stderr, "list iSCSI sessions")
-    return parse_sessions(result.stdout)
+    return parse_sessions(_listing("session", "list iSCSI sessions"))
+
+
+def parse_nodes(text: str) -> List[Tuple[str, str]]:
+    """``iscsiadm -m node`` lines ``PORTAL,TPGT IQN`` -> (target IQN, portal) pairs."""
+    found = []
+    for line in text.splitlines():
+        portal_tpgt, _sep, iqn = line.strip().partition(" ")
+        if iqn and "," in portal_tpgt:
+            found.append((iqn.strip(), portal_tpgt.rpartition(",")[0]))
+    return found
+
+
+def nodes() -> List[Tuple[str, str]]:
+    """Every node record as (target IQN, portal); rc 21 "No records found" is an empty list."""
+    return parse_nodes(_listing("node", "list iSCSI node records"))
 
 
 def initiator_name(path: str = "/etc/iscsi/initiatorname.iscsi") -> str:

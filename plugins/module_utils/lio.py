@@ -285,16 +285,22 @@ class LioBackend(TargetBackend):
 
     @_locked
     def exports(self) -> List[Export]:
-        found = []
-        for target in self._fabric().targets:
-            tpg = self._tpg(target)
-            lun = self._lun(tpg) if tpg is not None else None
-            if lun is None or not lun.storage_object.name.startswith(SO_PREFIX):
-                continue  # not ours
-            so = lun.storage_object
-            grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
-            found.append(Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), tuple(grants)))
-        return found
+        return [e for e in map(self._export_of, self._fabric().targets) if e is not None]
+
+    @_locked
+    def export(self, target_iqn: str) -> Optional[Export]:
+        """One target's export: reads that target only, however many the host has."""
+        target = self._target(target_iqn)
+        return self._export_of(target) if target is not None else None
+
+    def _export_of(self, target: Any) -> Optional[Export]:
+        tpg = self._tpg(target)
+        lun = self._lun(tpg) if tpg is not None else None
+        if lun is None or not lun.storage_object.name.startswith(SO_PREFIX):
+            return None  # not ours
+        so = lun.storage_object
+        grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
+        return Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), tuple(grants))
 
     @_locked
     def persist(self) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 from .errors import CommandFailed
 from .runner import operand, run
@@ -18,6 +18,8 @@ _COLUMNS = "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"
 _LOOP_INFO64 = "<5Q4I64s64s32s2Q"
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
+# How losetup shows a backing file that was unlinked while attached.
+_DELETED = " (deleted)"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,11 @@ class LoopDevice:
     offset: int
     size_limit: int
     read_only: bool
+
+    @property
+    def backing_path(self) -> str:
+        """The backing file's path, also when it has been unlinked since (``backing_file`` then says so)."""
+        return self.backing_file[:-len(_DELETED)] if self.backing_file.endswith(_DELETED) else self.backing_file
 
 
 def list_devices() -> List[LoopDevice]:
@@ -51,13 +58,24 @@ def _as_bool(value: object) -> bool:
     return value in (True, 1, "1", "true")
 
 
-def find(backing_file: str, offset: int = 0) -> Optional[LoopDevice]:
-    """The loop device backed by *backing_file* at *offset*, if one is attached."""
+def find(backing_file: str, offset: int = 0, size_limit: Optional[int] = None) -> Optional[LoopDevice]:
+    """The loop device backed by *backing_file* at *offset* (and exactly *size_limit*, if given), if attached.
+
+    A device over an unlinked file never matches a file now at that path.
+    """
     wanted = os.path.realpath(backing_file)
     for device in list_devices():
-        if device.backing_file == wanted and device.offset == offset:
+        if device.backing_file == wanted and device.offset == offset and size_limit in (None, device.size_limit):
             return device
     return None
+
+
+def over(backing_files: Collection[str]) -> List[LoopDevice]:
+    """Every loop device over one of *backing_files* (a path or a parent directory), unlinked files included."""
+    roots = [os.path.realpath(path) for path in backing_files]
+    return [device for device in list_devices()
+            if any(device.backing_path == root or device.backing_path.startswith(root.rstrip("/") + "/")
+                   for root in roots)]
 
 
 def ensure_attached(
@@ -67,8 +85,11 @@ def ensure_attached(
     size_limit: int = 0,
     read_only: bool = False,
 ) -> "tuple[LoopDevice, bool]":
-    """Attach *backing_file* unless it already is; return the device and whether it changed."""
-    existing = find(backing_file, offset)
+    """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed.
+
+    ``--nooverlap`` makes losetup itself refuse a device overlapping another one over the same file.
+    """
+    existing = find(backing_file, offset, size_limit)
     if existing is not None:
         return existing, False
     argv = ["losetup", "--find", "--show", "--nooverlap"]

@@ -112,9 +112,26 @@ def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys"
         time.sleep(poll_interval)
 
 
-def flush(name: str, *, sys_root: str = "/sys") -> bool:
-    """Remove map *name* (``multipath -f``); False when there is no such map."""
-    if name not in map_names(sys_root=sys_root):
+def map_at(device: str, *, sys_root: str = "/sys") -> Optional[Map]:
+    """The multipath map that *device* (``/dev/dm-N``, as :attr:`Map.device` names it) is, or None."""
+    kernel_name = os.path.basename(device)
+    uuid = _read(os.path.join(sys_root, "block", kernel_name, "dm", "uuid"))
+    if not kernel_name.startswith("dm-") or not uuid.startswith(UUID_PREFIX):
+        return None
+    try:
+        paths = tuple(sorted(os.listdir(os.path.join(sys_root, "block", kernel_name, "slaves"))))
+    except OSError:
+        paths = ()
+    return Map(_read(os.path.join(sys_root, "block", kernel_name, "dm", "name")), kernel_name, uuid, paths)
+
+
+def flush(name: str, *, uuid: str = "", sys_root: str = "/sys") -> bool:
+    """Remove map *name* (``multipath -f``); False when there is no such map.
+
+    With *uuid* (``mpath-<wwid>``, from the LUN's identity) only the map of that name that has that
+    uuid: a name freed when its map went may have been given to another volume's map since.
+    """
+    if not any(n == name and (not uuid or u == uuid) for n, u in _maps(sys_root)):
         return False
     run(["multipath", "-f", operand(name, "multipath map")], timeout=TIMEOUT, what=f"flush multipath map {name}")
     return True
@@ -128,10 +145,19 @@ def resize(name: str) -> None:
 
 def map_names(*, sys_root: str = "/sys") -> List[str]:
     """Names of every multipath map (dm devices whose uuid starts with ``mpath-``)."""
+    return [name for name, _uuid in _maps(sys_root)]
+
+
+def _maps(sys_root: str) -> List[Tuple[str, str]]:
+    """(name, uuid) of every multipath map."""
     block = os.path.join(sys_root, "block")
     try:
         entries = sorted(os.listdir(block))
     except OSError:
         return []
-    return [_read(os.path.join(block, e, "dm", "name")) for e in entries
-            if e.startswith("dm-") and _read(os.path.join(block, e, "dm", "uuid")).startswith(UUID_PREFIX)]
+    found = []
+    for entry in entries:
+        uuid = _read(os.path.join(block, entry, "dm", "uuid"))
+        if entry.startswith("dm-") and uuid.startswith(UUID_PREFIX):
+            found.append((_read(os.path.join(block, entry, "dm", "name")), uuid))
+    return found

@@ -12,8 +12,10 @@ import abc
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import ContextManager, Dict, List, Optional, Tuple, Union
+from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import Conflict, InvalidRequest
+from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .model import Snapshot, Volume
 from .sizes import MiB
 
@@ -41,11 +43,25 @@ class Usage:
     snapshots: int
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """Data under Basalt's names that no record owns (doctor reports it, gc removes it)."""
+
+    kind: str  # "image", "lv", "loop device"
+    name: str  # a path, VG/LV or /dev/loopN
+    reason: str
+
+
 class Pool(abc.ABC):
     kind: str = ""
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: the record lives with the data (an LV's tags), so releasing the data drops the record in
+    #: the same step: no "deleting" record is needed first for a crash to converge
+    releases_record_with_data = False
+    #: longest a mounted volume's filesystem stays frozen while a pool copies it (seconds)
+    freeze_limit = DEFAULT_FREEZE_LIMIT
 
     def __init__(self, capacity_limit: int = 0) -> None:
         #: bytes that may be provisioned in all (0: no limit beyond the pool's own space)
@@ -87,6 +103,14 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def save_volume(self, volume: Volume) -> None: ...
+
+    def ready_when_allocated(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> bool:
+        """Whether allocating *volume* is all of its provisioning (its first record can say ready)."""
+        return False
+
+    def create_volume(self, volume: Volume) -> None:
+        """Write the first record of a new volume (claiming its space); pools may allocate with it."""
+        self.save_volume(volume)
 
     @abc.abstractmethod
     def forget_volume(self, volume_id: str) -> None: ...
@@ -178,6 +202,10 @@ class Pool(abc.ABC):
     @abc.abstractmethod
     def attached_device(self, volume: Volume) -> Optional[str]: ...
 
+    def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
+        """:meth:`attached_device` of many volumes, by id; pools that can look once override this."""
+        return {v.id: self.attached_device(v) for v in volumes}
+
     @abc.abstractmethod
     def detach(self, volume: Volume) -> bool:
         """Undo attach; False when it was not attached."""
@@ -186,6 +214,24 @@ class Pool(abc.ABC):
     def refresh(self, volume: Volume) -> None:
         """Make an attached device see its volume's new size."""
 
+    def detach_strays(self, wanted: Collection[str]) -> List[str]:
+        """Detach every device over the pool's storage but those of the *wanted* volume ids (start-up,
+        when nothing else runs: an interrupted operation's devices); return what was detached."""
+        return []
+
     def clean_leftovers(self) -> List[str]:
         """Remove debris of interrupted writes (not volumes); return what was removed."""
         return []
+
+    def orphans(self) -> List[Orphan]:
+        """Data named as Basalt names it that no record owns, in the order to remove it."""
+        return []
+
+    def remove_orphan(self, orphan: Orphan) -> None:
+        """Remove *orphan* if it still is one (read again first); Conflict otherwise."""
+        if orphan not in self.orphans():
+            raise Conflict(f"{orphan.kind} {orphan.name} is no longer an orphan: left in place")
+        self._remove_orphan(orphan)
+
+    def _remove_orphan(self, orphan: Orphan) -> None:
+        raise InvalidRequest(f"the {self.kind} pool has no {orphan.kind} orphans to remove")

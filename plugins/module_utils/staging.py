@@ -6,34 +6,31 @@ unstage, each idempotent and reporting whether it changed anything.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from . import devices, filesystem, losetup
 from . import mount as mounts
 from .blkid import examine
+from .devices import device_number  # (also staging.device_number to callers)
 from .errors import Conflict, InvalidRequest, Precondition
 
 log = logging.getLogger(__name__)
 
 
-def device_number(device: str) -> str:
-    rdev = os.stat(device).st_rdev
-    return f"{os.major(rdev)}:{os.minor(rdev)}"
-
-
-def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False) -> bool:
+def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_mode: bool = False,
+                      before_format: Optional[Callable[[], None]] = None) -> bool:
     """Create *fs_type* on *device* only when it is blank; refuse a device holding anything else.
 
     Blank is ``blkid.examine``'s rule: no signature, and the first and last MiB
     read as zeros. With *force*, a device holding another filesystem or other
     data is wiped (``wipefs --all``) and formatted; a device that already holds
-    *fs_type* is never reformatted.
+    *fs_type* is never reformatted.  *before_format* runs just before a filesystem
+    is made (the agent records that it is making one, so a crash during mkfs is its to redo).
     """
     fs = filesystem.check_type(fs_type)
     found = examine(device)
@@ -41,6 +38,8 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
         _check_fits(device, fs)
     if found.blank:
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.make(device, fs)
             log.info("created %s on blank device %s", fs, device)
         return True
@@ -50,6 +49,8 @@ def ensure_filesystem(device: str, fs_type: str, *, force: bool = False, check_m
                 f"{device} holds {found.describe()}, not {fs}; refusing to format a device that holds data"
             )
         if not check_mode:
+            if before_format is not None:
+                before_format()
             filesystem.wipe(device)
             filesystem.make(device, fs)
             log.warning("wiped %s (it held %s) and created %s, as forced", device, found.describe(), fs)
@@ -75,6 +76,7 @@ def ensure_mounted(
     *,
     force: bool = False,
     check_mode: bool = False,
+    before_format: Optional[Callable[[], None]] = None,
 ) -> bool:
     """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it."""
     fs = filesystem.check_type(fs_type)
@@ -86,7 +88,7 @@ def ensure_mounted(
             raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
         return False
     _check_kind(path, directory=True)
-    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode)
+    changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
         return True
     os.makedirs(path, exist_ok=True)
@@ -288,25 +290,3 @@ def check_absolute(path: str, what: str) -> str:
     if normal != path.rstrip("/") and normal != path:
         raise InvalidRequest(f"{what} {path!r} must be normalised (no '.', '..' or '//')")
     return normal
-
-
-@contextlib.contextmanager
-def frozen(device: Optional[str]) -> Iterator[None]:
-    """Freeze the filesystem mounted from *device* (if any, here) while the block runs.
-
-    A copy taken meanwhile is what a crash at that instant would leave:
-    consistent for a journaling filesystem.
-    """
-    mount_point = None
-    if device is not None:
-        number = device_number(device)
-        mount_point = next((e.mount_point for e in mounts.mounts()
-                            if e.major_minor == number and e.root == "/"), None)
-    if mount_point is None:
-        yield
-        return
-    filesystem.freeze(mount_point)
-    try:
-        yield
-    finally:
-        filesystem.unfreeze(mount_point)

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -47,10 +46,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_SRC = REPO_ROOT / "agent"
 
 try:  # the package is normally installed (pip install -e); fall back to the tree.
+    from basalt_agent.launcher import AgentFailed, AgentProcess
     from basalt_agent.proto import csi_pb2 as csi
     from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 except ImportError:  # pragma: no cover - depends on the environment
     sys.path.insert(0, str(AGENT_SRC))
+    from basalt_agent.launcher import AgentFailed, AgentProcess
     from basalt_agent.proto import csi_pb2 as csi
     from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 
@@ -747,6 +748,18 @@ def make_root(tag: str) -> str:
     return tempfile.mkdtemp(prefix=f"basalt-conformance-{tag}-", dir="/tmp")
 
 
+class LaunchedAgent(AgentProcess):
+    """The agent's process, run under *launcher* (a command that ends by exec'ing the agent) when one is given."""
+
+    def __init__(self, launcher: list[str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.launcher = launcher
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.launcher, *super().argv]
+
+
 class Agent:
     """A running ``python3 -m basalt_agent`` and gRPC stubs talking to it."""
 
@@ -759,6 +772,7 @@ class Agent:
         capacity_limit: int | None = None,
         extra_args: Iterable[str] = (),
         lvm: LvmVg | None = None,
+        extra_env: dict[str, str] | None = None,
         launcher: Iterable[str] = (),
     ) -> None:
         self.root = root
@@ -771,8 +785,10 @@ class Agent:
         self.services = services
         self.capacity_limit = capacity_limit
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.launcher = list(launcher)  # a command the agent runs under, e.g. unshare for its own mount namespace
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: AgentProcess | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the running agent's process
         self.channel: grpc.Channel | None = None
         self.returncode: int | None = None
         os.makedirs(self.pool, exist_ok=True)
@@ -781,10 +797,8 @@ class Agent:
     # -- process ----------------------------------------------------------
 
     def command(self) -> list[str]:
+        """The agent's arguments after ``--endpoint``."""
         cmd = [
-            *self.launcher,
-            sys.executable, "-m", "basalt_agent",
-            "--endpoint", f"unix://{self.socket}",
             "--node-id", self.node_id,
             "--pool", self.pool_spec,
             "--state-dir", self.state_dir,
@@ -810,17 +824,14 @@ class Agent:
         env = agent_env()
         if self.lvm is not None:
             env.update(self.lvm.env())
+        env.update(self.extra_env)
         return env
 
     def start(self, wait_ready: bool = True) -> Agent:
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=self.env(), cwd=self.root,
-            )
-        finally:
-            log.close()
+        self.process = LaunchedAgent(self.launcher, self.socket, self.command(), log_path=self.log_path,
+                                     env=self.env(), cwd=self.root)
+        self.process.start()
+        self.proc = self.process.proc
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")
         self.identity = TimedStub(csi_grpc.IdentityStub(self.channel))
         self.ctl = TimedStub(csi_grpc.ControllerStub(self.channel))
@@ -830,45 +841,34 @@ class Agent:
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last = "socket never appeared"
-        assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"agent exited with {self.proc.returncode} during start-up; stderr:\n"
-                    f"{self.log()[-4000:]}"
-                )
-            if os.path.exists(self.socket):
-                try:
-                    resp = self.identity.Probe(csi.ProbeRequest(), timeout=2)
-                    if not resp.HasField("ready") or resp.ready.value:
-                        return
-                    last = "Probe answered ready=false"
-                except grpc.RpcError as err:
-                    if err.code() == SC.UNIMPLEMENTED:  # identity not served
-                        return
-                    last = f"Probe: {err.code().name} {err.details()}"
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"agent not ready after {timeout}s ({last}); stderr:\n{self.log()[-4000:]}")
+        assert self.process is not None
+        try:
+            self.process.wait_ready(timeout, poll=0.1)
+        except AgentFailed as failure:
+            self.stop()
+            pytest.fail(str(failure))
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-        if self.proc is None:
-            return self.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.returncode = self.proc.returncode
-        self.proc = None
+        if self.process is not None:
+            self.returncode = self.process.stop(timeout)
+            self.process = None
+            self.proc = None
         return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the agent (a crash), unless it already died (a crash point killed it)."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.returncode = self.proc.wait(10)
+        self.process = None
+        self.proc = None
 
     def log(self) -> str:
         try:

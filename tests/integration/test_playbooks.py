@@ -24,11 +24,9 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -387,51 +385,41 @@ def setup_volume_id(output: Dict[str, Any], name: str) -> str:
 # -- the CSI agent and the modules on one pool ---------------------------------------
 
 class Agent:
+    """The agent on the test's file pool (basalt_agent.launcher), and a controller stub once it answers Probe."""
+
     def __init__(self, root: str, *extra: str) -> None:
-        self.root = root
-        self.extra = list(extra)
-        self.socket = os.path.join(root, "csi.sock")
-        self.log = os.path.join(root, "agent.log")
-        self.proc: Optional[subprocess.Popen[bytes]] = None
+        from basalt_agent.launcher import AgentProcess
+
+        self.process = AgentProcess(
+            os.path.join(root, "csi.sock"),
+            ["--node-id", "n1", "--pool", f"file:{root}/pool", "--state-dir", f"{root}/state", *extra],
+            log_path=os.path.join(root, "agent.log"), cwd=root)
+        self.channel: Any = None
 
     @property
     def argv(self) -> List[str]:
-        return [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{self.socket}", "--node-id", "n1",
-                "--pool", f"file:{self.root}/pool", "--state-dir", f"{self.root}/state", *self.extra]
+        return self.process.argv
 
     def start(self) -> Any:
         import grpc
 
-        from basalt_agent.proto import csi_pb2, csi_pb2_grpc
+        from basalt_agent.launcher import AgentFailed
+        from basalt_agent.proto import csi_pb2_grpc
 
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root)
-        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
-        identity = csi_pb2_grpc.IdentityStub(self.channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"agent exited: {Path(self.log).read_text()[-3000:]}"
-            if os.path.exists(self.socket):
-                try:
-                    identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
-                    return csi_pb2_grpc.ControllerStub(self.channel)
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.1)
-        pytest.fail(f"agent not ready: {Path(self.log).read_text()[-3000:]}")
+        self.process.start()
+        try:
+            self.process.wait_ready()
+        except AgentFailed as failure:
+            self.process.stop()
+            pytest.fail(str(failure))
+        self.channel = grpc.insecure_channel(f"unix://{self.process.socket_path}")
+        return csi_pb2_grpc.ControllerStub(self.channel)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        self.process.stop()
 
 
 @pytest.fixture
@@ -518,6 +506,6 @@ def test_a_playbook_and_an_agent_on_one_pool_report_the_same_capacity(playbook: 
     assert capacity == again["pool"]["available_bytes"]
 
     refused = subprocess.run(Agent(root, "--pool-capacity-limit", "32Mi").argv, capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
+                             timeout=60, stdin=subprocess.DEVNULL, check=False)
     assert refused.returncode == 1
     assert "--pool-capacity-limit 33554432 (stored: 67108864)" in refused.stderr

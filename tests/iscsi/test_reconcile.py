@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import grpc
 import pytest
@@ -41,6 +41,7 @@ from basalt_agent.reconcile import reconcile
 from basalt_core import exports, tgt, volumes
 from basalt_core.exports import ExportSettings
 from basalt_core.iscsi_target import Chap
+from basalt_core.model import Publication
 from basalt_core.pool_factory import open_pool
 
 STRAY = f"{BASE_IQN}:vol-00000000-0000-5000-8000-000000000000"  # ours by name, in no record
@@ -185,6 +186,47 @@ def test_a_volume_busy_in_an_rpc_is_left_to_it(tgtd: Tgtd, tmp_path: Path) -> No
         exports.ensure_unexported(pool, backend, settings, volume.id, NODE_A)
         pool.detach(volume)
     volumes.delete_volume(pool, volume.id)
+
+
+def test_reconciliation_lists_the_target_service_once_whatever_the_exports(tgtd: Tgtd, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linear in the number of exports: after tgtd restarted empty, restoring N exports lists tgtd once and
+    runs only the commands that change something (the shared CHAP account made once), with the real tgtd."""
+    pool = open_pool(f"file:{tmp_path / 'pool'}")
+    backend = tgt.TgtBackend(control_port=tgtd.control_port, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE_IQN)
+    settings = ExportSettings(BASE_IQN, (tgtd.portal,))
+    publishing = IscsiPublishing(pool, "storage-1", backend, settings, {"node-a": NODE_A})
+    chap = Chap(CHAP["node.session.auth.username"], CHAP["node.session.auth.password"])
+    published = []
+    for i in range(5):
+        volume, _ = volumes.ensure_volume(pool, f"linear-{i}", 4 << 20)
+        exports.ensure_exported(pool, backend, settings, volume, NODE_A, chap, False)
+        volumes.set_publication(pool, volume.id, "node-a", Publication(readonly=False,
+                                                                       access_mode="SINGLE_NODE_WRITER"))
+        published.append(volume)
+    tgtd.restart_empty()
+    ran: List[List[str]] = []
+    real_run = tgt.run
+
+    def counting(argv: List[str], **kwargs: Any) -> Any:
+        ran.append(list(argv))
+        return real_run(argv, **kwargs)
+    monkeypatch.setattr(tgt, "run", counting)
+    try:
+        summary = reconcile(publishing, ObjectLocks())
+        assert (summary.applied, summary.failed, summary.skipped) == (10, 0, 0)  # an export and a grant each
+        listings = [argv for argv in ran if "show" in argv]
+        assert len(listings) == 1 and listings[0][-4:] == ["--mode", "target", "--op", "show"]
+        assert len(ran) == 1 + 6 * len(published) + 1  # 6 changes per export, the shared account once
+        assert len(backend.targets()) == len(published)
+    finally:
+        monkeypatch.undo()
+        for volume in published:
+            volumes.clear_publication(pool, volume.id, "node-a")
+            exports.ensure_unexported(pool, backend, settings, volume.id, NODE_A)
+            pool.detach(volume)
+            volumes.delete_volume(pool, volume.id)
 
 
 def test_config_loaded_at_boot_leaves_nothing_to_reconcile(host: Tuple[Agent, Tgtd]) -> None:

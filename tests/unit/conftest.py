@@ -7,7 +7,7 @@ tool gave (recorded on Debian 12 / util-linux 2.38, e2fsprogs 1.47, xfsprogs 6.1
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -45,7 +45,7 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm", "tgt", "iscsiadm", "multipath")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "iscsiadm", "multipath")
 
 
 @pytest.fixture
@@ -63,3 +63,18 @@ def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield install
     if "current" in runners:
         assert runners["current"].script == [], "commands expected but never run"
+
+
+@pytest.fixture
+def lvm_script(script: Callable[[List[Call]], Any]) -> Iterator[Callable[[List[Call]], Any]]:
+    """``script``, plus the checks every LVM command must pass (stdin at EOF, fd warnings off)."""
+    runners: List[Any] = []
+
+    def install(calls: List[Call]) -> Any:
+        runners.append(script(calls))
+        return runners[-1]
+
+    yield install
+    for runner in runners:
+        assert runner.stdins == [""] * len(runner.ran), "LVM must see EOF on stdin so that a prompt is answered 'n'"
+        assert all(env is not None and env.get("LVM_SUPPRESS_FD_WARNINGS") == "1" for env in runner.envs)

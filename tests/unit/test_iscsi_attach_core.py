@@ -10,6 +10,7 @@ multipath-tools' commands go through the shared scripted runner.
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -109,3 +110,47 @@ def test_rescan_without_any_session_is_not_found(script: Any, host: Dict[str, An
     script([([*node, p, "--rescan"], 21, "", recorded("iscsiadm_rescan_no_session.txt")) for p in PORTALS])
     with pytest.raises(NotFound, match="no session"):
         iscsi_attach.rescan(T, PORTALS, serial=SERIAL)
+
+
+def _lose_every_path(host: Dict[str, Any]) -> None:
+    """What the kernel shows once every path is gone: the disks vanish, the map stays with no slaves."""
+    root, mp = host["root"], host["map"]
+    for disk in mp.paths:
+        shutil.rmtree(root / "block" / disk)
+        (root / "block" / mp.kernel_name / "slaves" / disk).rmdir()
+
+
+def test_the_recorded_map_is_flushed_when_every_path_is_lost(script: Any, host: Dict[str, Any],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    script([(SHOW_DAEMON, 0, recorded("show_daemon_running.txt"), "")])
+    device, _changed = iscsi_attach.ensure_attached(T, PORTALS, None, SERIAL, timeout=5)
+    staged = multipath.map_at(device, sys_root=str(host["root"]))
+    assert staged is not None and staged == host["map"]  # what NodeStage records: the map's name and uuid
+    _lose_every_path(host)
+    assert iscsiadm.find_disks(SERIAL) == [] and multipath.map_for(host["map"].paths) is None
+    host["calls"].clear()
+    runner = script([(["multipath", "-f", staged.name], 0, "", "")])
+
+    def run(argv: List[str], **kw: Any) -> Any:
+        host["calls"].append(argv)
+        return runner(argv, **kw)
+    monkeypatch.setattr(multipath, "run", run)
+    recorded_map = multipath.Map(staged.name, "", staged.uuid, ())  # as the node record gives it back
+    assert iscsi_attach.ensure_detached(T, PORTALS, serial=SERIAL, staged_map=recorded_map)
+    assert host["calls"] == [["multipath", "-f", staged.name], ("logout", PORTALS[0]), ("delete", PORTALS[0]),
+                             ("logout", PORTALS[1]), ("delete", PORTALS[1])]
+
+
+def test_a_recorded_name_now_on_another_volumes_map_is_left_alone(script: Any, host: Dict[str, Any]) -> None:
+    mp = host["map"]
+    _lose_every_path(host)
+    runner = script([])  # no multipath -f
+    elsewhere = multipath.Map(mp.name, "", "mpath-3600140500000000000000000000000aa", ())
+    assert iscsi_attach.ensure_detached(T, PORTALS, serial=SERIAL, staged_map=elsewhere)  # the logouts
+    assert runner.ran == [] and multipath.map_names(sys_root=str(host["root"])) == [mp.name]
+
+
+def test_map_at_a_device_that_is_no_multipath_map(host: Dict[str, Any]) -> None:
+    root = str(host["root"])
+    assert multipath.map_at("/dev/sda", sys_root=root) is None
+    assert multipath.map_at("/dev/dm-77", sys_root=root) is None

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Counter, Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from basalt_core import lio
+from basalt_core import exports, lio
 from basalt_core.errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant
 
@@ -37,7 +39,7 @@ class ApiUse:
     """What basalt_core.lio used of the (fake) rtslib_fb: calls with their arguments, attributes read and set."""
 
     calls: List[Tuple[str, str, Tuple[Any, ...], Dict[str, Any]]] = field(default_factory=list)
-    reads: Set[Tuple[str, str]] = field(default_factory=set)
+    reads: Counter[Tuple[str, str]] = field(default_factory=Counter)
     writes: Set[Tuple[str, str]] = field(default_factory=set)
 
 
@@ -71,7 +73,7 @@ class Recorded:
                     _USE[0].calls.append((owner, name, args, kwargs))
                     return value(*args, **kwargs)
                 return call
-            _USE[0].reads.add((owner, name))
+            _USE[0].reads[(owner, name)] += 1
         return value
 
 
@@ -406,7 +408,7 @@ def test_fake_matches_real_rtslib(tmp_path: Path) -> None:
             inspect.signature(function).bind(first, *args, **kwargs)
         except TypeError as error:
             problems.append(f"{owner}{'.' + method if method else ''}{args!r} {kwargs!r}: {error}")
-    for owner, name in sorted(use.reads | use.writes):
+    for owner, name in sorted(set(use.reads) | use.writes):
         real_cls = _real_class(real, owner)
         found = inspect.getattr_static(real_cls, name, None)
         if (owner, name) in use.writes:
@@ -430,3 +432,79 @@ def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespa
     # /etc/rtslib-fb-target/saveconfig.json at boot, upstream /etc/target/saveconfig.json (VM tier).
     lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts).persist()
     assert _taken(rts) == [("save_to_file", None)]
+
+
+class _Pool:
+    """The pool side of a publish: the volume's device (attach and detach are the pool's, not LIO's)."""
+
+    def attach(self, volume: Any) -> str:
+        return "/dev/vg/" + volume.id
+
+    def load_volume(self, volume_id: str) -> Any:
+        return SimpleNamespace(id=volume_id, publications={})
+
+    def detach(self, volume: Any) -> bool:
+        return True
+
+
+def _publish_and_unpublish_reads(tmp_path: Path, others: int) -> Tuple[Counter[Tuple[str, str]], List[Any]]:
+    """ControllerPublish + ControllerUnpublish of one volume on a host that exports *others* more."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / f"lio-{others}.lock"),
+                             rtslib=rts)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    for i in range(others):
+        backend.ensure_export(f"iqn.2026-11.io.basalt:other-{i}", f"/dev/vg/other-{i}", f"{i:016x}", False)
+        backend.ensure_grant(f"iqn.2026-11.io.basalt:other-{i}", B, CHAP_A)
+    _taken(rts)
+    use = ApiUse()
+    _USE.append(use)
+    try:
+        volume = SimpleNamespace(id="pvc-1")
+        exports.ensure_exported(_Pool(), backend, settings, volume, A, CHAP_A, False)  # type: ignore[arg-type]
+        exports.ensure_unexported(_Pool(), backend, settings, "pvc-1", A)  # type: ignore[arg-type]
+    finally:
+        _USE.clear()
+    return use.reads, _taken(rts)
+
+
+def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_path: Path) -> None:
+    """LIO's cost per RPC is rtslib's own calls: the changes a bare rtslib script would make, plus lookups
+    that read the fabric's target list and the storage objects once each step, not every target's objects."""
+    alone_reads, alone_changes = _publish_and_unpublish_reads(tmp_path, 0)
+    busy_reads, busy_changes = _publish_and_unpublish_reads(tmp_path, 30)
+    assert busy_changes == alone_changes
+    made = [c[0] for c in alone_changes if c[0] not in ("set", "set_attribute")]
+    assert made == ["BlockStorageObject", "Target", "TPG", "NetworkPortal", "LUN", "NodeACL", "MappedLUN",
+                    "save_to_file", "delete", "delete", "delete", "save_to_file"]  # every one a bare script needs
+    per_target = {k: v for k, v in busy_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
+    assert per_target == {k: v for k, v in alone_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
+    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] <= 6
+
+
+def test_concurrent_publishes_never_interleave_in_lio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIO's objects and its saved configuration are every volume's: twelve publishes of twelve volumes at
+    once run one at a time inside the backend (as tgt's do), and every export and grant is there after."""
+    rts = make_fake()
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    active, most = [0], [0]
+    real_save = rts.RTSRoot.save_to_file
+
+    def slow_save(self: Any, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # long enough for another thread to get in, were it let in
+        real_save(self, save_file, so_path)
+        active[0] -= 1
+    monkeypatch.setattr(rts.RTSRoot, "save_to_file", slow_save)
+
+    def publish(i: int) -> None:
+        volume = SimpleNamespace(id=f"pvc-{i}")
+        exports.ensure_exported(_Pool(), backend, settings, volume, f"iqn.2026-11.io.example:node-{i}",  # type: ignore[arg-type]
+                                Chap(f"user-{i}", f"secret-{i:02d}-0123456"), False)
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(publish, range(12)))
+    assert most[0] == 1
+    found = {e.target_iqn: e.grants for e in backend.exports()}
+    assert len(found) == 12 and all(len(g) == 1 and g[0].chap is not None for g in found.values())

@@ -1,4 +1,4 @@
-"""Metrics pieces: the listener address, bounded reads, Probe's iscsid check (a socket of the test's own)."""
+"""Metrics and operator pieces: the listener address, bounded reads, Probe's iscsid check, iscsiadm node lists."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from basalt_agent import config, identity
 from basalt_agent.bounded import BoundedRead
 from basalt_agent.metrics import method_name
 from basalt_agent.nodestate import NodeRecord, NodeState
+from basalt_core import iscsiadm
 from basalt_core.errors import InvalidRequest, Precondition
 
 
@@ -94,3 +95,10 @@ def test_iscsid_check_only_on_a_node_with_iscsi_attachments(tmp_path: Path, monk
     finally:
         listener.close()
     assert [r.volume_id for r in state.all()] == ["vol-1"]
+
+
+def test_iscsiadm_node_list_parses_portals_and_targets() -> None:
+    text = ("127.0.0.1:3260,1 iqn.2026-11.dev.basalt:vol-1\n"
+            "[::1]:3999,4294967295 iqn.2003-01.org.example:disk\n")
+    assert iscsiadm.parse_nodes(text) == [("iqn.2026-11.dev.basalt:vol-1", "127.0.0.1:3260"),
+                                          ("iqn.2003-01.org.example:disk", "[::1]:3999")]

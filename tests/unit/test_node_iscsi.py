@@ -22,7 +22,7 @@ from basalt_agent.locks import ObjectLocks
 from basalt_agent.node import NodeService
 from basalt_agent.nodestate import NodeState
 from basalt_agent.proto import csi_pb2 as csi
-from basalt_core import iscsi_attach, iscsiadm
+from basalt_core import iscsi_attach, iscsiadm, multipath
 from basalt_core import mount as mounts
 from basalt_core.errors import CommandFailed
 from basalt_core.file_pool import FilePool
@@ -57,14 +57,16 @@ class FakeInitiator:
         self.disk = disk
         self.logged_in = False
         self.calls: List[Any] = []
+        self.detached_with: Dict[str, Any] = {}
 
     def ensure_attached(self, target: str, portals: List[str], chap: Any, serial: str, **_: Any) -> Any:
         self.calls.append(("attach", target, list(portals), chap.user if chap else None, serial))
         self.logged_in = True
         return self.disk, True
 
-    def ensure_detached(self, target: str, portals: List[str], **_: Any) -> bool:
+    def ensure_detached(self, target: str, portals: List[str], **kwargs: Any) -> bool:
         self.calls.append(("detach", target, list(portals)))
+        self.detached_with = kwargs
         self.logged_in = False
         return True
 
@@ -185,3 +187,24 @@ def test_a_refused_login_maps_to_its_code_and_leaves_no_node_record(
     assert initiator.calls == [("attach", TARGET, ["192.0.2.10:3260", "192.0.2.11:3260"]),
                                ("detach", TARGET, ["192.0.2.10:3260", "192.0.2.11:3260"])]
     assert service.state.load("vol-" + "5" * 32) is None
+
+
+def test_unstage_flushes_the_recorded_multipath_map_when_every_path_is_lost(
+        node: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map's name and uuid go into the node record at stage; with every path gone no disk leads to the
+    map any more, and NodeUnstage hands the recorded one to ensure_detached (which flushes it by name)."""
+    service, initiator, tmp = node["service"], node["initiator"], node["tmp"]
+    staged = multipath.Map("mpatha", "dm-3", "mpath-36001405a1b2c3d4e5f6071800000000", ("sdb", "sdc"))
+    monkeypatch.setattr(multipath, "map_at", lambda device: staged if device == node["disk"] else None)
+    volume_id, staging = "vol-" + "2" * 32, str(tmp / "staging")
+    service.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=volume_id, staging_target_path=staging,
+                                                       volume_capability=CAP, publish_context=CONTEXT,
+                                                       secrets=SECRETS), Context())
+    record = service.state.load(volume_id)
+    assert record is not None and (record.multipath_map, record.multipath_uuid) == (staged.name, staged.uuid)
+    initiator.logged_in = False  # every path lost: no disk with the serial
+    service.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging),
+                              Context())
+    passed = initiator.detached_with["staged_map"]
+    assert (passed.name, passed.uuid) == (staged.name, staged.uuid)
+    assert service.state.load(volume_id) is None

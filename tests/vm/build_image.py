@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -42,12 +43,20 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import apt_sources
+
 HERE = Path(__file__).resolve().parent
 IMAGE_FILES = HERE / "image"
 CACHE_DIR = Path(os.environ.get("BASALT_VM_CACHE", "/var/cache/basalt-vm"))
-MIRROR = os.environ.get("BASALT_VM_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 KERNEL_META = "linux-image-amd64"
+
+
+@functools.cache
+def mirror() -> str:
+    """The Debian mirror of this machine's own apt sources (BASALT_VM_MIRROR overrides it)."""
+    return apt_sources.debian_mirror(SUITE)
+
 
 # Packages installed into the guest root (besides what minbase brings).
 PACKAGES = [
@@ -162,7 +171,7 @@ def cache_key(variant: Variant = BASE) -> str:
     """Hash of every input of the image: packages, suite, mirror, scripts
     (a variant adds its own inputs; the base hashes none of a variant's)."""
     h = hashlib.sha256()
-    h.update(json.dumps([SUITE, MIRROR, KERNEL_META, PACKAGES, INITRAMFS_MODULES, PRUNED_MODULE_DIRS]).encode())
+    h.update(json.dumps([SUITE, mirror(), KERNEL_META, PACKAGES, INITRAMFS_MODULES, PRUNED_MODULE_DIRS]).encode())
     files = [Path(__file__).resolve(), *sorted(p for p in IMAGE_FILES.iterdir() if p.is_file())]
     if variant != BASE:
         h.update(json.dumps([variant.name, variant.packages, variant.init]).encode())
@@ -230,7 +239,7 @@ def fetch_deb(fields: dict[str, str], dest_dir: Path) -> Path:
     want = fields["SHA256"]
     if dest.is_file() and hashlib.sha256(dest.read_bytes()).hexdigest() == want:
         return dest
-    url = f"{MIRROR}/{fields['Filename']}"
+    url = f"{mirror()}/{fields['Filename']}"
     log(f"downloading {url}")
     tmp = dest.with_suffix(".part")
     with urllib.request.urlopen(url, timeout=120) as resp, tmp.open("wb") as out:
@@ -462,7 +471,7 @@ def build(key: str, variant: Variant = BASE) -> Image:
                 "--include=" + ",".join([*PACKAGES, *variant.packages]),
                 SUITE,
                 str(root),
-                MIRROR,
+                mirror(),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -509,7 +518,7 @@ def build(key: str, variant: Variant = BASE) -> Image:
             "key": key,
             "variant": variant.name,
             "suite": SUITE,
-            "mirror": MIRROR,
+            "mirror": mirror(),
             "kernel": kver,
             "packages": versions,
             "root_image_mib": img_mib,

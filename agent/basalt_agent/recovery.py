@@ -1,0 +1,40 @@
+"""Start-up recovery: converge from whatever an agent killed at any moment left on this host.
+
+It runs before the socket serves, so nothing else acts on the pool meanwhile;
+docs/crash-safety.md lists, per call, what each crash point leaves and which
+step here (or which retry) takes it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+from basalt_core.pool import Pool
+
+from .nodestate import NodeState
+
+log = logging.getLogger("basalt.agent")
+
+
+def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
+    """Thaw recorded freezes, remove temp files, detach devices nothing records a use for; return what.
+
+    *state* is None when this agent does not serve the node service: it then
+    cannot tell which devices are in use, and detaches none.  With *exports*
+    (a storage host), volumes published to other nodes keep their devices.
+    """
+    repaired = pool.clean_leftovers()
+    if state is not None:
+        repaired += state.clean_leftovers()
+    for leftover in repaired:
+        log.warning("removed leftover %s", leftover)
+    if state is None:
+        return repaired
+    wanted = state.local_volume_ids()
+    if exports:
+        wanted |= {volume.id for volume in pool.all_volumes() if volume.publications}
+    for device in pool.detach_strays(wanted):
+        log.warning("detached %s: no record wants it (left by an interrupted operation)", device)
+        repaired.append(device)
+    return repaired

@@ -1,0 +1,116 @@
+"""Deterministic crash points for a real agent, set from the test side.
+
+``CrashPoints(directory).wrap(tool)`` puts a wrapper named *tool* in a bin
+directory that goes first on the agent's PATH (``Agent(extra_env=...env())``).
+Unarmed, the wrapper just runs the real tool.  ``arm(tool, ...)`` makes its
+next matching run SIGKILL the agent (its parent: the core runs tools
+directly, never through a shell) at one moment:
+
+* ``when="after"``: the tool finished (its side effect is complete, the agent
+  never learns it);
+* ``when="magic"``: the tool is still running and the bytes *magic* appeared
+  at *offset* of its last operand (e.g. ``XFSB``: mkfs.xfs wrote its
+  superblock, the rest is not made yet); the tool is killed too;
+* ``when="delay"``: *delay_ms* after the tool started; the tool is killed too.
+
+The wrapper leaves ``<tool>.fired`` saying what happened, so a test can check
+that the crash really came at that point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+_WRAPPER = """#!{python}
+import json, os, signal, subprocess, sys, time
+REAL, ARM = {real!r}, {arm!r}
+mine = ARM + ".%d" % os.getpid()
+try:
+    os.rename(ARM, mine)
+except FileNotFoundError:
+    os.execv(REAL, [REAL] + sys.argv[1:])
+with open(mine) as handle:
+    spec = json.load(handle)
+if spec.get("arg") and spec["arg"] not in sys.argv[1:]:
+    os.rename(mine, ARM)  # not this run: stay armed
+    os.execv(REAL, [REAL] + sys.argv[1:])
+os.unlink(mine)
+agent, started = os.getppid(), time.monotonic()
+tool = subprocess.Popen([REAL] + sys.argv[1:])
+outcome = "exited"
+if spec["when"] == "after":
+    tool.wait()
+    outcome = "after"
+elif spec["when"] == "delay":
+    try:
+        tool.wait(spec["delay_ms"] / 1000)
+    except subprocess.TimeoutExpired:
+        outcome = "during"
+else:
+    magic = bytes.fromhex(spec["magic"])
+    while tool.poll() is None:
+        with open(sys.argv[-1], "rb") as handle:
+            handle.seek(spec.get("offset", 0))
+            if handle.read(len(magic)) == magic:
+                outcome = "during"
+                break
+        time.sleep(0.0005)
+os.kill(agent, signal.SIGKILL)
+if tool.poll() is None:
+    tool.kill()
+rc = tool.wait()
+with open(ARM + ".tmp", "w") as handle:
+    json.dump({{"outcome": outcome, "argv": sys.argv, "rc": rc,
+               "seconds": time.monotonic() - started}}, handle)
+os.rename(ARM + ".tmp", ARM + ".fired")
+sys.exit(137)
+"""
+
+
+class CrashPoints:
+    def __init__(self, directory: str) -> None:
+        self.bin = os.path.join(directory, "crashpoints")
+        os.makedirs(self.bin, exist_ok=True)
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": self.bin + os.pathsep + os.environ.get("PATH", "")}
+
+    def wrap(self, *tools: str) -> CrashPoints:
+        for tool in tools:
+            real = shutil.which(tool)
+            assert real is not None, f"{tool} is not installed"
+            path = os.path.join(self.bin, tool)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(_WRAPPER.format(python=sys.executable, real=real, arm=self._arm(tool)))
+            os.chmod(path, 0o755)
+        return self
+
+    def _arm(self, tool: str) -> str:
+        return os.path.join(self.bin, tool + ".arm")
+
+    def arm(self, tool: str, when: str, *, arg: str = "", magic: bytes = b"", offset: int = 0,
+            delay_ms: float = 0) -> None:
+        assert os.path.exists(os.path.join(self.bin, tool)), f"wrap({tool!r}) first"
+        self.disarm(tool)
+        with open(self._arm(tool), "w", encoding="utf-8") as handle:
+            json.dump({"when": when, "arg": arg, "magic": magic.hex(), "offset": offset, "delay_ms": delay_ms}, handle)
+
+    def disarm(self, tool: str) -> None:
+        for path in (self._arm(tool), self._arm(tool) + ".fired"):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def fired(self, tool: str, timeout: float = 30.0) -> dict[str, object]:
+        """What the crash point did (waits for it); fails the test when it never fired."""
+        path = self._arm(tool) + ".fired"
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline, f"the {tool} crash point never fired"
+            time.sleep(0.02)
+        with open(path, encoding="utf-8") as handle:
+            result: dict[str, object] = json.load(handle)
+        return result

@@ -1,0 +1,339 @@
+"""The agent SIGKILLed at the exact points where a crash used to strand the host (issue 10).
+
+Each test kills a real agent at one point (a tool wrapper from
+``crashpoints.py`` first on its PATH, or a state made as a crash leaves it),
+starts it again on the same state, retries the call as a CO does, and checks
+that it converges: data intact, nothing frozen, nothing left attached.
+docs/crash-safety.md lists these points per RPC.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from basalt_csi_testlib import (
+    LVM_LOOP_KIND,
+    SC,
+    XFS_MIN,
+    Agent,
+    MiB,
+    csi,
+    expect_code,
+    loop_table,
+    mount_cap,
+    mounts_under,
+    pattern,
+    read_file,
+    snapshot_source,
+    stage_tracking_image,
+    tear_down,
+    unique,
+    volume_lv_name,
+    write_file,
+)
+from crashpoints import CrashPoints
+
+AgentFactory = Callable[..., Agent]
+
+
+@pytest.fixture
+def crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
+    """A started agent whose tools can be armed to kill it."""
+    agent = fresh_agent_factory(launch=False)
+    points = CrashPoints(agent.root).wrap("mkfs.xfs", "mkfs.ext4", "fsfreeze", "losetup", "resize2fs")
+    agent.extra_env.update(points.env())
+    agent.start()
+    yield agent, points
+
+
+def restart(agent: Agent) -> None:
+    agent.kill()
+    agent.start()
+
+
+def crashed(call: Any, request: Any) -> None:
+    """*call* dies with the agent: the CO sees the connection go."""
+    with pytest.raises(grpc.RpcError) as failure:
+        call(request)
+    assert failure.value.code() in (SC.UNAVAILABLE, SC.CANCELLED, SC.UNKNOWN, SC.INTERNAL), failure.value
+
+
+def assert_writable(directory: str, timeout: float = 15.0) -> None:
+    """An application can write and fsync there (a frozen filesystem blocks it)."""
+    probe = os.path.join(directory, f"probe-{unique()}")
+    writer = subprocess.Popen([sys.executable, "-c", "import os, sys\n"
+                               "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
+                               "os.write(fd, b'x'); os.fsync(fd); os.close(fd); os.unlink(sys.argv[1])", probe])
+    try:
+        writer.wait(timeout)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["fsfreeze", "--unfreeze", directory], check=False)  # let the writer finish
+        writer.wait(30)
+        pytest.fail(f"{directory} stayed frozen: a write hung for {timeout}s")
+    assert writer.returncode == 0
+
+
+def assert_nothing_left(agent: Agent) -> None:
+    """No device over the pool, no mount, no node record or temp file, no freeze record."""
+    assert agent.pool_loops() == {}, agent.pool_loops()
+    assert mounts_under(agent.root) == []
+    assert glob.glob(os.path.join(agent.state_dir, "node", "*")) == []
+    assert glob.glob(os.path.join(agent.state_dir, "node", ".tmp-*")) == []
+    assert glob.glob(os.path.join(agent.pool, "freezes", "*")) == []
+    assert glob.glob(os.path.join(agent.pool, "*", ".tmp-*")) == []
+
+
+def node_req(vol: Any, cap: Any, staging: str) -> Any:
+    return csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=staging, volume_capability=cap)
+
+
+def delete(agent: Agent, volume_id: str) -> None:
+    agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=volume_id))
+
+
+# -- 1. freezes ------------------------------------------------------------------
+
+def test_agent_killed_while_a_copy_holds_the_freeze(crashable: tuple[Agent, CrashPoints]) -> None:
+    """Killed just after fsfreeze: the thaw guard thaws at once; the retried snapshot holds the data."""
+    agent, points = crashable
+    if agent.kind == LVM_LOOP_KIND:
+        pytest.skip("lvm-loop refuses to copy a volume in use (no dm_snapshot): it never freezes")
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(64 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    data = pattern(8 * MiB, "frozen")
+    write_file(os.path.join(att.staging, "data"), data)
+    name = unique("snap")
+    points.arm("fsfreeze", "after", arg="--freeze")
+    crashed(agent.ctl.CreateSnapshot, csi.CreateSnapshotRequest(source_volume_id=vol.volume_id, name=name))
+    assert points.fired("fsfreeze")["outcome"] == "after"
+    agent.kill()
+    assert_writable(att.staging)  # thawed by the guard, before any restart
+    agent.start()
+    snap = agent.ctl.CreateSnapshot(csi.CreateSnapshotRequest(source_volume_id=vol.volume_id, name=name)).snapshot
+    assert snap.ready_to_use
+    assert_writable(att.staging)
+    restored = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
+        name=unique("restore"), volume_capabilities=[cap], volume_content_source=snapshot_source(snap.snapshot_id),
+        capacity_range=csi.CapacityRange(required_bytes=64 * MiB))).volume
+    att2 = stage_tracking_image(agent, restored.volume_id, cap)
+    assert read_file(os.path.join(att2.staging, "data")) == data
+    for done in (att, att2):
+        tear_down(agent, done)
+    agent.ctl.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    for volume_id in (vol.volume_id, restored.volume_id):
+        delete(agent, volume_id)
+    assert_nothing_left(agent)
+
+
+def test_start_up_thaws_a_recorded_freeze(crashable: tuple[Agent, CrashPoints]) -> None:
+    """The guard died with the agent (a whole container killed): the freeze record makes start-up thaw it."""
+    agent, _points = crashable
+    if agent.kind == LVM_LOOP_KIND:
+        pytest.skip("lvm-loop never freezes (see above)")
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    agent.kill()
+    # What a copy killed together with its guard leaves: the filesystem frozen, its record written.
+    os.makedirs(os.path.join(agent.pool, "freezes"), exist_ok=True)
+    with open(os.path.join(agent.pool, "freezes", "left.json"), "w", encoding="utf-8") as record:
+        json.dump({"mount_point": att.staging}, record)
+    subprocess.run(["fsfreeze", "--freeze", att.staging], check=True)
+    agent.start()
+    assert_writable(att.staging)
+    assert "thawed " + att.staging in agent.log()
+    tear_down(agent, att)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
+def test_a_copy_slower_than_the_freeze_limit_fails_and_thaws(fresh_agent_factory: AgentFactory) -> None:
+    """With --freeze-limit shorter than the copy: FAILED_PRECONDITION naming the limit, the volume writable."""
+    agent = fresh_agent_factory(extra_args=["--freeze-limit", "0.01"])
+    if agent.kind == LVM_LOOP_KIND:
+        pytest.skip("lvm-loop never freezes (see above)")
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(256 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    write_file(os.path.join(att.staging, "data"), pattern(160 * MiB, "slow"))
+    err = expect_code(agent.ctl.CreateSnapshot, csi.CreateSnapshotRequest(source_volume_id=vol.volume_id,
+                                                                          name=unique("snap")), SC.FAILED_PRECONDITION)
+    assert "freeze limit of 0.01s" in (err.details() or ""), err.details()
+    assert_writable(att.staging)
+    tear_down(agent, att)
+    delete(agent, vol.volume_id)
+
+
+# -- 2. loop devices ---------------------------------------------------------------
+
+def test_killed_after_attaching_a_copy_device(crashable: tuple[Agent, CrashPoints]) -> None:
+    """Killed while a copy holds a temporary loop device: start-up detaches it, the source is not "in use"."""
+    agent, points = crashable
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(32 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    data = pattern(4 * MiB, "copy-device")
+    write_file(os.path.join(att.staging, "data"), data)
+    tear_down(agent, att)
+    name = unique("snap")
+    points.arm("losetup", "after", arg="--find")  # lvm-loop: the copy's first device (file pools copy files)
+    request = csi.CreateSnapshotRequest(source_volume_id=vol.volume_id, name=name)
+    if agent.kind == LVM_LOOP_KIND:
+        crashed(agent.ctl.CreateSnapshot, request)
+        assert points.fired("losetup")["outcome"] == "after"
+        assert agent.pool_loops(), "the crash point left no device: it tests nothing"
+        restart(agent)
+        assert agent.pool_loops() == {}, "start-up left the copy's device attached"
+    points.disarm("losetup")
+    snap = agent.ctl.CreateSnapshot(request).snapshot
+    restored = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
+        name=unique("restore"), volume_capabilities=[cap], volume_content_source=snapshot_source(snap.snapshot_id),
+        capacity_range=csi.CapacityRange(required_bytes=32 * MiB))).volume
+    att2 = stage_tracking_image(agent, restored.volume_id, cap)
+    assert read_file(os.path.join(att2.staging, "data")) == data
+    tear_down(agent, att2)
+    agent.ctl.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    for volume_id in (vol.volume_id, restored.volume_id):
+        delete(agent, volume_id)
+    assert_nothing_left(agent)
+
+
+def test_killed_after_node_stage_attached(crashable: tuple[Agent, CrashPoints]) -> None:
+    """Killed between NodeStage's attach and its record: start-up detaches it; a CO may then delete the volume."""
+    agent, points = crashable
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    points.arm("losetup", "after", arg="--find")
+    crashed(agent.node.NodeStageVolume, node_req(vol, cap, agent.staging_dir()))
+    assert points.fired("losetup")["outcome"] == "after"
+    assert agent.pool_loops()
+    restart(agent)
+    delete(agent, vol.volume_id)  # was FAILED_PRECONDITION "attached as /dev/loopN" for ever
+    assert_nothing_left(agent)
+
+
+def test_devices_that_are_not_the_pools_stay(fresh_agent_factory: AgentFactory) -> None:
+    """Start-up detaches only devices over the pool's storage: a device over another file, or (lvm) within an LV
+    Basalt does not manage, is left alone."""
+    agent = fresh_agent_factory()
+    other = os.path.join(agent.root, "not-the-pool.img")
+    with open(other, "wb") as handle:
+        handle.truncate(8 * MiB)
+    mine = [subprocess.run(["losetup", "--find", "--show", other], check=True, capture_output=True,
+                           text=True).stdout.strip()]
+    try:
+        if agent.lvm is not None:
+            offset, length = agent.lvm.lv_location(agent.lvm.FOREIGN_LVS[0])
+            mine.append(subprocess.run(["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit",
+                                        str(length), agent.lvm.device], check=True, capture_output=True,
+                                       text=True).stdout.strip())
+        restart(agent)
+        attached = {loop.device for loop in loop_table()}
+        assert set(mine) <= attached, "start-up detached a loop device that is not the pool's"
+    finally:
+        for device in mine:
+            subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def test_a_stale_device_past_the_volume_is_never_used(fresh_agent_factory: AgentFactory) -> None:
+    """lvm-loop: a device left over a removed, larger LV at the volume's offset is refused, then detached at
+    start; the volume then gets a device of exactly its size (the data-loss chain of issue 10, item 2)."""
+    agent = fresh_agent_factory()
+    if agent.lvm is None:
+        pytest.skip("file pools reuse a device only over the very same image file (inode), never a range")
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    offset, length = agent.lvm.lv_location(volume_lv_name(vol.volume_id))
+    stale = subprocess.run(["losetup", "--find", "--show", "--offset", str(offset), "--sizelimit",
+                            str(length + 64 * MiB), agent.lvm.device], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    try:
+        err = expect_code(agent.node.NodeStageVolume, node_req(vol, cap, agent.staging_dir()),
+                          SC.FAILED_PRECONDITION)
+        assert stale in (err.details() or ""), err.details()
+        restart(agent)
+        assert stale not in {loop.device for loop in loop_table() if loop.back_file == agent.lvm.device}
+        att = stage_tracking_image(agent, vol.volume_id, cap)  # checks the device's offset and exact size
+        tear_down(agent, att)
+    finally:
+        subprocess.run(["losetup", "--detach", stale], check=False, capture_output=True)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
+# -- 3. half-made filesystems ---------------------------------------------------------
+
+@pytest.mark.parametrize("fs_type, tool, when, magic, offset", [
+    ("xfs", "mkfs.xfs", "magic", b"XFSB", 0),  # superblock written, the rest not: "Structure needs cleaning"
+    ("ext4", "mkfs.ext4", "after", b"", 0),  # made, never recorded
+])
+def test_killed_while_node_stage_makes_the_filesystem(crashable: tuple[Agent, CrashPoints], fs_type: str,
+                                                      tool: str, when: str, magic: bytes, offset: int) -> None:
+    """A filesystem Basalt was making when it died is made again by the retried NodeStage."""
+    agent, points = crashable
+    cap = mount_cap(fs_type)
+    vol = agent.create_volume(XFS_MIN if fs_type == "xfs" else 16 * MiB, cap=cap)
+    staging = agent.staging_dir()
+    points.arm(tool, when, magic=magic, offset=offset)
+    crashed(agent.node.NodeStageVolume, node_req(vol, cap, staging))
+    assert points.fired(tool)["outcome"] == ("during" if when == "magic" else when)
+    restart(agent)
+    agent.node.NodeStageVolume(node_req(vol, cap, staging))
+    data = pattern(MiB, fs_type)
+    write_file(os.path.join(staging, "data"), data)
+    agent.unstage(vol.volume_id, staging)
+    agent.stage(vol.volume_id, cap, staging)  # staged again: never reformatted now
+    assert read_file(os.path.join(staging, "data")) == data
+    agent.unstage(vol.volume_id, staging)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
+def test_data_is_never_reformatted(crashable: tuple[Agent, CrashPoints]) -> None:
+    """The mark covers only our own mkfs: a killed NodeStage of a volume holding data never reformats it."""
+    agent, points = crashable
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    data = pattern(MiB, "keep")
+    write_file(os.path.join(att.staging, "data"), data)
+    agent.unstage(vol.volume_id, att.staging)
+    points.arm("losetup", "after", arg="--find")
+    crashed(agent.node.NodeStageVolume, node_req(vol, cap, att.staging))
+    points.fired("losetup")
+    restart(agent)
+    agent.stage(vol.volume_id, cap, att.staging)
+    assert read_file(os.path.join(att.staging, "data")) == data
+    agent.unstage(vol.volume_id, att.staging)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
+# -- 5. node record temp files ---------------------------------------------------------
+
+def test_start_up_sweeps_node_record_temp_files(fresh_agent_factory: AgentFactory) -> None:
+    """What a kill during a node-record write leaves (its temp file) is removed at start; records stay."""
+    agent = fresh_agent_factory()
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(16 * MiB, cap=cap)
+    att = stage_tracking_image(agent, vol.volume_id, cap)
+    node_dir = os.path.join(agent.state_dir, "node")
+    records = set(os.listdir(node_dir))
+    agent.kill()
+    with open(os.path.join(node_dir, ".tmp-left1234"), "w", encoding="utf-8") as torn:
+        torn.write('{"volume_id": "half')
+    agent.start()
+    assert set(os.listdir(node_dir)) == records
+    assert agent.pool_loops(), "the staged volume's device must stay: its record wants it"
+    tear_down(agent, att)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)

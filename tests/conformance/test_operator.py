@@ -1,0 +1,200 @@
+"""The ``basalt`` operator command against a real agent and pool: listings, doctor and gc.
+
+The command runs in this process (``basalt_agent.cli.main``) with the agent's own settings; leftovers
+are made by hand on the pool the fixture made (file: under its directory; lvm-loop: in its private VG),
+and gc must remove exactly those while the fixture's foreign LVs, a foreign file and a volume that a
+record owns stay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import pytest
+from basalt_csi_testlib import FILE_KIND, Agent, MiB, csi, exact, mount_cap, unique
+
+from basalt_agent import cli
+from basalt_core.losetup import list_devices
+from basalt_core.model import CREATING, Volume, volume_id_for
+from basalt_core.pool_factory import open_pool
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def basalt(capsys: pytest.CaptureFixture[str], agent: Agent, *args: str) -> tuple[int, Any]:
+    """Run ``basalt ARGS`` with the agent's settings; JSON output parsed (``-o json`` is added)."""
+    capsys.readouterr()
+    status = cli.main([*args, "--endpoint", f"unix://{agent.socket}", *agent.command(), "-o", "json"])
+    out = capsys.readouterr().out
+    return status, json.loads(out) if out.strip() else None
+
+
+def with_env(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's private LVM configuration, for the command running in this process."""
+    for key, value in agent.env().items():
+        if key.startswith("LVM_"):
+            monkeypatch.setenv(key, value)
+
+
+def make_volume(agent: Agent, size: int = 8 * MiB) -> Any:
+    request = csi.CreateVolumeRequest(name=unique(), volume_capabilities=[mount_cap()], capacity_range=exact(size))
+    return agent.ctl.CreateVolume(request).volume
+
+
+def test_listings_are_the_same_from_the_agent_and_from_the_pool(fresh_agent_factory: Any, capsys: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = fresh_agent_factory()
+    with_env(agent, monkeypatch)
+    first, second = make_volume(agent), make_volume(agent, 16 * MiB)
+    snapshot = agent.ctl.CreateSnapshot(csi.CreateSnapshotRequest(source_volume_id=first.volume_id,
+                                                                   name=unique("snap"))).snapshot
+    views = {}
+    for via in ("agent", "pool"):
+        status, listed = basalt(capsys, agent, "volumes", "list")
+        assert status == 0
+        _, snapshots = basalt(capsys, agent, "snapshots", "list")
+        _, pools = basalt(capsys, agent, "pools", "list")
+        _, shown = basalt(capsys, agent, "volumes", "show", second.volume_id)
+        # a file pool shares its filesystem with everything else: its use moves between two reads
+        views[via] = (listed, snapshots, shown, [{k: v for k, v in p.items()
+                                                  if k not in ("allocated_bytes", "available_bytes")} for p in pools])
+        assert [v["volume_id"] for v in listed] == [first.volume_id, second.volume_id]
+        assert [v["capacity_bytes"] for v in listed] == [first.capacity_bytes, second.capacity_bytes]
+        assert [s["snapshot_id"] for s in snapshots] == [snapshot.snapshot_id]
+        assert snapshots[0]["source_volume_id"] == first.volume_id
+        assert shown["volume_id"] == second.volume_id and shown["published_node_ids"] == []
+        assert pools[0]["volumes"] == 2 and pools[0]["snapshots"] == 1
+        assert agent.stop() == 0  # the second round reads the pool through the core
+    assert views["agent"] == views["pool"]
+    status, _ = basalt(capsys, agent, "volumes", "show", "vol-" + "0" * 32)
+    assert status == 2
+
+
+def readme_examples() -> list[str]:
+    """The ``basalt ... --query`` lines of the README's operator section."""
+    return re.findall(r"^basalt [^\n]*--query [^\n]*$", README.read_text(encoding="utf-8"), re.M)
+
+
+def test_readme_query_examples(fresh_agent_factory: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = fresh_agent_factory()
+    with_env(agent, monkeypatch)
+    volumes = [make_volume(agent), make_volume(agent)]
+    agent.ctl.CreateSnapshot(csi.CreateSnapshotRequest(source_volume_id=volumes[0].volume_id, name=unique("s")))
+    examples = readme_examples()
+    assert len(examples) >= 4, examples
+    for line in examples:
+        words = shlex.split(line)[1:]
+        query = words[words.index("--query") + 1]
+        kind = words[0]
+        status, answer = basalt(capsys, agent, *words)
+        assert status in (0, 1), line  # doctor says 1 when it finds something (no kubelet here, say)
+        plain = [w for i, w in enumerate(words)
+                 if w not in ("--query", "-o") and (i == 0 or words[i - 1] not in ("--query", "-o"))]
+        _, full = basalt(capsys, agent, *plain)  # the whole answer, queried here
+        assert answer == jmespath.search(query, full), line
+        if kind != "doctor":  # a healthy node has no findings to show
+            assert answer not in (None, [], {}), f"{line}: the example shows nothing on a pool with volumes"
+        if kind == "volumes" and "volume_id" in query:
+            assert set(json.dumps(answer).split('"')) >= {v.volume_id for v in volumes}, line
+
+
+def test_the_command_runs_as_a_program(fresh_agent_factory: Any) -> None:
+    agent = fresh_agent_factory()
+    volume = make_volume(agent)
+    settings = ["--endpoint", f"unix://{agent.socket}", *agent.command()]
+    answer = subprocess.run([sys.executable, "-m", "basalt_agent.cli", "volumes", "list", *settings],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **agent.env()})
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.splitlines()[0].split()[:2] == ["VOLUME", "CAPACITY"]
+    assert volume.volume_id in answer.stdout
+
+
+def leftovers_of(findings: list[dict[str, Any]]) -> list[str]:
+    return sorted(f["what"] for f in findings if f["safe_to_remove"])
+
+
+def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_factory: Any, pool_kind: str,
+                                                                  capsys: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = fresh_agent_factory()
+    with_env(agent, monkeypatch)
+    kept = make_volume(agent)
+    # the pool as the agent sees it (LVM_SYSTEM_DIR set above)
+    pool = open_pool(agent.pool_spec)
+    # An interrupted creation, never retried (made after the agent's start-up clean-up; before the
+    # mapping below, whose extents a later LV would take).
+    abandoned = Volume(volume_id_for(unique("abandoned")), "abandoned", 4 * MiB, pool.location, state=CREATING,
+                       created_at=0.0)
+    pool.save_volume(abandoned)
+    gone, loops = file_pool_leftovers(agent) if pool_kind == FILE_KIND else lvm_pool_leftovers(agent)
+    foreign_file = Path(agent.pool) / ("volumes" if pool_kind == FILE_KIND else "") / "notes.img"
+    foreign_file.write_bytes(b"not Basalt's")
+
+    status, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 1
+    assert leftovers_of(findings) == sorted(gone), findings  # the abandoned creation is the running agent's
+    assert any(abandoned.id in f["what"] and f["status"] == "warn" for f in findings)
+
+    assert agent.stop() == 0
+    gone = sorted([*gone, next(f["what"] for f in findings if abandoned.id in f["what"])])
+    _, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert leftovers_of(findings) == gone
+    status, dry = basalt(capsys, agent, "gc", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 0 and sorted(f["what"] for f in dry) == gone and {f["status"] for f in dry} == {"would remove"}
+    assert still_attached(loops) == loops  # a dry run removes nothing
+
+    status, removed = basalt(capsys, agent, "gc", "--apply", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 0 and sorted(f["what"] for f in removed) == gone
+    assert {f["status"] for f in removed} == {"removed"}
+    _, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert leftovers_of(findings) == []
+    assert still_attached(loops) == []
+    assert foreign_file.read_bytes() == b"not Basalt's"
+    assert pool.load_volume(kept.volume_id) is not None and pool.load_volume(abandoned.id) is None
+    # the fixture's teardown checks that the VG's foreign LVs (one named like Basalt's) and their data stayed
+
+
+def still_attached(loops: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Which of these (device, backing file) loops are still there (the numbers are reused by others)."""
+    now = {(loop.device, loop.backing_file) for loop in list_devices()}
+    return [loop for loop in loops if loop in now]
+
+
+def file_pool_leftovers(agent: Agent) -> tuple[list[str], list[tuple[str, str]]]:
+    """An image without a record with a loop device on it, and a loop device on a removed image."""
+    orphan = Path(agent.pool) / "volumes" / f"vol-{uuid.uuid4().hex}.img"
+    removed = Path(agent.pool) / "snapshots" / f"snap-{uuid.uuid4().hex}.img"
+    for image in (orphan, removed):
+        with open(image, "wb") as handle:
+            handle.truncate(4 * MiB)
+    loops = [(attach(str(orphan)), str(orphan)), (attach(str(removed)), f"{removed} (deleted)")]
+    removed.unlink()
+    return [f"image {orphan}: no record owns it",
+            f"loop device {loops[0][0]}: attached to {orphan}, which no record owns",
+            f"loop device {loops[1][0]}: attached to {removed} (deleted), which no record owns"], loops
+
+
+def lvm_pool_leftovers(agent: Agent) -> tuple[list[str], list[tuple[str, str]]]:
+    """A loop mapping (loop activation) left on the PV after its LV was removed."""
+    vg = agent.lvm
+    assert vg is not None and vg.device
+    vg.run("lvcreate", "-an", "-Zn", "-y", "--alloc", "contiguous", "-n", "short-lived", "-L", "4m", vg.vg)
+    offset, length = vg.lv_location("short-lived")
+    device = attach(vg.device, "--offset", str(offset), "--sizelimit", str(length))
+    vg.run("lvremove", "-y", f"{vg.vg}/short-lived")
+    return [f"loop device {device}: maps {vg.device} at offset {offset}, where no LV of {vg.vg} lies"], \
+        [(device, vg.device)]
+
+
+def attach(path: str, *args: str) -> str:
+    return subprocess.run(["losetup", "--find", "--show", *args, path], check=True, capture_output=True,
+                          text=True).stdout.strip()

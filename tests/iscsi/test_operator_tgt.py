@@ -1,0 +1,103 @@
+"""``basalt doctor``/``gc`` on a storage host with a real (private) tgtd and open-iscsi's node database.
+
+A target under the agent's base IQN whose volume has no record and a node record for such a target
+are leftovers; a published volume's target, a foreign target, a node record that a node record names
+and a foreign node record stay. The base IQN is the test's own, so that other tests' node records
+(the node database is the host's) are never this test's leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, storage_host_args
+from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, retry_until
+from tgtd_testlib import Loop, Tgtd
+
+from basalt_agent import cli
+from basalt_agent.nodestate import NodeRecord, NodeState
+from basalt_core import iscsiadm, tgt
+
+BASE = f"iqn.2026-11.dev.basalt.t{uuid.uuid4().hex[:8]}"
+FOREIGN = f"iqn.2003-01.org.example.other:disk-{uuid.uuid4().hex[:8]}"
+
+
+def stray_target() -> str:
+    return f"{BASE}:vol-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def host(tgtd: Tgtd) -> Iterator[Agent]:
+    root = make_root("operator-tgt")
+    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
+                  extra_args=storage_host_args(tgtd, root, "--iscsi-base-iqn", BASE, *mapped_nodes()))
+    try:
+        yield agent.start()
+    finally:
+        agent.stop()
+        cleanup_root(root)
+
+
+@pytest.fixture
+def node_records(tgtd: Tgtd) -> Iterator[List[str]]:
+    """Node records this test makes in the host's database; whatever is left of them goes at the end."""
+    made: List[str] = []
+    yield made
+    for target in made:
+        subprocess.run(["iscsiadm", "-m", "node", "-o", "delete", "-T", target, "-p", tgtd.portal],
+                       capture_output=True, check=False, timeout=30)
+
+
+def basalt(capsys: Any, agent: Agent, *args: str) -> Any:
+    capsys.readouterr()
+    status = cli.main([*args, "--endpoint", f"unix://{agent.socket}", *agent.command(), "-o", "json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_doctor_and_gc_on_a_storage_host(host: Agent, tgtd: Tgtd, loop: Loop, node_records: List[str],
+                                         tmp_path: Path, capsys: Any) -> None:
+    assert retry_until(lambda: RECONCILED in host.log(), 60), host.log()[-3000:]
+    volume = create(host, "published", block_cap())
+    publish(host, volume.volume_id, "node-a", block_cap())
+    published = f"{BASE}:{volume.volume_id}"
+    stray = stray_target()
+    ours = tgt.TgtBackend(control_port=tgtd.control_port, base_iqn=BASE,
+                          record_path=str(tmp_path / "stray-grants.json"))
+    ours.ensure_export(stray, loop.device, "0123456789abcdef", False)
+    ours.ensure_grant(stray, NODE_A, None)
+    other = tgt.TgtBackend(control_port=tgtd.control_port, record_path=str(tmp_path / "other-grants.json"))
+    other.ensure_export(FOREIGN, str(loop.backing_file), "fedcba9876543210", False)
+
+    orphan_node, attached_node = stray_target(), stray_target()
+    for target in (orphan_node, attached_node, FOREIGN):
+        node_records.append(target)
+        subprocess.run(["iscsiadm", "-m", "node", "-o", "new", "-T", target, "-p", tgtd.portal],
+                       capture_output=True, check=True, timeout=30)
+    NodeState(os.path.join(host.state_dir, "node")).save(NodeRecord(volume_id="vol-x", iscsi_target=attached_node))
+
+    expected = sorted([f"export {stray}: its volume has no record",
+                       f"iSCSI node record {orphan_node} ({tgtd.portal}): no node record names it"])
+    status, findings = basalt(capsys, host, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 1
+    assert sorted(f["what"] for f in findings if f["safe_to_remove"]) == expected, findings
+    assert any(f["check"] == "target service" and f["status"] == "ok" for f in findings)
+
+    status, listed = basalt(capsys, host, "exports", "list")
+    assert status == 0
+    assert {e["target_iqn"]: e["owned"] for e in listed} == {published: True, stray: False}
+
+    status, removed = basalt(capsys, host, "gc", "--apply", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 0 and sorted(f["what"] for f in removed) == expected
+    shown = tgtd.show()
+    assert published in shown and FOREIGN in shown and stray not in shown
+    left = {target for target, _portal in iscsiadm.nodes()}
+    assert {attached_node, FOREIGN} <= left and orphan_node not in left
+    _, findings = basalt(capsys, host, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert [f for f in findings if f["safe_to_remove"]] == []
+    other.remove_export(FOREIGN)
