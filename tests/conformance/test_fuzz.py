@@ -13,7 +13,7 @@ import pytest
 from basalt_csi_testlib import MiB
 from csi_fuzz import NAMESPACED, World, examples, make_decoy, release_stacked_loops, remove_decoy, run
 
-CI_EXAMPLES = 700
+CI_EXAMPLES = 500
 
 
 def test_every_rpc_answers_spec_codes_and_touches_nothing_outside(agent_factory: Any) -> None:

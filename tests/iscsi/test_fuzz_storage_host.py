@@ -18,7 +18,7 @@ from csi_fuzz import NAMESPACED, World, examples, make_decoy, release_stacked_lo
 
 from basalt_agent.proto import csi_pb2 as csi
 
-CI_EXAMPLES = 500
+CI_EXAMPLES = 400
 
 
 def test_storage_host_answers_spec_codes_and_touches_nothing_outside(tgtd: Any) -> None:
