@@ -382,11 +382,23 @@ class World:
                 request = data.draw(self.message(rpc.request, rpc.name, 0), label="request")
             code, details = self.send(rpc, request)
             allowed = ALLOWED[rpc.name]
+        self.judge(rpc, how, code, details, allowed)
+
+    def judge(self, rpc: Rpc, how: str, code: grpc.StatusCode, details: str, allowed: set[grpc.StatusCode]) -> None:
         self.calls[rpc.name] = self.calls.get(rpc.name, 0) + 1
         key = f"{rpc.name} {code.name}"
         self.answers[key] = self.answers.get(key, 0) + 1
         assert code in allowed, f"{rpc.name} ({how}) answered {code.name}: {details!r}"
         self.check_untouched(f"{rpc.name} ({how})")
+
+    def exercise_each(self, methods: list[Rpc]) -> None:
+        """Every RPC once with an empty request, and once with each of its valid templates."""
+        for rpc in methods:
+            requests = [message_factory.GetMessageClass(rpc.request)()]
+            requests += [t for name, t in self.templates if name == rpc.name]
+            for request in requests:
+                code, details = self.send(rpc, request)
+                self.judge(rpc, "empty" if not request.ListFields() else "template", code, details, ALLOWED[rpc.name])
 
     def aim(self, data: Any, request: Message, rpc: str) -> None:
         """A well-formed request pointed elsewhere: each id and path replaced by another world's one."""
@@ -532,6 +544,7 @@ def run(world: World, count: int) -> None:
     def one_request(data: Any) -> None:
         world.exercise(data, methods)
 
+    world.exercise_each(methods)
     one_request()
     print(f"\nfuzz: {sum(world.calls.values())} requests:",
           ", ".join(f"{k}={v}" for k, v in sorted(world.answers.items())))
