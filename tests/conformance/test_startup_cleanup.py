@@ -68,7 +68,6 @@ def test_start_removes_abandoned_creations_and_the_sweep_follows_cleanup_grace(f
     assert agent.proc is not None and agent.proc.poll() is None  # the agent kept serving throughout
 
 
-
 def test_start_keeps_the_devices_of_staged_volumes_and_detaches_the_rest(fresh_agent_factory: Any) -> None:
     """Start-up looks at the loop devices once for all volumes: a staged volume keeps its device (and its
     mount), a device no node record wants is detached (a crash between attach and record leaves one)."""
