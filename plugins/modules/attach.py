@@ -14,7 +14,7 @@ description:
     does before it formats and mounts it, on the same core code (C(Pool.attach)) - a loop device over the
     image for a V(file) pool, activation for V(lvm) and V(lvmthin) (device-mapper, or a loop device at the
     LV's offset for a pool stored with loop activation) - or detaches it.
-  - Detaching refuses a device that is mounted (a staged volume): unmount it first.
+  - Detaching refuses a device that is mounted (a staged volume); unmount it first.
 author:
   - Basalt developers (@basalt)
 attributes:
