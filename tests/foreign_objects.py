@@ -127,7 +127,7 @@ def down(path: str) -> List[str]:
     problems: List[str] = []
 
     def attempt(what: str, argv: List[str], **kwargs: Any) -> None:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)
         if result.returncode != 0:
             problems.append(f"{what}: rc={result.returncode} {result.stderr.strip()}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple
 
@@ -12,12 +11,13 @@ import grpc
 
 from basalt_core import filesystem
 from basalt_core.errors import InvalidRequest
+from basalt_core.model import MAX_NAME_BYTES, check_name
 from basalt_core.mount import validate_options
 
 from .errors import RpcFailure, invalid
 from .proto import csi_pb2
 
-MAX_STRING_BYTES = 128  # names and ids
+MAX_STRING_BYTES = MAX_NAME_BYTES  # names and ids: CSI's limit for both
 MAX_NODE_ID_BYTES = 256
 MAX_MAP_BYTES = 4096  # maps and mount_flags
 MAX_PATH_BYTES = 4096
@@ -43,12 +43,8 @@ def required_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> st
 
 
 def required_name(value: str, field: str = "name") -> str:
-    """A CSI name: any Unicode up to 128 bytes, but no control characters (the spec bans them)."""
-    required_string(value, field)
-    bad = [c for c in value if unicodedata.category(c) == "Cc"]
-    if bad:
-        raise invalid(f"{field} contains control character(s) {', '.join(repr(c) for c in bad)}")
-    return value
+    """A CSI name, by the rule every face shares (model.check_name)."""
+    return check_name(value, field)
 
 
 def bounded_string(value: str, field: str, limit: int = MAX_STRING_BYTES) -> str:

@@ -321,7 +321,7 @@ def activate(
 
 def deactivate(vg: str, name: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
     run_lvm(settings, "lvchange", ["--activate", "n", _target(vg, name)], what=f"deactivate LV {vg}/{name}",
-         timeout=CHANGE_TIMEOUT)
+            timeout=CHANGE_TIMEOUT)
 
 
 def add_tags(vg: str, name: str, tags: Sequence[str], *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
@@ -347,7 +347,7 @@ def create_pv(device: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
 
 def remove_pv(device: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
     run_lvm(settings, "pvremove", [operand(device, "device")], what=f"remove PV label from {device}",
-         timeout=CHANGE_TIMEOUT)
+            timeout=CHANGE_TIMEOUT)
 
 
 def create_vg(
@@ -413,4 +413,4 @@ def change_vg_tags(vg: str, *, add: Sequence[str], remove: Sequence[str],
 def refresh(vg: str, name: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
     """Reload an active LV's kernel mapping (after lvextend, for instance)."""
     run_lvm(settings, "lvchange", ["--refresh", _target(vg, name)], what=f"refresh LV {vg}/{name}",
-         timeout=CHANGE_TIMEOUT)
+            timeout=CHANGE_TIMEOUT)

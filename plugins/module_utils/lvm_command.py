@@ -152,4 +152,3 @@ def run_lvm(
         if mapped is exc:
             raise
         raise mapped from exc
-

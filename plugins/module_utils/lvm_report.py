@@ -450,4 +450,3 @@ def linear_location(
                 raise Precondition(f"{volume.full_name}: {pe_range.count} extents do not match size {volume.size}")
             return DataLocation(pv.name, pv.pe_start + pe_range.first * extent_size, length)
     raise NotFound(f"{volume.full_name} lies on {pe_range.device}, which is not among the PVs given")
-

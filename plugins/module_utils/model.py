@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
+
+from .errors import InvalidRequest
 
 #: where the agent keeps its records (--state-dir) and where the modules look for the ones they share with it
 DEFAULT_STATE_DIR = "/var/lib/basalt"
@@ -27,6 +30,27 @@ SNAPSHOT_PREFIX = "snap-"
 def now() -> float:
     """Creation timestamps come from here, so tests can fix the clock."""
     return time.time()
+
+
+#: the longest volume or snapshot name, in bytes of UTF-8 (CSI's limit for names and ids)
+MAX_NAME_BYTES = 128
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """The name rule every face applies to volume and snapshot names (the agent's CSI names, the modules').
+
+    Any Unicode text of 1 to MAX_NAME_BYTES bytes in UTF-8 without control
+    characters (the CSI spec bans them; a NUL or a newline in a name would
+    also reach logs and tags).
+    """
+    if not name:
+        raise InvalidRequest(f"{what} is required")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidRequest(f"{what} is longer than {MAX_NAME_BYTES} bytes in UTF-8")
+    bad = [c for c in name if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise InvalidRequest(f"{what} contains control character(s) {', '.join(repr(c) for c in bad)}")
+    return name
 
 
 def volume_id_for(name: str) -> str:

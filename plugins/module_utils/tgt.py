@@ -49,7 +49,7 @@ import contextlib
 import copy
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .atomicfile import write_atomic
@@ -102,7 +102,6 @@ class _Session:
     record: Record
     record_dirty: bool = False
     live: Optional[Dict[str, TgtTarget]] = None  # by IQN; None: not listed yet
-    changed: bool = field(default=False)
 
 
 # -- the backend -------------------------------------------------------------

@@ -264,7 +264,7 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
     TargetBackend,
     check_iqn,
 )
-from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.model import check_name, volume_id_for
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.target_backends import BACKENDS, open_target_backend
@@ -292,7 +292,7 @@ def make_backend(module: AnsibleModule) -> TargetBackend:
 
 
 def volume_id(module: AnsibleModule) -> str:
-    return module.params["volume_id"] or volume_id_for(module.params["volume_name"])
+    return module.params["volume_id"] or volume_id_for(check_name(module.params["volume_name"], "volume_name"))
 
 
 def describe(export: t.Optional[Export], settings: ExportSettings, backend: TargetBackend,

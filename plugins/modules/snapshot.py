@@ -30,7 +30,8 @@ attributes:
 options:
   name:
     description:
-      - The snapshot's name (any Unicode text of at most 128 bytes in UTF-8).
+      - The snapshot's name, any Unicode text of 1 to 128 bytes in UTF-8 without control characters (the rule
+        the agent applies to CSI names).
     type: str
     required: true
   pool:
@@ -112,7 +113,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.basalt.csi.plugins.module_utils.errors import NotFound, StorageError, failure_details
-from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, snapshot_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, check_name, snapshot_id_for
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
@@ -121,8 +122,6 @@ from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     find_volume_by_name,
     get_snapshot,
 )
-
-MAX_NAME_BYTES = 128
 
 
 def describe(name: str, snapshot: t.Optional[Snapshot]) -> t.Dict[str, t.Any]:
@@ -142,7 +141,7 @@ def current(pool: Pool, name: str) -> t.Optional[Snapshot]:
 def source_volume_id(module: AnsibleModule, pool: Pool) -> str:
     if module.params["volume_id"]:
         return module.params["volume_id"]
-    volume_name = module.params["volume_name"]
+    volume_name = check_name(module.params["volume_name"], "volume_name")
     volume = find_volume_by_name(pool, volume_name)
     if volume is None:
         raise NotFound(f"there is no volume named {volume_name!r} in the {pool.kind} pool at {pool.location}")
@@ -163,9 +162,8 @@ def main() -> None:
         supports_check_mode=True,
     )
     name = module.params["name"]
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        module.fail_json(msg=f"snapshot name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
     try:
+        check_name(name, "snapshot name")
         pool = open_pool(module.params["pool"], create_layout=not module.check_mode)
         before = current(pool, name)
         if module.params["state"] == "present":

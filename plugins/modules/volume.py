@@ -31,7 +31,8 @@ attributes:
 options:
   name:
     description:
-      - The volume's name (any Unicode text of at most 128 bytes in UTF-8), the CSI name for volumes the agent made.
+      - The volume's name (the CSI name, for volumes the agent made), any Unicode text of 1 to 128 bytes in
+        UTF-8 without control characters (the rule the agent applies).
     type: str
     required: true
   pool:
@@ -166,6 +167,7 @@ from ansible_collections.basalt.csi.plugins.module_utils.model import (
     SOURCE_VOLUME,
     ContentSource,
     Volume,
+    check_name,
     volume_id_for,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
@@ -178,7 +180,6 @@ from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
     find_volume_by_name,
 )
 
-MAX_NAME_BYTES = 128
 # (changed, the volume before, the volume after)
 Outcome = t.Tuple[bool, t.Optional[Volume], t.Optional[Volume]]
 
@@ -263,9 +264,8 @@ def main() -> None:
     )
     name = module.params["name"]
     spec = module.params["pool"]
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        module.fail_json(msg=f"volume name {name!r} must be 1 to {MAX_NAME_BYTES} bytes in UTF-8")
     try:
+        check_name(name, "volume name")
         pool = open_pool(spec, create_layout=not module.check_mode)
         action = present if module.params["state"] == "present" else absent
         changed, before, after = action(module, pool, name)

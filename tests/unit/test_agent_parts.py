@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from basalt_agent import config, server
+from basalt_agent import main as agent_main
 from basalt_agent.errors import RpcFailure
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.logs import JsonFormatter, redacted
@@ -140,10 +141,24 @@ def test_default_pool_lives_in_the_state_dir() -> None:
     assert settings.pool_spec == "file:/srv/basalt/pools/file"
 
 
-@pytest.mark.parametrize("argv", [["--endpoint", "tcp://0.0.0.0:1"], ["--services", "storage"]])
-def test_bad_settings_exit(argv: List[str]) -> None:
-    with pytest.raises((SystemExit, Exception)):
-        config.load(argv, environ={})
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--endpoint", "tcp://0.0.0.0:1"], "basalt-agent: endpoint 'tcp://0.0.0.0:1' must be unix:///absolute/path.sock"),
+        (["--services", "storage"],
+         "basalt-agent: error: argument --services: services must be 'all' or a list of identity, controller, node"),
+    ],
+    ids=["tcp-endpoint", "unknown-service"],
+)
+def test_bad_settings_exit(argv: List[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent refuses to start: exit status 2 (a usage error) and a message naming the setting."""
+    status: object
+    try:
+        status = agent_main.main(argv)
+    except SystemExit as exited:  # argparse's own refusals
+        status = exited.code
+    assert status == 2
+    assert message in capsys.readouterr().err
 
 
 def block(mode: "csi_pb2.VolumeCapability.AccessMode.Mode") -> csi_pb2.VolumeCapability:
@@ -202,3 +217,25 @@ def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path) -> No
         assert os.path.exists(path)
     finally:
         live.close()
+
+
+def test_a_socket_path_at_the_length_limit_is_bound_and_removed(tmp_path: Path) -> None:
+    """The private name bound first is never longer than the public one: a path gRPC can bind still works.
+
+    gRPC refuses unix socket paths longer than 105 bytes (measured with grpcio 1.84), two less than
+    sockaddr_un allows.
+    """
+    room = 105 - len(str(tmp_path)) - len("/csi.sock") - 1
+    directory = tmp_path / ("d" * room)
+    directory.mkdir()
+    path = str(directory / "csi.sock")
+    assert len(path) == 105
+    grpc_server = server.build(1, 1, [])
+    bound = server.bind(grpc_server, path)
+    try:
+        assert sorted(os.listdir(directory)) == ["csi.sock"]  # the private name is gone already
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        grpc_server.stop(None).wait()
+        server.remove_sockets([bound])
+    assert os.listdir(directory) == []

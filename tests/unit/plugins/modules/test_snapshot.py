@@ -41,6 +41,20 @@ COPY_FAILED = CommandFailed(["fsfreeze", "--freeze", "/mnt/db"], 1, "fsfreeze: /
 
 CASES = [
     Case(
+        "a name with a control character is refused before the pool is opened",
+        dict(name="nightly\x00", pool=SPEC, volume_name="db"),
+        [],
+        dict(msg="snapshot name contains control character(s) '\\x00'"),
+        failed=True,
+    ),
+    Case(
+        "a name over 128 bytes is refused",
+        dict(name="✓" * 43, pool=SPEC, volume_name="db"),
+        [],
+        dict(msg="snapshot name is longer than 128 bytes in UTF-8"),
+        failed=True,
+    ),
+    Case(
         "take a snapshot of a volume by name",
         dict(name=NAME, pool=SPEC, volume_name="db"),
         [

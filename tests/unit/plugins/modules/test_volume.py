@@ -245,7 +245,14 @@ CASES = [
         "name longer than 128 bytes",
         dict(name="é" * 65, pool=SPEC, size="8Mi"),
         [],
-        dict(msg="must be 1 to 128 bytes"),
+        dict(msg="volume name is longer than 128 bytes in UTF-8"),
+        failed=True,
+    ),
+    Case(
+        "name with a control character: the rule the agent applies too",
+        dict(name="pvc\nx", pool=SPEC, size="8Mi"),
+        [],
+        dict(msg="volume name contains control character(s) '\\n'"),
         failed=True,
     ),
     Case(

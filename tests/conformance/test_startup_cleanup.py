@@ -1,0 +1,66 @@
+"""The agent's start finishes what crashes left, and --cleanup-grace decides when a creation is abandoned.
+
+Records are planted through the core's own file pool (what a crash between
+the steps of a create or a delete leaves), then a real agent starts on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import pytest
+from basalt_csi_testlib import FILE_KIND, MiB, csi
+
+from basalt_core import volumes
+from basalt_core.file_pool import FilePool
+from basalt_core.model import CREATING, DELETING, READY
+
+GRACE = 6.0  # seconds: the periodic sweep runs every GRACE/2
+
+
+def plant(pool: FilePool, name: str, state: str, created_at: float) -> str:
+    volume, _ = volumes.ensure_volume(pool, name, MiB)
+    pool.save_volume(dataclasses.replace(volume, state=state, created_at=created_at))
+    return volume.id
+
+
+def test_start_removes_abandoned_creations_and_the_sweep_follows_cleanup_grace(fresh_agent_factory: Any,
+                                                                               pool_kind: str) -> None:
+    if pool_kind != FILE_KIND:
+        pytest.skip("plants records through the file pool's API; the lvm pool's clean_up is covered by "
+                    "tests/unit/test_lvm_pool.py::test_crash_after_lvcreate_is_completed_by_retry_or_cleaned")
+    agent = fresh_agent_factory(launch=False, extra_args=["--cleanup-grace", str(GRACE)])
+    pool = FilePool(agent.pool)
+    pool.ensure_layout()
+    kept = plant(pool, "kept", READY, time.time() - 3600)
+    deleting = plant(pool, "half-deleted", DELETING, time.time())
+    abandoned = plant(pool, "abandoned", CREATING, time.time() - 3600)
+    recent = plant(pool, "being-created", CREATING, time.time())
+    leftover = os.path.join(pool.directory, "volumes", ".tmp-crashed")
+    open(leftover, "wb").close()
+
+    agent.start()
+    # The start's own clean-up runs in the background as soon as the socket serves, and finishes
+    # before any periodic sweep (the first runs GRACE/2 after serving).
+    deadline = time.monotonic() + GRACE / 2
+    while "start-up clean-up finished" not in agent.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "start-up clean-up finished" in agent.log(), agent.log()[-4000:]
+    state = {v.id: v.state for v in pool.all_volumes()}
+    assert state == {kept: READY, recent: CREATING}, state
+    for gone in (deleting, abandoned):
+        assert not os.path.exists(pool.image_path(gone)), f"{gone}'s data outlived its record"
+    assert not os.path.exists(leftover)
+    listed = [e.volume.volume_id for e in agent.ctl.ListVolumes(csi.ListVolumesRequest()).entries]
+    assert listed == [kept]
+
+    # The creation still within its grace is the sweep's, once GRACE has passed, not before.
+    deadline = time.monotonic() + 3 * GRACE
+    while recent in {v.id for v in pool.all_volumes()} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {v.id for v in pool.all_volumes()} == {kept}
+    assert not os.path.exists(pool.image_path(recent))
+    assert agent.proc is not None and agent.proc.poll() is None  # the agent kept serving throughout
