@@ -44,7 +44,7 @@ DEFAULT_CALLS = 300
 DEFAULT_CURVE = "10,100,1000,10000"
 DEFAULT_CURVE_SAMPLES = 30
 DEFAULT_CONCURRENCY = 8
-FILL_SIZE = fp.MiB  # the volumes that fill the pool for the curve
+FILL_SIZE = 4 * fp.MiB  # the volumes that fill the pool for the curve (one LVM extent)
 FILL_THREADS = 4
 STARTS = 5
 
