@@ -67,6 +67,7 @@ def lv_name(object_id: str) -> str:
 class LvmPool(Pool):
     kind = "lvm"
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
+    probe_runs_commands = True  # vgs
     releases_record_with_data = True  # the LV is the record: one lvremove drops both
 
     def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
@@ -514,5 +515,6 @@ class LvmPool(Pool):
             self.activator.refresh(found)
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
-        keep = [lv for lv in map(self._lv, wanted) if lv is not None]
+        names = {lv_name(object_id) for object_id in wanted}
+        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
         return self.activator.detach_strays(self.vg, keep)
