@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
@@ -23,12 +23,14 @@ from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
 from .logs import RpcLogInterceptor
-from .metrics import Metrics, probe_health
 from .node import NodeService
 from .nodestate import NodeState
 from .proto import csi_pb2_grpc, pluginregistration_pb2_grpc
 from .publishing import IscsiPublishing, LocalPublishing, Publishing
 from .registration import RegistrationService
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("basalt.agent")
 SHUTDOWN_GRACE = 30.0
@@ -62,12 +64,25 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
                            settings.iscsi_require_chap, settings.iscsi_initiator_base)
 
 
-def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Metrics) -> None:
+def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Optional[Metrics]) -> None:
     try:
         summary = reconcile.reconcile(exporting, locks)
-        metrics.reconciled(summary.applied, summary.skipped, summary.failed)
+        if metrics is not None:
+            metrics.reconciled(summary.applied, summary.skipped, summary.failed)
     except Exception:  # e.g. the target service is down: keep serving, the exports stay as they are
         log.exception("iscsi reconciliation failed")
+
+
+def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Optional[Metrics], which: str) -> None:
+    """Finish interrupted deletes, remove abandoned creations (claiming each object as an RPC would)."""
+    try:
+        repaired = volumes.clean_up(pool, grace, claim=locks.try_hold)
+        if metrics is not None:
+            metrics.repaired(pool, len(repaired))
+    except Exception:  # keep serving; the next round retries
+        log.exception("%s clean-up failed", which)
+        return
+    log.info("%s clean-up finished", which)
 
 
 def _export_count(backend: TargetBackend) -> Callable[[], int]:
@@ -86,23 +101,29 @@ def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
     pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
     pool.freeze_limit = settings.freeze_limit
-    metrics = Metrics(settings.node_id)
+    metrics: Optional[Metrics] = None
+    if settings.metrics_address:  # else nothing reads them: prometheus-client is not even loaded
+        from .metrics import Metrics
+
+        metrics = Metrics(settings.node_id)
+    observers = [RpcLogInterceptor(), *([metrics.interceptor()] if metrics is not None else [])]
     locks = ObjectLocks()
     state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
     repaired = recovery.recover(pool, state if "controller" in settings.services else None,
                                 bool(settings.iscsi_backend))
-    metrics.repaired(pool, len(repaired) + len(volumes.clean_up(pool, settings.cleanup_grace,
-                                                                claim=locks.try_hold)))
+    if metrics is not None:
+        metrics.repaired(pool, len(repaired))
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs,
-                               [RpcLogInterceptor(), metrics.interceptor()])
+                               observers)
     dependencies: List[Check] = []
+    command_checks: List[Check] = []
     exporting: Optional[IscsiPublishing] = None
     if "controller" in settings.services:
         published = publishing(settings, pool)
         exporting = published if isinstance(published, IscsiPublishing) else None
         if exporting is not None:
-            dependencies.append(target_service_check(exporting.backend))
+            command_checks.append(target_service_check(exporting.backend))
         controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
     if state is not None:
@@ -113,12 +134,14 @@ def serve(settings: config.Config) -> int:
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies), grpc_server)
-    metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
-                  sessions=_session_count(state) if state else None)
-
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies,
+                                                                      command_checks), grpc_server)
     metrics_server = None
-    if settings.metrics_address:
+    if metrics is not None:
+        from .metrics import probe_health
+
+        metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
+                      sessions=_session_count(state) if state else None)
         try:
             metrics_server = metrics.serve(config.metrics_address(settings.metrics_address),
                                            probe_health(settings.socket_path))
@@ -132,7 +155,7 @@ def serve(settings: config.Config) -> int:
     # the CSI socket does not answer Registration.
     servers = [grpc_server]
     if settings.registration_socket:
-        registration_server = server.build(2, 4, [RpcLogInterceptor(), metrics.interceptor()])
+        registration_server = server.build(2, 4, observers)
         registration = RegistrationService(settings.kubelet_registration_path or settings.socket_path, refused)
         pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, registration_server)
         sockets.append(server.bind(registration_server, settings.registration_socket))
@@ -142,7 +165,10 @@ def serve(settings: config.Config) -> int:
         signal.signal(signum, lambda *_: stop.set())
     for started in servers:
         started.start()
-    if exporting is not None:  # in the background: the socket serves meanwhile, under the same volume locks
+    # In the background: the socket serves meanwhile, under the same volume locks.
+    threading.Thread(target=_clean_up, args=(pool, settings.cleanup_grace, locks, metrics, "start-up"),
+                     name="cleanup", daemon=True).start()
+    if exporting is not None:
         threading.Thread(target=_reconcile, args=(exporting, locks, metrics), name="reconcile",
                          daemon=True).start()
     log.info("serving", extra={"fields": {
@@ -154,10 +180,7 @@ def serve(settings: config.Config) -> int:
     while not stop.wait(1.0) and not refused.is_set():
         if time.monotonic() >= next_cleanup:
             next_cleanup = time.monotonic() + every
-            try:
-                metrics.repaired(pool, len(volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)))
-            except Exception:  # keep serving; the next round retries
-                log.exception("periodic clean-up failed")
+            _clean_up(pool, settings.cleanup_grace, locks, metrics, "periodic")
 
     log.info("stopping: finishing in-flight calls")
     for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once

@@ -67,6 +67,7 @@ def lv_name(object_id: str) -> str:
 class LvmPool(Pool):
     kind = "lvm"
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
+    probe_runs_commands = True  # vgs
     releases_record_with_data = True  # the LV is the record: one lvremove drops both
 
     def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
