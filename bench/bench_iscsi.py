@@ -263,14 +263,18 @@ def is_listing(command: lp.Command) -> bool:
     return command.tool == "tgtadm" and "show" in command.argv[command.argv.index("--op") + 1:][:1]
 
 
-def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
+def restart_and_reconcile(agent: IscsiAgent, probes: Optional[bl.Samples] = None
+                          ) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
     """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), its summary, and the
-    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once)."""
+    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once).
+    Until the reconciliation finishes, Probe is asked every 10 ms and each answer's time added to *probes*."""
     agent.stop()
     mark = agent.log_mark()
     startup = agent.start()
     deadline = bl.now() + bl.START_TIMEOUT
     while bl.now() < deadline:
+        if probes is not None:
+            probes.add(bl.timed(lambda: agent.identity.Probe(csi_pb2.ProbeRequest(), timeout=bl.RPC_TIMEOUT))[0])
         entries = {e.get("msg"): e for e in log_entries(agent, mark)}
         done = entries.get("iscsi reconciliation finished")
         if done is not None:
@@ -283,11 +287,14 @@ def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, An
                 else:
                     commands["tgtadm (changes)"] += 1
             return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done, commands
-        time.sleep(0.005)
+        time.sleep(0.01)
     raise bl.BenchError("the agent did not finish its reconciliation")
 
 
-def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> Tuple[List[bl.Row], Dict[str, Any]]:
+def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int, unpublished: int
+                  ) -> Tuple[List[bl.Row], Dict[str, Any]]:
+    idle_ids = [create_block_volume(agent, f"bench-idle-{i}-{uuid.uuid4().hex[:6]}").volume_id
+                for i in range(unpublished)]  # volumes the start reads but exports nowhere
     volume_ids = []
     for i in range(count):
         volume = create_block_volume(agent, f"bench-restart-{i}-{uuid.uuid4().hex[:6]}")
@@ -297,7 +304,8 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> T
 
     agent.stop()
     workspace.restart_tgtd_empty()
-    restore_start, restore, restore_summary, restore_commands = restart_and_reconcile(agent)
+    probes = bl.Samples()
+    restore_start, restore, restore_summary, restore_commands = restart_and_reconcile(agent, probes)
     restored = len(tgt.TgtBackend(control_port=workspace.control_port).targets())
     if restored != count or restore_summary.get("failed"):
         raise bl.BenchError(f"reconciliation restored {restored} of {count} targets: {restore_summary}")
@@ -317,12 +325,15 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> T
     for volume_id in volume_ids:
         controller_unpublish(agent, volume_id)
         bl.delete_volume(agent, volume_id)
+    for volume_id in idle_ids:
+        bl.delete_volume(agent, volume_id)
     name = f"restart, {count} exports"
     rows = [
         bl.Row(name, "reconcile: restore all", bl.Samples([restore]), f"tgtadm x{EXPORT_COMMANDS * count}",
                bl.Samples([floor])),
     ]
-    facts = {"count": count, "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
+    facts = {"count": count, "unpublished": unpublished, "probes_while_restoring": probes.summary(),
+             "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
              "steady_summary": steady_summary, "startup_restore_s": restore_start, "startup_steady_s": steady_start,
              "bare_exports_s": floor, "restore_commands": dict(restore_commands),
              "steady_commands": dict(steady_commands)}
@@ -359,6 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--restart-volumes", type=int, default=DEFAULT_RESTART_VOLUMES,
                         help=f"published volumes restored by the reconciliation in benchmark 2 "
                         f"(default {DEFAULT_RESTART_VOLUMES}; 0 skips it)")
+    parser.add_argument("--restart-unpublished", type=int, default=0,
+                        help="also this many volumes published nowhere in benchmark 2 (default 0)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -387,7 +400,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = command_summary(list(profiler.profiles.values()))
         if args.restart_volumes > 0:
             print(f"restart with tgtd emptied: {args.restart_volumes} published volumes", flush=True)
-            restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes)
+            restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes,
+                                                         args.restart_unpublished)
             rows += restart_rows
             report["restart"] = restart
         report["profiles"] = [p.to_json() for p in profiler.profiles.values()]
@@ -398,6 +412,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(line)
         if "restart" in report:
             restart = report["restart"]
+            probes = restart["probes_while_restoring"]
+            print(f"restart with {restart['count']} exports and {restart['unpublished']} unpublished volumes: "
+                  f"{probes['n']} Probes while restoring, median {probes.get('median_ms', 0):.1f} ms, "
+                  f"max {probes.get('max_ms', 0):.1f} ms")
             print(f"restart: exec -> first Probe {restart['startup_restore_s'] * 1000:.0f} ms while restoring "
                   f"({restart['startup_steady_s'] * 1000:.0f} ms with nothing to restore); reconciliation "
                   f"{restart['restore_s'] * 1000:.0f} ms for {restart['count']} exports "
