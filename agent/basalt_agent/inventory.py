@@ -18,8 +18,8 @@ import grpc
 
 from basalt_core import iscsiadm
 from basalt_core.facts import timestamp
+from basalt_core.facts import volume_id_of_target as volume_id_of
 from basalt_core.iscsi_target import TargetBackend
-from basalt_core.model import is_volume_id
 from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 
@@ -153,12 +153,6 @@ class Inventory:
             "sid": session.sid, "target_iqn": session.target_iqn, "portal": session.portal,
             "volume_id": volume_id_of(session.target_iqn), "owned": session.target_iqn in owned,
         } for session in iscsiadm.sessions()]
-
-
-def volume_id_of(target_iqn: str) -> Optional[str]:
-    """The volume a Basalt target (``BASE:vol-<hex>``) serves; None for any other name."""
-    tail = target_iqn.rpartition(":")[2]
-    return tail if is_volume_id(tail) else None
 
 
 def volume_record(volume: csi_pb2.Volume, published: Any, condition: csi_pb2.VolumeCondition) -> Record:

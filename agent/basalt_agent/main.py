@@ -8,11 +8,12 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
+from basalt_core.facts import volume_id_of_target
 from basalt_core.iscsi_target import TargetBackend
 from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
@@ -85,6 +86,22 @@ def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Optional[Me
     log.info("%s clean-up finished", which)
 
 
+def _orphan_count(pool: Pool, exporting: Optional[IscsiPublishing]) -> Callable[[], Dict[str, int]]:
+    """Orphans by kind: the pool's (images, loop devices), and a storage host's exports of no volume."""
+    def count() -> Dict[str, int]:
+        found = {"image": 0, "loop_device": 0}
+        for orphan in pool.orphans():
+            kind = orphan.kind.replace(" ", "_")
+            found[kind] = found.get(kind, 0) + 1
+        if exporting is not None:
+            known = {volume.id for volume in pool.all_volumes()}
+            base = exporting.settings.base_iqn + ":"
+            found["export"] = sum(1 for export in exporting.backend.exports() if export.target_iqn.startswith(base)
+                                  and volume_id_of_target(export.target_iqn) not in (None, *known))
+        return found
+    return count
+
+
 def _export_count(backend: TargetBackend) -> Callable[[], int]:
     return lambda: len(backend.exports())
 
@@ -141,7 +158,7 @@ def serve(settings: config.Config) -> int:
         from .metrics import probe_health
 
         metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
-                      sessions=_session_count(state) if state else None)
+                      sessions=_session_count(state) if state else None, orphans=_orphan_count(pool, exporting))
         try:
             metrics_server = metrics.serve(config.metrics_address(settings.metrics_address),
                                            probe_health(settings.socket_path))

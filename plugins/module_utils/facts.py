@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Dict, Optional
 
-from .model import READY, SOURCE_SNAPSHOT, Snapshot, Volume
+from .model import READY, SOURCE_SNAPSHOT, Snapshot, Volume, is_volume_id
 
 #: the condition message of a healthy volume (ListVolumes, ControllerGetVolume)
 HEALTHY = "volume data present"
@@ -37,3 +37,9 @@ def timestamp(seconds: float) -> str:
     """RFC 3339 in UTC, whole seconds (as the agent's listings show creation times)."""
     moment = datetime.datetime.fromtimestamp(int(seconds), datetime.timezone.utc)
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def volume_id_of_target(target_iqn: str) -> Optional[str]:
+    """The volume a Basalt target (``BASE:vol-<hex>``) serves; None for any other name."""
+    tail = target_iqn.rpartition(":")[2]
+    return tail if is_volume_id(tail) else None
