@@ -215,7 +215,11 @@ def test_a_create_takes_the_pool_wide_lock_only_to_check_space(pool: FilePool) -
     pool.allocation_checks_space = True  # as the lvm pool
 
     def create(name: str, done: threading.Event) -> threading.Thread:
-        thread = threading.Thread(target=lambda: (volumes.ensure_volume(pool, name, MiB), done.set()), daemon=True)
+        def run() -> None:
+            volumes.ensure_volume(pool, name, MiB)
+            done.set()
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return thread
 
