@@ -100,7 +100,8 @@ def frozen(device: Optional[str], limit: float = DEFAULT_LIMIT, record_dir: Opti
     guard = subprocess.Popen(
         [sys.executable, "-c", _GUARD, mount_point, str(limit)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, start_new_session=True, close_fds=True)
-    assert guard.stdin is not None and guard.stdout is not None
+    if guard.stdin is None or guard.stdout is None:  # both are pipes, as asked above
+        raise AssertionError("the freeze guard has no stdin or stdout pipe")
     outcome = "keep"
     try:
         if guard.stdout.readline().strip() != "ready":

@@ -1,7 +1,7 @@
 """Pool paths this machine cannot run (no device-mapper): thin pools, COW snapshots, dm activation.
 
 Each case lists the exact LVM commands the pool must run.  Report rows are
-real ``lvs``/``vgs`` output recorded on LVM2 2.03.16 (tests/unit/lvm_recorded:
+real ``lvs``/``vgs`` output recorded on LVM2 2.03.16 (tests/unit/plugins/module_utils/lvm_recorded:
 a thin pool, thin LVs and a COW snapshot loaded with vgcfgrestore), adapted
 only where a case needs another name, our tags, or what an active LV reports
 (``a``/``o`` in lv_attr, data_percent), which LVM shows only with device-mapper.

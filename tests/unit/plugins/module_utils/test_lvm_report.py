@@ -1,4 +1,4 @@
-"""LVM reports (pvs, vgs, lvs, lv_attr) parsed from real LVM 2.03.16 output (tests/unit/lvm_recorded)."""
+"""LVM reports (pvs, vgs, lvs, lv_attr) parsed from real LVM 2.03.16 output (lvm_recorded)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""basalt_core.tgt and iscsi_target: exact tgtadm argv in, real tgt 1.0.85 output (tests/unit/iscsi_recorded) out.
+"""basalt_core.tgt and iscsi_target: exact tgtadm argv in, real tgt 1.0.85 output (iscsi_recorded) out.
 
 The recordings come from tests/iscsi/record_tgt.py (a private tgtd, a
 libiscsi session held open while ``--op show`` ran).  The same behaviour is
