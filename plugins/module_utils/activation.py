@@ -47,6 +47,10 @@ class Activator(abc.ABC):
         """Let go of *volume* before ``lvremove``."""
         self.deactivate(volume)
 
+    def unmapped_location(self, volume: lvm.LogicalVolume) -> Optional[lvm.DataLocation]:
+        """Where *volume*'s bytes can be written straight on its PV, when nothing maps it; else None."""
+        return None
+
     def detach_strays(self, vg: str, wanted: Collection[lvm.LogicalVolume]) -> List[str]:
         """Undo activations no *wanted* LV needs, left by interrupted operations (start-up); return them."""
         return []
@@ -138,6 +142,11 @@ class LoopActivator(Activator):
             return False
         losetup.detach(found.device)
         return True
+
+    def unmapped_location(self, volume: lvm.LogicalVolume) -> Optional[lvm.DataLocation]:
+        """Its range of the PV while no loop device maps it: written there, no attach and detach is needed."""
+        location = self._location(volume)
+        return None if losetup.find(location.device, location.offset) else location
 
     def refresh(self, volume: lvm.LogicalVolume) -> None:
         location = self._location(volume)  # still one contiguous range, or Precondition

@@ -57,6 +57,9 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: the record lives with the data (an LV's tags), so releasing the data drops the record in
+    #: the same step: no "deleting" record is needed first for a crash to converge
+    releases_record_with_data = False
     #: longest a mounted volume's filesystem stays frozen while a pool copies it (seconds)
     freeze_limit = DEFAULT_FREEZE_LIMIT
 
@@ -100,6 +103,14 @@ class Pool(abc.ABC):
 
     @abc.abstractmethod
     def save_volume(self, volume: Volume) -> None: ...
+
+    def ready_when_allocated(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> bool:
+        """Whether allocating *volume* is all of its provisioning (its first record can say ready)."""
+        return False
+
+    def create_volume(self, volume: Volume) -> None:
+        """Write the first record of a new volume (claiming its space); pools may allocate with it."""
+        self.save_volume(volume)
 
     @abc.abstractmethod
     def forget_volume(self, volume_id: str) -> None: ...

@@ -130,10 +130,16 @@ def ensure_volume(
             return volume, True
         if reuse:
             log.info("completing the unfinished creation of volume %s (%r)", volume_id, name)
-        pool.save_volume(volume)  # the creating record claims the space
-    volume.copy_method = pool.provision_volume(volume, origin)
-    volume.state = READY
-    pool.save_volume(volume)
+            pool.save_volume(volume)
+        elif pool.ready_when_allocated(volume, origin):
+            volume.state = READY  # nothing to provision: the one record is final (a thin LV reads zeroes)
+            pool.create_volume(volume)
+        else:
+            pool.create_volume(volume)  # the creating record claims the space
+    if volume.state != READY:
+        volume.copy_method = pool.provision_volume(volume, origin)
+        volume.state = READY
+        pool.save_volume(volume)
     log.info("created volume %s (%r, %d bytes)", volume_id, name, size)
     return volume, True
 
@@ -181,8 +187,9 @@ def delete_volume(pool: Pool, volume_id: str, *, check_mode: bool = False) -> bo
 def _finish_delete(pool: Pool, volume: Volume, check_mode: bool) -> None:
     if check_mode:
         return
-    volume.state = DELETING
-    pool.save_volume(volume)
+    if not pool.releases_record_with_data:
+        volume.state = DELETING
+        pool.save_volume(volume)
     pool.release_volume(volume)
     pool.forget_volume(volume.id)
     log.info("deleted volume %s (%r)", volume.id, volume.name)
@@ -279,8 +286,9 @@ def delete_snapshot(pool: Pool, snapshot_id: str, *, check_mode: bool = False) -
 
 
 def _finish_snapshot_delete(pool: Pool, snapshot: Snapshot) -> None:
-    snapshot.state = DELETING
-    pool.save_snapshot(snapshot)
+    if not pool.releases_record_with_data:
+        snapshot.state = DELETING
+        pool.save_snapshot(snapshot)
     pool.release_snapshot(snapshot)
     pool.forget_snapshot(snapshot.id)
     log.info("deleted snapshot %s (%r)", snapshot.id, snapshot.name)
