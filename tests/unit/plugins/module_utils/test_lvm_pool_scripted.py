@@ -148,7 +148,7 @@ def test_restore_from_a_thin_snapshot_is_a_thin_snapshot_then_extended(script: A
         retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
                                                                           copy_method="thin"))),
     ])
-    volume, _ = volumes.ensure_volume(pool, "restored", 64 * MiB, source=source)
+    volume = volumes.ensure_volume(pool, "restored", 64 * MiB, source=source)[0]
     assert volume.copy_method == "thin"
 
 
@@ -180,7 +180,7 @@ def test_thin_snapshot_keeps_the_activation_skip_flag(script: Any) -> None:
     ("40.00", "91.00", "metadata is 91.0% full"),
 ])
 def test_nearly_full_thin_pool_makes_volumes_abnormal(script: Any, data: str, metadata: str,
-                                                       problem: Optional[str]) -> None:
+                                                      problem: Optional[str]) -> None:
     pool = thin_pool()
     volume = Volume(id=volume_id_for("v"), name="v", size=8 * MiB, pool="lvmthin", state=READY)
     row = row_like("thin2", lv_name(volume.id), record_tags(pool, "volume", volume), lv_attr="Vwi-aotz--")
@@ -238,7 +238,7 @@ def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
         found(origin_row),
         (lvs_all(True), 0, lvs_json(origin_row, snap_row), ""),
     ])
-    snapshot, _ = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})
+    snapshot = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})[0]
     assert snapshot.copy_method == COW
     with pytest.raises(Exception, match="COW snapshots"):
         volumes.delete_volume(pool, origin.id)
@@ -290,7 +290,7 @@ def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
 
 
 def test_full_cow_space_during_the_copy_fails_clearly(script: Any, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pool = LvmPool(VG, PoolSettings())
     origin_id, target_id = volume_id_for("busy"), volume_id_for("busy-clone")
     pit = "csi-pit-" + target_id[len("vol-"):]
