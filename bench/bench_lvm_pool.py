@@ -14,12 +14,8 @@ device, no backups, hints or devices file. No other VG, PV or device is visible
 to it. The shared helpers (workspace, agent process, samples, table, CSI
 request builders) are imported from ``bench_file_pool``.
 
-Clean-up, also on Ctrl-C, SIGTERM or an error: stop the agent; unmount the mount
-points under the workspace; detach the loop devices backed by the PV device
-(``losetup -j PV``: the agent's and the bare side's volume devices); remove the
-VG (``vgremove --force --force``) and the PV label (``pvremove``) through the
-private config; then ``bench_file_pool.Workspace.cleanup`` detaches the PV's own
-loop device (``losetup -j IMAGE``) and removes the workspace.
+Clean-up runs also on Ctrl-C, SIGTERM or an error, in the order bench/README.md gives
+(agent, mounts, the PV's loop devices, VG, PV label, the PV's own loop device, workspace).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
-from typing import Callable, Sequence
+import time
+from typing import Callable, Dict, List, Sequence
 
 import grpc
 
@@ -22,6 +24,9 @@ from .proto import csi_pb2, csi_pb2_grpc
 NODE_TOOLS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4", "mkfs.xfs", "fsfreeze")
 #: Probe's checks (the pool, the target service, iscsid) answer within this many seconds or Probe fails
 PROBE_BOUND = 5.0
+#: a check that runs a command (``vgs``, ``tgtadm``) and passed is run again only after this many seconds,
+#: so that Probe (every few seconds from livenessprobe) runs no command; a failed one runs at every Probe
+COMMAND_CHECK_MAX_AGE = 5.0
 #: where iscsid (or its systemd socket) listens for iscsiadm: an abstract unix socket
 ISCSID_SOCKET = "\0ISCSIADM_ABSTRACT_NAMESPACE"
 
@@ -60,15 +65,59 @@ def iscsid_check(state: NodeState) -> Check:
     return check
 
 
+class PassedRecently:
+    """Run *check* unless it passed within *max_age* seconds (a failure is never remembered)."""
+
+    def __init__(self, check: Check, max_age: float) -> None:
+        self.check = check
+        self.max_age = max_age
+        self._passed_at = float("-inf")
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._passed_at < self.max_age:
+            return
+        self.check()
+        self._passed_at = time.monotonic()
+
+
+class ToolsOnPath:
+    """Which of *tools* are missing from PATH: a tool found once is re-checked where it was (one ``access``),
+    PATH searched again only for one gone from there."""
+
+    def __init__(self, tools: Sequence[str]) -> None:
+        self.tools = tools
+        self._found: Dict[str, str] = {}
+
+    def missing(self) -> List[str]:
+        missing = []
+        for tool in self.tools:
+            known = self._found.get(tool)
+            if known is not None and os.access(known, os.X_OK) and not os.path.isdir(known):
+                continue
+            path = shutil.which(tool)
+            if path is None:
+                self._found.pop(tool, None)
+                missing.append(tool)
+            else:
+                self._found[tool] = path
+        return missing
+
+
 class IdentityService(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, pool: Pool, services: Sequence[str], dependencies: Sequence[Check] = ()) -> None:
+    """*dependencies*: checks run at every Probe; *command_checks*: checks that run a command, see
+    COMMAND_CHECK_MAX_AGE (the pool's own check is one when the pool's probe runs commands)."""
+
+    def __init__(self, pool: Pool, services: Sequence[str], dependencies: Sequence[Check] = (),
+                 command_checks: Sequence[Check] = ()) -> None:
         self.pool = pool
         self.services = services
-        self.dependencies = dependencies
+        commands = [pool.probe, *command_checks] if pool.probe_runs_commands else list(command_checks)
+        self.dependencies = ([] if pool.probe_runs_commands else [pool.probe]) + list(dependencies) + [
+            PassedRecently(check, COMMAND_CHECK_MAX_AGE) for check in commands]
         self._checks = BoundedRead(self._check_dependencies, PROBE_BOUND, name="probe")
+        self._tools = ToolsOnPath(NODE_TOOLS)
 
     def _check_dependencies(self) -> None:
-        self.pool.probe()
         for check in self.dependencies:
             check()
 
@@ -98,7 +147,7 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                              f"the pool or a service it depends on did not answer: {error}") from None
         if "node" in self.services:
-            missing = [tool for tool in NODE_TOOLS if shutil.which(tool) is None]
+            missing = self._tools.missing()
             if missing:
                 raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                                  f"node tools missing from PATH: {', '.join(missing)}")

@@ -15,7 +15,6 @@ import time
 from typing import Any, Dict
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from .observing import ObservingInterceptor
@@ -106,5 +105,7 @@ class RpcLogInterceptor(ObservingInterceptor):
             details = context.details()
             fields["error"] = details.decode(errors="replace") if isinstance(details, bytes) else details
         if log.isEnabledFor(logging.DEBUG) and isinstance(request, Message):
+            from google.protobuf import json_format  # only at debug level: a slow import at start-up
+
             fields["request"] = json_format.MessageToDict(redacted(request))
         log.log(logging.INFO if code is grpc.StatusCode.OK else logging.WARNING, "rpc", extra={"fields": fields})

@@ -70,6 +70,16 @@ def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Metrics)
         log.exception("iscsi reconciliation failed")
 
 
+def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Metrics, which: str) -> None:
+    """Finish interrupted deletes, remove abandoned creations (claiming each object as an RPC would)."""
+    try:
+        metrics.repaired(pool, len(volumes.clean_up(pool, grace, claim=locks.try_hold)))
+    except Exception:  # keep serving; the next round retries
+        log.exception("%s clean-up failed", which)
+        return
+    log.info("%s clean-up finished", which)
+
+
 def _export_count(backend: TargetBackend) -> Callable[[], int]:
     return lambda: len(backend.exports())
 
@@ -91,18 +101,18 @@ def serve(settings: config.Config) -> int:
     state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
     repaired = recovery.recover(pool, state if "controller" in settings.services else None,
                                 bool(settings.iscsi_backend))
-    metrics.repaired(pool, len(repaired) + len(volumes.clean_up(pool, settings.cleanup_grace,
-                                                                claim=locks.try_hold)))
+    metrics.repaired(pool, len(repaired))
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs,
                                [RpcLogInterceptor(), metrics.interceptor()])
     dependencies: List[Check] = []
+    command_checks: List[Check] = []
     exporting: Optional[IscsiPublishing] = None
     if "controller" in settings.services:
         published = publishing(settings, pool)
         exporting = published if isinstance(published, IscsiPublishing) else None
         if exporting is not None:
-            dependencies.append(target_service_check(exporting.backend))
+            command_checks.append(target_service_check(exporting.backend))
         controller = ControllerService(pool, published, locks, settings.default_volume_size)
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, grpc_server)
     if state is not None:
@@ -113,7 +123,8 @@ def serve(settings: config.Config) -> int:
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies), grpc_server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies,
+                                                                      command_checks), grpc_server)
     metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
                   sessions=_session_count(state) if state else None)
 
@@ -142,7 +153,10 @@ def serve(settings: config.Config) -> int:
         signal.signal(signum, lambda *_: stop.set())
     for started in servers:
         started.start()
-    if exporting is not None:  # in the background: the socket serves meanwhile, under the same volume locks
+    # In the background: the socket serves meanwhile, under the same volume locks.
+    threading.Thread(target=_clean_up, args=(pool, settings.cleanup_grace, locks, metrics, "start-up"),
+                     name="cleanup", daemon=True).start()
+    if exporting is not None:
         threading.Thread(target=_reconcile, args=(exporting, locks, metrics), name="reconcile",
                          daemon=True).start()
     log.info("serving", extra={"fields": {
@@ -154,10 +168,7 @@ def serve(settings: config.Config) -> int:
     while not stop.wait(1.0) and not refused.is_set():
         if time.monotonic() >= next_cleanup:
             next_cleanup = time.monotonic() + every
-            try:
-                metrics.repaired(pool, len(volumes.clean_up(pool, settings.cleanup_grace, claim=locks.try_hold)))
-            except Exception:  # keep serving; the next round retries
-                log.exception("periodic clean-up failed")
+            _clean_up(pool, settings.cleanup_grace, locks, metrics, "periodic")
 
     log.info("stopping: finishing in-flight calls")
     for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once

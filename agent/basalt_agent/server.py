@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import stat
-import tempfile
 from concurrent import futures
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
@@ -79,13 +79,13 @@ def prepare_socket(path: str) -> None:
 def bind(server: grpc.Server, path: str) -> BoundSocket:
     """Serve *path*: bound under a private name, then linked into place (never over an existing file).
 
-    gRPC unlinks the path it bound when it stops, whoever's file is there by then; binding in a
-    hidden directory of our own (kubelet's plugin watcher skips hidden names) and removing that name
-    at once leaves gRPC nothing to unlink but its own, and ``remove_sockets`` the public name.
+    gRPC unlinks the path it bound when it stops, whoever's file is there by then; binding under a
+    hidden name of our own in the same directory (kubelet's plugin watcher skips names starting with a
+    dot; never longer than the public name, so within the socket path limit) and removing that name at
+    once leaves gRPC nothing to unlink but its own, and ``remove_sockets`` the public name.
     """
     prepare_socket(path)
-    private_dir = tempfile.mkdtemp(prefix=".basalt-bind-", dir=os.path.dirname(path))
-    private = os.path.join(private_dir, "s.sock")
+    private = os.path.join(os.path.dirname(path), "." + secrets.token_hex(3))
     previous = os.umask(0o177)  # the socket is born 0600: only root may talk to the driver
     try:
         server.add_insecure_port(f"unix://{private}")
@@ -97,7 +97,6 @@ def bind(server: grpc.Server, path: str) -> BoundSocket:
         os.umask(previous)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(private)
-        os.rmdir(private_dir)
     made = os.lstat(path)
     return BoundSocket(path, made.st_dev, made.st_ino)
 

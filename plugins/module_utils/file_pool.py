@@ -209,10 +209,15 @@ class FilePool(Pool):
             remove_durably(orphan.name)
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
-        keep = {losetup.find(self.image_path(volume_id), size_limit=0) for volume_id in wanted}
+        wanted_images = {os.path.realpath(self.image_path(volume_id)) for volume_id in wanted}
+        kept = set()
         detached = []
-        for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):
-            if loop not in keep:
+        for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):  # one listing for all
+            # as attach() finds it: the first whole-file device over a wanted image (never an unlinked one)
+            if loop.backing_file in wanted_images and loop.backing_file not in kept and not loop.offset \
+                    and not loop.size_limit:
+                kept.add(loop.backing_file)
+            else:
                 losetup.detach(loop.device)
                 detached.append(f"{loop.device} over {loop.backing_file}")
         return detached

@@ -57,6 +57,8 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: probe() runs commands (so Probe need not run it at every call)
+    probe_runs_commands = False
     #: the record lives with the data (an LV's tags), so releasing the data drops the record in
     #: the same step: no "deleting" record is needed first for a crash to converge
     releases_record_with_data = False

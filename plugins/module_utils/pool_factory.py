@@ -13,7 +13,8 @@ from . import lvm
 from .atomicfile import read_json, write_json
 from .errors import NotFound, Precondition
 from .file_pool import FilePool
-from .lvm_pool import LvmPool, LvmThinPool
+from .lvm_pool import LvmPool
+from .lvmthin_pool import LvmThinPool
 from .pool import Pool
 from .pool_spec import (
     FILE,

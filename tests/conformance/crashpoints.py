@@ -52,13 +52,11 @@ elif spec["when"] == "delay":
         outcome = "during"
 else:
     magic = bytes.fromhex(spec["magic"])
-    while tool.poll() is None:
-        with open(sys.argv[-1], "rb") as handle:
-            handle.seek(spec.get("offset", 0))
-            if handle.read(len(magic)) == magic:
-                outcome = "during"
-                break
-        time.sleep(0.0005)
+    watched = os.open(sys.argv[-1], os.O_RDONLY)
+    while tool.poll() is None:  # busy: the window can be a few milliseconds
+        if os.pread(watched, len(magic), spec.get("offset", 0)) == magic:
+            outcome = "during"
+            break
 os.kill(agent, signal.SIGKILL)
 if tool.poll() is None:
     tool.kill()

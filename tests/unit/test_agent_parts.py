@@ -217,3 +217,25 @@ def test_a_stale_socket_is_replaced_and_a_live_one_refused(tmp_path: Path) -> No
         assert os.path.exists(path)
     finally:
         live.close()
+
+
+def test_a_socket_path_at_the_length_limit_is_bound_and_removed(tmp_path: Path) -> None:
+    """The private name bound first is never longer than the public one: a path gRPC can bind still works.
+
+    gRPC refuses unix socket paths longer than 105 bytes (measured with grpcio 1.84), two less than
+    sockaddr_un allows.
+    """
+    room = 105 - len(str(tmp_path)) - len("/csi.sock") - 1
+    directory = tmp_path / ("d" * room)
+    directory.mkdir()
+    path = str(directory / "csi.sock")
+    assert len(path) == 105
+    grpc_server = server.build(1, 1, [])
+    bound = server.bind(grpc_server, path)
+    try:
+        assert sorted(os.listdir(directory)) == ["csi.sock"]  # the private name is gone already
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        grpc_server.stop(None).wait()
+        server.remove_sockets([bound])
+    assert os.listdir(directory) == []

@@ -102,3 +102,45 @@ def test_iscsiadm_node_list_parses_portals_and_targets() -> None:
             "[::1]:3999,4294967295 iqn.2003-01.org.example:disk\n")
     assert iscsiadm.parse_nodes(text) == [("iqn.2026-11.dev.basalt:vol-1", "127.0.0.1:3260"),
                                           ("iqn.2003-01.org.example:disk", "[::1]:3999")]
+
+
+def test_a_command_check_that_passed_is_trusted_for_its_max_age_and_a_failed_one_runs_every_time() -> None:
+    runs, failing = [], [True]
+
+    def check() -> None:
+        runs.append(1)
+        if failing[0]:
+            raise Precondition("tgtd does not answer")
+
+    recent = identity.PassedRecently(check, max_age=0.3)
+    for _ in range(3):
+        with pytest.raises(Precondition):
+            recent()
+    assert len(runs) == 3  # a failure is never remembered: Probe says ready as soon as the service is back
+    failing[0] = False
+    recent()
+    recent()
+    assert len(runs) == 4
+    time.sleep(0.35)
+    failing[0] = True
+    with pytest.raises(Precondition):
+        recent()  # past its max age the check runs again, and a failure shows at once
+    assert len(runs) == 5
+
+
+def test_node_tools_are_found_again_where_they_were_and_one_gone_is_missing(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for tool in (first / "mkfs.probe", second / "blkid.probe"):
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{second}")
+    tools = identity.ToolsOnPath(["mkfs.probe", "blkid.probe", "absent.probe"])
+    assert tools.missing() == ["absent.probe"]
+    (first / "mkfs.probe").unlink()
+    assert tools.missing() == ["mkfs.probe", "absent.probe"]
+    (second / "mkfs.probe").write_text("#!/bin/sh\n")
+    (second / "mkfs.probe").chmod(0o755)
+    assert tools.missing() == ["absent.probe"]  # found again elsewhere on PATH

@@ -14,11 +14,11 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
-from basalt_core import lvm, pool_setup
+from basalt_core import lvm, lvm_report, pool_setup
 from basalt_core.errors import InUse, InvalidRequest, Precondition
 from basalt_core.lvm_pool import LvmPool
 from basalt_core.model import Publication, Volume, volume_id_for
@@ -273,3 +273,34 @@ def test_an_lv_with_a_full_record_takes_less_metadata_than_the_area_is_sized_for
         pool.save_volume(volume)
     per_lv = (before - mda_free()) / count
     assert 700 < per_lv < pool_setup.LV_METADATA_BYTES, per_lv
+
+
+# -- lvmthin: scripted (thin pools need device-mapper, which the VM tier has) -----------
+
+RECORDED = Path(__file__).parent / "lvm_recorded"
+REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix", "--options"]
+VGS_REC = (["vgs", *REPORT, ",".join(lvm_report.VG_COLUMNS), "basalt-rec"], 0,
+           (RECORDED / "vgs_thin.json").read_text(), "")
+NO_POOL9 = (["lvs", *REPORT, ",".join(lvm_report.LV_COLUMNS), "basalt-rec/pool9"], 5, "",
+            '  Failed to find logical volume "basalt-rec/pool9"\n')
+MAKE_POOL9 = ["lvcreate", "--yes", "--type", "thin-pool", "--name", "pool9", "--size", f"{8 * MiB}b", "basalt-rec"]
+
+
+def test_a_thin_pool_is_made_in_the_vg_then_the_settings_are_stored(script: Any) -> None:
+    settings = PoolSettings(overprovision=3.0)
+    runner = script([VGS_REC, NO_POOL9, (MAKE_POOL9, 0, "", ""), VGS_REC, VGS_REC,
+                     (["vgchange", *[a for t in settings.to_tags() for a in ("--addtag", t)], "basalt-rec"], 0, "",
+                      "")])
+    actions = pool_setup.ensure_pool("lvmthin:basalt-rec/pool9", settings, thin_pool_size=8 * MiB)
+    assert actions == ["create thin pool basalt-rec/pool9 of 8388608 bytes",
+                       f"store settings {settings.values('lvmthin')} in the tags of VG basalt-rec"]
+    assert runner.script == []
+
+
+def test_without_device_mapper_the_thin_pool_is_refused_naming_the_module(script: Any) -> None:
+    script([VGS_REC, NO_POOL9, (MAKE_POOL9, 5, (RECORDED / "err_lvcreate_thin_pool_no_dm.stdout.txt").read_text(),
+                                (RECORDED / "err_lvcreate_thin_pool_no_dm.stderr.txt").read_text())])
+    with pytest.raises(Precondition, match="dm_thin_pool"):
+        pool_setup.ensure_pool("lvmthin:basalt-rec/pool9", DEFAULTS, thin_pool_size=8 * MiB)
+    with pytest.raises(InvalidRequest, match="device-mapper activation"):
+        pool_setup.ensure_pool("lvmthin:basalt-rec/pool9", PoolSettings(activation="loop"))

@@ -21,7 +21,8 @@ import pytest
 
 from basalt_core import lvm, lvm_report, volumes
 from basalt_core.errors import NoSpace, Precondition
-from basalt_core.lvm_pool import COW, LvmPool, LvmThinPool, lv_name
+from basalt_core.lvm_pool import COW, LvmPool, lv_name
+from basalt_core.lvmthin_pool import LvmThinPool
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
 from basalt_core.pool_spec import PoolSettings
 from basalt_core.sizes import MiB

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Benchmark the agent's own cost: per-RPC overhead, start-up, memory, scaling with volumes, concurrency.
+
+Prints medians and RATIOS against a floor, never asserts on time: a benchmark
+is not a test. Needs root only for ``--lvm`` (loop devices, lvm2).
+
+    python3 bench/bench_agent.py [--calls N] [--curve 10,100,1000,10000] [--concurrency 8] [--lvm] [--json OUT]
+
+The floor of an RPC that runs no command is a bare gRPC server in the same
+interpreter (this file with ``--bare-server SOCKET``: the CSI Identity stub
+answering an empty ProbeResponse, no interceptor, no validation, no log); the
+same server is the floor of start-up (exec to first answered Probe) and of
+memory (its VmRSS). Everything lives in one ``basalt-bench-*`` workspace
+(``bench_file_pool.Workspace``; with ``--lvm`` the VG of ``bench_lvm_pool``),
+removed at the end, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
+    import bench.bench_file_pool as fp
+    import bench.bench_lvm_pool as lp
+else:  # the bench directory is not a package: found through sys.path
+    import bench_file_pool as fp
+    import bench_lvm_pool as lp
+
+from basalt_agent.proto import csi_pb2, csi_pb2_grpc
+
+DEFAULT_CALLS = 300
+DEFAULT_CURVE = "10,100,1000,10000"
+DEFAULT_CURVE_SAMPLES = 30
+DEFAULT_CONCURRENCY = 8
+FILL_SIZE = fp.MiB  # the volumes that fill the pool for the curve
+FILL_THREADS = 4
+STARTS = 5
+
+
+# -- the floor: a bare gRPC server ------------------------------------------------------
+
+def bare_server(socket_path: str) -> None:
+    """Serve Identity.Probe with an empty answer and nothing else; exit on SIGTERM."""
+
+    class Identity(csi_pb2_grpc.IdentityServicer):
+        def Probe(self, request: Any, context: Any) -> Any:
+            return csi_pb2.ProbeResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(), server)
+    server.add_insecure_port("unix://" + socket_path)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0)
+
+
+class BareServer:
+    """This file run with ``--bare-server`` as a child process; the same start and memory readings as Agent."""
+
+    def __init__(self, workspace: fp.Workspace) -> None:
+        self.home = workspace.mkdir("bare")
+        self.socket = os.path.join(self.home, "bare.sock")
+        self.proc: Optional["subprocess.Popen[bytes]"] = None
+        self.channel: Optional[grpc.Channel] = None
+        self.identity: Any = None
+
+    def start(self) -> float:
+        """Start it; return the seconds from exec to its first answered Probe."""
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        started = fp.now()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bare-server", self.socket],
+                                     stdin=subprocess.DEVNULL)
+        channel = grpc.insecure_channel("unix://" + self.socket, options=fp.CHANNEL_OPTIONS)
+        identity = csi_pb2_grpc.IdentityStub(channel)
+        while fp.now() - started < fp.START_TIMEOUT:
+            if self.proc.poll() is not None:
+                raise fp.BenchError(f"the bare server exited with {self.proc.returncode}")
+            if os.path.exists(self.socket):
+                try:
+                    identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
+                    took = fp.now() - started
+                    self.channel, self.identity = channel, identity
+                    return took
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.001)
+        raise fp.BenchError("the bare server never answered Probe")
+
+    def memory(self) -> Dict[str, int]:
+        assert self.proc is not None
+        return _memory(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+def _memory(pid: int) -> Dict[str, int]:
+    found: Dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+    return found
+
+
+# -- benchmark 1: RPCs that run no command -----------------------------------------------
+
+def no_command_calls(agent: fp.Agent) -> Dict[str, Callable[[], Any]]:
+    """Calls answered without any external command: a Probe, capability questions, a repeated create."""
+    created = fp.create_volume(agent, fp.unique("bench-overhead"))
+    name = fp.unique("bench-again")
+    fp.create_volume(agent, name)
+    again = csi_pb2.CreateVolumeRequest(
+        name=name, volume_capabilities=[fp.mount_capability()],
+        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE))
+    validate = csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id=created.volume_id,
+                                                         volume_capabilities=[fp.mount_capability()])
+    return {
+        "Probe": lambda: agent.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT),
+        "GetPluginCapabilities": lambda: agent.identity.GetPluginCapabilities(
+            csi_pb2.GetPluginCapabilitiesRequest(), timeout=fp.RPC_TIMEOUT),
+        "ControllerGetCapabilities": lambda: agent.controller.ControllerGetCapabilities(
+            csi_pb2.ControllerGetCapabilitiesRequest(), timeout=fp.RPC_TIMEOUT),
+        "ValidateVolumeCapabilities": lambda: agent.controller.ValidateVolumeCapabilities(
+            validate, timeout=fp.RPC_TIMEOUT),
+        "CreateVolume (exists)": lambda: agent.controller.CreateVolume(again, timeout=fp.RPC_TIMEOUT),
+    }
+
+
+def bench_overhead(agent: fp.Agent, bare: BareServer, calls: int) -> List[fp.Row]:
+    """Each call *calls* times, alternating with a bare Probe, after 20 untimed warm-up calls of each."""
+    def floor_call() -> Any:
+        return bare.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT)
+
+    def measure(operation: str, call: Callable[[], Any]) -> fp.Row:
+        basalt, floor = fp.Samples(), fp.Samples()
+        for _ in range(20):
+            call()
+            floor_call()
+        fp.interleave(calls, [lambda i: basalt.add(fp.timed(call)[0]),
+                              lambda i: floor.add(fp.timed(floor_call)[0])])
+        return fp.Row("1 no-command RPC", operation, basalt, "bare gRPC Probe", floor)
+
+    return [measure(operation, call) for operation, call in no_command_calls(agent).items()]
+
+
+# -- benchmark 2: start-up and memory ----------------------------------------------------
+
+def bench_startup(workspace: fp.Workspace, pool_dir: str, bare: BareServer) -> Tuple[fp.Row, Dict[str, Any]]:
+    agent = fp.Agent(workspace, "startup", pool_dir)
+    basalt, floor = fp.Samples(), fp.Samples()
+    agent.start()  # untimed warm-up of each: page cache, and the bytecode cache (see main)
+    agent.stop()
+    bare.start()
+    bare.stop()
+    memory: Dict[str, Any] = {}
+    for i in range(STARTS):
+        basalt.add(agent.start())
+        if i == STARTS - 1:
+            time.sleep(1.0)
+            memory["agent_kib"] = agent.memory()
+        agent.stop()
+        floor.add(bare.start())
+        if i == STARTS - 1:
+            time.sleep(1.0)
+            memory["bare_kib"] = bare.memory()
+        bare.stop()
+    return fp.Row("2 start-up", "exec -> first Probe", basalt, "bare gRPC server", floor), memory
+
+
+# -- benchmark 3: CreateVolume as the pool fills ------------------------------------------
+
+def fill(agent: fp.Agent, count: int, label: str) -> float:
+    """*count* small volumes through CreateVolume, FILL_THREADS at a time; return the seconds it took."""
+    request = csi_pb2.CapacityRange(required_bytes=FILL_SIZE, limit_bytes=FILL_SIZE)
+
+    def one(i: int) -> None:
+        agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
+            name=f"bench-fill-{label}-{i}", capacity_range=request, volume_capabilities=[fp.mount_capability()]),
+            timeout=fp.RPC_TIMEOUT)
+
+    start = fp.now()
+    with futures.ThreadPoolExecutor(FILL_THREADS) as pool:
+        list(pool.map(one, range(count)))
+    return fp.now() - start
+
+
+def bench_curve(agent: fp.Agent, levels: Sequence[int], samples: int, label: str
+                ) -> Tuple[List[fp.Row], Dict[str, Any]]:
+    """At each fill level: *samples* CreateVolume (then an untimed DeleteVolume); ratio to the first level."""
+    rows: List[fp.Row] = []
+    filled = 0
+    facts: Dict[str, Any] = {"fill_seconds": {}}
+    first: Optional[fp.Samples] = None
+    for level in levels:
+        if level > filled:
+            facts["fill_seconds"][str(level)] = fill(agent, level - filled, f"{label}-{filled}")
+            filled = level
+        creates = fp.Samples()
+        for _ in range(samples):
+            took, volume = fp.timed(lambda: fp.create_volume(agent, fp.unique("bench-curve")))
+            creates.add(took)
+            fp.delete_volume(agent, volume.volume_id)
+        first = first or creates
+        rows.append(fp.Row(f"3 curve ({label})", f"CreateVolume @ {level} volumes", creates,
+                           f"CreateVolume @ {levels[0]} volumes", first))
+        print(f"    {label} @ {level}: CreateVolume median {creates.median * 1000:.2f} ms", flush=True)
+    return rows, facts
+
+
+# -- benchmark 4: concurrent creates ------------------------------------------------------
+
+def bench_concurrency(agent: fp.Agent, n: int, rounds: int, label: str) -> List[fp.Row]:
+    """N CreateVolume one after another against N at once (distinct names); DeleteVolume untimed."""
+    serial, parallel = fp.Samples(), fp.Samples()
+
+    def batch(concurrent: bool) -> float:
+        names = [fp.unique(f"bench-conc-{i}") for i in range(n)]
+        with futures.ThreadPoolExecutor(n if concurrent else 1) as pool:
+            took, made = fp.timed(lambda: list(pool.map(lambda name: fp.create_volume(agent, name), names)))
+        for volume in made:
+            fp.delete_volume(agent, volume.volume_id)
+        return float(took)
+
+    batch(True)  # warm-up
+    fp.interleave(rounds, [lambda i: serial.add(batch(False)), lambda i: parallel.add(batch(True))])
+    return [fp.Row(f"4 concurrency ({label})", f"{n} CreateVolume at once", parallel,
+                   f"the same {n} one after another", serial)]
+
+
+# -- main -----------------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--bare-server", metavar="SOCKET", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=DEFAULT_CALLS, help=f"calls per RPC (default {DEFAULT_CALLS})")
+    parser.add_argument("--curve", default=DEFAULT_CURVE, help=f"fill levels, file pool (default {DEFAULT_CURVE})")
+    parser.add_argument("--curve-samples", type=int, default=DEFAULT_CURVE_SAMPLES)
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="creates at once")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the concurrency benchmark")
+    parser.add_argument("--lvm", action="store_true", help="also the lvm pool (loop activation): curve, concurrency")
+    parser.add_argument("--lvm-curve", default="10,100", help="fill levels of the lvm pool (default 10,100)")
+    parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
+    parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return 0
+    if args.lvm and os.geteuid() != 0:
+        print("bench_agent: --lvm needs root (loop devices, lvm2)", file=sys.stderr)
+        return 2
+    curve = [int(x) for x in args.curve.split(",") if x]
+    lvm_curve = [int(x) for x in args.lvm_curve.split(",") if x]
+
+    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    workspace = lp.LvmWorkspace(args.tmpdir)
+    report: Dict[str, Any] = {"calls": args.calls}
+    # The agent runs from its bytecode, as an installed package does: a source tree run with
+    # PYTHONDONTWRITEBYTECODE would recompile every module at every start.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = workspace.mkdir("pycache")
+
+    def run() -> List[fp.Row]:
+        rows: List[fp.Row] = []
+        facts = fp.machine_facts(workspace)
+        report["facts"] = facts
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
+        pool_dir = workspace.mkdir("pool")
+        bare = BareServer(workspace)
+        workspace.agents.append(bare)  # type: ignore[arg-type]  # stopped with the agents
+
+        print(f"[2] start-up: {STARTS} starts of the agent and of a bare gRPC server", flush=True)
+        startup_row, report["memory"] = bench_startup(workspace, pool_dir, bare)
+
+        agent = fp.Agent(workspace, "main", pool_dir)
+        agent.start()
+        bare.start()
+        print(f"[1] RPCs that run no command, {args.calls} calls each", flush=True)
+        rows += bench_overhead(agent, bare, args.calls)
+        bare.stop()
+        rows.append(startup_row)
+        print(f"[4] concurrency (file): {args.concurrency} creates, {args.rounds} rounds", flush=True)
+        rows += bench_concurrency(agent, args.concurrency, args.rounds, "file")
+        if curve:
+            print(f"[3] curve (file): {curve}", flush=True)
+            curve_rows, report["curve_file"] = bench_curve(agent, curve, args.curve_samples, "file")
+            rows += curve_rows
+        agent.stop()
+
+        if args.lvm:
+            vg = workspace.make_vg(lp.DEFAULT_METADATA_SIZE)
+            lvm_agent = lp.LvmAgent(workspace, "lvm", vg)
+            lvm_agent.args[lvm_agent.args.index("--log-level") + 1] = "info"
+            lvm_agent.start()
+            print(f"[4] concurrency (lvm, loop): {args.concurrency} creates, {args.rounds} rounds", flush=True)
+            rows += bench_concurrency(lvm_agent, args.concurrency, args.rounds, "lvm loop")
+            if lvm_curve:
+                print(f"[3] curve (lvm, loop): {lvm_curve}", flush=True)
+                curve_rows, report["curve_lvm"] = bench_curve(lvm_agent, lvm_curve, max(5, args.curve_samples // 3),
+                                                              "lvm loop")
+                rows += curve_rows
+            lvm_agent.stop()
+
+        print()
+        print(fp.table(rows))
+        print()
+        for row in rows:
+            if row.bench.startswith("1 "):
+                print(f"{row.operation}: the agent's own part beyond bare gRPC "
+                      f"{(row.basalt.median - row.floor.median) * 1000:.3f} ms")
+        memory = report["memory"]
+        agent_rss, bare_rss = memory["agent_kib"].get("VmRSS", 0), memory["bare_kib"].get("VmRSS", 0)
+        print(f"memory 1 s after start-up: agent VmRSS {agent_rss / 1024:.1f} MiB, bare gRPC server "
+              f"{bare_rss / 1024:.1f} MiB ({agent_rss / max(bare_rss, 1):.2f}x)")
+        return rows
+
+    return fp.run_reported("bench_agent", run, workspace, report, args.json, errors=(fp.BenchError, grpc.RpcError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
