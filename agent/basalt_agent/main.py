@@ -123,8 +123,8 @@ def serve(settings: config.Config) -> int:
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies,
-                                                                      command_checks), grpc_server)
+    identity = IdentityService(pool, settings.services, dependencies, command_checks)
+    csi_pb2_grpc.add_IdentityServicer_to_server(identity, grpc_server)
     metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
                   sessions=_session_count(state) if state else None)
 
