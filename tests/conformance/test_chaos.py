@@ -81,17 +81,29 @@ class Chaos:
         self.vols: dict[str, Vol] = {}
         self.snaps: dict[str, Snap] = {}
         self.counter = 0
+        self.broken: BaseException | None = None
+        self.succeeded = 0
 
     # -- the killer ------------------------------------------------------------
     def killer(self) -> None:
-        while not self.stop.is_set():
-            time.sleep(self.rng.uniform(0.05, 0.8))
-            if self.stop.is_set():
-                break
-            self.up.clear()
-            self.agent.kill()
-            self.kills += 1
-            self.agent.start()
+        try:
+            while not self.stop.is_set():
+                # Liveness: a call must have succeeded since the last restart, or on a loaded host a slow
+                # call could be killed for ever (a CO would give up; the test would say nothing).
+                seen = self.succeeded
+                while self.succeeded == seen and not self.stop.is_set():
+                    time.sleep(0.01)
+                time.sleep(self.rng.uniform(0.0, 0.8))
+                if self.stop.is_set():
+                    break
+                self.up.clear()
+                self.agent.kill()
+                self.kills += 1
+                self.agent.start()
+                self.up.set()
+        except BaseException as error:  # e.g. the agent failed to start again: the driver reports it
+            self.broken = error
+            self.stop.set()
             self.up.set()
 
     # -- a CO's retries ----------------------------------------------------------
@@ -100,8 +112,12 @@ class Chaos:
         deadline = time.monotonic() + PATIENCE
         while True:
             self.up.wait()
+            if self.broken is not None:
+                raise AssertionError(f"the killer thread failed: {self.broken!r}") from self.broken
             try:
-                return getattr(getattr(self.agent, service), method)(request)
+                answer = getattr(getattr(self.agent, service), method)(request)
+                self.succeeded += 1
+                return answer
             except grpc.RpcError as error:
                 if time.monotonic() > deadline:
                     pytest.fail(f"{method} never succeeded in {PATIENCE}s: {error.code().name} {error.details()}")
