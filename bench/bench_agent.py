@@ -32,11 +32,11 @@ import grpc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
-    import bench.bench_file_pool as fp
     import bench.bench_lvm_pool as lp
+    import bench.benchlib as bl
 else:  # the bench directory is not a package: found through sys.path
-    import bench_file_pool as fp
     import bench_lvm_pool as lp
+    import benchlib as bl
 
 from basalt_agent.proto import csi_pb2, csi_pb2_grpc
 
@@ -44,7 +44,7 @@ DEFAULT_CALLS = 300
 DEFAULT_CURVE = "10,100,1000,10000"
 DEFAULT_CURVE_SAMPLES = 30
 DEFAULT_CONCURRENCY = 8
-FILL_SIZE = fp.MiB  # the volumes that fill the pool for the curve
+FILL_SIZE = 4 * bl.MiB  # the volumes that fill the pool for the curve (one LVM extent)
 FILL_THREADS = 4
 STARTS = 5
 
@@ -71,7 +71,7 @@ def bare_server(socket_path: str) -> None:
 class BareServer:
     """This file run with ``--bare-server`` as a child process; the same start and memory readings as Agent."""
 
-    def __init__(self, workspace: fp.Workspace) -> None:
+    def __init__(self, workspace: bl.Workspace) -> None:
         self.home = workspace.mkdir("bare")
         self.socket = os.path.join(self.home, "bare.sock")
         self.proc: Optional["subprocess.Popen[bytes]"] = None
@@ -82,24 +82,24 @@ class BareServer:
         """Start it; return the seconds from exec to its first answered Probe."""
         if os.path.exists(self.socket):
             os.unlink(self.socket)
-        started = fp.now()
+        started = bl.now()
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bare-server", self.socket],
                                      stdin=subprocess.DEVNULL)
-        channel = grpc.insecure_channel("unix://" + self.socket, options=fp.CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel("unix://" + self.socket, options=bl.CHANNEL_OPTIONS)
         identity = csi_pb2_grpc.IdentityStub(channel)
-        while fp.now() - started < fp.START_TIMEOUT:
+        while bl.now() - started < bl.START_TIMEOUT:
             if self.proc.poll() is not None:
-                raise fp.BenchError(f"the bare server exited with {self.proc.returncode}")
+                raise bl.BenchError(f"the bare server exited with {self.proc.returncode}")
             if os.path.exists(self.socket):
                 try:
                     identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
-                    took = fp.now() - started
+                    took = bl.now() - started
                     self.channel, self.identity = channel, identity
                     return took
                 except grpc.RpcError:
                     pass
             time.sleep(0.001)
-        raise fp.BenchError("the bare server never answered Probe")
+        raise bl.BenchError("the bare server never answered Probe")
 
     def memory(self) -> Dict[str, int]:
         assert self.proc is not None
@@ -131,50 +131,50 @@ def _memory(pid: int) -> Dict[str, int]:
 
 # -- benchmark 1: RPCs that run no command -----------------------------------------------
 
-def no_command_calls(agent: fp.Agent) -> Dict[str, Callable[[], Any]]:
+def no_command_calls(agent: bl.Agent) -> Dict[str, Callable[[], Any]]:
     """Calls answered without any external command: a Probe, capability questions, a repeated create."""
-    created = fp.create_volume(agent, fp.unique("bench-overhead"))
-    name = fp.unique("bench-again")
-    fp.create_volume(agent, name)
+    created = bl.create_volume(agent, bl.unique("bench-overhead"))
+    name = bl.unique("bench-again")
+    bl.create_volume(agent, name)
     again = csi_pb2.CreateVolumeRequest(
-        name=name, volume_capabilities=[fp.mount_capability()],
-        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE))
+        name=name, volume_capabilities=[bl.mount_capability()],
+        capacity_range=csi_pb2.CapacityRange(required_bytes=bl.VOLUME_SIZE, limit_bytes=bl.VOLUME_SIZE))
     validate = csi_pb2.ValidateVolumeCapabilitiesRequest(volume_id=created.volume_id,
-                                                         volume_capabilities=[fp.mount_capability()])
+                                                         volume_capabilities=[bl.mount_capability()])
     return {
-        "Probe": lambda: agent.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT),
+        "Probe": lambda: agent.identity.Probe(csi_pb2.ProbeRequest(), timeout=bl.RPC_TIMEOUT),
         "GetPluginCapabilities": lambda: agent.identity.GetPluginCapabilities(
-            csi_pb2.GetPluginCapabilitiesRequest(), timeout=fp.RPC_TIMEOUT),
+            csi_pb2.GetPluginCapabilitiesRequest(), timeout=bl.RPC_TIMEOUT),
         "ControllerGetCapabilities": lambda: agent.controller.ControllerGetCapabilities(
-            csi_pb2.ControllerGetCapabilitiesRequest(), timeout=fp.RPC_TIMEOUT),
+            csi_pb2.ControllerGetCapabilitiesRequest(), timeout=bl.RPC_TIMEOUT),
         "ValidateVolumeCapabilities": lambda: agent.controller.ValidateVolumeCapabilities(
-            validate, timeout=fp.RPC_TIMEOUT),
-        "CreateVolume (exists)": lambda: agent.controller.CreateVolume(again, timeout=fp.RPC_TIMEOUT),
+            validate, timeout=bl.RPC_TIMEOUT),
+        "CreateVolume (exists)": lambda: agent.controller.CreateVolume(again, timeout=bl.RPC_TIMEOUT),
     }
 
 
-def bench_overhead(agent: fp.Agent, bare: BareServer, calls: int) -> List[fp.Row]:
+def bench_overhead(agent: bl.Agent, bare: BareServer, calls: int) -> List[bl.Row]:
     """Each call *calls* times, alternating with a bare Probe, after 20 untimed warm-up calls of each."""
     def floor_call() -> Any:
-        return bare.identity.Probe(csi_pb2.ProbeRequest(), timeout=fp.RPC_TIMEOUT)
+        return bare.identity.Probe(csi_pb2.ProbeRequest(), timeout=bl.RPC_TIMEOUT)
 
-    def measure(operation: str, call: Callable[[], Any]) -> fp.Row:
-        basalt, floor = fp.Samples(), fp.Samples()
+    def measure(operation: str, call: Callable[[], Any]) -> bl.Row:
+        basalt, floor = bl.Samples(), bl.Samples()
         for _ in range(20):
             call()
             floor_call()
-        fp.interleave(calls, [lambda i: basalt.add(fp.timed(call)[0]),
-                              lambda i: floor.add(fp.timed(floor_call)[0])])
-        return fp.Row("1 no-command RPC", operation, basalt, "bare gRPC Probe", floor)
+        bl.interleave(calls, [lambda i: basalt.add(bl.timed(call)[0]),
+                              lambda i: floor.add(bl.timed(floor_call)[0])])
+        return bl.Row("1 no-command RPC", operation, basalt, "bare gRPC Probe", floor)
 
     return [measure(operation, call) for operation, call in no_command_calls(agent).items()]
 
 
 # -- benchmark 2: start-up and memory ----------------------------------------------------
 
-def bench_startup(workspace: fp.Workspace, pool_dir: str, bare: BareServer) -> Tuple[fp.Row, Dict[str, Any]]:
-    agent = fp.Agent(workspace, "startup", pool_dir)
-    basalt, floor = fp.Samples(), fp.Samples()
+def bench_startup(workspace: bl.Workspace, pool_dir: str, bare: BareServer) -> Tuple[bl.Row, Dict[str, Any]]:
+    agent = bl.Agent(workspace, "startup", pool_dir)
+    basalt, floor = bl.Samples(), bl.Samples()
     agent.start()  # untimed warm-up of each: page cache, and the bytecode cache (see main)
     agent.stop()
     bare.start()
@@ -191,44 +191,44 @@ def bench_startup(workspace: fp.Workspace, pool_dir: str, bare: BareServer) -> T
             time.sleep(1.0)
             memory["bare_kib"] = bare.memory()
         bare.stop()
-    return fp.Row("2 start-up", "exec -> first Probe", basalt, "bare gRPC server", floor), memory
+    return bl.Row("2 start-up", "exec -> first Probe", basalt, "bare gRPC server", floor), memory
 
 
 # -- benchmark 3: CreateVolume as the pool fills ------------------------------------------
 
-def fill(agent: fp.Agent, count: int, label: str) -> float:
+def fill(agent: bl.Agent, count: int, label: str) -> float:
     """*count* small volumes through CreateVolume, FILL_THREADS at a time; return the seconds it took."""
     request = csi_pb2.CapacityRange(required_bytes=FILL_SIZE, limit_bytes=FILL_SIZE)
 
     def one(i: int) -> None:
         agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
-            name=f"bench-fill-{label}-{i}", capacity_range=request, volume_capabilities=[fp.mount_capability()]),
-            timeout=fp.RPC_TIMEOUT)
+            name=f"bench-fill-{label}-{i}", capacity_range=request, volume_capabilities=[bl.mount_capability()]),
+            timeout=bl.RPC_TIMEOUT)
 
-    start = fp.now()
+    start = bl.now()
     with futures.ThreadPoolExecutor(FILL_THREADS) as pool:
         list(pool.map(one, range(count)))
-    return fp.now() - start
+    return bl.now() - start
 
 
-def bench_curve(agent: fp.Agent, levels: Sequence[int], samples: int, label: str
-                ) -> Tuple[List[fp.Row], Dict[str, Any]]:
+def bench_curve(agent: bl.Agent, levels: Sequence[int], samples: int, label: str
+                ) -> Tuple[List[bl.Row], Dict[str, Any]]:
     """At each fill level: *samples* CreateVolume (then an untimed DeleteVolume); ratio to the first level."""
-    rows: List[fp.Row] = []
+    rows: List[bl.Row] = []
     filled = 0
     facts: Dict[str, Any] = {"fill_seconds": {}}
-    first: Optional[fp.Samples] = None
+    first: Optional[bl.Samples] = None
     for level in levels:
         if level > filled:
             facts["fill_seconds"][str(level)] = fill(agent, level - filled, f"{label}-{filled}")
             filled = level
-        creates = fp.Samples()
+        creates = bl.Samples()
         for _ in range(samples):
-            took, volume = fp.timed(lambda: fp.create_volume(agent, fp.unique("bench-curve")))
+            took, volume = bl.timed(lambda: bl.create_volume(agent, bl.unique("bench-curve")))
             creates.add(took)
-            fp.delete_volume(agent, volume.volume_id)
+            bl.delete_volume(agent, volume.volume_id)
         first = first or creates
-        rows.append(fp.Row(f"3 curve ({label})", f"CreateVolume @ {level} volumes", creates,
+        rows.append(bl.Row(f"3 curve ({label})", f"CreateVolume @ {level} volumes", creates,
                            f"CreateVolume @ {levels[0]} volumes", first))
         print(f"    {label} @ {level}: CreateVolume median {creates.median * 1000:.2f} ms", flush=True)
     return rows, facts
@@ -236,21 +236,21 @@ def bench_curve(agent: fp.Agent, levels: Sequence[int], samples: int, label: str
 
 # -- benchmark 4: concurrent creates ------------------------------------------------------
 
-def bench_concurrency(agent: fp.Agent, n: int, rounds: int, label: str) -> List[fp.Row]:
+def bench_concurrency(agent: bl.Agent, n: int, rounds: int, label: str) -> List[bl.Row]:
     """N CreateVolume one after another against N at once (distinct names); DeleteVolume untimed."""
-    serial, parallel = fp.Samples(), fp.Samples()
+    serial, parallel = bl.Samples(), bl.Samples()
 
     def batch(concurrent: bool) -> float:
-        names = [fp.unique(f"bench-conc-{i}") for i in range(n)]
+        names = [bl.unique(f"bench-conc-{i}") for i in range(n)]
         with futures.ThreadPoolExecutor(n if concurrent else 1) as pool:
-            took, made = fp.timed(lambda: list(pool.map(lambda name: fp.create_volume(agent, name), names)))
+            took, made = bl.timed(lambda: list(pool.map(lambda name: bl.create_volume(agent, name), names)))
         for volume in made:
-            fp.delete_volume(agent, volume.volume_id)
+            bl.delete_volume(agent, volume.volume_id)
         return float(took)
 
     batch(True)  # warm-up
-    fp.interleave(rounds, [lambda i: serial.add(batch(False)), lambda i: parallel.add(batch(True))])
-    return [fp.Row(f"4 concurrency ({label})", f"{n} CreateVolume at once", parallel,
+    bl.interleave(rounds, [lambda i: serial.add(batch(False)), lambda i: parallel.add(batch(True))])
+    return [bl.Row(f"4 concurrency ({label})", f"{n} CreateVolume at once", parallel,
                    f"the same {n} one after another", serial)]
 
 
@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     curve = [int(x) for x in args.curve.split(",") if x]
     lvm_curve = [int(x) for x in args.lvm_curve.split(",") if x]
 
-    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    signal.signal(signal.SIGTERM, bl._raise_interrupt)
     workspace = lp.LvmWorkspace(args.tmpdir)
     report: Dict[str, Any] = {"calls": args.calls}
     # The agent runs from its bytecode, as an installed package does: a source tree run with
@@ -286,9 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = workspace.mkdir("pycache")
 
-    def run() -> List[fp.Row]:
-        rows: List[fp.Row] = []
-        facts = fp.machine_facts(workspace)
+    def run() -> List[bl.Row]:
+        rows: List[bl.Row] = []
+        facts = bl.machine_facts(workspace)
         report["facts"] = facts
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
         pool_dir = workspace.mkdir("pool")
@@ -298,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[2] start-up: {STARTS} starts of the agent and of a bare gRPC server", flush=True)
         startup_row, report["memory"] = bench_startup(workspace, pool_dir, bare)
 
-        agent = fp.Agent(workspace, "main", pool_dir)
+        agent = bl.Agent(workspace, "main", pool_dir)
         agent.start()
         bare.start()
         print(f"[1] RPCs that run no command, {args.calls} calls each", flush=True)
@@ -328,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             lvm_agent.stop()
 
         print()
-        print(fp.table(rows))
+        print(bl.table(rows))
         print()
         for row in rows:
             if row.bench.startswith("1 "):
@@ -340,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{bare_rss / 1024:.1f} MiB ({agent_rss / max(bare_rss, 1):.2f}x)")
         return rows
 
-    return fp.run_reported("bench_agent", run, workspace, report, args.json, errors=(fp.BenchError, grpc.RpcError))
+    return bl.run_reported("bench_agent", run, workspace, report, args.json, errors=(bl.BenchError, grpc.RpcError))
 
 
 if __name__ == "__main__":

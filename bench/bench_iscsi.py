@@ -36,11 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "iscsi"))
 
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
-    import bench.bench_file_pool as fp
     import bench.bench_lvm_pool as lp
+    import bench.benchlib as bl
 else:  # the bench directory is not a package: found through sys.path
-    import bench_file_pool as fp
     import bench_lvm_pool as lp
+    import benchlib as bl
 
 from tgtd_testlib import control_port_in_use, start_private_tgtd, stop_private_tgtd  # the test daemon, not shipped
 
@@ -61,7 +61,7 @@ CONTROL_PORTS = range(31000, 31100)  # tgtd -C: 1..32767; the first one no tgtd 
 BARE_TID_BASE = 5000  # the bare side's tids, far from the agent's (it takes max + 1)
 
 
-class IscsiWorkspace(fp.Workspace):
+class IscsiWorkspace(bl.Workspace):
     """The file workspace plus a private tgtd, stopped after the agents and before the loop devices go."""
 
     def __init__(self, base: Optional[str]) -> None:
@@ -103,7 +103,7 @@ class IscsiAgent(lp.LvmAgent):
     """A file-pool storage host exporting over the workspace's tgtd; LvmAgent's log reader counts its commands."""
 
     def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
-        fp.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
+        bl.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
         self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
                       "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
                       "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(lp.CLEANUP_GRACE),
@@ -117,24 +117,24 @@ def block_capability() -> Any:
     )
 
 
-def create_block_volume(agent: fp.Agent, name: str) -> Any:
+def create_block_volume(agent: bl.Agent, name: str) -> Any:
     return agent.controller.CreateVolume(csi_pb2.CreateVolumeRequest(
         name=name, volume_capabilities=[block_capability()],
-        capacity_range=csi_pb2.CapacityRange(required_bytes=fp.VOLUME_SIZE, limit_bytes=fp.VOLUME_SIZE)),
-        timeout=fp.RPC_TIMEOUT).volume
+        capacity_range=csi_pb2.CapacityRange(required_bytes=bl.VOLUME_SIZE, limit_bytes=bl.VOLUME_SIZE)),
+        timeout=bl.RPC_TIMEOUT).volume
 
 
-def controller_publish(agent: fp.Agent, volume_id: str) -> Dict[str, str]:
+def controller_publish(agent: bl.Agent, volume_id: str) -> Dict[str, str]:
     secrets = {"node.session.auth.username": AGENT_USER, "node.session.auth.password": PASSWORD}
     response = agent.controller.ControllerPublishVolume(csi_pb2.ControllerPublishVolumeRequest(
         volume_id=volume_id, node_id=PEER_NODE, volume_capability=block_capability(), secrets=secrets),
-        timeout=fp.RPC_TIMEOUT)
+        timeout=bl.RPC_TIMEOUT)
     return dict(response.publish_context)
 
 
-def controller_unpublish(agent: fp.Agent, volume_id: str) -> None:
+def controller_unpublish(agent: bl.Agent, volume_id: str) -> None:
     agent.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
-        volume_id=volume_id, node_id=PEER_NODE), timeout=fp.RPC_TIMEOUT)
+        volume_id=volume_id, node_id=PEER_NODE), timeout=bl.RPC_TIMEOUT)
 
 
 # -- the bare side: what an admin would type for the same end state ----------------
@@ -144,7 +144,7 @@ class Bare:
         self.control_port = workspace.control_port
 
     def tgtadm(self, *args: str) -> None:
-        fp.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args])
+        bl.run(["tgtadm", "-C", str(self.control_port), "--lld", "iscsi", *args])
 
     def export(self, tid: int, iqn: str, device: str, serial: str, user: str = BARE_USER) -> None:
         """New target + LUN (serial, read-write) + the address ACL that matches nobody + CHAP account and bind
@@ -173,7 +173,7 @@ def bare_image(workspace: IscsiWorkspace, name: str) -> str:
     image = workspace.path("raw", name)
     os.makedirs(os.path.dirname(image), exist_ok=True)
     with open(image, "wb") as handle:
-        handle.truncate(fp.VOLUME_SIZE)
+        handle.truncate(bl.VOLUME_SIZE)
     return image
 
 
@@ -182,13 +182,13 @@ UNEXPORT_COMMANDS = 4
 
 
 def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorkspace, rounds: int
-                 ) -> Tuple[List[fp.Row], Dict[str, Any]]:
+                 ) -> Tuple[List[bl.Row], Dict[str, Any]]:
     volume = create_block_volume(agent, f"bench-iscsi-{uuid.uuid4().hex[:8]}")
     image = bare_image(workspace, "bare.img")
     bare = Bare(workspace)
-    g_pub, g_unpub, g_pair = fp.Samples(), fp.Samples(), fp.Samples()
-    b_attach, b_export, b_unexport, b_detach = fp.Samples(), fp.Samples(), fp.Samples(), fp.Samples()
-    b_pub_all, b_unpub_all, b_pair, b_pair_all = fp.Samples(), fp.Samples(), fp.Samples(), fp.Samples()
+    g_pub, g_unpub, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
+    b_attach, b_export, b_unexport, b_detach = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
+    b_pub_all, b_unpub_all, b_pair, b_pair_all = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
     contexts: List[Dict[str, str]] = []
 
     def grpc_round(i: int) -> None:
@@ -202,10 +202,10 @@ def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorks
     def bare_round(i: int) -> None:
         tid = BARE_TID_BASE + i
         iqn = f"{BARE_BASE_IQN}:round-{i}"
-        took_a, device = fp.timed(lambda: fp.run(["losetup", "--find", "--show", image]).strip())
-        took_e, _ = fp.timed(lambda: bare.export(tid, iqn, device, serial_for(iqn)))
-        took_x, _ = fp.timed(lambda: bare.unexport(tid))
-        took_d, _ = fp.timed(lambda: fp.run(["losetup", "--detach", device]))
+        took_a, device = bl.timed(lambda: bl.run(["losetup", "--find", "--show", image]).strip())
+        took_e, _ = bl.timed(lambda: bare.export(tid, iqn, device, serial_for(iqn)))
+        took_x, _ = bl.timed(lambda: bare.unexport(tid))
+        took_d, _ = bl.timed(lambda: bl.run(["losetup", "--detach", device]))
         for samples, took in ((b_attach, took_a), (b_export, took_e), (b_unexport, took_x), (b_detach, took_d)):
             samples.add(took)
         b_pub_all.add(took_a + took_e)
@@ -219,17 +219,17 @@ def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorks
                     b_pair, b_pair_all):
         samples.values.clear()
     profiler.profiles.clear()
-    fp.interleave(rounds, [grpc_round, bare_round])
-    fp.delete_volume(agent, volume.volume_id)
+    bl.interleave(rounds, [grpc_round, bare_round])
+    bl.delete_volume(agent, volume.volume_id)
 
     name = "iscsi export (tgt)"
     rows = [
-        fp.Row(name, "ControllerPublish", g_pub, f"tgtadm x{EXPORT_COMMANDS}", b_export),
-        fp.Row(name, "ControllerPublish", g_pub, f"losetup --find --show + tgtadm x{EXPORT_COMMANDS}", b_pub_all),
-        fp.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS}", b_unexport),
-        fp.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS} + losetup -d", b_unpub_all),
-        fp.Row(name, "Publish+Unpublish", g_pair, f"tgtadm x{EXPORT_COMMANDS + UNEXPORT_COMMANDS}", b_pair),
-        fp.Row(name, "Publish+Unpublish", g_pair, "the 11 tgtadm + 2 losetup", b_pair_all),
+        bl.Row(name, "ControllerPublish", g_pub, f"tgtadm x{EXPORT_COMMANDS}", b_export),
+        bl.Row(name, "ControllerPublish", g_pub, f"losetup --find --show + tgtadm x{EXPORT_COMMANDS}", b_pub_all),
+        bl.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS}", b_unexport),
+        bl.Row(name, "ControllerUnpublish", g_unpub, f"tgtadm x{UNEXPORT_COMMANDS} + losetup -d", b_unpub_all),
+        bl.Row(name, "Publish+Unpublish", g_pair, f"tgtadm x{EXPORT_COMMANDS + UNEXPORT_COMMANDS}", b_pair),
+        bl.Row(name, "Publish+Unpublish", g_pair, "the 11 tgtadm + 2 losetup", b_pair_all),
     ]
     facts = {"target_iqn": contexts[-1].get("basalt.dev/iscsi-target") if contexts else None,
              "bare_losetup_attach": b_attach.summary(), "bare_losetup_detach": b_detach.summary()}
@@ -238,7 +238,7 @@ def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorks
 
 # -- benchmark 2: restart with tgtd emptied; the reconciliation restores every export ---------
 
-def log_entries(agent: fp.Agent, after: int) -> List[Dict[str, Any]]:
+def log_entries(agent: bl.Agent, after: int) -> List[Dict[str, Any]]:
     """The agent's JSON log entries written after byte offset *after*."""
     with open(agent.log_path, "rb") as handle:
         handle.seek(after)
@@ -263,14 +263,18 @@ def is_listing(command: lp.Command) -> bool:
     return command.tool == "tgtadm" and "show" in command.argv[command.argv.index("--op") + 1:][:1]
 
 
-def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
+def restart_and_reconcile(agent: IscsiAgent, probes: Optional[bl.Samples] = None
+                          ) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
     """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), its summary, and the
-    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once)."""
+    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once).
+    Until the reconciliation finishes, Probe is asked every 10 ms and each answer's time added to *probes*."""
     agent.stop()
     mark = agent.log_mark()
     startup = agent.start()
-    deadline = fp.now() + fp.START_TIMEOUT
-    while fp.now() < deadline:
+    deadline = bl.now() + bl.START_TIMEOUT
+    while bl.now() < deadline:
+        if probes is not None:
+            probes.add(bl.timed(lambda: agent.identity.Probe(csi_pb2.ProbeRequest(), timeout=bl.RPC_TIMEOUT))[0])
         entries = {e.get("msg"): e for e in log_entries(agent, mark)}
         done = entries.get("iscsi reconciliation finished")
         if done is not None:
@@ -283,11 +287,14 @@ def restart_and_reconcile(agent: IscsiAgent) -> Tuple[float, float, Dict[str, An
                 else:
                     commands["tgtadm (changes)"] += 1
             return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done, commands
-        time.sleep(0.005)
-    raise fp.BenchError("the agent did not finish its reconciliation")
+        time.sleep(0.01)
+    raise bl.BenchError("the agent did not finish its reconciliation")
 
 
-def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> Tuple[List[fp.Row], Dict[str, Any]]:
+def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int, unpublished: int
+                  ) -> Tuple[List[bl.Row], Dict[str, Any]]:
+    idle_ids = [create_block_volume(agent, f"bench-idle-{i}-{uuid.uuid4().hex[:6]}").volume_id
+                for i in range(unpublished)]  # volumes the start reads but exports nowhere
     volume_ids = []
     for i in range(count):
         volume = create_block_volume(agent, f"bench-restart-{i}-{uuid.uuid4().hex[:6]}")
@@ -297,32 +304,36 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int) -> T
 
     agent.stop()
     workspace.restart_tgtd_empty()
-    restore_start, restore, restore_summary, restore_commands = restart_and_reconcile(agent)
+    probes = bl.Samples()
+    restore_start, restore, restore_summary, restore_commands = restart_and_reconcile(agent, probes)
     restored = len(tgt.TgtBackend(control_port=workspace.control_port).targets())
     if restored != count or restore_summary.get("failed"):
-        raise fp.BenchError(f"reconciliation restored {restored} of {count} targets: {restore_summary}")
+        raise bl.BenchError(f"reconciliation restored {restored} of {count} targets: {restore_summary}")
 
     # The floor: the same exports made with bare tgtadm (7 commands each) on a loop device attached in advance.
     bare = Bare(workspace)
-    device = fp.run(["losetup", "--find", "--show", bare_image(workspace, "restart.img")]).strip()
-    start = fp.now()
+    device = bl.run(["losetup", "--find", "--show", bare_image(workspace, "restart.img")]).strip()
+    start = bl.now()
     for i in range(count):
         iqn = f"{BARE_BASE_IQN}:restart-{i}"
         bare.export(BARE_TID_BASE + 100 + i, iqn, device, serial_for(iqn), f"{BARE_USER}-{i}")
-    floor = fp.now() - start
+    floor = bl.now() - start
     for i in range(count):
         bare.unexport(BARE_TID_BASE + 100 + i, f"{BARE_USER}-{i}")
-    fp.run(["losetup", "--detach", device])
+    bl.run(["losetup", "--detach", device])
 
     for volume_id in volume_ids:
         controller_unpublish(agent, volume_id)
-        fp.delete_volume(agent, volume_id)
+        bl.delete_volume(agent, volume_id)
+    for volume_id in idle_ids:
+        bl.delete_volume(agent, volume_id)
     name = f"restart, {count} exports"
     rows = [
-        fp.Row(name, "reconcile: restore all", fp.Samples([restore]), f"tgtadm x{EXPORT_COMMANDS * count}",
-               fp.Samples([floor])),
+        bl.Row(name, "reconcile: restore all", bl.Samples([restore]), f"tgtadm x{EXPORT_COMMANDS * count}",
+               bl.Samples([floor])),
     ]
-    facts = {"count": count, "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
+    facts = {"count": count, "unpublished": unpublished, "probes_while_restoring": probes.summary(),
+             "restore_s": restore, "restore_summary": restore_summary, "steady_s": steady,
              "steady_summary": steady_summary, "startup_restore_s": restore_start, "startup_steady_s": steady_start,
              "bare_exports_s": floor, "restore_commands": dict(restore_commands),
              "steady_commands": dict(steady_commands)}
@@ -338,8 +349,8 @@ def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
     lines = []
     for p in profiles:
         counts: Counter[str] = p.counts()
-        tgtadm_ms = fp.Samples([sum(c.seconds for c in s if c.tool == "tgtadm") for s in p.samples]).median * 1000
-        rpc_ms = fp.Samples(p.seconds).median * 1000
+        tgtadm_ms = bl.Samples([sum(c.seconds for c in s if c.tool == "tgtadm") for s in p.samples]).median * 1000
+        rpc_ms = bl.Samples(p.seconds).median * 1000
         commands_ms = p.all_seconds() * 1000
         listed = ", ".join(f"{tool} x{n}" for tool, n in sorted(counts.items()))
         median = sorted(p.samples, key=len)[len(p.samples) // 2] if p.samples else []
@@ -359,6 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--restart-volumes", type=int, default=DEFAULT_RESTART_VOLUMES,
                         help=f"published volumes restored by the reconciliation in benchmark 2 "
                         f"(default {DEFAULT_RESTART_VOLUMES}; 0 skips it)")
+    parser.add_argument("--restart-unpublished", type=int, default=0,
+                        help="also this many volumes published nowhere in benchmark 2 (default 0)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -368,13 +381,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("bench_iscsi: needs root (tgtd, loop devices)", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    signal.signal(signal.SIGTERM, bl._raise_interrupt)
     workspace = IscsiWorkspace(args.tmpdir)
     report: Dict[str, Any] = {"rounds": args.rounds}
 
-    def run() -> List[fp.Row]:
-        facts = fp.machine_facts(workspace)
-        facts["tgt"] = fp.run(["tgtadm", "--version"]).strip()
+    def run() -> List[bl.Row]:
+        facts = bl.machine_facts(workspace)
+        facts["tgt"] = bl.run(["tgtadm", "--version"]).strip()
         workspace.start_tgtd()
         facts.update(tgtd_control_port=workspace.control_port, portal=workspace.portal)
         report["facts"] = facts
@@ -387,17 +400,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = command_summary(list(profiler.profiles.values()))
         if args.restart_volumes > 0:
             print(f"restart with tgtd emptied: {args.restart_volumes} published volumes", flush=True)
-            restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes)
+            restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes,
+                                                         args.restart_unpublished)
             rows += restart_rows
             report["restart"] = restart
         report["profiles"] = [p.to_json() for p in profiler.profiles.values()]
         print()
-        print(fp.table(rows))
+        print(bl.table(rows))
         print()
         for line in summary:
             print(line)
         if "restart" in report:
             restart = report["restart"]
+            probes = restart["probes_while_restoring"]
+            print(f"restart with {restart['count']} exports and {restart['unpublished']} unpublished volumes: "
+                  f"{probes['n']} Probes while restoring, median {probes.get('median_ms', 0):.1f} ms, "
+                  f"max {probes.get('max_ms', 0):.1f} ms")
             print(f"restart: exec -> first Probe {restart['startup_restore_s'] * 1000:.0f} ms while restoring "
                   f"({restart['startup_steady_s'] * 1000:.0f} ms with nothing to restore); reconciliation "
                   f"{restart['restore_s'] * 1000:.0f} ms for {restart['count']} exports "
@@ -408,8 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"restart ({when}): the start's commands: {commands}")
         return rows
 
-    return fp.run_reported("bench_iscsi", run, workspace, report, args.json,
-                           errors=(fp.BenchError, grpc.RpcError, StopIteration))
+    return bl.run_reported("bench_iscsi", run, workspace, report, args.json,
+                           errors=(bl.BenchError, grpc.RpcError, StopIteration))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ private ``LVM_SYSTEM_DIR`` whose lvm.conf is ``basalt_core.lvm.isolated_config``
 of that one loop device: activation off, a device filter that admits only that
 device, no backups, hints or devices file. No other VG, PV or device is visible
 to it. The shared helpers (workspace, agent process, samples, table, CSI
-request builders) are imported from ``bench_file_pool``.
+request builders) are imported from ``benchlib``.
 
 Clean-up runs also on Ctrl-C, SIGTERM or an error, in the order bench/README.md gives
 (agent, mounts, the PV's loop devices, VG, PV label, the PV's own loop device, workspace).
@@ -40,8 +40,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
     import bench.bench_file_pool as fp
+    import bench.benchlib as bl
 else:  # the bench directory is not a package: found through sys.path
     import bench_file_pool as fp
+    import benchlib as bl
 
 from basalt_agent.proto import csi_pb2
 from basalt_core import lvm
@@ -82,23 +84,23 @@ class PrivateLvm:
     def run(self, *argv: str) -> str:
         """Run an LVM tool with the private config only; return stdout; raise on failure."""
         if argv[0] not in LVM_TOOLS:
-            raise fp.BenchError(f"{argv[0]} is not an LVM tool")
+            raise bl.BenchError(f"{argv[0]} is not an LVM tool")
         result = subprocess.run(list(argv), capture_output=True, text=True, check=False, env=self.env,
                                 stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise fp.BenchError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+            raise bl.BenchError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
 
     def location(self, vg: str, name: str) -> lvm.DataLocation:
         """Where *vg*/*name*'s bytes lie on the PV (for the bare ``losetup --offset --sizelimit``)."""
         found = lvm.logical_volume(vg, name, settings=self.settings)
         if found is None:
-            raise fp.BenchError(f"{vg}/{name} does not exist")
+            raise bl.BenchError(f"{vg}/{name} does not exist")
         extent = lvm.volume_group(vg, settings=self.settings).extent_size
         return lvm.linear_location(found, lvm.physical_volumes(vg, settings=self.settings), extent)
 
 
-class LvmWorkspace(fp.Workspace):
+class LvmWorkspace(bl.Workspace):
     """The file bench's workspace plus a VG on a PV image in it; ``cleanup`` removes both."""
 
     def __init__(self, base: Optional[str]) -> None:
@@ -110,8 +112,8 @@ class LvmWorkspace(fp.Workspace):
 
     def make_vg(self, metadata_size: str) -> str:
         """Sparse image, loop device, private lvm.conf, ``pvcreate`` and ``vgcreate``; return the VG name."""
-        fp.run(["truncate", "-s", str(PV_IMAGE_SIZE), self.pv_image])
-        pv = fp.run(["losetup", "--find", "--show", self.pv_image]).strip()
+        bl.run(["truncate", "-s", str(PV_IMAGE_SIZE), self.pv_image])
+        pv = bl.run(["losetup", "--find", "--show", self.pv_image]).strip()
         self.lvm = PrivateLvm(self.path("lvm"), pv)
         # The agent is a child of this process: it inherits the private config.
         os.environ.update(self.lvm.settings.env())
@@ -126,7 +128,7 @@ class LvmWorkspace(fp.Workspace):
         """Loop devices backed by the PV device: only this run's agent and bare side make them."""
         if self.lvm is None:
             return []
-        lines = fp.run(["losetup", "-j", self.lvm.pv]).splitlines()
+        lines = bl.run(["losetup", "-j", self.lvm.pv]).splitlines()
         return sorted({line.split(":", 1)[0] for line in lines if line.strip()})
 
     def cleanup(self) -> List[str]:
@@ -138,11 +140,11 @@ class LvmWorkspace(fp.Workspace):
             if self.vg is not None:
                 try:
                     self.lvm.run("vgremove", "--force", "--force", self.vg)
-                except fp.BenchError as error:
+                except bl.BenchError as error:
                     problems.append(f"removing VG {self.vg}: {error}")
             try:
                 self.lvm.run("pvremove", "--yes", self.lvm.pv)
-            except fp.BenchError as error:
+            except bl.BenchError as error:
                 problems.append(f"removing the PV label from {self.lvm.pv}: {error}")
         return problems + super().cleanup()
 
@@ -157,12 +159,12 @@ class Command:
     seconds: float
 
 
-class LvmAgent(fp.Agent):
+class LvmAgent(bl.Agent):
     """``python3 -m basalt_agent`` serving ``lvm:VG`` with loop activation, contiguous allocation, debug log."""
 
-    def __init__(self, workspace: fp.Workspace, name: str, vg: str) -> None:
+    def __init__(self, workspace: bl.Workspace, name: str, vg: str) -> None:
         super().__init__(workspace, name, "/nonexistent")
-        self.args = ["--node-id", fp.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
+        self.args = ["--node-id", bl.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
                      "--lvm-alloc", "contiguous", "--state-dir", os.path.join(self.home, "state"),
                      "--cleanup-grace", str(CLEANUP_GRACE), "--log-level", "debug"]
 
@@ -226,7 +228,7 @@ class Profile:
 
 
 def _median(values: Sequence[float]) -> float:
-    return fp.Samples(list(values)).median
+    return bl.Samples(list(values)).median
 
 
 class Profiler:
@@ -237,7 +239,7 @@ class Profiler:
     def call(self, rpc: str, level: int, action: Callable[[], Any]) -> Tuple[float, Any]:
         """Time *action* (one RPC) and file the commands the agent ran for it."""
         mark = self.agent.log_mark()
-        took, value = fp.timed(action)
+        took, value = bl.timed(action)
         key = (rpc, level)
         self.profiles.setdefault(key, Profile(rpc, level)).add(self.agent.commands_since(mark), took)
         return took, value
@@ -245,13 +247,13 @@ class Profiler:
 
 # -- CSI request builders ---------------------------------------------------------
 
-def create_volume(agent: fp.Agent, name: str, size: int) -> Any:
+def create_volume(agent: bl.Agent, name: str, size: int) -> Any:
     request = csi_pb2.CreateVolumeRequest(
         name=name,
         capacity_range=csi_pb2.CapacityRange(required_bytes=size, limit_bytes=size),
-        volume_capabilities=[fp.mount_capability()],
+        volume_capabilities=[bl.mount_capability()],
     )
-    return agent.controller.CreateVolume(request, timeout=fp.RPC_TIMEOUT).volume
+    return agent.controller.CreateVolume(request, timeout=bl.RPC_TIMEOUT).volume
 
 
 def bare_create(private: PrivateLvm, vg: str, name: str, size: int) -> None:
@@ -265,31 +267,31 @@ def bare_remove(private: PrivateLvm, vg: str, name: str) -> None:
 # -- benchmark 1 (and each level of 2): CreateVolume + DeleteVolume vs lvcreate + lvremove ---
 
 def bench_create_delete(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, rounds: int,
-                        level: int, bench: str) -> List[fp.Row]:
-    g_create, g_delete, g_pair = fp.Samples(), fp.Samples(), fp.Samples()
-    b_create, b_delete, b_pair = fp.Samples(), fp.Samples(), fp.Samples()
+                        level: int, bench: str) -> List[bl.Row]:
+    g_create, g_delete, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
+    b_create, b_delete, b_pair = bl.Samples(), bl.Samples(), bl.Samples()
 
     def grpc_round(i: int) -> None:
         name = f"bench-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
         took_c, volume = profiler.call("CreateVolume", level, lambda: create_volume(agent, name, VOLUME_SIZE))
-        took_d, _ = profiler.call("DeleteVolume", level, lambda: fp.delete_volume(agent, volume.volume_id))
+        took_d, _ = profiler.call("DeleteVolume", level, lambda: bl.delete_volume(agent, volume.volume_id))
         g_create.add(took_c)
         g_delete.add(took_d)
         g_pair.add(took_c + took_d)
 
     def bare_round(i: int) -> None:
         name = f"bare-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
-        took_c, _ = fp.timed(lambda: bare_create(private, vg, name, VOLUME_SIZE))
-        took_d, _ = fp.timed(lambda: bare_remove(private, vg, name))
+        took_c, _ = bl.timed(lambda: bare_create(private, vg, name, VOLUME_SIZE))
+        took_d, _ = bl.timed(lambda: bare_remove(private, vg, name))
         b_create.add(took_c)
         b_delete.add(took_d)
         b_pair.add(took_c + took_d)
 
-    fp.interleave(rounds, [grpc_round, bare_round])
+    bl.interleave(rounds, [grpc_round, bare_round])
     return [
-        fp.Row(bench, "CreateVolume", g_create, "lvcreate -L 64m --alloc contiguous", b_create),
-        fp.Row(bench, "DeleteVolume", g_delete, "lvremove", b_delete),
-        fp.Row(bench, "Create+Delete", g_pair, "lvcreate + lvremove", b_pair),
+        bl.Row(bench, "CreateVolume", g_create, "lvcreate -L 64m --alloc contiguous", b_create),
+        bl.Row(bench, "DeleteVolume", g_delete, "lvremove", b_delete),
+        bl.Row(bench, "Create+Delete", g_pair, "lvcreate + lvremove", b_pair),
     ]
 
 
@@ -301,13 +303,13 @@ class Fill:
 
     count: int = 0
     seconds: float = 0.0
-    per_create: fp.Samples = field(default_factory=fp.Samples)
+    per_create: bl.Samples = field(default_factory=bl.Samples)
     history: List[Dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
     def grow(self, agent: LvmAgent, profiler: Profiler, target: int, budget: float) -> bool:
         """CreateVolume 4 MiB volumes up to *target*; False when the budget ran out or a create failed first."""
-        segment = fp.Samples()
+        segment = bl.Samples()
         start_count = self.count
         while self.count < target:
             if self.seconds >= budget:
@@ -331,14 +333,14 @@ class Fill:
         self._note(start_count, segment, stopped="")
         return True
 
-    def _note(self, start: int, segment: fp.Samples, stopped: str) -> None:
+    def _note(self, start: int, segment: bl.Samples, stopped: str) -> None:
         self.history.append({"from": start, "to": self.count, "fill_seconds_total": self.seconds,
                              "segment": segment.summary(), "stopped_by": stopped})
 
 
 def bench_curve(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, levels: Sequence[int],
-                samples: int, budget: float) -> Tuple[List[fp.Row], Dict[str, Any]]:
-    rows: List[fp.Row] = []
+                samples: int, budget: float) -> Tuple[List[bl.Row], Dict[str, Any]]:
+    rows: List[bl.Row] = []
     fill = Fill()
     reached: List[int] = []
     for level in levels:
@@ -374,11 +376,11 @@ RAW_STEPS = {
 
 
 def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
-               rounds: int) -> List[fp.Row]:
+               rounds: int) -> List[bl.Row]:
     mnt = workspace.mkdir("mnt", "node")
-    basalt: Dict[str, fp.Samples] = {step: fp.Samples() for step in fp.NODE_STEPS}
-    floor: Dict[str, fp.Samples] = {step: fp.Samples() for step in fp.NODE_STEPS}
-    basalt_total, floor_total = fp.Samples(), fp.Samples()
+    basalt: Dict[str, bl.Samples] = {step: bl.Samples() for step in fp.NODE_STEPS}
+    floor: Dict[str, bl.Samples] = {step: bl.Samples() for step in fp.NODE_STEPS}
+    basalt_total, floor_total = bl.Samples(), bl.Samples()
 
     def grpc_round(i: int) -> None:
         volume = create_volume(agent, f"bench-node-{i}-{uuid.uuid4().hex[:8]}", VOLUME_SIZE)
@@ -387,12 +389,12 @@ def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, pri
         os.mkdir(staging)  # the CO creates the staging directory; the plugin creates the target
         vid = volume.volume_id
         took = {
-            "NodeStage": profiler.call("NodeStage", 0, lambda: fp.stage(agent, vid, staging))[0],
-            "NodePublish": profiler.call("NodePublish", 0, lambda: fp.publish(agent, vid, staging, target))[0],
-            "NodeUnpublish": profiler.call("NodeUnpublish", 0, lambda: fp.unpublish(agent, vid, target))[0],
-            "NodeUnstage": profiler.call("NodeUnstage", 0, lambda: fp.unstage(agent, vid, staging))[0],
+            "NodeStage": profiler.call("NodeStage", 0, lambda: bl.stage(agent, vid, staging))[0],
+            "NodePublish": profiler.call("NodePublish", 0, lambda: bl.publish(agent, vid, staging, target))[0],
+            "NodeUnpublish": profiler.call("NodeUnpublish", 0, lambda: bl.unpublish(agent, vid, target))[0],
+            "NodeUnstage": profiler.call("NodeUnstage", 0, lambda: bl.unstage(agent, vid, staging))[0],
         }
-        fp.delete_volume(agent, vid)
+        bl.delete_volume(agent, vid)
         os.rmdir(staging)
         for step, seconds in took.items():
             basalt[step].add(seconds)
@@ -407,18 +409,18 @@ def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, pri
         os.mkdir(staging)
         os.mkdir(target)
         took: Dict[str, float] = {}
-        start = fp.now()
-        device = fp.run(["losetup", "--find", "--show", "--offset", str(where.offset), "--sizelimit",
+        start = bl.now()
+        device = bl.run(["losetup", "--find", "--show", "--offset", str(where.offset), "--sizelimit",
                       str(where.length), where.device]).strip()
-        fp.run([*fp.MKFS_EXT4, device])
-        fp.run(["mount", device, staging])
-        took["NodeStage"] = fp.now() - start
-        took["NodePublish"] = fp.timed(lambda: fp.run(["mount", "--bind", staging, target]))[0]
-        took["NodeUnpublish"] = fp.timed(lambda: fp.run(["umount", target]))[0]
-        start = fp.now()
-        fp.run(["umount", staging])
-        fp.run(["losetup", "-d", device])
-        took["NodeUnstage"] = fp.now() - start
+        bl.run([*fp.MKFS_EXT4, device])
+        bl.run(["mount", device, staging])
+        took["NodeStage"] = bl.now() - start
+        took["NodePublish"] = bl.timed(lambda: bl.run(["mount", "--bind", staging, target]))[0]
+        took["NodeUnpublish"] = bl.timed(lambda: bl.run(["umount", target]))[0]
+        start = bl.now()
+        bl.run(["umount", staging])
+        bl.run(["losetup", "-d", device])
+        took["NodeUnstage"] = bl.now() - start
         os.rmdir(target)
         os.rmdir(staging)
         bare_remove(private, vg, name)
@@ -426,10 +428,10 @@ def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, pri
             floor[step].add(seconds)
         floor_total.add(sum(took.values()))
 
-    fp.interleave(rounds, [grpc_round, raw_round])
+    bl.interleave(rounds, [grpc_round, raw_round])
     name = "3 node stage..unstage ext4"
-    rows = [fp.Row(name, step, basalt[step], RAW_STEPS[step], floor[step]) for step in fp.NODE_STEPS]
-    rows.append(fp.Row(name, "all four", basalt_total, "the 8 commands", floor_total))
+    rows = [bl.Row(name, step, basalt[step], RAW_STEPS[step], floor[step]) for step in fp.NODE_STEPS]
+    rows.append(bl.Row(name, "all four", basalt_total, "the 8 commands", floor_total))
     return rows
 
 
@@ -515,19 +517,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("bench_lvm_pool: needs root (loop devices, mounts, LVM)", file=sys.stderr)
         return 2
 
-    signal.signal(signal.SIGTERM, fp._raise_interrupt)
+    signal.signal(signal.SIGTERM, bl._raise_interrupt)
     workspace = LvmWorkspace(args.tmpdir)
     report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples}
 
-    def run() -> List[fp.Row]:
-        rows: List[fp.Row] = []
-        facts = fp.machine_facts(workspace)
+    def run() -> List[bl.Row]:
+        rows: List[bl.Row] = []
+        facts = bl.machine_facts(workspace)
         vg = workspace.make_vg(args.metadatasize)
         private = workspace.lvm
         assert private is not None
         pvs = lvm.physical_volumes(vg, settings=private.settings)
         group = lvm.volume_group(vg, settings=private.settings)
-        facts.update(lvm=fp.run(["lvm", "version"]).splitlines()[0].split(":", 1)[1].strip(), vg=vg, pv=private.pv,
+        facts.update(lvm=bl.run(["lvm", "version"]).splitlines()[0].split(":", 1)[1].strip(), vg=vg, pv=private.pv,
                      pv_image_gib=PV_IMAGE_SIZE // GiB, metadatasize=args.metadatasize,
                      pe_start=pvs[0].pe_start if pvs else None, extent_size=group.extent_size)
         report["facts"] = facts
@@ -539,7 +541,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         profiler = Profiler(agent)
         # One untimed round of each side: warm caches, imports and the agent's thread pool.
         volume = create_volume(agent, "bench-warmup", VOLUME_SIZE)
-        fp.delete_volume(agent, volume.volume_id)
+        bl.delete_volume(agent, volume.volume_id)
         bare_create(private, vg, "bare-warmup", VOLUME_SIZE)
         bare_remove(private, vg, "bare-warmup")
 
@@ -563,7 +565,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           for c in agent.commands_since(mark)]
 
         print()
-        print(fp.table(rows))
+        print(bl.table(rows))
         curve = report.get("curve")
         if curve:
             print()
@@ -591,8 +593,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report["commands_per_rpc"] = [p.to_json() for p in profiles]
         return rows
 
-    return fp.run_reported("bench_lvm_pool", run, workspace, report, args.json,
-                           errors=(fp.BenchError, grpc.RpcError, StorageError))
+    return bl.run_reported("bench_lvm_pool", run, workspace, report, args.json,
+                           errors=(bl.BenchError, grpc.RpcError, StorageError))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from basalt_core import filesystem, volumes
 from basalt_core.errors import NotFound
+from basalt_core.facts import HEALTHY
 from basalt_core.model import (
     SOURCE_SNAPSHOT,
     SOURCE_VOLUME,
@@ -335,4 +336,4 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
 
 def _condition(problem: Optional[str]) -> csi_pb2.VolumeCondition:
-    return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or "volume data present")
+    return csi_pb2.VolumeCondition(abnormal=bool(problem), message=problem or HEALTHY)

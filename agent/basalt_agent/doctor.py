@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 from basalt_core import iscsiadm, multipath, volumes
 from basalt_core.errors import Conflict, StorageError
+from basalt_core.facts import volume_id_of_target as volume_id_of
 from basalt_core.iscsi_target import TargetBackend
 from basalt_core.losetup import list_devices
 from basalt_core.lvm_pool import LvmPool
@@ -28,7 +29,7 @@ from basalt_core.pool import Orphan
 from basalt_core.runner import run
 
 from . import DRIVER_NAME, identity, initiator
-from .inventory import Inventory, agent_listening, volume_id_of
+from .inventory import Inventory, agent_listening
 
 log = logging.getLogger("basalt")
 

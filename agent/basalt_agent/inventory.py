@@ -9,7 +9,6 @@ service) and sessions (open-iscsi) are read directly: no CSI call reports them.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import socket
@@ -18,8 +17,9 @@ from typing import Any, Dict, List, Optional
 import grpc
 
 from basalt_core import iscsiadm
+from basalt_core.facts import timestamp
+from basalt_core.facts import volume_id_of_target as volume_id_of
 from basalt_core.iscsi_target import TargetBackend
-from basalt_core.model import is_volume_id
 from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 
@@ -155,12 +155,6 @@ class Inventory:
         } for session in iscsiadm.sessions()]
 
 
-def volume_id_of(target_iqn: str) -> Optional[str]:
-    """The volume a Basalt target (``BASE:vol-<hex>``) serves; None for any other name."""
-    tail = target_iqn.rpartition(":")[2]
-    return tail if is_volume_id(tail) else None
-
-
 def volume_record(volume: csi_pb2.Volume, published: Any, condition: csi_pb2.VolumeCondition) -> Record:
     source: Optional[Record] = None
     if volume.content_source.HasField("snapshot"):
@@ -180,11 +174,10 @@ def volume_record(volume: csi_pb2.Volume, published: Any, condition: csi_pb2.Vol
 
 
 def snapshot_record(snapshot: csi_pb2.Snapshot) -> Record:
-    created = datetime.datetime.fromtimestamp(snapshot.creation_time.seconds, datetime.timezone.utc)
     return {
         "snapshot_id": snapshot.snapshot_id,
         "source_volume_id": snapshot.source_volume_id,
         "size_bytes": snapshot.size_bytes,
-        "creation_time": created.isoformat().replace("+00:00", "Z"),
+        "creation_time": timestamp(snapshot.creation_time.seconds),
         "ready_to_use": snapshot.ready_to_use,
     }

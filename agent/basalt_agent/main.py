@@ -8,11 +8,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
+from basalt_core.facts import volume_id_of_target
 from basalt_core.iscsi_target import TargetBackend
 from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
@@ -23,12 +24,14 @@ from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
 from .logs import RpcLogInterceptor
-from .metrics import Metrics, probe_health
 from .node import NodeService
 from .nodestate import NodeState
 from .proto import csi_pb2_grpc, pluginregistration_pb2_grpc
 from .publishing import IscsiPublishing, LocalPublishing, Publishing
 from .registration import RegistrationService
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("basalt.agent")
 SHUTDOWN_GRACE = 30.0
@@ -62,22 +65,41 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
                            settings.iscsi_require_chap, settings.iscsi_initiator_base)
 
 
-def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Metrics) -> None:
+def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Optional[Metrics]) -> None:
     try:
         summary = reconcile.reconcile(exporting, locks)
-        metrics.reconciled(summary.applied, summary.skipped, summary.failed)
+        if metrics is not None:
+            metrics.reconciled(summary.applied, summary.skipped, summary.failed)
     except Exception:  # e.g. the target service is down: keep serving, the exports stay as they are
         log.exception("iscsi reconciliation failed")
 
 
-def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Metrics, which: str) -> None:
+def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Optional[Metrics], which: str) -> None:
     """Finish interrupted deletes, remove abandoned creations (claiming each object as an RPC would)."""
     try:
-        metrics.repaired(pool, len(volumes.clean_up(pool, grace, claim=locks.try_hold)))
+        repaired = volumes.clean_up(pool, grace, claim=locks.try_hold)
+        if metrics is not None:
+            metrics.repaired(pool, len(repaired))
     except Exception:  # keep serving; the next round retries
         log.exception("%s clean-up failed", which)
         return
     log.info("%s clean-up finished", which)
+
+
+def _orphan_count(pool: Pool, exporting: Optional[IscsiPublishing]) -> Callable[[], Dict[str, int]]:
+    """Orphans by kind: the pool's (images, loop devices), and a storage host's exports of no volume."""
+    def count() -> Dict[str, int]:
+        found = {"image": 0, "loop_device": 0}
+        for orphan in pool.orphans():
+            kind = orphan.kind.replace(" ", "_")
+            found[kind] = found.get(kind, 0) + 1
+        if exporting is not None:
+            known = {volume.id for volume in pool.all_volumes()}
+            base = exporting.settings.base_iqn + ":"
+            found["export"] = sum(1 for export in exporting.backend.exports() if export.target_iqn.startswith(base)
+                                  and volume_id_of_target(export.target_iqn) not in (None, *known))
+        return found
+    return count
 
 
 def _export_count(backend: TargetBackend) -> Callable[[], int]:
@@ -96,15 +118,21 @@ def serve(settings: config.Config) -> int:
     os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
     pool = open_pool(settings.pool_spec, config.given_pool_settings(settings), labels=config.pool_setting_labels())
     pool.freeze_limit = settings.freeze_limit
-    metrics = Metrics(settings.node_id)
+    metrics: Optional[Metrics] = None
+    if settings.metrics_address:  # else nothing reads them: prometheus-client is not even loaded
+        from .metrics import Metrics
+
+        metrics = Metrics(settings.node_id)
+    observers = [RpcLogInterceptor(), *([metrics.interceptor()] if metrics is not None else [])]
     locks = ObjectLocks()
     state = NodeState(os.path.join(settings.state_dir, "node")) if "node" in settings.services else None
     repaired = recovery.recover(pool, state if "controller" in settings.services else None,
                                 bool(settings.iscsi_backend))
-    metrics.repaired(pool, len(repaired))
+    if metrics is not None:
+        metrics.repaired(pool, len(repaired))
 
     grpc_server = server.build(settings.workers, settings.max_concurrent_rpcs,
-                               [RpcLogInterceptor(), metrics.interceptor()])
+                               observers)
     dependencies: List[Check] = []
     command_checks: List[Check] = []
     exporting: Optional[IscsiPublishing] = None
@@ -125,11 +153,12 @@ def serve(settings: config.Config) -> int:
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
     csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies,
                                                                       command_checks), grpc_server)
-    metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
-                  sessions=_session_count(state) if state else None)
-
     metrics_server = None
-    if settings.metrics_address:
+    if metrics is not None:
+        from .metrics import probe_health
+
+        metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
+                      sessions=_session_count(state) if state else None, orphans=_orphan_count(pool, exporting))
         try:
             metrics_server = metrics.serve(config.metrics_address(settings.metrics_address),
                                            probe_health(settings.socket_path))
@@ -143,7 +172,7 @@ def serve(settings: config.Config) -> int:
     # the CSI socket does not answer Registration.
     servers = [grpc_server]
     if settings.registration_socket:
-        registration_server = server.build(2, 4, [RpcLogInterceptor(), metrics.interceptor()])
+        registration_server = server.build(2, 4, observers)
         registration = RegistrationService(settings.kubelet_registration_path or settings.socket_path, refused)
         pluginregistration_pb2_grpc.add_RegistrationServicer_to_server(registration, registration_server)
         sockets.append(server.bind(registration_server, settings.registration_socket))

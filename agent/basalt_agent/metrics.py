@@ -73,9 +73,11 @@ class Metrics:
             self.reconcile_actions.labels(self.node_id, result).inc(count)
 
     def watch(self, pool: Pool, *, exports: Optional[Callable[[], int]] = None,
-              sessions: Optional[Callable[[], int]] = None) -> None:
-        """Read the pool (and the exports of a storage host, the sessions of an iSCSI node) on scrape."""
-        self.registry.register(StateCollector(self.node_id, pool, exports, sessions))
+              sessions: Optional[Callable[[], int]] = None,
+              orphans: Optional[Callable[[], Dict[str, int]]] = None) -> None:
+        """Read the pool (and the exports of a storage host, the sessions of an iSCSI node, the orphans) on
+        scrape."""
+        self.registry.register(StateCollector(self.node_id, pool, exports, sessions, orphans))
 
     def interceptor(self) -> grpc.ServerInterceptor:
         return RpcMetricsInterceptor(self)
@@ -151,10 +153,11 @@ class StateCollector(Collector):
     """Gauges read on scrape: the pool's space and objects, exports, sessions."""
 
     def __init__(self, node_id: str, pool: Pool, exports: Optional[Callable[[], int]],
-                 sessions: Optional[Callable[[], int]]) -> None:
+                 sessions: Optional[Callable[[], int]], orphans: Optional[Callable[[], Dict[str, int]]]) -> None:
         self.node_id = node_id
         self.pool = pool
         self.usage = BoundedRead(pool.usage, READ_BOUND, READ_MAX_AGE, name="metrics-pool")
+        self.orphans = BoundedRead(orphans, READ_BOUND, READ_MAX_AGE, name="metrics-orphans") if orphans else None
         self.counts: Dict[str, BoundedRead[int]] = {
             name: BoundedRead(read, READ_BOUND, READ_MAX_AGE, name=f"metrics-{name}")
             for name, read in (("exports", exports), ("sessions", sessions)) if read is not None}
@@ -183,6 +186,18 @@ class StateCollector(Collector):
                 continue
             family = GaugeMetricFamily(f"basalt_iscsi_{name}", _COUNT_HELP[name], labels=["node"])
             family.add_metric([node], value)
+            yield family
+        if self.orphans is not None:
+            try:
+                found = self.orphans()
+            except Exception as error:
+                log.warning("metrics: looking for orphans failed: %s", error)
+                return
+            family = GaugeMetricFamily("basalt_orphans", "Objects under Basalt's names that no record owns "
+                                       "(basalt doctor lists them, basalt gc removes them)",
+                                       labels=["node", "pool", "kind"])
+            for kind, count in sorted(found.items()):
+                family.add_metric([node, pool, kind], count)
             yield family
 
 

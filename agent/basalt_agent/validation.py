@@ -21,6 +21,7 @@ MAX_STRING_BYTES = MAX_NAME_BYTES  # names and ids: CSI's limit for both
 MAX_NODE_ID_BYTES = 256
 MAX_MAP_BYTES = 4096  # maps and mount_flags
 MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255  # one path component
 K8S_PREFIX = "csi.storage.k8s.io/"
 EPHEMERAL_KEY = K8S_PREFIX + "ephemeral"
 # Kept with the volume: they tell an operator which claim a volume serves.
@@ -61,6 +62,8 @@ def required_path(value: str, field: str) -> str:
         raise invalid(f"{field} must be an absolute path, got {value!r}")
     if any(part in (".", "..") for part in value.split("/")):
         raise invalid(f"{field} {value!r} must not contain '.' or '..' components")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in value.split("/")):
+        raise invalid(f"{field} has a component longer than {MAX_NAME_BYTES} bytes (the kernel's NAME_MAX)")
     return os.path.normpath(value)
 
 
@@ -76,6 +79,9 @@ def without_symlinks(path: str, field: str) -> str:
         except NotADirectoryError:
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                              f"{field} {path!r} runs through a file that is not a directory") from None
+        except OSError as error:  # e.g. EACCES on a component
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"{field} {path!r} cannot be examined at {current}: {error.strerror}") from None
         if stat.S_ISLNK(mode):
             raise invalid(f"{field} {path!r} runs through the symlink {current}: paths with symlinks are refused")
     return path

@@ -17,7 +17,7 @@ import contextlib
 import os
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import losetup, lvm
+from . import device_wait, losetup, lvm
 from .errors import Precondition
 
 
@@ -67,7 +67,7 @@ class DeviceMapperActivator(Activator):
                 f"LVM reports {volume.full_name} inactive after activating it: is device-mapper available? "
                 "(hosts without it can use loop activation)"
             )
-        return current.path
+        return device_wait.appeared(current.path, f"activated LV {volume.full_name}")
 
     def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
         return volume.path if volume.attr.active else None

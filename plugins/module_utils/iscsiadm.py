@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
+from . import device_wait
 from .errors import CommandFailed, InvalidRequest, NotFound
 from .iscsi_target import Chap, check_iqn
 from .runner import run
@@ -53,15 +52,6 @@ _LOGIN_REASONS = {
     ERR_TRANS_TIMEOUT: "timeout",
     ERR_ISCSID_NOTCONN: "no-iscsid",
 }
-
-
-def _pyudev() -> Any:
-    """pyudev when installed (optional: uevents instead of polling), else None."""
-    try:
-        import pyudev
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return pyudev
 
 
 class LoginFailed(CommandFailed):
@@ -310,22 +300,6 @@ def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") 
     return disks[0] if disks else None
 
 
-def _monitor(use_udev: Optional[bool]) -> Any:
-    """A started pyudev monitor for block devices, or None (no pyudev, or netlink refused)."""
-    pyudev = _pyudev()
-    if pyudev is None or use_udev is False:
-        return None
-    try:
-        context = pyudev.Context()
-        source = "udev" if os.path.exists("/run/udev/control") else "kernel"
-        monitor = pyudev.Monitor.from_netlink(context, source=source)
-        monitor.filter_by("block")
-        monitor.start()
-        return monitor
-    except (OSError, ValueError):  # pragma: no cover - depends on the environment
-        return None
-
-
 def wait_for_device(serial: str, timeout: float = 30.0, *, sys_root: str = "/sys", dev_root: str = "/dev",
                     use_udev: Optional[bool] = None, poll_interval: float = 0.25) -> str:
     """Wait until the disk with unit serial *serial* appears after a login; return its /dev path."""
@@ -338,31 +312,18 @@ def wait_for_disks(serial: str, count: int, timeout: float = 30.0, *, sys_root: 
                    poll_interval: float = 0.25) -> List[str]:
     """Wait until *count* disks with unit serial *serial* exist (one per portal logged in); return them.
 
-    With pyudev (optional), block-device uevents wake the scan at once
-    (source "udev" where udevd runs, "kernel" otherwise: the kernel's own
-    events need no udevd); without it, or as a fallback between events, it
-    polls every *poll_interval* seconds.  Raises NotFound after *timeout*.
+    Block-device events wake the scan (device_wait: pyudev where it can listen,
+    polling every *poll_interval* seconds otherwise).  Raises NotFound after *timeout*.
     """
     if not serial:
         raise InvalidRequest("serial is empty")
-    monitor = _monitor(use_udev)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            found = find_disks(serial, sys_root=sys_root, dev_root=dev_root)
-            if len(found) >= count:
-                return found
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise NotFound(f"{len(found)} of {count} SCSI disk(s) with serial {serial!r} appeared within "
-                               f"{timeout:g}s")
-            wait = min(remaining, poll_interval)
-            if monitor is not None:
-                select.select([monitor], [], [], wait)
-                while monitor.poll(timeout=0) is not None:  # drain; we rescan anyway
-                    pass
-            else:
-                time.sleep(wait)
-    finally:
-        # pyudev's Monitor has no stop(); dropping it unrefs (closes) the netlink socket.
-        monitor = None
+    seen: List[str] = []
+
+    def enough() -> Optional[List[str]]:
+        seen[:] = find_disks(serial, sys_root=sys_root, dev_root=dev_root)
+        return list(seen) if len(seen) >= count else None
+
+    found = device_wait.wait_for(enough, timeout, use_udev=use_udev, poll_interval=poll_interval)
+    if found is None:
+        raise NotFound(f"{len(seen)} of {count} SCSI disk(s) with serial {serial!r} appeared within {timeout:g}s")
+    return found

@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import Collection, List, Optional
 
+from . import device_wait
 from .errors import CommandFailed
 from .runner import operand, run
 
@@ -104,6 +105,7 @@ def ensure_attached(
     device = run(argv, what=f"attach {backing_file}").stdout.strip()
     if not device.startswith("/dev/"):
         raise CommandFailed(argv, 0, f"no device name in the output {device!r}", f"attach {backing_file}")
+    device_wait.appeared(device, f"loop device over {backing_file}")
     return LoopDevice(device, path, offset, size_limit, read_only), True
 
 

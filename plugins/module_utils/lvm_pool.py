@@ -515,5 +515,6 @@ class LvmPool(Pool):
             self.activator.refresh(found)
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
-        keep = [lv for lv in map(self._lv, wanted) if lv is not None]
+        names = {lv_name(object_id) for object_id in wanted}
+        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
         return self.activator.detach_strays(self.vg, keep)

@@ -22,10 +22,10 @@ filesystem must then live on the map, never on one path.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from . import device_wait
 from .errors import CommandFailed, Precondition
 from .runner import operand, run
 
@@ -99,17 +99,19 @@ def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys"
                  poll_interval: float = 0.25) -> Map:
     """Wait until one map holds every disk of *disks* (multipathd adds paths one by one)."""
     wanted = set(disks)
-    deadline = time.monotonic() + timeout
-    while True:
-        found = map_for(disks, sys_root=sys_root)
-        if found is not None and wanted <= set(found.paths):
-            return found
-        if time.monotonic() >= deadline:
-            have = f"map {found.name} holds {', '.join(found.paths)}" if found else "no map"
-            # multipathd runs but will not build the map: the host's configuration, not a missing volume
-            raise Precondition(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s "
-                               f"({have}); check find_multipaths and the blacklist in multipath.conf")
-        time.sleep(poll_interval)
+    last: List[Optional[Map]] = [None]
+
+    def complete() -> Optional[Map]:
+        last[0] = map_for(disks, sys_root=sys_root)
+        return last[0] if last[0] is not None and wanted <= set(last[0].paths) else None
+
+    found = device_wait.wait_for(complete, timeout, poll_interval=poll_interval)  # a map is a block device
+    if found is None:
+        have = f"map {last[0].name} holds {', '.join(last[0].paths)}" if last[0] else "no map"
+        # multipathd runs but will not build the map: the host's configuration, not a missing volume
+        raise Precondition(f"multipathd made no map of {', '.join(sorted(wanted))} within {timeout:g}s "
+                           f"({have}); check find_multipaths and the blacklist in multipath.conf")
+    return found
 
 
 def map_at(device: str, *, sys_root: str = "/sys") -> Optional[Map]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,9 @@ import jsonschema
 import pytest
 import yaml
 
+import basalt_agent.metrics
 from basalt_agent import DRIVER_NAME, TOPOLOGY_NODE_KEY
+from basalt_agent.config import DEFAULT_METRICS_PORT
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 from basalt_agent.proto import pluginregistration_pb2 as reg
@@ -55,6 +58,8 @@ SIDECARS: Dict[str, Dict[str, Any]] = ROLE_DATA["basalt_cluster_sidecars"]
 VERSIONS: List[str] = ROLE_DATA["basalt_cluster_kubernetes_versions"]
 CRDS = {path.stem: yaml.safe_load(path.read_text())
         for path in (ROLE / "files" / "snapshot-crds").glob("*.yaml")}
+MONITORING = yaml.safe_load((Path(__file__).parent / "schemas" / "monitoring.coreos.com_v1.yaml").read_text())
+CUSTOM_GROUPS = ("snapshot.storage.k8s.io/", "monitoring.coreos.com/")  # schemas from their CRDs, not Kubernetes'
 # What each mode sets (converge.yml is the one home of the modes): render directory name -> variables.
 MODES: Dict[str, Dict[str, Any]] = {
     Path(task["vars"]["basalt_cluster_render_dir"]).name: task["vars"]
@@ -164,8 +169,8 @@ def mode(request: pytest.FixtureRequest) -> str:
 def test_every_object_matches_the_kubernetes_schemas(rendered: Path, mode: str, version: str) -> None:
     checked = 0
     for obj in objects(rendered, mode):
-        if obj["apiVersion"].startswith("snapshot.storage.k8s.io/"):
-            continue  # custom resources: test_snapshot_objects_match_the_crd_schemas
+        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
+            continue  # custom resources: test_*_match_the_crd_schemas
         kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
     assert checked >= 8
@@ -344,6 +349,34 @@ def test_storage_classes_carry_the_agents_topology_and_binding(rendered: Path, m
         assert snapshot_class["driver"] == DRIVER_NAME
         assert set(snapshot_class["parameters"]) <= {SNAPSHOT_MODE_KEY}  # the lvm pools' only key
         assert set(snapshot_class["parameters"].values()) <= {"copy", "cow"}
+
+
+def test_monitoring_objects_match_their_crd_schemas_and_the_agents_metrics(rendered: Path, mode: str) -> None:
+    values = settings(rendered, mode)
+    objs = objects(rendered, mode)
+    monitors, rules = of_kind(objs, "ServiceMonitor"), of_kind(objs, "PrometheusRule")
+    if not values["basalt_metrics_port"]:
+        assert monitors == rules == of_kind(objs, "EndpointSlice") == []
+        return
+    assert values["basalt_metrics_port"] == DEFAULT_METRICS_PORT
+    [service], [endpoints] = of_kind(objs, "Service"), of_kind(objs, "EndpointSlice")
+    [monitor], [rule] = monitors, rules
+    jsonschema.validate(monitor, MONITORING["ServiceMonitor"])
+    jsonschema.validate(rule, MONITORING["PrometheusRule"])
+    # the monitor finds the Service, whose endpoints are the agents on every node, on the port named metrics
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert endpoints["metadata"]["labels"]["kubernetes.io/service-name"] == service["metadata"]["name"]
+    assert [e["nodeName"] for e in endpoints["endpoints"]] == NODES
+    assert {p["name"] for p in service["spec"]["ports"]} == {p["name"] for p in endpoints["ports"]} \
+        == {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics"}
+    # every series an alert reads is one the agent exports (counters carry _total); `up` is Prometheus's,
+    # its job the Service's name (the monitor sets no jobLabel)
+    source = Path(basalt_agent.metrics.__file__).read_text()
+    for alert in rule["spec"]["groups"][0]["rules"]:
+        for name in re.findall(r"\bbasalt_[a-z_]+", alert["expr"]):
+            assert f'"{name.removesuffix("_total")}"' in source, f"{alert['alert']}: the agent exports no {name}"
+        for job in re.findall(r'job="([^"]+)"', alert["expr"]):
+            assert "jobLabel" not in monitor["spec"] and job == service["metadata"]["name"]
 
 
 # -- a real agent behind the rendered paths ------------------------------------------------------------

@@ -748,6 +748,18 @@ def make_root(tag: str) -> str:
     return tempfile.mkdtemp(prefix=f"basalt-conformance-{tag}-", dir="/tmp")
 
 
+class LaunchedAgent(AgentProcess):
+    """The agent's process, run under *launcher* (a command that ends by exec'ing the agent) when one is given."""
+
+    def __init__(self, launcher: list[str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.launcher = launcher
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.launcher, *super().argv]
+
+
 class Agent:
     """A running ``python3 -m basalt_agent`` and gRPC stubs talking to it."""
 
@@ -761,6 +773,7 @@ class Agent:
         extra_args: Iterable[str] = (),
         lvm: LvmVg | None = None,
         extra_env: dict[str, str] | None = None,
+        launcher: Iterable[str] = (),
     ) -> None:
         self.root = root
         self.pool = pool  # the file pool's directory (created, unused, for lvm-loop)
@@ -773,6 +786,7 @@ class Agent:
         self.capacity_limit = capacity_limit
         self.extra_args = list(extra_args)
         self.extra_env = dict(extra_env or {})
+        self.launcher = list(launcher)  # a command the agent runs under, e.g. unshare for its own mount namespace
         self.process: AgentProcess | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the running agent's process
         self.channel: grpc.Channel | None = None
@@ -814,8 +828,8 @@ class Agent:
         return env
 
     def start(self, wait_ready: bool = True) -> Agent:
-        self.process = AgentProcess(self.socket, self.command(), log_path=self.log_path, env=self.env(),
-                                    cwd=self.root)
+        self.process = LaunchedAgent(self.launcher, self.socket, self.command(), log_path=self.log_path,
+                                     env=self.env(), cwd=self.root)
         self.process.start()
         self.proc = self.process.proc
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")

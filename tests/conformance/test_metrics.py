@@ -6,6 +6,7 @@ import os
 import socket
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -55,6 +56,9 @@ def test_metrics_count_rpcs_by_method_and_code_and_read_the_pool(fresh_agent_fac
     node = agent.node_id
     size = 64 * MiB
     volume = agent.ctl.CreateVolume(create(unique(), size)).volume  # before the first (cached) pool read
+    if agent.lvm is None:  # an image no record owns: an orphan
+        with open(os.path.join(agent.pool, "volumes", f"vol-{uuid.uuid4().hex}.img"), "wb") as handle:
+            handle.truncate(MiB)
     before = scrape(base)
 
     name = unique()
@@ -86,6 +90,8 @@ def test_metrics_count_rpcs_by_method_and_code_and_read_the_pool(fresh_agent_fac
     assert 0 < value(before, "basalt_pool_allocated_bytes", **pool) <= total
     assert 0 < value(before, "basalt_pool_available_bytes", **pool) <= total
     assert value(before, "basalt_cleanup_repairs_total", **pool) == 0
+    orphans = {kind: value(before, "basalt_orphans", kind=kind, **pool) for kind in ("image", "loop_device")}
+    assert orphans == {"image": 0 if agent.lvm is not None else 1, "loop_device": 0}
 
 
 def test_healthz_follows_probe_while_the_pool_is_broken_and_repaired(fresh_agent_factory: Any,

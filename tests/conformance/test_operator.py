@@ -198,3 +198,30 @@ def lvm_pool_leftovers(agent: Agent) -> tuple[list[str], list[tuple[str, str]]]:
 def attach(path: str, *args: str) -> str:
     return subprocess.run(["losetup", "--find", "--show", *args, path], check=True, capture_output=True,
                           text=True).stdout.strip()
+
+
+def test_doctor_checks_the_kubelet_directories_and_reports_stale_mounts(fresh_agent_factory: Any, pool_kind: str,
+                                                                        capsys: Any, tmp_path: Path) -> None:
+    if pool_kind != FILE_KIND:
+        pytest.skip("the kubelet checks do not depend on the pool")
+    agent = fresh_agent_factory()
+    kubelet = tmp_path / "kubelet"
+    (kubelet / "plugins_registry").mkdir(parents=True)
+    status, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(kubelet))
+    failed = {f["what"] for f in findings if f["check"] == "kubelet" and f["status"] == "fail"}
+    assert status == 1 and failed == {
+        f"the plugin directory {kubelet}/plugins/csi.basalt.dev is missing",
+        f"node not registered: nothing answers on {kubelet}/plugins_registry/csi.basalt.dev-reg.sock"}
+
+    stale = kubelet / "plugins" / "kubernetes.io" / "csi" / "csi.basalt.dev" / "0123abcd" / "globalmount"
+    stale.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "basalt-test", str(stale)], check=True, timeout=30)
+    try:
+        status, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(kubelet))
+        mounts = [f for f in findings if f["check"] == "stale mounts"]
+        assert [(f["status"], f["what"], f["safe_to_remove"]) for f in mounts] == [
+            ("warn", f"{stale} (basalt-test) is mounted and no node record names it", False)]
+        _, removed = basalt(capsys, agent, "gc", "--apply", "--kubelet-root", str(kubelet))
+        assert removed == [] and os.path.ismount(stale)  # never unmounted by gc: a pod may use it
+    finally:
+        subprocess.run(["umount", str(stale)], check=True, timeout=30)

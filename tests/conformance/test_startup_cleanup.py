@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import time
 from typing import Any
 
 import pytest
 from basalt_csi_testlib import FILE_KIND, MiB, csi
 
+from basalt_agent.nodestate import NodeState
 from basalt_core import volumes
 from basalt_core.file_pool import FilePool
 from basalt_core.model import CREATING, DELETING, READY
@@ -64,3 +66,22 @@ def test_start_removes_abandoned_creations_and_the_sweep_follows_cleanup_grace(f
     assert {v.id for v in pool.all_volumes()} == {kept}
     assert not os.path.exists(pool.image_path(recent))
     assert agent.proc is not None and agent.proc.poll() is None  # the agent kept serving throughout
+
+
+def test_start_keeps_the_devices_of_staged_volumes_and_detaches_the_rest(fresh_agent_factory: Any) -> None:
+    """Start-up looks at the loop devices once for all volumes: a staged volume keeps its device (and its
+    mount), a device no node record wants is detached (a crash between attach and record leaves one)."""
+    agent = fresh_agent_factory()
+    cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
+                               access_mode=csi.VolumeCapability.AccessMode(mode=1))
+    kept, dropped = (agent.create_volume(16 * MiB, cap=cap) for _ in range(2))
+    staged = {v.volume_id: agent.stage(v.volume_id, cap) for v in (kept, dropped)}
+    agent.kill()
+    NodeState(os.path.join(agent.state_dir, "node")).drop(dropped.volume_id)
+    subprocess.run(["umount", staged[dropped.volume_id]], check=True)
+    before = agent.pool_loops()
+    agent.start()
+    after = agent.pool_loops()
+    assert len(before) == 2 and len(after) == 1 and set(after) < set(before), (before, after)
+    assert os.path.ismount(staged[kept.volume_id])
+    agent.unstage(kept.volume_id, staged[kept.volume_id])

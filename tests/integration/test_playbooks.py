@@ -247,7 +247,7 @@ def check_target_run(output: Dict[str, Any], root: str) -> None:
     assert mounts_under(root) == [] and loops_under(root) == {}
 
 
-@pytest.mark.parametrize("target", ["volume", "snapshot", "mount"])
+@pytest.mark.parametrize("target", ["volume", "snapshot", "mount", "attach"])
 def test_target(playbook: Playbook, root: str, target: str) -> None:
     output = playbook.run(play(roles=[target]), name=target)
     check_target_run(output, root)

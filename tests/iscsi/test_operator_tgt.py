@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, storage_host_args
 from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, retry_until
-from tgtd_testlib import Loop, Tgtd
+from prometheus_client.parser import text_string_to_metric_families
+from tgtd_testlib import Loop, Tgtd, free_port
 
 from basalt_agent import cli
 from basalt_agent.nodestate import NodeRecord, NodeState
@@ -36,7 +38,8 @@ def stray_target() -> str:
 def host(tgtd: Tgtd) -> Iterator[Agent]:
     root = make_root("operator-tgt")
     agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
-                  extra_args=storage_host_args(tgtd, root, "--iscsi-base-iqn", BASE, *mapped_nodes()))
+                  extra_args=[*storage_host_args(tgtd, root, "--iscsi-base-iqn", BASE, *mapped_nodes()),
+                              "--metrics-address", f"127.0.0.1:{free_port()}"])
     try:
         yield agent.start()
     finally:
@@ -52,6 +55,15 @@ def node_records(tgtd: Tgtd) -> Iterator[List[str]]:
     for target in made:
         subprocess.run(["iscsiadm", "-m", "node", "-o", "delete", "-T", target, "-p", tgtd.portal],
                        capture_output=True, check=False, timeout=30)
+
+
+def scrape(agent: Agent) -> Dict[Tuple[str, str], float]:
+    """(metric, kind label) -> value, from the agent's /metrics."""
+    address = agent.extra_args[agent.extra_args.index("--metrics-address") + 1]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=15) as answer:
+        text = answer.read().decode()
+    return {(sample.name, sample.labels.get("kind", "")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def basalt(capsys: Any, agent: Agent, *args: str) -> Any:
@@ -87,6 +99,9 @@ def test_doctor_and_gc_on_a_storage_host(host: Agent, tgtd: Tgtd, loop: Loop, no
     assert status == 1
     assert sorted(f["what"] for f in findings if f["safe_to_remove"]) == expected, findings
     assert any(f["check"] == "target service" and f["status"] == "ok" for f in findings)
+
+    metrics = scrape(host)
+    assert metrics[("basalt_orphans", "export")] == 1 and metrics[("basalt_iscsi_exports", "")] == 2
 
     status, listed = basalt(capsys, host, "exports", "list")
     assert status == 0
