@@ -107,7 +107,8 @@ class Chaos:
             self.up.set()
 
     # -- a CO's retries ----------------------------------------------------------
-    def call(self, service: str, method: str, request: Any) -> Any:
+    def call(self, service: str, method: str, request: Any, final: tuple[grpc.StatusCode, ...] = ()) -> Any:
+        """*request* retried until it answers OK (the answer) or one of the *final* codes (None)."""
         self.calls += 1
         deadline = time.monotonic() + PATIENCE
         while True:
@@ -119,6 +120,8 @@ class Chaos:
                 self.succeeded += 1
                 return answer
             except grpc.RpcError as error:
+                if error.code() in final:
+                    return None
                 if time.monotonic() > deadline:
                     pytest.fail(f"{method} never succeeded in {PATIENCE}s: {error.code().name} {error.details()}")
                 self.retried += 1
@@ -195,9 +198,11 @@ class Chaos:
 
     def expand(self, vol: Vol) -> None:
         size = vol.size + 8 * MiB
-        self.call("ctl", "ControllerExpandVolume", csi.ControllerExpandVolumeRequest(
-            volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)))
-        vol.size = size
+        # lvm-loop LVs are contiguous: the extents after one may be another volume's (RESOURCE_EXHAUSTED).
+        if self.call("ctl", "ControllerExpandVolume", csi.ControllerExpandVolumeRequest(
+                volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)),
+                final=(SC.RESOURCE_EXHAUSTED,)) is not None:
+            vol.size = size
 
     def snapshot(self, vol: Vol) -> None:
         name = self.name("snap")
