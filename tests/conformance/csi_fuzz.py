@@ -288,10 +288,11 @@ class World:
     def check_untouched(self, what: str) -> None:
         assert self.agent.proc is not None and self.agent.proc.poll() is None, f"the agent died after {what}"
         now = self.outside_mounts()
-        # Other tests' mounts under /tmp come and go in the agent's table too (deleting a directory
-        # detaches the mounts on it in every namespace), so the ones watched for going are the host's
-        # own and the decoy's; any new mount outside the root can only be the agent's.
-        gone = [m for m in set(self.mounts_outside) - set(now) if self._watched(m[2])]
+        # Other tests' mounts come and go in the agent's table too (deleting a directory detaches the
+        # mounts on it in every namespace, and tests under /tmp do that all the time), so a mount counts
+        # as gone only outside /tmp (or in the decoy) and while its directory is still there; any new
+        # mount outside the root can only be the agent's.
+        gone = [m for m in set(self.mounts_outside) - set(now) if self._watched(m[2]) and os.path.lexists(m[2])]
         new = sorted(set(now) - set(self.mounts_outside))
         assert not gone and not new, f"{what} changed mounts outside the agent's root: gone {gone}, new {new}"
         self.mounts_outside = now
