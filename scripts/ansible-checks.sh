@@ -7,6 +7,8 @@
 #   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests and the core's scripted ones)
 #   5. ansible-lint --profile production          (on the checkout)
 #   6. ansible-doc basalt.csi.<module> for every module
+#   7. antsibull-changelog lint: the fragments and changelogs/changelog.yaml (CHANGELOG.rst is generated from
+#      them by `antsibull-changelog release`, and shipped)
 # Prints one timing line per step and the total. Exits non-zero when any step fails (all steps run).
 # Set ANSIBLE_CHECKS_SKIP_INSTALL=1 to use whatever is installed.
 set -uo pipefail
@@ -17,6 +19,7 @@ ANSIBLE_CORE_VERSION=2.19.14
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_LINT_VERSION=26.10.1
 MOLECULE_VERSION=26.10.0
+ANTSIBULL_CHANGELOG_VERSION=0.36.0
 GET_PIP_CACHE=~/.ansible/test/cache/get_pip_24_2.py   # the pip version ansible-test 2.19 bootstraps
 
 # ansible-test strips PYENV_VERSION and walks PATH for pythonX.Y: put the real interpreter's bin first
@@ -52,6 +55,7 @@ tools() {
   installed ansible "$ANSIBLE_VERSION" || wanted+=("ansible==$ANSIBLE_VERSION")
   installed ansible-lint "$ANSIBLE_LINT_VERSION" || wanted+=("ansible-lint==$ANSIBLE_LINT_VERSION")
   installed molecule "$MOLECULE_VERSION" || wanted+=("molecule==$MOLECULE_VERSION")
+  installed antsibull-changelog "$ANTSIBULL_CHANGELOG_VERSION" || wanted+=("antsibull-changelog==$ANTSIBULL_CHANGELOG_VERSION")
   if ((${#wanted[@]})) && [[ -z "${ANSIBLE_CHECKS_SKIP_INSTALL:-}" ]]; then
     echo "installing ${wanted[*]}"
     "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${wanted[@]}" || return 1
@@ -91,6 +95,8 @@ docs() {
   done
 }
 
+changelog() { antsibull-changelog lint && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml; }
+
 step "tools" tools
 if [[ " ${failed[*]} " != *" tools "* ]]; then
   step "build" build
@@ -100,6 +106,7 @@ if [[ " ${failed[*]} " != *" tools "* ]]; then
     step "ansible-doc" docs
   fi
   step "ansible-lint" lint
+  step "changelog" changelog
 fi
 
 echo "ansible-checks: $((SECONDS - started))s in total"

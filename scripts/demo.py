@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Walk one volume through its whole life on a Basalt agent, over CSI.
 
-Starts ``basalt-agent`` with no pool settings (the embedded file pool under a
-temporary state directory), then: create a volume, publish, stage (format,
-mount), publish into a "pod" directory, write a file, snapshot, restore the
-snapshot into a new volume, stage that and read the file back, expand, and
-delete everything.  Exits non-zero if any step does not do what it says.
+With ``--endpoint``, talks to an agent that is already running (the one
+``playbooks/quickstart.yml`` installed); without, starts ``basalt-agent`` with
+no pool settings (the embedded file pool under a temporary state directory).
+Then: create a volume, publish, stage (format, mount), publish into a "pod"
+directory, write a file, snapshot, restore the snapshot into a new volume,
+stage that and read the file back, expand, and delete everything.  Exits
+non-zero if any step does not do what it says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable, TypeVar
 
 import grpc
 
+from basalt_agent import config
 from basalt_agent.launcher import AgentFailed, AgentProcess
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as rpc
@@ -35,8 +38,9 @@ def step(text: str, call: Callable[[], T]) -> T:
     return result
 
 
-def walk(channel: grpc.Channel, work: str, node_id: str) -> None:
+def walk(channel: grpc.Channel, work: str, node_id: str = "") -> None:
     identity, controller, node = rpc.IdentityStub(channel), rpc.ControllerStub(channel), rpc.NodeStub(channel)
+    node_id = node_id or node.NodeGetInfo(csi.NodeGetInfoRequest()).node_id  # a running agent knows its node
     mode = csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER)
     cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=mode)
 
@@ -97,18 +101,38 @@ def walk(channel: grpc.Channel, work: str, node_id: str) -> None:
             csi.DeleteVolumeRequest(volume_id=v)))
     step("DeleteSnapshot", lambda: controller.DeleteSnapshot(csi.DeleteSnapshotRequest(
         snapshot_id=snapshot.snapshot_id)))
-    left = controller.ListVolumes(csi.ListVolumesRequest()).entries
+    mine = {vid, restored.volume_id}
+    left = [e.volume.volume_id for e in controller.ListVolumes(csi.ListVolumesRequest()).entries
+            if e.volume.volume_id in mine]
     if left:
         raise SystemExit(f"FAIL: {len(left)} volume(s) left behind")
-    print("  ok  ListVolumes is empty again")
+    print("  ok  ListVolumes lists neither volume any more")
+
+
+def walk_running(endpoint: str) -> int:
+    """The walk through an agent that is already running (its own state, pool and node id)."""
+    work = tempfile.mkdtemp(prefix="basalt-demo-")
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            rpc.IdentityStub(channel).Probe(csi.ProbeRequest(), timeout=30)
+            print(f"agent at {endpoint}")
+            walk(channel, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("demo passed")
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--config", help="walk through the agent already running with this configuration file "
+                        "(e.g. /etc/basalt/agent.toml, written by the agent role)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the demo attaches loop devices and mounts filesystems: run it as root")
+    if args.config:
+        return walk_running(config.load(["--config", args.config]).endpoint)
     work = tempfile.mkdtemp(prefix="basalt-demo-")
     socket_path = os.path.join(work, "csi.sock")
     node_id = "demo-node"

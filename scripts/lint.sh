@@ -13,5 +13,5 @@ ln -s "$PWD/plugins/module_utils" "$names/basalt_core"
 ln -s "$PWD/agent/basalt_agent" "$names/basalt_agent"
 MYPYPATH="$names" mypy --cache-dir "$names/.cache" -p basalt_core -p basalt_agent
 mapfile -t loose < <(git ls-files --cached --others --exclude-standard -- 'tests/*.py' 'bench/*.py' 'scripts/*.py' 'plugins/modules/*.py' \
-  'agent/*.py' | grep -v '^agent/basalt_agent/')
+  'plugins/filter/*.py' 'roles/*.py' 'agent/*.py' | grep -v '^agent/basalt_agent/')
 MYPYPATH="$names" mypy --cache-dir "$names/.cache" --explicit-package-bases "${loose[@]}"

@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -133,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
     )
     add_settings(p)
     p.add_argument("--version", action="version", version=f"basalt-agent {__version__}")
+    actions = p.add_mutually_exclusive_group()
+    actions.add_argument("--check-config", action="store_true",
+                         help="check the settings (the --config file included) and exit: 0 when they are valid, "
+                         "2 with the reason otherwise; nothing is started or touched")
+    actions.add_argument("--probe", action="store_true",
+                         help="ask the agent serving these settings' endpoint whether it is ready (CSI Probe) and "
+                         "exit: 0 when it answers ready, 1 otherwise")
     return p
 
 
@@ -229,8 +237,12 @@ def from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None
     environ = dict(os.environ if environ is None else environ)
     settings: Dict[str, Any] = {}
     if args.config:
-        with open(args.config, "rb") as handle:
-            settings.update(_from_file(tomllib.load(handle), args.config))
+        try:
+            with open(args.config, "rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise InvalidRequest(f"--config {args.config}: {error}") from None
+        settings.update(_from_file(document, args.config))
     if environ.get("CSI_ENDPOINT") and not args.endpoint:
         settings["endpoint"] = environ["CSI_ENDPOINT"]
     for item in fields(Config):
@@ -286,11 +298,40 @@ def _from_file(document: Dict[str, Any], path: str) -> Dict[str, Any]:
     names = {f.name for f in fields(Config)}
     unknown = sorted(set(document) - names)
     if unknown:
-        raise SystemExit(f"{path}: unknown settings {', '.join(unknown)}")
+        raise InvalidRequest(f"{path}: unknown settings {', '.join(unknown)}")
     settings = dict(document)
     for key in ("pool_capacity_limit", "default_volume_size"):
         if isinstance(settings.get(key), str):
             settings[key] = parse_size(settings[key])
     if isinstance(settings.get("services"), str):
         settings["services"] = _services(settings["services"])
+    hints = typing.get_type_hints(Config)
+    for key, value in settings.items():
+        if not _has_type(value, hints[key]):
+            raise InvalidRequest(f"{path}: {key} = {value!r} is not of type {_type_name(hints[key])}")
     return settings
+
+
+def _has_type(value: Any, wanted: Any) -> bool:
+    """Whether a TOML value fits a Config field's type (TOML's integers are floats' too, never booleans)."""
+    origin, args = typing.get_origin(wanted), typing.get_args(wanted)
+    if origin is typing.Union:  # Optional[X]: TOML has no null, so X
+        return any(_has_type(value, arg) for arg in args if arg is not type(None))
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                               for k, v in value.items())
+    if wanted is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if wanted is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, wanted)
+
+
+def _type_name(wanted: Any) -> str:
+    origin = typing.get_origin(wanted)
+    if origin is typing.Union:
+        return " or ".join(_type_name(arg) for arg in typing.get_args(wanted) if arg is not type(None))
+    return f"{origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(wanted))}" if origin \
+        else wanted.__name__

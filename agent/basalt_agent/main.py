@@ -10,6 +10,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
+import grpc
+
 from basalt_core import iscsiadm, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
@@ -26,7 +28,7 @@ from .locks import ObjectLocks
 from .logs import RpcLogInterceptor
 from .node import NodeService
 from .nodestate import NodeState
-from .proto import csi_pb2_grpc, pluginregistration_pb2_grpc
+from .proto import csi_pb2, csi_pb2_grpc, pluginregistration_pb2_grpc
 from .publishing import IscsiPublishing, LocalPublishing, Publishing
 from .registration import RegistrationService
 
@@ -35,20 +37,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("basalt.agent")
 SHUTDOWN_GRACE = 30.0
+PROBE_TIMEOUT = 10.0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = config.parser().parse_args(argv)
     try:
-        settings = config.load(argv)
+        settings = config.from_args(args)
     except StorageError as error:
         print(f"basalt-agent: {error}", file=sys.stderr)
         return 2
+    if args.check_config:
+        print(f"basalt-agent: settings valid: endpoint {settings.endpoint}, node {settings.node_id}, "
+              f"pool {settings.pool_spec}, services {','.join(settings.services)}")
+        return 0
+    if args.probe:
+        return probe(settings.endpoint)
     logs.configure(settings.log_level)
     try:
         return serve(settings)
     except (StorageError, server.SocketInUse) as error:
         log.error("cannot start: %s", error)
         return 1
+
+
+def probe(endpoint: str) -> int:
+    """CSI Probe of the agent serving *endpoint*: 0 when it answers ready (an unset ``ready`` means ready)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            answer = csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.RpcError as error:
+            print(f"basalt-agent: {endpoint} does not answer Probe: {error.code().name} {error.details()}",
+                  file=sys.stderr)
+            return 1
+    ready = not answer.HasField("ready") or answer.ready.value
+    print(f"basalt-agent: {endpoint} {'ready' if ready else 'not ready'}")
+    return 0 if ready else 1
 
 
 def publishing(settings: config.Config, pool: Pool) -> Publishing:
@@ -151,8 +175,8 @@ def serve(settings: config.Config) -> int:
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
-    identity = IdentityService(pool, settings.services, dependencies, command_checks)
-    csi_pb2_grpc.add_IdentityServicer_to_server(identity, grpc_server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(
+        IdentityService(pool, settings.services, dependencies, command_checks), grpc_server)
     metrics_server = None
     if metrics is not None:
         from .metrics import probe_health

@@ -122,8 +122,11 @@ def ensure_volume(
     reuse = existing is not None and existing.state == CREATING
     volume = Volume(id=volume_id, name=name, size=size, pool=pool.kind, parameters=params,
                     source=source, ephemeral=ephemeral)
-    with pool.allocation:
-        if not reuse:
+    # Only a space check needs the pool-wide lock (until the record claims the space); where the
+    # allocation itself refuses (lvcreate), creates of different volumes run at once.
+    checking = not reuse and _checks_space(pool, check_mode)
+    with pool.allocation if checking else contextlib.nullcontext():
+        if checking:
             _check_space(pool, size, f"volume {name!r}", check_mode)
         if check_mode:
             volume.state = READY
@@ -144,9 +147,14 @@ def ensure_volume(
     return volume, True
 
 
+def _checks_space(pool: Pool, check_mode: bool) -> bool:
+    """False when the allocation itself answers NoSpace (check mode allocates nothing: it must look)."""
+    return not pool.allocation_checks_space or bool(pool.capacity_limit) or check_mode
+
+
 def _check_space(pool: Pool, needed: int, what: str, check_mode: bool) -> None:
-    if pool.allocation_checks_space and not pool.capacity_limit and not check_mode:
-        return  # the allocation itself answers NoSpace (check mode allocates nothing: it must look)
+    if not _checks_space(pool, check_mode):
+        return
     available = pool.available_bytes()
     if needed > available:
         raise NoSpace(f"the {pool.kind} pool at {pool.location} has {available} bytes available, {what} needs {needed}")

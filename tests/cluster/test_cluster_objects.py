@@ -326,6 +326,9 @@ def test_rbac_covers_each_sidecar_and_nothing_more(rendered: Path, mode: str) ->
             if "leader-election" in flags(container):
                 needed["Role"] |= _triples([ROLE_DATA["basalt_cluster_lease_rule"]])
         assert granted == needed, f"{account}: RBAC differs from what its sidecars need"
+        # a pod whose sidecars never call the API server carries no token
+        assert pod["spec"]["template"]["spec"].get("automountServiceAccountToken", True) is bool(
+            granted["ClusterRole"] | granted["Role"])
 
 
 def test_storage_classes_carry_the_agents_topology_and_binding(rendered: Path, mode: str) -> None:

@@ -13,7 +13,8 @@ values: empty, huge, Unicode, NUL-carrying and option-like strings, path
 traversal, symlinks, other volumes' ids and paths, overflowing capacities,
 unknown enum values, contradictory capabilities.
 
-Paths come from pools: a stage or publish only gets paths inside the
+Secrets and mount flags carry sentinels that no error message and no line
+of the agent's (debug) log may show.  Paths come from pools: a stage or publish only gets paths inside the
 agent's root (or ones it must refuse), the calls that remove or look get
 ``/``, ``/etc``, the decoy too.  After every call: the code is one the spec
 allows for that RPC, the call
@@ -129,7 +130,11 @@ HOSTILE = [
 CAPACITIES = [0, 1, 511, 4096, MiB - 1, MiB, 8 * MiB, 300 * MiB, 1 << 31, 1 << 40, 1 << 62, (1 << 63) - 1, -1,
               -(1 << 63)]
 SIZE_TEXTS = ["", "0", "1", "16Mi", "1G", "10Gi", "64Zi", "-5Mi", "1e3", "lots", "16mi", "0x10", "9" * 40]
-MOUNT_FLAGS = ["ro", "rw", "nosuid", "noatime", "discard", "rw,nosuid", "-o", "--bind", "bind", "remount",
+# Sent in every secrets map and among the mount flags: neither may reach the log or an error message.
+SECRET_SENTINEL = "FuzzSecret-SENTINEL-7731"
+FLAG_SENTINEL = "FuzzFlag-SENTINEL-4409"
+MOUNT_FLAGS = [f"secretopt={FLAG_SENTINEL}", f"bad opt={FLAG_SENTINEL}",
+               "ro", "rw", "nosuid", "noatime", "discard", "rw,nosuid", "-o", "--bind", "bind", "remount",
                "foo=bar", "a\x00b", "x" * 5000, "errors=remount-ro", "uid=0", "context=system_u", ",,", " ro"]
 FS_TYPES = ["", "ext4", "xfs", "btrfs", "vfat", "EXT4", "ext4 ", "-t", "ext4\x00", "none", "proc", "bind"]
 
@@ -234,6 +239,12 @@ class World:
                 volume_id=v_fs.volume_id, capacity_range=csi.CapacityRange(required_bytes=16 * MiB))),
             ("CreateSnapshot", csi.CreateSnapshotRequest(source_volume_id=v_idle.volume_id, name=unique("s"))),
             ("NodeStageVolume", fs_stage),
+            # the sentinels once for certain: a flag the mount refuses, one the agent refuses, secrets
+            ("NodeStageVolume", csi.NodeStageVolumeRequest(
+                volume_id=v_idle.volume_id, staging_target_path=os.path.join(self.sandbox, "fresh-a"),
+                volume_capability=mount_cap("ext4", flags=[MOUNT_FLAGS[0]]), secrets={"password": SECRET_SENTINEL})),
+            ("CreateVolume", csi.CreateVolumeRequest(name=unique("fuzz"), secrets={"password": SECRET_SENTINEL},
+                                                     volume_capabilities=[mount_cap("ext4", flags=[MOUNT_FLAGS[1]])])),
             ("NodeUnstageVolume", csi.NodeUnstageVolumeRequest(
                 volume_id=v_fs.volume_id, staging_target_path=staged[v_fs.volume_id][0])),
             ("NodePublishVolume", csi.NodePublishVolumeRequest(
@@ -277,10 +288,11 @@ class World:
     def check_untouched(self, what: str) -> None:
         assert self.agent.proc is not None and self.agent.proc.poll() is None, f"the agent died after {what}"
         now = self.outside_mounts()
-        # Other tests' mounts under /tmp come and go in the agent's table too (deleting a directory
-        # detaches the mounts on it in every namespace), so the ones watched for going are the host's
-        # own and the decoy's; any new mount outside the root can only be the agent's.
-        gone = [m for m in set(self.mounts_outside) - set(now) if self._watched(m[2])]
+        # Other tests' mounts come and go in the agent's table too (deleting a directory detaches the
+        # mounts on it in every namespace, and tests under /tmp do that all the time), so a mount counts
+        # as gone only outside /tmp (or in the decoy) and while its directory is still there; any new
+        # mount outside the root can only be the agent's.
+        gone = [m for m in set(self.mounts_outside) - set(now) if self._watched(m[2]) and os.path.lexists(m[2])]
         new = sorted(set(now) - set(self.mounts_outside))
         assert not gone and not new, f"{what} changed mounts outside the agent's root: gone {gone}, new {new}"
         self.mounts_outside = now
@@ -314,6 +326,8 @@ class World:
                                 "basalt.dev/storage-node", "password", "node.session.auth.password",
                                 "node.session.auth.username"]) | st.sampled_from(HOSTILE) | text(20)
         values = st.sampled_from(["true", "false", *SIZE_TEXTS, *HOSTILE]) | text()
+        if name == "secrets":
+            values = st.just(SECRET_SENTINEL) | values
         return st.dictionaries(keys, values, max_size=4)
 
     def value_for(self, fd: FieldDescriptor, rpc: str, depth: int) -> st.SearchStrategy[Any]:
@@ -389,6 +403,8 @@ class World:
         key = f"{rpc.name} {code.name}"
         self.answers[key] = self.answers.get(key, 0) + 1
         assert code in allowed, f"{rpc.name} ({how}) answered {code.name}: {details!r}"
+        for sentinel in (SECRET_SENTINEL, FLAG_SENTINEL):
+            assert sentinel not in details, f"{rpc.name} ({how}) echoed a secret or mount flag: {details!r}"
         self.check_untouched(f"{rpc.name} ({how})")
 
     def exercise_each(self, methods: list[Rpc]) -> None:
@@ -552,6 +568,9 @@ def run(world: World, count: int) -> None:
     assert not missing, f"never called: {missing}"
     world.agent.identity.Probe(csi.ProbeRequest(), timeout=CALL_TIMEOUT)
     world.check_untouched("the run")
+    log = world.agent.log()
+    for sentinel in (SECRET_SENTINEL, FLAG_SENTINEL):
+        assert sentinel not in log, f"{sentinel} (a secret or a mount flag) reached the agent's log"
 
 
 def release_stacked_loops(agent: Agent) -> None:

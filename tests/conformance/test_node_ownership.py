@@ -35,7 +35,7 @@ from basalt_csi_testlib import (
 )
 
 
-def unpublish(agent: Agent, volume_id: str, target: str) -> Any:
+def unpublish(volume_id: str, target: str) -> Any:
     return csi.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
 
 
@@ -50,17 +50,17 @@ def test_unpublish_with_unknown_or_other_id_touches_nothing(agent: Agent) -> Non
     assert att_a.target
     write_file(os.path.join(att_a.target, "keep"), b"a's data")
 
-    err = expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, unique("missing"), att_a.target),
+    err = expect_code(agent.node.NodeUnpublishVolume, unpublish(unique("missing"), att_a.target),
                       SC.NOT_FOUND)
     assert "does not exist" in err.details()
     # a known volume not published there: nothing to do (idempotent), and nothing done
-    agent.node.NodeUnpublishVolume(unpublish(agent, vol_b.volume_id, att_a.target))
+    agent.node.NodeUnpublishVolume(unpublish(vol_b.volume_id, att_a.target))
     assert is_mounted(att_a.target) and read_file(os.path.join(att_a.target, "keep")) == b"a's data"
 
     # an unknown id is NOT_FOUND whatever the path, even one that is malformed
     for path in ("relative/path", "/a/../b", ""):
         code = SC.INVALID_ARGUMENT if not path else SC.NOT_FOUND
-        expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, unique("missing"), path), code)
+        expect_code(agent.node.NodeUnpublishVolume, unpublish(unique("missing"), path), code)
 
     # files, empty directories and symlinks at a path are not a known volume's to delete
     plain = agent.path("plain-file")
@@ -68,8 +68,8 @@ def test_unpublish_with_unknown_or_other_id_touches_nothing(agent: Agent) -> Non
     empty = agent.path("empty-dir")
     os.makedirs(empty)
     for path in (plain, empty):
-        agent.node.NodeUnpublishVolume(unpublish(agent, vol_b.volume_id, path))
-        expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, unique("missing"), path), SC.NOT_FOUND)
+        agent.node.NodeUnpublishVolume(unpublish(vol_b.volume_id, path))
+        expect_code(agent.node.NodeUnpublishVolume, unpublish(unique("missing"), path), SC.NOT_FOUND)
         assert os.path.lexists(path), f"{path} was removed by a call that does not own it"
     tear_down(agent, att_a)
     tear_down(agent, att_b)
@@ -85,10 +85,10 @@ def test_unpublish_through_a_symlink_is_refused(agent: Agent) -> None:
     parent_link = agent.path("parent-link")
     os.symlink(os.path.dirname(att.target), parent_link)
     for path in (link, os.path.join(parent_link, os.path.basename(att.target))):
-        err = expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, vol.volume_id, path),
+        err = expect_code(agent.node.NodeUnpublishVolume, unpublish(vol.volume_id, path),
                           SC.INVALID_ARGUMENT)
         assert "symlink" in err.details()
-        expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, unique("missing"), path), SC.NOT_FOUND)
+        expect_code(agent.node.NodeUnpublishVolume, unpublish(unique("missing"), path), SC.NOT_FOUND)
         assert is_mounted(att.target)
     assert os.path.islink(link)
     tear_down(agent, att)
@@ -120,7 +120,7 @@ def test_unpublish_removes_its_own_unrecorded_mount(agent: Agent) -> None:
     target = agent.path("unrecorded")
     os.makedirs(target)
     subprocess.run(["mount", "--bind", att.staging, target], check=True)
-    agent.node.NodeUnpublishVolume(unpublish(agent, vol.volume_id, target))
+    agent.node.NodeUnpublishVolume(unpublish(vol.volume_id, target))
     assert not is_mounted(target) and not os.path.lexists(target)
     tear_down(agent, att)
 
@@ -135,7 +135,7 @@ def test_unpublish_leaves_another_mount_stacked_on_its_target(agent: Agent) -> N
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "basalt-foreign", foreign], check=True)
     try:
         subprocess.run(["mount", "--bind", foreign, att.target], check=True)
-        err = expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, vol.volume_id, att.target),
+        err = expect_code(agent.node.NodeUnpublishVolume, unpublish(vol.volume_id, att.target),
                           SC.FAILED_PRECONDITION)
         assert "not this volume's" in err.details()
         assert top_mount(att.target).fstype == "tmpfs"
@@ -156,7 +156,7 @@ def test_two_ids_unpublishing_one_path_at_once(agent: Agent) -> None:
     def call(volume_id: str) -> None:
         start.wait()
         try:
-            agent.node.NodeUnpublishVolume(unpublish(agent, volume_id, att_a.target or ""))
+            agent.node.NodeUnpublishVolume(unpublish(volume_id, att_a.target or ""))
             codes[volume_id] = SC.OK
         except grpc.RpcError as error:
             codes[volume_id] = error.code()
@@ -285,5 +285,5 @@ def test_refused_ephemeral_publish_leaves_nothing(agent: Agent) -> None:
     assert {m.mount_point for m in mounts_under(agent.state_dir)} == state_mounts
     assert agent.pool_loops() == loops
     assert agent.pool_objects() == objects
-    expect_code(agent.node.NodeUnpublishVolume, unpublish(agent, volume_id, plain), SC.NOT_FOUND)
+    expect_code(agent.node.NodeUnpublishVolume, unpublish(volume_id, plain), SC.NOT_FOUND)
     assert os.path.isfile(plain)

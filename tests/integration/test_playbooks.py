@@ -509,3 +509,52 @@ def test_a_playbook_and_an_agent_on_one_pool_report_the_same_capacity(playbook: 
                              timeout=60, stdin=subprocess.DEVNULL, check=False)
     assert refused.returncode == 1
     assert "--pool-capacity-limit 33554432 (stored: 67108864)" in refused.stderr
+
+
+def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: Playbook, root: str) -> None:
+    """basalt.csi.pool through ansible-playbook on two loop disks of the test's own, LVM seeing only them."""
+    from basalt_core import lvm
+
+    disks = []
+    for index in range(2):
+        image = os.path.join(root, f"disk{index}.img")
+        with open(image, "wb") as handle:
+            handle.truncate(64 * MiB)
+        disks.append(subprocess.run(["losetup", "--find", "--show", image], check=True, capture_output=True,
+                                    text=True).stdout.strip())
+    system_dir = os.path.join(root, "lvm")
+    os.mkdir(system_dir)
+    Path(system_dir, "lvm.conf").write_text(lvm.isolated_config(disks) + "\n")
+    env = {**os.environ, "LVM_SYSTEM_DIR": system_dir}
+    vg = f"basalt-it-{os.getpid()}"
+    pool = f"lvm:{vg}"
+    make = _module("pool", "Make the pool", pool=pool, disks=disks, max_volumes=2000, allocation="contiguous",
+                   activation="loop", capacity_limit="48Mi")
+    try:
+        def run(*task_list: Dict[str, Any], name: str, check: bool = False) -> Dict[str, Any]:
+            plays = play(*task_list)
+            plays[0]["environment"] = {"LVM_SYSTEM_DIR": system_dir}
+            return playbook.run(plays, check=check, name=name)
+
+        checked = result(run(dict(make, name="Make the pool (check mode)"), name="check", check=True),
+                         "Make the pool (check mode)")
+        assert checked["changed"] and checked["pool"]["exists"]  # as it would be
+        assert vg not in subprocess.run(["vgs", "--noheadings", "-o", "vg_name"], env=env, capture_output=True,
+                                        text=True).stdout
+        output = run(make, dict(make, name="Make the pool again"),
+                     _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"), name="make")
+        made, again = result(output, "Make the pool"), result(output, "Make the pool again")
+        assert made["changed"] and "8 MiB of metadata" in made["actions"][0] and not again["changed"]
+        assert again["pool"]["disks"] == sorted(disks) and again["pool"]["available_bytes"] == 48 * MiB
+        assert again["pool"]["settings"]["alloc"] == "contiguous"
+        assert result(output, "A volume in it")["changed"]
+
+        removed = result(run(_module("pool", "Remove the pool", pool=pool, state="absent", force=True),
+                             name="remove"), "Remove the pool")
+        assert removed["changed"] and not removed["pool"]["exists"]
+        assert subprocess.run(["pvs", "--noheadings", "-o", "pv_name"], env=env, capture_output=True,
+                              text=True).stdout.split() == []
+    finally:
+        subprocess.run(["vgremove", "-ff", "-y", vg], env=env, capture_output=True, check=False)
+        for disk in disks:
+            subprocess.run(["pvremove", "-ff", "-y", disk], env=env, capture_output=True, check=False)

@@ -46,11 +46,11 @@ def test_a_kernel_event_wakes_the_wait_long_before_the_next_poll(image: str) -> 
     assert device_wait.monitor(True) is not None, "netlink uevents are readable on this host (MACHINE.md)"
     thread = attach_later(image, 0.3)
     started = time.monotonic()
-    device = device_wait.wait_for(lambda: found(image), timeout=20, use_udev=True, poll_interval=15)
+    device = device_wait.wait_for(lambda: found(image), timeout=90, use_udev=True, poll_interval=60)
     took = time.monotonic() - started
     thread.join()
     assert device is not None and device == found(image)
-    assert took < 10, f"woke after {took:.1f}s: the event did not wake the wait (the poll is every 15s)"
+    assert took < 30, f"woke after {took:.1f}s: the event did not wake the wait (the poll is every 60s)"
 
 
 def test_without_events_it_polls(image: str) -> None:

@@ -42,6 +42,7 @@ def test_role_defaults_are_the_agents_defaults() -> None:
     assert defaults["basalt_iscsi_backend"] == agent.iscsi_backend
     assert defaults["basalt_iscsi_portals"] == agent.iscsi_portals
     assert defaults["basalt_node_id"] == "node-1"
+    assert defaults["basalt_pool"] == agent.pool_spec
 
 
 def test_kubelet_paths_follow_the_driver_name_and_root() -> None:

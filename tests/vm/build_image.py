@@ -117,7 +117,7 @@ BASE = Variant("base")
 # systemd as PID 1 and sshd, for Molecule; systemd-sysv makes /sbin/init
 # systemd (Ansible's service_mgr fact reads it).  The target is systemd
 # itself: the initramfs cannot follow /sbin/init's absolute link.
-SYSTEMD = Variant("systemd", ("openssh-server", "python3-apt", "systemd-sysv"), "/lib/systemd/systemd")
+SYSTEMD = Variant("systemd", ("openssh-server", "python3-apt", "python3-venv", "systemd-sysv"), "/lib/systemd/systemd")
 VARIANTS = {v.name: v for v in (BASE, SYSTEMD)}
 
 HOST_TOOLS = {

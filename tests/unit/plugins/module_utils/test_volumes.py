@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,30 @@ def test_leftover_temp_files_are_removed(pool: FilePool) -> None:
 def test_listing_is_stable_and_skips_unfinished(pool: FilePool) -> None:
     made = [volumes.ensure_volume(pool, f"v{i}", MiB)[0].id for i in range(3)]
     assert [v.id for v in volumes.list_volumes(pool)] == made
+
+
+def test_a_create_takes_the_pool_wide_lock_only_to_check_space(pool: FilePool) -> None:
+    """Where the allocation itself refuses what does not fit (lvcreate), creates of different volumes do not
+    wait for each other; a space check (here: a capacity limit to count against) holds the lock until the
+    record claims the space."""
+    pool.allocation_checks_space = True  # as the lvm pool
+
+    def create(name: str, done: threading.Event) -> threading.Thread:
+        def run() -> None:
+            volumes.ensure_volume(pool, name, MiB)
+            done.set()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    free, checked = threading.Event(), threading.Event()
+    with pool.allocation:  # another create checking space meanwhile
+        create("needs-no-check", free)
+        assert free.wait(30), "a create that checks no space waited for the pool-wide lock"
+        pool.capacity_limit = 64 * MiB
+        checking = create("checks", checked)
+        assert not checked.wait(0.3), "a create that checks space went past the pool-wide lock"
+    checking.join(30)
+    assert checked.is_set()
+    assert {v.name: v.state for v in pool.all_volumes()} == {"needs-no-check": READY, "checks": READY}
