@@ -94,4 +94,3 @@ def grow_online(device: str, fs_type: str, mount_point: str) -> None:
                 f"({failure.stderr}); unstage and stage the volume again to grow it offline"
             ) from failure
         raise
-

@@ -46,4 +46,3 @@ def recorded(name: str, argv: Optional[List[str]] = None) -> Call:
 
 def stderr_of(name: str) -> str:
     return read_recorded(f"{name}.stderr.txt")
-
