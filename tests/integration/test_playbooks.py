@@ -540,7 +540,7 @@ def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: P
                          "Make the pool (check mode)")
         assert checked["changed"] and checked["pool"]["exists"]  # as it would be
         assert vg not in subprocess.run(["vgs", "--noheadings", "-o", "vg_name"], env=env, capture_output=True,
-                                        text=True).stdout
+                                        text=True, check=True).stdout
         output = run(make, dict(make, name="Make the pool again"),
                      _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"), name="make")
         made, again = result(output, "Make the pool"), result(output, "Make the pool again")
@@ -553,7 +553,7 @@ def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: P
                              name="remove"), "Remove the pool")
         assert removed["changed"] and not removed["pool"]["exists"]
         assert subprocess.run(["pvs", "--noheadings", "-o", "pv_name"], env=env, capture_output=True,
-                              text=True).stdout.split() == []
+                              text=True, check=True).stdout.split() == []
     finally:
         subprocess.run(["vgremove", "-ff", "-y", vg], env=env, capture_output=True, check=False)
         for disk in disks:
