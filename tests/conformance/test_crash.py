@@ -168,17 +168,17 @@ def test_start_up_thaws_a_recorded_freeze(crashable: tuple[Agent, CrashPoints]) 
 
 
 def test_a_copy_slower_than_the_freeze_limit_fails_and_thaws(fresh_agent_factory: AgentFactory) -> None:
-    """With --freeze-limit shorter than the copy: FAILED_PRECONDITION naming the limit, the volume writable."""
-    agent = fresh_agent_factory(extra_args=["--freeze-limit", "0.01"])
+    """With --freeze-limit (1 ms) shorter than the copy: FAILED_PRECONDITION naming the limit, the volume writable."""
+    agent = fresh_agent_factory(extra_args=["--freeze-limit", "0.001"])
     if agent.kind == LVM_LOOP_KIND:
         pytest.skip("lvm-loop never freezes (see above)")
     cap = mount_cap("ext4")
     vol = agent.create_volume(64 * MiB, cap=cap)
     att = stage_tracking_image(agent, vol.volume_id, cap)
-    write_file(os.path.join(att.staging, "data"), pattern(48 * MiB, "slow"))  # copied in well over 10 ms
+    write_file(os.path.join(att.staging, "data"), pattern(48 * MiB, "slow"))  # copied in well over 1 ms
     err = expect_code(agent.ctl.CreateSnapshot, csi.CreateSnapshotRequest(source_volume_id=vol.volume_id,
                                                                           name=unique("snap")), SC.FAILED_PRECONDITION)
-    assert "freeze limit of 0.01s" in (err.details() or ""), err.details()
+    assert "freeze limit of 0.001s" in (err.details() or ""), err.details()
     assert_writable(att.staging)
     agent.unstage(att.volume_id, att.staging)
     delete(agent, vol.volume_id)
