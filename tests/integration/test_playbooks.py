@@ -320,7 +320,7 @@ def test_check_mode_changes_nothing(playbook: Playbook, root: str) -> None:
     setup = playbook.run(play(
         _module("volume", "Create the volumes", name="{{ item.name }}", pool=pool, size="{{ item.size }}")
         | {"loop": [{"name": "data", "size": "16Mi"}, {"name": "spare", "size": "8Mi"},
-                    {"name": "blank", "size": "16Mi"}], "register": "made"},
+                    {"name": "blank", "size": "300Mi"}], "register": "made"},  # xfs's minimum: forced as xfs below
         {"name": "Attach data and blank", "ansible.builtin.command": "losetup --find --show --nooverlap {{ item }}",
          "loop": ["{{ made.results[0].volume.path }}", "{{ made.results[2].volume.path }}"], "changed_when": True},
         _module("snapshot", "Snapshot data", name="snap", pool=pool, volume_name="data"),
