@@ -4,7 +4,7 @@
 #      shellcheck (Debian), installed if missing (molecule: the VM tier's Molecule test, tests/vm)
 #   2. the collection built as it ships (galaxy.yml build_ignore) into a temp ansible_collections tree
 #   3. ansible-test sanity --python 3.11 --venv   (get-pip bootstrap served offline, see scripts/ansible/)
-#   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests)
+#   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests and the core's scripted ones)
 #   5. ansible-lint --profile production          (on the checkout)
 #   6. ansible-doc basalt.csi.<module> for every module
 #   7. antsibull-changelog lint: the fragments and changelogs/changelog.yaml (CHANGELOG.rst is generated from

@@ -175,8 +175,8 @@ def serve(settings: config.Config) -> int:
         node = NodeService(pool, settings.node_id, locks, state,
                            os.path.join(settings.state_dir, "ephemeral"), settings.default_volume_size, own_name)
         csi_pb2_grpc.add_NodeServicer_to_server(node, grpc_server)
-    csi_pb2_grpc.add_IdentityServicer_to_server(IdentityService(pool, settings.services, dependencies,
-                                                                      command_checks), grpc_server)
+    csi_pb2_grpc.add_IdentityServicer_to_server(
+        IdentityService(pool, settings.services, dependencies, command_checks), grpc_server)
     metrics_server = None
     if metrics is not None:
         from .metrics import probe_health

@@ -224,7 +224,7 @@ class FilePool(Pool):
 
     def clean_leftovers(self) -> List[str]:
         removed = [f"freeze of {path}" for path in freeze.thaw_recorded(self._dir("freezes"))]
-        for kind in ("volumes", "snapshots"):
+        for kind in ("volumes", "snapshots", "freezes"):
             directory = self._dir(kind)
             for name in os.listdir(directory) if os.path.isdir(directory) else []:
                 if name.startswith(".tmp-"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional
 
+from .blkid import probe
 from .errors import CommandFailed, InvalidRequest, Precondition
 from .runner import operand, run
 
@@ -94,4 +95,15 @@ def grow_online(device: str, fs_type: str, mount_point: str) -> None:
                 f"({failure.stderr}); unstage and stage the volume again to grow it offline"
             ) from failure
         raise
+
+
+def renew_uuid(device: str, fs_type: str) -> None:
+    """Give the unmounted filesystem on *device* a new random UUID (a copy becomes a filesystem of its own)."""
+    if fs_type != "xfs":
+        raise InvalidRequest(f"renewing the UUID of {fs_type} is not supported")
+    dev = operand(device, "device")
+    before = probe(dev).uuid
+    result = run(["xfs_admin", "-U", "generate", dev], check=False, what=f"renew the UUID of {device}")
+    if result.rc != 0 or probe(dev).uuid == before:  # xfs_admin answers 0 even when it refuses a dirty log
+        raise CommandFailed(result.argv, result.rc, result.stderr or result.stdout, f"renew the UUID of {device}")
 

@@ -22,7 +22,7 @@ import logging
 import os
 import subprocess
 import sys
-from typing import IO, Iterator, List, Optional
+from typing import IO, Iterator, List, Optional, cast
 
 from . import devices
 from . import mount as mounts
@@ -100,18 +100,18 @@ def frozen(device: Optional[str], limit: float = DEFAULT_LIMIT, record_dir: Opti
     guard = subprocess.Popen(
         [sys.executable, "-c", _GUARD, mount_point, str(limit)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, start_new_session=True, close_fds=True)
-    assert guard.stdin is not None and guard.stdout is not None
+    to_guard, from_guard = cast(IO[str], guard.stdin), cast(IO[str], guard.stdout)  # both PIPE: never None
     outcome = "keep"
     try:
-        if guard.stdout.readline().strip() != "ready":
+        if from_guard.readline().strip() != "ready":
             raise Precondition(f"the thaw guard for {mount_point} did not start: refusing to freeze it")
         freeze(mount_point)
         outcome = "thaw"
-        guard.stdin.write("frozen\n")  # the limit runs from here
-        guard.stdin.flush()
+        to_guard.write("frozen\n")  # the limit runs from here
+        to_guard.flush()
         yield
     finally:
-        outcome = _end(guard, guard.stdin, guard.stdout, outcome)
+        outcome = _end(guard, to_guard, from_guard, outcome)
         if record is not None and not outcome.startswith("failed"):
             remove_durably(record)
     if outcome == "expired":

@@ -17,7 +17,7 @@ Why it looks the way it does:
   (CHAP), 19 "encountered non-retryable iSCSI login failure" (target
   refuses: ACL, unknown target), 8 "connection timed out", 20 "could not
   connect to iscsid", 21 "No records found" / "No matching sessions found" /
-  "No active sessions.".  See tests/unit/iscsi_recorded/README.md for where
+  "No active sessions.".  See tests/unit/plugins/module_utils/iscsi_recorded/README.md for where
   each recording comes from.
 * ``wait_for_device`` matches the SCSI unit serial (VPD page 0x80) the target
   was given (``iscsi_target.serial_for``), not a by-path name: it is unique

@@ -2,7 +2,7 @@
 
 **Runs for real only where configfs and the target modules exist — the VM
 tier (tests/vm).**  The development and CI machines have no configfs
-("No such file or directory: '/proc/modules'"), so tests/unit/test_lio.py
+("No such file or directory: '/proc/modules'"), so tests/unit/plugins/module_utils/test_lio.py
 drives this module against a fake ``rtslib_fb`` that records the object calls;
 the calls it expects follow rtslib-fb 2.1.76's API (constructors and
 properties of FabricModule, Target, TPG, NetworkPortal, BlockStorageObject,

@@ -6,7 +6,7 @@ error classification), ``lvm_report`` (``pvs``/``vgs``/``lvs`` parsed into typed
 values, ``lv_attr`` included) and this module, the changes: one small function each
 with an exact argv, every name and tag validated before a command runs.
 
-Behaviour measured on lvm2 2.03.16 (Debian 12), see tests/unit/lvm_recorded:
+Behaviour measured on lvm2 2.03.16 (Debian 12), see tests/unit/plugins/module_utils/lvm_recorded:
 
 * ``--size``/``--virtualsize`` in bytes (``1048576b``) must be a multiple of
   512 ("Size is not a multiple of 512"); LVM then rounds up to whole extents.

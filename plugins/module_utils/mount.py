@@ -7,13 +7,14 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from .errors import InvalidRequest
+from .errors import CommandFailed, InvalidRequest
 from .runner import operand, run
 
 MOUNTINFO = "/proc/self/mountinfo"
 _OCTAL = re.compile(r"\\([0-7]{3})")
 # Mount options travel as one -o argument; allow the characters real options use.
 _OPTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_=.:/+@-]*$")
+_MOUNT_FAILURE = 32  # mount(8)'s exit status when the mount system call failed
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,15 @@ def mount(source: str, target: str, fs_type: str, options: Sequence[str] = ()) -
         argv += ["-o", ",".join(flat)]
     argv += [operand(source, "mount source"), operand(target, "mount target")]
     # Mount options may carry credentials: keep them out of logs and errors.
-    run(argv, what=f"mount {source} on {target}", secrets=_option_secrets(flat))
+    try:
+        run(argv, what=f"mount {source} on {target}", secrets=_option_secrets(flat))
+    except CommandFailed as error:
+        # mount(8) exits 32 with the kernel's EINVAL ("bad option") for an option the filesystem does
+        # not take: the caller's options are at fault, not the host.
+        if flat and error.rc == _MOUNT_FAILURE and "bad option" in error.stderr:
+            raise InvalidRequest(f"mount {source} on {target}: the filesystem refused the mount options "
+                                 f"(withheld: they may hold secrets): {error.stderr}") from None
+        raise
 
 
 def bind_mount(source: str, target: str, read_only: bool = False, options: Sequence[str] = ()) -> None:

@@ -8,7 +8,7 @@ filesystem must then live on the map, never on one path.
 * The map is found in sysfs, no output parsing: each path's
   ``/sys/block/sdX/holders/dm-N`` whose ``dm/uuid`` starts with ``mpath-``;
   its ``dm/name`` is what ``multipath -f`` takes, its ``slaves/`` the paths it
-  holds (tests/unit/multipath_recorded: trees captured in the VM tier).
+  holds (tests/unit/plugins/module_utils/multipath_recorded: trees captured in the VM tier).
 * ``multipathd show daemon`` answers ``pid N idle|running`` while the daemon
   serves its socket; without a daemon it fails (rc 1), without the package
   the command is missing.

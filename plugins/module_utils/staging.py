@@ -15,7 +15,7 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tupl
 
 from . import devices, filesystem, losetup
 from . import mount as mounts
-from .blkid import examine
+from .blkid import examine, probe
 from .devices import device_number  # (also staging.device_number to callers)
 from .errors import Conflict, InvalidRequest, Precondition
 
@@ -92,6 +92,8 @@ def ensure_mounted(
     if check_mode:
         return True
     os.makedirs(path, exist_ok=True)
+    if fs == "xfs" and not changed:
+        _renew_copied_identity(device, path)
     if fs == "ext4" and not changed and filesystem.size(device, fs) < devices.size_bytes(device):
         # The volume grew while unmounted: grow offline, which always works.
         filesystem.grow_offline(device, fs)
@@ -99,6 +101,21 @@ def ensure_mounted(
     if fs == "xfs" and filesystem.size(device, fs, path) < devices.size_bytes(device):
         filesystem.grow_online(device, fs, path)
     return True
+
+
+def _renew_copied_identity(device: str, path: str) -> None:
+    """A copy of an xfs volume (clone, restore) carries its origin's UUID, which the kernel refuses to mount
+    twice: replay its log under ``nouuid``, then give it its own.  A crash between the steps is converged by
+    the retry (mounted: staged as it is; unmounted: the steps again)."""
+    uuid = probe(device).uuid
+    number = device_number(device)
+    if not uuid or not any(e.fs_type == "xfs" and e.major_minor != number and e.source.startswith("/dev/")
+                           and probe(e.source).uuid == uuid for e in mounts.mounts()):
+        return
+    mounts.mount(device, path, "xfs", ["nouuid"])  # xfs_admin needs a clean log
+    mounts.unmount(path)
+    filesystem.renew_uuid(device, "xfs")
+    log.info("gave %s, a copy of a mounted xfs filesystem (UUID %s), its own UUID", device, uuid)
 
 
 def ensure_bind(source: str, target: str, *, read_only: bool = False,

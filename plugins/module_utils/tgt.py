@@ -40,7 +40,7 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
   target is tgt's own controller LUN, so the volume is LUN 1.
 * Errors are rc 22 with a text on stderr ("this target already exists",
   "can't find the target", "this target is still active", ...), see
-  tests/unit/iscsi_recorded/tgtadm_errors.tsv.
+  tests/unit/plugins/module_utils/iscsi_recorded/tgtadm_errors.tsv.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What ``tgtadm --lld iscsi ... --op show`` prints (tgt 1.0.85), parsed into values.
 
-Recordings of the real output are in tests/unit/iscsi_recorded (tests/iscsi/record_tgt.py
+Recordings of the real output are in tests/unit/plugins/module_utils/iscsi_recorded (tests/iscsi/record_tgt.py
 makes them); :mod:`.tgt` drives tgtd with what these parsers read.
 """
 

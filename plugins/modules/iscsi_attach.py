@@ -18,9 +18,11 @@ description:
     the CSI agent's NodeStageVolume and NodeUnstageVolume run the very same code.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
+  - basalt.csi.iscsi.CHAP
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
       - Reads the node records and the sessions only; a login is predicted for every portal without a session,
@@ -49,22 +51,6 @@ options:
   chap:
     description:
       - CHAP credentials to log in with; they are stored in the node records (mode 0600). Without it, no CHAP.
-    type: dict
-    suboptions:
-      user:
-        description: The user name this host logs in with.
-        type: str
-        required: true
-      password:
-        description: This host's secret.
-        type: str
-        required: true
-      mutual_user:
-        description: The user name the target must answer with (mutual CHAP). Needs O(chap.mutual_password).
-        type: str
-      mutual_password:
-        description: The target's secret for mutual CHAP.
-        type: str
   state:
     description:
       - V(present) logs in on every portal (creating or updating the node records first) and waits for the disk.
@@ -143,6 +129,7 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_attach import (
     session_portal,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import Chap
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import CHAP, argument_spec
 
 
 def facts(sessions: t.Iterable[str], device: t.Optional[str]) -> t.Dict[str, t.Any]:
@@ -177,16 +164,11 @@ def run(module: AnsibleModule) -> t.Tuple[bool, t.Dict[str, t.Any], t.Dict[str, 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            CHAP,
             target_iqn=dict(type="str", required=True),
             portals=dict(type="list", elements="str", required=True),
             serial=dict(type="str"),
-            chap=dict(type="dict", options=dict(
-                user=dict(type="str", required=True),
-                password=dict(type="str", required=True, no_log=True),
-                mutual_user=dict(type="str"),
-                mutual_password=dict(type="str", no_log=True),
-            ), required_together=[("mutual_user", "mutual_password")]),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             timeout=dict(type="int", default=60),
         ),

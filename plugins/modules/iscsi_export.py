@@ -23,9 +23,13 @@ description:
     exports survive a restart of the target service and of the host.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
+  - basalt.csi.pool
+  - basalt.csi.iscsi.CHAP
+  - basalt.csi.iscsi.TARGET_BACKEND
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
       - Only reads the target's state; a file pool's missing directories are not created either.
@@ -34,12 +38,6 @@ attributes:
       never secrets) in C(diff).
     support: full
 options:
-  pool:
-    description:
-      - The pool that holds the volume, as a spec string the agent also takes, for example
-        V(file:/var/lib/basalt/pools/file).
-    type: str
-    required: true
   volume_name:
     description:
       - The volume's name (its CSI name for volumes the agent made). Exactly one of O(volume_name) and O(volume_id)
@@ -77,71 +75,18 @@ options:
       - Secrets are 1-255 printable ASCII characters without blanks (RFC 3720 recommends 12 to 16 bytes).
       - Both backends apply CHAP per target, so all grants on one target use CHAP or none does, and all mutual
         grants share one mutual user; a mix fails.
-    type: dict
-    suboptions:
-      user:
-        description: The user name the initiator logs in with.
-        type: str
-        required: true
-      password:
-        description: The initiator's secret.
-        type: str
-        required: true
-      mutual_user:
-        description: The user name the target answers with (mutual CHAP). Needs O(chap.mutual_password).
-        type: str
-      mutual_password:
-        description: The target's secret for mutual CHAP; it must differ from O(chap.password).
-        type: str
   read_only:
     description:
       - Export the LUN read-only (writes fail with DATA PROTECT). An existing export with the other mode fails
         (changing it under logged-in initiators is unsafe); withdraw it first.
     type: bool
     default: false
-  backend:
-    description:
-      - The iSCSI target implementation. V(tgt) is the userspace C(tgtd) (package tgt); V(lio) is the kernel's
-        LIO, driven through the Python library rtslib-fb (package python3-rtslib-fb), which must be importable
-        by the module's Python.
-    type: str
-    choices: [tgt, lio]
-    default: tgt
-  base_iqn:
-    description:
-      - Targets are named O(base_iqn), a colon and the volume id. An C(iqn.) name without a C(:) part; the agent's
-        default.
-    type: str
-    default: iqn.2026-11.dev.basalt
   portals:
     description:
       - The C(ADDRESS:PORT) portals initiators log in to, returned for O(state=present) (required then). With
         O(backend=lio) the target also listens there; C(tgtd) listens where it was started.
     type: list
     elements: str
-  tgt_control_port:
-    description:
-      - The control port (C(-C)) of a private C(tgtd); the system daemon when not set.
-    type: int
-  tgt_conf:
-    description:
-      - The tgt configuration file the export is persisted in (mode 0600, since it holds CHAP secrets).
-    type: path
-    default: /etc/tgt/conf.d/basalt.conf
-  tgt_record:
-    description:
-      - Basalt's record of tgt grants and their CHAP secrets (tgtd cannot show secrets). The default is the
-        agent's, under its default state directory, so that both see the same grants.
-    type: path
-    default: /var/lib/basalt/iscsi/tgt-grants.json
-  lio_save_file:
-    description:
-      - Where the LIO configuration is saved. By default rtslib-fb's own save file, the one its boot service
-        restores (Debian C(/etc/rtslib-fb-target/saveconfig.json)).
-    type: path
-requirements:
-  - tgt (C(tgtadm)) for O(backend=tgt)
-  - rtslib-fb, configfs and the kernel's target modules for O(backend=lio)
 notes:
   - Runs as root on the storage host, the host that holds the pool.
   - A file pool volume is attached as a loop device while it is exported.
@@ -257,7 +202,6 @@ from ansible_collections.basalt.csi.plugins.module_utils.exports import (
     info_for,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
-    DEFAULT_BASE_IQN,
     Chap,
     Export,
     Grant,
@@ -265,10 +209,10 @@ from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import (
     check_iqn,
 )
 from ansible_collections.basalt.csi.plugins.module_utils.model import check_name, volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import CHAP, POOL, TARGET_BACKEND, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
-from ansible_collections.basalt.csi.plugins.module_utils.target_backends import BACKENDS, open_target_backend
-from ansible_collections.basalt.csi.plugins.module_utils.tgt import DEFAULT_CONF, DEFAULT_RECORD
+from ansible_collections.basalt.csi.plugins.module_utils.target_backends import open_target_backend
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import find_volume_by_name, get_volume
 
 try:
@@ -372,27 +316,15 @@ def absent(module: AnsibleModule, pool: Pool, backend: TargetBackend, settings: 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            pool=dict(type="str", required=True),
+        argument_spec=argument_spec(
+            POOL, CHAP, TARGET_BACKEND,
             volume_name=dict(type="str"),
             volume_id=dict(type="str"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             initiators=dict(type="list", elements="str"),
             exclusive=dict(type="bool", default=False),
-            chap=dict(type="dict", options=dict(
-                user=dict(type="str", required=True),
-                password=dict(type="str", required=True, no_log=True),
-                mutual_user=dict(type="str"),
-                mutual_password=dict(type="str", no_log=True),
-            ), required_together=[("mutual_user", "mutual_password")]),
             read_only=dict(type="bool", default=False),
-            backend=dict(type="str", choices=list(BACKENDS), default="tgt"),
-            base_iqn=dict(type="str", default=DEFAULT_BASE_IQN),
             portals=dict(type="list", elements="str"),
-            tgt_control_port=dict(type="int"),
-            tgt_conf=dict(type="path", default=DEFAULT_CONF),
-            tgt_record=dict(type="path", default=DEFAULT_RECORD),
-            lio_save_file=dict(type="path"),
         ),
         mutually_exclusive=[("volume_name", "volume_id")],
         required_one_of=[("volume_name", "volume_id")],

@@ -20,16 +20,16 @@ description:
     C(staging.ensure_unmounted), C(fstab.ensure_entry)); the CSI agent runs the very same code.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
       - A mount hides the directory beneath it, so for O(state=absent) on a mounted path check mode predicts
         the unmount and the removal; on a path with nothing mounted it predicts a directory that is not empty
         as the failure it is.
   diff_mode:
-    description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
 options:
   path:

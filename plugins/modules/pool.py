@@ -20,6 +20,8 @@ description:
   - A thin layer over the Basalt storage core (C(pool_setup.ensure_pool), C(pool_setup.remove_pool)).
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
 attributes:
   check_mode:
     description: Can run in check mode and return the changed status and the actions it predicts without
@@ -192,6 +194,7 @@ from ansible_collections.basalt.csi.plugins.module_utils.errors import (
     StorageError,
     failure_details,
 )
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import POOL, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import stored_settings
 from ansible_collections.basalt.csi.plugins.module_utils.pool_setup import (
     DEFAULT_MAX_VOLUMES,
@@ -244,8 +247,8 @@ def wanted_settings(params: t.Dict[str, t.Any], stored: t.Optional[PoolSettings]
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            pool=dict(type="str", required=True),
+        argument_spec=argument_spec(
+            POOL,
             state=dict(type="str", choices=["present", "absent"], default="present"),
             disks=dict(type="list", elements="path", default=[]),
             force=dict(type="bool", default=False),

@@ -17,26 +17,22 @@ description:
   - A volume that is mounted on this host is frozen (C(fsfreeze)) while it is copied.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
+  - basalt.csi.pool
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
       - Nothing on the host changes, not even a file pool's missing directories (a real run creates them as
         the agent does when it starts); a missing pool reads as an empty one.
   diff_mode:
-    description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
 options:
   name:
     description:
       - The snapshot's name, any Unicode text of 1 to 128 bytes in UTF-8 without control characters (the rule
         the agent applies to CSI names).
-    type: str
-    required: true
-  pool:
-    description:
-      - The pool, as a spec string the agent also takes, for example V(file:/var/lib/basalt/pools/file).
     type: str
     required: true
   state:
@@ -114,6 +110,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.basalt.csi.plugins.module_utils.errors import NotFound, StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.model import Snapshot, check_name, snapshot_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import POOL, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import (
@@ -150,9 +147,9 @@ def source_volume_id(module: AnsibleModule, pool: Pool) -> str:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            POOL,
             name=dict(type="str", required=True),
-            pool=dict(type="str", required=True),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             volume_id=dict(type="str"),
             volume_name=dict(type="str"),

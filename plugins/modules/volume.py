@@ -18,26 +18,22 @@ description:
     C(volumes.delete_volume)); the CSI agent runs the very same code.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
+  - basalt.csi.pool
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
     details:
       - Nothing on the host changes, not even a file pool's missing directories (C(volumes/) and C(snapshots/),
         which a real run creates as the agent does when it starts); a missing pool reads as an empty one.
   diff_mode:
-    description: Returns details on what has changed (or would change, in check mode) in C(diff).
     support: full
 options:
   name:
     description:
       - The volume's name (the CSI name, for volumes the agent made), any Unicode text of 1 to 128 bytes in
         UTF-8 without control characters (the rule the agent applies).
-    type: str
-    required: true
-  pool:
-    description:
-      - The pool, as a spec string the agent also takes, for example V(file:/var/lib/basalt/pools/file).
     type: str
     required: true
   state:
@@ -170,6 +166,7 @@ from ansible_collections.basalt.csi.plugins.module_utils.model import (
     check_name,
     volume_id_for,
 )
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import POOL, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool import Pool
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.sizes import parse_size, round_up
@@ -250,9 +247,9 @@ def absent(module: AnsibleModule, pool: Pool, name: str) -> Outcome:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            POOL,
             name=dict(type="str", required=True),
-            pool=dict(type="str", required=True),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             size=dict(type="raw"),
             source_snapshot=dict(type="str"),

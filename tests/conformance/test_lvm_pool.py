@@ -177,15 +177,16 @@ def test_lookalike_foreign_lv_is_not_a_volume(lvm_agent: Agent) -> None:
          csi.NodePublishVolumeRequest(volume_id=LOOKALIKE_ID, staging_target_path=agent.staging_dir(),
                                       target_path=agent.path("mount"), volume_capability=mount_cap()),
          (SC.NOT_FOUND,)),
+        (agent.node.NodeUnstageVolume,
+         csi.NodeUnstageVolumeRequest(volume_id=LOOKALIKE_ID, staging_target_path=agent.staging_dir()),
+         (SC.NOT_FOUND,)),
     ]
     for method, req, codes in calls:
         expect_code(method, req, *codes)
-    # idempotent deletes answer OK for a missing volume, and must not remove the LV
+    # idempotent deletes and unpublishes answer OK for a missing volume, and must not remove the LV
     agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=LOOKALIKE_ID))
     agent.ctl.ControllerUnpublishVolume(
         csi.ControllerUnpublishVolumeRequest(volume_id=LOOKALIKE_ID, node_id=agent.node_id))
-    agent.node.NodeUnstageVolume(
-        csi.NodeUnstageVolumeRequest(volume_id=LOOKALIKE_ID, staging_target_path=agent.staging_dir()))
     assert agent.pool_loops() == loops, "an RPC attached the foreign LV"
     assert lvm.foreign_problems() == []
     assert MANAGED_TAG not in set(lvm.lvs()[LOOKALIKE]["lv_tags"].split(","))

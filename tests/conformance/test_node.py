@@ -186,6 +186,18 @@ def test_mount_flags_applied_at_stage(agent: Agent) -> None:
     tear_down(agent, att)
 
 
+def test_mount_flag_the_filesystem_refuses_is_invalid_argument(agent: Agent) -> None:
+    """The CO's flags are at fault, not the host: INVALID_ARGUMENT, the flag withheld, nothing left mounted."""
+    cap = mount_cap("ext4", flags=["secretopt=Sentinel-5521"])
+    vol = agent.create_volume(8 * MiB, cap=cap)
+    staging = agent.staging_dir()
+    err = expect_code(agent.node.NodeStageVolume,
+                      csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=staging,
+                                                 volume_capability=cap), SC.INVALID_ARGUMENT)
+    assert "refused the mount options" in err.details() and "Sentinel-5521" not in err.details()
+    assert not is_mounted(staging)
+
+
 def test_readonly_publish(agent: Agent) -> None:
     cap = mount_cap("ext4")
     vol = agent.create_volume(8 * MiB, cap=cap)

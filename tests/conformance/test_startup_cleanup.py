@@ -20,7 +20,7 @@ from basalt_core import volumes
 from basalt_core.file_pool import FilePool
 from basalt_core.model import CREATING, DELETING, READY
 
-GRACE = 6.0  # seconds: the periodic sweep runs every GRACE/2
+GRACE = 15.0  # seconds, well above a loaded machine's agent start; the periodic sweep runs every GRACE/2
 
 
 def plant(pool: FilePool, name: str, state: str, created_at: float) -> str:

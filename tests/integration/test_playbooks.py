@@ -320,7 +320,7 @@ def test_check_mode_changes_nothing(playbook: Playbook, root: str) -> None:
     setup = playbook.run(play(
         _module("volume", "Create the volumes", name="{{ item.name }}", pool=pool, size="{{ item.size }}")
         | {"loop": [{"name": "data", "size": "16Mi"}, {"name": "spare", "size": "8Mi"},
-                    {"name": "blank", "size": "16Mi"}], "register": "made"},
+                    {"name": "blank", "size": "300Mi"}], "register": "made"},  # xfs's minimum: forced as xfs below
         {"name": "Attach data and blank", "ansible.builtin.command": "losetup --find --show --nooverlap {{ item }}",
          "loop": ["{{ made.results[0].volume.path }}", "{{ made.results[2].volume.path }}"], "changed_when": True},
         _module("snapshot", "Snapshot data", name="snap", pool=pool, volume_name="data"),
@@ -540,7 +540,7 @@ def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: P
                          "Make the pool (check mode)")
         assert checked["changed"] and checked["pool"]["exists"]  # as it would be
         assert vg not in subprocess.run(["vgs", "--noheadings", "-o", "vg_name"], env=env, capture_output=True,
-                                        text=True).stdout
+                                        text=True, check=True).stdout
         output = run(make, dict(make, name="Make the pool again"),
                      _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"), name="make")
         made, again = result(output, "Make the pool"), result(output, "Make the pool again")
@@ -553,7 +553,7 @@ def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: P
                              name="remove"), "Remove the pool")
         assert removed["changed"] and not removed["pool"]["exists"]
         assert subprocess.run(["pvs", "--noheadings", "-o", "pv_name"], env=env, capture_output=True,
-                              text=True).stdout.split() == []
+                              text=True, check=True).stdout.split() == []
     finally:
         subprocess.run(["vgremove", "-ff", "-y", vg], env=env, capture_output=True, check=False)
         for disk in disks:

@@ -1,4 +1,5 @@
-"""Re-record tests/unit/iscsi_recorded/tgtadm_* from a private tgtd (root; tgt + libiscsi installed).
+"""Re-record tests/unit/plugins/module_utils/iscsi_recorded/tgtadm_* from a private tgtd
+(root; tgt + libiscsi installed).
 
     python3 tests/iscsi/record_tgt.py
 
@@ -23,7 +24,7 @@ from tgtd_testlib import free_port, start_private_tgtd, stop_private_tgtd
 from basalt_core import tgt
 from basalt_core.iscsi_target import Chap
 
-OUT = Path(__file__).resolve().parents[1] / "unit" / "iscsi_recorded"
+OUT = Path(__file__).resolve().parents[1] / "unit" / "plugins" / "module_utils" / "iscsi_recorded"
 RW = "iqn.2026-11.io.basalt:pvc-5b1fd0c2"
 RO = "iqn.2026-11.io.basalt:pvc-7a3e9d41"
 NODE_A = "iqn.2026-11.io.example:node-a"

@@ -2,10 +2,18 @@
 
 Each case lists the exact argv the core must run and the output the real
 tool gave (recorded on Debian 12 / util-linux 2.38, e2fsprogs 1.47, xfsprogs 6.1).
+
+Shipped with the core's tests (tests/unit/plugins/module_utils), which import
+``basalt_core`` (tests/conftest.py links this tree's core under that name,
+under ansible-test units too) and their helpers (``lvm_testlib``,
+``multipath_testlib``) by plain name: ansible-test imports test files as
+collection packages, so the helpers' directory goes on sys.path here.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -13,6 +21,10 @@ import pytest
 
 from basalt_core.errors import CommandFailed
 from basalt_core.runner import CommandResult
+
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "module_utils")
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)
 
 # (argv, rc, stdout, stderr)
 Call = Tuple[List[str], int, str, str]

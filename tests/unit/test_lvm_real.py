@@ -3,7 +3,7 @@
 LVM runs with a private LVM_SYSTEM_DIR whose lvm.conf admits only this
 module's loop devices, so the host's VGs are never seen.  Thin pools, thin LVs
 and snapshots cannot be created without device-mapper; their metadata is
-loaded with ``vgcfgrestore`` from tests/unit/lvm_recorded/thin_lvs.vgtext.
+loaded with ``vgcfgrestore`` from tests/unit/plugins/module_utils/lvm_recorded/thin_lvs.vgtext.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from basalt_core.runner import run
 
 MiB = 1 << 20
 MANAGED = lvm.MANAGED_TAG
-THIN_LVS = Path(__file__).parent / "lvm_recorded" / "thin_lvs.vgtext"
+THIN_LVS = Path(__file__).parent / "plugins" / "module_utils" / "lvm_recorded" / "thin_lvs.vgtext"
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root (loop devices, LVM)"),

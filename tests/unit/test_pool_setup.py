@@ -277,7 +277,7 @@ def test_an_lv_with_a_full_record_takes_less_metadata_than_the_area_is_sized_for
 
 # -- lvmthin: scripted (thin pools need device-mapper, which the VM tier has) -----------
 
-RECORDED = Path(__file__).parent / "lvm_recorded"
+RECORDED = Path(__file__).parent / "plugins" / "module_utils" / "lvm_recorded"
 REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix", "--options"]
 VGS_REC = (["vgs", *REPORT, ",".join(lvm_report.VG_COLUMNS), "basalt-rec"], 0,
            (RECORDED / "vgs_thin.json").read_text(), "")

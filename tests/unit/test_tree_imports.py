@@ -11,7 +11,7 @@ TREE = Path(__file__).resolve().parents[2]
 # Another checkout's basalt_core: a size parser that accepts anything.
 IMPOSTOR = "def parse_size(text):\n    return 1\n"
 RUN_PYTEST = ("import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
-              "'tests/unit/test_sizes.py', '-k', 'test_parse_size_refuses']))")
+              "'tests/unit/plugins/module_utils/test_sizes.py', '-k', 'test_parse_size_refuses']))")
 
 
 def impostor(tmp_path: Path) -> Path:

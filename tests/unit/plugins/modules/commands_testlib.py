@@ -2,7 +2,7 @@
 
 The module runs the real storage core; only ``runner.run`` in the tool
 wrappers named here is replaced, by a script of (argv, rc, stdout, stderr)
-in the format the real tools print (see tests/unit/iscsi_recorded/README.md
+in the format the real tools print (see tests/unit/plugins/module_utils/iscsi_recorded/README.md
 for where each format was recorded: tgt 1.0.85, open-iscsi 2.1.8).
 """
 

@@ -3,10 +3,10 @@
 The real core runs (iscsi_attach.py, iscsiadm.py); ``iscsiadm`` is scripted
 with output in the format open-iscsi 2.1.8 prints (node records, session
 lines, the "No ... found" refusals with rc 21, see
-tests/unit/iscsi_recorded/README.md).  Where the disk appears after a login
+tests/unit/plugins/module_utils/iscsi_recorded/README.md).  Where the disk appears after a login
 (the kernel's part: this machine has no iSCSI initiator), the core's
 ``find_device``/``wait_for_device`` are scripted too; their own tests are in
-tests/unit/test_iscsiadm.py, and the VM tier runs all of it for real.
+tests/unit/plugins/module_utils/test_iscsiadm.py, and the VM tier runs all of it for real.
 """
 
 from __future__ import annotations

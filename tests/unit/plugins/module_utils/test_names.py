@@ -26,7 +26,7 @@ def test_accepted(name: str) -> None:
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize(("name", "why"), REFUSED, ids=[repr(n[:12]) for n, _ in REFUSED])
+@pytest.mark.parametrize(("name", "why"), REFUSED, ids=[repr(n[:12]) for n, _why in REFUSED])
 def test_refused(name: str, why: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         check_name(name)

@@ -2,7 +2,7 @@
 
 The node records and logins (iscsiadm, tested in test_iscsiadm.py) are
 recorded calls here; the disks and the map are the sysfs tree captured in
-the VM tier (tests/unit/multipath_recorded/sysfs.json: a LIO target logged
+the VM tier (tests/unit/plugins/module_utils/multipath_recorded/sysfs.json: a LIO target logged
 in on two portals under multipathd), rebuilt in a temporary directory;
 multipath-tools' commands go through the shared scripted runner.
 """

@@ -211,8 +211,8 @@ def make_fake() -> SimpleNamespace:
             log.append(("save_to_file", save_file))
 
     return FakeModule(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
-                           BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
-                           RTSRoot=RTSRoot)
+                      BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
+                      RTSRoot=RTSRoot)
 
 
 @pytest.fixture

@@ -58,23 +58,23 @@ def test_missing_source_is_not_found(pool: FilePool) -> None:
 
 
 def test_restore_smaller_than_source_is_out_of_range(pool: FilePool) -> None:
-    origin, _ = volumes.ensure_volume(pool, "origin", 8 * MiB)
-    snap, _ = volumes.ensure_snapshot(pool, "s", origin.id)
+    origin = volumes.ensure_volume(pool, "origin", 8 * MiB)[0]
+    snap = volumes.ensure_snapshot(pool, "s", origin.id)[0]
     with pytest.raises(OutOfRange):
         volumes.ensure_volume(pool, "small", 4 * MiB, source=ContentSource(SOURCE_SNAPSHOT, snap.id))
 
 
 def test_snapshot_and_clone_copy_the_data(pool: FilePool) -> None:
-    origin, _ = volumes.ensure_volume(pool, "origin", 8 * MiB)
+    origin = volumes.ensure_volume(pool, "origin", 8 * MiB)[0]
     with open(pool.image_path(origin.id), "r+b") as image:
         image.seek(3 * MiB)
         image.write(b"basalt")
-    snap, _ = volumes.ensure_snapshot(pool, "s1", origin.id)
+    snap = volumes.ensure_snapshot(pool, "s1", origin.id)[0]
     with open(pool.image_path(origin.id), "r+b") as image:
         image.seek(3 * MiB)
         image.write(b"CHANGED")
-    restored, _ = volumes.ensure_volume(pool, "r", 16 * MiB, source=ContentSource(SOURCE_SNAPSHOT, snap.id))
-    clone, _ = volumes.ensure_volume(pool, "c", 8 * MiB, source=ContentSource(SOURCE_VOLUME, origin.id))
+    restored = volumes.ensure_volume(pool, "r", 16 * MiB, source=ContentSource(SOURCE_SNAPSHOT, snap.id))[0]
+    clone = volumes.ensure_volume(pool, "c", 8 * MiB, source=ContentSource(SOURCE_VOLUME, origin.id))[0]
     with open(pool.image_path(restored.id), "rb") as image:
         image.seek(3 * MiB)
         assert image.read(6) == b"basalt"
@@ -86,8 +86,8 @@ def test_snapshot_and_clone_copy_the_data(pool: FilePool) -> None:
 
 
 def test_snapshot_same_name_other_volume_conflicts(pool: FilePool) -> None:
-    a, _ = volumes.ensure_volume(pool, "a", MiB)
-    b, _ = volumes.ensure_volume(pool, "b", MiB)
+    a = volumes.ensure_volume(pool, "a", MiB)[0]
+    b = volumes.ensure_volume(pool, "b", MiB)[0]
     volumes.ensure_snapshot(pool, "s", a.id)
     assert volumes.ensure_snapshot(pool, "s", a.id)[1] is False
     with pytest.raises(Conflict):
@@ -95,7 +95,7 @@ def test_snapshot_same_name_other_volume_conflicts(pool: FilePool) -> None:
 
 
 def test_delete_is_idempotent_and_refuses_published(pool: FilePool) -> None:
-    volume, _ = volumes.ensure_volume(pool, "a", MiB)
+    volume = volumes.ensure_volume(pool, "a", MiB)[0]
     volumes.set_publication(pool, volume.id, "node-1", Publication(readonly=False, access_mode="SINGLE_NODE_WRITER"))
     with pytest.raises(InUse, match="node-1"):
         volumes.delete_volume(pool, volume.id)
@@ -110,7 +110,7 @@ def test_check_mode_changes_nothing(pool: FilePool) -> None:
     planned, changed = volumes.ensure_volume(pool, "a", MiB, check_mode=True)
     assert changed and planned.state == READY
     assert pool.volume_ids() == [] and os.listdir(os.path.join(pool.directory, "volumes")) == []
-    real, _ = volumes.ensure_volume(pool, "a", MiB)
+    real = volumes.ensure_volume(pool, "a", MiB)[0]
     assert volumes.expand_volume(pool, real.id, 2 * MiB, check_mode=True)[1] is True
     assert os.path.getsize(pool.image_path(real.id)) == MiB
     assert volumes.delete_volume(pool, real.id, check_mode=True) is True
@@ -118,7 +118,7 @@ def test_check_mode_changes_nothing(pool: FilePool) -> None:
 
 
 def test_expand_grows_and_never_shrinks(pool: FilePool) -> None:
-    volume, _ = volumes.ensure_volume(pool, "a", 2 * MiB)
+    volume = volumes.ensure_volume(pool, "a", 2 * MiB)[0]
     assert volumes.expand_volume(pool, volume.id, MiB) == (volume, False)
     grown, changed = volumes.expand_volume(pool, volume.id, 3 * MiB)
     assert changed and grown.size == 3 * MiB == os.path.getsize(pool.image_path(volume.id))
@@ -167,10 +167,14 @@ def test_abandoned_create_is_cleaned_after_grace(pool: FilePool, monkeypatch: py
     assert pool.volume_ids() == [] and not os.path.exists(pool.image_path(volume_id))
 
 
+def crash(*_args: Any) -> None:
+    raise Crash()
+
+
 def test_crash_during_delete_is_finished(pool: FilePool, monkeypatch: pytest.MonkeyPatch) -> None:
-    volume, _ = volumes.ensure_volume(pool, "a", MiB)
+    volume = volumes.ensure_volume(pool, "a", MiB)[0]
     with monkeypatch.context() as patch:
-        patch.setattr(pool, "release_volume", lambda v: (_ for _ in ()).throw(Crash()))
+        patch.setattr(pool, "release_volume", crash)
         with pytest.raises(Crash):
             volumes.delete_volume(pool, volume.id)
     assert record(pool, volume.id)["state"] == DELETING
@@ -183,14 +187,14 @@ def test_crash_during_delete_is_finished(pool: FilePool, monkeypatch: pytest.Mon
 def test_claimed_objects_are_left_alone(pool: FilePool, monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
 
-    volume, _ = volumes.ensure_volume(pool, "a", MiB)
+    volume = volumes.ensure_volume(pool, "a", MiB)[0]
     with monkeypatch.context() as patch:
-        patch.setattr(pool, "release_volume", lambda v: (_ for _ in ()).throw(Crash()))
+        patch.setattr(pool, "release_volume", crash)
         with pytest.raises(Crash):
             volumes.delete_volume(pool, volume.id)
 
     @contextlib.contextmanager
-    def busy(_: str) -> Any:
+    def busy(_object_id: str) -> Any:
         yield False
 
     assert volumes.clean_up(pool, 0, claim=busy) == []

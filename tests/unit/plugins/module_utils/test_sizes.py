@@ -105,12 +105,12 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), QUANTITIES, ids=[t for t, _ in QUANTITIES])
+@pytest.mark.parametrize(("text", "expected"), QUANTITIES, ids=[t for t, _size in QUANTITIES])
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize(("text", "why"), REFUSED, ids=[repr(t) for t, _ in REFUSED])
+@pytest.mark.parametrize(("text", "why"), REFUSED, ids=[repr(t) for t, _why in REFUSED])
 def test_parse_size_refuses(text: str, why: str) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(why)) as refused:
         parse_size(text)

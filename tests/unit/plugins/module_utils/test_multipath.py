@@ -1,6 +1,6 @@
 """basalt_core.multipath against what multipath-tools 0.9.4 and the kernel showed in the VM tier.
 
-tests/unit/multipath_recorded/ (see its README) holds the output of
+tests/unit/plugins/module_utils/multipath_recorded/ (see its README) holds the output of
 ``multipathd show daemon`` with and without a daemon, and ``sysfs.json``: the
 sysfs entries of a real map over two iSCSI paths (LIO target on 127.0.0.1
 and 127.0.0.2), captured by tests/vm/guest/check_agent_multipath.py.  The

@@ -1,4 +1,4 @@
-"""basalt_core.tgt and iscsi_target: exact tgtadm argv in, real tgt 1.0.85 output (tests/unit/iscsi_recorded) out.
+"""basalt_core.tgt and iscsi_target: exact tgtadm argv in, real tgt 1.0.85 output (iscsi_recorded) out.
 
 The recordings come from tests/iscsi/record_tgt.py (a private tgtd, a
 libiscsi session held open while ``--op show`` ran).  The same behaviour is
@@ -416,7 +416,7 @@ def test_publish_lists_once_and_writes_the_record_once(tgt_script: Any, tmp_path
 
 
 def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any, backend: tgt.TgtBackend,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerUnpublish of the last grant: no unbinds before a delete that drops them anyway; the
     orphaned accounts go; the record is written once, after the commands."""
     _record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
@@ -432,7 +432,7 @@ def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any,
         backend.persist()
     assert written == [backend.record_path, backend.conf_path]
     assert json.loads(Path(backend.record_path).read_text())["targets"] == {RO: {"grants": {NODE_A: None,
-                                                                                       NODE_B: None}}}
+                                                                                            NODE_B: None}}}
     assert f"<target {RW}>" not in Path(backend.conf_path).read_text()
     # another grant remains: a plain revoke, the target stays
     tgt_script([ok(SHOW_T, SHOW), ok([*C, "--mode", "target", "--op", "unbind", "--tid", "2",

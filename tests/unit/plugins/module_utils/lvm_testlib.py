@@ -1,4 +1,4 @@
-"""Shared by the LVM command-layer tests: the recorded LVM 2.03.16 calls (tests/unit/lvm_recorded)."""
+"""Shared by the LVM command-layer tests: the recorded LVM 2.03.16 calls (lvm_recorded)."""
 
 from __future__ import annotations
 
@@ -46,4 +46,3 @@ def recorded(name: str, argv: Optional[List[str]] = None) -> Call:
 
 def stderr_of(name: str) -> str:
     return read_recorded(f"{name}.stderr.txt")
-

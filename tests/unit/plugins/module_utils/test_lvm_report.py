@@ -1,4 +1,4 @@
-"""LVM reports (pvs, vgs, lvs, lv_attr) parsed from real LVM 2.03.16 output (tests/unit/lvm_recorded)."""
+"""LVM reports (pvs, vgs, lvs, lv_attr) parsed from real LVM 2.03.16 output (lvm_recorded)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def test_missing_lv_is_none(lvm_script: Any) -> None:
 
 def test_lv_in_a_missing_vg_is_not_found(lvm_script: Any) -> None:
     lvm_script([(["lvs", *REPORT, LV_COLS, "no-such-vg/x"], 5, read_recorded("err_vgs_vg_not_found.json"),
-             stderr_of("err_vgs_vg_not_found"))])
+                 stderr_of("err_vgs_vg_not_found"))])
     with pytest.raises(NotFound, match="no-such-vg"):
         lvm.logical_volume("no-such-vg", "x")
 

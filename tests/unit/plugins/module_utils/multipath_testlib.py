@@ -1,4 +1,4 @@
-"""The VM tier's multipath recordings (tests/unit/multipath_recorded), for test_multipath and test_iscsi_attach_core."""
+"""The VM tier's multipath recordings (multipath_recorded), for test_multipath and test_iscsi_attach_core."""
 
 from __future__ import annotations
 

@@ -206,7 +206,7 @@ def test_loop_size_limit_can_grow_while_attached(tmp_path: Any) -> None:
     image = tmp_path / "pv.img"
     image.write_bytes(b"")
     os.truncate(image, 64 << 20)
-    device, _ = losetup.ensure_attached(str(image), offset=1 << 20, size_limit=8 << 20)
+    device = losetup.ensure_attached(str(image), offset=1 << 20, size_limit=8 << 20)[0]
     try:
         assert devices.size_bytes(device.device) == 8 << 20
         losetup.set_size_limit(device.device, 16 << 20)

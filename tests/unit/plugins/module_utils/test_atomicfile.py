@@ -48,13 +48,13 @@ def events(monkeypatch: pytest.MonkeyPatch) -> List[Event]:
 
 
 def test_write_syncs_the_full_temp_file_then_renames_then_syncs_the_directory(tmp_path: Path,
-                                                                               events: List[Event]) -> None:
+                                                                              events: List[Event]) -> None:
     target = tmp_path / "vol-1.json"
     target.write_text("old\n")
     atomicfile.write_json(str(target), {"id": "vol-1", "state": "ready"})
     new = '{\n  "id": "vol-1",\n  "state": "ready"\n}\n'
     assert len(events) == 3, events
-    (sync, temp, content), (rename, source, destination), (dir_sync, directory, _) = events
+    (sync, temp, content), (rename, source, destination), (dir_sync, directory, _listing) = events
     assert (sync, rename, dir_sync) == ("fsync", "replace", "fsync")
     assert temp == source and os.path.basename(temp).startswith(".tmp-") and os.path.dirname(temp) == str(tmp_path)
     assert content == new, "the temp file was synced before all its data was written"
@@ -64,7 +64,7 @@ def test_write_syncs_the_full_temp_file_then_renames_then_syncs_the_directory(tm
 
 
 def test_a_failed_write_leaves_the_old_record_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              events: List[Event]) -> None:
+                                                               events: List[Event]) -> None:
     target = tmp_path / "vol-1.json"
     target.write_text("old\n")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-record the real LVM output that tests/unit/test_lvm.py parses.
+# Re-record the real LVM output that tests/unit/plugins/module_utils/test_lvm.py parses.
 #
 # Needs root and lvm2.  Works on two sparse 64 MiB files attached as loop
 # devices, with a private LVM_SYSTEM_DIR whose lvm.conf disables activation

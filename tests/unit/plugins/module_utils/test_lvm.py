@@ -42,7 +42,7 @@ def test_default_settings_add_nothing_but_the_fd_warning_switch() -> None:
 def test_private_settings_pass_config_and_system_dir(lvm_script: Any) -> None:
     settings = lvm.LvmSettings(config="global{activation=0}", system_dir="/tmp/x/etc")
     runner = lvm_script([(["vgs", "--config", "global{activation=0}", *REPORT, VG_COLS, VG], 0,
-                      read_recorded("vgs.json"), "")])
+                          read_recorded("vgs.json"), "")])
     lvm.volume_group(VG, settings=settings)
     assert runner.envs == [{"LVM_SUPPRESS_FD_WARNINGS": "1", "LVM_SYSTEM_DIR": "/tmp/x/etc"}]
 
@@ -166,7 +166,7 @@ def test_tags_none_and_empty_run_nothing(lvm_script: Any) -> None:
 )
 def test_sizes_are_bytes_rounded_up(lvm_script: Any, size: int, extent_size: Optional[int], argument: str) -> None:
     lvm_script([(["lvcreate", "--yes", "--name", "v", "--size", argument, "--alloc", "normal", "--zero", "y",
-              "--wipesignatures", "y", VG], 0, "", "")])
+                  "--wipesignatures", "y", VG], 0, "", "")])
     assert lvm.create_linear(VG, "v", size, extent_size=extent_size) == int(argument[:-1])
     assert "Size is not a multiple of 512" in stderr_of("err_lvcreate_not_sector")
 
@@ -277,7 +277,7 @@ def test_unknown_failures_stay_command_failures(lvm_script: Any) -> None:
     lvm_script([(["lvremove", "--yes", f"{VG}/x"], 5, "", "  Something new went wrong.")])
     with pytest.raises(CommandFailed) as caught:
         lvm.remove(VG, "x")
-    assert type(caught.value) is CommandFailed and caught.value.rc == 5
+    assert caught.type is CommandFailed and caught.value.rc == 5
     lvm_script([(["lvextend", "--yes", "--size", "512b", f"{VG}/x"], 5, "", "  Something new went wrong.")])
     with pytest.raises(CommandFailed):
         lvm.extend(VG, "x", 1)

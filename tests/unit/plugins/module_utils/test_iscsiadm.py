@@ -1,4 +1,4 @@
-"""basalt_core.iscsiadm: exact argv in, real open-iscsi 2.1.8 output out (tests/unit/iscsi_recorded, see its README).
+"""basalt_core.iscsiadm: exact argv in, real open-iscsi 2.1.8 output out (iscsi_recorded, see its README).
 
 Node-database operations were recorded here (and run for real in
 tests/iscsi/test_iscsiadm_real.py); login and session output comes from

@@ -1,7 +1,7 @@
 """Pool paths this machine cannot run (no device-mapper): thin pools, COW snapshots, dm activation.
 
 Each case lists the exact LVM commands the pool must run.  Report rows are
-real ``lvs``/``vgs`` output recorded on LVM2 2.03.16 (tests/unit/lvm_recorded:
+real ``lvs``/``vgs`` output recorded on LVM2 2.03.16 (tests/unit/plugins/module_utils/lvm_recorded:
 a thin pool, thin LVs and a COW snapshot loaded with vgcfgrestore), adapted
 only where a case needs another name, our tags, or what an active LV reports
 (``a``/``o`` in lv_attr, data_percent), which LVM shows only with device-mapper.
@@ -149,7 +149,7 @@ def test_restore_from_a_thin_snapshot_is_a_thin_snapshot_then_extended(script: A
         retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
                                                                           copy_method="thin"))),
     ])
-    volume, _ = volumes.ensure_volume(pool, "restored", 64 * MiB, source=source)
+    volume = volumes.ensure_volume(pool, "restored", 64 * MiB, source=source)[0]
     assert volume.copy_method == "thin"
 
 
@@ -181,7 +181,7 @@ def test_thin_snapshot_keeps_the_activation_skip_flag(script: Any) -> None:
     ("40.00", "91.00", "metadata is 91.0% full"),
 ])
 def test_nearly_full_thin_pool_makes_volumes_abnormal(script: Any, data: str, metadata: str,
-                                                       problem: Optional[str]) -> None:
+                                                      problem: Optional[str]) -> None:
     pool = thin_pool()
     volume = Volume(id=volume_id_for("v"), name="v", size=8 * MiB, pool="lvmthin", state=READY)
     row = row_like("thin2", lv_name(volume.id), record_tags(pool, "volume", volume), lv_attr="Vwi-aotz--")
@@ -239,7 +239,7 @@ def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
         found(origin_row),
         (lvs_all(True), 0, lvs_json(origin_row, snap_row), ""),
     ])
-    snapshot, _ = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})
+    snapshot = volumes.ensure_snapshot(pool, "db-snap", origin.id, parameters={})[0]
     assert snapshot.copy_method == COW
     with pytest.raises(Exception, match="COW snapshots"):
         volumes.delete_volume(pool, origin.id)
@@ -291,7 +291,7 @@ def test_copy_of_a_volume_in_use_goes_through_a_short_lived_cow_snapshot(
 
 
 def test_full_cow_space_during_the_copy_fails_clearly(script: Any, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pool = LvmPool(VG, PoolSettings())
     origin_id, target_id = volume_id_for("busy"), volume_id_for("busy-clone")
     pit = "csi-pit-" + target_id[len("vol-"):]
