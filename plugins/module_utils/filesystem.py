@@ -106,4 +106,3 @@ def renew_uuid(device: str, fs_type: str) -> None:
     result = run(["xfs_admin", "-U", "generate", dev], check=False, what=f"renew the UUID of {device}")
     if result.rc != 0 or probe(dev).uuid == before:  # xfs_admin answers 0 even when it refuses a dirty log
         raise CommandFailed(result.argv, result.rc, result.stderr or result.stdout, f"renew the UUID of {device}")
-

@@ -118,8 +118,8 @@ def mount(source: str, target: str, fs_type: str, options: Sequence[str] = ()) -
         # mount(8) exits 32 with the kernel's EINVAL ("bad option") for an option the filesystem does
         # not take: the caller's options are at fault, not the host.
         if flat and error.rc == _MOUNT_FAILURE and "bad option" in error.stderr:
-            raise InvalidRequest(f"mount {source} on {target}: the filesystem refused the mount options "
-                                 f"(withheld: they may hold secrets): {error.stderr}") from None
+            raise InvalidRequest(f"the filesystem refused the mount options (withheld: they may hold secrets): "
+                                 f"{error}") from None
         raise
 
 
