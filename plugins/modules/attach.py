@@ -17,19 +17,17 @@ description:
   - Detaching refuses a device that is mounted (a staged volume); unmount it first.
 author:
   - Basalt developers (@basalt)
+extends_documentation_fragment:
+  - basalt.csi.attributes
+  - basalt.csi.pool
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status it predicts without changing the host.
     support: full
   diff_mode:
-    description: Returns whether the volume was attached before and after in C(diff).
     support: full
+    details:
+      - The diff says whether the volume was attached before and after.
 options:
-  pool:
-    description:
-      - The pool, as a spec string the agent also takes, for example V(file:/var/lib/basalt/pools/file).
-    type: str
-    required: true
   volume_id:
     description:
       - The id (C(vol-...)) of the volume. One of O(volume_id) and O(volume_name) is required.
@@ -88,13 +86,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.basalt.csi.plugins.module_utils.errors import StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.local_attach import ensure_attached, ensure_detached
 from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import POOL, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            pool=dict(type="str", required=True),
+        argument_spec=argument_spec(
+            POOL,
             volume_id=dict(type="str"),
             volume_name=dict(type="str"),
             state=dict(type="str", choices=["attached", "detached"], default="attached"),

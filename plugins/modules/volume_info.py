@@ -16,19 +16,10 @@ description:
   - Reads the pool only; it never creates a file pool's directories.
 author:
   - Basalt developers (@basalt)
-attributes:
-  check_mode:
-    description: Reads only, so it runs in check mode as it does otherwise.
-    support: full
-  diff_mode:
-    description: Changes nothing, so there is no diff.
-    support: none
+extends_documentation_fragment:
+  - basalt.csi.attributes.read_only
+  - basalt.csi.pool
 options:
-  pool:
-    description:
-      - The pool, as a spec string the agent also takes, for example V(file:/var/lib/basalt/pools/file).
-    type: str
-    required: true
   id:
     description:
       - Only the volume of this id (C(vol-...)).
@@ -109,14 +100,15 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.basalt.csi.plugins.module_utils.errors import StorageError, failure_details
 from ansible_collections.basalt.csi.plugins.module_utils.facts import volume_facts
 from ansible_collections.basalt.csi.plugins.module_utils.model import volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.module_args import POOL, argument_spec
 from ansible_collections.basalt.csi.plugins.module_utils.pool_factory import open_pool
 from ansible_collections.basalt.csi.plugins.module_utils.volumes import list_volumes
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            pool=dict(type="str", required=True),
+        argument_spec=argument_spec(
+            POOL,
             id=dict(type="str"),
             name=dict(type="str"),
         ),
