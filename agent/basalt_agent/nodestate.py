@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Set
 
-from basalt_core.atomicfile import read_json, remove_durably, write_json
+from basalt_core.atomicfile import read_json, remove_durably, sweep_temp_files, write_json
 
 
 @dataclass
@@ -93,7 +93,4 @@ class NodeState:
 
     def clean_leftovers(self) -> List[str]:
         """Remove the temp files of record writes a crash interrupted; return them."""
-        removed = glob.glob(os.path.join(self.directory, ".tmp-*"))
-        for path in removed:
-            remove_durably(path)
-        return removed
+        return sweep_temp_files(self.directory)

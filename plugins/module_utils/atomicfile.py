@@ -6,10 +6,14 @@ the moment of a crash.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+#: What a write in progress is named; a crash leaves such files behind.
+TEMP_PREFIX = ".tmp-"
 
 
 def fsync_path(path: str) -> None:
@@ -23,7 +27,7 @@ def fsync_path(path: str) -> None:
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -62,3 +66,11 @@ def remove_durably(path: str) -> bool:
         return False
     fsync_path(os.path.dirname(path) or ".")
     return True
+
+
+def sweep_temp_files(directory: str) -> List[str]:
+    """Remove the temp files of writes a crash interrupted in *directory*; return their paths."""
+    removed = sorted(glob.glob(os.path.join(glob.escape(directory), TEMP_PREFIX + "*")))
+    for path in removed:
+        remove_durably(path)
+    return removed

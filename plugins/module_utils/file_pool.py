@@ -16,7 +16,7 @@ import shutil
 from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Union
 
 from . import freeze, imagefile, losetup
-from .atomicfile import read_json, remove_durably, write_json
+from .atomicfile import read_json, remove_durably, sweep_temp_files, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
 from .pool import Orphan, Pool, Storage
@@ -225,9 +225,5 @@ class FilePool(Pool):
     def clean_leftovers(self) -> List[str]:
         removed = [f"freeze of {path}" for path in freeze.thaw_recorded(self._dir("freezes"))]
         for kind in ("volumes", "snapshots", "freezes"):
-            directory = self._dir(kind)
-            for name in os.listdir(directory) if os.path.isdir(directory) else []:
-                if name.startswith(".tmp-"):
-                    os.unlink(os.path.join(directory, name))
-                    removed.append(os.path.join(directory, name))
+            removed += sweep_temp_files(self._dir(kind))
         return removed
