@@ -21,7 +21,7 @@ from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 from basalt_core.target_backends import open_target_backend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server, terminal
 from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
@@ -54,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.probe:
         return probe(settings.endpoint)
     logs.configure(settings.log_level)
+    terminal.install(sys.stderr)  # run by hand: progress bars for long copies and formats
     try:
         return serve(settings)
     except (StorageError, server.SocketInUse) as error:
