@@ -144,3 +144,48 @@ def test_node_tools_are_found_again_where_they_were_and_one_gone_is_missing(tmp_
     (second / "mkfs.probe").write_text("#!/bin/sh\n")
     (second / "mkfs.probe").chmod(0o755)
     assert tools.missing() == ["absent.probe"]  # found again elsewhere on PATH
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """The part of a servicer context Probe uses: abort raises with the code and details."""
+
+    def abort(self, code: object, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _AnsweringPool:
+    probe_runs_commands = False
+
+    def probe(self) -> None:
+        """The pool answers at once."""
+
+
+def test_probe_fails_within_its_bound_while_a_dependency_hangs_and_recovers_after(monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """A hung target service or iscsid (a check that never returns) costs Probe PROBE_BOUND, not a hang."""
+    monkeypatch.setattr(identity, "PROBE_BOUND", 0.3)
+    released = threading.Event()
+
+    def hung() -> None:
+        released.wait(30)
+
+    service = identity.IdentityService(_AnsweringPool(), ["identity", "controller"],  # type: ignore[arg-type]
+                                       dependencies=[hung])
+    started = time.monotonic()
+    with pytest.raises(_Aborted) as caught:
+        service.Probe(identity.csi_pb2.ProbeRequest(), _Context())
+    assert time.monotonic() - started < 2
+    assert caught.value.args[0].name == "FAILED_PRECONDITION" and "did not answer" in caught.value.args[1]
+    released.set()
+    deadline = time.monotonic() + 5
+    while True:  # the hung check finishes; the next Probe runs the checks afresh and answers ready
+        try:
+            assert service.Probe(identity.csi_pb2.ProbeRequest(), _Context()).ready.value is True
+            break
+        except _Aborted:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
