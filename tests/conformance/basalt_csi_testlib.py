@@ -63,6 +63,7 @@ from csi_requests import (
     block_cap,
     code_of,
     crange,
+    create_volume_request,
     csi,
     exact,
     expect_code,
@@ -172,6 +173,7 @@ __all__ = [
     "cleanup_root",
     "code_of",
     "crange",
+    "create_volume_request",
     "csi",
     "csi_grpc",
     "device_mapper_problem",
@@ -479,6 +481,10 @@ class Agent:
         self.node.NodeUnstageVolume(
             csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
         )
+
+    def get_volume(self, volume_id: str) -> Any:
+        """ControllerGetVolume's answer (volume and status)."""
+        return self.ctl.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=volume_id))
 
     def list_all_volumes(self) -> list[Any]:
         entries, token = [], ""

@@ -88,6 +88,18 @@ def unique(prefix: str = "vol") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def create_volume_request(cap: Any = None, rng: Any = None, **kw: Any) -> Any:
+    """A CreateVolumeRequest: a fresh name unless given, one MOUNT capability unless given."""
+    req = csi.CreateVolumeRequest(
+        name=kw.pop("name", None) or unique(),
+        volume_capabilities=[cap if cap is not None else mount_cap()],
+        **kw,
+    )
+    if rng is not None:
+        req.capacity_range.CopyFrom(rng)
+    return req
+
+
 def snapshot_source(snapshot_id: str) -> Any:
     return csi.VolumeContentSource(
         snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id)
