@@ -161,3 +161,8 @@ def code_of(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, 
         return SC.OK, method(request)
     except grpc.RpcError as err:
         return err.code(), err
+
+
+def usage_by_unit(resp: Any) -> dict[int, Any]:
+    """A NodeGetVolumeStats answer's usage entries by unit (BYTES, INODES)."""
+    return {u.unit: u for u in resp.usage}
