@@ -19,13 +19,15 @@ Update = Callable[[int], None]
 #: normally means the operation completed
 Display = Callable[[str, Optional[int]], ContextManager[Update]]
 
-_display: Optional[Display] = None
+class _Shown:
+    """Where this process's operations report to: the display a face installed, if any."""
+
+    display: Optional[Display] = None
 
 
 def show_with(display: Optional[Display]) -> None:
     """Install *display* for every later operation of this process (None: show nothing again)."""
-    global _display
-    _display = display
+    _Shown.display = display
 
 
 def _ignore(_done: int) -> None:
@@ -35,7 +37,7 @@ def _ignore(_done: int) -> None:
 @contextlib.contextmanager
 def tracked(what: str, total: Optional[int] = None) -> Iterator[Update]:
     """Report the progress of *what* (bytes of *total*; None: only that it runs) to the display, if any."""
-    display = _display
+    display = _Shown.display
     if display is None:
         yield _ignore
         return
