@@ -19,6 +19,7 @@ Update = Callable[[int], None]
 #: normally means the operation completed
 Display = Callable[[str, Optional[int]], ContextManager[Update]]
 
+
 class _Shown:
     """Where this process's operations report to: the display a face installed, if any."""
 
