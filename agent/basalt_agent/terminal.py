@@ -23,12 +23,12 @@ def install(stream: IO[str]) -> bool:
     """Show long operations' progress on *stream* if it is a terminal and tqdm is there; True when so."""
     if not stream.isatty() or importlib.util.find_spec("tqdm") is None:
         return False
-    progress.show_with(lambda what, total: bar(stream, what, total))
+    progress.show_with(lambda what, total: progress_bar(stream, what, total))
     return True
 
 
 @contextlib.contextmanager
-def bar(stream: IO[str], what: str, total: Optional[int]) -> Iterator[progress.Update]:
+def progress_bar(stream: IO[str], what: str, total: Optional[int]) -> Iterator[progress.Update]:
     """A tqdm bar for one operation: bytes done of *total* with the rate, or (no total) its elapsed time.
 
     Left on the terminal when the operation ends: at 100 % when it completed (a sparse copy skips
