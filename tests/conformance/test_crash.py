@@ -438,6 +438,27 @@ def test_an_xfs_copy_stages_beside_its_origin(fresh_agent_factory: AgentFactory)
     assert_nothing_left(agent)
 
 
+def test_btrfs_is_refused_so_no_copy_shares_its_id(fresh_agent_factory: AgentFactory) -> None:
+    """btrfs (which refuses two filesystems with one fsid) is not offered: CreateVolume, NodeStageVolume and
+    NodePublishVolume answer INVALID_ARGUMENT naming the filesystems Basalt makes."""
+    agent = fresh_agent_factory()
+    pool_neutral(agent)
+    vol = agent.create_volume(16 * MiB, cap=mount_cap("ext4"))
+    btrfs = mount_cap("btrfs")
+    calls = [
+        (agent.ctl.CreateVolume, csi.CreateVolumeRequest(name=unique("btrfs"), volume_capabilities=[btrfs])),
+        (agent.node.NodeStageVolume, node_req(vol, btrfs, agent.staging_dir())),
+        (agent.node.NodePublishVolume, csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=agent.staging_dir(), target_path=agent.path("mount"),
+            volume_capability=btrfs)),
+    ]
+    for call, request in calls:
+        err = expect_code(call, request, SC.INVALID_ARGUMENT)
+        assert "'btrfs' is not supported (use one of ext4, xfs)" in (err.details() or ""), err.details()
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
 # -- 5. node record temp files ---------------------------------------------------------
 
 def test_start_up_sweeps_node_record_temp_files(fresh_agent_factory: AgentFactory) -> None:
