@@ -79,11 +79,12 @@ def test_doctor_and_gc_on_a_storage_host(host: Agent, tgtd: Tgtd, loop: Loop, no
     publish(host, volume.volume_id, "node-a", block_cap())
     published = f"{BASE}:{volume.volume_id}"
     stray = stray_target()
-    ours = tgt.TgtBackend(control_port=tgtd.control_port, base_iqn=BASE,
+    ours = tgt.TgtBackend(control_port=tgtd.control_port, base_iqn=BASE, conf_path=str(tmp_path / "stray.conf"),
                           record_path=str(tmp_path / "stray-grants.json"))
     ours.ensure_export(stray, loop.device, "0123456789abcdef", False)
     ours.ensure_grant(stray, NODE_A, None)
-    other = tgt.TgtBackend(control_port=tgtd.control_port, record_path=str(tmp_path / "other-grants.json"))
+    other = tgt.TgtBackend(control_port=tgtd.control_port, conf_path=str(tmp_path / "other.conf"),
+                           record_path=str(tmp_path / "other-grants.json"))
     other.ensure_export(FOREIGN, str(loop.backing_file), "fedcba9876543210", False)
 
     orphan_node, attached_node = stray_target(), stray_target()
