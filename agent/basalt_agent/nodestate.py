@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Set
 
+from basalt_core import ext4_grow
 from basalt_core.atomicfile import read_json, remove_durably, sweep_temp_files, write_json
 
 
@@ -53,8 +54,15 @@ class NodeState:
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def _path(self, volume_id: str) -> str:
+        return self._stem(volume_id) + ".json"
+
+    def _stem(self, volume_id: str) -> str:
         # CSI ids may hold any character; a digest makes a safe file name.
-        return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
+        return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest())
+
+    def grow_mark(self, volume_id: str) -> str:
+        """Where an offline grow of the volume keeps its mark and undo files (``ext4_grow``)."""
+        return self._stem(volume_id)
 
     def load(self, volume_id: str) -> Optional[NodeRecord]:
         return self._read(self._path(volume_id))
@@ -92,5 +100,5 @@ class NodeState:
         return {r.ephemeral_volume_id or r.volume_id for r in self.records() if not r.iscsi_target}
 
     def clean_leftovers(self) -> List[str]:
-        """Remove the temp files of record writes a crash interrupted; return them."""
-        return sweep_temp_files(self.directory)
+        """Remove the temp files of record writes and the undo files of grows a crash interrupted; return them."""
+        return sweep_temp_files(self.directory) + ext4_grow.sweep(self.directory)
