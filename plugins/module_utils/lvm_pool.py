@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, losetup, lvm
+from . import devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NoSpace, NotFound, Precondition
 from .lvm_extents import FreeExtents
@@ -367,7 +367,8 @@ class LvmPool(Pool):
     def _copy_bytes(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, length: int = 0) -> None:
         total = length or origin.size
         with active(self.activator, origin) as source, active(self.activator, target) as dest:
-            with open(source, "rb", buffering=0) as src, open(dest, "r+b", buffering=0) as dst:
+            with open(source, "rb", buffering=0) as src, open(dest, "r+b", buffering=0) as dst, \
+                    progress.tracked(f"copying {origin.name}", total) as shown:
                 copied = 0
                 while copied < total:
                     chunk = src.read(min(COPY_CHUNK, total - copied))
@@ -375,6 +376,7 @@ class LvmPool(Pool):
                         raise Precondition(f"{source} ({origin.full_name}) ended after {copied} of {total} bytes")
                     dst.write(chunk)
                     copied += len(chunk)
+                    shown(copied)
                 os.fsync(dst.fileno())
         log.info("copied %d bytes from %s to %s", copied, origin.full_name, target.full_name)
 

@@ -88,6 +88,18 @@ def unique(prefix: str = "vol") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def create_volume_request(cap: Any = None, rng: Any = None, **kw: Any) -> Any:
+    """A CreateVolumeRequest: a fresh name unless given, one MOUNT capability unless given."""
+    req = csi.CreateVolumeRequest(
+        name=kw.pop("name", None) or unique(),
+        volume_capabilities=[cap if cap is not None else mount_cap()],
+        **kw,
+    )
+    if rng is not None:
+        req.capacity_range.CopyFrom(rng)
+    return req
+
+
 def snapshot_source(snapshot_id: str) -> Any:
     return csi.VolumeContentSource(
         snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id)
@@ -149,3 +161,8 @@ def code_of(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, 
         return SC.OK, method(request)
     except grpc.RpcError as err:
         return err.code(), err
+
+
+def usage_by_unit(resp: Any) -> dict[int, Any]:
+    """A NodeGetVolumeStats answer's usage entries by unit (BYTES, INODES)."""
+    return {u.unit: u for u in resp.usage}
