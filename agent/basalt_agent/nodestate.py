@@ -13,8 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Set
 
-from basalt_core import ext4_grow
+from basalt_core import ext4_grow, iscsiadm
 from basalt_core.atomicfile import read_json, remove_durably, sweep_temp_files, write_json
+from basalt_core.facts import volume_id_of_target
 
 
 @dataclass
@@ -94,6 +95,19 @@ class NodeState:
     def records(self) -> List[NodeRecord]:
         return [record for record in map(self._read, sorted(glob.glob(os.path.join(self.directory, "*.json"))))
                 if record is not None]
+
+    def iscsi_targets(self) -> Set[str]:
+        """The iSCSI targets this node's records name (what it logged in to, or is logging in to)."""
+        return {record.iscsi_target for record in self.all() if record.iscsi_target}
+
+    def stray_sessions(self, base_iqn: str) -> List[iscsiadm.Session]:
+        """Live sessions to Basalt's targets (``BASE:vol-...``) that no record names: a node's leftovers
+        (``basalt doctor``, ``basalt_orphans{kind="session"}``); anything else is not Basalt's."""
+        if not iscsiadm.installed():
+            return []
+        owned, base = self.iscsi_targets(), base_iqn + ":"
+        return [session for session in iscsiadm.sessions() if session.target_iqn.startswith(base)
+                and volume_id_of_target(session.target_iqn) and session.target_iqn not in owned]
 
     def local_volume_ids(self) -> Set[str]:
         """Pool volumes this node stages, publishes or is staging (not those attached over iSCSI)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional
 
+from . import progress
 from .blkid import probe
 from .errors import CommandFailed, InvalidRequest, Precondition
 from .runner import operand, run
@@ -37,7 +38,8 @@ def check_type(fs_type: str) -> str:
 def make(device: str, fs_type: str) -> None:
     """Create a filesystem; callers must have checked the device is blank."""
     fs = check_type(fs_type)
-    run(_MKFS[fs] + [operand(device, "device")], timeout=600, what=f"create {fs} on {device}")
+    with progress.tracked(f"making {fs} on {device}"):  # mkfs tells no fraction: only that it runs
+        run(_MKFS[fs] + [operand(device, "device")], timeout=600, what=f"create {fs} on {device}")
 
 
 def wipe(device: str) -> None:

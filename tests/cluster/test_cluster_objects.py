@@ -376,6 +376,11 @@ def test_monitoring_objects_match_their_crd_schemas_and_the_agents_metrics(rende
     # every series an alert reads is one the agent exports (counters carry _total); `up` is Prometheus's,
     # its job the Service's name (the monitor sets no jobLabel)
     source = Path(basalt_agent.metrics.__file__).read_text()
+    read = {name for alert in rule["spec"]["groups"][0]["rules"]
+            for name in re.findall(r"\bbasalt_[a-z_]+", alert["expr"])}
+    # issue #14's set: pool nearly full, thin metadata nearly full, orphans > 0, RPC errors
+    assert {"basalt_pool_allocated_bytes", "basalt_pool_thin_metadata_percent", "basalt_orphans",
+            "basalt_rpc_requests_total"} <= read, read
     for alert in rule["spec"]["groups"][0]["rules"]:
         for name in re.findall(r"\bbasalt_[a-z_]+", alert["expr"]):
             assert f'"{name.removesuffix("_total")}"' in source, f"{alert['alert']}: the agent exports no {name}"

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator, List
 
 import pytest
-from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, storage_host_args
+from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, scrape, storage_host_args
 from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, retry_until
-from prometheus_client.parser import text_string_to_metric_families
 from tgtd_testlib import Loop, Tgtd, free_port
 
 from basalt_agent import cli
@@ -55,15 +53,6 @@ def node_records(tgtd: Tgtd) -> Iterator[List[str]]:
     for target in made:
         subprocess.run(["iscsiadm", "-m", "node", "-o", "delete", "-T", target, "-p", tgtd.portal],
                        capture_output=True, check=False, timeout=30)
-
-
-def scrape(agent: Agent) -> Dict[Tuple[str, str], float]:
-    """(metric, kind label) -> value, from the agent's /metrics."""
-    address = agent.extra_args[agent.extra_args.index("--metrics-address") + 1]
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=15) as answer:
-        text = answer.read().decode()
-    return {(sample.name, sample.labels.get("kind", "")): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def basalt(capsys: Any, agent: Agent, *args: str) -> Any:
