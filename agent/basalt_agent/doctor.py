@@ -2,10 +2,11 @@
 
 Every check yields findings: one line each, with the fix. A leftover is
 something under Basalt's names that no record owns (an image or LV, a loop
-device on one, a target under ``--iscsi-base-iqn`` whose volume is gone, an
-iSCSI session or node record for such a target that no node record names);
-only leftovers carry a removal, and ``gc`` runs exactly those removals. Stale
-mounts under the kubelet root are reported, never unmounted (a pod may use one).
+device on one, a target under ``--iscsi-base-iqn`` whose volume is gone, with
+tgt or LIO; an iSCSI session or open-iscsi node record to a target under it
+that no node record names); only leftovers carry a removal, and ``gc`` runs
+exactly those removals, consumers first. Stale mounts under the kubelet root
+are reported, never unmounted (a pod may use one).
 """
 
 from __future__ import annotations
