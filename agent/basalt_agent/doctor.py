@@ -2,10 +2,11 @@
 
 Every check yields findings: one line each, with the fix. A leftover is
 something under Basalt's names that no record owns (an image or LV, a loop
-device on one, a target under ``--iscsi-base-iqn`` whose volume is gone, an
-iSCSI session or node record for such a target that no node record names);
-only leftovers carry a removal, and ``gc`` runs exactly those removals. Stale
-mounts under the kubelet root are reported, never unmounted (a pod may use one).
+device on one, a target under ``--iscsi-base-iqn`` whose volume is gone, with
+tgt or LIO; an iSCSI session or open-iscsi node record to a target under it
+that no node record names); only leftovers carry a removal, and ``gc`` runs
+exactly those removals, consumers first. Stale mounts under the kubelet root
+are reported, never unmounted (a pod may use one).
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
-from basalt_core import iscsiadm, multipath, volumes
+from basalt_core import exports, iscsiadm, multipath, volumes
 from basalt_core.errors import Conflict, StorageError
 from basalt_core.facts import volume_id_of_target as volume_id_of
-from basalt_core.iscsi_target import TargetBackend
 from basalt_core.losetup import list_devices
 from basalt_core.lvm_pool import LvmPool
 from basalt_core.mount import mounts
 from basalt_core.pool import Orphan
 from basalt_core.runner import run
 
-from . import DRIVER_NAME, identity, initiator
+from . import DRIVER_NAME, identity, initiator, reconcile
 from .inventory import Inventory, agent_listening
+from .publishing import IscsiPublishing
 
 log = logging.getLogger("basalt")
 
@@ -170,7 +171,7 @@ def target_service(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]
 
 def iscsi_node(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     own = initiator.for_node(inventory.settings)
-    attached = any(record.iscsi_target for record in inventory.node_state.all())
+    attached = bool(inventory.node_state.iscsi_targets())
     if own is None and not attached:
         return
     try:
@@ -199,8 +200,25 @@ def iscsi_node(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
 
 
 def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
+    """Consumers first (sessions, node records, exports, then the pool's objects), which is also the order
+    gc removes them in: a target holds its LV open, a session holds its target."""
+    base = inventory.settings.iscsi_base_iqn + ":"
+    owned = inventory.node_state.iscsi_targets()
+    for session in inventory.node_state.stray_sessions(inventory.settings.iscsi_base_iqn):
+        yield Finding(LEFTOVER, "leftovers", f"iSCSI session {session.sid} to {session.target_iqn} "
+                      f"({session.portal}): no node record names it", "basalt gc --apply",
+                      _node_removal(iscsiadm.logout, session.target_iqn, session.portal))
+    for target, portal in iscsiadm.nodes() if iscsiadm.installed() else []:
+        if volume_id_of(target) and target.startswith(base) and target not in owned:
+            yield Finding(LEFTOVER, "leftovers", f"iSCSI node record {target} ({portal}): no node record names it",
+                          "basalt gc --apply", _node_removal(iscsiadm.delete_node, target, portal))
+    for export in inventory.exports():
+        if export["volume_id"] and not export["owned"] and export["target_iqn"].startswith(base):
+            yield Finding(LEFTOVER, "leftovers", f"export {export['target_iqn']}: its volume has no record",
+                          "basalt gc --apply", _export_removal(inventory, export["volume_id"]))
     grace = inventory.settings.cleanup_grace
     agent_runs = agent_listening(inventory.settings.socket_path)
+    yield from _stray_grants(inventory, agent_runs)
     for record in volumes.abandoned(inventory.pool, grace):
         what = f"{type(record).__name__.lower()} {record.id} ({record.name!r}): {record.state}, left by an " \
             "interrupted operation"
@@ -213,23 +231,50 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     for orphan in inventory.pool.orphans():
         yield Finding(LEFTOVER, "leftovers", f"{orphan.kind} {orphan.name}: {orphan.reason}", "basalt gc --apply",
                       _orphan_removal(inventory, orphan))
-    base = inventory.settings.iscsi_base_iqn + ":"
-    backend = inventory.target_backend
-    for export in inventory.exports():
-        if export["volume_id"] and not export["owned"] and export["target_iqn"].startswith(base):
-            yield Finding(LEFTOVER, "leftovers", f"export {export['target_iqn']}: its volume has no record",
-                          "basalt gc --apply", _export_removal(backend, export["target_iqn"], export["initiators"]))
-    owned = {record.iscsi_target for record in inventory.node_state.all() if record.iscsi_target}
-    for session in inventory.sessions():
-        if session["volume_id"] and not session["owned"] and session["target_iqn"].startswith(base):
-            yield Finding(LEFTOVER, "leftovers", f"iSCSI session {session['sid']} to {session['target_iqn']} "
-                          f"({session['portal']}): no node record names it", "basalt gc --apply",
-                          _node_removal(iscsiadm.logout, session["target_iqn"], session["portal"]))
-    for target, portal in iscsiadm.nodes():
-        if volume_id_of(target) and target.startswith(base) and target not in owned:
-            yield Finding(LEFTOVER, "leftovers", f"iSCSI node record {target} ({portal}): no node record names it",
-                          "basalt gc --apply", _node_removal(iscsiadm.delete_node, target, portal))
     yield from _stale_mounts(inventory, kubelet_root)
+
+
+def _wanted_initiators(inventory: Inventory, exporting: IscsiPublishing) -> Dict[str, Set[Optional[str]]]:
+    """Per target, the initiators its volume's publication records want (None: a node whose IQN is unknown)."""
+    wanted: Dict[str, Set[Optional[str]]] = {}
+    for item in reconcile.wanted_of(exporting, inventory.pool.all_volumes()):
+        wanted.setdefault(item.target_iqn, set()).add(item.initiator_iqn)
+    return wanted
+
+
+def _stray_grants(inventory: Inventory, agent_runs: bool) -> Iterator[Finding]:
+    """Grants (tgt ACLs, LIO NodeACLs) on the exports of recorded volumes that no publication record wants:
+    access a node should no longer have.  The agent revokes them at its next start (reconcile.py); while it
+    runs, a grant may be a ControllerPublish whose record is not written yet, so gc leaves them to it."""
+    exporting = inventory.exporting
+    if exporting is None:
+        return
+    wanted = _wanted_initiators(inventory, exporting)
+    for export in inventory.exports():
+        target, want = export["target_iqn"], wanted.get(export["target_iqn"], set())
+        if not export["owned"] or not target.startswith(exporting.settings.base_iqn + ":") or None in want:
+            continue
+        for initiator_iqn in sorted(set(export["initiators"]) - want):
+            what = f"grant to {initiator_iqn} on {target}: no publication record wants it"
+            if agent_runs:
+                yield Finding(WARN, "leftovers", what, "restart the agent (it revokes it at start), or stop it "
+                              "and run basalt gc --apply")
+            else:
+                yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply",
+                              _grant_removal(inventory, exporting, target, initiator_iqn))
+
+
+def _grant_removal(inventory: Inventory, exporting: IscsiPublishing, target: str, initiator_iqn: str
+                   ) -> Callable[[], None]:
+    def remove() -> None:
+        backend = exporting.backend
+        with backend.transaction():
+            if initiator_iqn in _wanted_initiators(inventory, exporting).get(target, set()):
+                raise Conflict(f"a publication record wants {initiator_iqn} on {target} again: left in place")
+            if not backend.revoke_grant(target, initiator_iqn):
+                raise Conflict(f"the grant to {initiator_iqn} on {target} was already gone")
+            backend.persist()
+    return remove
 
 
 def _abandoned_removal(inventory: Inventory, object_id: str) -> Callable[[], None]:
@@ -244,12 +289,14 @@ def _orphan_removal(inventory: Inventory, orphan: Orphan) -> Callable[[], None]:
     return lambda: inventory.pool.remove_orphan(orphan)
 
 
-def _export_removal(backend: Optional[TargetBackend], target: str, initiators: List[str]) -> Callable[[], None]:
+def _export_removal(inventory: Inventory, volume_id: str) -> Callable[[], None]:
     def remove() -> None:
-        assert backend is not None  # exports are only listed where there is a backend
-        for initiator_iqn in initiators:
-            backend.revoke_grant(target, initiator_iqn)
-        backend.remove_export(target)
+        exporting = inventory.exporting
+        assert exporting is not None  # exports are only listed where there is a backend
+        if inventory.pool.load_volume(volume_id) is not None:
+            raise Conflict(f"volume {volume_id} has a record again: its export is left in place")
+        # the whole export, every grant first, and the target service's saved configuration with it
+        exports.ensure_withdrawn(inventory.pool, exporting.backend, exporting.settings, volume_id)
     return remove
 
 
