@@ -8,14 +8,16 @@ cd "$(dirname "$0")/.."
 export BASALT_VM_REQUIRED=1
 python3 tests/vm/build_image.py >/dev/null
 python3 tests/vm/build_image.py --variant systemd >/dev/null
-(cd tests/vm && python3 -c 'import pydeps; pydeps.ensure(); pydeps.ensure_ansible()')
+(cd tests/vm && python3 -c 'import pydeps; pydeps.ensure(); pydeps.ensure_ansible(); pydeps.ensure_wheels()')
 
 pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # Balanced by measured time (2026-11-25, one stream, images cached): test_vm_tier 7.2 min,
-# test_vm_molecule 3.6, test_vm_modules 5.3, test_vm_iscsi_agent 4.2; test_vm_operator 2.5 (2026-12-04).
+# test_vm_modules 5.3, test_vm_iscsi_agent 4.2; test_vm_operator 2.5 (2026-12-04). The roles' Molecule
+# scenarios (test_vm_molecule: default and uninstall, one boot each; docs/vm-tier.md has their step times).
+molecule=tests/vm/test_vm_molecule.py
 streams=(
-  "tests/vm/test_vm_tier.py tests/vm/test_vm_molecule.py"
-  "tests/vm/test_vm_modules.py tests/vm/test_vm_iscsi_agent.py tests/vm/test_vm_operator.py"
+  "tests/vm/test_vm_tier.py $molecule::test_molecule_default_on_the_systemd_vm_over_ssh $molecule::test_ssh_vm_gives_up_when_sshd_never_answers $molecule::test_ssh_vm_retries_a_taken_port_then_fails"
+  "tests/vm/test_vm_modules.py tests/vm/test_vm_iscsi_agent.py tests/vm/test_vm_operator.py $molecule::test_molecule_uninstall_on_the_systemd_vm"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
