@@ -322,7 +322,7 @@ class LvmPool(Pool):
         if place is None:
             self._index.forget()  # where LVM put it is not known here
             return
-        self._operation.made = placed_lv(self.vg, name, place, extent, tags)
+        self._operation.made = placed_lv(self.vg, name, place, extent, tags, self.options.alloc)
         self._index.committed(name, self._operation.made, before)
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:

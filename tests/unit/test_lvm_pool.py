@@ -7,6 +7,7 @@ and for real in the VM tier.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import uuid
@@ -17,6 +18,7 @@ import pytest
 
 from basalt_core import blkid, losetup, lvm, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
+from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
 from basalt_core.pool_spec import PoolSettings
@@ -225,6 +227,9 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
     assert ran == ["lvremove", "lvcreate", "lvchange"]
     assert volumes.get_volume(pool, third.id).state == "ready" and ran[3:] == []  # from the index too
+    listed = lvm.logical_volume(vg[0], lv_name(third.id))  # what the index holds is what lvs reports
+    assert listed is not None and dataclasses.replace(listed, uuid="") == placed_lv(
+        vg[0], listed.name, listed.seg_pe_ranges[0], lvm.volume_group(vg[0]).extent_size, listed.tags, "contiguous")
 
     subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(second.id)}"], check=True,
                    capture_output=True)
