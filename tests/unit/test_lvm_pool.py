@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from basalt_core import blkid, losetup, lvm, volumes
+from basalt_core import blkid, losetup, lvm, lvm_index, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
 from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
@@ -241,3 +241,7 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     pool.all_volumes()
     subprocess.run(["lvremove", "--yes", f"{vg[0]}/{lv_name(third.id)}"], check=True, capture_output=True)
     assert volumes.delete_volume(pool, third.id) is False  # gone behind its back: not answered from the index
+    monkeypatch.setattr(lvm_index, "RELOAD_INTERVAL", 0.0)  # (1 s: not a full listing per look-up under churn)
+    del ran[:]
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # read all again: valid again
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
