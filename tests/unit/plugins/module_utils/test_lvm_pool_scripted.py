@@ -406,3 +406,42 @@ def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: An
     script([missing(name), VGS])  # the recorded VG has 56 MiB free
     with pytest.raises(NoSpace, match="58720256 bytes available"):
         volumes.ensure_volume(LvmPool(VG, PoolSettings()), "too-big", 64 * MiB, check_mode=True)
+
+
+def active_row(base: str, name: str, attr: str) -> Dict[str, str]:
+    """A managed LV as LVM lists it with device-mapper (each LV its own uuid: rows of one LV are merged)."""
+    return row_like(base, name, [lvm.MANAGED_TAG], lv_attr=attr, lv_uuid=f"uuid-{name}")
+
+
+def deactivation(name: str, rc: int = 0, stderr: str = "") -> Any:
+    return (["lvchange", "--activate", "n", f"{VG}/{name}"], rc, "", stderr)
+
+
+def test_start_up_deactivates_only_the_pools_own_idle_activations(script: Any) -> None:
+    """dm activation: start-up deactivates the pool's LVs that are active, unopened and wanted by no record
+    (a copy or a NodeStage killed midway left them); a wanted, an open, a COW snapshot and an LV outside
+    Basalt's names stay (LVM's selection on the managed tag already keeps every untagged LV out)."""
+    stray, staged, opened = (lv_name(volume_id_for(what)) for what in ("stray", "staged", "open"))
+    copy = lv_name(snapshot_id_for("copy"))
+    script([
+        (lvs_all(True), 0, lvs_json(
+            active_row("thin2", stray, "Vwi-a-tz--"), active_row("thin2", copy, "Vwi-a-tz--"),
+            active_row("thin2", staged, "Vwi-aotz--"), active_row("thin2", opened, "Vwi-aotz--"),
+            active_row("cowsnap", "csi-snap-" + "c" * 32, "swi-a-s---"),
+            active_row("thin2", "not-basalts", "Vwi-a-tz--")), ""),
+        deactivation(stray),
+        deactivation(copy),
+    ])
+    assert thin_pool().detach_strays([volume_id_for("staged")]) == [f"{VG}/{stray} (deactivated)",
+                                                                   f"{VG}/{copy} (deactivated)"]
+
+
+def test_a_stray_activation_that_cannot_be_taken_down_does_not_stop_start_up(script: Any) -> None:
+    busy, idle = lv_name(volume_id_for("busy")), lv_name(volume_id_for("idle"))
+    script([
+        (lvs_all(True), 0, lvs_json(active_row("vol-normal", busy, "-wi-a-----"),
+                                    active_row("vol-normal", idle, "-wi-a-----")), ""),
+        deactivation(busy, 5, f"  Logical volume {VG}/{busy} in use.\n"),
+        deactivation(idle),
+    ])
+    assert LvmPool(VG, PoolSettings()).detach_strays([]) == [f"{VG}/{idle} (deactivated)"]
