@@ -1,19 +1,19 @@
-"""Chaos: a mixed workload while the agent is SIGKILLed at random moments, every call retried as a CO does.
+"""The chaos workload, shared by test_chaos.py (file, lvm-loop) and the VM tier (lvm-dm, lvmthin, LIO).
 
 One driver plays the CO: create, snapshot, clone, restore, expand, stage,
 publish, write with fsync, read, unpublish, unstage, delete, chosen by a
-seeded random generator.  A killer thread SIGKILLs the agent at random
-moments (at least ``BASALT_CHAOS_KILLS`` times: 8 by default, the bounded run
-CI makes on each pool kind; README's Reliability figures come from longer runs) and starts it
-again on the same state.  Every call is retried until it answers OK, as
-sidecars and kubelet do; a call that keeps failing for ``PATIENCE`` seconds
-fails the test with its last error.
+seeded random generator.  A killer thread SIGKILLs an agent at random
+moments and starts it again on the same state.  Every call is retried until
+it answers OK, as sidecars and kubelet do; a call that keeps failing for
+``PATIENCE`` seconds of agent uptime fails the run with its last error.
 
-At the end every acknowledged write is read back (volumes staged again for
-it), nothing is frozen, then the driver deletes everything and the host must
-hold nothing of the pool: backing objects, loop devices, mounts, node and
-freeze records, temp files.  The seed is printed: ``BASALT_CHAOS_SEED``
-replays a run.
+With a separate node agent (a storage host exporting over iSCSI to a node),
+ControllerPublish comes before each NodeStage and ControllerUnpublish after
+each NodeUnstage, as a CO does for a volume attached to another host, and the
+killer picks either agent.  ``run`` drives it to the number of kills asked;
+``settle`` then reads every acknowledged write back (staging volumes again for
+it), checks nothing is frozen, and deletes everything; the callers check that
+nothing is left.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from typing import Any
 import grpc
 import pytest
 from basalt_csi_testlib import (
+    LVM_LOOP_KIND,
     SC,
+    THIN_POOL_NAME,
     Agent,
+    DmLvmVg,
     MiB,
     csi,
     mount_cap,
@@ -45,8 +48,7 @@ from basalt_csi_testlib import (
 )
 from test_crash import assert_writable
 
-KILLS = int(os.environ.get("BASALT_CHAOS_KILLS", "8"))
-PATIENCE = 90.0  # seconds a CO keeps retrying one call before the test calls it stuck
+PATIENCE = 90.0  # seconds of agent uptime a CO keeps retrying one call before the run calls it stuck
 CAP = mount_cap("ext4")
 
 
@@ -56,6 +58,8 @@ class Vol:
     volume_id: str
     size: int
     files: dict[str, bytes] = field(default_factory=dict)  # acknowledged writes
+    volume_context: dict[str, str] = field(default_factory=dict)
+    publish_context: dict[str, str] = field(default_factory=dict)
     staging: str = ""
     target: str = ""
 
@@ -69,9 +73,17 @@ class Snap:
 
 
 class Chaos:
-    def __init__(self, agent: Agent, rng: random.Random) -> None:
+    """*agent* serves the controller (and the node, unless *node* is given: then a CO publishes to *node*,
+    with *secrets* in ControllerPublish and NodeStage)."""
+
+    def __init__(self, agent: Agent, rng: random.Random, node: Agent | None = None,
+                 secrets: dict[str, str] | None = None) -> None:
         self.agent = agent
+        self.node = node or agent
+        self.agents = [agent] if node is None else [agent, node]
+        self.secrets = dict(secrets or {})
         self.rng = rng
+        self.restarted = time.monotonic()
         self.up = threading.Event()
         self.up.set()
         self.stop = threading.Event()
@@ -96,10 +108,12 @@ class Chaos:
                 time.sleep(self.rng.uniform(0.0, 0.8))
                 if self.stop.is_set():
                     break
+                victim = self.rng.choice(self.agents)
                 self.up.clear()
-                self.agent.kill()
+                victim.kill()
                 self.kills += 1
-                self.agent.start()
+                victim.start()
+                self.restarted = time.monotonic()
                 self.up.set()
         except BaseException as error:  # e.g. the agent failed to start again: the driver reports it
             self.broken = error
@@ -116,13 +130,13 @@ class Chaos:
             if self.broken is not None:
                 raise AssertionError(f"the killer thread failed: {self.broken!r}") from self.broken
             try:
-                answer = getattr(getattr(self.agent, service), method)(request)
+                answer = getattr(getattr(self.node if service == "node" else self.agent, service), method)(request)
                 self.succeeded += 1
                 return answer
             except grpc.RpcError as error:
                 if error.code() in final:
                     return None
-                if time.monotonic() > deadline:
+                if time.monotonic() > max(deadline, self.restarted + PATIENCE):  # a TCG guest restarts slowly
                     pytest.fail(f"{method} never succeeded in {PATIENCE}s: {error.code().name} {error.details()}")
                 self.retried += 1
                 if error.code() not in (SC.UNAVAILABLE, SC.CANCELLED, SC.ABORTED, SC.UNKNOWN):
@@ -141,15 +155,22 @@ class Chaos:
         if source is not None:
             request.volume_content_source.CopyFrom(source)
         volume = self.call("ctl", "CreateVolume", request).volume
-        self.vols[name] = Vol(name, volume.volume_id, volume.capacity_bytes, dict(files or {}))
+        self.vols[name] = Vol(name, volume.volume_id, volume.capacity_bytes, dict(files or {}),
+                              dict(volume.volume_context))
 
     def stage(self, vol: Vol) -> None:
-        vol.staging = vol.staging or self.agent.staging_dir()
+        if self.node is not self.agent:
+            vol.publish_context = dict(self.call("ctl", "ControllerPublishVolume", csi.ControllerPublishVolumeRequest(
+                volume_id=vol.volume_id, node_id=self.node.node_id, volume_capability=CAP, secrets=self.secrets,
+                volume_context=vol.volume_context)).publish_context)
+        vol.staging = vol.staging or self.node.staging_dir()
         self.call("node", "NodeStageVolume", csi.NodeStageVolumeRequest(
-            volume_id=vol.volume_id, staging_target_path=vol.staging, volume_capability=CAP))
-        target = self.agent.path("mount")
+            volume_id=vol.volume_id, staging_target_path=vol.staging, volume_capability=CAP, secrets=self.secrets,
+            publish_context=vol.publish_context, volume_context=vol.volume_context))
+        target = self.node.path("mount")
         self.call("node", "NodePublishVolume", csi.NodePublishVolumeRequest(
-            volume_id=vol.volume_id, staging_target_path=vol.staging, target_path=target, volume_capability=CAP))
+            volume_id=vol.volume_id, staging_target_path=vol.staging, target_path=target, volume_capability=CAP,
+            publish_context=vol.publish_context, volume_context=vol.volume_context))
         vol.target = target
 
     def unstage(self, vol: Vol) -> None:
@@ -158,6 +179,9 @@ class Chaos:
         self.call("node", "NodeUnstageVolume", csi.NodeUnstageVolumeRequest(
             volume_id=vol.volume_id, staging_target_path=vol.staging))
         vol.target = ""
+        if self.node is not self.agent:
+            self.call("ctl", "ControllerUnpublishVolume", csi.ControllerUnpublishVolumeRequest(
+                volume_id=vol.volume_id, node_id=self.node.node_id))
 
     def write(self, vol: Vol) -> None:
         name = f"f{self.counter}"
@@ -174,7 +198,7 @@ class Chaos:
         staged = [v for v in self.vols.values() if v.target]
         idle = [v for v in self.vols.values() if not v.target]
         # lvm-loop copies only idle volumes (no dm_snapshot): pick sources among those there.
-        copyable = idle if self.agent.lvm is not None else list(self.vols.values())
+        copyable = idle if self.agent.kind == LVM_LOOP_KIND else list(self.vols.values())
         choices: list[tuple[int, Callable[[], None]]] = [(2 if len(self.vols) < 4 else 0, lambda: self.create())]
         if idle:
             still = self.rng.choice(idle)
@@ -218,42 +242,74 @@ class Chaos:
         self.call("ctl", "DeleteSnapshot", csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
         del self.snaps[snap.name]
 
+    # -- a whole run -----------------------------------------------------------------
+    def run(self, kills: int) -> float:
+        """The workload until the agents were killed *kills* times; return how long it took (seconds)."""
+        killer = threading.Thread(target=self.killer, name="killer", daemon=True)
+        started = time.monotonic()
+        killer.start()
+        try:
+            while self.kills < kills:
+                self.step()
+        finally:
+            self.stop.set()
+            killer.join(max(60.0, PATIENCE))
+        self.up.wait()
+        return time.monotonic() - started
 
-def test_chaos(fresh_agent_factory: Callable[..., Agent]) -> None:
+    def settle(self) -> None:
+        """Every acknowledged write read back, in every volume (staged again where it is not), nothing frozen;
+        then every snapshot and volume deleted."""
+        for vol in list(self.vols.values()):
+            if not vol.target:
+                self.stage(vol)
+            assert_writable(vol.staging)
+            self.verify(vol)
+            self.unstage(vol)
+        for snap in list(self.snaps.values()):
+            self.delete_snapshot(snap)
+        for vol in list(self.vols.values()):
+            self.delete(vol)
+
+    def figures(self, elapsed: float) -> dict[str, int]:
+        return {"kills": self.kills, "calls": self.calls, "retries": self.retried, "seconds": round(elapsed)}
+
+
+def kills_and_seed(default_kills: int) -> tuple[int, int]:
+    """``BASALT_CHAOS_KILLS`` (else *default_kills*) and ``BASALT_CHAOS_SEED`` (else a random one, printed)."""
     seed = int(os.environ.get("BASALT_CHAOS_SEED", str(random.randrange(1 << 32))))
-    print(f"chaos seed {seed} (BASALT_CHAOS_SEED={seed} replays it)")
-    agent = fresh_agent_factory()
-    objects_before = {path for path in agent.pool_objects() if not path.endswith("/freezes")}
-    chaos = Chaos(agent, random.Random(seed))
-    killer = threading.Thread(target=chaos.killer, name="killer", daemon=True)
-    started = time.monotonic()
-    killer.start()
-    try:
-        while chaos.kills < KILLS:
-            chaos.step()
-    finally:
-        chaos.stop.set()
-        killer.join(60)
-    chaos.up.wait()
-    elapsed = time.monotonic() - started
-    # Every acknowledged write, in every volume (staged again where it is not), and nothing frozen.
-    for vol in list(chaos.vols.values()):
-        if not vol.target:
-            chaos.stage(vol)
-        assert_writable(vol.staging)
-        chaos.verify(vol)
-        chaos.unstage(vol)
-    for snap in list(chaos.snaps.values()):
-        chaos.delete_snapshot(snap)
-    for vol in list(chaos.vols.values()):
-        chaos.delete(vol)
-    print(f"chaos: {chaos.kills} kills, {chaos.calls} calls, {chaos.retried} retries, {elapsed:.0f}s")
-    # Nothing leaked.
+    print(f"chaos seed {seed} (BASALT_CHAOS_SEED={seed} replays it)", flush=True)
+    return int(os.environ.get("BASALT_CHAOS_KILLS", str(default_kills))), seed
+
+
+# -- what must be left once everything is deleted --------------------------------------
+
+
+def dm_devices(agent: Agent) -> list[str]:
+    """The device-mapper devices of the agent's VG but its thin pool's (real-kernel kinds; none elsewhere).
+
+    LVM stacks a ``-tpool`` layer under a thin pool while thin LVs use it and keeps it after the last one
+    is gone: that is the pool's (the fixture made it), not a volume's.
+    """
+    if not isinstance(agent.lvm, DmLvmVg):
+        return []
+    thin_pool = agent.lvm.vg.replace("-", "--") + "-" + THIN_POOL_NAME
+    return [name for name in agent.lvm.dm_devices()
+            if name != thin_pool and not name.startswith((thin_pool + "-", thin_pool + "_"))]
+
+
+def pool_state(agent: Agent) -> tuple[set[str], list[str]]:
+    """What the pool holds before a run (its foreign LVs, a thin pool): the same must be there after it."""
+    return {path for path in agent.pool_objects() if not path.endswith("/freezes")}, dm_devices(agent)
+
+
+def assert_nothing_left(agent: Agent, before: tuple[set[str], list[str]]) -> None:
+    """Nothing of the deleted volumes on the host: backing objects, loop and dm devices, mounts, node and
+    freeze records, temp files."""
     assert retry_until(lambda: agent.pool_loops() == {}, 60), agent.pool_loops()
-    assert {path for path in agent.pool_objects() if not path.endswith("/freezes")} == objects_before
+    assert retry_until(lambda: pool_state(agent) == before, 30), (pool_state(agent), before)
     assert mounts_under(agent.root) == []
     assert glob.glob(os.path.join(agent.state_dir, "node", "*")) == []
     assert glob.glob(os.path.join(agent.state_dir, "node", ".tmp-*")) == []
     assert glob.glob(os.path.join(agent.pool, "freezes", "*")) == []
     assert glob.glob(os.path.join(agent.pool, "*", ".tmp-*")) == []
-    assert chaos.kills >= KILLS
