@@ -39,8 +39,11 @@ class Activator(abc.ABC):
         """The block device of *volume* if it is active here."""
 
     @abc.abstractmethod
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        """Undo activate; False when it was not active."""
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        """Undo activate; False when it was not active.
+
+        *activated*: the caller activated it after reading *volume* (whose state then predates that).
+        """
 
     @abc.abstractmethod
     def refresh(self, volume: lvm.LogicalVolume) -> None:
@@ -79,8 +82,8 @@ class DeviceMapperActivator(Activator):
     def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
         return volume.path if volume.attr.active else None
 
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        if not volume.attr.active:
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        if not (activated or volume.attr.active):
             return False
         lvm.deactivate(volume.vg_name, volume.name, settings=self.settings)
         return True
@@ -108,7 +111,7 @@ class DeviceMapperActivator(Activator):
                 log.warning("%s is active and open, and no record wants it: left active", volume.full_name)
                 continue
             try:
-                lvm.deactivate(volume.vg_name, volume.name, settings=self.settings)
+                self.deactivate(volume)
             except StorageError as error:  # e.g. opened meanwhile: start-up goes on, a later start tries again
                 log.warning("%s could not be deactivated: %s", volume.full_name, error)
                 continue
@@ -167,8 +170,8 @@ class LoopActivator(Activator):
         found = self._find(volume)
         return found.device if found else None
 
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        found = self._find(volume)
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        found = self._find(volume)  # looked up afresh: *activated* changes nothing
         if found is None:
             return False
         losetup.detach(found.device)
@@ -226,4 +229,4 @@ def active(activator: Activator, volume: lvm.LogicalVolume) -> Iterator[str]:
     try:
         yield device
     finally:
-        activator.deactivate(volume)
+        activator.deactivate(volume, activated=True)  # *volume* still says inactive (dm: it was read before)

@@ -445,3 +445,22 @@ def test_a_stray_activation_that_cannot_be_taken_down_does_not_stop_start_up(scr
         deactivation(idle),
     ])
     assert LvmPool(VG, PoolSettings()).detach_strays([]) == [f"{VG}/{idle} (deactivated)"]
+
+
+def test_a_copy_takes_down_the_activations_it_made(script: Any, tmp_path: Path) -> None:
+    """dm activation: a copy activates an idle origin and target for the copy only, and deactivates both after
+    it, although the LVs it was given were read inactive (it once left both active: seen in the VM tier)."""
+    origin, target = lv_name(volume_id_for("idle-origin")), lv_name(snapshot_id_for("idle-copy"))
+    files = {name: tmp_path / name for name in (origin, target)}
+    files[origin].write_bytes(b"data" * (MiB // 4))
+    files[target].write_bytes(bytes(MiB))
+    rows = {name: row_like("vol-normal", name, [lvm.MANAGED_TAG], lv_attr="-wi-------", lv_uuid=f"uuid-{name}",
+                           lv_size=str(MiB), lv_path=str(files[name])) for name in (origin, target)}
+    activations = []
+    for name in (origin, target):
+        activations += [(["lvchange", "--activate", "ey", "--ignoreactivationskip", f"{VG}/{name}"], 0, "", ""),
+                        found(dict(rows[name], lv_attr="-wi-a-----"))]
+    script([*activations, deactivation(target), deactivation(origin)])
+    idle = lvm.parse_logical_volumes(list(rows.values()))
+    LvmPool(VG, PoolSettings())._copy_bytes(idle[0], idle[1])
+    assert files[target].read_bytes() == files[origin].read_bytes()
