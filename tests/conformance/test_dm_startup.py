@@ -45,7 +45,9 @@ def active_lvs(agent: Agent) -> set[str]:
 
 
 @pytest.fixture
-def lvchange_crash(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
+def lvchange_crash(fresh_agent_factory: AgentFactory, pool_kind: str) -> Iterator[tuple[Agent, CrashPoints]]:
+    """lvm-dm: a started agent whose lvchange can be armed to kill it (skips before making anything)."""
+    only(LVM_DM_KIND, pool_kind)
     agent = fresh_agent_factory(launch=False)
     points = CrashPoints(agent.root).wrap("lvchange")
     agent.extra_env.update(points.env())
@@ -54,11 +56,10 @@ def lvchange_crash(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, C
 
 
 def test_killed_during_a_copy_start_up_deactivates_what_the_copy_activated(
-        lvchange_crash: tuple[Agent, CrashPoints], pool_kind: str) -> None:
+        lvchange_crash: tuple[Agent, CrashPoints]) -> None:
     """lvm-dm: killed just after a copy snapshot activated its idle origin (the new snapshot LV active too, as
     lvcreate leaves it): start-up deactivates both, keeps the foreign LVs it did not activate active, and the
     retried CreateSnapshot completes with the origin's bytes."""
-    only(LVM_DM_KIND, pool_kind)
     agent, points = lvchange_crash
     assert agent.lvm is not None
     vg = agent.lvm

@@ -6,7 +6,7 @@ and a node agent (this VM's initiator IQN) in one VM, either SIGKILLed at random
 Every NodeStage is a ControllerPublish (LIO target, ACL for the node's IQN, CHAP) and an ``iscsiadm`` login;
 every NodeUnstage a logout and a ControllerUnpublish.  At the end every acknowledged write reads back, and
 nothing is left: LVs but the foreign ones, dm devices, mounts, node records, LIO targets and backstores,
-entries in LIO's saved configuration, iSCSI sessions and node records.  ``BASALT_CHAOS_KILLS`` (4 by
+entries in LIO's saved configuration, iSCSI sessions and node records.  ``BASALT_CHAOS_KILLS`` (2 by
 default) and ``BASALT_CHAOS_SEED`` as for test_chaos.py; the figures go to ``$BASALT_RESULTS/chaos-lio.json``.
 
 Usage: check_chaos_lio.py DISK   (DISK: a scratch disk of at least 2 GiB)
@@ -26,7 +26,7 @@ import agent_iscsi_lib as lib
 from agent_iscsi_lib import SECRETS, expect, step
 
 PORTAL = "127.0.0.1:3260"
-DEFAULT_KILLS = 4
+DEFAULT_KILLS = 2
 
 
 def main() -> None:
