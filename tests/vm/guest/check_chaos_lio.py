@@ -67,12 +67,9 @@ def main() -> None:
         expect(not lib.session_targets(), f"iSCSI sessions left: {lib.session_targets()}")
         records = subprocess.run(["iscsiadm", "-m", "node"], capture_output=True, text=True).stdout.strip()
         expect(not records, f"iSCSI node records left: {records}")
-        problems = storage.lvm.foreign_problems()
-        expect(not problems, f"foreign LVs: {problems}")
+        lib.expect_foreign_intact(storage)
     finally:
-        lib.stop_agent(node)
-        lib.teardown_storage(storage)
-        lib.release_tmp()
+        lib.teardown(storage, node)
 
 
 if __name__ == "__main__":
