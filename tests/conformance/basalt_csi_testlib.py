@@ -62,7 +62,9 @@ from csi_requests import (
     TimedStub,
     block_cap,
     code_of,
+    codes_at_once,
     crange,
+    create_volume_request,
     csi,
     exact,
     expect_code,
@@ -71,6 +73,7 @@ from csi_requests import (
     snapshot_source,
     topology,
     unique,
+    usage_by_unit,
     volume_source,
 )
 from host_state import (
@@ -171,7 +174,9 @@ __all__ = [
     "bring_up",
     "cleanup_root",
     "code_of",
+    "codes_at_once",
     "crange",
+    "create_volume_request",
     "csi",
     "csi_grpc",
     "device_mapper_problem",
@@ -202,6 +207,7 @@ __all__ = [
     "top_mount",
     "topology",
     "unique",
+    "usage_by_unit",
     "volume_lv_name",
     "volume_source",
     "write_block",
@@ -478,6 +484,16 @@ class Agent:
     def unstage(self, volume_id: str, staging: str) -> None:
         self.node.NodeUnstageVolume(
             csi.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
+        )
+
+    def get_volume(self, volume_id: str) -> Any:
+        """ControllerGetVolume's answer (volume and status)."""
+        return self.ctl.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=volume_id))
+
+    def volume_stats(self, volume_id: str, path: str, staging: str = "") -> Any:
+        """NodeGetVolumeStats's answer for the volume at *path*."""
+        return self.node.NodeGetVolumeStats(
+            csi.NodeGetVolumeStatsRequest(volume_id=volume_id, volume_path=path, staging_target_path=staging)
         )
 
     def list_all_volumes(self) -> list[Any]:

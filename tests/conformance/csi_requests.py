@@ -4,6 +4,7 @@ request builders and the gRPC call helpers (deadline on every call, expected sta
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -88,6 +89,18 @@ def unique(prefix: str = "vol") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def create_volume_request(cap: Any = None, rng: Any = None, **kw: Any) -> Any:
+    """A CreateVolumeRequest: a fresh name unless given, one MOUNT capability unless given."""
+    req = csi.CreateVolumeRequest(
+        name=kw.pop("name", None) or unique(),
+        volume_capabilities=[cap if cap is not None else mount_cap()],
+        **kw,
+    )
+    if rng is not None:
+        req.capacity_range.CopyFrom(rng)
+    return req
+
+
 def snapshot_source(snapshot_id: str) -> Any:
     return csi.VolumeContentSource(
         snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snapshot_id)
@@ -149,3 +162,27 @@ def code_of(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, 
         return SC.OK, method(request)
     except grpc.RpcError as err:
         return err.code(), err
+
+
+def codes_at_once(method: Callable[..., Any], requests: list[Any]) -> list[tuple[grpc.StatusCode, Any]]:
+    """Call ``method`` with every request at the same moment, one thread each (released together by a
+    barrier); ``code_of`` of each call, in the order of ``requests``."""
+    results: list[tuple[grpc.StatusCode, Any]] = [(SC.UNKNOWN, None)] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(index: int) -> None:
+        barrier.wait()
+        results[index] = code_of(method, requests[index])
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), f"{method.__name__}: a call did not return in 120 s"
+    return results
+
+
+def usage_by_unit(resp: Any) -> dict[int, Any]:
+    """A NodeGetVolumeStats answer's usage entries by unit (BYTES, INODES)."""
+    return {u.unit: u for u in resp.usage}

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import uuid
@@ -116,6 +117,54 @@ def test_the_command_runs_as_a_program(fresh_agent_factory: Any) -> None:
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.splitlines()[0].split()[:2] == ["VOLUME", "CAPACITY"]
     assert volume.volume_id in answer.stdout
+
+
+def test_the_command_takes_the_agents_config_file_and_csi_endpoint(fresh_agent_factory: Any, pool_kind: str,
+                                                                     capsys: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's configuration file (its own setting names) and CSI_ENDPOINT point basalt at the node."""
+    if pool_kind != FILE_KIND:
+        pytest.skip("the settings do not depend on the pool")
+    agent = fresh_agent_factory()
+    volume = make_volume(agent)
+    settings = tmp_path / "agent.toml"
+    settings.write_text(f'node_id = "{agent.node_id}"\npool = "{agent.pool_spec}"\nstate_dir = "{agent.state_dir}"\n')
+    monkeypatch.setenv("CSI_ENDPOINT", f"unix://{agent.socket}")
+    capsys.readouterr()
+    assert cli.main(["volumes", "list", "--config", str(settings), "-o", "json"]) == 0
+    assert [v["volume_id"] for v in json.loads(capsys.readouterr().out)] == [volume.volume_id]
+    cli.main(["doctor", "--config", str(settings), "--kubelet-root", str(tmp_path / "kubelet"), "-o", "json"])
+    found = {f["check"]: (f["status"], f["what"]) for f in json.loads(capsys.readouterr().out)}
+    assert found["agent"] == ("ok", f"the agent answers on {agent.socket} (mode 0600)")
+    assert found["pool"][0] == "ok" and found["pool"][1].startswith(f"{agent.pool_spec} answers: 1 volume(s)")
+
+
+def test_doctor_checks_leftovers_on_a_host_without_open_iscsi(fresh_agent_factory: Any, pool_kind: str, capsys: Any,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No iscsiadm: no sessions and no node records to look at, and the pool's leftovers are still found."""
+    if pool_kind != FILE_KIND:
+        pytest.skip("the iSCSI listings do not depend on the pool")
+    agent = fresh_agent_factory()
+    orphan = Path(agent.pool) / "volumes" / f"vol-{uuid.uuid4().hex}.img"
+    orphan.write_bytes(b"")
+    monkeypatch.setenv("PATH", str(path_without("iscsiadm", tmp_path / "bin")))
+    status, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 1 and not [f for f in findings if f["status"] == "fail"], findings
+    assert leftovers_of(findings) == [f"image {orphan}: no record owns it"]
+    _, sessions = basalt(capsys, agent, "sessions", "list")
+    assert sessions == []
+
+
+def path_without(tool: str, bin_dir: Path) -> Path:
+    """A directory with links to every command on PATH but *tool* (the first of each name, as PATH finds it)."""
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for entry in sorted(Path(directory).glob("*")) if os.path.isdir(directory) else []:
+            link = bin_dir / entry.name
+            if entry.name != tool and not link.exists() and os.access(entry, os.X_OK) and not entry.is_dir():
+                link.symlink_to(entry.resolve())
+    assert shutil.which(tool, path=str(bin_dir)) is None
+    return bin_dir
 
 
 def leftovers_of(findings: list[dict[str, Any]]) -> list[str]:
