@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from basalt_core.pool import Pool
 
-from .nodestate import NodeState
+from .nodestate import NodeState, volume_instance
 
 log = logging.getLogger("basalt.agent")
 
@@ -27,6 +27,7 @@ def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
     repaired = pool.clean_leftovers()
     if state is not None:
         repaired += state.clean_leftovers()
+        repaired += state.drop_stray_grows({state.grow_mark(v.id, volume_instance(v)) for v in pool.all_volumes()})
     for leftover in repaired:
         log.warning("removed leftover %s", leftover)
     if state is None:
