@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from basalt_core import exports, iscsiadm, multipath, volumes
 from basalt_core.errors import Conflict, StorageError
@@ -28,8 +28,9 @@ from basalt_core.mount import mounts
 from basalt_core.pool import Orphan
 from basalt_core.runner import run
 
-from . import DRIVER_NAME, identity, initiator
+from . import DRIVER_NAME, identity, initiator, reconcile
 from .inventory import Inventory, agent_listening
+from .publishing import IscsiPublishing
 
 log = logging.getLogger("basalt")
 
@@ -217,6 +218,7 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
                           "basalt gc --apply", _export_removal(inventory, export["volume_id"]))
     grace = inventory.settings.cleanup_grace
     agent_runs = agent_listening(inventory.settings.socket_path)
+    yield from _stray_grants(inventory, agent_runs)
     for record in volumes.abandoned(inventory.pool, grace):
         what = f"{type(record).__name__.lower()} {record.id} ({record.name!r}): {record.state}, left by an " \
             "interrupted operation"
@@ -230,6 +232,49 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
         yield Finding(LEFTOVER, "leftovers", f"{orphan.kind} {orphan.name}: {orphan.reason}", "basalt gc --apply",
                       _orphan_removal(inventory, orphan))
     yield from _stale_mounts(inventory, kubelet_root)
+
+
+def _wanted_initiators(inventory: Inventory, exporting: IscsiPublishing) -> Dict[str, Set[Optional[str]]]:
+    """Per target, the initiators its volume's publication records want (None: a node whose IQN is unknown)."""
+    wanted: Dict[str, Set[Optional[str]]] = {}
+    for item in reconcile.wanted_of(exporting, inventory.pool.all_volumes()):
+        wanted.setdefault(item.target_iqn, set()).add(item.initiator_iqn)
+    return wanted
+
+
+def _stray_grants(inventory: Inventory, agent_runs: bool) -> Iterator[Finding]:
+    """Grants (tgt ACLs, LIO NodeACLs) on the exports of recorded volumes that no publication record wants:
+    access a node should no longer have.  The agent revokes them at its next start (reconcile.py); while it
+    runs, a grant may be a ControllerPublish whose record is not written yet, so gc leaves them to it."""
+    exporting = inventory.exporting
+    if exporting is None:
+        return
+    wanted = _wanted_initiators(inventory, exporting)
+    for export in inventory.exports():
+        target, want = export["target_iqn"], wanted.get(export["target_iqn"], set())
+        if not export["owned"] or not target.startswith(exporting.settings.base_iqn + ":") or None in want:
+            continue
+        for initiator_iqn in sorted(set(export["initiators"]) - want):
+            what = f"grant to {initiator_iqn} on {target}: no publication record wants it"
+            if agent_runs:
+                yield Finding(WARN, "leftovers", what, "restart the agent (it revokes it at start), or stop it "
+                              "and run basalt gc --apply")
+            else:
+                yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply",
+                              _grant_removal(inventory, exporting, target, initiator_iqn))
+
+
+def _grant_removal(inventory: Inventory, exporting: IscsiPublishing, target: str, initiator_iqn: str
+                   ) -> Callable[[], None]:
+    def remove() -> None:
+        backend = exporting.backend
+        with backend.transaction():
+            if initiator_iqn in _wanted_initiators(inventory, exporting).get(target, set()):
+                raise Conflict(f"a publication record wants {initiator_iqn} on {target} again: left in place")
+            if not backend.revoke_grant(target, initiator_iqn):
+                raise Conflict(f"the grant to {initiator_iqn} on {target} was already gone")
+            backend.persist()
+    return remove
 
 
 def _abandoned_removal(inventory: Inventory, object_id: str) -> Callable[[], None]:
