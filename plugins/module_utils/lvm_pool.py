@@ -594,5 +594,5 @@ class LvmPool(Pool):
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
         names = {lv_name(object_id) for object_id in wanted}
-        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
-        return self.activator.detach_strays(self.vg, keep)
+        owned = [lv for lv, _oid in self._owned(lambda _oid: True)]  # one listing, not one per volume
+        return self.activator.detach_strays(self.vg, owned, [lv for lv in owned if lv.name in names])
