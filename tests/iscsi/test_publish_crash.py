@@ -53,9 +53,9 @@ def killed(call: object, request: object) -> None:
                                     grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), failure.value
 
 
-@pytest.mark.parametrize("after", ["--initiator-address", "--password", "--initiator-name"],
-                         ids=["target made, nothing recorded", "secret recorded, account made",
-                              "exported, publication not recorded"])
+# (a target made but nothing recorded, the kill before the config file's write, is test_reconcile.py's STRAY)
+@pytest.mark.parametrize("after", ["--password", "--initiator-name"],
+                         ids=["secret recorded, account made", "exported, publication not recorded"])
 def test_a_publish_killed_anywhere_leaves_nothing_exported_and_the_retry_works(
         host: Tuple[Agent, Tgtd, CrashPoints], after: str) -> None:
     agent, daemon, points = host
