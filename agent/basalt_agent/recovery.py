@@ -18,7 +18,9 @@ log = logging.getLogger("basalt.agent")
 
 
 def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
-    """Thaw recorded freezes, remove temp files, detach devices nothing records a use for; return what.
+    """Thaw recorded freezes, remove temp files, release devices nothing records a use for; return what.
+
+    Released: loop devices over the pool's storage, and (dm activation) the pool's LVs left active.
 
     *state* is None when this agent does not serve the node service: it then
     cannot tell which devices are in use, and detaches none.  With *exports*
@@ -36,6 +38,6 @@ def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
     if exports:
         wanted |= {volume.id for volume in pool.all_volumes() if volume.publications}
     for device in pool.detach_strays(wanted):
-        log.warning("detached %s: no record wants it (left by an interrupted operation)", device)
+        log.warning("released %s: no record wants it (left by an interrupted operation)", device)
         repaired.append(device)
     return repaired

@@ -154,8 +154,7 @@ class LvmPool(Pool):
             self._pv_names = [pv.name for pv in lvm.physical_volumes(self.vg, settings=self.settings)]
         return self._pv_names
 
-    def _seqno(self) -> Optional[int]:
-        """The VG's seqno now, read off its PVs (loop activation only: LVs' state is all metadata there)."""
+    def _seqno(self) -> Optional[int]:  # off the PVs; loop activation only: there an LV's state is all metadata
         return self._index.read_seqno(self._pvs()) if self.activator.name == "loop" else None
 
     def _untracked(self) -> None:
@@ -168,7 +167,10 @@ class LvmPool(Pool):
         seen = self._seen()
         if seen is not None and name in seen:
             return seen[name]
-        known, found = self._index.lookup(name) if self.activator.name == "loop" else (False, None)
+        loop = self.activator.name == "loop"
+        if loop and self._index.reload_due() and self._seqno() is not None:
+            self._lvs()  # e.g. someone else committed: read them all again, then answer from the index
+        known, found = self._index.lookup(name) if loop else (False, None)
         if not known:
             found = lvm.logical_volume(self.vg, name, settings=self.settings)
         managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
@@ -322,7 +324,7 @@ class LvmPool(Pool):
         if place is None:
             self._index.forget()  # where LVM put it is not known here
             return
-        self._operation.made = placed_lv(self.vg, name, place, extent, tags)
+        self._operation.made = placed_lv(self.vg, name, place, extent, tags, self.options.alloc)
         self._index.committed(name, self._operation.made, before)
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
@@ -592,5 +594,5 @@ class LvmPool(Pool):
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
         names = {lv_name(object_id) for object_id in wanted}
-        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
-        return self.activator.detach_strays(self.vg, keep)
+        owned = [lv for lv, _oid in self._owned(lambda _oid: True)]  # one listing, not one per volume
+        return self.activator.detach_strays(self.vg, owned, [lv for lv in owned if lv.name in names])
