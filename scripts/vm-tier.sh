@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export BASALT_VM_REQUIRED=1
 python3 tests/vm/build_image.py >/dev/null
 python3 tests/vm/build_image.py --variant systemd >/dev/null
-(cd tests/vm && python3 -c 'import pydeps; pydeps.ensure(); pydeps.ensure_ansible()')
+(cd tests/vm && python3 -c 'import pydeps; pydeps.ensure(); pydeps.ensure_ansible(); pydeps.ensure_wheels()')
 
 pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # Balanced by measured time (2026-11-25, one stream, images cached): test_vm_tier 7.2 min,

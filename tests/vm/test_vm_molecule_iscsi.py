@@ -19,8 +19,10 @@ and the user is not root, or where molecule/ansible are not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import pydeps
 import pytest
 import ssh_vm
 from test_vm_molecule import REPO, collections, tools  # noqa: F401 - fixtures shared with the one-VM scenario
-from vm_testlib import tail
+from vm_testlib import fake_image, tail
 
 pytestmark = pytest.mark.vm
 
@@ -98,3 +100,54 @@ def test_molecule_iscsi_across_two_vms(
     print(f"boot of both VMs to sshd and the private link {boot:.1f} s; molecule test -s iscsi "
           f"{molecule_seconds:.1f} s; all {time.monotonic() - t0:.1f} s")
     print("; ".join(f"{step} {value:.1f} s" for step, value in seconds.items()))
+
+
+# --- the pair's start-up and bounds, with a fake QEMU (no image, no VM) ------
+
+FAKE_QEMU = """#!{python}
+# A stand-in for qemu-system-x86_64 with a QMP monitor: answers every command (logged to {log}), opens the
+# private link's socket where it is the server end, never boots (no sshd ever answers).
+import json, os, socket, sys, time
+args = sys.argv[1:]
+with open("{tmp}/tmpdir", "w") as f:
+    f.write(os.environ["TMPDIR"])
+netdev = next(a for a in args if a.startswith("stream,"))
+if "server=on" in netdev:
+    link = socket.socket(socket.AF_UNIX)
+    link.bind(netdev.split("addr.path=")[1])
+    link.listen()
+elif not os.path.exists(netdev.split("addr.path=")[1]):
+    sys.exit("the client end started before the server's socket existed")
+qmp_path = args[args.index("-qmp") + 1].split("unix:")[1].split(",")[0]
+mac = next(a for a in args if "id=nic1" in a).split("mac=")[1].split(",")[0]
+server = socket.socket(socket.AF_UNIX)
+server.bind(qmp_path)
+server.listen()
+conn, _ = server.accept()
+stream = conn.makefile("rw")
+stream.write(json.dumps({{"QMP": {{}}}}) + "\\n")
+stream.flush()
+for line in stream:
+    with open("{log}", "a") as f:
+        f.write(mac + " " + line)
+    stream.write(json.dumps({{"return": {{}}}}) + "\\n")
+    stream.flush()
+time.sleep(1000)
+"""
+
+
+def test_ssh_vm_pair_starts_paused_link_down_and_gives_up_cleanly(tmp_path: Path) -> None:
+    log = tmp_path / "qmp.log"
+    qemu = tmp_path / "fake-qemu"
+    qemu.write_text(FAKE_QEMU.format(python=sys.executable, log=log, tmp=tmp_path))
+    qemu.chmod(0o755)
+    t0 = time.monotonic()
+    with pytest.raises(ssh_vm.VmError, match="did not answer"):
+        with ssh_vm.ssh_vm_pair(image=fake_image(tmp_path), qemu=str(qemu), boot_timeout=5, timeout=60):
+            pytest.fail("a pair without sshd was yielded")
+    assert time.monotonic() - t0 < 60
+    commands = [(mac, json.loads(line)) for mac, line in (entry.split(" ", 1) for entry in log.read_text().splitlines())]
+    for mac in ssh_vm.PRIVATE_MACS:  # each VM: QMP handshake, its private NIC's link down, then it runs
+        assert [c["execute"] for m, c in commands if m == mac] == ["qmp_capabilities", "set_link", "cont"]
+        assert [c["arguments"] for m, c in commands if m == mac][1] == {"name": ssh_vm.PRIVATE_NIC, "up": False}
+    assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
