@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -288,8 +289,10 @@ def _private_link_up(vm: SshVm, index: int, qmp: Qmp) -> None:
     # reload re-matches the links; reconfigure makes sure the private one drops the image's file
     script = (f"mkdir -p {Path(PRIVATE_NETWORK_FILE).parent} && cat > {PRIVATE_NETWORK_FILE} && networkctl reload"
               f" && networkctl reconfigure $(grep -l {PRIVATE_MACS[index]} /sys/class/net/*/address | cut -d/ -f5)")
-    subprocess.run(vm.ssh_argv("sh", "-c", script), input=network, text=True, capture_output=True, timeout=60,
-                   check=True)
+    done = subprocess.run(vm.ssh_argv("sh", "-c", shlex.quote(script)), input=network, text=True,
+                          capture_output=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise VmError(f"the private link's address on {vm.host}:{vm.port} failed: {done.stderr}")
     qmp.call("set_link", name=PRIVATE_NIC, up=True)
     vm.private_address = PRIVATE_ADDRESSES[index]
 
@@ -298,7 +301,7 @@ def _wait_for_peer(vm: SshVm, peer: str, deadline: float) -> None:
     """Until `deadline`: `vm` opens a TCP connection to the peer's sshd over the private link."""
     probe = f"exec 3<>/dev/tcp/{peer}/22"
     while time.monotonic() < deadline:
-        done = subprocess.run(vm.ssh_argv("timeout", "5", "bash", "-c", probe), stdin=subprocess.DEVNULL,
+        done = subprocess.run(vm.ssh_argv("timeout", "5", "bash", "-c", shlex.quote(probe)), stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=60, check=False)
         if done.returncode == 0:
             return
