@@ -36,11 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "iscsi"))
 
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
-    import bench.bench_lvm_pool as lp
     import bench.benchlib as bl
+    import bench.command_profile as cp
 else:  # the bench directory is not a package: found through sys.path
-    import bench_lvm_pool as lp
     import benchlib as bl
+    import command_profile as cp
 
 from tgtd_testlib import control_port_in_use, start_private_tgtd, stop_private_tgtd  # the test daemon, not shipped
 
@@ -99,14 +99,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class IscsiAgent(lp.LvmAgent):
-    """A file-pool storage host exporting over the workspace's tgtd; LvmAgent's log reader counts its commands."""
+class IscsiAgent(cp.ProfiledAgent):
+    """A file-pool storage host exporting over the workspace's tgtd; the log reader counts its commands."""
 
     def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
-        bl.Agent.__init__(self, workspace, name, pool_dir)  # the file pool's command line, not the VG's
+        super().__init__(workspace, name, pool_dir)
         self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
                       "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
-                      "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(lp.CLEANUP_GRACE),
+                      "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(cp.CLEANUP_GRACE),
                       "--log-level", "debug"]
 
 
@@ -181,7 +181,7 @@ EXPORT_COMMANDS = 7
 UNEXPORT_COMMANDS = 4
 
 
-def bench_export(agent: IscsiAgent, profiler: lp.Profiler, workspace: IscsiWorkspace, rounds: int
+def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorkspace, rounds: int
                  ) -> Tuple[List[bl.Row], Dict[str, Any]]:
     volume = create_block_volume(agent, f"bench-iscsi-{uuid.uuid4().hex[:8]}")
     image = bare_image(workspace, "bare.img")
@@ -258,7 +258,7 @@ def seconds_of_day(entry: Dict[str, Any]) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def is_listing(command: lp.Command) -> bool:
+def is_listing(command: cp.Command) -> bool:
     """A tgtadm command that reads (``--op show``) rather than changes state."""
     return command.tool == "tgtadm" and "show" in command.argv[command.argv.index("--op") + 1:][:1]
 
@@ -343,7 +343,7 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int, unpu
 FLOOR_COMMANDS = {"ControllerPublish": EXPORT_COMMANDS, "ControllerUnpublish": UNEXPORT_COMMANDS}
 
 
-def command_summary(profiles: Sequence[lp.Profile]) -> List[str]:
+def command_summary(profiles: Sequence[cp.Profile]) -> List[str]:
     """Per RPC: the external commands behind its median sample, the time they took, and the tgtadm count
     against the bare commands that change state (the goal: at most 1.2x)."""
     lines = []
@@ -394,7 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
         agent = IscsiAgent(workspace, "storage-host", workspace.mkdir("pool"))
         agent.start()
-        profiler = lp.Profiler(agent)
+        profiler = cp.Profiler(agent)
         print(f"ControllerPublish + ControllerUnpublish vs bare tgtadm, {args.rounds} rounds", flush=True)
         rows, report["export"] = bench_export(agent, profiler, workspace, args.rounds)
         summary = command_summary(list(profiler.profiles.values()))

@@ -21,18 +21,14 @@ Clean-up runs also on Ctrl-C, SIGTERM or an error, in the order bench/README.md 
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import grpc
 
@@ -41,9 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
     import bench.bench_file_pool as fp
     import bench.benchlib as bl
+    import bench.command_profile as cp
 else:  # the bench directory is not a package: found through sys.path
     import bench_file_pool as fp
     import benchlib as bl
+    import command_profile as cp
 
 from basalt_agent.proto import csi_pb2
 from basalt_core import lvm
@@ -59,12 +57,6 @@ DEFAULT_ROUNDS = 20
 DEFAULT_CURVE = "10,100,1000"
 DEFAULT_CURVE_SAMPLES = 10
 DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stops growing
-# The agent's periodic clean-up (every cleanup_grace / 2 s) lists every volume;
-# push it out of the run so it never lands inside a measured RPC.
-CLEANUP_GRACE = 86400
-LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgremove",
-             "pvcreate", "pvremove", "lvm"}
-_RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
 
 
 # -- LVM with the private config ------------------------------------------------
@@ -83,7 +75,7 @@ class PrivateLvm:
 
     def run(self, *argv: str) -> str:
         """Run an LVM tool with the private config only; return stdout; raise on failure."""
-        if argv[0] not in LVM_TOOLS:
+        if argv[0] not in cp.LVM_TOOLS:
             raise bl.BenchError(f"{argv[0]} is not an LVM tool")
         result = subprocess.run(list(argv), capture_output=True, text=True, check=False, env=self.env,
                                 stdin=subprocess.DEVNULL)
@@ -149,100 +141,16 @@ class LvmWorkspace(bl.Workspace):
         return problems + super().cleanup()
 
 
-# -- the agent and its debug log ---------------------------------------------------
+# -- the agent --------------------------------------------------------------------
 
-@dataclass
-class Command:
-    tool: str
-    argv: List[str]
-    rc: int
-    seconds: float
-
-
-class LvmAgent(bl.Agent):
+class LvmAgent(cp.ProfiledAgent):
     """``python3 -m basalt_agent`` serving ``lvm:VG`` with loop activation, contiguous allocation, debug log."""
 
     def __init__(self, workspace: bl.Workspace, name: str, vg: str) -> None:
         super().__init__(workspace, name, "/nonexistent")
         self.args = ["--node-id", bl.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
                      "--lvm-alloc", "contiguous", "--state-dir", os.path.join(self.home, "state"),
-                     "--cleanup-grace", str(CLEANUP_GRACE), "--log-level", "debug"]
-
-    def log_mark(self) -> int:
-        try:
-            return os.path.getsize(self.log_path)
-        except OSError:
-            return 0
-
-    def commands_since(self, mark: int) -> List[Command]:
-        """The external commands the agent logged (``ran [...]``) after *mark*."""
-        with open(self.log_path, "rb") as handle:
-            handle.seek(mark)
-            data = handle.read().decode("utf-8", errors="replace")
-        found: List[Command] = []
-        for line in data.splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            match = _RAN.match(str(entry.get("msg", "")))
-            if not match:
-                continue
-            argv = [str(a) for a in ast.literal_eval(match.group(1))]
-            found.append(Command(os.path.basename(argv[0]), argv, int(match.group(2)), float(match.group(3))))
-        return found
-
-
-@dataclass
-class Profile:
-    """The commands behind each sample of one RPC (at one fill level)."""
-
-    rpc: str
-    level: int
-    samples: List[List[Command]] = field(default_factory=list)
-    seconds: List[float] = field(default_factory=list)
-
-    def add(self, commands: List[Command], seconds: float) -> None:
-        self.samples.append(commands)
-        self.seconds.append(seconds)
-
-    def counts(self) -> Counter[str]:
-        """Commands per tool in the median sample (by count; they are the same every time)."""
-        if not self.samples:
-            return Counter()
-        ordered = sorted(self.samples, key=len)
-        return Counter(c.tool for c in ordered[len(ordered) // 2])
-
-    def lvm_seconds(self) -> float:
-        return _median([sum(c.seconds for c in s if c.tool in LVM_TOOLS) for s in self.samples])
-
-    def all_seconds(self) -> float:
-        return _median([sum(c.seconds for c in s) for s in self.samples])
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"rpc": self.rpc, "level": self.level, "counts": dict(self.counts()),
-                "median_rpc_ms": _median(self.seconds) * 1000, "median_commands_ms": self.all_seconds() * 1000,
-                "median_lvm_ms": self.lvm_seconds() * 1000,
-                "example": [{"argv": c.argv, "ms": round(c.seconds * 1000, 1)}
-                            for c in (self.samples[len(self.samples) // 2] if self.samples else [])]}
-
-
-def _median(values: Sequence[float]) -> float:
-    return bl.Samples(list(values)).median
-
-
-class Profiler:
-    def __init__(self, agent: LvmAgent) -> None:
-        self.agent = agent
-        self.profiles: Dict[Tuple[str, int], Profile] = {}
-
-    def call(self, rpc: str, level: int, action: Callable[[], Any]) -> Tuple[float, Any]:
-        """Time *action* (one RPC) and file the commands the agent ran for it."""
-        mark = self.agent.log_mark()
-        took, value = bl.timed(action)
-        key = (rpc, level)
-        self.profiles.setdefault(key, Profile(rpc, level)).add(self.agent.commands_since(mark), took)
-        return took, value
+                     "--cleanup-grace", str(cp.CLEANUP_GRACE), "--log-level", "debug"]
 
 
 # -- CSI request builders ---------------------------------------------------------
@@ -266,7 +174,7 @@ def bare_remove(private: PrivateLvm, vg: str, name: str) -> None:
 
 # -- benchmark 1 (and each level of 2): CreateVolume + DeleteVolume vs lvcreate + lvremove ---
 
-def bench_create_delete(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, rounds: int,
+def bench_create_delete(agent: LvmAgent, profiler: cp.Profiler, private: PrivateLvm, vg: str, rounds: int,
                         level: int, bench: str) -> List[bl.Row]:
     g_create, g_delete, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
     b_create, b_delete, b_pair = bl.Samples(), bl.Samples(), bl.Samples()
@@ -307,7 +215,7 @@ class Fill:
     history: List[Dict[str, Any]] = field(default_factory=list)
     error: str = ""
 
-    def grow(self, agent: LvmAgent, profiler: Profiler, target: int, budget: float) -> bool:
+    def grow(self, agent: LvmAgent, profiler: cp.Profiler, target: int, budget: float) -> bool:
         """CreateVolume 4 MiB volumes up to *target*; False when the budget ran out or a create failed first."""
         segment = bl.Samples()
         start_count = self.count
@@ -338,7 +246,7 @@ class Fill:
                              "segment": segment.summary(), "stopped_by": stopped})
 
 
-def bench_curve(agent: LvmAgent, profiler: Profiler, private: PrivateLvm, vg: str, levels: Sequence[int],
+def bench_curve(agent: LvmAgent, profiler: cp.Profiler, private: PrivateLvm, vg: str, levels: Sequence[int],
                 samples: int, budget: float) -> Tuple[List[bl.Row], Dict[str, Any]]:
     rows: List[bl.Row] = []
     fill = Fill()
@@ -375,7 +283,7 @@ RAW_STEPS = {
 }
 
 
-def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
+def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
                rounds: int) -> List[bl.Row]:
     mnt = workspace.mkdir("mnt", "node")
     basalt: Dict[str, bl.Samples] = {step: bl.Samples() for step in fp.NODE_STEPS}
@@ -435,61 +343,6 @@ def bench_node(agent: LvmAgent, profiler: Profiler, workspace: LvmWorkspace, pri
     return rows
 
 
-# -- report --------------------------------------------------------------------------------
-
-COUNT_COLUMNS = ("lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "losetup")
-
-
-def command_table(profiles: Sequence[Profile]) -> str:
-    header = ["rpc", "vols", *COUNT_COLUMNS, "other", "rpc ms", "lvm ms", "lvm share", "ms/lvm cmd"]
-    lines = []
-    for p in profiles:
-        counts = p.counts()
-        other = sum(n for tool, n in counts.items() if tool not in COUNT_COLUMNS)
-        rpc_ms = _median(p.seconds) * 1000
-        lvm_ms = p.lvm_seconds() * 1000
-        lvm_count = sum(n for tool, n in counts.items() if tool in LVM_TOOLS)
-        lines.append([p.rpc, str(p.level), *(str(counts.get(t, 0)) for t in COUNT_COLUMNS), str(other),
-                      f"{rpc_ms:.1f}", f"{lvm_ms:.1f}", f"{lvm_ms / rpc_ms * 100:.0f}%" if rpc_ms else "-",
-                      f"{lvm_ms / lvm_count:.0f}" if lvm_count else "-"])
-    widths = [max(len(x) for x in column) for column in zip(header, *lines)]
-
-    def fmt(cells: List[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)) + "|"
-    return "\n".join([fmt(header), rule, *[fmt(line) for line in lines]])
-
-
-def describe(command: Command, vg: str) -> str:
-    """A short form of one logged command: the tool and what it names or reports."""
-    argv = command.argv
-    if command.tool in ("lvs", "vgs", "pvs"):
-        names = " ".join(a for a in argv[1:] if a.startswith(vg)) or "(all VGs)"
-        if "--select" in argv:
-            names += f" --select {argv[argv.index('--select') + 1]}"
-        return f"{command.tool} {names}".replace(vg, "VG")
-    if command.tool == "losetup":
-        flags = [a for a in argv[1:] if a.startswith("--") and a not in ("--json", "--output")]
-        return "losetup " + " ".join(flags[:2])
-    if command.tool in LVM_TOOLS:
-        target = argv[-1].replace(vg, "VG")
-        return f"{command.tool} {target}"
-    return command.tool
-
-
-def sequences(profiles: Sequence[Profile], vg: str) -> List[str]:
-    out = []
-    for p in profiles:
-        if not p.samples:
-            continue
-        sample = sorted(p.samples, key=len)[len(p.samples) // 2]
-        steps = [f"{describe(c, vg)} ({c.seconds * 1000:.0f})" for c in sample]
-        out.append(f"{p.rpc} @ {p.level}: " + "; ".join(steps))
-    return out
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
@@ -538,7 +391,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         agent = LvmAgent(workspace, "lvm", vg)
         report["agent_argv"] = agent.argv
         report["agent_start_s"] = agent.start()
-        profiler = Profiler(agent)
+        profiler = cp.Profiler(agent)
         # One untimed round of each side: warm caches, imports and the agent's thread pool.
         volume = create_volume(agent, "bench-warmup", VOLUME_SIZE)
         bl.delete_volume(agent, volume.volume_id)
@@ -586,9 +439,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         profiles = sorted(profiler.profiles.values(), key=lambda p: (p.rpc.startswith("Node"), p.rpc, p.level))
         print()
         print("external commands per RPC, from the agent's debug log (median sample; lvm ms = time inside LVM tools)")
-        print(command_table(profiles))
+        print(cp.command_table(profiles))
         print()
-        for line in sequences(profiles, vg):
+        for line in cp.sequences(profiles, vg):
             print(line)
         report["commands_per_rpc"] = [p.to_json() for p in profiles]
         return rows

@@ -12,10 +12,10 @@ python3 tests/vm/build_image.py --variant systemd >/dev/null
 
 pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # Balanced by measured time (2026-11-25, one stream, images cached): test_vm_tier 7.2 min,
-# test_vm_molecule 3.6, test_vm_modules 5.3, test_vm_iscsi_agent 4.2.
+# test_vm_molecule 3.6, test_vm_modules 5.3, test_vm_iscsi_agent 4.2; test_vm_operator 2.5 (2026-12-04).
 streams=(
   "tests/vm/test_vm_tier.py tests/vm/test_vm_molecule.py"
-  "tests/vm/test_vm_modules.py tests/vm/test_vm_iscsi_agent.py"
+  "tests/vm/test_vm_modules.py tests/vm/test_vm_iscsi_agent.py tests/vm/test_vm_operator.py"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

@@ -212,8 +212,8 @@ def add_settings(p: argparse.ArgumentParser) -> None:
                        help="allow exports without CHAP (ACL by initiator IQN only)")
     iscsi.add_argument("--tgt-control-port", type=int, help="tgtd's control port (-C), for private instances")
     iscsi.add_argument("--tgt-conf", help=f"where tgt's persistent config is written (default {tgt.DEFAULT_CONF}); "
-                       "the grant record (CHAP secrets, which tgtd never shows) is "
-                       f"{tgt.record_path_under('STATE_DIR')}")
+                       "it also carries the grant record (CHAP secrets, which tgtd never shows); the lock is "
+                       f"{tgt.record_path_under('STATE_DIR')}.lock")
     p.add_argument("--registration-socket",
                    help="also serve kubelet plugin registration on this socket "
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")

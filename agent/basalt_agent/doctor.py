@@ -18,10 +18,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional
 
-from basalt_core import iscsiadm, multipath, volumes
+from basalt_core import exports, iscsiadm, multipath, volumes
 from basalt_core.errors import Conflict, StorageError
 from basalt_core.facts import volume_id_of_target as volume_id_of
-from basalt_core.iscsi_target import TargetBackend
 from basalt_core.losetup import list_devices
 from basalt_core.lvm_pool import LvmPool
 from basalt_core.mount import mounts
@@ -170,7 +169,7 @@ def target_service(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]
 
 def iscsi_node(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     own = initiator.for_node(inventory.settings)
-    attached = any(record.iscsi_target for record in inventory.node_state.all())
+    attached = bool(inventory.node_state.iscsi_targets())
     if own is None and not attached:
         return
     try:
@@ -199,6 +198,22 @@ def iscsi_node(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
 
 
 def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
+    """Consumers first (sessions, node records, exports, then the pool's objects), which is also the order
+    gc removes them in: a target holds its LV open, a session holds its target."""
+    base = inventory.settings.iscsi_base_iqn + ":"
+    owned = inventory.node_state.iscsi_targets()
+    for session in inventory.node_state.stray_sessions(inventory.settings.iscsi_base_iqn):
+        yield Finding(LEFTOVER, "leftovers", f"iSCSI session {session.sid} to {session.target_iqn} "
+                      f"({session.portal}): no node record names it", "basalt gc --apply",
+                      _node_removal(iscsiadm.logout, session.target_iqn, session.portal))
+    for target, portal in iscsiadm.nodes() if iscsiadm.installed() else []:
+        if volume_id_of(target) and target.startswith(base) and target not in owned:
+            yield Finding(LEFTOVER, "leftovers", f"iSCSI node record {target} ({portal}): no node record names it",
+                          "basalt gc --apply", _node_removal(iscsiadm.delete_node, target, portal))
+    for export in inventory.exports():
+        if export["volume_id"] and not export["owned"] and export["target_iqn"].startswith(base):
+            yield Finding(LEFTOVER, "leftovers", f"export {export['target_iqn']}: its volume has no record",
+                          "basalt gc --apply", _export_removal(inventory, export["volume_id"]))
     grace = inventory.settings.cleanup_grace
     agent_runs = agent_listening(inventory.settings.socket_path)
     for record in volumes.abandoned(inventory.pool, grace):
@@ -213,22 +228,6 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     for orphan in inventory.pool.orphans():
         yield Finding(LEFTOVER, "leftovers", f"{orphan.kind} {orphan.name}: {orphan.reason}", "basalt gc --apply",
                       _orphan_removal(inventory, orphan))
-    base = inventory.settings.iscsi_base_iqn + ":"
-    backend = inventory.target_backend
-    for export in inventory.exports():
-        if export["volume_id"] and not export["owned"] and export["target_iqn"].startswith(base):
-            yield Finding(LEFTOVER, "leftovers", f"export {export['target_iqn']}: its volume has no record",
-                          "basalt gc --apply", _export_removal(backend, export["target_iqn"], export["initiators"]))
-    owned = {record.iscsi_target for record in inventory.node_state.all() if record.iscsi_target}
-    for session in inventory.sessions():
-        if session["volume_id"] and not session["owned"] and session["target_iqn"].startswith(base):
-            yield Finding(LEFTOVER, "leftovers", f"iSCSI session {session['sid']} to {session['target_iqn']} "
-                          f"({session['portal']}): no node record names it", "basalt gc --apply",
-                          _node_removal(iscsiadm.logout, session["target_iqn"], session["portal"]))
-    for target, portal in iscsiadm.nodes():
-        if volume_id_of(target) and target.startswith(base) and target not in owned:
-            yield Finding(LEFTOVER, "leftovers", f"iSCSI node record {target} ({portal}): no node record names it",
-                          "basalt gc --apply", _node_removal(iscsiadm.delete_node, target, portal))
     yield from _stale_mounts(inventory, kubelet_root)
 
 
@@ -244,12 +243,14 @@ def _orphan_removal(inventory: Inventory, orphan: Orphan) -> Callable[[], None]:
     return lambda: inventory.pool.remove_orphan(orphan)
 
 
-def _export_removal(backend: Optional[TargetBackend], target: str, initiators: List[str]) -> Callable[[], None]:
+def _export_removal(inventory: Inventory, volume_id: str) -> Callable[[], None]:
     def remove() -> None:
-        assert backend is not None  # exports are only listed where there is a backend
-        for initiator_iqn in initiators:
-            backend.revoke_grant(target, initiator_iqn)
-        backend.remove_export(target)
+        exporting = inventory.exporting
+        assert exporting is not None  # exports are only listed where there is a backend
+        if inventory.pool.load_volume(volume_id) is not None:
+            raise Conflict(f"volume {volume_id} has a record again: its export is left in place")
+        # the whole export, every grant first, and the target service's saved configuration with it
+        exports.ensure_withdrawn(inventory.pool, exporting.backend, exporting.settings, volume_id)
     return remove
 
 

@@ -75,10 +75,15 @@ class Inventory:
         return NodeState(os.path.join(self.settings.state_dir, "node"))
 
     @functools.cached_property
+    def exporting(self) -> Optional[IscsiPublishing]:
+        """How a storage host exports (None without --iscsi-backend)."""
+        published = publishing(self.settings, self.pool) if self.settings.iscsi_backend else None
+        return published if isinstance(published, IscsiPublishing) else None
+
+    @property
     def target_backend(self) -> Optional[TargetBackend]:
         """The storage host's target service (None without --iscsi-backend)."""
-        published = publishing(self.settings, self.pool) if self.settings.iscsi_backend else None
-        return published.backend if isinstance(published, IscsiPublishing) else None
+        return self.exporting.backend if self.exporting is not None else None
 
     @functools.cached_property
     def _servicer(self) -> ControllerService:
@@ -148,11 +153,11 @@ class Inventory:
         } for export in backend.exports()]
 
     def sessions(self) -> List[Record]:
-        owned = {record.iscsi_target for record in self.node_state.all() if record.iscsi_target}
+        owned = self.node_state.iscsi_targets()
         return [{
             "sid": session.sid, "target_iqn": session.target_iqn, "portal": session.portal,
             "volume_id": volume_id_of(session.target_iqn), "owned": session.target_iqn in owned,
-        } for session in iscsiadm.sessions()]
+        } for session in (iscsiadm.sessions() if iscsiadm.installed() else [])]
 
 
 def volume_record(volume: csi_pb2.Volume, published: Any, condition: csi_pb2.VolumeCondition) -> Record:

@@ -21,7 +21,7 @@ from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 from basalt_core.target_backends import open_target_backend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server
+from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server, terminal
 from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
@@ -54,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.probe:
         return probe(settings.endpoint)
     logs.configure(settings.log_level)
+    terminal.install(sys.stderr)  # run by hand: progress bars for long copies and formats
     try:
         return serve(settings)
     except (StorageError, server.SocketInUse) as error:
@@ -110,8 +111,10 @@ def _clean_up(pool: Pool, grace: float, locks: ObjectLocks, metrics: Optional[Me
     log.info("%s clean-up finished", which)
 
 
-def _orphan_count(pool: Pool, exporting: Optional[IscsiPublishing]) -> Callable[[], Dict[str, int]]:
-    """Orphans by kind: the pool's (images, loop devices), and a storage host's exports of no volume."""
+def _orphan_count(pool: Pool, exporting: Optional[IscsiPublishing], state: Optional[NodeState], base_iqn: str
+                  ) -> Callable[[], Dict[str, int]]:
+    """Orphans by kind: the pool's (images, loop devices), a storage host's exports of no volume, and a node's
+    sessions to Basalt's targets that no record names."""
     def count() -> Dict[str, int]:
         found = {"image": 0, "loop_device": 0}
         for orphan in pool.orphans():
@@ -122,6 +125,8 @@ def _orphan_count(pool: Pool, exporting: Optional[IscsiPublishing]) -> Callable[
             base = exporting.settings.base_iqn + ":"
             found["export"] = sum(1 for export in exporting.backend.exports() if export.target_iqn.startswith(base)
                                   and volume_id_of_target(export.target_iqn) not in (None, *known))
+        if state is not None:
+            found["session"] = len(state.stray_sessions(base_iqn))
         return found
     return count
 
@@ -133,7 +138,7 @@ def _export_count(backend: TargetBackend) -> Callable[[], int]:
 def _session_count(state: NodeState) -> Callable[[], int]:
     """Live iSCSI sessions to the targets this node's records name."""
     def count() -> int:
-        wanted = {record.iscsi_target for record in state.all() if record.iscsi_target}
+        wanted = state.iscsi_targets()
         return sum(1 for session in iscsiadm.sessions() if session.target_iqn in wanted) if wanted else 0
     return count
 
@@ -182,7 +187,8 @@ def serve(settings: config.Config) -> int:
         from .metrics import probe_health
 
         metrics.watch(pool, exports=_export_count(exporting.backend) if exporting else None,
-                      sessions=_session_count(state) if state else None, orphans=_orphan_count(pool, exporting))
+                      sessions=_session_count(state) if state else None,
+                      orphans=_orphan_count(pool, exporting, state, settings.iscsi_base_iqn))
         try:
             metrics_server = metrics.serve(config.metrics_address(settings.metrics_address),
                                            probe_health(settings.socket_path))

@@ -82,7 +82,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 if record.formatting and not _mounted_at(device, path):
                     devices.zero_ends(device)  # half made by an interrupted NodeStage: blank, to make again
                 staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags,
-                                       before_format=lambda: self._mark_formatting(record))
+                                       before_format=lambda: self._mark_formatting(record),
+                                       grow_mark=self.state.grow_mark(record.volume_id))
                 record.formatting = False
         except BaseException:
             # A refused login leaves a node record (and maybe sessions on other portals): undo it all.

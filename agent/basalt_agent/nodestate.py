@@ -13,7 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Set
 
+from basalt_core import ext4_grow, iscsiadm
 from basalt_core.atomicfile import read_json, remove_durably, sweep_temp_files, write_json
+from basalt_core.facts import volume_id_of_target
 
 
 @dataclass
@@ -53,8 +55,15 @@ class NodeState:
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def _path(self, volume_id: str) -> str:
+        return self._stem(volume_id) + ".json"
+
+    def _stem(self, volume_id: str) -> str:
         # CSI ids may hold any character; a digest makes a safe file name.
-        return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
+        return os.path.join(self.directory, hashlib.sha256(volume_id.encode()).hexdigest())
+
+    def grow_mark(self, volume_id: str) -> str:
+        """Where an offline grow of the volume keeps its mark and undo files (``ext4_grow``)."""
+        return self._stem(volume_id)
 
     def load(self, volume_id: str) -> Optional[NodeRecord]:
         return self._read(self._path(volume_id))
@@ -87,10 +96,23 @@ class NodeState:
         return [record for record in map(self._read, sorted(glob.glob(os.path.join(self.directory, "*.json"))))
                 if record is not None]
 
+    def iscsi_targets(self) -> Set[str]:
+        """The iSCSI targets this node's records name (what it logged in to, or is logging in to)."""
+        return {record.iscsi_target for record in self.all() if record.iscsi_target}
+
+    def stray_sessions(self, base_iqn: str) -> List[iscsiadm.Session]:
+        """Live sessions to Basalt's targets (``BASE:vol-...``) that no record names: a node's leftovers
+        (``basalt doctor``, ``basalt_orphans{kind="session"}``); anything else is not Basalt's."""
+        if not iscsiadm.installed():
+            return []
+        owned, base = self.iscsi_targets(), base_iqn + ":"
+        return [session for session in iscsiadm.sessions() if session.target_iqn.startswith(base)
+                and volume_id_of_target(session.target_iqn) and session.target_iqn not in owned]
+
     def local_volume_ids(self) -> Set[str]:
         """Pool volumes this node stages, publishes or is staging (not those attached over iSCSI)."""
         return {r.ephemeral_volume_id or r.volume_id for r in self.records() if not r.iscsi_target}
 
     def clean_leftovers(self) -> List[str]:
-        """Remove the temp files of record writes a crash interrupted; return them."""
-        return sweep_temp_files(self.directory)
+        """Remove the temp files of record writes and the undo files of grows a crash interrupted; return them."""
+        return sweep_temp_files(self.directory) + ext4_grow.sweep(self.directory)

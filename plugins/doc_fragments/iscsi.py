@@ -55,13 +55,16 @@ options:
     type: int
   tgt_conf:
     description:
-      - The tgt configuration file the export is persisted in (mode 0600, since it holds CHAP secrets).
+      - The tgt configuration file the export is persisted in (mode 0600, since it holds CHAP secrets). It also
+        carries Basalt's record of tgt grants and their CHAP secrets (tgtd cannot show secrets), so one write
+        keeps both.
     type: path
     default: /etc/tgt/conf.d/basalt.conf
   tgt_record:
     description:
-      - Basalt's record of tgt grants and their CHAP secrets (tgtd cannot show secrets). The default is the
-        agent's, under its default state directory, so that both see the same grants.
+      - Where an older Basalt kept its record of tgt grants (read while O(tgt_conf) carries none, then removed);
+        the lock on the target service is this path plus C(.lock). The default is the agent's, under its default
+        state directory, so that both take the same lock.
     type: path
     default: /var/lib/basalt/iscsi/tgt-grants.json
   lio_save_file:

@@ -29,6 +29,10 @@ class Conflict(StorageError):
     """An object of that name exists with incompatible properties."""
 
 
+class AlreadyExists(Conflict):
+    """A create refused because an object of that name exists (whatever its properties)."""
+
+
 class InUse(StorageError):
     """The object is busy (published, mounted, attached) and cannot change."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Dict, List, Optional
 
+from . import progress
 from .blkid import probe
 from .errors import CommandFailed, InvalidRequest, Precondition
 from .runner import operand, run
@@ -17,6 +18,7 @@ SUPPORTED = ("ext4", "xfs")
 DEFAULT_FS = "ext4"
 # xfsprogs >= 5.19 refuses filesystems below 300 MiB.
 MINIMUM_SIZE = {"ext4": 0, "xfs": 300 << 20}
+_CAP_SYS_RESOURCE = 24  # capability bit (linux/capability.h)
 
 _MKFS: Dict[str, List[str]] = {
     # Lazy init keeps mkfs of a large sparse volume fast and sparse.
@@ -36,7 +38,8 @@ def check_type(fs_type: str) -> str:
 def make(device: str, fs_type: str) -> None:
     """Create a filesystem; callers must have checked the device is blank."""
     fs = check_type(fs_type)
-    run(_MKFS[fs] + [operand(device, "device")], timeout=600, what=f"create {fs} on {device}")
+    with progress.tracked(f"making {fs} on {device}"):  # mkfs tells no fraction: only that it runs
+        run(_MKFS[fs] + [operand(device, "device")], timeout=600, what=f"create {fs} on {device}")
 
 
 def wipe(device: str) -> None:
@@ -72,11 +75,28 @@ def grow_offline(device: str, fs_type: str) -> None:
     if fs_type != "ext4":
         raise InvalidRequest(f"{fs_type} cannot grow offline")
     dev = operand(device, "device")
-    # resize2fs insists on a freshly checked filesystem when it is unmounted.
+    check_before_grow(dev)
+    run(["resize2fs", dev], timeout=600, what=f"grow ext4 on {device}")
+
+
+def check_before_grow(device: str) -> None:
+    """``e2fsck -f -p``: resize2fs insists on a freshly checked filesystem when it is unmounted."""
+    dev = operand(device, "device")
     fsck = run(["e2fsck", "-f", "-p", dev], check=False, timeout=600, what=f"check {device}")
     if fsck.rc not in (0, 1):
         raise CommandFailed(fsck.argv, fsck.rc, fsck.stderr or fsck.stdout, f"check {device} before growing")
-    run(["resize2fs", dev], timeout=600, what=f"grow ext4 on {device}")
+
+
+def online_grow_allowed(fs_type: str) -> bool:
+    """Whether this process may grow a mounted *fs_type*: ext4's resize ioctl needs CAP_SYS_RESOURCE, which
+    some container sandboxes drop (resize2fs then fails with "Permission denied"); xfs_growfs needs none."""
+    if fs_type != "ext4":
+        return True
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    return False
 
 
 def grow_online(device: str, fs_type: str, mount_point: str) -> None:

@@ -9,6 +9,8 @@ import os
 import time
 from typing import Callable, Optional
 
+from . import progress
+
 log = logging.getLogger(__name__)
 
 # FICLONE from linux/fs.h: share all extents of one file with another.
@@ -43,12 +45,12 @@ def grow(path: str, size: int) -> bool:
     return True
 
 
-def clone(source: str, target: str, size: Optional[int] = None,
-          progress: Optional[Callable[[int, int], None]] = None) -> str:
+def clone(source: str, target: str, size: Optional[int] = None) -> str:
     """Make *target* a point-in-time copy of *source*, grown to *size* if given.
 
     Returns the method used: ``reflink`` (instant, shares extents) or ``copy``
-    (a sparse byte copy, holes preserved).
+    (a sparse byte copy, holes preserved; logged every few seconds, and shown
+    where a display is installed: :mod:`.progress`).
     """
     with open(source, "rb") as src, open(target, "wb") as dst:
         try:
@@ -57,7 +59,8 @@ def clone(source: str, target: str, size: Optional[int] = None,
         except OSError as error:
             if error.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
                 raise
-            _sparse_copy(src.fileno(), dst.fileno(), progress or _log_progress(source))
+            with progress.tracked(f"copying {os.path.basename(source)}", os.fstat(src.fileno()).st_size) as shown:
+                _sparse_copy(src.fileno(), dst.fileno(), _reporter(source, shown))
             method = COPY
         if size is not None and size > os.fstat(dst.fileno()).st_size:
             os.ftruncate(dst.fileno(), size)
@@ -65,10 +68,12 @@ def clone(source: str, target: str, size: Optional[int] = None,
     return method
 
 
-def _log_progress(name: str) -> Callable[[int, int], None]:
+def _reporter(name: str, shown: progress.Update) -> Callable[[int, int], None]:
+    """Each chunk to the display (if one is installed), a log line every few seconds."""
     last = [time.monotonic()]
 
     def report(done: int, total: int) -> None:
+        shown(done)
         now = time.monotonic()
         if now - last[0] >= _PROGRESS_EVERY:
             last[0] = now

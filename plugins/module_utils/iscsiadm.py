@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -214,6 +215,11 @@ def _listing(mode: str, what: str) -> str:
     if result.rc != 0:
         raise CommandFailed(result.argv, result.rc, result.stderr, what)
     return result.stdout
+
+
+def installed() -> bool:
+    """Whether open-iscsi's iscsiadm is here (a host without it has no sessions and no node records)."""
+    return shutil.which("iscsiadm") is not None
 
 
 def sessions() -> List[Session]:

@@ -57,6 +57,7 @@ from .lvm_report import (
     PhysicalVolume,
     Segment,
     VolumeGroup,
+    free_extents,
     linear_location,
     logical_volume,
     logical_volumes,
@@ -103,6 +104,7 @@ __all__ = [
     "decode_tag_value",
     "encode_tag_value",
     "extend",
+    "free_extents",
     "isolated_config",
     "linear_location",
     "logical_volume",
@@ -161,9 +163,12 @@ def create_linear(
     alloc: str = "normal",
     extent_size: Optional[int] = None,
     zero: bool = True,
+    place: Optional[PeRange] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a linear LV; return the size asked of LVM (rounded up to *extent_size* when given).
+
+    *place*: exactly those extents of that PV (LVM refuses, NoSpace, when they are not free).
 
     *zero* (the default) asks LVM to zero the first 4 KiB and wipe known
     signatures, so blkid sees the new LV blank even when its extents held
@@ -180,6 +185,8 @@ def create_linear(
     flag = "y" if zero else "n"
     args = ["--yes", "--name", name, "--size", size, "--alloc", alloc, "--zero", flag, "--wipesignatures", flag]
     args += [*_tag_args("--addtag", tags), vg]
+    if place is not None:
+        args.append(f"{operand(place.device, 'physical volume')}:{place.first}-{place.last}")
     run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT)
     return int(size[:-1])
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, NoReturn, Optional, Sequence, Tuple, Type
 
-from .errors import CommandFailed, Conflict, InvalidRequest, NoSpace, NotFound, Precondition, StorageError
+from .errors import AlreadyExists, CommandFailed, InvalidRequest, NoSpace, NotFound, Precondition, StorageError
 from .runner import CommandResult, run
 
 REPORT_TIMEOUT = 60.0
@@ -87,7 +87,7 @@ _DM_MISSING: Tuple[Tuple["re.Pattern[str]", str], ...] = (
 )
 _DM_MODULES = {"thin-pool": "dm_thin_pool", "thin": "dm_thin_pool", "snapshot": "dm_snapshot"}
 _KNOWN: Tuple[Tuple["re.Pattern[str]", Type[StorageError]], ...] = (
-    (re.compile(r"already exists", re.I), Conflict),
+    (re.compile(r"already exists", re.I), AlreadyExists),
     (re.compile(r"insufficient free space|insufficient suitable (contiguous )?allocatable extents", re.I), NoSpace),
     # the VG's metadata area is full (measured at ~800 LVs with LVM's default 1 MiB area)
     (re.compile(r"exceeds maximum metadata size", re.I), NoSpace),

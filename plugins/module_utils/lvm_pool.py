@@ -21,9 +21,10 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, losetup, lvm
+from . import devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
-from .errors import InvalidRequest, NotFound, Precondition
+from .errors import InvalidRequest, NoSpace, NotFound, Precondition
+from .lvm_extents import FreeExtents
 from .model import (
     CREATING,
     SNAPSHOT_PREFIX,
@@ -69,6 +70,7 @@ class LvmPool(Pool):
     allocation_checks_space = True  # lvcreate refuses with "insufficient free space": NoSpace
     probe_runs_commands = True  # vgs
     releases_record_with_data = True  # the LV is the record: one lvremove drops both
+    creates_exclusively = True  # lvcreate refuses an existing LV name
 
     def __init__(self, vg: str, options: PoolSettings = DEFAULTS,
                  settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
@@ -81,6 +83,8 @@ class LvmPool(Pool):
         self.activator: Activator = ACTIVATORS[options.activation](settings)
         # Per thread: the LVs read during the current operation (None outside one).
         self._operation = threading.local()
+        # Loop activation: where new LVs go, chosen here so that where they lie is known without a read-back.
+        self._free = FreeExtents(lambda: lvm.free_extents(self.vg, settings=self.settings))
 
     @property
     def location(self) -> str:
@@ -124,10 +128,15 @@ class LvmPool(Pool):
         return seen
 
     def _changed(self) -> None:
-        """An LV was created, removed, resized or (de)activated: read again what the operation needs."""
+        """An LV was created, removed, resized or (de)activated: read again what the operation needs
+        (except an LV just created where the pool placed it: known as lvcreate was told to make it)."""
         seen = self._seen()
+        made: Optional[lvm.LogicalVolume] = getattr(self._operation, "made", None)
+        self._operation.made = None
         if seen is not None:
             seen.clear()
+            if made is not None:
+                seen[made.name] = made
 
     def _lvs(self) -> List[lvm.LogicalVolume]:
         return lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
@@ -258,9 +267,31 @@ class LvmPool(Pool):
         """Claim the volume's space: a new LV carrying its creating record."""
         if volume.source is not None and volume.source.kind == SOURCE_VOLUME:
             self._check_copyable(self._require_lv(volume.source.id), volume.source.id)  # before claiming space
-        lvm.create_linear(self.vg, lv_name(volume.id), volume.size, tags, alloc=self.options.alloc,
-                          extent_size=self._extent_size(), zero=self.activator.name == "dm",
-                          settings=self.settings)
+        name, extent = lv_name(volume.id), self._extent_size()
+        # Loop activation reaches the LV on its PV: placing it saves reading back where it went.
+        place = self._free.take(-(-volume.size // extent)) if self.activator.name == "loop" else None
+
+        def create(where: Optional[lvm.PeRange]) -> None:
+            lvm.create_linear(self.vg, name, volume.size, tags, alloc=self.options.alloc, extent_size=extent,
+                              zero=self.activator.name == "dm", place=where, settings=self.settings)
+        try:
+            create(place)
+        except NoSpace:
+            if place is None:
+                raise
+            self._free.forget()  # the map was stale (someone took that range since): let LVM choose
+            create(None)
+            return
+        except BaseException:
+            if place is not None:
+                self._free.give_back([place])
+            raise
+        if place is not None:
+            segment = lvm.Segment("linear", 0, place.count, (place,), f"{place.device}({place.first})")
+            self._operation.made = lvm.LogicalVolume(  # as lvs reports it with activation off; uuid not read
+                name=name, vg_name=self.vg, uuid="", size=place.count * extent, attr=lvm.LvAttr.parse("-wi-XX----"),
+                tags=tuple(sorted(tags)), pool_lv=None, origin=None, data_percent=None, metadata_percent=None,
+                path=f"/dev/{self.vg}/{name}", segments=(segment,))
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
@@ -318,6 +349,7 @@ class LvmPool(Pool):
         cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
         # Device-mapper suspends the origin, which freezes its filesystem, for the instant
         # of the snapshot (freezing it ourselves first makes that suspend fail: measured).
+        self._free.forget()
         lvm.create_cow_snapshot(self.vg, origin.name, pit, cow, [POINT_IN_TIME_TAG],
                                 extent_size=self._extent_size(), settings=self.settings)
         try:
@@ -335,7 +367,8 @@ class LvmPool(Pool):
     def _copy_bytes(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, length: int = 0) -> None:
         total = length or origin.size
         with active(self.activator, origin) as source, active(self.activator, target) as dest:
-            with open(source, "rb", buffering=0) as src, open(dest, "r+b", buffering=0) as dst:
+            with open(source, "rb", buffering=0) as src, open(dest, "r+b", buffering=0) as dst, \
+                    progress.tracked(f"copying {origin.name}", total) as shown:
                 copied = 0
                 while copied < total:
                     chunk = src.read(min(COPY_CHUNK, total - copied))
@@ -343,6 +376,7 @@ class LvmPool(Pool):
                         raise Precondition(f"{source} ({origin.full_name}) ended after {copied} of {total} bytes")
                     dst.write(chunk)
                     copied += len(chunk)
+                    shown(copied)
                 os.fsync(dst.fileno())
         log.info("copied %d bytes from %s to %s", copied, origin.full_name, target.full_name)
 
@@ -350,6 +384,7 @@ class LvmPool(Pool):
         found = lvm.logical_volume(self.vg, name, settings=self.settings)
         if found is not None and POINT_IN_TIME_TAG in found.tags:
             # No deactivation first: for a COW snapshot LVM would take its origin down too.
+            self._free.forget()
             lvm.remove(self.vg, name, settings=self.settings)
 
     def orphans(self) -> List[Orphan]:
@@ -409,11 +444,19 @@ class LvmPool(Pool):
     def _remove(self, found: lvm.LogicalVolume) -> None:
         try:
             lvm.remove(self.vg, found.name, settings=self.settings)
+        except BaseException:
+            self._free.forget()
+            raise
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
+        if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
+            self._free.give_back(r for segment in found.segments for r in segment.pe_ranges)
+        else:
+            self._free.forget()
 
     def resize_volume(self, volume: Volume, size: int) -> None:
         found = self._require_lv(volume.id)
+        self._free.forget()
         try:
             lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
         finally:
@@ -431,6 +474,7 @@ class LvmPool(Pool):
         mode = snapshot.parameters.get(SNAPSHOT_MODE_KEY, self.options.snapshot_mode)
         if mode not in (COW, COPY):
             raise InvalidRequest(f"{SNAPSHOT_MODE_KEY} {mode!r} is not cow or copy")
+        self._free.forget()
         if mode == COW:
             cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
             lvm.create_cow_snapshot(self.vg, origin.name, lv_name(snapshot.id), cow, tags,

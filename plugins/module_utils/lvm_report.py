@@ -17,6 +17,7 @@ from .lvm_names import check_tag, check_vg_name, existing_lv_name
 from .runner import CommandResult, operand
 
 PV_COLUMNS = ("pv_name", "vg_name", "pv_size", "pv_free", "pe_start")
+PVSEG_COLUMNS = ("pv_name", "pvseg_start", "pvseg_size", "lv_name")
 VG_COLUMNS = (
     "vg_name", "vg_uuid", "vg_size", "vg_free", "vg_extent_size", "vg_extent_count", "vg_free_count", "vg_tags",
 )
@@ -255,8 +256,9 @@ def _report(
     select: Optional[str],
     names: Sequence[str],
     what: str,
+    extra: Sequence[str] = (),
 ) -> Tuple[List[Dict[str, str]], CommandResult]:
-    args = ["--reportformat", "json", "--units", "b", "--nosuffix", "--options", ",".join(columns)]
+    args = [*extra, "--reportformat", "json", "--units", "b", "--nosuffix", "--options", ",".join(columns)]
     if select:
         args += ["--select", select]
     args += list(names)
@@ -314,6 +316,23 @@ def physical_volumes(vg: Optional[str] = None, *, settings: LvmSettings = DEFAUL
         ]
     except ValueError as exc:
         raise CommandFailed(result.argv, result.rc, f"unexpected pvs output: {exc}") from None
+
+
+def free_extents(vg: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> Dict[str, List[Tuple[int, int]]]:
+    """Each PV of *vg* -> its free extent ranges (first, count), in order (``pvs --segments``: one command)."""
+    what = f"list free extents of {vg}"
+    select = f"vg_name={_select_value(check_vg_name(vg))}"
+    rows, result = _report(settings, "pvs", "pvseg", PVSEG_COLUMNS, select=select, names=(), what=what,
+                           extra=("--segments",))
+    free: Dict[str, List[Tuple[int, int]]] = {}
+    try:
+        for row in rows:
+            ranges = free.setdefault(row["pv_name"], [])
+            if not row["lv_name"]:
+                ranges.append((_int(row["pvseg_start"]), _int(row["pvseg_size"])))
+    except ValueError as exc:
+        raise CommandFailed(result.argv, result.rc, f"unexpected pvs output: {exc}", what) from None
+    return {pv: sorted(ranges) for pv, ranges in free.items()}
 
 
 def volume_group(vg: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> VolumeGroup:

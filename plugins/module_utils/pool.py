@@ -57,6 +57,9 @@ class Pool(abc.ABC):
     #: creating a volume's data itself refuses what does not fit (lvcreate), so without a
     #: capacity limit no free-space check is needed before it
     allocation_checks_space = False
+    #: the first record of a new volume refuses a name that exists (lvcreate: AlreadyExists), so a
+    #: create of a blank volume can come before the look-up of an earlier attempt, made only on refusal
+    creates_exclusively = False
     #: probe() runs commands (so Probe need not run it at every call)
     probe_runs_commands = False
     #: the record lives with the data (an LV's tags), so releasing the data drops the record in

@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from . import devices, filesystem, losetup
+from . import devices, ext4_grow, filesystem, losetup
 from . import mount as mounts
 from .blkid import examine, probe
 from .devices import device_number  # (also staging.device_number to callers)
@@ -77,8 +77,16 @@ def ensure_mounted(
     force: bool = False,
     check_mode: bool = False,
     before_format: Optional[Callable[[], None]] = None,
+    grow_mark: Optional[str] = None,
 ) -> bool:
-    """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it."""
+    """Format-if-blank (or forced, see ensure_filesystem), grow the filesystem to the device, and mount it.
+
+    A filesystem the device outgrew is grown once mounted where this process
+    may (the kernel journals an online grow), else offline before the mount;
+    with *grow_mark* (a path prefix that is this volume's alone, kept across
+    restarts) an offline ext4 grow killed at any point is finished by the
+    next call (``ext4_grow``).
+    """
     fs = filesystem.check_type(fs_type)
     current = mounts.find_mount(path)
     if current is not None:
@@ -86,7 +94,7 @@ def ensure_mounted(
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
         if current.fs_type != fs:
             raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
-        return False
+        return False if check_mode else _grow_mounted(device, fs, path)
     _check_kind(path, directory=True)
     changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
@@ -94,12 +102,54 @@ def ensure_mounted(
     os.makedirs(path, exist_ok=True)
     if fs == "xfs" and not changed:
         _renew_copied_identity(device, path)
-    if fs == "ext4" and not changed and filesystem.size(device, fs) < devices.size_bytes(device):
-        # The volume grew while unmounted: grow offline, which always works.
-        filesystem.grow_offline(device, fs)
+    online = fs == "xfs" or _grow_unmounted(device, changed, grow_mark)
     mounts.mount(device, path, fs, options)
-    if fs == "xfs" and filesystem.size(device, fs, path) < devices.size_bytes(device):
+    if online and filesystem.size(device, fs, path) < devices.size_bytes(device):
+        try:
+            filesystem.grow_online(device, fs, path)
+        except Precondition:
+            if fs != "ext4":
+                raise
+            log.warning("the kernel refused to grow ext4 on %s online: growing it offline", device)
+            mounts.unmount(path)
+            _grow_offline(device, grow_mark)
+            mounts.mount(device, path, fs, options)
+    return True
+
+
+def _grow_unmounted(device: str, made: bool, grow_mark: Optional[str]) -> bool:
+    """Grow the unmounted ext4 filesystem on *device* offline if it must be; return whether to grow it once
+    mounted instead (this process may: the kernel's online grow is crash-safe)."""
+    if made:
+        if grow_mark is not None:
+            ext4_grow.discard(grow_mark)  # a grow of the filesystem made before this one is moot
+        return False
+    interrupted = grow_mark is not None and ext4_grow.pending(grow_mark)
+    if interrupted or filesystem.size(device, "ext4") < devices.size_bytes(device):
+        if interrupted or not filesystem.online_grow_allowed("ext4"):
+            _grow_offline(device, grow_mark)
+            return False
+        return True
+    return False
+
+
+def _grow_offline(device: str, grow_mark: Optional[str]) -> None:
+    if grow_mark is None:
+        filesystem.grow_offline(device, "ext4")
+    else:
+        ext4_grow.grow(device, grow_mark)
+
+
+def _grow_mounted(device: str, fs: str, path: str) -> bool:
+    """Grow a filesystem already mounted at *path* (a call killed between its mount and its online grow) where
+    this process may; a refusal leaves it as it is (NodeExpandVolume grows it or says why)."""
+    if not filesystem.online_grow_allowed(fs) or filesystem.size(device, fs, path) >= devices.size_bytes(device):
+        return False
+    try:
         filesystem.grow_online(device, fs, path)
+    except Precondition as refused:
+        log.warning("%s", refused)
+        return False
     return True
 
 

@@ -19,13 +19,20 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
   all mutual grants share one mutual user (:class:`~.errors.Conflict` otherwise).
 * tgtd never shows passwords (``--mode account --op show`` lists names), so
   ``persist`` could not write ``incominguser`` lines from the live state
-  alone.  The backend keeps a grant record (JSON, mode 0600, written
-  atomically, once per call): which targets are ours and, per initiator,
-  its CHAP credentials.  It is the source of the passwords in the config
-  file and of the initiator-to-account mapping used on revoke.  A grant's
-  secret is written before any command uses it; removals after the
-  commands (a crash in between leaves a record entry that reconciliation
-  removes).
+  alone.  The backend keeps a grant record: which targets are ours, each
+  one's LUN and, per initiator, its CHAP credentials.  It is the source of
+  the config file and of the initiator-to-account mapping used on revoke,
+  and it lives *in* the config file (one comment line, see :mod:`.tgt_config`;
+  mode 0600), so record and config are one durable write, made only when
+  their text changes: once per publish or unpublish.  A grant's secret is
+  written before any command uses it; removals after the commands (a crash
+  in between leaves a record entry that reconciliation removes).  The config
+  file is rendered from the record, not from tgtd: a grant written before its
+  commands is in it (a boot restores it, reconciliation revokes it if no
+  publication record wants it), and a target tgtd lost (restarted empty) stays
+  in it until reconciliation restores it.  A grant record that an older Basalt
+  kept as JSON at ``record_path`` is read when the config file carries none,
+  and removed once the config file does.
 * One writer: targets, accounts, the record and the config file are shared
   by every volume, so every call holds :meth:`TgtBackend.transaction` (a
   :class:`~.hostlock.HostLock` on the record's ``.lock`` file: threads and
@@ -58,7 +65,18 @@ from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
 from .model import DEFAULT_STATE_DIR
 from .runner import operand, run
-from .tgt_config import NO_ADDRESS, render_config
+from .tgt_config import (
+    DATA_LUN,
+    NO_ADDRESS,
+    Record,
+    chap_from_json,
+    chap_to_json,
+    record_doc,
+    record_in,
+    record_of,
+    recorded_exports,
+    render_config,
+)
 from .tgt_show import TgtLun, TgtTarget, is_name_acl, parse_targets
 
 DEFAULT_CONF = "/etc/tgt/conf.d/basalt.conf"
@@ -70,29 +88,13 @@ def record_path_under(state_dir: str) -> str:
 
 
 DEFAULT_RECORD = record_path_under(DEFAULT_STATE_DIR)
-DATA_LUN = 1
 TIMEOUT = 30.0
 
 _ALREADY = ("already exists",)
 _MISSING = ("can't find", "does not exist")
 
-Record = Dict[str, Dict[str, Any]]
-
 
 # -- the grant record --------------------------------------------------------
-
-
-def _chap_to_json(chap: Optional[Chap]) -> Optional[Dict[str, Optional[str]]]:
-    if chap is None:
-        return None
-    return {"user": chap.user, "password": chap.password,
-            "mutual_user": chap.mutual_user, "mutual_password": chap.mutual_password}
-
-
-def _chap_from_json(doc: Optional[Dict[str, Any]]) -> Optional[Chap]:
-    if not doc:
-        return None
-    return Chap(doc["user"], doc["password"], doc.get("mutual_user"), doc.get("mutual_password"))
 
 
 @dataclass
@@ -100,6 +102,7 @@ class _Session:
     """What one transaction knows: the record as read once, and tgtd as listed once then kept current."""
 
     record: Record
+    on_disk: str  # the config file's text as read or last written ("": none)
     record_dirty: bool = False
     live: Optional[Dict[str, TgtTarget]] = None  # by IQN; None: not listed yet
 
@@ -111,9 +114,10 @@ class TgtBackend(TargetBackend):
     """:class:`TargetBackend` over tgtd.
 
     *control_port*: tgtd's ``-C`` (``None``: the system daemon, port 0).
-    *conf_path*: the config file ``persist`` writes (tgt's targets.conf
-    includes /etc/tgt/conf.d/*.conf).  *record_path*: the grant record (see
-    the module docstring); its lock is ``record_path + ".lock"``.
+    *conf_path*: the config file, which also carries the grant record (tgt's
+    targets.conf includes /etc/tgt/conf.d/*.conf).  *record_path*: where an
+    older Basalt kept the grant record (read if the config file carries none,
+    then removed); the lock is ``record_path + ".lock"``.
     *base_iqn*: targets whose IQN starts with it count as ours even when
     missing from the record (a crash between the command and the record).
     """
@@ -145,7 +149,7 @@ class TgtBackend(TargetBackend):
             if self._session is not None:  # re-entered by the holder
                 yield
                 return
-            self._session = _Session(self._read_record())
+            self._session = _Session(*self._read_record())
             try:
                 yield
                 self._flush()
@@ -199,28 +203,46 @@ class TgtBackend(TargetBackend):
 
     # -- record --
 
-    def _read_record(self) -> Record:
+    def _read_record(self) -> Tuple[Record, str]:
+        """The grant record and the config file's text (the record from the older JSON file if it has none)."""
         try:
-            with open(self.record_path, encoding="utf-8") as handle:
-                doc = json.load(handle)
+            with open(self.conf_path, encoding="utf-8") as handle:
+                text = handle.read()
         except FileNotFoundError:
-            return {}
-        targets = doc.get("targets", {}) if isinstance(doc, dict) else {}
-        return {iqn: {"grants": dict(entry.get("grants", {}))} for iqn, entry in targets.items()}
+            text = ""
+        try:
+            doc = record_in(text)
+        except ValueError as error:
+            raise Precondition(f"{self.conf_path}: {error}") from None
+        if doc is None:
+            try:
+                with open(self.record_path, encoding="utf-8") as handle:
+                    doc = json.load(handle)
+            except FileNotFoundError:
+                doc = {}
+        return record_of(doc), text
 
     def _record(self) -> Record:
         return self._current().record
 
     def _write_record(self) -> None:
-        """Write the record now (a secret must be on disk before a command uses it)."""
+        """Write the config file with the record now, if its text changed (a secret must be on disk before a
+        command uses it); then drop the JSON record an older Basalt kept."""
         session = self._current()
-        os.makedirs(os.path.dirname(self.record_path) or ".", mode=0o700, exist_ok=True)
-        doc = {"version": 1, "targets": session.record}
-        write_atomic(self.record_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+        live = session.live or {}
+        text = render_config(recorded_exports(session.record, lambda iqn: live[iqn].lun(DATA_LUN) if iqn in live
+                                              else None), record_doc(session.record))
+        if text != session.on_disk:
+            os.makedirs(os.path.dirname(self.conf_path) or ".", exist_ok=True)
+            write_atomic(self.conf_path, text.encode(), mode=0o600)
+            session.on_disk = text
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.record_path)  # superseded (a crash before this: the config file's record wins)
         session.record_dirty = False
 
-    def _forget_later(self) -> None:
-        """The record lost something: written at the end of the transaction (after the commands)."""
+    def _write_later(self) -> None:
+        """The record changed in a way no command depends on (a grant gone, a LUN noted): written at the end of
+        the transaction, after the commands, or with the next write that must come first."""
         self._current().record_dirty = True
 
     def _flush(self) -> None:
@@ -252,8 +274,14 @@ class TgtBackend(TargetBackend):
         operand(device, "device")
         with self.transaction():
             record = self._record()
-            if not self._owned(target_iqn, record):
-                record[target_iqn] = {"grants": {}}
+            lun_doc = {"device": device, "serial": serial, "read_only": read_only}
+            owned, recorded = self._owned(target_iqn, record), target_iqn in record
+            entry = record.setdefault(target_iqn, {"grants": {}})
+            if entry.get("lun") != lun_doc:
+                if not recorded or "lun" in entry:  # else a record of version 1: noted with the next write
+                    self._write_later()  # what the config file restores: written with the grant, or at the end
+                entry["lun"] = lun_doc
+            if not owned:
                 self._write_record()  # ours before it exists
             changed = False
             current = self._live().get(target_iqn)
@@ -321,7 +349,7 @@ class TgtBackend(TargetBackend):
             before = copy.deepcopy(record)
             entry = record.setdefault(target_iqn, {"grants": {}})
             for other, other_doc in entry["grants"].items():
-                other_chap = _chap_from_json(other_doc)
+                other_chap = chap_from_json(other_doc)
                 if other == initiator_iqn:
                     continue
                 if (other_chap is None) != (chap is None):
@@ -330,9 +358,9 @@ class TgtBackend(TargetBackend):
                 if chap and other_chap and chap.mutual and other_chap.mutual \
                         and chap.mutual_user != other_chap.mutual_user:
                     raise Conflict(f"tgt allows one mutual CHAP user per target; {other} uses {other_chap.mutual_user}")
-            old = _chap_from_json(entry["grants"].get(initiator_iqn))
+            old = chap_from_json(entry["grants"].get(initiator_iqn))
             if initiator_iqn not in entry["grants"] or old != chap or target_iqn not in before:
-                entry["grants"][initiator_iqn] = _chap_to_json(chap)
+                entry["grants"][initiator_iqn] = chap_to_json(chap)
                 self._write_record()  # passwords first: persist() and reconciliation must be able to restore them
             tid = str(current.tid)
             changed = False
@@ -415,7 +443,7 @@ class TgtBackend(TargetBackend):
         record = self._record()
         in_use_here = set()
         for chap_doc in record.get(target_iqn, {"grants": {}})["grants"].values():
-            chap = _chap_from_json(chap_doc)
+            chap = chap_from_json(chap_doc)
             if chap is not None:
                 in_use_here.add(("in", chap.user))
                 if chap.mutual_user:
@@ -465,9 +493,9 @@ class TgtBackend(TargetBackend):
     def _forget_grant(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, Optional[Chap]]:
         entry = self._record().get(target_iqn, {"grants": {}})
         had = initiator_iqn in entry["grants"]
-        old = _chap_from_json(entry["grants"].pop(initiator_iqn, None))
+        old = chap_from_json(entry["grants"].pop(initiator_iqn, None))
         if had:
-            self._forget_later()
+            self._write_later()
         return had, old
 
     def _close_sessions(self, target_iqn: str, initiator_iqn: str) -> bool:
@@ -515,7 +543,7 @@ class TgtBackend(TargetBackend):
         current = self._live().pop(target_iqn, None)
         forgotten = self._record().pop(target_iqn, None) is not None
         if forgotten:
-            self._forget_later()
+            self._write_later()
         if current is None:
             return forgotten
         self._tolerant(["--mode", "target", "--op", "delete", "--force", "--tid", str(current.tid)],
@@ -534,7 +562,7 @@ class TgtBackend(TargetBackend):
     def _export_of(self, target: TgtTarget) -> Export:
         lun = target.lun(DATA_LUN)
         grants_doc = self._record().get(target.iqn, {"grants": {}})["grants"]
-        grants = tuple(Grant(i, _chap_from_json(grants_doc.get(i))) for i in target.initiator_acls)
+        grants = tuple(Grant(i, chap_from_json(grants_doc.get(i))) for i in target.initiator_acls)
         return Export(target_iqn=target.iqn, lun=DATA_LUN, serial=lun.serial if lun else "",
                       device=lun.backing_store if lun else "", read_only=lun.read_only if lun else False,
                       grants=grants)
@@ -542,11 +570,11 @@ class TgtBackend(TargetBackend):
     def saved_grants(self) -> Dict[str, Dict[str, Optional[Chap]]]:
         """The grant record (it outlives tgtd, which forgets everything when it stops)."""
         with self.transaction():
-            return {iqn: {initiator: _chap_from_json(doc) for initiator, doc in entry["grants"].items()}
+            return {iqn: {initiator: chap_from_json(doc) for initiator, doc in entry["grants"].items()}
                     for iqn, entry in self._record().items()}
 
     def persist(self) -> None:
-        """Write :attr:`conf_path` (mode 0600: it holds CHAP secrets) from the live state and the record.
+        """Make :attr:`conf_path` (mode 0600: it holds CHAP secrets) hold the record and what it exports.
 
         Refuses (Precondition) when a live target of ours has a CHAP account
         whose secret the record does not hold: the file would restore the
@@ -560,6 +588,5 @@ class TgtBackend(TargetBackend):
                 for user in (*target.incoming, *target.outgoing):
                     if not self._password_of(record, user):
                         raise Precondition(f"cannot persist {target.iqn}: the secret of CHAP user {user!r} is not "
-                                           f"in {self.record_path}")
-            self._flush()  # the record first: it is what the config file is derived from
-            write_atomic(self.conf_path, render_config(self.exports()).encode(), mode=0o600)
+                                           f"in {self.conf_path}")
+            self._write_record()  # a no-op when this call's record write already holds everything

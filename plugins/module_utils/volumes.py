@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
-from .errors import Conflict, InUse, NoSpace, NotFound, OutOfRange
+from .errors import AlreadyExists, Conflict, InUse, NoSpace, NotFound, OutOfRange
 from .model import (
     CREATING,
     DELETING,
@@ -108,6 +108,16 @@ def ensure_volume(
     """
     params = dict(parameters or {})
     volume_id = volume_id_for(name)
+    if source is None and pool.creates_exclusively and not _checks_space(pool, check_mode):
+        # The usual case, a new name: create first; an earlier attempt (or a taken name) makes it refuse,
+        # and only then is the name looked up. The same records in the same order as below.
+        volume = Volume(id=volume_id, name=name, size=size, pool=pool.kind, parameters=params, ephemeral=ephemeral)
+        try:
+            pool.create_volume(volume)
+        except AlreadyExists:
+            pass
+        else:
+            return _provisioned(pool, volume, None), True
     existing = pool.load_volume(volume_id)
     if existing is not None and existing.state == READY:
         _check_compatible(existing, min_size or size, max_size, params, source)
@@ -139,12 +149,17 @@ def ensure_volume(
             pool.create_volume(volume)
         else:
             pool.create_volume(volume)  # the creating record claims the space
+    return _provisioned(pool, volume, origin), True
+
+
+def _provisioned(pool: Pool, volume: Volume, origin: Optional[Union[Volume, Snapshot]]) -> Volume:
+    """Fill a volume whose first record is written, then record it ready (the last commit of a create)."""
     if volume.state != READY:
         volume.copy_method = pool.provision_volume(volume, origin)
         volume.state = READY
         pool.save_volume(volume)
-    log.info("created volume %s (%r, %d bytes)", volume_id, name, size)
-    return volume, True
+    log.info("created volume %s (%r, %d bytes)", volume.id, volume.name, volume.size)
+    return volume
 
 
 def _checks_space(pool: Pool, check_mode: bool) -> bool:

@@ -46,6 +46,7 @@ from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 from basalt_agent.proto import pluginregistration_pb2 as reg
 from basalt_agent.proto import pluginregistration_pb2_grpc as reg_grpc
+from basalt_core import filesystem
 from basalt_core.lvm_pool import SNAPSHOT_MODE_KEY
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -375,6 +376,11 @@ def test_monitoring_objects_match_their_crd_schemas_and_the_agents_metrics(rende
     # every series an alert reads is one the agent exports (counters carry _total); `up` is Prometheus's,
     # its job the Service's name (the monitor sets no jobLabel)
     source = Path(basalt_agent.metrics.__file__).read_text()
+    read = {name for alert in rule["spec"]["groups"][0]["rules"]
+            for name in re.findall(r"\bbasalt_[a-z_]+", alert["expr"])}
+    # issue #14's set: pool nearly full, thin metadata nearly full, orphans > 0, RPC errors
+    assert {"basalt_pool_allocated_bytes", "basalt_pool_thin_metadata_percent", "basalt_orphans",
+            "basalt_rpc_requests_total"} <= read, read
     for alert in rule["spec"]["groups"][0]["rules"]:
         for name in re.findall(r"\bbasalt_[a-z_]+", alert["expr"]):
             assert f'"{name.removesuffix("_total")}"' in source, f"{alert['alert']}: the agent exports no {name}"
@@ -478,6 +484,19 @@ def test_the_role_refuses_a_class_parameter_the_agent_would_refuse(tmp_path: Pat
         basalt_storage_classes=[{"name": "typo", "parameters": {"pool": "lvm"}}])]), tmp_path)
     assert done.returncode != 0
     assert "StorageClass parameters must be among" in " ".join(done.stdout.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_role_refuses_a_filesystem_the_agent_does_not_make(tmp_path: Path) -> None:
+    """btrfs is not offered (copies would share an fsid): the role's list is the core's, and a class asking for
+    it is refused before anything is written."""
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    assert role_vars["basalt_cluster_fs_types"] == list(filesystem.SUPPORTED)
+    done = run_playbook(_play(tmp_path, [_role(
+        basalt_cluster_render_dir=str(tmp_path / "out"),
+        basalt_storage_classes=[{"name": "cow", "fs_type": "btrfs"}])]), tmp_path)
+    assert done.returncode != 0
+    assert "fs_type among [ext4, xfs]" in " ".join(done.stdout.split())
     assert not (tmp_path / "out").exists()
 
 

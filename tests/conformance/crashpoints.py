@@ -11,6 +11,10 @@ directly, never through a shell) at one moment:
 * ``when="magic"``: the tool is still running and the bytes *magic* appeared
   at *offset* of its last operand (e.g. ``XFSB``: mkfs.xfs wrote its
   superblock, the rest is not made yet); the tool is killed too;
+* ``when="grown"``: the tool is still running and the file its operand
+  number *watch* names has reached *size* bytes (e.g. resize2fs's undo file:
+  that many old blocks saved, their new content written); the tool is
+  killed too;
 * ``when="delay"``: *delay_ms* after the tool started; the tool is killed too.
 
 The wrapper leaves ``<tool>.fired`` saying what happened, so a test can check
@@ -51,10 +55,15 @@ elif spec["when"] == "delay":
     except subprocess.TimeoutExpired:
         outcome = "during"
 else:
-    magic = bytes.fromhex(spec["magic"])
-    watched = os.open(sys.argv[-1], os.O_RDONLY)
+    magic, watched = bytes.fromhex(spec["magic"]), None
     while tool.poll() is None:  # busy: the window can be a few milliseconds
-        if os.pread(watched, len(magic), spec.get("offset", 0)) == magic:
+        if watched is None:
+            try:
+                watched = os.open(sys.argv[1:][spec["watch"]], os.O_RDONLY)
+            except FileNotFoundError:  # the tool has not made it yet
+                continue
+        if (os.fstat(watched).st_size >= spec["size"] if spec["when"] == "grown"
+                else os.pread(watched, len(magic), spec["offset"]) == magic):
             outcome = "during"
             break
 os.kill(agent, signal.SIGKILL)
@@ -91,11 +100,12 @@ class CrashPoints:
         return os.path.join(self.bin, tool + ".arm")
 
     def arm(self, tool: str, when: str, *, arg: str = "", magic: bytes = b"", offset: int = 0,
-            delay_ms: float = 0) -> None:
+            delay_ms: float = 0, watch: int = -1, size: int = 0) -> None:
         assert os.path.exists(os.path.join(self.bin, tool)), f"wrap({tool!r}) first"
         self.disarm(tool)
         with open(self._arm(tool), "w", encoding="utf-8") as handle:
-            json.dump({"when": when, "arg": arg, "magic": magic.hex(), "offset": offset, "delay_ms": delay_ms}, handle)
+            json.dump({"when": when, "arg": arg, "magic": magic.hex(), "offset": offset, "delay_ms": delay_ms,
+                       "watch": watch, "size": size}, handle)
 
     def disarm(self, tool: str) -> None:
         for path in (self._arm(tool), self._arm(tool) + ".fired"):

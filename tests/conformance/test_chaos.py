@@ -43,7 +43,7 @@ from basalt_csi_testlib import (
     volume_source,
     write_file,
 )
-from test_crash import assert_writable
+from test_crash import assert_writable, ext4_bytes
 
 KILLS = int(os.environ.get("BASALT_CHAOS_KILLS", "8"))
 PATIENCE = 90.0  # seconds a CO keeps retrying one call before the test calls it stuck
@@ -147,6 +147,8 @@ class Chaos:
         vol.staging = vol.staging or self.agent.staging_dir()
         self.call("node", "NodeStageVolume", csi.NodeStageVolumeRequest(
             volume_id=vol.volume_id, staging_target_path=vol.staging, volume_capability=CAP))
+        # expanded while unstaged: grown offline by the stage, killed or not
+        assert ext4_bytes(vol.staging) == vol.size, f"{vol.name}: the filesystem does not fill the volume"
         target = self.agent.path("mount")
         self.call("node", "NodePublishVolume", csi.NodePublishVolumeRequest(
             volume_id=vol.volume_id, staging_target_path=vol.staging, target_path=target, volume_capability=CAP))
@@ -197,12 +199,12 @@ class Chaos:
         self.rng.choice(actions)()
 
     def expand(self, vol: Vol) -> None:
-        size = vol.size + 8 * MiB
         # lvm-loop LVs are contiguous: the extents after one may be another volume's (RESOURCE_EXHAUSTED).
-        if self.call("ctl", "ControllerExpandVolume", csi.ControllerExpandVolumeRequest(
-                volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)),
-                final=(SC.RESOURCE_EXHAUSTED,)) is not None:
-            vol.size = size
+        answer = self.call("ctl", "ControllerExpandVolume", csi.ControllerExpandVolumeRequest(
+            volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=vol.size + 8 * MiB)),
+            final=(SC.RESOURCE_EXHAUSTED,))
+        if answer is not None:
+            vol.size = answer.capacity_bytes
 
     def snapshot(self, vol: Vol) -> None:
         name = self.name("snap")

@@ -35,6 +35,7 @@ from basalt_csi_testlib import (
     retry_until,
     snapshot_source,
     stage_tracking_image,
+    top_mount,
     unique,
     volume_lv_name,
     volume_source,
@@ -49,7 +50,8 @@ AgentFactory = Callable[..., Agent]
 def crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
     """A started agent whose tools can be armed to kill it."""
     agent = fresh_agent_factory(launch=False)
-    points = CrashPoints(agent.root).wrap("mkfs.xfs", "mkfs.ext4", "fsfreeze", "losetup", "resize2fs")
+    points = CrashPoints(agent.root).wrap("mkfs.xfs", "mkfs.ext4", "fsfreeze", "losetup", "resize2fs", "e2fsck",
+                                          "e2undo")
     agent.extra_env.update(points.env())
     agent.start()
     yield agent, points
@@ -337,6 +339,76 @@ def test_data_is_never_reformatted(crashable: tuple[Agent, CrashPoints]) -> None
     assert_nothing_left(agent)
 
 
+# -- 4. an interrupted offline ext4 grow -----------------------------------------------------
+
+GROWN = 80 * MiB
+
+
+def ext4_bytes(staging: str) -> int:
+    """What the ext4 filesystem mounted at *staging* spans, by its superblock."""
+    device = top_mount(staging).source
+    out = subprocess.run(["dumpe2fs", "-h", device], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def df_bytes(staging: str) -> int:
+    st = os.statvfs(staging)
+    return st.f_blocks * st.f_frsize
+
+
+def grow_leftovers(agent: Agent) -> list[str]:
+    return glob.glob(os.path.join(agent.state_dir, "node", "*.grow*"))
+
+
+# crash point (docs/crash-safety.md) -> the kills, in order, each followed by a restart: (tool, when, arm keywords)
+MID_WRITE = ("resize2fs", "grown", {"watch": 1, "size": 64 << 10})  # undo file 64 KiB: ~60 blocks rewritten
+GROW_CRASHES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "checked": [("e2fsck", "after", {"arg": "-f"})],  # e2fsck -f done, no mark saved yet
+    "started": [("resize2fs", "delay", {"delay_ms": 0})],  # mark saved, resize2fs just started
+    "mid-write": [MID_WRITE],
+    "finished": [("resize2fs", "after", {})],  # grown; mark and undo file not removed yet
+    "rolled back": [MID_WRITE, ("e2undo", "after", {})],  # the retry killed once e2undo replayed the undo file
+}
+POOL_NEUTRAL_POINTS = ("checked", "started", "rolled back")  # the file pool's run covers them (CI time)
+
+
+def test_killed_while_node_stage_grows_ext4(crashable: tuple[Agent, CrashPoints]) -> None:
+    """Stage, write, unstage, ControllerExpand by 40 MiB, NodeStage killed at one point of the offline grow, for
+    each point in turn: the retried NodeStage rolls back what was written (e2undo) and grows again; the data is
+    intact, the filesystem the volume's size, and no mark or undo file is left."""
+    agent, points = crashable
+    cap = mount_cap("ext4")
+    size = 40 * MiB
+    vol = agent.create_volume(size, cap=cap)
+    staging = agent.stage(vol.volume_id, cap)
+    data = pattern(2 * MiB, "grow")
+    write_file(os.path.join(staging, "data"), data)
+    for point, kills in GROW_CRASHES.items():
+        if agent.lvm is not None and point in POOL_NEUTRAL_POINTS:
+            continue
+        before = df_bytes(staging)
+        agent.unstage(vol.volume_id, staging)
+        size += 40 * MiB
+        agent.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+            volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)))
+        for tool, when, arm in kills:
+            points.arm(tool, when, **arm)
+            crashed(agent.node.NodeStageVolume, node_req(vol, cap, staging))
+            fired = points.fired(tool)
+            assert fired["outcome"] == ("during" if when in ("delay", "grown") else "after"), (point, fired)
+            assert bool(grow_leftovers(agent)) == (tool != "e2fsck"), f"{point}: the mark is saved before resize2fs"
+            restart(agent)
+        agent.stage(vol.volume_id, cap, staging)
+        assert ext4_bytes(staging) == size, point
+        assert df_bytes(staging) > before + 30 * MiB, point
+        assert read_file(os.path.join(staging, "data")) == data, point
+        assert grow_leftovers(agent) == [], point
+    agent.unstage(vol.volume_id, staging)
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)
+
+
 # -- 8. a copy's own identity ---------------------------------------------------------------
 
 def test_an_xfs_copy_stages_beside_its_origin(fresh_agent_factory: AgentFactory) -> None:
@@ -363,6 +435,27 @@ def test_an_xfs_copy_stages_beside_its_origin(fresh_agent_factory: AgentFactory)
         agent.unstage(done.volume_id, done.staging)
     for volume_id in (vol.volume_id, clone.volume_id):
         delete(agent, volume_id)
+    assert_nothing_left(agent)
+
+
+def test_btrfs_is_refused_so_no_copy_shares_its_id(fresh_agent_factory: AgentFactory) -> None:
+    """btrfs (which refuses two filesystems with one fsid) is not offered: CreateVolume, NodeStageVolume and
+    NodePublishVolume answer INVALID_ARGUMENT naming the filesystems Basalt makes."""
+    agent = fresh_agent_factory()
+    pool_neutral(agent)
+    vol = agent.create_volume(16 * MiB, cap=mount_cap("ext4"))
+    btrfs = mount_cap("btrfs")
+    calls = [
+        (agent.ctl.CreateVolume, csi.CreateVolumeRequest(name=unique("btrfs"), volume_capabilities=[btrfs])),
+        (agent.node.NodeStageVolume, node_req(vol, btrfs, agent.staging_dir())),
+        (agent.node.NodePublishVolume, csi.NodePublishVolumeRequest(
+            volume_id=vol.volume_id, staging_target_path=agent.staging_dir(), target_path=agent.path("mount"),
+            volume_capability=btrfs)),
+    ]
+    for call, request in calls:
+        err = expect_code(call, request, SC.INVALID_ARGUMENT)
+        assert "'btrfs' is not supported (use one of ext4, xfs)" in (err.details() or ""), err.details()
+    delete(agent, vol.volume_id)
     assert_nothing_left(agent)
 
 

@@ -32,10 +32,6 @@ def create_req(name: str, size: int = 4 * MiB, **kw: Any) -> Any:
     )
 
 
-def get_volume(agent: Agent, volume_id: str) -> Any:
-    return agent.ctl.ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=volume_id))
-
-
 def test_create_volume_10x(agent: Agent) -> None:
     name = unique()
     before = len(agent.list_all_volumes())
@@ -58,7 +54,7 @@ def test_create_volume_same_name_incompatible(agent: Agent) -> None:
         SC.ALREADY_EXISTS,
     )
     # the original is unchanged
-    assert get_volume(agent, vol.volume_id).volume.capacity_bytes == 4 * MiB
+    assert agent.get_volume(vol.volume_id).volume.capacity_bytes == 4 * MiB
 
 
 def test_create_volume_compatible_range_is_same_volume(agent: Agent) -> None:
@@ -111,11 +107,11 @@ def test_controller_publish_unpublish_10x(agent: Agent) -> None:
     )
     contexts = [dict(agent.ctl.ControllerPublishVolume(req).publish_context) for _ in range(N)]
     assert all(c == contexts[0] for c in contexts)
-    assert list(get_volume(agent, vol.volume_id).status.published_node_ids) == [agent.node_id]
+    assert list(agent.get_volume(vol.volume_id).status.published_node_ids) == [agent.node_id]
     unreq = csi.ControllerUnpublishVolumeRequest(volume_id=vol.volume_id, node_id=agent.node_id)
     for _ in range(N):
         agent.ctl.ControllerUnpublishVolume(unreq)
-    assert list(get_volume(agent, vol.volume_id).status.published_node_ids) == []
+    assert list(agent.get_volume(vol.volume_id).status.published_node_ids) == []
     agent.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
 
 
@@ -175,7 +171,7 @@ def test_controller_expand_10x(agent: Agent) -> None:
     )
     sizes = [agent.ctl.ControllerExpandVolume(req).capacity_bytes for _ in range(N)]
     assert sizes == [12 * MiB] * N
-    assert get_volume(agent, vol.volume_id).volume.capacity_bytes == 12 * MiB
+    assert agent.get_volume(vol.volume_id).volume.capacity_bytes == 12 * MiB
 
 
 # --------------------------------------------------------------------------
@@ -207,4 +203,4 @@ def test_controller_unpublish_never_published(agent: Agent) -> None:
         agent.ctl.ControllerUnpublishVolume(
             csi.ControllerUnpublishVolumeRequest(volume_id=vol.volume_id, node_id=agent.node_id)
         )
-    assert list(get_volume(agent, vol.volume_id).status.published_node_ids) == []
+    assert list(agent.get_volume(vol.volume_id).status.published_node_ids) == []

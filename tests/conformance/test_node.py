@@ -1,4 +1,5 @@
-"""Node service against real loop devices, filesystems and mounts."""
+"""Node service against real loop devices, filesystems and mounts: stage, publish, block volumes, stats,
+ephemeral inline volumes (expansion: test_node_expand.py)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,10 @@ from basalt_csi_testlib import (
     SC,
     XFS_MIN,
     Agent,
-    Attached,
     MiB,
     block_cap,
     bring_up,
     code_of,
-    crange,
     csi,
     expect_code,
     fs_total_bytes,
@@ -38,44 +37,13 @@ from basalt_csi_testlib import (
     tear_down,
     top_mount,
     unique,
+    usage_by_unit,
     volume_lv_name,
     write_block,
     write_file,
 )
 
 Usage = csi.VolumeUsage
-
-
-def stats(agent: Agent, volume_id: str, path: str, staging: str = "") -> Any:
-    return agent.node.NodeGetVolumeStats(
-        csi.NodeGetVolumeStatsRequest(
-            volume_id=volume_id, volume_path=path, staging_target_path=staging
-        )
-    )
-
-
-def usage_by_unit(resp: Any) -> dict[int, Any]:
-    return {u.unit: u for u in resp.usage}
-
-
-def ctl_expand(agent: Agent, volume_id: str, size: int, cap: Any) -> Any:
-    return agent.ctl.ControllerExpandVolume(
-        csi.ControllerExpandVolumeRequest(
-            volume_id=volume_id, capacity_range=crange(size), volume_capability=cap
-        )
-    )
-
-
-def node_expand(agent: Agent, att: Attached, size: int, cap: Any) -> Any:
-    return agent.node.NodeExpandVolume(
-        csi.NodeExpandVolumeRequest(
-            volume_id=att.volume_id,
-            volume_path=att.target or att.staging,
-            staging_target_path=att.staging,
-            capacity_range=crange(size),
-            volume_capability=cap,
-        )
-    )
 
 
 # --------------------------------------------------------------------------
@@ -341,7 +309,7 @@ def test_block_lifecycle(agent: Agent) -> None:
     finally:
         os.close(fd)
 
-    resp = stats(agent, vol.volume_id, target)
+    resp = agent.volume_stats(vol.volume_id, target)
     units = usage_by_unit(resp)
     assert Usage.BYTES in units
     assert units[Usage.BYTES].total == size
@@ -368,7 +336,7 @@ def test_stats_mount(agent: Agent) -> None:
     assert att.target
     write_file(os.path.join(att.target, "used"), pattern(2 * MiB, "used"))
     for path in (att.target, att.staging):
-        resp = stats(agent, vol.volume_id, path, staging=att.staging)
+        resp = agent.volume_stats(vol.volume_id, path, staging=att.staging)
         units = usage_by_unit(resp)
         b, i = units[Usage.BYTES], units[Usage.INODES]
         assert size // 2 <= b.total <= size, b
@@ -416,106 +384,10 @@ def test_stats_abnormal_when_mount_disappears(agent: Agent) -> None:
     # pull the publication away behind the agent's back (a mount it made for us)
     subprocess.run(["umount", "-l", att.target], check=True)
     assert not is_mounted(att.target)
-    resp = stats(agent, vol.volume_id, att.target, staging=att.staging)
+    resp = agent.volume_stats(vol.volume_id, att.target, staging=att.staging)
     assert resp.volume_condition.abnormal is True
     assert resp.volume_condition.message
     tear_down(agent, att)
-
-
-# --------------------------------------------------------------------------
-# expansion
-# --------------------------------------------------------------------------
-
-
-def test_xfs_online_expand(agent: Agent) -> None:
-    cap = mount_cap("xfs")
-    vol = agent.create_volume(XFS_MIN, cap=cap)
-    att = bring_up(agent, vol, cap)
-    assert att.target
-    before = fs_total_bytes(att.target)
-    new_size = XFS_MIN + 100 * MiB
-    resp = ctl_expand(agent, vol.volume_id, new_size, cap)
-    assert resp.capacity_bytes == new_size and resp.node_expansion_required
-    nresp = node_expand(agent, att, new_size, cap)
-    assert nresp.capacity_bytes in (0, new_size)
-    after = fs_total_bytes(att.target)
-    assert after >= before + 90 * MiB, (before, after)
-    tear_down(agent, att)
-
-
-def test_ext4_online_expand(agent: Agent) -> None:
-    cap = mount_cap("ext4")
-    vol = agent.create_volume(16 * MiB, cap=cap)
-    att = bring_up(agent, vol, cap)
-    assert att.target
-    data = pattern(4096, "ext4-online")
-    write_file(os.path.join(att.target, "d"), data)
-    before = fs_total_bytes(att.target)
-    ctl_expand(agent, vol.volume_id, 48 * MiB, cap)
-    code, res = code_of(agent.node.NodeExpandVolume, csi.NodeExpandVolumeRequest(
-        volume_id=vol.volume_id, volume_path=att.target, staging_target_path=att.staging,
-        capacity_range=crange(48 * MiB), volume_capability=cap,
-    ))
-    if code == SC.OK:
-        assert fs_total_bytes(att.target) >= before + 24 * MiB
-    else:
-        # resize2fs online needs CAP_SYS_RESOURCE, which this VM lacks
-        assert code != SC.UNKNOWN, res.details()
-        msg = (res.details() or "").lower()
-        assert any(w in msg for w in ("resize", "online", "grow", "expand")), res.details()
-    assert read_file(os.path.join(att.target, "d")) == data
-    tear_down(agent, att)
-    # offline path: the next NodeStage grows the filesystem
-    att2 = bring_up(agent, vol, cap)
-    assert att2.target
-    assert fs_total_bytes(att2.target) >= before + 24 * MiB
-    assert read_file(os.path.join(att2.target, "d")) == data
-    tear_down(agent, att2)
-
-
-def test_ext4_offline_expand_grown_at_stage(agent: Agent) -> None:
-    cap = mount_cap("ext4")
-    vol = agent.create_volume(16 * MiB, cap=cap)
-    att = bring_up(agent, vol, cap, publish=False)
-    data = pattern(8192, "offline")
-    write_file(os.path.join(att.staging, "d"), data)
-    before = fs_total_bytes(att.staging)
-    tear_down(agent, att)
-    resp = ctl_expand(agent, vol.volume_id, 64 * MiB, cap)
-    assert resp.capacity_bytes == 64 * MiB
-    att2 = bring_up(agent, vol, cap, publish=False)
-    after = fs_total_bytes(att2.staging)
-    assert after >= before + 40 * MiB, (before, after)
-    assert read_file(os.path.join(att2.staging, "d")) == data
-    tear_down(agent, att2)
-
-
-def test_block_expand(agent: Agent) -> None:
-    cap = block_cap()
-    vol = agent.create_volume(8 * MiB, cap=cap)
-    att = bring_up(agent, vol, cap)
-    assert att.target
-    ctl_expand(agent, vol.volume_id, 16 * MiB, cap)
-    code, res = code_of(agent.node.NodeExpandVolume, csi.NodeExpandVolumeRequest(
-        volume_id=vol.volume_id, volume_path=att.target, staging_target_path=att.staging,
-        capacity_range=crange(16 * MiB), volume_capability=cap,
-    ))
-    assert code == SC.OK, res.details() if isinstance(res, grpc.RpcError) else res
-    fd = os.open(att.target, os.O_RDONLY)
-    try:
-        assert os.lseek(fd, 0, os.SEEK_END) == 16 * MiB
-    finally:
-        os.close(fd)
-    tear_down(agent, att)
-
-
-def test_node_expand_missing_volume(agent: Agent) -> None:
-    expect_code(
-        agent.node.NodeExpandVolume,
-        csi.NodeExpandVolumeRequest(volume_id=unique("missing"), volume_path=agent.path("x"),
-                                    capacity_range=crange(16 * MiB)),
-        SC.NOT_FOUND,
-    )
 
 
 # --------------------------------------------------------------------------
@@ -540,7 +412,7 @@ def test_ephemeral_inline_volume(agent: Agent) -> None:
     total = fs_total_bytes(target)
     assert 32 * MiB <= total <= 64 * MiB
     write_file(os.path.join(target, "tmp"), b"ephemeral")
-    units = usage_by_unit(stats(agent, volume_id, target))
+    units = usage_by_unit(agent.volume_stats(volume_id, target))
     assert 32 * MiB <= units[Usage.BYTES].total <= 64 * MiB
 
     agent.unpublish(volume_id, target)
@@ -605,6 +477,11 @@ def test_ephemeral_over_capacity_leaves_nothing(agent_factory: Any) -> None:
     assert not is_mounted(target)
     assert a.pool_loops() == loops_before
     assert a.pool_objects() == files_before
+
+
+# --------------------------------------------------------------------------
+# staging: the helper's sanity check, concurrent stages
+# --------------------------------------------------------------------------
 
 
 def test_stage_tracking_detects_one_device(agent: Agent) -> None:

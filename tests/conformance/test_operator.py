@@ -118,6 +118,26 @@ def test_the_command_runs_as_a_program(fresh_agent_factory: Any) -> None:
     assert volume.volume_id in answer.stdout
 
 
+def test_the_command_takes_the_agents_config_file_and_csi_endpoint(fresh_agent_factory: Any, pool_kind: str,
+                                                                     capsys: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's configuration file (its own setting names) and CSI_ENDPOINT point basalt at the node."""
+    if pool_kind != FILE_KIND:
+        pytest.skip("the settings do not depend on the pool")
+    agent = fresh_agent_factory()
+    volume = make_volume(agent)
+    settings = tmp_path / "agent.toml"
+    settings.write_text(f'node_id = "{agent.node_id}"\npool = "{agent.pool_spec}"\nstate_dir = "{agent.state_dir}"\n')
+    monkeypatch.setenv("CSI_ENDPOINT", f"unix://{agent.socket}")
+    capsys.readouterr()
+    assert cli.main(["volumes", "list", "--config", str(settings), "-o", "json"]) == 0
+    assert [v["volume_id"] for v in json.loads(capsys.readouterr().out)] == [volume.volume_id]
+    cli.main(["doctor", "--config", str(settings), "--kubelet-root", str(tmp_path / "kubelet"), "-o", "json"])
+    found = {f["check"]: (f["status"], f["what"]) for f in json.loads(capsys.readouterr().out)}
+    assert found["agent"] == ("ok", f"the agent answers on {agent.socket} (mode 0600)")
+    assert found["pool"][0] == "ok" and found["pool"][1].startswith(f"{agent.pool_spec} answers: 1 volume(s)")
+
+
 def leftovers_of(findings: list[dict[str, Any]]) -> list[str]:
     return sorted(f["what"] for f in findings if f["safe_to_remove"])
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
 from basalt_csi_testlib import Agent, iter_log_records, retry_until
 from libiscsi_client import Session
+from prometheus_client.parser import text_string_to_metric_families
 
 from basalt_agent.proto import csi_pb2 as csi
 
@@ -61,3 +63,12 @@ def wait_reconciled(agent: Agent, starts: int, timeout: float = 60.0) -> Dict[st
     """Wait for the reconciliation of the agent's *starts*-th start; return its summary."""
     assert retry_until(lambda: len(reconciliations(agent)) >= starts, timeout), agent.log()[-4000:]
     return reconciliations(agent)[starts - 1]
+
+
+def scrape(agent: Agent) -> Dict[Tuple[str, str], float]:
+    """(metric, its kind or result label) -> value, from the agent's /metrics (``--metrics-address``)."""
+    address = agent.extra_args[agent.extra_args.index("--metrics-address") + 1]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=15) as answer:
+        text = answer.read().decode()
+    return {(sample.name, sample.labels.get("kind", sample.labels.get("result", ""))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator, List
 
 import pytest
-from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, storage_host_args
+from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, scrape, storage_host_args
 from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, retry_until
-from prometheus_client.parser import text_string_to_metric_families
 from tgtd_testlib import Loop, Tgtd, free_port
 
 from basalt_agent import cli
@@ -57,15 +55,6 @@ def node_records(tgtd: Tgtd) -> Iterator[List[str]]:
                        capture_output=True, check=False, timeout=30)
 
 
-def scrape(agent: Agent) -> Dict[Tuple[str, str], float]:
-    """(metric, kind label) -> value, from the agent's /metrics."""
-    address = agent.extra_args[agent.extra_args.index("--metrics-address") + 1]
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=15) as answer:
-        text = answer.read().decode()
-    return {(sample.name, sample.labels.get("kind", "")): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
 def basalt(capsys: Any, agent: Agent, *args: str) -> Any:
     capsys.readouterr()
     status = cli.main([*args, "--endpoint", f"unix://{agent.socket}", *agent.command(), "-o", "json"])
@@ -79,11 +68,12 @@ def test_doctor_and_gc_on_a_storage_host(host: Agent, tgtd: Tgtd, loop: Loop, no
     publish(host, volume.volume_id, "node-a", block_cap())
     published = f"{BASE}:{volume.volume_id}"
     stray = stray_target()
-    ours = tgt.TgtBackend(control_port=tgtd.control_port, base_iqn=BASE,
+    ours = tgt.TgtBackend(control_port=tgtd.control_port, base_iqn=BASE, conf_path=str(tmp_path / "stray.conf"),
                           record_path=str(tmp_path / "stray-grants.json"))
     ours.ensure_export(stray, loop.device, "0123456789abcdef", False)
     ours.ensure_grant(stray, NODE_A, None)
-    other = tgt.TgtBackend(control_port=tgtd.control_port, record_path=str(tmp_path / "other-grants.json"))
+    other = tgt.TgtBackend(control_port=tgtd.control_port, conf_path=str(tmp_path / "other.conf"),
+                           record_path=str(tmp_path / "other-grants.json"))
     other.ensure_export(FOREIGN, str(loop.backing_file), "fedcba9876543210", False)
 
     orphan_node, attached_node = stray_target(), stray_target()

@@ -27,12 +27,13 @@ from agent_iscsi_testlib import (
     login,
     mapped_nodes,
     publish,
+    scrape,
     storage_host_args,
     wait_reconciled,
 )
 from basalt_csi_testlib import AM, Agent, block_cap, cleanup_root, code_of, make_root, retry_until
 from libiscsi_client import IscsiError
-from tgtd_testlib import Tgtd, load_config
+from tgtd_testlib import Tgtd, free_port, load_config
 
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.proto import csi_pb2 as csi
@@ -91,9 +92,13 @@ def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent,
             other.ensure_export(target, loop.device, "feedfacefeedface", False)
             other.ensure_grant(target, NODE_B, None)
 
+        agent.extra_args += ["--metrics-address", f"127.0.0.1:{free_port()}"]
         agent.start()
         summary = wait_reconciled(agent, 2)
         assert (summary["applied"], summary["failed"], summary["skipped"]) == (5, 0, 0), summary
+        counted = scrape(agent)
+        assert [counted[("basalt_reconcile_actions_total", result)] for result in ("applied", "skipped", "failed")] \
+            == [5, 0, 0], counted
         targets = {t.iqn: t for t in tgt.TgtBackend(control_port=daemon.control_port).targets()}
         assert sorted(targets) == sorted([context["basalt.dev/iscsi-target"],
                                           readers_context["basalt.dev/iscsi-target"], FOREIGN])

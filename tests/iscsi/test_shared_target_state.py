@@ -9,7 +9,6 @@ must bring back every export so that each node logs in with its own secret.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from tgtd_testlib import Tgtd, accounts
 
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_core import tgt
+from basalt_core.tgt_config import record_in
 
 NODE_BASE = "iqn.2026-11.dev.basalt.shared"
 NODES = 12
@@ -56,10 +56,13 @@ def storage_host(tgtd: Tgtd) -> Iterator[Agent]:
 
 
 def grant_record(agent: Agent) -> Dict[str, Any]:
-    path = tgt.record_path_under(agent.state_dir)
+    """The grant record the agent's tgt config file carries (0600: CHAP secrets)."""
+    path = os.path.join(agent.root, "tgt-basalt.conf")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     with open(path) as handle:
-        return dict(json.load(handle)["targets"])
+        doc = record_in(handle.read())
+    assert doc is not None
+    return dict(doc["targets"])
 
 
 def test_concurrent_publishes_with_new_chap_users_all_hold(storage_host: Agent, tgtd: Tgtd) -> None:

@@ -12,10 +12,11 @@ import pytest
 
 from basalt_agent import config, identity
 from basalt_agent.bounded import BoundedRead
-from basalt_agent.metrics import method_name
+from basalt_agent.metrics import StateCollector, method_name
 from basalt_agent.nodestate import NodeRecord, NodeState
 from basalt_core import iscsiadm
 from basalt_core.errors import InvalidRequest, Precondition
+from basalt_core.pool import Storage, Usage
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -144,3 +145,74 @@ def test_node_tools_are_found_again_where_they_were_and_one_gone_is_missing(tmp_
     (second / "mkfs.probe").write_text("#!/bin/sh\n")
     (second / "mkfs.probe").chmod(0o755)
     assert tools.missing() == ["absent.probe"]  # found again elsewhere on PATH
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """The part of a servicer context Probe uses: abort raises with the code and details."""
+
+    def abort(self, code: object, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+class _AnsweringPool:
+    probe_runs_commands = False
+
+    def probe(self) -> None:
+        """The pool answers at once."""
+
+
+def test_probe_fails_within_its_bound_while_a_dependency_hangs_and_recovers_after(monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """A hung target service or iscsid (a check that never returns) costs Probe PROBE_BOUND, not a hang."""
+    monkeypatch.setattr(identity, "PROBE_BOUND", 0.3)
+    released = threading.Event()
+
+    def hung() -> None:
+        released.wait(30)
+
+    service = identity.IdentityService(_AnsweringPool(), ["identity", "controller"],  # type: ignore[arg-type]
+                                       dependencies=[hung])
+    started = time.monotonic()
+    with pytest.raises(_Aborted) as caught:
+        service.Probe(identity.csi_pb2.ProbeRequest(), _Context())
+    assert time.monotonic() - started < 2
+    assert caught.value.args[0].name == "FAILED_PRECONDITION" and "did not answer" in caught.value.args[1]
+    released.set()
+    deadline = time.monotonic() + 5
+    while True:  # the hung check finishes; the next Probe runs the checks afresh and answers ready
+        try:
+            assert service.Probe(identity.csi_pb2.ProbeRequest(), _Context()).ready.value is True
+            break
+        except _Aborted:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+class _ThinPool:
+    """A thin pool as its usage reads: 2 GiB of data space, 25.5 % of it and 7.25 % of the metadata used."""
+
+    location = "vg0/thinpool"
+
+    def usage(self) -> Usage:
+        return Usage(Storage(2 << 30, 512 << 20, data_percent=25.5, metadata_percent=7.25), available=6 << 30,
+                     provisioned=3 << 30, volumes=3, snapshots=1)
+
+
+def test_a_thin_pool_reports_its_fill_levels_and_the_orphans_by_kind() -> None:
+    """The lvmthin pool's gauges with their labels (a thin pool needs device-mapper: the VM tier has one)."""
+    collector = StateCollector("node-1", _ThinPool(), exports=None, sessions=lambda: 2,  # type: ignore[arg-type]
+                               orphans=lambda: {"export": 1, "session": 1})
+    found = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+             for family in collector.collect() for sample in family.samples}
+    pool = (("node", "node-1"), ("pool", "vg0/thinpool"))
+    assert found[("basalt_pool_thin_data_percent", pool)] == 25.5
+    assert found[("basalt_pool_thin_metadata_percent", pool)] == 7.25
+    assert found[("basalt_pool_available_bytes", pool)] == 6 << 30  # virtual: over-provisioned
+    assert found[("basalt_pool_provisioned_bytes", pool)] == 3 << 30
+    assert found[("basalt_iscsi_sessions", (("node", "node-1"),))] == 2
+    assert {dict(labels)["kind"]: value for (name, labels), value in found.items() if name == "basalt_orphans"} == {
+        "export": 1, "session": 1}

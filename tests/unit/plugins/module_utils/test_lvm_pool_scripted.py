@@ -355,9 +355,10 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
 
 
 def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tmp_path: Path) -> None:
-    """CreateVolume: lvs, lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvremove.
+    """CreateVolume: lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvremove.
 
-    No free-space read before lvcreate (it refuses what does not fit), no
+    No look-up of an earlier attempt before lvcreate (it refuses a name that exists, and only then is the
+    name looked up), no free-space read before it (it refuses what does not fit), no
     re-read of an LV the operation already read or only retagged, no listing
     of every LV unless this one is a COW origin, no lvchange -an before
     lvremove (which takes an active, unopened LV down itself), no "deleting" retag before it (the LV is the
@@ -376,7 +377,6 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tm
     new_lv = row_like("vol-normal", name, tags_creating, lv_attr="-wi-a-----", lv_size=str(8 * MiB),
                       lv_path=str(device))
     script([
-        missing(name),
         VGS,  # the extent size, read once per pool object
         (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
           "--wipesignatures", "y", *flags("--addtag", tags_creating), VG], 0, "", ""),
@@ -406,3 +406,122 @@ def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: An
     script([missing(name), VGS])  # the recorded VG has 56 MiB free
     with pytest.raises(NoSpace, match="58720256 bytes available"):
         volumes.ensure_volume(LvmPool(VG, PoolSettings()), "too-big", 64 * MiB, check_mode=True)
+
+
+# -- loop activation: the pool places new LVs -----------------------------------
+
+EXTENT = 4 * MiB
+LOSETUP_LIST = (["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"], 0, "", "")
+
+
+def pvs_segments(pv: str, *segments: Any) -> Any:
+    """``pvs --segments`` of the VG: (first, count, LV name or '' for free extents) per segment."""
+    rows = [{"pv_name": pv, "pvseg_start": str(first), "pvseg_size": str(count), "lv_name": lv}
+            for first, count, lv in segments]
+    return (["pvs", "--segments", "--reportformat", "json", "--units", "b", "--nosuffix", "--options",
+             ",".join(lvm_report.PVSEG_COLUMNS), "--select", f'vg_name="{VG}"'], 0,
+            json.dumps({"report": [{"pvseg": rows}]}), "")
+
+
+def pvs_layout(pv: str) -> Any:
+    """The PVs' data offsets, which the loop activation reads once."""
+    row = {"pv_name": pv, "vg_name": VG, "pv_size": str(33 * MiB), "pv_free": str(32 * MiB), "pe_start": str(MiB)}
+    return (["pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--options",
+             ",".join(lvm_report.PV_COLUMNS), "--select", f'vg_name="{VG}"'], 0,
+            json.dumps({"report": [{"pv": [row]}]}), "")
+
+
+def placed_create(pool: LvmPool, name: str, tags: List[str], place: str, rc: int = 0, stderr: str = "") -> Any:
+    return (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "contiguous", "--zero", "n",
+             "--wipesignatures", "n", *flags("--addtag", tags), VG, *([place] if place else [])], rc, "", stderr)
+
+
+def loop_row(name: str, tags: List[str], pv: str, first: int) -> Dict[str, str]:
+    return row_like("vol-normal", name, tags, lv_attr="-wc-XX----", lv_size=str(8 * MiB), lv_path=f"/dev/{VG}/{name}",
+                    segtype="linear", seg_start_pe="0", seg_size_pe="2", seg_pe_ranges=f"{pv}:{first}-{first + 1}",
+                    devices=f"{pv}({first})")
+
+
+def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_path: Path) -> None:
+    """Loop activation, CreateVolume: lvcreate told exactly where (the free extents read once per pool, then
+    kept by its own creates and removes), the ends zeroed there on the PV, lvchange ready: two LVM commands,
+    no look-up first and no read-back. DeleteVolume: lvs, lvremove; the extents are free again in the map, so
+    the next create takes them without reading anything."""
+    pv = tmp_path / "pv"
+    pv.write_bytes(b"\xaa" * (MiB + 8 * EXTENT))  # old data on every extent
+    pool = LvmPool(VG, PoolSettings(activation="loop", alloc="contiguous"))
+    first, second = (Volume(id=volume_id_for(n), name=n, size=8 * MiB, pool="lvm", created_at=1795580000.0)
+                     for n in ("pvc-1", "pvc-2"))
+    tags = {v.name: (record_tags(pool, "volume", v), record_tags(pool, "volume", dataclasses.replace(v, state=READY)))
+            for v in (first, second)}
+    one, two = lv_name(first.id), lv_name(second.id)
+    script([
+        VGS,  # the extent size, once per pool object
+        pvs_segments(str(pv), (0, 8, "")),  # the free extents, once
+        placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),
+        VGS, pvs_layout(str(pv)),  # the loop activation's layout, once
+        LOSETUP_LIST,  # nothing maps the new LV: its ends are zeroed straight on the PV
+        retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
+        placed_create(pool, two, tags["pvc-2"][0], f"{pv}:2-3"),  # the map is the pool's own now
+        LOSETUP_LIST,
+        retag(two, tags["pvc-2"][0], tags["pvc-2"][1]),
+        found(loop_row(one, tags["pvc-1"][1], str(pv), 0)),  # DeleteVolume pvc-1: its record
+        LOSETUP_LIST,  # in use? (no loop device)
+        LOSETUP_LIST,  # its device, if any, released before lvremove
+        (["lvremove", "--yes", f"{VG}/{one}"], 0, "", ""),
+        placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),  # its extents are free again: the first fit
+        LOSETUP_LIST,
+        retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1]
+    data = pv.read_bytes()
+    for start in (MiB, MiB + 2 * EXTENT):  # both LVs' first and last MiB, on the PV at their offsets
+        lv = data[start:start + 2 * EXTENT]
+        assert lv[:MiB] == lv[-MiB:] == bytes(MiB) and lv[MiB:-MiB] == b"\xaa" * (2 * EXTENT - 2 * MiB)
+    assert data[MiB + 4 * EXTENT:] == b"\xaa" * (4 * EXTENT)
+    assert volumes.delete_volume(pool, first.id)
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+
+
+def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: Any, tmp_path: Path) -> None:
+    """Someone else took the range the map holds free: lvcreate refuses (NoSpace), the map is forgotten, and
+    lvcreate chooses as without one (then the new LV is read back). A create of a name that exists (an earlier
+    attempt) gives its range back and looks the name up: the creating record is completed."""
+    pv = str(tmp_path / "pv")
+    (tmp_path / "pv").write_bytes(b"\xaa" * (MiB + 8 * EXTENT))
+    pool = LvmPool(VG, PoolSettings(activation="loop", alloc="contiguous"))
+    volume = Volume(id=volume_id_for("pvc-1"), name="pvc-1", size=8 * MiB, pool="lvm", created_at=1795580000.0)
+    creating, ready = record_tags(pool, "volume", volume), record_tags(pool, "volume", dataclasses.replace(
+        volume, state=READY))
+    name = lv_name(volume.id)
+    no_space = (RECORDED / "err_lvcreate_no_space.stderr.txt").read_text()
+    exists = (RECORDED / "err_lvcreate_exists.stderr.txt").read_text()
+    script([
+        VGS, pvs_segments(pv, (0, 8, "")),
+        placed_create(pool, name, creating, f"{pv}:0-1", rc=5, stderr=no_space),
+        placed_create(pool, name, creating, ""),  # LVM chooses
+        found(loop_row(name, creating, pv, 4)),  # so where it went is read back
+        VGS, pvs_layout(pv), LOSETUP_LIST,
+        retag(name, creating, ready),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+    data = (tmp_path / "pv").read_bytes()
+    assert data[MiB + 4 * EXTENT:MiB + 4 * EXTENT + MiB] == bytes(MiB) and data[MiB:MiB + MiB] == b"\xaa" * MiB
+
+    other = Volume(id=volume_id_for("pvc-2"), name="pvc-2", size=8 * MiB, pool="lvm", created_at=1795580000.0)
+    other_creating = record_tags(pool, "volume", other)
+    other_name = lv_name(other.id)
+    third = dataclasses.replace(other, id=volume_id_for("pvc-3"), name="pvc-3")
+    third_name, third_tags = lv_name(third.id), (record_tags(pool, "volume", third), record_tags(
+        pool, "volume", dataclasses.replace(third, state=READY)))
+    script([
+        pvs_segments(pv, (0, 4, ""), (4, 2, name), (6, 2, "")),  # read again: it was forgotten
+        placed_create(pool, other_name, other_creating, f"{pv}:0-1", rc=5, stderr=exists),
+        found(loop_row(other_name, other_creating, pv, 6)),  # the earlier attempt: completed
+        LOSETUP_LIST,
+        retag(other_name, other_creating, record_tags(pool, "volume", dataclasses.replace(other, state=READY))),
+        placed_create(pool, third_name, third_tags[0], f"{pv}:0-1"),  # the range went back to the map
+        LOSETUP_LIST,
+        retag(third_name, *third_tags),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-3", 8 * MiB)[1]

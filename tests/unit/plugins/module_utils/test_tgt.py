@@ -52,9 +52,25 @@ def backend(tmp_path: Path) -> tgt.TgtBackend:
 
 
 def _record(backend: tgt.TgtBackend, targets: Dict[str, Dict[str, Optional[Chap]]]) -> None:
-    doc = {iqn: {"grants": {i: tgt._chap_to_json(c) for i, c in grants.items()}} for iqn, grants in targets.items()}
+    """A grant record as an older Basalt kept it: a JSON file of its own, without LUNs (read, then superseded)."""
+    doc = {iqn: {"grants": {i: tgt_config.chap_to_json(c) for i, c in grants.items()}}
+           for iqn, grants in targets.items()}
     Path(backend.record_path).parent.mkdir(parents=True, exist_ok=True)
     Path(backend.record_path).write_text(json.dumps({"version": 1, "targets": doc}))
+
+
+def _saved(backend: tgt.TgtBackend) -> Dict[str, Any]:
+    """The grant record's targets as the config file carries them (the older JSON file is gone by then)."""
+    assert not Path(backend.record_path).exists(), "the config file's record supersedes the JSON file"
+    doc = tgt_config.record_in(Path(backend.conf_path).read_text())
+    assert doc is not None and doc["version"] == 2
+    return dict(doc["targets"])
+
+
+def _without_record(config: str) -> str:
+    """The config file as tgt-admin reads it: without the record's comment line (and the blank after it)."""
+    return config.replace(next(line for line in config.splitlines() if line.startswith(tgt_config.RECORD_MARK))
+                          + "\n\n", "")
 
 
 def ok(argv: List[str], stdout: str = "") -> Call:
@@ -151,9 +167,9 @@ def test_ensure_export_new(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", True) is True
     assert runner.secrets == [[]] * 5
-    record = json.loads(Path(backend.record_path).read_text())
-    assert record["targets"] == {new: {"grants": {}}}
-    assert stat.S_IMODE(Path(backend.record_path).stat().st_mode) == 0o600
+    assert _saved(backend) == {new: {"grants": {}, "lun": {"device": "/dev/loop9", "serial": "0123abcd",
+                                                             "read_only": True}}}
+    assert stat.S_IMODE(Path(backend.conf_path).stat().st_mode) == 0o600
 
 
 def test_ensure_export_tid_race(tgt_script: Any, backend: tgt.TgtBackend) -> None:
@@ -211,7 +227,7 @@ def test_ensure_grant_with_mutual_chap(tgt_script: Any, backend: tgt.TgtBackend)
     chap = Chap("node-c", "secret-c-0123456", "target-2", "secret-t-6543210")
     assert backend.ensure_grant(RO, "iqn.2026-11.io.example:node-c", chap) is True
     assert runner.secrets[1] == ["secret-c-0123456"] and runner.secrets[3] == ["secret-t-6543210"]
-    saved = json.loads(Path(backend.record_path).read_text())["targets"][RO]["grants"]
+    saved = _saved(backend)[RO]["grants"]
     assert saved["iqn.2026-11.io.example:node-c"]["password"] == "secret-c-0123456"
 
 
@@ -233,7 +249,7 @@ def test_ensure_grant_conflicts(tgt_script: Any, backend: tgt.TgtBackend) -> Non
     tgt_script([ok(SHOW_T, SHOW), err(NEW_NODE_A_OTHER, ACCOUNT_EXISTS)])
     with pytest.raises(Conflict, match="in use on"):  # node-a's account, another secret, another grant
         backend.ensure_grant(RO, NODE_B, Chap("node-a", "another-secret-1"))
-    assert json.loads(Path(backend.record_path).read_text())["targets"][RO] == {"grants": {}}, "rolled back"
+    assert _saved(backend)[RO]["grants"] == {}, "rolled back"
     tgt_script([ok(SHOW_T, "")])
     with pytest.raises(NotFound):
         backend.ensure_grant("iqn.2026-11.io.basalt:gone", NODE_A, None)
@@ -260,7 +276,7 @@ def test_revoke_grant_unbinds_deletes_account_and_closes_sessions(tgt_script: An
         ok([*C, "--mode", "conn", "--op", "delete", "--tid", "1", "--sid", "1", "--cid", "0"]),
     ])
     assert backend.revoke_grant(RW, NODE_A) is True
-    assert json.loads(Path(backend.record_path).read_text())["targets"][RW]["grants"] == {}
+    assert _saved(backend)[RW]["grants"] == {}
 
 
 def test_revoke_grant_tolerates_vanished_session(tgt_script: Any, backend: tgt.TgtBackend) -> None:
@@ -290,7 +306,7 @@ def test_remove_export(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     bare = SHOW.replace("        " + NODE_A + "\n        " + NODE_B + "\n", "")
     tgt_script([ok(SHOW_T, bare), ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "2"])])
     assert backend.remove_export(RO) is True
-    assert json.loads(Path(backend.record_path).read_text())["targets"] == {}
+    assert _saved(backend) == {}
     tgt_script([ok(SHOW_T, "")])
     assert backend.remove_export(RO) is False
 
@@ -318,7 +334,9 @@ def test_exports_and_persist(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     backend.persist()
     conf = Path(backend.conf_path)
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    assert conf.read_text() == (RECORDED / "tgt_basalt.conf").read_text()
+    assert _without_record(conf.read_text()) == (RECORDED / "tgt_basalt.conf").read_text()
+    # the record's LUNs came from tgtd (a record of version 1 has none): the next call needs no listing for them
+    assert _saved(backend)[RW]["lun"] == {"device": "/dev/loop7", "serial": "5b1fd0c2a1b2c3d4", "read_only": False}
 
 
 def test_persist_refuses_to_drop_unknown_chap(tgt_script: Any, backend: tgt.TgtBackend) -> None:
@@ -360,11 +378,11 @@ def test_render_rejects_unsafe_values() -> None:
         tgt_config.render_config([Export(RW, 1, "abc", "/dev/with space", False)])
 
 
-# -- one listing, one record write per call ----------------------------------------
+# -- one listing, one durable write per call -----------------------------------
 
 
 def _writes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
-    """The paths write_atomic writes, in order (the record and the config file)."""
+    """The paths write_atomic writes, in order (the config file, which carries the record)."""
     written: List[str] = []
     real = tgt.write_atomic
 
@@ -375,10 +393,11 @@ def _writes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
     return written
 
 
-def test_publish_lists_once_and_writes_the_record_once(tgt_script: Any, tmp_path: Path,
+def test_publish_lists_once_and_writes_once(tgt_script: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerPublish's backend part: one listing, then only the seven commands that change something;
-    the grant (with its secret) on disk before the account exists; the config file from the known state."""
+    the grant (with its secret) and the target's LUN on disk, in the config file, before the account exists;
+    one write for the record and the config in all."""
     backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
                              record_path=str(tmp_path / "grants.json"), base_iqn="iqn.2026-11.io.basalt")
     new, chap = "iqn.2026-11.io.basalt:pvc-new", Chap("node-c", "secret-c-0123456")
@@ -401,7 +420,8 @@ def test_publish_lists_once_and_writes_the_record_once(tgt_script: Any, tmp_path
     def run(argv: List[str], **kwargs: Any) -> Any:
         order.append("account new" if "--password" in argv else "tgtadm")
         if "--password" in argv:
-            assert written == [backend.record_path], "the secret must be recorded before the account exists"
+            assert written == [backend.conf_path], "the secret must be recorded before the account exists"
+            assert "incominguser node-c secret-c-0123456" in Path(backend.conf_path).read_text()
         return real_run(argv, **kwargs)
     monkeypatch.setattr(tgt, "run", run)
     with backend.transaction():
@@ -409,7 +429,7 @@ def test_publish_lists_once_and_writes_the_record_once(tgt_script: Any, tmp_path
         assert backend.ensure_grant(new, NODE_B, chap) is True
         backend.persist()
     assert runner.script == [] and len(order) == 8
-    assert written == [backend.record_path, backend.conf_path]
+    assert written == [backend.conf_path]
     conf = Path(backend.conf_path).read_text()
     assert f"<target {new}>" in conf and "incominguser node-c secret-c-0123456" in conf
     assert f"initiator-name {NODE_B}" in conf and "<backing-store /dev/loop9>" in conf
@@ -418,7 +438,7 @@ def test_publish_lists_once_and_writes_the_record_once(tgt_script: Any, tmp_path
 def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any, backend: tgt.TgtBackend,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerUnpublish of the last grant: no unbinds before a delete that drops them anyway; the
-    orphaned accounts go; the record is written once, after the commands."""
+    orphaned accounts go; the config file with the record is written once, after the commands."""
     _record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
     written = _writes(monkeypatch)
     tgt_script([
@@ -430,9 +450,9 @@ def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any,
     with backend.transaction():
         assert backend.withdraw(RW, NODE_A) == (True, True)
         backend.persist()
-    assert written == [backend.record_path, backend.conf_path]
-    assert json.loads(Path(backend.record_path).read_text())["targets"] == {RO: {"grants": {NODE_A: None,
-                                                                                            NODE_B: None}}}
+    assert written == [backend.conf_path]
+    assert _saved(backend) == {RO: {"grants": {NODE_A: None, NODE_B: None},
+                                    "lun": {"device": "/dev/loop7", "serial": "7a3e9d41e5f60718", "read_only": True}}}
     assert f"<target {RW}>" not in Path(backend.conf_path).read_text()
     # another grant remains: a plain revoke, the target stays
     tgt_script([ok(SHOW_T, SHOW), ok([*C, "--mode", "target", "--op", "unbind", "--tid", "2",
@@ -463,3 +483,24 @@ def test_ping_asks_tgtd_without_waiting_for_the_transaction(tgt_script: Any, bac
         thread.start()
         assert answered.wait(10)
     thread.join(10)
+
+
+def test_the_record_line_survives_tgt_admins_parser() -> None:
+    """tgt-admin's Config::General reads /* and */ as C comments even in a '#' line; a CHAP secret may hold
+    them, so the record line carries none (base64url) and reads back as written."""
+    chap = Chap("node-a", "se/*cret-0123*/4")
+    record: tgt_config.Record = {RW: {"grants": {NODE_A: tgt_config.chap_to_json(chap)},
+                                      "lun": {"device": "/dev/loop7", "serial": "abc", "read_only": False}}}
+    doc = tgt_config.record_doc(record)
+    exported = tgt_config.recorded_exports(record, lambda iqn: None)
+    text = tgt_config.render_config(exported, doc)
+    line = next(line for line in text.splitlines() if line.startswith(tgt_config.RECORD_MARK))
+    assert not any(c in line[len(tgt_config.RECORD_MARK):] for c in "/*#\"'")
+    assert tgt_config.record_in(text) == doc
+    assert exported == [Export(RW, 1, "abc", "/dev/loop7", False, (Grant(NODE_A, chap),))]
+
+
+def test_a_damaged_record_line_refuses_every_call(backend: tgt.TgtBackend) -> None:
+    Path(backend.conf_path).write_text(tgt_config.RECORD_MARK + "not base64 at all!\n")
+    with pytest.raises(Precondition, match="grant record"):
+        backend.saved_grants()

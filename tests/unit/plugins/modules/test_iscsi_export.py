@@ -22,6 +22,7 @@ pytest.importorskip("ansible", reason="ansible-core is not installed (scripts/an
 
 from ansible_collections.basalt.csi.plugins.module_utils.iscsi_target import serial_for, target_iqn_for
 from ansible_collections.basalt.csi.plugins.module_utils.model import READY, Volume, volume_id_for
+from ansible_collections.basalt.csi.plugins.module_utils.tgt_config import record_in
 from ansible_collections.basalt.csi.plugins.modules import iscsi_export as module
 from ansible_collections.basalt.csi.tests.unit.plugins.modules.commands_testlib import Command, install, ok
 from ansible_collections.basalt.csi.tests.unit.plugins.modules.harness import Case, call
@@ -115,7 +116,8 @@ class ExportCase:
     case: Case
     commands: List[Command] = field(default_factory=list)
     record_before: Optional[Dict[str, Any]] = None
-    #: the grant record afterwards (None: the file must not exist)
+    #: the grant record afterwards: the config file's when it carries one (the JSON file is gone then), else
+    #: the JSON file an older Basalt kept (None: neither exists)
     record_after: Optional[Dict[str, Any]] = None
     #: lines the persisted config must hold (None: it must not have been written)
     conf_lines: Optional[List[str]] = None
@@ -125,7 +127,14 @@ class ExportCase:
 
 
 def record(grants: Dict[str, Any]) -> Dict[str, Any]:
+    """A grant record as an older Basalt kept it (its own JSON file, no LUN)."""
     return {"version": 1, "targets": {TARGET: {"grants": grants}}}
+
+
+def carried(grants: Dict[str, Any]) -> Dict[str, Any]:
+    """The grant record the config file carries: with the target's LUN."""
+    return {"version": 2, "targets": {TARGET: {"grants": grants,
+                                               "lun": {"device": DEV, "serial": SERIAL, "read_only": False}}}}
 
 
 CHAP_DOC = {"user": "node-a", "password": SECRET, "mutual_user": None, "mutual_password": None}
@@ -150,7 +159,7 @@ CASES = [
         dict(ARGS, chap=CHAP),
         LOOKUP,
         dict(changed=True, export=facts(grant(NODE_A, "node-a"))),
-    ), NEW_EXPORT, record_after=record({NODE_A: CHAP_DOC}),
+    ), NEW_EXPORT, record_after=carried({NODE_A: CHAP_DOC}),
         conf_lines=[f"<target {TARGET}>", f"    <backing-store {DEV}>", "        lun 1", f"        scsi_sn {SERIAL}",
                     "        readonly 0", f"    initiator-address {NO_ADDRESS}", f"    initiator-name {NODE_A}",
                     f"    incominguser node-a {SECRET}"],
@@ -202,7 +211,7 @@ CASES = [
     ), [
         *listing(TWO_OPEN),
         ok([*C, "--mode", "target", "--op", "unbind", "--tid", "1", "--initiator-name", NODE_B]),  # NODE_A stays
-    ], record_before=record({NODE_A: None, NODE_B: None}), record_after=record({NODE_A: None}),
+    ], record_before=record({NODE_A: None, NODE_B: None}), record_after=carried({NODE_A: None}),
         conf_lines=[f"    initiator-name {NODE_A}"]),
     ExportCase(Case(
         "withdraw the whole export in check mode",
@@ -305,8 +314,12 @@ def test_iscsi_export(export_case: ExportCase, tmp_path: Path, monkeypatch: pyte
                                    case.diff, case.failed))
     assert not commands.pending, f"commands expected but not run: {commands.pending}"
     assert SECRET not in json.dumps(result.get("export")) and SECRET not in json.dumps(result.get("diff"))
+    in_config = record_in(Path(conf_path).read_text()) if os.path.exists(conf_path) else None
     if export_case.record_after is None:
-        assert not os.path.exists(record_path)
+        assert not os.path.exists(record_path) and in_config is None
+    elif in_config is not None:
+        assert not os.path.exists(record_path), "the config file's record supersedes the JSON file"
+        assert in_config == export_case.record_after
     else:
         assert json.loads(Path(record_path).read_text()) == export_case.record_after
     if export_case.conf_lines is None:

@@ -1,6 +1,7 @@
 """basalt.csi.pool: module arguments in, core calls and result out (data-driven).
 
-The core's pool_setup itself runs against real files and LVM in tests/unit/test_pool_setup.py.
+The core's pool_setup itself runs against real files in tests/unit/plugins/module_utils/test_pool_setup.py and
+against real LVM in tests/unit/test_pool_setup_lvm.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def pool(tmp_path: Path) -> Iterator[Pool]:
 
 
 def test_attach_detach_and_a_mounted_device_stays(pool: Pool, tmp_path: Path) -> None:
-    volume, _ = volumes.ensure_volume(pool, "scratch", 8 << 20)
+    volume = volumes.ensure_volume(pool, "scratch", 8 << 20)[0]
     assert local_attach.ensure_attached(pool, volume.id, check_mode=True) == (None, True)
     assert pool.attached_device(volume) is None  # check mode attached nothing
     device, changed = local_attach.ensure_attached(pool, volume.id)

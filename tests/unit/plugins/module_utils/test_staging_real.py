@@ -32,8 +32,8 @@ def tmpfs(path: Path, points: List[str]) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "basalt-test", str(path)], check=True)
 
 
-def test_absent_on_a_mount_point_not_empty_beneath_says_it_unmounted(tmp_path: Path,
-                                                                      mounted_here: List[str]) -> None:
+def test_absent_on_a_mount_point_not_empty_beneath_says_it_unmounted(
+        tmp_path: Path, mounted_here: List[str]) -> None:
     point = tmp_path / "mnt"
     point.mkdir()
     (point / "beneath").write_text("kept")
