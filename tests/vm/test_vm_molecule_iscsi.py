@@ -146,7 +146,8 @@ def test_ssh_vm_pair_starts_paused_link_down_and_gives_up_cleanly(tmp_path: Path
         with ssh_vm.ssh_vm_pair(image=fake_image(tmp_path), qemu=str(qemu), boot_timeout=5, timeout=60):
             pytest.fail("a pair without sshd was yielded")
     assert time.monotonic() - t0 < 60
-    commands = [(mac, json.loads(line)) for mac, line in (entry.split(" ", 1) for entry in log.read_text().splitlines())]
+    entries = (entry.split(" ", 1) for entry in log.read_text().splitlines())
+    commands = [(mac, json.loads(line)) for mac, line in entries]
     for mac in ssh_vm.PRIVATE_MACS:  # each VM: QMP handshake, its private NIC's link down, then it runs
         assert [c["execute"] for m, c in commands if m == mac] == ["qmp_capabilities", "set_link", "cont"]
         assert [c["arguments"] for m, c in commands if m == mac][1] == {"name": ssh_vm.PRIVATE_NIC, "up": False}
