@@ -66,8 +66,9 @@ def test_molecule_iscsi_across_two_vms(
     t0 = time.monotonic()
     with ssh_vm.ssh_vm_pair(image=systemd_image, timeout=2400) as (storage, node):
         boot = storage.boot_seconds
-        # Two hosts: two kernels, each its own machine id and address on the link, neither set up yet.
-        ids = {_in_vm(vm, "cat", "/etc/machine-id").stdout for vm in (storage, node)}
+        # Two hosts: two kernels (each its own boot id; the image's machine id is fixed), each its own address
+        # on the link, neither set up yet.
+        ids = {_in_vm(vm, "cat", "/proc/sys/kernel/random/boot_id").stdout for vm in (storage, node)}
         assert len(ids) == 2, "the two VMs are one"
         assert _in_vm(node, "test", "-e", "/opt/basalt").returncode == 1, "the node VM is not fresh"
         assert storage.private_address != node.private_address
