@@ -11,9 +11,9 @@ import glob
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
-from basalt_core import ext4_grow, iscsiadm
+from basalt_core import device_use, ext4_grow, iscsiadm
 from basalt_core.atomicfile import read_json, remove_durably, sweep_temp_files, write_json
 from basalt_core.facts import volume_id_of_target
 from basalt_core.model import Volume
@@ -48,6 +48,15 @@ class NodeRecord:
     #: path is lost and no disk leads to it any more
     multipath_map: str = ""
     multipath_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class StraySession:
+    """A live session to a Basalt target that no node record names, and what uses its disks (device_use):
+    one in use is never logged out."""
+
+    session: iscsiadm.Session
+    users: Tuple[str, ...] = ()
 
 
 def volume_instance(volume: Volume) -> str:
@@ -112,13 +121,17 @@ class NodeState:
         """The iSCSI targets this node's records name (what it logged in to, or is logging in to)."""
         return {record.iscsi_target for record in self.all() if record.iscsi_target}
 
-    def stray_sessions(self, base_iqn: str) -> List[iscsiadm.Session]:
+    def stray_sessions(self, base_iqn: str, kernel: Optional[device_use.Kernel] = None) -> List[StraySession]:
         """Live sessions to Basalt's targets (``BASE:vol-...``) that no record names: a node's leftovers
-        (``basalt doctor``, ``basalt_orphans{kind="session"}``); anything else is not Basalt's."""
+        (``basalt doctor`` and ``gc``, ``basalt_orphans{kind="session"}``), each with what uses its disks (a
+        mount, a multipath map, ...); anything else is not Basalt's."""
         if not iscsiadm.installed():
             return []
         owned, base = self.iscsi_targets(), base_iqn + ":"
-        return [session for session in iscsiadm.sessions() if session.target_iqn.startswith(base)
+        sys_root = (kernel or device_use.HOST).sys_root
+        return [StraySession(session, tuple(device_use.users(iscsiadm.session_disks(session.sid, sys_root=sys_root),
+                                                             kernel)))
+                for session in iscsiadm.sessions() if session.target_iqn.startswith(base)
                 and volume_id_of_target(session.target_iqn) and session.target_iqn not in owned]
 
     def local_volume_ids(self) -> Set[str]:

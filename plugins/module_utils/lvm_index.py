@@ -86,7 +86,9 @@ class LvIndex:
         self._lvs: Optional[Dict[str, LogicalVolume]] = None
         self._seqno: Optional[int] = None
         self._pvs: Sequence[str] = ()
-        self._loaded_at = -RELOAD_INTERVAL
+        # Not read lazily in a pool's first second: a short-lived user (a module run) reads the LVs it needs
+        # one by one; the agent's start-up clean-up lists them all, which loads the index.
+        self._loaded_at = time.monotonic()
 
     def _current(self) -> Optional[int]:
         for pv in self._pvs:

@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, losetup, lvm, progress
+from . import device_use, devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NoSpace, NotFound, Precondition
 from .lvm_extents import FreeExtents, placed_lv
@@ -422,10 +422,8 @@ class LvmPool(Pool):
             lvm.remove(self.vg, name, settings=self.settings)
 
     def orphans(self) -> List[Orphan]:
-        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more.
-
-        A mapping that matches an LV (Basalt's or not) is that LV's and stays.
-        """
+        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more, with what
+        uses them (device_use).  A mapping that matches an LV (Basalt's or not) is that LV's and stays."""
         if not isinstance(self.activator, LoopActivator):
             return []
         group = lvm.volume_group(self.vg, settings=self.settings)
@@ -440,7 +438,7 @@ class LvmPool(Pool):
                 continue
             mapped.add((location.device, location.offset))
         return [Orphan("loop device", loop.device, f"maps {loop.backing_file} at offset {loop.offset}, where "
-                       f"no LV of {self.vg} lies")
+                       f"no LV of {self.vg} lies", tuple(device_use.users([loop.device])))
                 for loop in losetup.list_devices()
                 if loop.backing_file in {pv.name for pv in pvs} and loop.offset >= min(pv.pe_start for pv in pvs)
                 and (loop.backing_file, loop.offset) not in mapped]
