@@ -21,7 +21,7 @@ MAX_STRING_BYTES = MAX_NAME_BYTES  # names and ids: CSI's limit for both
 MAX_NODE_ID_BYTES = 256
 MAX_MAP_BYTES = 4096  # maps and mount_flags
 MAX_PATH_BYTES = 4096
-MAX_NAME_BYTES = 255  # one path component
+MAX_COMPONENT_BYTES = 255  # one path component (the kernel's NAME_MAX)
 K8S_PREFIX = "csi.storage.k8s.io/"
 EPHEMERAL_KEY = K8S_PREFIX + "ephemeral"
 # Kept with the volume: they tell an operator which claim a volume serves.
@@ -62,8 +62,8 @@ def required_path(value: str, field: str) -> str:
         raise invalid(f"{field} must be an absolute path, got {value!r}")
     if any(part in (".", "..") for part in value.split("/")):
         raise invalid(f"{field} {value!r} must not contain '.' or '..' components")
-    if any(len(part.encode()) > MAX_NAME_BYTES for part in value.split("/")):
-        raise invalid(f"{field} has a component longer than {MAX_NAME_BYTES} bytes (the kernel's NAME_MAX)")
+    if any(len(part.encode()) > MAX_COMPONENT_BYTES for part in value.split("/")):
+        raise invalid(f"{field} has a component longer than {MAX_COMPONENT_BYTES} bytes (the kernel's NAME_MAX)")
     return os.path.normpath(value)
 
 

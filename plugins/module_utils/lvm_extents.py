@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .lvm_report import PeRange
+from .lvm_report import LogicalVolume, LvAttr, PeRange, Segment
 
 #: PV path -> its free extent ranges (first, count), in order
 FreeMap = Dict[str, List[Tuple[int, int]]]
@@ -69,3 +69,17 @@ class FreeExtents:
         """The VG changed in a way the map does not follow: read it again when next needed."""
         with self._lock:
             self._map = None
+
+
+_POLICY_LETTERS = {"normal": "n", "contiguous": "c", "cling": "l", "anywhere": "a", "inherit": "i"}
+
+
+def placed_lv(vg: str, name: str, place: PeRange, extent_size: int, tags: Iterable[str],
+              alloc: str) -> LogicalVolume:
+    """The linear LV ``lvcreate --alloc ALLOC`` just made on *place*, as lvs reports it with activation off
+    (measured: ``-wc-XX----`` for contiguous; its uuid is not read: nothing uses it)."""
+    segment = Segment("linear", 0, place.count, (place,), f"{place.device}({place.first})")
+    return LogicalVolume(name=name, vg_name=vg, uuid="", size=place.count * extent_size,
+                         attr=LvAttr.parse(f"-w{_POLICY_LETTERS[alloc]}-XX----"), tags=tuple(sorted(tags)),
+                         pool_lv=None, origin=None,
+                         data_percent=None, metadata_percent=None, path=f"/dev/{vg}/{name}", segments=(segment,))

@@ -21,10 +21,11 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, losetup, lvm, progress
+from . import device_use, devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NoSpace, NotFound, Precondition
-from .lvm_extents import FreeExtents
+from .lvm_extents import FreeExtents, placed_lv
+from .lvm_index import LvIndex
 from .model import (
     CREATING,
     SNAPSHOT_PREFIX,
@@ -83,8 +84,11 @@ class LvmPool(Pool):
         self.activator: Activator = ACTIVATORS[options.activation](settings)
         # Per thread: the LVs read during the current operation (None outside one).
         self._operation = threading.local()
-        # Loop activation: where new LVs go, chosen here so that where they lie is known without a read-back.
+        # Loop activation: where new LVs go, chosen here so that where they lie is known without a read-back,
+        # and this pool's LVs between operations while nobody else commits to the VG (lvm_index).
         self._free = FreeExtents(lambda: lvm.free_extents(self.vg, settings=self.settings))
+        self._index = LvIndex(self.vg)
+        self._pv_names: Optional[List[str]] = None
 
     @property
     def location(self) -> str:
@@ -139,14 +143,36 @@ class LvmPool(Pool):
                 seen[made.name] = made
 
     def _lvs(self) -> List[lvm.LogicalVolume]:
-        return lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
+        before = self._seqno()
+        found = lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
+        if before is not None:
+            self._index.load(self._pvs(), found, before)
+        return found
+
+    def _pvs(self) -> List[str]:
+        if self._pv_names is None:
+            self._pv_names = [pv.name for pv in lvm.physical_volumes(self.vg, settings=self.settings)]
+        return self._pv_names
+
+    def _seqno(self) -> Optional[int]:  # off the PVs; loop activation only: there an LV's state is all metadata
+        return self._index.read_seqno(self._pvs()) if self.activator.name == "loop" else None
+
+    def _untracked(self) -> None:
+        """A change the free-extent map and the index do not follow: both are read again when needed."""
+        self._free.forget()
+        self._index.forget()
 
     def _lv(self, object_id: str) -> Optional[lvm.LogicalVolume]:
         name = lv_name(object_id)
         seen = self._seen()
         if seen is not None and name in seen:
             return seen[name]
-        found = lvm.logical_volume(self.vg, name, settings=self.settings)
+        loop = self.activator.name == "loop"
+        if loop and self._index.reload_due() and self._seqno() is not None:
+            self._lvs()  # e.g. someone else committed: read them all again, then answer from the index
+        known, found = self._index.lookup(name) if loop else (False, None)
+        if not known:
+            found = lvm.logical_volume(self.vg, name, settings=self.settings)
         managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
         if seen is not None:
             seen[name] = managed
@@ -230,12 +256,19 @@ class LvmPool(Pool):
             finally:
                 self._changed()
             return
-        stale = [t for t in found.tags if t not in wanted]
-        lvm.change_tags(self.vg, found.name, add=[t for t in wanted if t not in found.tags], remove=stale,
-                        settings=self.settings)
+        add, stale = [t for t in wanted if t not in found.tags], [t for t in found.tags if t not in wanted]
+        retagged = dataclasses.replace(found, tags=tuple(sorted(wanted)))
+        if add or stale:
+            before = self._seqno()
+            try:
+                lvm.change_tags(self.vg, found.name, add=add, remove=stale, settings=self.settings)
+            except BaseException:
+                self._index.forget()
+                raise
+            self._index.committed(found.name, retagged, before)
         seen = self._seen()
         if seen is not None:
-            seen[found.name] = dataclasses.replace(found, tags=tuple(sorted(wanted)))
+            seen[found.name] = retagged
 
     def save_volume(self, volume: Volume) -> None:
         self._save("volume", volume, lambda tags: self._allocate_volume(volume, tags))
@@ -274,24 +307,25 @@ class LvmPool(Pool):
         def create(where: Optional[lvm.PeRange]) -> None:
             lvm.create_linear(self.vg, name, volume.size, tags, alloc=self.options.alloc, extent_size=extent,
                               zero=self.activator.name == "dm", place=where, settings=self.settings)
+        before = self._seqno()
         try:
             create(place)
         except NoSpace:
             if place is None:
                 raise
-            self._free.forget()  # the map was stale (someone took that range since): let LVM choose
+            self._untracked()  # the map was stale (someone took that range since): let LVM choose
             create(None)
             return
         except BaseException:
+            self._index.forget()
             if place is not None:
                 self._free.give_back([place])
             raise
-        if place is not None:
-            segment = lvm.Segment("linear", 0, place.count, (place,), f"{place.device}({place.first})")
-            self._operation.made = lvm.LogicalVolume(  # as lvs reports it with activation off; uuid not read
-                name=name, vg_name=self.vg, uuid="", size=place.count * extent, attr=lvm.LvAttr.parse("-wi-XX----"),
-                tags=tuple(sorted(tags)), pool_lv=None, origin=None, data_percent=None, metadata_percent=None,
-                path=f"/dev/{self.vg}/{name}", segments=(segment,))
+        if place is None:
+            self._index.forget()  # where LVM put it is not known here
+            return
+        self._operation.made = placed_lv(self.vg, name, place, extent, tags, self.options.alloc)
+        self._index.committed(name, self._operation.made, before)
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
@@ -349,7 +383,7 @@ class LvmPool(Pool):
         cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
         # Device-mapper suspends the origin, which freezes its filesystem, for the instant
         # of the snapshot (freezing it ourselves first makes that suspend fail: measured).
-        self._free.forget()
+        self._untracked()
         lvm.create_cow_snapshot(self.vg, origin.name, pit, cow, [POINT_IN_TIME_TAG],
                                 extent_size=self._extent_size(), settings=self.settings)
         try:
@@ -384,14 +418,12 @@ class LvmPool(Pool):
         found = lvm.logical_volume(self.vg, name, settings=self.settings)
         if found is not None and POINT_IN_TIME_TAG in found.tags:
             # No deactivation first: for a COW snapshot LVM would take its origin down too.
-            self._free.forget()
+            self._untracked()
             lvm.remove(self.vg, name, settings=self.settings)
 
     def orphans(self) -> List[Orphan]:
-        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more.
-
-        A mapping that matches an LV (Basalt's or not) is that LV's and stays.
-        """
+        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more, with what
+        uses them (device_use).  A mapping that matches an LV (Basalt's or not) is that LV's and stays."""
         if not isinstance(self.activator, LoopActivator):
             return []
         group = lvm.volume_group(self.vg, settings=self.settings)
@@ -406,7 +438,7 @@ class LvmPool(Pool):
                 continue
             mapped.add((location.device, location.offset))
         return [Orphan("loop device", loop.device, f"maps {loop.backing_file} at offset {loop.offset}, where "
-                       f"no LV of {self.vg} lies")
+                       f"no LV of {self.vg} lies", tuple(device_use.users([loop.device])))
                 for loop in losetup.list_devices()
                 if loop.backing_file in {pv.name for pv in pvs} and loop.offset >= min(pv.pe_start for pv in pvs)
                 and (loop.backing_file, loop.offset) not in mapped]
@@ -442,21 +474,23 @@ class LvmPool(Pool):
             self._remove(found)
 
     def _remove(self, found: lvm.LogicalVolume) -> None:
+        before = self._seqno()
         try:
             lvm.remove(self.vg, found.name, settings=self.settings)
         except BaseException:
-            self._free.forget()
+            self._untracked()
             raise
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
         if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
             self._free.give_back(r for segment in found.segments for r in segment.pe_ranges)
+            self._index.committed(found.name, None, before)
         else:
-            self._free.forget()
+            self._untracked()
 
     def resize_volume(self, volume: Volume, size: int) -> None:
         found = self._require_lv(volume.id)
-        self._free.forget()
+        self._untracked()
         try:
             lvm.extend(self.vg, found.name, size, extent_size=self._extent_size(), settings=self.settings)
         finally:
@@ -474,7 +508,7 @@ class LvmPool(Pool):
         mode = snapshot.parameters.get(SNAPSHOT_MODE_KEY, self.options.snapshot_mode)
         if mode not in (COW, COPY):
             raise InvalidRequest(f"{SNAPSHOT_MODE_KEY} {mode!r} is not cow or copy")
-        self._free.forget()
+        self._untracked()
         if mode == COW:
             cow = max(origin.size * self.options.cow_percent // 100, 1 << 20)
             lvm.create_cow_snapshot(self.vg, origin.name, lv_name(snapshot.id), cow, tags,
@@ -560,5 +594,5 @@ class LvmPool(Pool):
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
         names = {lv_name(object_id) for object_id in wanted}
-        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
-        return self.activator.detach_strays(self.vg, keep)
+        owned = [lv for lv, _oid in self._owned(lambda _oid: True)]  # one listing, not one per volume
+        return self.activator.detach_strays(self.vg, owned, [lv for lv in owned if lv.name in names])

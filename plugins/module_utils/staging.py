@@ -107,6 +107,7 @@ def ensure_mounted(
     if online and filesystem.size(device, fs, path) < devices.size_bytes(device):
         try:
             filesystem.grow_online(device, fs, path)
+            log.info("grew %s on %s online", fs, device)
         except Precondition:
             if fs != "ext4":
                 raise

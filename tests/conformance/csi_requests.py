@@ -4,6 +4,7 @@ request builders and the gRPC call helpers (deadline on every call, expected sta
 from __future__ import annotations
 
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -161,6 +162,25 @@ def code_of(method: Callable[..., Any], request: Any) -> tuple[grpc.StatusCode, 
         return SC.OK, method(request)
     except grpc.RpcError as err:
         return err.code(), err
+
+
+def codes_at_once(method: Callable[..., Any], requests: list[Any]) -> list[tuple[grpc.StatusCode, Any]]:
+    """Call ``method`` with every request at the same moment, one thread each (released together by a
+    barrier); ``code_of`` of each call, in the order of ``requests``."""
+    results: list[tuple[grpc.StatusCode, Any]] = [(SC.UNKNOWN, None)] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(index: int) -> None:
+        barrier.wait()
+        results[index] = code_of(method, requests[index])
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), f"{method.__name__}: a call did not return in 120 s"
+    return results
 
 
 def usage_by_unit(resp: Any) -> dict[int, Any]:

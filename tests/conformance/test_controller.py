@@ -17,6 +17,7 @@ from basalt_csi_testlib import (
     MiB,
     block_cap,
     code_of,
+    codes_at_once,
     crange,
     create_volume_request,
     csi,
@@ -400,21 +401,7 @@ def test_get_capacity_min_max_sizes(agent_factory: Any) -> None:
 def test_parallel_creates_respect_capacity_limit(agent_factory: Any) -> None:
     limit = 64 * MiB
     a = agent_factory(capacity_limit=limit)
-    results: list[tuple[grpc.StatusCode, Any]] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(8)
-
-    def worker() -> None:
-        barrier.wait()
-        res = code_of(a.ctl.CreateVolume, create_volume_request(rng=exact(16 * MiB)))
-        with lock:
-            results.append(res)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = codes_at_once(a.ctl.CreateVolume, [create_volume_request(rng=exact(16 * MiB)) for _ in range(8)])
     codes = sorted(c.name for c, _ in results)
     ok = [c for c, _ in results if c == SC.OK]
     # Distinct names never collide (ABORTED is for a busy name); the space check is serialised:
@@ -438,21 +425,8 @@ def test_parallel_expands_respect_capacity_limit(agent_factory: Any) -> None:
     limit = 64 * MiB
     a = agent_factory(capacity_limit=limit)
     vols = [a.create_volume(8 * MiB) for _ in range(4)]  # 32 MiB used, 32 MiB left
-    results: list[grpc.StatusCode] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(len(vols))
-
-    def worker(volume_id: str) -> None:
-        barrier.wait()
-        code, _ = code_of(a.ctl.ControllerExpandVolume, expand_req(volume_id, 24 * MiB))
-        with lock:
-            results.append(code)
-
-    threads = [threading.Thread(target=worker, args=(v.volume_id,)) for v in vols]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = [code for code, _ in codes_at_once(a.ctl.ControllerExpandVolume,
+                                                  [expand_req(v.volume_id, 24 * MiB) for v in vols])]
     # Four different volumes never collide, so no ABORTED. The file pool: 32 MiB left fits exactly two
     # of the +16 MiB growths. lvm-loop allocates contiguously: of four LVs made one after the other, only
     # the last has free extents after it, and it takes the remaining 16 MiB of the VG's share.

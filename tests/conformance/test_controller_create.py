@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
-import grpc
 import pytest
 from basalt_csi_testlib import (
     AM,
@@ -19,6 +15,7 @@ from basalt_csi_testlib import (
     MiB,
     block_cap,
     code_of,
+    codes_at_once,
     crange,
     create_volume_request,
     exact,
@@ -260,22 +257,8 @@ def test_volume_ids_are_unique(agent: Agent) -> None:
 def test_parallel_create_same_name(agent: Agent) -> None:
     name = unique("race")
     before = {e.volume.volume_id for e in agent.list_all_volumes()}
-    results: list[tuple[grpc.StatusCode, Any]] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(8)
-
-    def worker() -> None:
-        barrier.wait()
-        res = code_of(agent.ctl.CreateVolume, create_volume_request(name=name, rng=exact(4 * MiB)))
-        with lock:
-            results.append(res)
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert len(results) == 8
+    results = codes_at_once(agent.ctl.CreateVolume,
+                            [create_volume_request(name=name, rng=exact(4 * MiB)) for _ in range(8)])
     # README: a call on a name that is busy answers ABORTED at once; the one that holds it creates.
     bad = [(c.name, r.details()) for c, r in results
            if not (c == SC.OK or (c == SC.ABORTED and "already in progress" in r.details()))]

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import uuid
@@ -138,6 +139,34 @@ def test_the_command_takes_the_agents_config_file_and_csi_endpoint(fresh_agent_f
     assert found["pool"][0] == "ok" and found["pool"][1].startswith(f"{agent.pool_spec} answers: 1 volume(s)")
 
 
+def test_doctor_checks_leftovers_on_a_host_without_open_iscsi(fresh_agent_factory: Any, pool_kind: str, capsys: Any,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No iscsiadm: no sessions and no node records to look at, and the pool's leftovers are still found."""
+    if pool_kind != FILE_KIND:
+        pytest.skip("the iSCSI listings do not depend on the pool")
+    agent = fresh_agent_factory()
+    orphan = Path(agent.pool) / "volumes" / f"vol-{uuid.uuid4().hex}.img"
+    orphan.write_bytes(b"")
+    monkeypatch.setenv("PATH", str(path_without("iscsiadm", tmp_path / "bin")))
+    status, findings = basalt(capsys, agent, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 1 and not [f for f in findings if f["status"] == "fail"], findings
+    assert leftovers_of(findings) == [f"image {orphan}: no record owns it"]
+    _, sessions = basalt(capsys, agent, "sessions", "list")
+    assert sessions == []
+
+
+def path_without(tool: str, bin_dir: Path) -> Path:
+    """A directory with links to every command on PATH but *tool* (the first of each name, as PATH finds it)."""
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for entry in sorted(Path(directory).glob("*")) if os.path.isdir(directory) else []:
+            link = bin_dir / entry.name
+            if entry.name != tool and not link.exists() and os.access(entry, os.X_OK) and not entry.is_dir():
+                link.symlink_to(entry.resolve())
+    assert shutil.which(tool, path=str(bin_dir)) is None
+    return bin_dir
+
+
 def leftovers_of(findings: list[dict[str, Any]]) -> list[str]:
     return sorted(f["what"] for f in findings if f["safe_to_remove"])
 
@@ -181,6 +210,41 @@ def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_fac
     assert foreign_file.read_bytes() == b"not Basalt's"
     assert pool.load_volume(kept.volume_id) is not None and pool.load_volume(abandoned.id) is None
     # the fixture's teardown checks that the VG's foreign LVs (one named like Basalt's) and their data stayed
+
+
+def test_a_leftover_loop_device_with_a_mounted_filesystem_stays(fresh_agent_factory: Any, pool_kind: str,
+                                                                 capsys: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real: ext4 made and mounted on a leftover loop device; doctor names it in use (and, file pool, the image
+    under it), gc --apply leaves them and exits 1, removes the rest; unmounted, gc removes them too."""
+    agent = fresh_agent_factory()
+    with_env(agent, monkeypatch)
+    gone, loops = file_pool_leftovers(agent) if pool_kind == FILE_KIND else lvm_pool_leftovers(agent)
+    device = loops[0][0]
+    held = [what for what in gone if what.startswith((f"loop device {device}:", "image "))]
+    mount_point = tmp_path / "user"
+    mount_point.mkdir()
+    subprocess.run(["mkfs.ext4", "-q", device], check=True, timeout=60)
+    subprocess.run(["mount", device, str(mount_point)], check=True, timeout=30)
+    kubelet = ["--kubelet-root", str(tmp_path / "kubelet")]
+    try:
+        status, findings = basalt(capsys, agent, "doctor", *kubelet)
+        in_use = {f["what"]: f["fix"] for f in findings if f["status"] == "in use"}
+        assert status == 1 and sorted(in_use) == sorted(held)
+        assert leftovers_of(findings) == sorted(set(gone) - set(held))
+        loop_fix = next(fix for what, fix in in_use.items() if what.startswith("loop device"))
+        assert loop_fix.startswith(f"in use: {device} is mounted on {mount_point}; find its user"), in_use
+
+        status, done = basalt(capsys, agent, "gc", "--apply", *kubelet)
+        assert status == 1 and sorted((f["status"], f["what"]) for f in done) == sorted(
+            [("in use", what) for what in held] + [("removed", what) for what in set(gone) - set(held)])
+        assert still_attached(loops) == loops[:1] and os.path.ismount(mount_point)
+        if pool_kind == FILE_KIND:
+            assert os.path.exists(loops[0][1]), "the image under the mounted loop device was removed"
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
+    status, done = basalt(capsys, agent, "gc", "--apply", *kubelet)
+    assert status == 0 and sorted(f["what"] for f in done) == sorted(held) and still_attached(loops) == []
 
 
 def still_attached(loops: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -385,15 +385,17 @@ def setup_volume_id(output: Dict[str, Any], name: str) -> str:
 # -- the CSI agent and the modules on one pool ---------------------------------------
 
 class Agent:
-    """The agent on the test's file pool (basalt_agent.launcher), and a controller stub once it answers Probe."""
+    """The agent on the test's pool (its file pool unless given another; basalt_agent.launcher), and a
+    controller stub once it answers Probe."""
 
-    def __init__(self, root: str, *extra: str) -> None:
+    def __init__(self, root: str, *extra: str, pool: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None) -> None:
         from basalt_agent.launcher import AgentProcess
 
         self.process = AgentProcess(
             os.path.join(root, "csi.sock"),
-            ["--node-id", "n1", "--pool", f"file:{root}/pool", "--state-dir", f"{root}/state", *extra],
-            log_path=os.path.join(root, "agent.log"), cwd=root)
+            ["--node-id", "n1", "--pool", pool or f"file:{root}/pool", "--state-dir", f"{root}/state", *extra],
+            log_path=os.path.join(root, "agent.log"), cwd=root, env=env)
         self.channel: Any = None
 
     @property
@@ -512,7 +514,10 @@ def test_a_playbook_and_an_agent_on_one_pool_report_the_same_capacity(playbook: 
 
 
 def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: Playbook, root: str) -> None:
-    """basalt.csi.pool through ansible-playbook on two loop disks of the test's own, LVM seeing only them."""
+    """basalt.csi.pool through ansible-playbook on two loop disks of the test's own, LVM seeing only them; the
+    agent opening the pool reports the capacity the module does."""
+    pytest.importorskip("grpc")
+    from basalt_agent.proto import csi_pb2
     from basalt_core import lvm
 
     disks = []
@@ -541,13 +546,22 @@ def test_pool_module_makes_an_lvm_pool_on_blank_disks_and_removes_it(playbook: P
         assert checked["changed"] and checked["pool"]["exists"]  # as it would be
         assert vg not in subprocess.run(["vgs", "--noheadings", "-o", "vg_name"], env=env, capture_output=True,
                                         text=True, check=True).stdout
-        output = run(make, dict(make, name="Make the pool again"),
-                     _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"), name="make")
+        output = run(make, _module("volume", "A volume in it", name="v", pool=pool, size="8Mi"),
+                     dict(make, name="Make the pool again"), name="make")
         made, again = result(output, "Make the pool"), result(output, "Make the pool again")
         assert made["changed"] and "8 MiB of metadata" in made["actions"][0] and not again["changed"]
-        assert again["pool"]["disks"] == sorted(disks) and again["pool"]["available_bytes"] == 48 * MiB
+        assert again["pool"]["disks"] == sorted(disks) and again["pool"]["available_bytes"] == 40 * MiB
         assert again["pool"]["settings"]["alloc"] == "contiguous"
         assert result(output, "A volume in it")["changed"]
+
+        # The agent given no LVM flags reads the settings the module stored in the VG's tags (activation
+        # loop, the 48 MiB limit): both faces report the same capacity.
+        agent = Agent(root, pool=pool, env={**os.environ, "LVM_SYSTEM_DIR": system_dir})
+        try:
+            capacity = agent.start().GetCapacity(csi_pb2.GetCapacityRequest(), timeout=30).available_capacity
+        finally:
+            agent.stop()
+        assert capacity == again["pool"]["available_bytes"]
 
         removed = result(run(_module("pool", "Remove the pool", pool=pool, state="absent", force=True),
                              name="remove"), "Remove the pool")

@@ -16,13 +16,24 @@ from pathlib import Path
 from typing import Any, Iterator, List
 
 import pytest
-from agent_iscsi_testlib import NODE_A, RECONCILED, create, mapped_nodes, publish, scrape, storage_host_args
+from agent_iscsi_testlib import (
+    NODE_A,
+    NODE_B,
+    RECONCILED,
+    create,
+    mapped_nodes,
+    publish,
+    scrape,
+    storage_host_args,
+)
 from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, retry_until
 from tgtd_testlib import Loop, Tgtd, free_port
 
 from basalt_agent import cli
 from basalt_agent.nodestate import NodeRecord, NodeState
 from basalt_core import iscsiadm, tgt
+from basalt_core.iscsi_target import Chap
+from basalt_core.target_backends import open_target_backend
 
 BASE = f"iqn.2026-11.dev.basalt.t{uuid.uuid4().hex[:8]}"
 FOREIGN = f"iqn.2003-01.org.example.other:disk-{uuid.uuid4().hex[:8]}"
@@ -105,4 +116,23 @@ def test_doctor_and_gc_on_a_storage_host(host: Agent, tgtd: Tgtd, loop: Loop, no
     assert {attached_node, FOREIGN} <= left and orphan_node not in left
     _, findings = basalt(capsys, host, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
     assert [f for f in findings if f["safe_to_remove"]] == []
+
+    # A grant that no publication record wants, on a published volume's target: reported while the agent
+    # runs (it may be a ControllerPublish in flight), removed by gc once it does not; the recorded one stays.
+    stale = f"grant to {NODE_B} on {published}: no publication record wants it"
+    agents_backend = open_target_backend("tgt", base_iqn=BASE, state_dir=host.state_dir,
+                                         tgt_control_port=tgtd.control_port,
+                                         tgt_conf=os.path.join(host.root, "tgt-basalt.conf"))
+    with agents_backend.transaction():  # a ControllerPublish to node-b that crashed before its record
+        agents_backend.ensure_grant(published, NODE_B, Chap("node-b-user", "Secret-Of-B-1234"))
+        agents_backend.persist()
+    assert NODE_B in (Path(host.root) / "tgt-basalt.conf").read_text()
+    _, findings = basalt(capsys, host, "doctor", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert [(f["status"], f["safe_to_remove"]) for f in findings if f["what"] == stale] == [("warn", False)]
+    assert host.stop() == 0
+    status, removed = basalt(capsys, host, "gc", "--apply", "--kubelet-root", str(tmp_path / "kubelet"))
+    assert status == 0 and [f["what"] for f in removed] == [stale], removed
+    kept_export = agents_backend.export(published)
+    assert kept_export is not None and [grant.initiator_iqn for grant in kept_export.grants] == [NODE_A]
+    assert NODE_B not in (Path(host.root) / "tgt-basalt.conf").read_text()  # persisted too
     other.remove_export(FOREIGN)

@@ -75,6 +75,11 @@ def test_paths_must_be_plain_absolute(path: str) -> None:
     assert code_of(lambda: required_path(path, "target_path")) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_path_component_may_take_the_kernels_255_bytes_not_one_more() -> None:
+    assert required_path("/var/" + "x" * 255, "target_path") == "/var/" + "x" * 255  # more than a name's 128
+    assert code_of(lambda: required_path("/var/" + "x" * 256, "target_path")) == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_parameters_keep_claim_identity_and_refuse_unknown_keys() -> None:
     kept = volume_parameters({"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/fstype": "xfs"})
     assert kept == {"csi.storage.k8s.io/pvc/name": "data"}

@@ -7,6 +7,7 @@ and for real in the VM tier.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import uuid
@@ -15,8 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from basalt_core import blkid, losetup, lvm, volumes
+from basalt_core import blkid, losetup, lvm, lvm_index, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
+from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
 from basalt_core.pool_spec import PoolSettings
@@ -203,3 +205,43 @@ def test_no_space_is_reported_before_anything_changes(vg: Any) -> None:
     with pytest.raises(NoSpace):
         volumes.ensure_volume(pool, "huge", 1024 * MiB)
     assert pool.all_volumes() == []
+
+
+def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
+    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume lvcreate and
+    lvchange. A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
+    from basalt_core import lvm_command
+    ran = []
+    real = lvm_command.run
+
+    def counting(argv: Any, **kwargs: Any) -> Any:
+        ran.append(argv[0])
+        return real(argv, **kwargs)
+    pool = pool_of(vg)
+    first, second = (volumes.ensure_volume(pool, name, 8 * MiB)[0] for name in ("first", "second"))
+    pool.all_volumes()
+    monkeypatch.setattr(lvm_command, "run", counting)
+    assert volumes.delete_volume(pool, first.id)
+    third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
+    assert ran == ["lvremove", "lvcreate", "lvchange"]
+    assert volumes.get_volume(pool, third.id).state == "ready" and ran[3:] == []  # from the index too
+    listed = lvm.logical_volume(vg[0], lv_name(third.id))  # what the index holds is what lvs reports
+    assert listed is not None and dataclasses.replace(listed, uuid="") == placed_lv(
+        vg[0], listed.name, listed.seg_pe_ranges[0], lvm.volume_group(vg[0]).extent_size, listed.tags, "contiguous")
+
+    subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(second.id)}"], check=True,
+                   capture_output=True)
+    del ran[:]
+    assert lvm.logical_volume(vg[0], lv_name(second.id)) is not None and ran == ["lvs"]  # (by hand)
+    del ran[:]
+    assert volumes.delete_volume(pool, second.id)
+    assert ran == ["lvs", "lvremove"], "the outside commit made the pool read LVM again"
+    pool.all_volumes()
+    subprocess.run(["lvremove", "--yes", f"{vg[0]}/{lv_name(third.id)}"], check=True, capture_output=True)
+    assert volumes.delete_volume(pool, third.id) is False  # gone behind its back: not answered from the index
+    monkeypatch.setattr(lvm_index, "RELOAD_INTERVAL", 0.0)  # (1 s: not a full listing per look-up under churn)
+    del ran[:]
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # read all again: valid again
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from basalt_core import ext4_grow, filesystem
+from basalt_core import ext4_grow, filesystem, staging
 from basalt_core.blkid import probe
 from basalt_core.errors import Precondition
 from basalt_core.sizes import MiB
@@ -126,8 +126,8 @@ def test_the_mark_of_a_filesystem_made_anew_is_dropped(volumes: list[Volume], tm
     assert sorted(os.listdir(tmp_path)) == ["vol.img"]
 
 
-def test_an_undo_file_without_a_record_means_the_device_was_not_written(volumes: list[Volume],
-                                                                         tmp_path: Path) -> None:
+def test_an_undo_file_without_a_record_means_the_device_was_not_written(
+        volumes: list[Volume], tmp_path: Path) -> None:
     """Killed before resize2fs wrote its undo header (an empty file): nothing is replayed, the grow runs."""
     vol = volume(volumes, tmp_path)
     mark = str(tmp_path / "volume")
@@ -161,3 +161,28 @@ def test_online_grow_allowed_says_what_the_kernel_does(volumes: list[Volume], tm
         run("umount", str(mount_point))
     assert (grown.returncode == 0) == filesystem.online_grow_allowed("ext4"), grown.stderr
     assert filesystem.online_grow_allowed("xfs")
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["offline", "online-first"])
+def test_ensure_mounted_grows_the_filesystem_the_device_outgrew(
+        volumes: list[Volume], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        allowed: bool) -> None:
+    """Offline with the undo path where the process may not grow online; online first where it may, and offline
+    after all when the kernel refuses (what a user namespace without the real capability does). The capability
+    is what this host's sandbox lacks: "online-first" pretends the process holds it (a patched check)."""
+    vol = volume(volumes, tmp_path)
+    data = vol.data()
+    monkeypatch.setattr(filesystem, "online_grow_allowed", lambda fs_type: allowed or fs_type != "ext4")
+    point = tmp_path / "mnt"
+    mark = str(tmp_path / "state")
+    caplog.set_level("INFO")
+    assert staging.ensure_mounted(vol.device, str(point), "ext4", grow_mark=mark) is True
+    try:
+        assert filesystem.size(vol.device, "ext4") == GROWN
+        assert staging.ensure_mounted(vol.device, str(point), "ext4", grow_mark=mark) is False  # nothing to grow
+    finally:
+        run("umount", str(point))
+    kernel_refuses = "growing it offline" in caplog.text
+    assert ("offline (attempt 1)" in caplog.text) == (not allowed or kernel_refuses)
+    assert vol.check() == 0 and vol.data() == data
+    assert sorted(os.listdir(tmp_path)) == ["mnt", "vol.img"]

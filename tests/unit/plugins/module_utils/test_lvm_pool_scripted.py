@@ -458,6 +458,7 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
     script([
         VGS,  # the extent size, once per pool object
         pvs_segments(str(pv), (0, 8, "")),  # the free extents, once
+        pvs_layout(str(pv)),  # the PVs, once: the VG's seqno is read off them around each commit
         placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),
         VGS, pvs_layout(str(pv)),  # the loop activation's layout, once
         LOSETUP_LIST,  # nothing maps the new LV: its ends are zeroed straight on the PV
@@ -497,7 +498,7 @@ def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: A
     no_space = (RECORDED / "err_lvcreate_no_space.stderr.txt").read_text()
     exists = (RECORDED / "err_lvcreate_exists.stderr.txt").read_text()
     script([
-        VGS, pvs_segments(pv, (0, 8, "")),
+        VGS, pvs_segments(pv, (0, 8, "")), pvs_layout(pv),
         placed_create(pool, name, creating, f"{pv}:0-1", rc=5, stderr=no_space),
         placed_create(pool, name, creating, ""),  # LVM chooses
         found(loop_row(name, creating, pv, 4)),  # so where it went is read back

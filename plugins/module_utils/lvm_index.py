@@ -1,0 +1,154 @@
+"""What a pool knows of its own LVs between operations, and how it knows nobody else changed the VG.
+
+Every LVM metadata commit writes the VG's text with a new sequence number
+(``seqno``) into each PV's metadata area and then points the area's header
+at it.  Reading that header and the first line of the text it points at is
+three ``pread`` calls on the PV: microseconds, where ``vgs -o vg_seqno`` is a
+process and a VG lock (40-100 ms here).  So a pool that is the VG's usual
+writer can keep its LVs in memory: the index is valid while the seqno is the
+one it last saw, and after each of its own commits the seqno must be exactly
+one more; any other change (another process, or two of its own commits at
+once) makes it read the LVs again.  Anything unexpected in the on-disk format
+makes the seqno unknown, which makes the index unused: never a wrong answer,
+only the ``lvs`` every operation ran before.
+
+On-disk layout (LVM2 text format, ``lib/format_text/layout.h``): a label
+sector (``LABELONE``, one of the first four sectors) holds the PV header,
+whose lists of data areas and metadata areas end with a zero entry; each
+metadata area starts with an ``mda_header`` (magic `` LVM2 x[5A%r0N*>``) whose
+first ``raw_locn`` (offset, size, checksum, flags) locates the committed text,
+which starts ``VGNAME {\\nid = "..."\\nseqno = N``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+from .lvm_report import LogicalVolume
+
+_SECTOR = 512
+_LABEL = b"LABELONE"
+_MDA_MAGIC = b" LVM2 x[5A%r0N*>"
+_RAW_LOCN_IGNORED = 1
+#: an invalid index is read again (one full listing) at most this often; meanwhile each LV is read alone
+RELOAD_INTERVAL = 1.0
+_SEQNO = re.compile(rb"^(\S+) \{\nid = \"[^\"]*\"\nseqno = (\d+)\n")
+
+
+def seqno(pv: str, vg: str) -> Optional[int]:
+    """The VG's committed sequence number as *pv*'s first metadata area holds it; None when it cannot tell."""
+    try:
+        with open(pv, "rb", buffering=0) as handle:
+            head = handle.read(4 * _SECTOR)
+            label = next((head[i:i + _SECTOR] for i in range(0, len(head), _SECTOR)
+                          if head[i:i + 8] == _LABEL), None)
+            if label is None:
+                return None
+            (offset,) = struct.unpack_from("<I", label, 20)
+            position = offset + 40  # after the PV's uuid (32 bytes) and size (8)
+            areas: List[int] = []
+            for _kind in range(2):  # the data areas, then the metadata areas
+                areas = []
+                while position + 16 <= _SECTOR:
+                    start, size = struct.unpack_from("<QQ", label, position)
+                    position += 16
+                    if start == 0 and size == 0:
+                        break
+                    areas.append(start)
+            if not areas:
+                return None
+            handle.seek(areas[0])
+            header = handle.read(_SECTOR)
+            if header[4:20] != _MDA_MAGIC:
+                return None
+            text_at, text_size, _checksum, flags = struct.unpack_from("<QQII", header, 40)
+            if flags & _RAW_LOCN_IGNORED or text_at == 0 or text_size == 0:
+                return None
+            handle.seek(areas[0] + text_at)
+            found = _SEQNO.match(handle.read(min(text_size, _SECTOR)))
+    except (OSError, struct.error):
+        return None
+    if found is None or found.group(1).decode(errors="replace") != vg:
+        return None
+    return int(found.group(2))
+
+
+class LvIndex:
+    """The pool's own (managed) LVs by name, valid while the VG's seqno is the one last seen."""
+
+    def __init__(self, vg: str) -> None:
+        self.vg = vg
+        self._lock = threading.Lock()
+        self._lvs: Optional[Dict[str, LogicalVolume]] = None
+        self._seqno: Optional[int] = None
+        self._pvs: Sequence[str] = ()
+        # Not read lazily in a pool's first second: a short-lived user (a module run) reads the LVs it needs
+        # one by one; the agent's start-up clean-up lists them all, which loads the index.
+        self._loaded_at = time.monotonic()
+
+    def _current(self) -> Optional[int]:
+        for pv in self._pvs:
+            found = seqno(pv, self.vg)
+            if found is not None:
+                return found
+        return None
+
+    def load(self, pvs: Sequence[str], lvs: Sequence[LogicalVolume], before: Optional[int]) -> None:
+        """Adopt a full listing of the managed LVs, taken after the seqno *before* was read (None: unknown);
+        kept only when the seqno did not move while listing."""
+        with self._lock:
+            self._pvs = tuple(pvs)
+            self._loaded_at = time.monotonic()
+            after = self._current()
+            if before is None or after != before:
+                self._lvs, self._seqno = None, None
+                return
+            self._lvs, self._seqno = {lv.name: lv for lv in lvs}, after
+
+    def read_seqno(self, pvs: Sequence[str]) -> Optional[int]:
+        with self._lock:
+            self._pvs = tuple(pvs)
+            return self._current()
+
+    def lookup(self, name: str) -> "tuple[bool, Optional[LogicalVolume]]":
+        """(True, the LV or None) when the index is valid now; (False, None) when it must be read."""
+        with self._lock:
+            if self._lvs is None or self._current() != self._seqno:
+                self._lvs, self._seqno = None, None
+                return False, None
+            return True, self._lvs.get(name)
+
+    def reload_due(self) -> bool:
+        """Whether an invalid index should be read again now (a full listing), rather than one LV alone: not
+        more often than RELOAD_INTERVAL, so concurrent commits (which invalidate it) do not make every
+        look-up a listing of the whole VG."""
+        with self._lock:
+            return self._lvs is None and time.monotonic() - self._loaded_at >= RELOAD_INTERVAL
+
+    def valid(self) -> bool:
+        with self._lock:
+            return self._lvs is not None
+
+    def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int]) -> None:
+        """This pool committed one change to *name* (now *lv*; None: removed), the seqno having been *before*
+        just ahead of it: kept when that commit is the only one since."""
+        with self._lock:
+            if self._lvs is None:
+                return
+            after = self._current()
+            if before is None or before != self._seqno or after != before + 1:
+                self._lvs, self._seqno = None, None
+                return
+            if lv is None:
+                self._lvs.pop(name, None)
+            else:
+                self._lvs[name] = lv
+            self._seqno = after
+
+    def forget(self) -> None:
+        with self._lock:
+            self._lvs, self._seqno = None, None
