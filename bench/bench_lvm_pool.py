@@ -64,12 +64,13 @@ DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stop
 class PrivateLvm:
     """The private ``LVM_SYSTEM_DIR`` of this run and the one way its LVM commands run."""
 
-    def __init__(self, system_dir: str, pv: str) -> None:
+    def __init__(self, system_dir: str, pvs: Sequence[str]) -> None:
         self.system_dir = system_dir
-        self.pv = pv
+        self.pvs = list(pvs)
+        self.pv = self.pvs[0]  # the agent's VG's; a second one holds the bare side's VG with --bare-vg
         os.makedirs(system_dir, exist_ok=True)
         with open(os.path.join(system_dir, "lvm.conf"), "w", encoding="utf-8") as handle:
-            handle.write(lvm.isolated_config([pv]) + "\n")
+            handle.write(lvm.isolated_config(self.pvs) + "\n")
         self.settings = lvm.LvmSettings(system_dir=system_dir)
         self.env = {**os.environ, **self.settings.env()}
 
@@ -100,27 +101,40 @@ class LvmWorkspace(bl.Workspace):
         self.pv_image = self.path("pv.img")
         self.lvm: Optional[PrivateLvm] = None
         self.vg: Optional[str] = None
+        self.bare_vg: Optional[str] = None
+        self.labelled: List[str] = []
         self.metadata_note = ""
 
-    def make_vg(self, metadata_size: str) -> str:
-        """Sparse image, loop device, private lvm.conf, ``pvcreate`` and ``vgcreate``; return the VG name."""
-        bl.run(["truncate", "-s", str(PV_IMAGE_SIZE), self.pv_image])
-        pv = bl.run(["losetup", "--find", "--show", self.pv_image]).strip()
-        self.lvm = PrivateLvm(self.path("lvm"), pv)
+    def make_vg(self, metadata_size: str, bare_vg: bool = False) -> str:
+        """Sparse image, loop device, private lvm.conf, ``pvcreate`` and ``vgcreate``; return the VG name.
+        *bare_vg*: an equal second PV and VG (:attr:`bare_vg`) for the bare side."""
+        images = [self.pv_image, *([self.path("bare-pv.img")] if bare_vg else [])]
+        pvs = []
+        for image in images:
+            bl.run(["truncate", "-s", str(PV_IMAGE_SIZE), image])
+            pvs.append(bl.run(["losetup", "--find", "--show", image]).strip())
+        self.lvm = PrivateLvm(self.path("lvm"), pvs)
         # The agent is a child of this process: it inherits the private config.
         os.environ.update(self.lvm.settings.env())
-        vg = f"basalt-bench-{uuid.uuid4().hex[:8]}"
         metadata = [] if metadata_size == "default" else ["--metadatasize", metadata_size]
-        self.lvm.run("pvcreate", *metadata, pv)
-        self.vg = vg  # from here on, clean-up removes it
-        self.lvm.run("vgcreate", vg, pv)
-        return vg
+        names = []
+        for index, pv in enumerate(pvs):
+            self.lvm.run("pvcreate", *metadata, pv)
+            self.labelled.append(pv)
+            name = f"basalt-{'bench' if index == 0 else 'bare'}-{uuid.uuid4().hex[:8]}"
+            if index == 0:
+                self.vg = name  # from here on, clean-up removes it
+            else:
+                self.bare_vg = name
+            self.lvm.run("vgcreate", name, pv)
+            names.append(name)
+        return names[0]
 
     def volume_loops(self) -> List[str]:
         """Loop devices backed by the PV device: only this run's agent and bare side make them."""
         if self.lvm is None:
             return []
-        lines = bl.run(["losetup", "-j", self.lvm.pv]).splitlines()
+        lines = [line for pv in self.lvm.pvs for line in bl.run(["losetup", "-j", pv]).splitlines()]
         return sorted({line.split(":", 1)[0] for line in lines if line.strip()})
 
     def cleanup(self) -> List[str]:
@@ -129,15 +143,17 @@ class LvmWorkspace(bl.Workspace):
         if self.volume_loops():
             problems.append(f"loop devices on the PV still attached: {', '.join(self.volume_loops())}")
         if self.lvm is not None:
-            if self.vg is not None:
+            for vg in (self.vg, self.bare_vg):
+                if vg is not None:
+                    try:
+                        self.lvm.run("vgremove", "--force", "--force", vg)
+                    except bl.BenchError as error:
+                        problems.append(f"removing VG {vg}: {error}")
+            for pv in self.labelled:
                 try:
-                    self.lvm.run("vgremove", "--force", "--force", self.vg)
+                    self.lvm.run("pvremove", "--yes", pv)
                 except bl.BenchError as error:
-                    problems.append(f"removing VG {self.vg}: {error}")
-            try:
-                self.lvm.run("pvremove", "--yes", self.lvm.pv)
-            except bl.BenchError as error:
-                problems.append(f"removing the PV label from {self.lvm.pv}: {error}")
+                    problems.append(f"removing the PV label from {pv}: {error}")
         return problems + super().cleanup()
 
 
@@ -356,6 +372,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--metadatasize", default=DEFAULT_METADATA_SIZE,
                         help=f"pvcreate --metadatasize (default {DEFAULT_METADATA_SIZE}; 'default' = LVM's own)")
     parser.add_argument("--skip", default="", help="comma list of benchmarks to skip: 1,2,3")
+    parser.add_argument("--bare-vg", action="store_true",
+                        help="benchmark 1's bare side on an equal VG of its own, so that the agent is its VG's only "
+                        "writer (as on a host where only Basalt changes the pool's VG: its LV index stays valid)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -377,14 +396,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def run() -> List[bl.Row]:
         rows: List[bl.Row] = []
         facts = bl.machine_facts(workspace)
-        vg = workspace.make_vg(args.metadatasize)
+        vg = workspace.make_vg(args.metadatasize, args.bare_vg)
         private = workspace.lvm
         assert private is not None
         pvs = lvm.physical_volumes(vg, settings=private.settings)
         group = lvm.volume_group(vg, settings=private.settings)
         facts.update(lvm=bl.run(["lvm", "version"]).splitlines()[0].split(":", 1)[1].strip(), vg=vg, pv=private.pv,
                      pv_image_gib=PV_IMAGE_SIZE // GiB, metadatasize=args.metadatasize,
-                     pe_start=pvs[0].pe_start if pvs else None, extent_size=group.extent_size)
+                     pe_start=pvs[0].pe_start if pvs else None, extent_size=group.extent_size,
+                     bare_vg=workspace.bare_vg)
         report["facts"] = facts
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
 
@@ -395,12 +415,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # One untimed round of each side: warm caches, imports and the agent's thread pool.
         volume = create_volume(agent, "bench-warmup", VOLUME_SIZE)
         bl.delete_volume(agent, volume.volume_id)
-        bare_create(private, vg, "bare-warmup", VOLUME_SIZE)
-        bare_remove(private, vg, "bare-warmup")
+        bare_create(private, workspace.bare_vg or vg, "bare-warmup", VOLUME_SIZE)
+        bare_remove(private, workspace.bare_vg or vg, "bare-warmup")
 
         if "1" not in skip:
             print(f"[1] CreateVolume + DeleteVolume 64 MiB vs lvcreate + lvremove, {args.rounds} rounds", flush=True)
-            rows += bench_create_delete(agent, profiler, private, vg, args.rounds, 0, "1 create/delete 64 MiB")
+            rows += bench_create_delete(agent, profiler, private, workspace.bare_vg or vg, args.rounds, 0,
+                                        "1 create/delete 64 MiB")
         if "3" not in skip:
             print(f"[3] NodeStage..NodeUnstage (loop activation) vs bare commands, {args.rounds} rounds", flush=True)
             rows += bench_node(agent, profiler, workspace, private, vg, args.rounds)

@@ -146,7 +146,8 @@ def parser() -> argparse.ArgumentParser:
                      help="check this node for what Basalt needs and for leftovers, one line per finding with the "
                      "fix; exit 1 when something is wrong")
     gc = kinds.add_parser("gc", parents=[settings, output, kubelet],
-                          help="remove the leftovers doctor reports as safe to remove (dry run without --apply)")
+                          help="remove the leftovers doctor reports as safe to remove (dry run without --apply); "
+                          "those in use are left and named, exit 1")
     gc.add_argument("--apply", action="store_true", help="remove them (default: only say what would go)")
     return p
 
@@ -165,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.kind == "gc":
             removed = doctor.collect(inventory, args.kubelet_root, apply=args.apply)
             data = [f.as_dict() for f in removed]
-            status = 1 if any(f.status == doctor.FAIL for f in removed) else 0
+            status = 1 if any(f.status in (doctor.FAIL, doctor.IN_USE) for f in removed) else 0
         elif args.verb == "list":
             data = _listing(inventory, args.kind)
         else:

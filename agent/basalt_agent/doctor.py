@@ -5,8 +5,11 @@ something under Basalt's names that no record owns (an image or LV, a loop
 device on one, a target under ``--iscsi-base-iqn`` whose volume is gone, with
 tgt or LIO; an iSCSI session or open-iscsi node record to a target under it
 that no node record names); only leftovers carry a removal, and ``gc`` runs
-exactly those removals, consumers first. Stale mounts under the kubelet root
-are reported, never unmounted (a pod may use one).
+exactly those removals, consumers first. A leftover device in use (a
+filesystem mounted from it or its partitions, swap, a multipath map or other
+holder over it: basalt_core.device_use) is reported "in use" with what uses
+it and never removed; nor is a session's node record while the session stays.
+Stale mounts under the kubelet root are reported, never unmounted (a pod may use one).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 
-from basalt_core import exports, iscsiadm, multipath, volumes
-from basalt_core.errors import Conflict, StorageError
+from basalt_core import device_use, exports, iscsiadm, multipath, volumes
+from basalt_core.errors import Conflict, InUse, StorageError
 from basalt_core.facts import volume_id_of_target as volume_id_of
 from basalt_core.losetup import list_devices
 from basalt_core.lvm_pool import LvmPool
+from basalt_core.model import Snapshot, Volume
 from basalt_core.mount import mounts
 from basalt_core.pool import Orphan
 from basalt_core.runner import run
@@ -34,7 +38,7 @@ from .publishing import IscsiPublishing
 
 log = logging.getLogger("basalt")
 
-OK, WARN, FAIL, LEFTOVER = "ok", "warn", "fail", "leftover"
+OK, WARN, FAIL, LEFTOVER, IN_USE = "ok", "warn", "fail", "leftover", "in use"
 DEFAULT_KUBELET_ROOT = "/var/lib/kubelet"
 LVM_UDEV_RULE = "/lib/udev/rules.d/69-lvm.rules"
 
@@ -68,9 +72,13 @@ def examine(inventory: Inventory, kubelet_root: str = DEFAULT_KUBELET_ROOT) -> L
 
 def collect(inventory: Inventory, kubelet_root: str = DEFAULT_KUBELET_ROOT, apply: bool = False
             ) -> List[Finding]:
-    """The leftovers doctor reports as safe to remove: removed with *apply*, else listed."""
+    """The leftovers doctor reports as safe to remove: removed with *apply*, else listed; those in use are
+    listed as left in place."""
     done = []
     for finding in examine(inventory, kubelet_root):
+        if finding.status == IN_USE:
+            done.append(Finding(IN_USE, finding.check, finding.what, f"left in place: {finding.fix}"))
+            continue
         if finding.remove is None:
             continue
         if not apply:
@@ -78,6 +86,10 @@ def collect(inventory: Inventory, kubelet_root: str = DEFAULT_KUBELET_ROOT, appl
             continue
         try:
             finding.remove()
+        except InUse as error:  # taken into use since it was examined
+            log.warning("gc: left %s in place: %s", finding.what, error)
+            done.append(Finding(IN_USE, finding.check, finding.what, f"left in place: {error}"))
+            continue
         except (StorageError, OSError) as error:
             log.error("gc: could not remove %s: %s", finding.what, error)
             done.append(Finding(FAIL, finding.check, finding.what, f"not removed: {error}"))
@@ -204,14 +216,23 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     gc removes them in: a target holds its LV open, a session holds its target."""
     base = inventory.settings.iscsi_base_iqn + ":"
     owned = inventory.node_state.iscsi_targets()
-    for session in inventory.node_state.stray_sessions(inventory.settings.iscsi_base_iqn):
-        yield Finding(LEFTOVER, "leftovers", f"iSCSI session {session.sid} to {session.target_iqn} "
-                      f"({session.portal}): no node record names it", "basalt gc --apply",
-                      _node_removal(iscsiadm.logout, session.target_iqn, session.portal))
+    held = {}  # (target, portal) of each stray session in use: its node record stays with it
+    for stray in inventory.node_state.stray_sessions(inventory.settings.iscsi_base_iqn):
+        session = stray.session
+        what = f"iSCSI session {session.sid} to {session.target_iqn} ({session.portal}): no node record names it"
+        if stray.users:
+            held[session.target_iqn, session.portal] = session.sid
+            yield _in_use(what, stray.users)
+        else:
+            yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply", _session_removal(inventory, session))
     for target, portal in iscsiadm.nodes() if iscsiadm.installed() else []:
         if volume_id_of(target) and target.startswith(base) and target not in owned:
-            yield Finding(LEFTOVER, "leftovers", f"iSCSI node record {target} ({portal}): no node record names it",
-                          "basalt gc --apply", _node_removal(iscsiadm.delete_node, target, portal))
+            what = f"iSCSI node record {target} ({portal}): no node record names it"
+            if (target, portal) in held:
+                yield _in_use(what, [f"its session {held[target, portal]} is in use"])
+            else:
+                yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply",
+                              _node_removal(iscsiadm.delete_node, target, portal))
     for export in inventory.exports():
         if export["volume_id"] and not export["owned"] and export["target_iqn"].startswith(base):
             yield Finding(LEFTOVER, "leftovers", f"export {export['target_iqn']}: its volume has no record",
@@ -222,16 +243,33 @@ def leftovers(inventory: Inventory, kubelet_root: str) -> Iterator[Finding]:
     for record in volumes.abandoned(inventory.pool, grace):
         what = f"{type(record).__name__.lower()} {record.id} ({record.name!r}): {record.state}, left by an " \
             "interrupted operation"
-        if agent_runs:  # its clean-up removes it under its locks: never race it
+        users = _record_users(inventory, record)
+        if users:
+            yield _in_use(what, users)
+        elif agent_runs:  # its clean-up removes it under its locks: never race it
             yield Finding(WARN, "leftovers", what, f"none: the agent's clean-up removes it within "
                           f"{max(grace / 2, 1):g}s")
         else:
             yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply",
-                          _abandoned_removal(inventory, record.id))
+                          _abandoned_removal(inventory, record))
     for orphan in inventory.pool.orphans():
-        yield Finding(LEFTOVER, "leftovers", f"{orphan.kind} {orphan.name}: {orphan.reason}", "basalt gc --apply",
-                      _orphan_removal(inventory, orphan))
+        what = f"{orphan.kind} {orphan.name}: {orphan.reason}"
+        if orphan.users:
+            yield _in_use(what, orphan.users)
+        else:
+            yield Finding(LEFTOVER, "leftovers", what, "basalt gc --apply", _orphan_removal(inventory, orphan))
     yield from _stale_mounts(inventory, kubelet_root)
+
+
+def _in_use(what: str, users: Sequence[str]) -> Finding:
+    return Finding(IN_USE, "leftovers", what, f"in use: {'; '.join(users)}; find its user and stop it first "
+                   "(umount, swapoff, multipath -f, dmsetup remove), then basalt gc --apply")
+
+
+def _record_users(inventory: Inventory, record: Union[Volume, Snapshot]) -> List[str]:
+    """What uses the device an abandoned volume is attached as on this host (a snapshot is never attached)."""
+    device = inventory.pool.attached_device(record) if isinstance(record, Volume) else None
+    return device_use.users([device]) if device else []
 
 
 def _wanted_initiators(inventory: Inventory, exporting: IscsiPublishing) -> Dict[str, Set[Optional[str]]]:
@@ -277,8 +315,13 @@ def _grant_removal(inventory: Inventory, exporting: IscsiPublishing, target: str
     return remove
 
 
-def _abandoned_removal(inventory: Inventory, object_id: str) -> Callable[[], None]:
+def _abandoned_removal(inventory: Inventory, record: Union[Volume, Snapshot]) -> Callable[[], None]:
+    object_id = record.id
+
     def remove() -> None:
+        users = _record_users(inventory, record)
+        if users:
+            raise InUse(f"{object_id} is in use ({'; '.join(users)}): left in place")
         if object_id not in volumes.clean_up(inventory.pool, inventory.settings.cleanup_grace,
                                              claim=lambda oid: contextlib.nullcontext(oid == object_id)):
             raise Conflict(f"{object_id} is no longer abandoned: left in place")
@@ -297,6 +340,19 @@ def _export_removal(inventory: Inventory, volume_id: str) -> Callable[[], None]:
             raise Conflict(f"volume {volume_id} has a record again: its export is left in place")
         # the whole export, every grant first, and the target service's saved configuration with it
         exports.ensure_withdrawn(inventory.pool, exporting.backend, exporting.settings, volume_id)
+    return remove
+
+
+def _session_removal(inventory: Inventory, session: iscsiadm.Session) -> Callable[[], None]:
+    def remove() -> None:
+        now = [stray for stray in inventory.node_state.stray_sessions(inventory.settings.iscsi_base_iqn)
+               if stray.session == session]
+        if not now:
+            raise Conflict(f"session {session.sid} to {session.target_iqn} is gone or owned now: left alone")
+        if now[0].users:
+            raise InUse(f"session {session.sid} is in use ({'; '.join(now[0].users)}): left in place")
+        if not iscsiadm.logout(session.target_iqn, session.portal):
+            raise Conflict(f"{session.target_iqn} ({session.portal}) was already gone")
     return remove
 
 

@@ -23,7 +23,7 @@ from .attachments import Attachment, IscsiAttachment, PoolAttachment, remote_tar
 from .errors import RpcFailure, invalid, rpc_method
 from .initiator import InitiatorName
 from .locks import ObjectLocks
-from .nodestate import NodeRecord, NodeState, Target
+from .nodestate import NodeRecord, NodeState, Target, volume_instance
 from .proto import csi_pb2, csi_pb2_grpc
 from .publish_keys import chap_from_secrets
 from .validation import (
@@ -83,7 +83,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     devices.zero_ends(device)  # half made by an interrupted NodeStage: blank, to make again
                 staging.ensure_mounted(device, path, cap.fs_type, cap.mount_flags,
                                        before_format=lambda: self._mark_formatting(record),
-                                       grow_mark=self.state.grow_mark(record.volume_id))
+                                       grow_mark=self.state.grow_mark(record.volume_id, _instance(attachment)))
                 record.formatting = False
         except BaseException:
             # A refused login leaves a node record (and maybe sessions on other portals): undo it all.
@@ -395,6 +395,10 @@ def _volume_and_capability(
     bounded_map(request.publish_context, "publish_context")
     bounded_map(request.volume_context, "volume_context")
     return volume_id, cap
+
+
+def _instance(attachment: Attachment) -> str:
+    return volume_instance(attachment.volume) if isinstance(attachment, PoolAttachment) else ""
 
 
 def _mounted_at(device: str, path: str) -> bool:

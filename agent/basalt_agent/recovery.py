@@ -12,13 +12,15 @@ from typing import List, Optional
 
 from basalt_core.pool import Pool
 
-from .nodestate import NodeState
+from .nodestate import NodeState, volume_instance
 
 log = logging.getLogger("basalt.agent")
 
 
 def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
-    """Thaw recorded freezes, remove temp files, detach devices nothing records a use for; return what.
+    """Thaw recorded freezes, remove temp files, release devices nothing records a use for; return what.
+
+    Released: loop devices over the pool's storage, and (dm activation) the pool's LVs left active.
 
     *state* is None when this agent does not serve the node service: it then
     cannot tell which devices are in use, and detaches none.  With *exports*
@@ -27,6 +29,7 @@ def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
     repaired = pool.clean_leftovers()
     if state is not None:
         repaired += state.clean_leftovers()
+        repaired += state.drop_stray_grows({state.grow_mark(v.id, volume_instance(v)) for v in pool.all_volumes()})
     for leftover in repaired:
         log.warning("removed leftover %s", leftover)
     if state is None:
@@ -35,6 +38,6 @@ def recover(pool: Pool, state: Optional[NodeState], exports: bool) -> List[str]:
     if exports:
         wanted |= {volume.id for volume in pool.all_volumes() if volume.publications}
     for device in pool.detach_strays(wanted):
-        log.warning("detached %s: no record wants it (left by an interrupted operation)", device)
+        log.warning("released %s: no record wants it (left by an interrupted operation)", device)
         repaired.append(device)
     return repaired

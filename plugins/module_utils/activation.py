@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import os
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import device_wait, losetup, lvm
-from .errors import Precondition
+from .errors import Precondition, StorageError
+
+log = logging.getLogger(__name__)
 
 
 class Activator(abc.ABC):
@@ -36,8 +39,11 @@ class Activator(abc.ABC):
         """The block device of *volume* if it is active here."""
 
     @abc.abstractmethod
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        """Undo activate; False when it was not active."""
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        """Undo activate; False when it was not active.
+
+        *activated*: the caller activated it after reading *volume* (whose state then predates that).
+        """
 
     @abc.abstractmethod
     def refresh(self, volume: lvm.LogicalVolume) -> None:
@@ -51,8 +57,12 @@ class Activator(abc.ABC):
         """Where *volume*'s bytes can be written straight on its PV, when nothing maps it; else None."""
         return None
 
-    def detach_strays(self, vg: str, wanted: Collection[lvm.LogicalVolume]) -> List[str]:
-        """Undo activations no *wanted* LV needs, left by interrupted operations (start-up); return them."""
+    def detach_strays(self, vg: str, owned: Collection[lvm.LogicalVolume],
+                      wanted: Collection[lvm.LogicalVolume]) -> List[str]:
+        """Undo activations no *wanted* LV needs, left by interrupted operations (start-up); return them.
+
+        *owned* are the pool's own LVs (its tag and names); every other LV of *vg* is somebody else's.
+        """
         return []
 
 
@@ -72,8 +82,8 @@ class DeviceMapperActivator(Activator):
     def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
         return volume.path if volume.attr.active else None
 
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        if not volume.attr.active:
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        if not (activated or volume.attr.active):
             return False
         lvm.deactivate(volume.vg_name, volume.name, settings=self.settings)
         return True
@@ -83,6 +93,30 @@ class DeviceMapperActivator(Activator):
 
     def release(self, volume: lvm.LogicalVolume) -> None:
         """Nothing: ``lvremove --yes`` takes an active, unopened LV down itself (one command fewer)."""
+
+    def detach_strays(self, vg: str, owned: Collection[lvm.LogicalVolume],
+                      wanted: Collection[lvm.LogicalVolume]) -> List[str]:
+        """Deactivate every *owned* LV that is active but not *wanted*: what a copy, a clear of a new LV's ends
+        or a NodeStage killed before its record left active (an active thin LV also keeps its thin pool busy).
+
+        Never another LV of the VG (not the pool's: a thin pool, foreign LVs), never an open one (something
+        uses it: left, and logged), never a classic snapshot (its activation follows its origin's).
+        """
+        keep = {volume.name for volume in wanted}
+        deactivated = []
+        for volume in owned:
+            if volume.name in keep or not volume.attr.active or volume.attr.snapshot:
+                continue
+            if volume.attr.device_open:
+                log.warning("%s is active and open, and no record wants it: left active", volume.full_name)
+                continue
+            try:
+                self.deactivate(volume)
+            except StorageError as error:  # e.g. opened meanwhile: start-up goes on, a later start tries again
+                log.warning("%s could not be deactivated: %s", volume.full_name, error)
+                continue
+            deactivated.append(f"{volume.full_name} (deactivated)")
+        return deactivated
 
 
 class LoopActivator(Activator):
@@ -136,8 +170,8 @@ class LoopActivator(Activator):
         found = self._find(volume)
         return found.device if found else None
 
-    def deactivate(self, volume: lvm.LogicalVolume) -> bool:
-        found = self._find(volume)
+    def deactivate(self, volume: lvm.LogicalVolume, *, activated: bool = False) -> bool:
+        found = self._find(volume)  # looked up afresh: *activated* changes nothing
         if found is None:
             return False
         losetup.detach(found.device)
@@ -154,19 +188,21 @@ class LoopActivator(Activator):
         if found is not None and found.size_limit != location.length:
             losetup.set_size_limit(found.device, location.length)
 
-    def detach_strays(self, vg: str, wanted: Collection[lvm.LogicalVolume]) -> List[str]:
+    def detach_strays(self, vg: str, owned: Collection[lvm.LogicalVolume],
+                      wanted: Collection[lvm.LogicalVolume]) -> List[str]:
         """Detach every loop device over the VG's PVs but those of *wanted* LVs; return them.
 
-        A loop device lying within an LV Basalt does not manage is somebody else's: left alone.
+        A loop device lying within an LV that is not *owned* is somebody else's: left alone.
         """
         pvs = lvm.physical_volumes(vg, settings=self.settings)
         extent = lvm.volume_group(vg, settings=self.settings).extent_size
+        ours = {volume.name for volume in owned}
         keep = set()
         for volume in wanted:
             with contextlib.suppress(Precondition):  # not reachable by loop: has no loop device to keep
                 keep.add(self._find(volume))
         foreign = [(pv.name, pv.pe_start + r.first * extent, pv.pe_start + (r.first + r.count) * extent)
-                   for lv in lvm.logical_volumes(vg, None, settings=self.settings) if lvm.MANAGED_TAG not in lv.tags
+                   for lv in lvm.logical_volumes(vg, None, settings=self.settings) if lv.name not in ours
                    for segment in lv.segments for r in segment.pe_ranges for pv in pvs if pv.name == r.device]
         detached = []
         for loop in losetup.over([pv.name for pv in pvs]):
@@ -193,4 +229,4 @@ def active(activator: Activator, volume: lvm.LogicalVolume) -> Iterator[str]:
     try:
         yield device
     finally:
-        activator.deactivate(volume)
+        activator.deactivate(volume, activated=True)  # *volume* still says inactive (dm: it was read before)

@@ -15,6 +15,15 @@ _BLKGETSIZE64 = 0x80081272
 BLANK_ENDS = 1 << 20
 
 
+def read_text(path: str) -> str:
+    """A kernel attribute file's text (sysfs, /proc), stripped; "" when it cannot be read (the device went)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
 def is_block_device(path: str) -> bool:
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)

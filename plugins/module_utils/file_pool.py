@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Union
 
-from . import freeze, imagefile, losetup
+from . import device_use, freeze, imagefile, losetup
 from .atomicfile import read_json, remove_durably, sweep_temp_files, write_json
 from .errors import Precondition
 from .model import Snapshot, Volume, is_snapshot_id, is_volume_id
@@ -184,22 +184,29 @@ class FilePool(Pool):
         """Loop devices on images that are gone or have no record, then images with no record.
 
         A record is written before its image and forgotten after it, so an image
-        without one is never a creation or deletion in progress.
+        without one is never a creation or deletion in progress.  An image stays
+        in use while a loop device over it is (device_use): removing it would
+        free the user's data.
         """
         owned = set(self.volume_ids()) | set(self.snapshot_ids())
-        images: List[Orphan] = []
-        for kind, is_id in (("volumes", is_volume_id), ("snapshots", is_snapshot_id)):
-            directory = self._dir(kind)
-            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-                if name.endswith(".img") and is_id(name[:-4]) and name[:-4] not in owned:
-                    images.append(Orphan("image", os.path.join(directory, name), "no record owns it"))
         loops: List[Orphan] = []
+        used_over: Dict[str, List[str]] = {}  # image path -> what uses the loop devices over it
         for loop in losetup.over([self._dir("volumes"), self._dir("snapshots")]):
             path = loop.backing_path
             deleted = loop.backing_file != path  # the kernel says " (deleted)"
             if deleted or not os.path.exists(path) or os.path.basename(path)[:-4] not in owned:
+                in_use = tuple(device_use.users([loop.device]))
+                used_over.setdefault(path, []).extend(f"{loop.device} over it: {use}" for use in in_use)
                 loops.append(Orphan("loop device", loop.device, f"attached to {loop.backing_file}, "
-                                    "which no record owns"))
+                                    "which no record owns", in_use))
+        images: List[Orphan] = []
+        for kind, is_id in (("volumes", is_volume_id), ("snapshots", is_snapshot_id)):
+            directory = self._dir(kind)
+            for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+                path = os.path.join(directory, name)
+                if name.endswith(".img") and is_id(name[:-4]) and name[:-4] not in owned:
+                    images.append(Orphan("image", path, "no record owns it",
+                                         tuple(used_over.get(os.path.realpath(path), ()))))
         return loops + images
 
     def _remove_orphan(self, orphan: Orphan) -> None:

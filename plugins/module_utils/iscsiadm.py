@@ -26,6 +26,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -298,6 +299,14 @@ def find_disks(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -
         if link.startswith("scsi-S") and link.endswith("_" + serial) and "-part" not in link:
             return [os.path.realpath(os.path.join(by_id, link))]
     return []
+
+
+def session_disks(sid: int, *, sys_root: str = "/sys") -> List[str]:
+    """The kernel names of the SCSI disks a session brought (``sdX``): its sysfs session device holds them,
+    ``class/iscsi_session/sessionSID/device/targetH:C:T/H:C:T:L/block/sdX`` (open-iscsi walks the same)."""
+    pattern = os.path.join(glob.escape(sys_root), "class", "iscsi_session", f"session{int(sid)}", "device",
+                           "target*", "*:*", "block", "*")
+    return sorted(os.path.basename(path) for path in glob.glob(pattern))
 
 
 def find_device(serial: str, *, sys_root: str = "/sys", dev_root: str = "/dev") -> Optional[str]:

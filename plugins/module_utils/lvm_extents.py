@@ -71,10 +71,15 @@ class FreeExtents:
             self._map = None
 
 
-def placed_lv(vg: str, name: str, place: PeRange, extent_size: int, tags: Iterable[str]) -> LogicalVolume:
-    """The linear LV ``lvcreate`` just made on *place*, as lvs reports it with activation off (its uuid
-    not read: nothing uses it)."""
+_POLICY_LETTERS = {"normal": "n", "contiguous": "c", "cling": "l", "anywhere": "a", "inherit": "i"}
+
+
+def placed_lv(vg: str, name: str, place: PeRange, extent_size: int, tags: Iterable[str],
+              alloc: str) -> LogicalVolume:
+    """The linear LV ``lvcreate --alloc ALLOC`` just made on *place*, as lvs reports it with activation off
+    (measured: ``-wc-XX----`` for contiguous; its uuid is not read: nothing uses it)."""
     segment = Segment("linear", 0, place.count, (place,), f"{place.device}({place.first})")
     return LogicalVolume(name=name, vg_name=vg, uuid="", size=place.count * extent_size,
-                         attr=LvAttr.parse("-wi-XX----"), tags=tuple(sorted(tags)), pool_lv=None, origin=None,
+                         attr=LvAttr.parse(f"-w{_POLICY_LETTERS[alloc]}-XX----"), tags=tuple(sorted(tags)),
+                         pool_lv=None, origin=None,
                          data_percent=None, metadata_percent=None, path=f"/dev/{vg}/{name}", segments=(segment,))

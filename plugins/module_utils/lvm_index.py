@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import struct
 import threading
+import time
 from typing import Dict, List, Optional, Sequence
 
 from .lvm_report import LogicalVolume
@@ -33,6 +34,8 @@ _SECTOR = 512
 _LABEL = b"LABELONE"
 _MDA_MAGIC = b" LVM2 x[5A%r0N*>"
 _RAW_LOCN_IGNORED = 1
+#: an invalid index is read again (one full listing) at most this often; meanwhile each LV is read alone
+RELOAD_INTERVAL = 1.0
 _SEQNO = re.compile(rb"^(\S+) \{\nid = \"[^\"]*\"\nseqno = (\d+)\n")
 
 
@@ -83,6 +86,9 @@ class LvIndex:
         self._lvs: Optional[Dict[str, LogicalVolume]] = None
         self._seqno: Optional[int] = None
         self._pvs: Sequence[str] = ()
+        # Not read lazily in a pool's first second: a short-lived user (a module run) reads the LVs it needs
+        # one by one; the agent's start-up clean-up lists them all, which loads the index.
+        self._loaded_at = time.monotonic()
 
     def _current(self) -> Optional[int]:
         for pv in self._pvs:
@@ -96,6 +102,7 @@ class LvIndex:
         kept only when the seqno did not move while listing."""
         with self._lock:
             self._pvs = tuple(pvs)
+            self._loaded_at = time.monotonic()
             after = self._current()
             if before is None or after != before:
                 self._lvs, self._seqno = None, None
@@ -114,6 +121,13 @@ class LvIndex:
                 self._lvs, self._seqno = None, None
                 return False, None
             return True, self._lvs.get(name)
+
+    def reload_due(self) -> bool:
+        """Whether an invalid index should be read again now (a full listing), rather than one LV alone: not
+        more often than RELOAD_INTERVAL, so concurrent commits (which invalidate it) do not make every
+        look-up a listing of the whole VG."""
+        with self._lock:
+            return self._lvs is None and time.monotonic() - self._loaded_at >= RELOAD_INTERVAL
 
     def valid(self) -> bool:
         with self._lock:

@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import devices, losetup, lvm, progress
+from . import device_use, devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NoSpace, NotFound, Precondition
 from .lvm_extents import FreeExtents, placed_lv
@@ -154,8 +154,7 @@ class LvmPool(Pool):
             self._pv_names = [pv.name for pv in lvm.physical_volumes(self.vg, settings=self.settings)]
         return self._pv_names
 
-    def _seqno(self) -> Optional[int]:
-        """The VG's seqno now, read off its PVs (loop activation only: LVs' state is all metadata there)."""
+    def _seqno(self) -> Optional[int]:  # off the PVs; loop activation only: there an LV's state is all metadata
         return self._index.read_seqno(self._pvs()) if self.activator.name == "loop" else None
 
     def _untracked(self) -> None:
@@ -168,7 +167,10 @@ class LvmPool(Pool):
         seen = self._seen()
         if seen is not None and name in seen:
             return seen[name]
-        known, found = self._index.lookup(name) if self.activator.name == "loop" else (False, None)
+        loop = self.activator.name == "loop"
+        if loop and self._index.reload_due() and self._seqno() is not None:
+            self._lvs()  # e.g. someone else committed: read them all again, then answer from the index
+        known, found = self._index.lookup(name) if loop else (False, None)
         if not known:
             found = lvm.logical_volume(self.vg, name, settings=self.settings)
         managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
@@ -322,7 +324,7 @@ class LvmPool(Pool):
         if place is None:
             self._index.forget()  # where LVM put it is not known here
             return
-        self._operation.made = placed_lv(self.vg, name, place, extent, tags)
+        self._operation.made = placed_lv(self.vg, name, place, extent, tags, self.options.alloc)
         self._index.committed(name, self._operation.made, before)
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
@@ -420,10 +422,8 @@ class LvmPool(Pool):
             lvm.remove(self.vg, name, settings=self.settings)
 
     def orphans(self) -> List[Orphan]:
-        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more.
-
-        A mapping that matches an LV (Basalt's or not) is that LV's and stays.
-        """
+        """Loop activation: loop devices over this VG's PVs at an offset where no LV lies any more, with what
+        uses them (device_use).  A mapping that matches an LV (Basalt's or not) is that LV's and stays."""
         if not isinstance(self.activator, LoopActivator):
             return []
         group = lvm.volume_group(self.vg, settings=self.settings)
@@ -438,7 +438,7 @@ class LvmPool(Pool):
                 continue
             mapped.add((location.device, location.offset))
         return [Orphan("loop device", loop.device, f"maps {loop.backing_file} at offset {loop.offset}, where "
-                       f"no LV of {self.vg} lies")
+                       f"no LV of {self.vg} lies", tuple(device_use.users([loop.device])))
                 for loop in losetup.list_devices()
                 if loop.backing_file in {pv.name for pv in pvs} and loop.offset >= min(pv.pe_start for pv in pvs)
                 and (loop.backing_file, loop.offset) not in mapped]
@@ -594,5 +594,5 @@ class LvmPool(Pool):
 
     def detach_strays(self, wanted: Collection[str]) -> List[str]:
         names = {lv_name(object_id) for object_id in wanted}
-        keep = [lv for lv in self._lvs() if lv.name in names] if names else []  # one listing, not one per volume
-        return self.activator.detach_strays(self.vg, keep)
+        owned = [lv for lv, _oid in self._owned(lambda _oid: True)]  # one listing, not one per volume
+        return self.activator.detach_strays(self.vg, owned, [lv for lv in owned if lv.name in names])

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from . import device_wait
+from .devices import read_text
 from .errors import CommandFailed, Precondition
 from .runner import operand, run
 
@@ -58,14 +59,6 @@ def daemon_running() -> bool:
     return result.rc == 0 and result.stdout.startswith("pid ")
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
 def map_of(disk: str, *, sys_root: str = "/sys") -> Optional[Map]:
     """The multipath map holding *disk* (a kernel name such as ``sda``), or None."""
     holders = os.path.join(sys_root, "block", disk, "holders")
@@ -75,14 +68,14 @@ def map_of(disk: str, *, sys_root: str = "/sys") -> Optional[Map]:
         return None
     for holder in names:
         dm = os.path.join(sys_root, "block", holder, "dm")
-        uuid = _read(os.path.join(dm, "uuid"))
+        uuid = read_text(os.path.join(dm, "uuid"))
         if not uuid.startswith(UUID_PREFIX):
             continue  # another dm target stacked on the disk (LVM, crypt): not a multipath map
         try:
             paths = tuple(sorted(os.listdir(os.path.join(sys_root, "block", holder, "slaves"))))
         except OSError:
             paths = ()
-        return Map(_read(os.path.join(dm, "name")), holder, uuid, paths)
+        return Map(read_text(os.path.join(dm, "name")), holder, uuid, paths)
     return None
 
 
@@ -117,14 +110,14 @@ def wait_for_map(disks: Sequence[str], timeout: float, *, sys_root: str = "/sys"
 def map_at(device: str, *, sys_root: str = "/sys") -> Optional[Map]:
     """The multipath map that *device* (``/dev/dm-N``, as :attr:`Map.device` names it) is, or None."""
     kernel_name = os.path.basename(device)
-    uuid = _read(os.path.join(sys_root, "block", kernel_name, "dm", "uuid"))
+    uuid = read_text(os.path.join(sys_root, "block", kernel_name, "dm", "uuid"))
     if not kernel_name.startswith("dm-") or not uuid.startswith(UUID_PREFIX):
         return None
     try:
         paths = tuple(sorted(os.listdir(os.path.join(sys_root, "block", kernel_name, "slaves"))))
     except OSError:
         paths = ()
-    return Map(_read(os.path.join(sys_root, "block", kernel_name, "dm", "name")), kernel_name, uuid, paths)
+    return Map(read_text(os.path.join(sys_root, "block", kernel_name, "dm", "name")), kernel_name, uuid, paths)
 
 
 def flush(name: str, *, uuid: str = "", sys_root: str = "/sys") -> bool:
@@ -159,7 +152,7 @@ def _maps(sys_root: str) -> List[Tuple[str, str]]:
         return []
     found = []
     for entry in entries:
-        uuid = _read(os.path.join(block, entry, "dm", "uuid"))
+        uuid = read_text(os.path.join(block, entry, "dm", "uuid"))
         if entry.startswith("dm-") and uuid.startswith(UUID_PREFIX):
-            found.append((_read(os.path.join(block, entry, "dm", "name")), uuid))
+            found.append((read_text(os.path.join(block, entry, "dm", "name")), uuid))
     return found

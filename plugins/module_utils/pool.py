@@ -11,10 +11,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
-from .errors import Conflict, InvalidRequest
+from .errors import Conflict, InUse, InvalidRequest
 from .freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from .model import Snapshot, Volume
 from .sizes import MiB
@@ -50,6 +50,8 @@ class Orphan:
     kind: str  # "image", "lv", "loop device"
     name: str  # a path, VG/LV or /dev/loopN
     reason: str
+    #: what uses it (device_use): an orphan in use is reported, never removed
+    users: Tuple[str, ...] = field(default=(), compare=False)
 
 
 class Pool(abc.ABC):
@@ -233,10 +235,13 @@ class Pool(abc.ABC):
         return []
 
     def remove_orphan(self, orphan: Orphan) -> None:
-        """Remove *orphan* if it still is one (read again first); Conflict otherwise."""
-        if orphan not in self.orphans():
+        """Remove *orphan* if it still is one and nothing uses it (read again first); Conflict or InUse otherwise."""
+        current = next((found for found in self.orphans() if found == orphan), None)
+        if current is None:
             raise Conflict(f"{orphan.kind} {orphan.name} is no longer an orphan: left in place")
-        self._remove_orphan(orphan)
+        if current.users:
+            raise InUse(f"{orphan.kind} {orphan.name} is in use ({'; '.join(current.users)}): left in place")
+        self._remove_orphan(current)
 
     def _remove_orphan(self, orphan: Orphan) -> None:
         raise InvalidRequest(f"the {self.kind} pool has no {orphan.kind} orphans to remove")

@@ -25,9 +25,7 @@ import copy
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ import yaml
 import basalt_agent.metrics
 from basalt_agent import DRIVER_NAME, TOPOLOGY_NODE_KEY
 from basalt_agent.config import DEFAULT_METRICS_PORT
+from basalt_agent.launcher import AgentProcess
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as csi_grpc
 from basalt_agent.proto import pluginregistration_pb2 as reg
@@ -397,23 +396,21 @@ def served(rendered: Path) -> Iterator[Tuple[Dict[str, Any], grpc.Channel]]:
         pytest.skip("the agent's file pool and sockets need root")
     values = settings(rendered, "kubelet-here")
     state = Path(tempfile.mkdtemp(prefix="bc-agent-", dir="/tmp"))
-    argv = [sys.executable, "-m", "basalt_agent", "--endpoint", f"unix://{values['basalt_csi_socket']}",
-            "--node-id", NODES[0], "--state-dir", str(state), "--pool", f"file:{state}/pool",
-            "--registration-socket", values["basalt_registration_socket"],
-            "--kubelet-registration-path", values["basalt_csi_socket"]]
-    log = open(state / "agent.log", "wb")  # closed in the finally below
-    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    agent = AgentProcess(values["basalt_csi_socket"],
+                         ["--node-id", NODES[0], "--state-dir", str(state), "--pool", f"file:{state}/pool",
+                          "--registration-socket", values["basalt_registration_socket"],
+                          "--kubelet-registration-path", values["basalt_csi_socket"]],
+                         log_path=str(state / "agent.log"))
+    agent.start()
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(values["basalt_registration_socket"]):
-            assert agent.poll() is None and time.monotonic() < deadline, (state / "agent.log").read_text()
+            assert agent.proc and agent.proc.poll() is None and time.monotonic() < deadline, agent.log_tail()
             time.sleep(0.2)
         with grpc.insecure_channel(f"unix://{values['basalt_csi_socket']}") as channel:
             yield values, channel
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(60)
-        log.close()
+        agent.stop(60)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -212,6 +212,41 @@ def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_fac
     # the fixture's teardown checks that the VG's foreign LVs (one named like Basalt's) and their data stayed
 
 
+def test_a_leftover_loop_device_with_a_mounted_filesystem_stays(fresh_agent_factory: Any, pool_kind: str,
+                                                                 capsys: Any, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real: ext4 made and mounted on a leftover loop device; doctor names it in use (and, file pool, the image
+    under it), gc --apply leaves them and exits 1, removes the rest; unmounted, gc removes them too."""
+    agent = fresh_agent_factory()
+    with_env(agent, monkeypatch)
+    gone, loops = file_pool_leftovers(agent) if pool_kind == FILE_KIND else lvm_pool_leftovers(agent)
+    device = loops[0][0]
+    held = [what for what in gone if what.startswith((f"loop device {device}:", "image "))]
+    mount_point = tmp_path / "user"
+    mount_point.mkdir()
+    subprocess.run(["mkfs.ext4", "-q", device], check=True, timeout=60)
+    subprocess.run(["mount", device, str(mount_point)], check=True, timeout=30)
+    kubelet = ["--kubelet-root", str(tmp_path / "kubelet")]
+    try:
+        status, findings = basalt(capsys, agent, "doctor", *kubelet)
+        in_use = {f["what"]: f["fix"] for f in findings if f["status"] == "in use"}
+        assert status == 1 and sorted(in_use) == sorted(held)
+        assert leftovers_of(findings) == sorted(set(gone) - set(held))
+        loop_fix = next(fix for what, fix in in_use.items() if what.startswith("loop device"))
+        assert loop_fix.startswith(f"in use: {device} is mounted on {mount_point}; find its user"), in_use
+
+        status, done = basalt(capsys, agent, "gc", "--apply", *kubelet)
+        assert status == 1 and sorted((f["status"], f["what"]) for f in done) == sorted(
+            [("in use", what) for what in held] + [("removed", what) for what in set(gone) - set(held)])
+        assert still_attached(loops) == loops[:1] and os.path.ismount(mount_point)
+        if pool_kind == FILE_KIND:
+            assert os.path.exists(loops[0][1]), "the image under the mounted loop device was removed"
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, timeout=30)
+    status, done = basalt(capsys, agent, "gc", "--apply", *kubelet)
+    assert status == 0 and sorted(f["what"] for f in done) == sorted(held) and still_attached(loops) == []
+
+
 def still_attached(loops: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Which of these (device, backing file) loops are still there (the numbers are reused by others)."""
     now = {(loop.device, loop.backing_file) for loop in list_devices()}

@@ -6,15 +6,13 @@ The probe runs against a real agent (file pool in a temp dir) over its socket.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from basalt_agent import main
+from basalt_agent.launcher import AgentProcess
 
 VALID = 'node_id = "node-1"\npool = "file:/srv/pool"\nworkers = 4\nthin_overprovision = 2\n' \
         'iscsi_portals = ["192.0.2.1:3260"]\nservices = "node"\n'
@@ -60,16 +58,16 @@ def test_probe_answers_only_while_an_agent_serves(tmp_path: Path, capsys: pytest
     endpoint = f"unix://{tmp_path}/csi.sock"
     assert main.main(["--endpoint", endpoint, "--probe"]) == 1
     assert "does not answer Probe: UNAVAILABLE" in capsys.readouterr().err
-    agent = subprocess.Popen([sys.executable, "-m", "basalt_agent", "--endpoint", endpoint, "--node-id", "n1",
-                              "--state-dir", str(tmp_path / "state")], stderr=subprocess.DEVNULL)
+    agent = AgentProcess(f"{tmp_path}/csi.sock", ["--node-id", "n1", "--state-dir", str(tmp_path / "state")],
+                         log_path=str(tmp_path / "agent.log"))
+    agent.start()
     try:
         deadline = time.monotonic() + 60
         while main.main(["--endpoint", endpoint, "--probe"]) != 0:
-            assert agent.poll() is None and time.monotonic() < deadline, "the agent never answered Probe"
+            assert agent.proc and agent.proc.poll() is None and time.monotonic() < deadline, agent.log_tail()
             time.sleep(0.2)
         assert f"{endpoint} ready" in capsys.readouterr().out
     finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=60)
+        agent.stop(60)
     assert not os.path.exists(f"{tmp_path}/csi.sock")
     assert main.main(["--endpoint", endpoint, "--probe"]) == 1

@@ -7,6 +7,7 @@ and for real in the VM tier.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import uuid
@@ -15,8 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from basalt_core import blkid, losetup, lvm, volumes
+from basalt_core import blkid, losetup, lvm, lvm_index, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
+from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import CREATING, SOURCE_SNAPSHOT, SOURCE_VOLUME, ContentSource
 from basalt_core.pool_spec import PoolSettings
@@ -225,6 +227,9 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
     assert ran == ["lvremove", "lvcreate", "lvchange"]
     assert volumes.get_volume(pool, third.id).state == "ready" and ran[3:] == []  # from the index too
+    listed = lvm.logical_volume(vg[0], lv_name(third.id))  # what the index holds is what lvs reports
+    assert listed is not None and dataclasses.replace(listed, uuid="") == placed_lv(
+        vg[0], listed.name, listed.seg_pe_ranges[0], lvm.volume_group(vg[0]).extent_size, listed.tags, "contiguous")
 
     subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(second.id)}"], check=True,
                    capture_output=True)
@@ -236,3 +241,7 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     pool.all_volumes()
     subprocess.run(["lvremove", "--yes", f"{vg[0]}/{lv_name(third.id)}"], check=True, capture_output=True)
     assert volumes.delete_volume(pool, third.id) is False  # gone behind its back: not answered from the index
+    monkeypatch.setattr(lvm_index, "RELOAD_INTERVAL", 0.0)  # (1 s: not a full listing per look-up under churn)
+    del ran[:]
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # read all again: valid again
+    assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index

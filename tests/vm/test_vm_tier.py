@@ -13,7 +13,6 @@ with a fake QEMU, which needs no image.
 from __future__ import annotations
 
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import build_image
@@ -50,18 +49,6 @@ CONFORMANCE_CHECKS = ["conformance_lvm_dm", "conformance_lvmthin"]
 CONFORMANCE_SKIPS = {"conformance_lvm_dm": set(), "conformance_lvmthin": {"test_cow_snapshot"}}
 
 
-def _junit(xml: str) -> dict[str, str]:
-    """{test name: passed|failed|error|skipped} from a JUnit report."""
-    outcomes: dict[str, str] = {}
-    for case in ET.fromstring(xml).iter("testcase"):
-        outcome = "passed"
-        for tag in ("failure", "error", "skipped"):
-            if case.find(tag) is not None:
-                outcome = tag if tag != "failure" else "failed"
-        outcomes[case.get("name", "?")] = outcome
-    return outcomes
-
-
 def test_conformance_real_kernel_subset(image: build_image.Image) -> None:
     """tests/conformance/test_realkernel.py inside the VM with the real agent,
     --pool-kind lvm-dm then lvmthin, in one boot (grpcio/protobuf/pytest from
@@ -77,7 +64,7 @@ def test_conformance_real_kernel_subset(image: build_image.Image) -> None:
     verdicts = _check_lines(result)
     for check in CONFORMANCE_CHECKS:
         kind = check.removeprefix("conformance_").replace("_", "-")
-        outcomes = _junit(result.files.get(f"conformance-{kind}.xml", "<testsuites/>"))
+        outcomes = vm_testlib.junit_outcomes(result.files.get(f"conformance-{kind}.xml", "<testsuites/>"))
         assert outcomes, f"{check}: no JUnit report\n{_tail(result.console)}"
         bad = {
             name: outcome for name, outcome in outcomes.items()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import build_image
@@ -35,6 +36,24 @@ def check_lines(result: run_vm.VmResult) -> dict[str, str]:
         if len(parts) >= 3 and parts[0] == "BASALT-CHECK":
             verdicts[parts[1]] = parts[2]
     return verdicts
+
+
+def junit_outcomes(xml: str) -> dict[str, str]:
+    """{test name: passed|failed|error|skipped} from a JUnit report."""
+    outcomes: dict[str, str] = {}
+    for case in ET.fromstring(xml).iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            if case.find(tag) is not None:
+                outcome = tag if tag != "failure" else "failed"
+        outcomes[case.get("name", "?")] = outcome
+    return outcomes
+
+
+def junit_suite_properties(xml: str) -> dict[str, str]:
+    """The test suites' properties (pytest's ``record_testsuite_property``) from a JUnit report."""
+    return {prop.get("name", "?"): prop.get("value", "")
+            for suite in ET.fromstring(xml).iter("testsuite") for prop in suite.findall("properties/property")}
 
 
 def fake_image(tmp_path: Path) -> build_image.Image:

@@ -215,6 +215,18 @@ def teardown_storage(agent: Any) -> None:
     stop_agent(agent)
 
 
+def teardown(storage: Any, node: Any) -> None:
+    """After a check (passed or failed): the node agent stopped, then the storage host torn down, /tmp released."""
+    stop_agent(node)
+    teardown_storage(storage)
+    release_tmp()
+
+
+def expect_foreign_intact(storage: Any) -> None:
+    problems = storage.lvm.foreign_problems()
+    expect(not problems, f"foreign LVs: {problems}")
+
+
 def lv_device(agent: Any, volume_id: str) -> str:
     from basalt_csi_testlib import volume_lv_name
 

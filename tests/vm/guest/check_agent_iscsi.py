@@ -216,12 +216,9 @@ def main() -> None:
                                                                                    node_id="node-a"))
         storage.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=ro.volume_id))
         expect(not lib.session_targets(), f"sessions left: {lib.session_targets()}")
-        problems = storage.lvm.foreign_problems()
-        expect(not problems, f"foreign LVs: {problems}")
+        lib.expect_foreign_intact(storage)
     finally:
-        lib.stop_agent(node)
-        lib.teardown_storage(storage)
-        lib.release_tmp()
+        lib.teardown(storage, node)
 
 
 if __name__ == "__main__":

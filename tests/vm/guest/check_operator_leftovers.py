@@ -18,6 +18,9 @@ session logged out, its node record deleted, the stray target, its ACL and
 backstore gone from LIO and from the saved config); doctor is then clean, and
 every owned or foreign object is still there.  The agent's /metrics count the same
 orphans (``basalt_orphans`` of kind export and session) before gc and none after.
+Last, an ACL on the owned target that no publication record wants (a
+ControllerPublish that crashed before its record): only a warning while the
+agent runs, revoked by gc (and from LIO's saved config) once it is stopped.
 
 Usage: check_operator_leftovers.py DISK   (DISK: a scratch disk of at least 1 GiB)
 """
@@ -42,6 +45,7 @@ FOREIGN_TARGET = "iqn.2003-01.org.example.other:disk-1"
 FOREIGN_BACKSTORE = "other-disk"
 STRAY_BACKING_LV = "stray-backing"
 METRICS = "127.0.0.1:9809"
+STALE_IQN = "iqn.2026-11.dev.basalt.test:node-x"
 #: the gauges that count the leftovers (and what is not one): orphan exports and sessions, exports, owned sessions
 WATCHED = (("basalt_orphans", "export"), ("basalt_orphans", "session"), ("basalt_iscsi_exports", ""),
            ("basalt_iscsi_sessions", ""))
@@ -200,6 +204,22 @@ def main() -> None:
         expect(leftovers(findings) == [], f"leftovers after gc: {leftovers(findings)}")
         bad = [f for f in findings if f["status"] not in ("ok", "warn")]
         expect(not bad, f"doctor after gc: {bad}")
+
+        step("a LIO ACL on 'kept' that no publication record wants: a warning while the agent runs, gc's after")
+        agents_backend = LioBackend(portals=[PORTAL], lock_path=lock_path_under(storage.state_dir))
+        with agents_backend.transaction():  # a ControllerPublish to another node that crashed before its record
+            agents_backend.ensure_grant(kept, STALE_IQN, Chap("node-x-user", "Secret-Of-X-1234"))
+            agents_backend.persist()
+        stale = f"grant to {STALE_IQN} on {kept}: no publication record wants it"
+        _, findings = basalt(storage, "doctor")
+        expect([(f["status"], f["safe_to_remove"]) for f in findings if f["what"] == stale] == [("warn", False)],
+               f"the stale ACL while the agent runs: {findings}")
+        lib.stop_agent(storage, release=False)
+        status, removed = basalt(storage, "gc", "--apply")
+        expect(status == 0 and [f["what"] for f in removed] == [stale], f"gc --apply, agent stopped: {removed}")
+        expect(lib.lio_acls(kept) == [iqn], f"{kept}: ACLs {lib.lio_acls(kept)}")
+        expect(STALE_IQN not in Path(lib.LIO_SAVE_FILE).read_text(), "LIO's saved config still holds the ACL")
+        expect(kept in lib.session_targets(), "the owned session went with the stale ACL")
     finally:
         lib.teardown_storage(storage)
         lib.release_tmp()

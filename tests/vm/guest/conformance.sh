@@ -1,8 +1,12 @@
-# Runs the conformance suite's real-kernel subset INSIDE the VM for one pool
-# kind (sourced by check_conformance_<kind>.sh; the VM tier, tests/vm).
+# Runs conformance tests INSIDE the VM for one pool kind (sourced by
+# check_conformance_<kind>.sh and check_chaos_<kind>.sh; the VM tier, tests/vm).
 #
-#   sh check_conformance_lvm_dm.sh DISK     (kind lvm-dm)
+#   sh check_conformance_lvm_dm.sh DISK     (kind lvm-dm: the real-kernel subset)
 #   sh check_conformance_lvmthin.sh DISK    (kind lvmthin)
+#   sh check_chaos_lvm_dm.sh DISK           (test_chaos.py, kind lvm-dm; check_chaos_lvmthin.sh)
+#
+# Arguments: KIND DISK [REPORT [TEST...]]: REPORT names the JUnit file
+# (conformance-KIND by default), TEST the test files (test_realkernel.py).
 #
 # * The agent's Python packages (grpcio, protobuf, pytest wheels installed on
 #   the host by tests/vm/pydeps.py) come from the read-only 9p share with tag
@@ -12,11 +16,14 @@
 #   and the PV images of the private VGs live there (/tmp is a tmpfs in RAM
 #   otherwise).
 # * pytest runs from the read-only project tree: no cache, no .pyc files; its
-#   JUnit report goes to /results/conformance-<kind>.xml, its output to the
-#   console.
+#   JUnit report goes to /results/REPORT.xml, its output to the console.
 set -u
 kind=$1
 disk=$2
+report=${3:-conformance-$kind}
+shift 2
+[ $# -gt 0 ] && shift
+[ $# -gt 0 ] || set -- tests/conformance/test_realkernel.py
 deps=/opt/basalt-pydeps
 results=${BASALT_RESULTS:-/results}
 
@@ -39,8 +46,8 @@ chmod 1777 /tmp
 cd "${BASALT_TREE:-/basalt}" || exit 2
 PYTHONPATH=$deps PYTHONDONTWRITEBYTECODE=1 LVM_SUPPRESS_FD_WARNINGS=1 \
     python3 -m pytest -p no:cacheprovider -v -rs --durations=0 --tb=short \
-    --junitxml="$results/conformance-$kind.xml" \
-    --pool-kind "$kind" tests/conformance/test_realkernel.py
+    --junitxml="$results/$report.xml" \
+    --pool-kind "$kind" "$@"
 rc=$?
 cd /
 # The fixtures removed their loop devices, mounts and VGs; /tmp must come off.

@@ -1,0 +1,101 @@
+"""A storage host killed at each point of ControllerPublish / ControllerUnpublish (tgt): real tgtd, real agent.
+
+The crash order is docs/side-effects-iscsi.md's: the config file carrying the grant record (with the node's
+CHAP secret) is written before the account exists, the publication record last.  Wherever the agent dies,
+its restart must leave nothing unacknowledged exported (no publication record: the reconciliation removes
+the target, the grant leaves the config file and tgtd), and the CO's retry must then succeed with the same
+secret.  An acknowledged publish killed during its unpublish must end withdrawn too.  crashpoints.py puts a
+``tgtadm`` wrapper first on the agent's PATH that SIGKILLs it right after the matching command.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Tuple
+
+import grpc
+import pytest
+from agent_iscsi_testlib import CHAP, NODE_A, create, login, mapped_nodes, publish, storage_host_args, wait_reconciled
+from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root
+from crashpoints import CrashPoints
+from libiscsi_client import IscsiError
+from tgtd_testlib import Tgtd, accounts
+
+from basalt_agent.proto import csi_pb2 as csi
+from basalt_core import tgt
+from basalt_core.tgt_config import record_in
+
+
+@pytest.fixture
+def host(tgtd: Tgtd) -> Iterator[Tuple[Agent, Tgtd, CrashPoints]]:
+    root = make_root("iscsi-publish-crash")
+    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
+                  extra_args=storage_host_args(tgtd, root, *mapped_nodes()))
+    points = CrashPoints(root).wrap("tgtadm")
+    agent.extra_env.update(points.env())
+    try:
+        yield agent.start(), tgtd, points
+    finally:
+        agent.stop()
+        cleanup_root(root)
+
+
+def saved_grants(agent: Agent) -> dict:
+    with open(os.path.join(agent.root, "tgt-basalt.conf")) as handle:
+        doc = record_in(handle.read())
+    return {iqn: entry["grants"] for iqn, entry in (doc or {"targets": {}})["targets"].items()}
+
+
+def killed(call: object, request: object) -> None:
+    with pytest.raises(grpc.RpcError) as failure:
+        call(request)  # type: ignore[operator]
+    assert failure.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), failure.value
+
+
+# (a target made but nothing recorded, the kill before the config file's write, is test_reconcile.py's STRAY)
+@pytest.mark.parametrize("after", ["--password", "--initiator-name"],
+                         ids=["secret recorded, account made", "exported, publication not recorded"])
+def test_a_publish_killed_anywhere_leaves_nothing_exported_and_the_retry_works(
+        host: Tuple[Agent, Tgtd, CrashPoints], after: str) -> None:
+    agent, daemon, points = host
+    volume_id = create(agent, "crash-" + after.strip("-"), block_cap()).volume_id
+    request = csi.ControllerPublishVolumeRequest(volume_id=volume_id, node_id="node-a",
+                                                 volume_capability=block_cap(), secrets=CHAP)
+    points.arm("tgtadm", "after", arg=after)
+    killed(agent.ctl.ControllerPublishVolume, request)
+    assert points.fired("tgtadm")["outcome"] == "after"
+    agent.kill()
+    agent.start()
+    summary = wait_reconciled(agent, 2)
+    assert summary["failed"] == 0, summary
+    # nothing the CO never saw acknowledged stays exported, in tgtd or in the file tgt.service loads at boot
+    assert tgt.TgtBackend(control_port=daemon.control_port).targets() == []
+    assert accounts(daemon.control_port) == []
+    assert saved_grants(agent) == {}
+    # the CO's retry: exported again, with the secret it sends
+    context = publish(agent, volume_id, "node-a", block_cap())
+    with login(context, NODE_A) as session:
+        assert session.read(0, 512).good
+    with pytest.raises(IscsiError):
+        login(context, NODE_A, password="Not-The-Secret-1")
+    assert saved_grants(agent) == {context["basalt.dev/iscsi-target"]: {NODE_A: {
+        "user": CHAP["node.session.auth.username"], "password": CHAP["node.session.auth.password"],
+        "mutual_user": None, "mutual_password": None}}}
+
+
+def test_an_unpublish_killed_after_its_tgtd_change_ends_withdrawn(host: Tuple[Agent, Tgtd, CrashPoints]) -> None:
+    agent, daemon, points = host
+    volume_id = create(agent, "crash-unpublish", block_cap()).volume_id
+    context = publish(agent, volume_id, "node-a", block_cap())
+    points.arm("tgtadm", "after", arg="--force")  # the target deleted; the config file still holds the grant
+    killed(agent.ctl.ControllerUnpublishVolume,
+           csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id="node-a"))
+    assert points.fired("tgtadm")["outcome"] == "after"
+    agent.kill()
+    assert context["basalt.dev/iscsi-target"] in saved_grants(agent)  # what a boot would restore, until...
+    agent.start()
+    assert wait_reconciled(agent, 2)["failed"] == 0
+    assert saved_grants(agent) == {} and tgt.TgtBackend(control_port=daemon.control_port).targets() == []
+    agent.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=volume_id, node_id="node-a"))
+    assert accounts(daemon.control_port) == []
