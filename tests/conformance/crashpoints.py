@@ -13,8 +13,9 @@ directly, never through a shell) at one moment:
   superblock, the rest is not made yet); the tool is killed too;
 * ``when="grown"``: the tool is still running and the file its operand
   number *watch* names has reached *size* bytes (e.g. resize2fs's undo file:
-  that many old blocks saved, their new content written); the tool is
-  killed too;
+  that many old blocks saved, their new content written); the tool runs at
+  the lowest CPU priority meanwhile and is killed too (a tool that ends
+  first reports ``exited``);
 * ``when="delay"``: *delay_ms* after the tool started; the tool is killed too.
 
 The wrapper leaves ``<tool>.fired`` saying what happened, so a test can check
@@ -44,7 +45,8 @@ if spec.get("arg") and spec["arg"] not in sys.argv[1:]:
     os.execv(REAL, [REAL] + sys.argv[1:])
 os.unlink(mine)
 agent, started = os.getppid(), time.monotonic()
-tool = subprocess.Popen([REAL] + sys.argv[1:])
+# watching a file grow: the tool at the lowest priority, so that the watcher sees it on a loaded host
+tool = subprocess.Popen([REAL] + sys.argv[1:], preexec_fn=(lambda: os.nice(19)) if spec["when"] == "grown" else None)
 outcome = "exited"
 if spec["when"] == "after":
     tool.wait()

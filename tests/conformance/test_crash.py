@@ -387,23 +387,28 @@ def test_killed_while_node_stage_grows_ext4(crashable: tuple[Agent, CrashPoints]
     for point, kills in GROW_CRASHES.items():
         if agent.lvm is not None and point in POOL_NEUTRAL_POINTS:
             continue
-        before = df_bytes(staging)
-        agent.unstage(vol.volume_id, staging)
-        size += 40 * MiB
-        agent.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
-            volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)))
-        for tool, when, arm in kills:
-            points.arm(tool, when, **arm)
-            crashed(agent.node.NodeStageVolume, node_req(vol, cap, staging))
-            fired = points.fired(tool)
-            assert fired["outcome"] == ("during" if when in ("delay", "grown") else "after"), (point, fired)
-            assert bool(grow_leftovers(agent)) == (tool != "e2fsck"), f"{point}: the mark is saved before resize2fs"
-            restart(agent)
-        agent.stage(vol.volume_id, cap, staging)
-        assert ext4_bytes(staging) == size, point
-        assert df_bytes(staging) > before + 30 * MiB, point
-        assert read_file(os.path.join(staging, "data")) == data, point
-        assert grow_leftovers(agent) == [], point
+        for _attempt in range(3):  # a loaded host may let resize2fs finish before the watcher sees it: again
+            before = df_bytes(staging)
+            agent.unstage(vol.volume_id, staging)
+            size += 40 * MiB
+            agent.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+                volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=size)))
+            hit = True
+            for tool, when, arm in kills:
+                points.arm(tool, when, **arm)
+                crashed(agent.node.NodeStageVolume, node_req(vol, cap, staging))
+                fired = points.fired(tool)
+                hit &= fired["outcome"] == ("during" if when in ("delay", "grown") else "after")
+                assert bool(grow_leftovers(agent)) == (tool != "e2fsck"), f"{point}: the mark is saved before resize2fs"
+                restart(agent)
+            agent.stage(vol.volume_id, cap, staging)  # converges whatever the moment was
+            assert ext4_bytes(staging) == size, point
+            assert df_bytes(staging) > before + 30 * MiB, point
+            assert read_file(os.path.join(staging, "data")) == data, point
+            assert grow_leftovers(agent) == [], point
+            if hit:
+                break
+        assert hit, f"{point}: the crash point never hit its moment"
     agent.unstage(vol.volume_id, staging)
     delete(agent, vol.volume_id)
     assert_nothing_left(agent)
@@ -424,8 +429,8 @@ def test_an_xfs_copy_stages_beside_its_origin(fresh_agent_factory: AgentFactory)
     clone = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
         name=unique("clone"), volume_capabilities=[cap], capacity_range=csi.CapacityRange(required_bytes=XFS_MIN),
         volume_content_source=volume_source(vol.volume_id))).volume
-    if agent.lvm is not None:
-        agent.stage(vol.volume_id, cap, att.staging)
+    if agent.lvm is not None:  # staged again: the origin's loop device is a new one, found anew
+        att = stage_tracking_image(agent, vol.volume_id, cap, staging=att.staging)
     att2 = stage_tracking_image(agent, clone.volume_id, cap)
     assert read_file(os.path.join(att2.staging, "data")) == data
     uuids = [subprocess.run(["blkid", "-p", "-s", "UUID", "-o", "value", device], capture_output=True, text=True,
@@ -461,7 +466,7 @@ def test_a_grow_abandoned_with_its_volume_is_never_replayed(crashable: tuple[Age
         volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=GROWN)))
     points.arm(*MID_WRITE[:2], **MID_WRITE[2])
     crashed(agent.node.NodeStageVolume, node_req(vol, cap, staging))
-    assert points.fired("resize2fs")["outcome"] == "during"
+    assert points.fired("resize2fs")["outcome"] in ("during", "exited")  # a mark and an undo file left, either way
     restart(agent)
     delete(agent, vol.volume_id)  # the CO gave up on it
     restored = agent.ctl.CreateVolume(csi.CreateVolumeRequest(

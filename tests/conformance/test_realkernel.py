@@ -10,8 +10,9 @@ Every LVM command costs 0.5-2 s under QEMU TCG, so this is a representative
 flow rather than the whole suite: create, ControllerPublish, NodeStage (mkfs),
 NodePublish, data written through the mount, snapshot of the staged volume,
 restore into a new volume and the data read back, clone, online expansion of
-xfs, unpublish/unstage/unpublish, delete, ListVolumes; for lvm-dm also a
-classic COW snapshot (``basalt.dev/snapshot-mode: cow``).
+xfs, and of ext4 (at NodeStage after an expand while unstaged, and at
+NodeExpandVolume), unpublish/unstage/unpublish, delete, ListVolumes; for lvm-dm
+also a classic COW snapshot (``basalt.dev/snapshot-mode: cow``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from basalt_csi_testlib import (
     volume_source,
     write_file,
 )
+
+from basalt_core import filesystem
 
 SNAPSHOT_MODE_KEY = "basalt.dev/snapshot-mode"
 
@@ -232,6 +235,36 @@ def test_cow_snapshot(agent: Agent, pool_kind: str) -> None:
     agent.ctl.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
     assert row["lv_name"] not in lv_rows(agent), "the COW snapshot LV is left after DeleteSnapshot"
     delete_volumes(agent, restored.volume_id, vol.volume_id)
+
+
+def test_ext4_grows_online_where_the_kernel_allows(agent: Agent) -> None:
+    """Root on a real kernel may grow a mounted ext4 (CAP_SYS_RESOURCE): a volume expanded while unstaged is grown
+    once mounted at its next NodeStage, not offline (no undo file), and NodeExpandVolume grows a mounted one."""
+    assert filesystem.online_grow_allowed("ext4")  # the agent runs as this same root
+    cap = mount_cap("ext4")
+    vol = agent.create_volume(32 * MiB, cap=cap)
+    att = up(agent, vol, cap)
+    assert att.target
+    data = pattern(1 * MiB, "ext4-expand")
+    write_file(os.path.join(att.target, "data"), data)
+    size_before = fs_total_bytes(att.target)
+    down(agent, att)
+    agent.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+        volume_id=vol.volume_id, capacity_range=crange(64 * MiB), volume_capability=cap))
+    att = up(agent, vol, cap)
+    assert att.target
+    assert fs_total_bytes(att.target) >= size_before + 24 * MiB, (size_before, fs_total_bytes(att.target))
+    assert "grew ext4 on" in agent.log() and " online" in agent.log() and "offline (attempt" not in agent.log()
+    grown = fs_total_bytes(att.target)
+    agent.ctl.ControllerExpandVolume(csi.ControllerExpandVolumeRequest(
+        volume_id=vol.volume_id, capacity_range=crange(96 * MiB), volume_capability=cap))
+    agent.node.NodeExpandVolume(csi.NodeExpandVolumeRequest(
+        volume_id=vol.volume_id, volume_path=att.target, staging_target_path=att.staging,
+        capacity_range=crange(96 * MiB), volume_capability=cap))
+    assert fs_total_bytes(att.target) >= grown + 24 * MiB, (grown, fs_total_bytes(att.target))
+    assert read_file(os.path.join(att.target, "data")) == data
+    down(agent, att)
+    delete_volumes(agent, vol.volume_id)
 
 
 def test_online_expand_xfs(agent: Agent) -> None:

@@ -46,6 +46,10 @@ MOUNT_TAG = "pydeps"
 # A second, separate wheel set for the modules' VM test: ansible-core at the version the Ansible checks pin.
 ANSIBLE_PREFIX = "ansible"
 ANSIBLE_MOUNT_TAG = "ansible"
+# A third: the wheel files themselves (not installed), for the agent role's air-gapped install
+# (basalt_agent_wheel_dir): the agent's runtime pins for the guest, plus the build backend the controller
+# builds the agent's own wheel with.
+WHEELS_PREFIX = "wheels"
 
 
 def pins(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
@@ -73,6 +77,38 @@ def ansible_pins(script: Path = REPO / "scripts" / "ansible-checks.sh") -> list[
     if found is None:
         raise RuntimeError(f"{script} pins no ANSIBLE_CORE_VERSION")
     return [f"ansible-core=={found.group(1)}"]
+
+
+def build_requires(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The agent's build backend requirements (``[build-system].requires``)."""
+    return list(tomllib.loads(pyproject.read_text())["build-system"]["requires"])
+
+
+def ensure_wheels() -> Path:
+    """A directory of wheel files: the agent's runtime pins for the guest (cp311 manylinux) and its build
+    backend (pure Python), downloaded once (``pip download``; only the current set is kept)."""
+    runtime = list(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    requirements = runtime + build_requires()
+    final = deps_dir(requirements, WHEELS_PREFIX)
+    build_image.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (build_image.CACHE_DIR / ".pydeps.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / ".complete").is_file():
+            return final
+        tmp = final.with_name(final.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(tmp)]
+        for cmd in ([*base, *PIP_PLATFORM_ARGS, *runtime], [*base, "--only-binary=:all:", *build_requires()]):
+            print("pydeps: $ " + " ".join(cmd), file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+        (tmp / ".complete").write_text(json.dumps({"pins": requirements,
+                                                   "files": sorted(p.name for p in tmp.glob("*.whl"))}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for other in build_image.CACHE_DIR.glob(f"{WHEELS_PREFIX}-*"):
+            if other != final:
+                shutil.rmtree(other, ignore_errors=True)
+        return final
 
 
 def deps_dir(requirements: list[str] | None = None, prefix: str = "python") -> Path:

@@ -41,8 +41,8 @@ def test_start_up_deactivates_only_the_pools_own_idle_activations(script: Any) -
         deactivation(stray),
         deactivation(copy),
     ])
-    assert thin_pool().detach_strays([volume_id_for("staged")]) == [f"{VG}/{stray} (deactivated)",
-                                                                   f"{VG}/{copy} (deactivated)"]
+    assert thin_pool().detach_strays([volume_id_for("staged")]) == [
+        f"{VG}/{stray} (deactivated)", f"{VG}/{copy} (deactivated)"]
 
 
 def test_a_stray_activation_that_cannot_be_taken_down_does_not_stop_start_up(script: Any) -> None:

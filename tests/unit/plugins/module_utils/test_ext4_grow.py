@@ -126,8 +126,8 @@ def test_the_mark_of_a_filesystem_made_anew_is_dropped(volumes: list[Volume], tm
     assert sorted(os.listdir(tmp_path)) == ["vol.img"]
 
 
-def test_an_undo_file_without_a_record_means_the_device_was_not_written(volumes: list[Volume],
-                                                                         tmp_path: Path) -> None:
+def test_an_undo_file_without_a_record_means_the_device_was_not_written(
+        volumes: list[Volume], tmp_path: Path) -> None:
     """Killed before resize2fs wrote its undo header (an empty file): nothing is replayed, the grow runs."""
     vol = volume(volumes, tmp_path)
     mark = str(tmp_path / "volume")

@@ -167,8 +167,8 @@ def test_ensure_export_new(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", True) is True
     assert runner.secrets == [[]] * 5
-    assert _saved(backend) == {new: {"grants": {}, "lun": {"device": "/dev/loop9", "serial": "0123abcd",
-                                                             "read_only": True}}}
+    lun = {"device": "/dev/loop9", "serial": "0123abcd", "read_only": True}
+    assert _saved(backend) == {new: {"grants": {}, "lun": lun}}
     assert stat.S_IMODE(Path(backend.conf_path).stat().st_mode) == 0o600
 
 
@@ -394,7 +394,7 @@ def _writes(monkeypatch: pytest.MonkeyPatch) -> List[str]:
 
 
 def test_publish_lists_once_and_writes_once(tgt_script: Any, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerPublish's backend part: one listing, then only the seven commands that change something;
     the grant (with its secret) and the target's LUN on disk, in the config file, before the account exists;
     one write for the record and the config in all."""
