@@ -82,6 +82,7 @@ def grow(device: str, mark: str) -> None:
         attempt = int(found["attempt"]) + 1
     filesystem.check_before_grow(dev)
     undo = undo_file(mark, attempt)
+    os.makedirs(os.path.dirname(mark), mode=0o700, exist_ok=True)
     write_json(mark + MARK_SUFFIX, {"attempt": attempt, "uuid": uuid, "target_bytes": devices.size_bytes(dev)})
     for stale in leftovers(mark, keep=undo):
         remove_durably(stale)

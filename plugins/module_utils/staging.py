@@ -94,7 +94,7 @@ def ensure_mounted(
             raise Conflict(f"{path} already has {current.source} mounted, not {device}")
         if current.fs_type != fs:
             raise Conflict(f"{path} has {device} mounted as {current.fs_type}, not as the {fs} asked for")
-        return False if check_mode else _grow_mounted(device, fs, path)
+        return _grow_mounted(device, fs, path, check_mode)
     _check_kind(path, directory=True)
     changed = ensure_filesystem(device, fs, force=force, check_mode=check_mode, before_format=before_format)
     if check_mode:
@@ -141,17 +141,27 @@ def _grow_offline(device: str, grow_mark: Optional[str]) -> None:
         ext4_grow.grow(device, grow_mark)
 
 
-def _grow_mounted(device: str, fs: str, path: str) -> bool:
+def _grow_mounted(device: str, fs: str, path: str, check_mode: bool) -> bool:
     """Grow a filesystem already mounted at *path* (a call killed between its mount and its online grow) where
     this process may; a refusal leaves it as it is (NodeExpandVolume grows it or says why)."""
     if not filesystem.online_grow_allowed(fs) or filesystem.size(device, fs, path) >= devices.size_bytes(device):
         return False
+    if check_mode:
+        return True
     try:
         filesystem.grow_online(device, fs, path)
     except Precondition as refused:
         log.warning("%s", refused)
         return False
     return True
+
+
+def grow_mark_under(state_dir: str, device: str) -> str:
+    """The ``mount`` module's ``ext4_grow`` mark for the filesystem on *device*: named by the filesystem's UUID,
+    which a renumbered device keeps, so the re-run after a kill finds it."""
+    uuid = probe(device).uuid
+    name = f"grow-{uuid}" if uuid else f"grow-{os.path.basename(os.path.realpath(device))}"
+    return os.path.join(state_dir, "mount", name)
 
 
 def _renew_copied_identity(device: str, path: str) -> None:

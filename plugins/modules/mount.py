@@ -41,7 +41,10 @@ options:
     description:
       - V(mounted) formats a blank O(device) with O(fstype), grows the filesystem to the device if the device
         grew, and mounts it on O(path) (or bind-mounts O(src) when O(bind=true)).
-        A mount point that already has this device mounted is left as it is (its options are not changed).
+        A mount point that already has this device mounted is left as it is (its options are not changed), except
+        that its filesystem is grown where the kernel allows an online grow.
+      - An ext4 filesystem that the process may not grow mounted (no C(CAP_SYS_RESOURCE)) is grown before the
+        mount with an undo file (see O(state_dir)); check mode reports that grow as a change without running it.
       - V(unmounted) unmounts everything mounted on O(path) and leaves the directory and C(fstab) alone.
       - V(absent) unmounts, removes the mount point (it must be empty once unmounted) and, with O(fstab=true),
         its C(fstab) line. A mount point that is not empty once unmounted fails the task, which reports
@@ -102,6 +105,14 @@ options:
       - The fstab file to keep the line in.
     type: path
     default: /etc/fstab
+  state_dir:
+    description:
+      - Where an offline ext4 grow keeps its mark and its e2fsprogs undo file (under C(mount/)), named by the
+        filesystem's UUID. A task interrupted during the grow leaves them, and the next run rolls the grow back
+        with C(e2undo), checks the filesystem and grows it again, exactly as the CSI agent's retried NodeStage
+        does. The agent's own state directory is the default.
+    type: path
+    default: /var/lib/basalt
 notes:
   - Runs as root on the host that has the device.
 seealso:
@@ -180,12 +191,14 @@ from ansible_collections.basalt.csi.plugins.module_utils import fstab
 from ansible_collections.basalt.csi.plugins.module_utils.blkid import probe
 from ansible_collections.basalt.csi.plugins.module_utils.devices import is_block_device
 from ansible_collections.basalt.csi.plugins.module_utils.errors import StorageError, failure_details
+from ansible_collections.basalt.csi.plugins.module_utils.model import DEFAULT_STATE_DIR
 from ansible_collections.basalt.csi.plugins.module_utils.mount import find_mount, validate_options
 from ansible_collections.basalt.csi.plugins.module_utils.staging import (
     check_absolute,
     ensure_bind,
     ensure_mounted,
     ensure_unmounted,
+    grow_mark_under,
 )
 
 
@@ -222,7 +235,7 @@ def mounted(module: AnsibleModule, path: str, options: t.List[str]) -> bool:
         module.fail_json(msg=f"mount {path}: {device} is not a block device")
     mount_options = options + (["ro"] if params["readonly"] else [])
     return ensure_mounted(device, path, params["fstype"], mount_options, force=params["force"],
-                          check_mode=module.check_mode)
+                          check_mode=module.check_mode, grow_mark=grow_mark_under(params["state_dir"], device))
 
 
 def run(module: AnsibleModule) -> t.Tuple[bool, t.Dict[str, t.Any], t.Dict[str, t.Any], t.Optional[str]]:
@@ -276,6 +289,7 @@ def main() -> None:
             force=dict(type="bool", default=False),
             fstab=dict(type="bool", default=False),
             fstab_file=dict(type="path", default=fstab.DEFAULT_FSTAB),
+            state_dir=dict(type="path", default=DEFAULT_STATE_DIR),
         ),
         mutually_exclusive=[("device", "src")],
         required_if=[("bind", True, ("src",))],

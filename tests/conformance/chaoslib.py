@@ -186,6 +186,7 @@ class Chaos:
                 volume_id=vol.volume_id, node_id=self.node.node_id))
 
     def write(self, vol: Vol) -> None:
+        assert vol.target, f"{vol.name} is not published: a write would land outside it"
         name = f"f{self.counter}"
         self.counter += 1
         data = pattern(self.rng.choice([4096, 256 * 1024, MiB]), f"{vol.name}/{name}")

@@ -429,8 +429,8 @@ def test_an_xfs_copy_stages_beside_its_origin(fresh_agent_factory: AgentFactory)
     clone = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
         name=unique("clone"), volume_capabilities=[cap], capacity_range=csi.CapacityRange(required_bytes=XFS_MIN),
         volume_content_source=volume_source(vol.volume_id))).volume
-    if agent.lvm is not None:
-        agent.stage(vol.volume_id, cap, att.staging)
+    if agent.lvm is not None:  # staged again: the origin's loop device is a new one, found anew
+        att = stage_tracking_image(agent, vol.volume_id, cap, staging=att.staging)
     att2 = stage_tracking_image(agent, clone.volume_id, cap)
     assert read_file(os.path.join(att2.staging, "data")) == data
     uuids = [subprocess.run(["blkid", "-p", "-s", "UUID", "-o", "value", device], capture_output=True, text=True,

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import build_image
@@ -89,7 +90,20 @@ def ensure_wheels() -> Path:
     backend (pure Python), downloaded once (``pip download``; only the current set is kept)."""
     runtime = list(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     requirements = runtime + build_requires()
-    final = deps_dir(requirements, WHEELS_PREFIX)
+
+    def download(tmp: Path) -> dict[str, object]:
+        base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(tmp)]
+        for cmd in ([*base, *PIP_PLATFORM_ARGS, *runtime], [*base, "--only-binary=:all:", *build_requires()]):
+            print("pydeps: $ " + " ".join(cmd), file=sys.stderr, flush=True)
+            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+        return {"pins": requirements, "files": sorted(p.name for p in tmp.glob("*.whl"))}
+
+    return _cached(deps_dir(requirements, WHEELS_PREFIX), WHEELS_PREFIX, download)
+
+
+def _cached(final: Path, prefix: str, fill: Callable[[Path], dict[str, object]]) -> Path:
+    """`final`, filled by `fill` in a temporary sibling when it is not complete yet (under the cache's
+    lock; `fill` returns what ``.complete`` records), then the only directory of its `prefix` kept."""
     build_image.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with (build_image.CACHE_DIR / ".pydeps.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -97,15 +111,11 @@ def ensure_wheels() -> Path:
             return final
         tmp = final.with_name(final.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
-        base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(tmp)]
-        for cmd in ([*base, *PIP_PLATFORM_ARGS, *runtime], [*base, "--only-binary=:all:", *build_requires()]):
-            print("pydeps: $ " + " ".join(cmd), file=sys.stderr, flush=True)
-            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
-        (tmp / ".complete").write_text(json.dumps({"pins": requirements,
-                                                   "files": sorted(p.name for p in tmp.glob("*.whl"))}) + "\n")
+        record = fill(tmp)
+        (tmp / ".complete").write_text(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for other in build_image.CACHE_DIR.glob(f"{WHEELS_PREFIX}-*"):
+        for other in build_image.CACHE_DIR.glob(f"{prefix}-*"):  # keep only the current pins
             if other != final:
                 shutil.rmtree(other, ignore_errors=True)
         return final
@@ -126,14 +136,8 @@ def ensure(requirements: list[str] | None = None, prefix: str = "python") -> Pat
     Only the current set of each *prefix* is kept.
     """
     requirements = requirements or pins()
-    final = deps_dir(requirements, prefix)
-    build_image.CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with (build_image.CACHE_DIR / ".pydeps.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / ".complete").is_file():
-            return final
-        tmp = final.with_name(final.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def install(tmp: Path) -> dict[str, object]:
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                "--no-compile", "--target", str(tmp), *PIP_PLATFORM_ARGS, *requirements]
         print("pydeps: $ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -143,13 +147,9 @@ def ensure(requirements: list[str] | None = None, prefix: str = "python") -> Pat
                             "unchecked-hash", str(tmp)], check=True, stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL)
         installed = sorted(p.name.removesuffix(".dist-info") for p in tmp.glob("*.dist-info"))
-        (tmp / ".complete").write_text(json.dumps({"pins": requirements, "installed": installed}, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for other in build_image.CACHE_DIR.glob(f"{prefix}-*"):  # keep only the current pins
-            if other != final:
-                shutil.rmtree(other, ignore_errors=True)
-        return final
+        return {"pins": requirements, "installed": installed}
+
+    return _cached(deps_dir(requirements, prefix), prefix, install)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,16 @@ def _wait_for_sshd(
     raise VmError(f"sshd did not answer within the boot timeout:\n{_tail(vm.lines)}")
 
 
+def _mount_share(vm: SshVm, tag: str, guest: str) -> None:
+    """Mount the read-only 9p share `tag` on `guest` in the VM (basalt-ssh-setup loaded 9p)."""
+    mount = subprocess.run(
+        vm.ssh_argv("mkdir", "-p", guest, "&&", "mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,ro", tag,
+                    guest),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    if mount.returncode != 0:
+        raise VmError(f"mounting share {tag} on {guest} failed: {mount.stderr}")
+
+
 def _power_off(proc: subprocess.Popen[str], vm: SshVm, wait: float) -> None:
     """``systemctl poweroff`` over SSH and wait (bounded) for QEMU to exit;
     the caller kills whatever is left."""
@@ -191,13 +201,20 @@ def ssh_vm(
     image: build_image.Image | None = None,
     echo: TextIO | None = None,
     qemu: str = "qemu-system-x86_64",
+    disks: int = 0,
+    disk_size_mib: int = 1024,
+    shares: dict[str, Path] | None = None,
 ) -> Iterator[SshVm]:
     """Boot the systemd VM, yield how to reach it once a key login works,
     power it off and remove everything on the way out.
 
     `timeout` bounds the VM's whole life (QEMU is killed after it, whatever the
     caller is doing); `boot_timeout` bounds the wait for sshd.  `qemu` is the
-    emulator binary (the runner's own tests substitute a fake one)."""
+    emulator binary (the runner's own tests substitute a fake one).  `disks`
+    sparse scratch disks of `disk_size_mib` each appear in the guest as in
+    run_vm.py (virtio serial ``scratchN``: ``/dev/disk/by-id/virtio-scratchN``).
+    `shares` maps guest directories to host directories, shared read-only
+    over 9p and mounted there before the VM is yielded."""
     if image is None:
         image, _built = build_image.get_image(variant=build_image.SYSTEMD)
     tmp = Path(tempfile.mkdtemp(prefix="basalt-sshvm-"))
@@ -211,9 +228,14 @@ def ssh_vm(
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "basalt-vm-run", "-f", str(key)],
                        check=True, stdin=subprocess.DEVNULL)
         shutil.copy(key.with_suffix(".pub"), results / "authorized_keys")
+        scratch = [tmp / f"scratch{i}.img" for i in range(disks)]
+        for path in scratch:
+            with path.open("wb") as handle:
+                handle.truncate(disk_size_mib << 20)
         for attempt in range(1, PORT_ATTEMPTS + 1):
             vm = SshVm(HOST, free_port(), USER, key, tmp / "known_hosts", 0.0, [])
-            cmd = run_vm.qemu_command(qemu, image, results, run_vm.REPO, [], smp, memory_mib)
+            tags = {f"share{i}": host for i, host in enumerate((shares or {}).values())}
+            cmd = run_vm.qemu_command(qemu, image, results, run_vm.REPO, scratch, smp, memory_mib, tags)
             # restrict=on: the guest reaches neither the host nor the outside; the forward still works.
             netdev = f"user,restrict=on,hostfwd=tcp:{HOST}:{vm.port}-:22"
             cmd = run_vm.with_netdev(cmd, netdev, "52:54:00:12:34:56")
@@ -229,6 +251,8 @@ def ssh_vm(
                 run_vm.stop_qemu(proc)
         assert vm is not None and proc is not None
         vm.boot_seconds = time.monotonic() - t0
+        for i, guest in enumerate(shares or {}):
+            _mount_share(vm, f"share{i}", guest)
         ready = vm
         yield vm
     finally:
@@ -407,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds the VM may live (default 1800)")
     parser.add_argument("--boot-timeout", type=float, default=480.0, help="seconds to wait for sshd (default 480)")
     parser.add_argument("--console", action="store_true", help="echo the guest's serial console to stderr")
+    parser.add_argument("--disks", type=int, default=0, help="sparse scratch disks (serial scratchN)")
+    parser.add_argument("--disk-size", type=int, default=1024, help="size of each scratch disk in MiB")
+    parser.add_argument("--share", action="append", default=[], metavar="GUEST=HOST",
+                        help="share the host directory HOST read-only, mounted on GUEST in the VM (repeatable)")
     parser.add_argument("--pair", action="store_true", help="two VMs on a private link (BASALT_VM2_SSH_PORT)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -420,8 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssh_vm: both sshd up after {vms[0].boot_seconds:.1f} s on {HOST}:{vms[0].port} and "
                   f":{vms[1].port}", file=sys.stderr)
             return subprocess.run(command, env=dict(os.environ, **pair_env(vms)), check=False).returncode
-    with ssh_vm(timeout=args.timeout, boot_timeout=args.boot_timeout,
-                echo=echo) as vm:
+    shares = {guest: Path(host) for guest, _, host in (share.partition("=") for share in args.share)}
+    with ssh_vm(timeout=args.timeout, boot_timeout=args.boot_timeout, disks=args.disks,
+                disk_size_mib=args.disk_size, shares=shares, echo=echo) as vm:
         print(f"ssh_vm: sshd up after {vm.boot_seconds:.1f} s on {vm.host}:{vm.port}", file=sys.stderr)
         rc = subprocess.run(command, env=dict(os.environ, **vm.env()), check=False).returncode
     return rc

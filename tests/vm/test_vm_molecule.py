@@ -1,12 +1,23 @@
-"""Molecule converges the collection against a real host: the VM tier's systemd VM over SSH.
+"""Molecule converges the collection's roles and playbooks on a real host: the VM tier's systemd VM over SSH.
 
 ssh_vm.py boots the ``systemd`` variant of the image (systemd as PID 1, sshd,
 QEMU user-mode networking with ``hostfwd=tcp:127.0.0.1:PORT-:22``, a key made
-for this run, the VM's own host key checked); ``molecule test`` then runs the
-top-level scenario ``molecule/default`` (syntax, converge, idempotence, check,
-verify, cleanup) against it, with this checkout linked into a temporary
-``ansible_collections/basalt/csi`` tree.  The scenario drives the modules for
-real inside the VM (file pool volume, loop device, mkfs + mount, a file).
+for this run, the VM's own host key checked); Molecule scenarios then run
+against it, with this checkout linked into a temporary
+``ansible_collections/basalt/csi`` tree.  The guest has no network: the agent's
+dependency wheels (pydeps.ensure_wheels) are shared read-only into it at
+``/mnt/basalt-wheels`` (molecule/default/group_vars/all.yml), the controller
+builds the agent's own wheel with the setuptools of the same directory.
+
+- ``molecule/default`` on its own boot: the nodes playbook (host role with the
+  iSCSI initiator, file pool, agent under systemd); verify: the unit active,
+  both sockets 0600, Probe, the derived initiator name.
+- ``molecule/uninstall`` on its own boot: prepare installs (nodes playbook)
+  and makes a volume in the file pool; converge is the uninstall playbook;
+  verify: nothing of Basalt left, the volume kept; cleanup purges.
+
+Each scenario runs its whole test_sequence (syntax, [prepare,] converge,
+idempotence, check, verify, cleanup); the time of each step is printed.
 
 Skips only where QEMU or debootstrap is missing, where the image is not cached
 and the user is not root, or where molecule/ansible are not installed.
@@ -18,6 +29,7 @@ with a fake QEMU, which needs no image.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -25,16 +37,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import build_image
+import pydeps
 import pytest
 import ssh_vm
+import yaml
 from vm_testlib import fake_image, fake_qemu, gone, tail, unavailable
 
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[2]
-POOL_DIR = "/var/lib/basalt/pools/file"  # molecule/default/group_vars/basalt_storage.yml
-MOUNT = "/srv/basalt-molecule"
-STEPS = ["syntax", "converge", "idempotence", "check", "verify", "cleanup"]  # molecule.yml's test_sequence
+WHEEL_SHARE = "/mnt/basalt-wheels"  # molecule/default/group_vars/all.yml basalt_agent_host_wheel_dir
+POOL_DIR = "/var/lib/basalt/pools/file"  # the agent's default pool (roles/defaults: basalt_pool)
+STEP_LINE = re.compile(r"\[(\w+) > (\w+)\] (Executing|Executed: (\w+))")
 
 
 @pytest.fixture
@@ -57,12 +71,61 @@ def _in_vm(vm: ssh_vm.SshVm, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(vm.ssh_argv(*command), capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_molecule_converges_the_systemd_vm_over_ssh(
+def _sequence(scenario: str) -> list[str]:
+    config = yaml.safe_load((REPO / "molecule" / scenario / "molecule.yml").read_text())
+    return list(config["scenario"]["test_sequence"])
+
+
+def _molecule_test(scenario: str, vm: ssh_vm.SshVm, tmp_path: Path, collections: Path) -> dict[str, float]:
+    """``molecule test -s scenario`` against the VM; asserts every step of its sequence succeeded and
+    returns each step's seconds (from Molecule's own Executing/Executed lines, stamped as they come)."""
+    env = dict(
+        os.environ,
+        **vm.env(),
+        MOLECULE_GLOB="molecule/*/molecule.yml",
+        MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule" / scenario),
+        BASALT_COLLECTIONS_PATH=str(collections),
+        BASALT_AGENT_WHEEL_DIR=str(pydeps.ensure_wheels()),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / "cp"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"),
+        ANSIBLE_NOCOLOR="1",
+        NO_COLOR="1",
+    )
+    steps: dict[str, float] = {}
+    lines: list[str] = []
+    started = time.monotonic()
+    with subprocess.Popen(["molecule", "test", "-s", scenario], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            found = STEP_LINE.search(line)
+            if found and found.group(1) == scenario:
+                now = time.monotonic()
+                if found.group(3) == "Executing":
+                    started = now
+                elif found.group(4) == "Successful":
+                    steps[found.group(2)] = now - started
+        rc = proc.wait(timeout=60)
+    output = "".join(lines)
+    print(output)
+    assert rc == 0, f"molecule test -s {scenario}:\n{tail(output, 150)}"
+    missing = [step for step in _sequence(scenario) if step not in steps]
+    assert not missing, f"{scenario}: steps {missing} did not run:\n{tail(output, 150)}"
+    return steps
+
+
+def _report(timings: dict[str, dict[str, float]], boot: float) -> None:
+    for scenario, steps in timings.items():
+        print(f"molecule {scenario}: " + ", ".join(f"{step} {sec:.0f} s" for step, sec in steps.items())
+              + f"; total {sum(steps.values()):.0f} s")
+    print(f"boot to sshd {boot:.0f} s")
+
+
+def test_molecule_default_on_the_systemd_vm_over_ssh(
     tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
 ) -> None:
-    t0 = time.monotonic()
-    with ssh_vm.ssh_vm(image=systemd_image, timeout=1500) as vm:
-        boot = vm.boot_seconds
+    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
         assert _in_vm(vm, "readlink", "/proc/1/exe").stdout.strip() == "/usr/lib/systemd/systemd"
         # The host key is checked: a known_hosts with another key is refused.
@@ -73,35 +136,25 @@ def test_molecule_converges_the_systemd_vm_over_ssh(
         refused = _in_vm(vm, "true")
         vm.known_hosts.write_text(trusted)
         assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr
-        env = dict(
-            os.environ,
-            **vm.env(),
-            MOLECULE_GLOB="molecule/*/molecule.yml",
-            MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"),
-            BASALT_COLLECTIONS_PATH=str(collections),
-            ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / "cp"),
-            ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"),
-            ANSIBLE_NOCOLOR="1",
-            NO_COLOR="1",
-        )
-        t1 = time.monotonic()
-        proc = subprocess.run(
-            ["molecule", "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False
-        )
-        molecule_seconds = time.monotonic() - t1
-        output = proc.stdout + proc.stderr
-        print(output)
-        assert proc.returncode == 0, tail(output, 120)
-        # Converge ran in the VM (the module laid the pool out there), cleanup undid it.
-        assert _in_vm(vm, "test", "-d", f"{POOL_DIR}/volumes").returncode == 0
-        assert _in_vm(vm, "ls", "-A", f"{POOL_DIR}/volumes").stdout == ""
-        assert _in_vm(vm, "findmnt", MOUNT).returncode == 1
-        assert _in_vm(vm, "losetup", "--list", "--noheadings").stdout == ""
+        timings = {"default": _molecule_test("default", vm, tmp_path, collections)}
+        # Cleanup (the uninstall playbook with purge) left no agent, unit or pool behind.
+        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
+        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1
+        assert _in_vm(vm, "test", "-e", "/opt/basalt").returncode == 1
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
-    print(f"boot to sshd {boot:.1f} s; molecule test {molecule_seconds:.1f} s; all {time.monotonic() - t0:.1f} s")
-    for step in STEPS:
-        assert f"default > {step}: Executed: Successful" in output, f"step {step} did not run:\n{tail(output, 120)}"
-    assert "basalt-vm" in output
+    _report(timings, vm.boot_seconds)
+
+
+def test_molecule_uninstall_on_the_systemd_vm(
+    tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
+) -> None:
+    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
+        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
+        timings = {"uninstall": _molecule_test("uninstall", vm, tmp_path, collections)}
+        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
+        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "cleanup's purge left the pool"
+    assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
+    _report(timings, vm.boot_seconds)
 
 
 # --- the runner's bounds, with a fake QEMU (no image, no VM) -----------------

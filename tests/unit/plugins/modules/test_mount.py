@@ -26,6 +26,8 @@ MNT = "{tmp}/mnt"
 SRC = "{tmp}/src"
 FSTAB = "{tmp}/fstab"
 UUID = "3b6c2a1e-54f0-4c55-9d6e-0f2d1b8e7a90"
+STATE_DIR = "/var/lib/basalt"
+MARK = f"{STATE_DIR}/mount/grow-{UUID}"
 OTHER_LINE = "UUID=0000 /srv/other xfs defaults 0 0"
 HEAD = "# /etc/fstab: static file system information.\n" + OTHER_LINE + "\n"
 
@@ -60,7 +62,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK, returns=True),
             call("find_mount", MNT, returns=entry()),
         ],
         dict(changed=True, path=MNT, mount=MOUNTED, fstab_line=None),
@@ -71,7 +74,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=entry()),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, returns=False),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK, returns=False),
             call("find_mount", MNT, returns=entry()),
         ],
         dict(changed=False, mount=MOUNTED),
@@ -82,7 +86,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "xfs", [], force=False, check_mode=True, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "xfs", [], force=False, check_mode=True, grow_mark=MARK, returns=True),
         ],
         dict(changed=True, diff=dict(before=UNMOUNTED, after=dict(mounted=True, source=DEV))),
         check_mode=True, diff=True,
@@ -93,8 +98,9 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
             call("ensure_mounted", DEV, MNT, "ext4", ["noatime", "nodev", "discard", "ro"], force=False,
-                 check_mode=False, returns=True),
+                 check_mode=False, grow_mark=MARK, returns=True),
             call("find_mount", MNT, returns=entry(options=("ro", "noatime"))),
         ],
         dict(changed=True, mount=dict(MOUNTED, options=["ro", "noatime"])),
@@ -105,7 +111,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False,
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK,
                  raises=Precondition(f"{DEV} holds a xfs filesystem, not ext4; refusing to format a device "
                                      "that holds data")),
         ],
@@ -118,7 +125,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=True, check_mode=False, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=True, check_mode=False, grow_mark=MARK, returns=True),
             call("find_mount", MNT, returns=entry()),
         ],
         dict(changed=True),
@@ -129,7 +137,9 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, raises=FAILED_MOUNT),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK,
+                 raises=FAILED_MOUNT),
         ],
         dict(msg=f"mount {MNT}: mount {DEV} on /mnt: mount failed (rc=32)", rc=32,
              stderr="mount: /mnt: wrong fs type, bad option, bad superblock on /dev/loop3."),
@@ -141,7 +151,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=entry(source="/dev/loop9")),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False,
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK,
                  raises=Conflict(f"{MNT} already has /dev/loop9 mounted, not {DEV}")),
         ],
         dict(msg="already has /dev/loop9 mounted"),
@@ -184,7 +195,9 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", ["noatime"], force=False, check_mode=False, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", ["noatime"], force=False, check_mode=False, grow_mark=MARK,
+                 returns=True),
             call("probe", DEV, returns=Signature("ext4", None, UUID)),
             call("find_mount", MNT, returns=entry()),
         ],
@@ -196,7 +209,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=entry()),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, returns=False),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=False, grow_mark=MARK, returns=False),
             call("probe", DEV, returns=Signature("ext4", None, UUID)),
             call("find_mount", MNT, returns=entry()),
         ],
@@ -208,7 +222,9 @@ CASES = [
         [
             call("find_mount", MNT, returns=entry()),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", ["ro"], force=False, check_mode=False, returns=False),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", ["ro"], force=False, check_mode=False, grow_mark=MARK,
+                 returns=False),
             call("probe", DEV, returns=Signature("ext4", None, UUID)),
             call("find_mount", MNT, returns=entry()),
         ],
@@ -220,7 +236,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=None),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=True, returns=True),
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "ext4", [], force=False, check_mode=True, grow_mark=MARK, returns=True),
             call("probe", DEV, returns=Signature(None, None, None)),
         ],
         dict(changed=True, diff=dict(before=dict(mounted=False, fstab_line=None),
@@ -305,7 +322,8 @@ CASES = [
         [
             call("find_mount", MNT, returns=entry()),
             call("is_block_device", DEV, returns=True),
-            call("ensure_mounted", DEV, MNT, "xfs", [], force=False, check_mode=False,
+            call("grow_mark_under", STATE_DIR, DEV, returns=MARK),
+            call("ensure_mounted", DEV, MNT, "xfs", [], force=False, check_mode=False, grow_mark=MARK,
                  raises=Conflict(f"{MNT} has {DEV} mounted as ext4, not as the xfs asked for")),
         ],
         dict(changed=False, msg="mounted as ext4, not as the xfs asked for"),
