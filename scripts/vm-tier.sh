@@ -14,7 +14,7 @@ pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # Balanced by measured time (2026-11-25, one stream, images cached): test_vm_tier 7.2 min,
 # test_vm_modules 5.3, test_vm_iscsi_agent 4.2; test_vm_operator 2.5-3.5 (2026-12-04, 2.5 at light load,
 # 3.5 beside two other guests); test_vm_chaos 9.9-12.5 at load 6-8 (2026-12-04; not measured on a quiet
-# host); the roles' Molecule scenario default 18.9 at load 5-7 (test_vm_molecule, 2026-12-04; step times
+# host); the roles' Molecule scenario default 12.0 at load 1-4, 18.9 at load 5-7 (test_vm_molecule, 2026-12-04; step times
 # in docs/vm-tier.md).
 # Not in a stream (over this tier's budget; docs/vm-tier.md): tests/vm/test_vm_molecule_iscsi.py (two VMs)
 # and test_vm_molecule's uninstall scenario (11.4 min at load 5-7, green by hand).
