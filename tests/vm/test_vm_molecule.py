@@ -15,6 +15,9 @@ builds the agent's own wheel with the setuptools of the same directory.
 - ``molecule/uninstall`` on its own boot: prepare installs (nodes playbook)
   and makes a volume in the file pool; converge is the uninstall playbook;
   verify: nothing of Basalt left, the volume kept; cleanup purges.
+- ``molecule/lvm`` on its own boot with two scratch disks: the nodes playbook
+  with an lvmthin pool the pool role makes on the disks, a thin volume walked
+  through the agent; cleanup is the uninstall playbook with purge.
 
 Each scenario runs its whole test_sequence (syntax, [prepare,] converge,
 idempotence, check, verify, cleanup); the time of each step is printed.
@@ -153,6 +156,21 @@ def test_molecule_uninstall_on_the_systemd_vm(
         timings = {"uninstall": _molecule_test("uninstall", vm, tmp_path, collections)}
         assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "cleanup's purge left the pool"
+    assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
+    _report(timings, vm.boot_seconds)
+
+
+def test_molecule_lvm_on_the_systemd_vm(
+    tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
+) -> None:
+    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, disks=2, disk_size_mib=1024,
+                       shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
+        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
+        timings = {"lvm": _molecule_test("lvm", vm, tmp_path, collections)}
+        # Cleanup purged the VG and its PVs: the disks are free for anything else.
+        assert _in_vm(vm, "vgs", "basalt").returncode != 0
+        assert _in_vm(vm, "pvs", "/dev/disk/by-id/virtio-scratch0").returncode != 0
+        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
     _report(timings, vm.boot_seconds)
 
