@@ -17,7 +17,7 @@ pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # host); the roles' Molecule scenario default 12.0 at load 1-4, 18.9 at load 5-7 (test_vm_molecule, 2026-12-04; step times
 # in docs/vm-tier.md).
 # Not in a stream (over this tier's budget; docs/vm-tier.md): tests/vm/test_vm_molecule_iscsi.py (two VMs)
-# and test_vm_molecule's uninstall scenario (11.4 min at load 5-7, green by hand).
+# and test_vm_molecule's uninstall and lvm scenarios (11.4 min at load 5-7, 7.5 at load 1-2; green by hand).
 molecule=tests/vm/test_vm_molecule.py
 streams=(
   "$molecule::test_molecule_default_on_the_systemd_vm_over_ssh $molecule::test_ssh_vm_gives_up_when_sshd_never_answers $molecule::test_ssh_vm_retries_a_taken_port_then_fails tests/vm/test_vm_modules.py"
