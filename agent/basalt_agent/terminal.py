@@ -2,14 +2,12 @@
 
 :func:`install` does nothing where stderr is not a terminal (a service, a
 pipe, a log file): the agent's output there is the same, byte for byte, as
-without it.  tqdm comes with the ``progress`` extra (``pip install
-basalt-csi[progress]``); where it is missing, nothing is drawn either.
+without it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import threading
 from typing import IO, Any, Iterator, Optional
 
@@ -20,8 +18,8 @@ TICK = 0.5
 
 
 def install(stream: IO[str]) -> bool:
-    """Show long operations' progress on *stream* if it is a terminal and tqdm is there; True when so."""
-    if not stream.isatty() or importlib.util.find_spec("tqdm") is None:
+    """Show long operations' progress on *stream* if it is a terminal; True when so."""
+    if not stream.isatty():
         return False
     progress.show_with(lambda what, total: progress_bar(stream, what, total))
     return True
