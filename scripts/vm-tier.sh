@@ -16,12 +16,14 @@ pytest=(python3 -m pytest -q -p no:cacheprovider -m vm -rs)
 # 3.5 beside two other guests); test_vm_chaos 9.9-12.5 at load 6-8 (2026-12-04; not measured on a quiet
 # host); the roles' Molecule scenario default 12.0 at load 1-4, 18.9 at load 5-7 (test_vm_molecule, 2026-12-04; step times
 # in docs/vm-tier.md).
-# Not in a stream (over this tier's budget; docs/vm-tier.md): tests/vm/test_vm_molecule_iscsi.py (two VMs)
+# Not in a stream (over this tier's budget; docs/vm-tier.md): test_vm_molecule_iscsi's two-VM scenario
+# (its fake-QEMU self-test is in)
 # and test_vm_molecule's uninstall and lvm scenarios (11.4 min at load 5-7, 7.5 at load 1-2; green by hand).
 molecule=tests/vm/test_vm_molecule.py
+pair=tests/vm/test_vm_molecule_iscsi.py
 streams=(
-  "$molecule::test_molecule_default_on_the_systemd_vm_over_ssh $molecule::test_ssh_vm_gives_up_when_sshd_never_answers $molecule::test_ssh_vm_retries_a_taken_port_then_fails tests/vm/test_vm_modules.py"
-  "tests/vm/test_vm_tier.py tests/vm/test_vm_chaos.py tests/vm/test_vm_iscsi_agent.py tests/vm/test_vm_operator.py"
+  "$molecule::test_molecule_default_on_the_systemd_vm_over_ssh $molecule::test_ssh_vm_gives_up_when_sshd_never_answers $molecule::test_ssh_vm_retries_a_taken_port_then_fails $pair::test_ssh_vm_pair_starts_paused_link_down_and_gives_up_cleanly tests/vm/test_vm_modules.py tests/vm/test_vm_operator.py"
+  "tests/vm/test_vm_tier.py tests/vm/test_vm_chaos.py tests/vm/test_vm_iscsi_agent.py"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
