@@ -158,6 +158,8 @@ def reconcile(publishing: IscsiPublishing, locks: ObjectLocks) -> Summary:
     backend, base = publishing.backend, publishing.settings.base_iqn
     summary = Summary()
     with backend.transaction():
+        for leftover in backend.sweep_interrupted_writes():
+            log.info("reconcile: removed %s, an interrupted write", leftover)
         live, saved = _resolved(backend.exports()), backend.saved_grants()
         # Listed after reading the backend: a target seen there was made after its volume (publish looks the
         # volume up first), so its volume is found below and locked by its id, as ControllerPublish locks it.

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Any, Dict, List, Optional
 
-#: What a write in progress is named; a crash leaves such files behind.
+#: What a write in progress is named (then the name of the file it replaces); a crash leaves such files behind.
 TEMP_PREFIX = ".tmp-"
 
 
@@ -27,7 +27,7 @@ def fsync_path(path: str) -> None:
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.path.basename(path)}-", dir=directory)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -68,9 +68,11 @@ def remove_durably(path: str) -> bool:
     return True
 
 
-def sweep_temp_files(directory: str) -> List[str]:
-    """Remove the temp files of writes a crash interrupted in *directory*; return their paths."""
-    removed = sorted(glob.glob(os.path.join(glob.escape(directory), TEMP_PREFIX + "*")))
+def sweep_temp_files(directory: str, of: str = "") -> List[str]:
+    """Remove the temp files of writes a crash interrupted in *directory* (only those replacing the file named
+    *of*, when given: the directory is shared); return their paths."""
+    pattern = TEMP_PREFIX + (glob.escape(of) + "-" if of else "") + "*"
+    removed = sorted(glob.glob(os.path.join(glob.escape(directory), pattern)))
     for path in removed:
         remove_durably(path)
     return removed

@@ -174,6 +174,11 @@ class TargetBackend(abc.ABC):
         """
         return {item.target_iqn: {g.initiator_iqn: g.chap for g in item.grants} for item in self.exports()}
 
+    def sweep_interrupted_writes(self) -> List[str]:
+        """Remove what writes of this backend's own files a crash interrupted left (call in a transaction at
+        start-up); return their paths.  Default: none (LIO's saved configuration is rtslib's to write)."""
+        return []
+
     def export(self, target_iqn: str) -> Optional[Export]:
         for item in self.exports():
             if item.target_iqn == target_iqn:

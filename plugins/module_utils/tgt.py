@@ -59,7 +59,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .atomicfile import write_atomic
+from .atomicfile import sweep_temp_files, write_atomic
 from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
@@ -239,6 +239,10 @@ class TgtBackend(TargetBackend):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.record_path)  # superseded (a crash before this: the config file's record wins)
         session.record_dirty = False
+
+    def sweep_interrupted_writes(self) -> List[str]:  # their temp files hold CHAP secrets
+        with self.transaction():
+            return sweep_temp_files(os.path.dirname(self.conf_path) or ".", of=os.path.basename(self.conf_path))
 
     def _write_later(self) -> None:
         """The record changed in a way no command depends on (a grant gone, a LUN noted): written at the end of

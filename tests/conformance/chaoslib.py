@@ -77,8 +77,9 @@ class Chaos:
     with *secrets* in ControllerPublish and NodeStage)."""
 
     def __init__(self, agent: Agent, rng: random.Random, node: Agent | None = None,
-                 secrets: dict[str, str] | None = None) -> None:
+                 secrets: dict[str, str] | None = None, cap: Any = CAP) -> None:
         self.agent = agent
+        self.cap = cap  # what CreateVolume asks for
         self.node = node or agent
         self.agents = [agent] if node is None else [agent, node]
         self.secrets = dict(secrets or {})
@@ -150,7 +151,7 @@ class Chaos:
     # -- the workload --------------------------------------------------------------
     def create(self, source: Any = None, files: dict[str, bytes] | None = None, size: int = 16 * MiB) -> None:
         name = self.name("vol")
-        request = csi.CreateVolumeRequest(name=name, volume_capabilities=[CAP],
+        request = csi.CreateVolumeRequest(name=name, volume_capabilities=[self.cap],
                                           capacity_range=csi.CapacityRange(required_bytes=size))
         if source is not None:
             request.volume_content_source.CopyFrom(source)

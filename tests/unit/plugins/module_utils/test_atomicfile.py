@@ -84,3 +84,26 @@ def test_remove_durably_syncs_the_directory_after_the_unlink(tmp_path: Path, eve
     assert atomicfile.remove_durably(str(target)) is True
     assert events == [("unlink", str(target)), ("fsync", str(tmp_path), "")]
     assert atomicfile.remove_durably(str(target)) is False
+
+
+def test_a_sweep_for_one_file_removes_only_that_files_interrupted_writes(tmp_path: Path) -> None:
+    """A shared directory (tgt's conf.d): the leftovers of tgt-basalt.conf's writes go, nothing else."""
+    ours = tmp_path / ".tmp-tgt-basalt.conf-k3x9"
+    others = [tmp_path / ".tmp-other.conf-a1", tmp_path / "tgt-basalt.conf", tmp_path / ".tmp-tgt-basalt.confx"]
+    for path in (ours, *others):
+        path.write_text("x")
+    assert atomicfile.sweep_temp_files(str(tmp_path), of="tgt-basalt.conf") == [str(ours)]
+    assert sorted(tmp_path.iterdir()) == sorted(others)
+
+
+def test_a_write_in_progress_is_named_after_the_file_it_replaces(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*_: Any) -> None:
+        raise KeyboardInterrupt  # what a kill at the rename would leave, minus the clean-up
+    monkeypatch.setattr(atomicfile.os, "replace", crash)
+    monkeypatch.setattr(atomicfile.os, "unlink", lambda *_: None)
+    with pytest.raises(KeyboardInterrupt):
+        atomicfile.write_atomic(str(tmp_path / "tgt-basalt.conf"), b"secret")
+    monkeypatch.undo()
+    assert atomicfile.sweep_temp_files(str(tmp_path), of="tgt-basalt.conf") != []
+    assert list(tmp_path.iterdir()) == []
