@@ -50,6 +50,7 @@ from test_crash import assert_writable, ext4_bytes
 
 PATIENCE = 90.0  # seconds of agent uptime a CO keeps retrying one call before the run calls it stuck
 CAP = mount_cap("ext4")
+Action = tuple[int, Callable[[], None]]  # a weight and what the CO does
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Chaos:
         idle = [v for v in self.vols.values() if not v.target]
         # lvm-loop copies only idle volumes (no dm_snapshot): pick sources among those there.
         copyable = idle if self.agent.kind == LVM_LOOP_KIND else list(self.vols.values())
-        choices: list[tuple[int, Callable[[], None]]] = [(2 if len(self.vols) < 4 else 0, lambda: self.create())]
+        choices: list[Action] = [(2 if len(self.vols) < 4 else 0, lambda: self.create())]
         if idle:
             still = self.rng.choice(idle)
             choices += [(3, lambda: self.stage(still)), (1, lambda: self.expand(still)),
@@ -212,6 +213,11 @@ class Chaos:
             used = self.rng.choice(staged)
             choices += [(4, lambda: self.write(used)), (2, lambda: self.verify(used)),
                         (2, lambda: self.unstage(used))]
+        self.pick(choices + self.copies(copyable))
+
+    def copies(self, copyable: list[Vol]) -> list[Action]:
+        """Snapshot or clone one of *copyable*, restore or delete a snapshot: weighted choices for ``pick``."""
+        choices: list[Action] = []
         if copyable and len(self.vols) < 6:
             source = self.rng.choice(copyable)
             choices += [(1, lambda: self.snapshot(source)),
@@ -221,8 +227,11 @@ class Chaos:
             choices += [(1 if len(self.vols) < 6 else 0,
                          lambda: self.create(snapshot_source(snap.snapshot_id), snap.files, snap.size)),
                         (1, lambda: self.delete_snapshot(snap))]
-        actions = [action for weight, action in choices for _ in range(weight)]
-        self.rng.choice(actions)()
+        return choices
+
+    def pick(self, choices: list[Action]) -> None:
+        """Run one of *choices*, drawn by weight."""
+        self.rng.choice([action for weight, action in choices for _ in range(weight)])()
 
     def expand(self, vol: Vol) -> None:
         # lvm-loop LVs are contiguous: the extents after one may be another volume's (RESOURCE_EXHAUSTED).

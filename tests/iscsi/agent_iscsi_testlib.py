@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))
-from basalt_csi_testlib import Agent, iter_log_records, retry_until
+from basalt_csi_testlib import Agent, cleanup_root, iter_log_records, make_root, retry_until
 from libiscsi_client import Session
 from prometheus_client.parser import text_string_to_metric_families
 
 from basalt_agent.proto import csi_pb2 as csi
+from basalt_core.tgt_config import record_in
 
 MiB = 1 << 20
 BASE_IQN = "iqn.2026-11.dev.basalt"  # the agent's default --iscsi-base-iqn
@@ -26,6 +28,26 @@ RECONCILED = "iscsi reconciliation finished"
 def storage_host_args(tgtd: Any, root: str, *extra: str) -> List[str]:
     return ["--iscsi-backend", "tgt", "--tgt-control-port", str(tgtd.control_port),
             "--tgt-conf", os.path.join(root, "tgt-basalt.conf"), "--iscsi-portal", tgtd.portal, *extra]
+
+
+@contextlib.contextmanager
+def running_storage_host(tgtd: Any, tag: str, *extra: str) -> Iterator[Agent]:
+    """A storage-host agent (file pool, node id ``storage-1``) exporting through *tgtd*; stopped and cleaned up."""
+    root = make_root(tag)
+    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
+                  extra_args=storage_host_args(tgtd, root, *extra))
+    try:
+        yield agent.start()
+    finally:
+        agent.stop()
+        cleanup_root(root)
+
+
+def saved_grants(agent: Agent) -> Dict[str, Any]:
+    """The grants the agent's tgt config file records: target IQN -> initiator IQN -> CHAP."""
+    with open(os.path.join(agent.root, "tgt-basalt.conf")) as handle:
+        doc = record_in(handle.read())
+    return {iqn: entry["grants"] for iqn, entry in (doc or {"targets": {}})["targets"].items()}
 
 
 def mapped_nodes() -> List[str]:

@@ -21,18 +21,17 @@ import glob
 import os
 import random
 import time
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from agent_iscsi_testlib import image_of, reconciliations, storage_host_args, wait_reconciled
-from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root, pattern, snapshot_source, volume_source
-from chaoslib import Chaos, Vol, assert_nothing_left, kills_and_seed, pool_state
+from agent_iscsi_testlib import image_of, reconciliations, running_storage_host, saved_grants, wait_reconciled
+from basalt_csi_testlib import Agent, block_cap, pattern
+from chaoslib import Action, Chaos, Vol, assert_nothing_left, kills_and_seed, pool_state
 from libiscsi_client import IscsiError, Session
 from tgtd_testlib import Tgtd, accounts
 
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_core import tgt
-from basalt_core.tgt_config import record_in
 
 DEFAULT_KILLS = 8
 NODE_BASE = "iqn.2026-11.dev.basalt.chaos"
@@ -107,24 +106,16 @@ class TgtChaos(Chaos):
     def step(self) -> None:
         published = [v for v in self.vols.values() if v.name in self.published]
         idle = [v for v in self.vols.values() if v.name not in self.published]
-        choices: List[Tuple[int, Callable[[], None]]] = [(2 if len(self.vols) < 4 else 0, lambda: self.create())]
+        choices: List[Action] = [(2 if len(self.vols) < 4 else 0, lambda: self.create())]
         if idle:
             still = self.rng.choice(idle)
             choices += [(3, lambda: self.publish(still, self.rng.choice(NODES))),
                         (1 if len(self.vols) > 2 else 0, lambda: self.delete(still))]
         if published:
             used = self.rng.choice(published)
-            choices += [(4, lambda: self.write(used)), (2, lambda: self.verify(used)), (2, lambda: self.unpublish(used))]
-        if self.vols and len(self.vols) < 6:
-            source = self.rng.choice(list(self.vols.values()))
-            choices += [(1, lambda: self.snapshot(source)),
-                        (1, lambda: self.create(volume_source(source.volume_id), source.files, source.size))]
-        if self.snaps:
-            snap = self.rng.choice(list(self.snaps.values()))
-            choices += [(1 if len(self.vols) < 6 else 0,
-                         lambda: self.create(snapshot_source(snap.snapshot_id), snap.files, snap.size)),
-                        (1, lambda: self.delete_snapshot(snap))]
-        self.rng.choice([action for weight, action in choices for _ in range(weight)])()
+            choices += [(4, lambda: self.write(used)), (2, lambda: self.verify(used)),
+                        (2, lambda: self.unpublish(used))]
+        self.pick(choices + self.copies(list(self.vols.values())))  # the file pool copies published ones too
 
     def settle(self) -> None:
         """Every acknowledged write read through a fresh publish (to any node), then everything deleted."""
@@ -138,12 +129,6 @@ class TgtChaos(Chaos):
             self.delete_snapshot(snap)
         for vol in list(self.vols.values()):
             self.delete(vol)
-
-
-def grant_record(agent: Agent) -> Dict[str, Any]:
-    with open(os.path.join(agent.root, "tgt-basalt.conf")) as handle:
-        doc = record_in(handle.read())
-    return {iqn: entry["grants"] for iqn, entry in (doc or {"targets": {}})["targets"].items()}
 
 
 def assert_exports_are_the_publications(chaos: TgtChaos, tgtd: Tgtd) -> None:
@@ -160,19 +145,13 @@ def assert_exports_are_the_publications(chaos: TgtChaos, tgtd: Tgtd) -> None:
         assert disks == chaos.agent.loops_for(images[iqn]) and len(disks) == 1, (targets[iqn], images[iqn])
     assert sorted(accounts(tgtd.control_port)) == sorted({secrets_of(node)["node.session.auth.username"]
                                                           for node in wanted.values()})
-    assert grant_record(chaos.agent) == {iqn: grant_of(node) for iqn, node in wanted.items()}
+    assert saved_grants(chaos.agent) == {iqn: grant_of(node) for iqn, node in wanted.items()}
 
 
 @pytest.fixture
 def storage_host(tgtd: Tgtd) -> Iterator[Agent]:
-    root = make_root("iscsi-chaos")
-    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
-                  extra_args=storage_host_args(tgtd, root, "--iscsi-initiator-base", NODE_BASE))
-    try:
-        yield agent.start()
-    finally:
-        agent.stop()
-        cleanup_root(root)
+    with running_storage_host(tgtd, "iscsi-chaos", "--iscsi-initiator-base", NODE_BASE) as agent:
+        yield agent
 
 
 def test_chaos_tgt(storage_host: Agent, tgtd: Tgtd, record_testsuite_property: Callable[[str, object], None]) -> None:

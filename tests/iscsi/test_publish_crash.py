@@ -15,7 +15,17 @@ from typing import Iterator, Tuple
 
 import grpc
 import pytest
-from agent_iscsi_testlib import CHAP, NODE_A, create, login, mapped_nodes, publish, storage_host_args, wait_reconciled
+from agent_iscsi_testlib import (
+    CHAP,
+    NODE_A,
+    create,
+    login,
+    mapped_nodes,
+    publish,
+    saved_grants,
+    storage_host_args,
+    wait_reconciled,
+)
 from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root
 from crashpoints import CrashPoints
 from libiscsi_client import IscsiError
@@ -23,7 +33,6 @@ from tgtd_testlib import Tgtd, accounts
 
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_core import tgt
-from basalt_core.tgt_config import record_in
 
 
 @pytest.fixture
@@ -38,12 +47,6 @@ def host(tgtd: Tgtd) -> Iterator[Tuple[Agent, Tgtd, CrashPoints]]:
     finally:
         agent.stop()
         cleanup_root(root)
-
-
-def saved_grants(agent: Agent) -> dict:
-    with open(os.path.join(agent.root, "tgt-basalt.conf")) as handle:
-        doc = record_in(handle.read())
-    return {iqn: entry["grants"] for iqn, entry in (doc or {"targets": {}})["targets"].items()}
 
 
 def killed(call: object, request: object) -> None:

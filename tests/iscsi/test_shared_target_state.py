@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from agent_iscsi_testlib import create, image_of, publish, storage_host_args, wait_reconciled
-from basalt_csi_testlib import Agent, block_cap, cleanup_root, make_root
+from agent_iscsi_testlib import create, image_of, publish, running_storage_host, wait_reconciled
+from basalt_csi_testlib import Agent, block_cap
 from libiscsi_client import IscsiError, Session
 from tgtd_testlib import Tgtd, accounts
 
@@ -45,14 +45,8 @@ def log_in(context: Dict[str, str], node: str, password: str = "") -> Session:
 
 @pytest.fixture
 def storage_host(tgtd: Tgtd) -> Iterator[Agent]:
-    root = make_root("iscsi-shared")
-    agent = Agent(root, os.path.join(root, "pool"), node_id="storage-1",
-                  extra_args=storage_host_args(tgtd, root, "--iscsi-initiator-base", NODE_BASE))
-    try:
-        yield agent.start()
-    finally:
-        agent.stop()
-        cleanup_root(root)
+    with running_storage_host(tgtd, "iscsi-shared", "--iscsi-initiator-base", NODE_BASE) as agent:
+        yield agent
 
 
 def grant_record(agent: Agent) -> Dict[str, Any]:
