@@ -79,12 +79,13 @@ def _sequence(scenario: str) -> list[str]:
     return list(config["scenario"]["test_sequence"])
 
 
-def _molecule_test(scenario: str, vm: ssh_vm.SshVm, tmp_path: Path, collections: Path) -> dict[str, float]:
-    """``molecule test -s scenario`` against the VM; asserts every step of its sequence succeeded and
-    returns each step's seconds (from Molecule's own Executing/Executed lines, stamped as they come)."""
+def _molecule_test(scenario: str, vm_env: dict[str, str], tmp_path: Path, collections: Path) -> dict[str, float]:
+    """``molecule test -s scenario`` against the VMs *vm_env* names (``SshVm.env``, ``ssh_vm.pair_env``);
+    asserts every step of its sequence succeeded and returns each step's seconds (from Molecule's own
+    Executing/Executed lines, stamped as they come)."""
     env = dict(
         os.environ,
-        **vm.env(),
+        **vm_env,
         MOLECULE_GLOB="molecule/*/molecule.yml",
         MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule" / scenario),
         BASALT_COLLECTIONS_PATH=str(collections),
@@ -139,7 +140,7 @@ def test_molecule_default_on_the_systemd_vm_over_ssh(
         refused = _in_vm(vm, "true")
         vm.known_hosts.write_text(trusted)
         assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr
-        timings = {"default": _molecule_test("default", vm, tmp_path, collections)}
+        timings = {"default": _molecule_test("default", vm.env(), tmp_path, collections)}
         # Cleanup (the uninstall playbook with purge) left no agent, unit or pool behind.
         assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1
@@ -153,7 +154,7 @@ def test_molecule_uninstall_on_the_systemd_vm(
 ) -> None:
     with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
-        timings = {"uninstall": _molecule_test("uninstall", vm, tmp_path, collections)}
+        timings = {"uninstall": _molecule_test("uninstall", vm.env(), tmp_path, collections)}
         assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "cleanup's purge left the pool"
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
@@ -166,7 +167,7 @@ def test_molecule_lvm_on_the_systemd_vm(
     with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, disks=2, disk_size_mib=1024,
                        shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
-        timings = {"lvm": _molecule_test("lvm", vm, tmp_path, collections)}
+        timings = {"lvm": _molecule_test("lvm", vm.env(), tmp_path, collections)}
         # Cleanup purged the VG and its PVs: the disks are free for anything else.
         assert _in_vm(vm, "vgs", "basalt").returncode != 0
         assert _in_vm(vm, "pvs", "/dev/disk/by-id/virtio-scratch0").returncode != 0
