@@ -92,10 +92,18 @@ def test_restart_restores_recorded_exports_and_removes_strays(host: Tuple[Agent,
             other.ensure_export(target, loop.device, "feedfacefeedface", False)
             other.ensure_grant(target, NODE_B, None)
 
+        # A write of the agent's config file a kill interrupted (CHAP secrets inside), and someone else's
+        # in the same shared directory.
+        interrupted = Path(agent.root, ".tmp-tgt-basalt.conf-killed")
+        theirs = Path(agent.root, ".tmp-someone-else.conf-busy")
+        for path in (interrupted, theirs):
+            path.write_text("incominguser node-a Secret-0123456789\n")
+
         agent.extra_args += ["--metrics-address", f"127.0.0.1:{free_port()}"]
         agent.start()
         summary = wait_reconciled(agent, 2)
         assert (summary["applied"], summary["failed"], summary["skipped"]) == (5, 0, 0), summary
+        assert not interrupted.exists() and theirs.exists()
         counted = scrape(agent)
         assert [counted[("basalt_reconcile_actions_total", result)] for result in ("applied", "skipped", "failed")] \
             == [5, 0, 0], counted
