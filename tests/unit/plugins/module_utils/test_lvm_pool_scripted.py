@@ -411,7 +411,6 @@ def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: An
 # -- loop activation: the pool places new LVs -----------------------------------
 
 EXTENT = 4 * MiB
-LOSETUP_LIST = (["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"], 0, "", "")
 
 
 def pvs_segments(pv: str, *segments: Any) -> Any:
@@ -460,18 +459,15 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
         pvs_segments(str(pv), (0, 8, "")),  # the free extents, once
         pvs_layout(str(pv)),  # the PVs, once: the VG's seqno is read off them around each commit
         placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),
-        VGS, pvs_layout(str(pv)),  # the loop activation's layout, once
-        LOSETUP_LIST,  # nothing maps the new LV: its ends are zeroed straight on the PV
+        VGS, pvs_layout(str(pv)),  # the loop activation's layout, once; no loop device maps the new LV
+        # (sysfs, no command): its ends are zeroed straight on the PV
         retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
         placed_create(pool, two, tags["pvc-2"][0], f"{pv}:2-3"),  # the map is the pool's own now
-        LOSETUP_LIST,
         retag(two, tags["pvc-2"][0], tags["pvc-2"][1]),
-        found(loop_row(one, tags["pvc-1"][1], str(pv), 0)),  # DeleteVolume pvc-1: its record
-        LOSETUP_LIST,  # in use? (no loop device)
-        LOSETUP_LIST,  # its device, if any, released before lvremove
+        found(loop_row(one, tags["pvc-1"][1], str(pv), 0)),  # DeleteVolume pvc-1: its record; in use? its
+        # device, if any, released before lvremove? (sysfs: no loop device)
         (["lvremove", "--yes", f"{VG}/{one}"], 0, "", ""),
         placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),  # its extents are free again: the first fit
-        LOSETUP_LIST,
         retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1]
@@ -502,7 +498,7 @@ def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: A
         placed_create(pool, name, creating, f"{pv}:0-1", rc=5, stderr=no_space),
         placed_create(pool, name, creating, ""),  # LVM chooses
         found(loop_row(name, creating, pv, 4)),  # so where it went is read back
-        VGS, pvs_layout(pv), LOSETUP_LIST,
+        VGS, pvs_layout(pv),
         retag(name, creating, ready),
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
@@ -519,10 +515,8 @@ def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: A
         pvs_segments(pv, (0, 4, ""), (4, 2, name), (6, 2, "")),  # read again: it was forgotten
         placed_create(pool, other_name, other_creating, f"{pv}:0-1", rc=5, stderr=exists),
         found(loop_row(other_name, other_creating, pv, 6)),  # the earlier attempt: completed
-        LOSETUP_LIST,
         retag(other_name, other_creating, record_tags(pool, "volume", dataclasses.replace(other, state=READY))),
         placed_create(pool, third_name, third_tags[0], f"{pv}:0-1"),  # the range went back to the map
-        LOSETUP_LIST,
         retag(third_name, *third_tags),
     ])
     assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-3", 8 * MiB)[1]
