@@ -137,6 +137,21 @@ def test_the_shipped_readme_is_the_collection_readme(members: Dict[str, tarfile.
     assert "README.md" not in members  # the source repository's README names what does not ship
 
 
+def test_license_matches_and_no_placeholder_urls(shipped: Path) -> None:
+    """LICENSE is the license galaxy.yml (and the agent's package) declares; the collection's metadata names
+    no URL it does not have (there is no public repository yet): each is left out, never a placeholder."""
+    galaxy = yaml.safe_load((REPO / "galaxy.yml").read_text())
+    assert galaxy["license"] == ["Apache-2.0"] and "license_file" not in galaxy
+    assert 'license = "Apache-2.0"' in (REPO / "pyproject.toml").read_text()
+    license_text = (shipped / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text  # the whole text, not a stub
+    info = json.loads((shipped / "MANIFEST.json").read_text())["collection_info"]
+    for key in ("repository", "documentation", "homepage", "issues"):
+        assert key not in galaxy
+        assert info[key] is None
+
+
 def test_shipped_docs_name_only_shipped_paths(members: Dict[str, tarfile.TarInfo], shipped: Path) -> None:
     docs = sorted(name for name, member in members.items() if member.isfile() and name.endswith((".md", ".rst")))
     assert SHIPPED_README in docs and "roles/agent/README.md" in docs and "CHANGELOG.rst" in docs
