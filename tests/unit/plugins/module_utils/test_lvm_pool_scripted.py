@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 from basalt_core import lvm, lvm_report, volumes
-from basalt_core.errors import NoSpace, Precondition
+from basalt_core.errors import InUse, NoSpace, Precondition
 from basalt_core.lvm_pool import COW, LvmPool, lv_name
 from basalt_core.lvmthin_pool import LvmThinPool
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
@@ -478,6 +478,35 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
     assert data[MiB + 4 * EXTENT:] == b"\xaa" * (4 * EXTENT)
     assert volumes.delete_volume(pool, first.id)
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+
+
+def test_a_loop_device_over_the_volume_in_sysfs_keeps_it_from_deletion(script: Any, loop_devices: Any,
+                                                                        tmp_path: Path) -> None:
+    """The lookups read the kernel's loop devices (sysfs, no command): a device mapping the LV's range of the
+    PV is the volume in use (InUse, nothing removed); once it is detached, DeleteVolume runs lvremove."""
+    pv = tmp_path / "pv"
+    pv.write_bytes(b"\xaa" * (MiB + 8 * EXTENT))
+    pool = LvmPool(VG, PoolSettings(activation="loop", alloc="contiguous"))
+    volume = Volume(id=volume_id_for("pvc-1"), name="pvc-1", size=8 * MiB, pool="lvm", created_at=1795580000.0)
+    creating, ready = record_tags(pool, "volume", volume), record_tags(pool, "volume", dataclasses.replace(
+        volume, state=READY))
+    name = lv_name(volume.id)
+    created = script([
+        VGS, pvs_segments(str(pv), (0, 8, "")), pvs_layout(str(pv)),
+        placed_create(pool, name, creating, f"{pv}:0-1"),
+        VGS, pvs_layout(str(pv)),
+        retag(name, creating, ready),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1] and created.script == []
+    device = loop_devices.add(7, str(pv), offset=MiB, size_limit=8 * MiB)  # the LV's extents 0-1, after pe_start
+    loop_devices.add(8, str(pv), offset=MiB + 2 * EXTENT, size_limit=8 * MiB)  # another range: not this volume's
+    refused = script([found(loop_row(name, ready, str(pv), 0))])
+    with pytest.raises(InUse, match=f"in use as {device}"):
+        volumes.delete_volume(pool, volume.id)
+    assert refused.script == []  # its record read, nothing removed
+    loop_devices.remove(7)
+    script([found(loop_row(name, ready, str(pv), 0)), (["lvremove", "--yes", f"{VG}/{name}"], 0, "", "")])
+    assert volumes.delete_volume(pool, volume.id)
 
 
 def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: Any, tmp_path: Path) -> None:
