@@ -1,7 +1,8 @@
 """The collection as it ships: ``ansible-galaxy collection build`` into a temporary directory, then its tarball.
 
-- every path or link the shipped READMEs and docs name is in the tarball (the shipped README is
-  README.collection.md, galaxy.yml's ``readme``; the source repository's README.md stays out);
+- every path or link the shipped READMEs and docs (Markdown, reStructuredText, the plugins' and roles'
+  documentation) name is in the tarball (the shipped README is README.collection.md, galaxy.yml's
+  ``readme``; the source repository's README.md stays out);
 - the tarball holds no build output, caches or files no shipped content uses: each shipped root is listed
   below with what uses it, and nothing else ships;
 - the agent role builds the agent from an installed collection without writing into it (no build/ or
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -166,6 +168,35 @@ def test_shipped_docs_name_only_shipped_paths(members: Dict[str, tarfile.TarInfo
     # the scan finds what the README names: role READMEs, the sample inventory, the license
     expected = {"roles/agent/README.md", "inventory/sample", "LICENSE", "roles/cluster/requirements.txt"}
     assert expected <= named, expected - named
+
+
+def _plugin_docs(source: str) -> str:
+    """The documentation a plugin or doc fragment carries (what ansible-doc shows)."""
+    texts = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                and {getattr(target, "id", None) for target in node.targets} & {"DOCUMENTATION", "EXAMPLES", "RETURN"}):
+            texts.append(node.value.value)
+    return "\n".join(texts)
+
+
+def test_plugin_and_role_docs_name_only_shipped_paths(members: Dict[str, tarfile.TarInfo], shipped: Path) -> None:
+    """The modules', filters' and doc fragments' documentation and the roles' argument specifications (what
+    ansible-doc shows): every path-like word (with a "/", markup such as C(...) taken off) ships."""
+    plugin_dirs = ("plugins/modules/", "plugins/filter/", "plugins/doc_fragments/")
+    docs = {name: _plugin_docs((shipped / name).read_text()) for name in members
+            if name.startswith(plugin_dirs) and name.endswith(".py")}
+    docs.update({name: (shipped / name).read_text() for name in members
+                 if re.fullmatch(r"roles/[^/]+/meta/argument_specs\.yml", name)})
+    assert "plugins/modules/volume.py" in docs and "roles/agent/meta/argument_specs.yml" in docs
+    assert "basalt.csi.volume" in docs["plugins/modules/volume.py"]  # the docs were found
+    absent = []
+    for doc, text in docs.items():
+        words = (re.sub(r"^[A-Z]\(|\)$", "", word) for word in text.split())
+        for word, path in _named_paths(doc, " ".join(f"`{word}`" for word in words if "/" in word)):
+            if path not in members:
+                absent.append(f"{doc}: {word}")
+    assert absent == [], f"plugin or role docs name files the tarball lacks: {absent}"
 
 
 def test_the_scan_catches_paths_that_do_not_ship() -> None:
