@@ -300,7 +300,9 @@ RAW_STEPS = {
 
 
 def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
-               rounds: int) -> List[bl.Row]:
+               rounds: int, bare_vg: Optional[str] = None) -> List[bl.Row]:
+    """*bare_vg*: where the bare side makes its LVs (default: the agent's VG, whose LV index each of them
+    invalidates)."""
     mnt = workspace.mkdir("mnt", "node")
     basalt: Dict[str, bl.Samples] = {step: bl.Samples() for step in fp.NODE_STEPS}
     floor: Dict[str, bl.Samples] = {step: bl.Samples() for step in fp.NODE_STEPS}
@@ -326,8 +328,8 @@ def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, 
 
     def raw_round(i: int) -> None:
         name = f"bare-node-{i}-{uuid.uuid4().hex[:8]}"
-        bare_create(private, vg, name, VOLUME_SIZE)
-        where = private.location(vg, name)  # untimed: the bare side knows its offset in advance
+        bare_create(private, bare_vg or vg, name, VOLUME_SIZE)
+        where = private.location(bare_vg or vg, name)  # untimed: the bare side knows its offset in advance
         staging = os.path.join(mnt, f"r-stage-{i}")
         target = os.path.join(mnt, f"r-target-{i}")
         os.mkdir(staging)
@@ -347,7 +349,7 @@ def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, 
         took["NodeUnstage"] = bl.now() - start
         os.rmdir(target)
         os.rmdir(staging)
-        bare_remove(private, vg, name)
+        bare_remove(private, bare_vg or vg, name)
         for step, seconds in took.items():
             floor[step].add(seconds)
         floor_total.add(sum(took.values()))
@@ -373,8 +375,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"pvcreate --metadatasize (default {DEFAULT_METADATA_SIZE}; 'default' = LVM's own)")
     parser.add_argument("--skip", default="", help="comma list of benchmarks to skip: 1,2,3")
     parser.add_argument("--bare-vg", action="store_true",
-                        help="benchmark 1's bare side on an equal VG of its own, so that the agent is its VG's only "
-                        "writer (as on a host where only Basalt changes the pool's VG: its LV index stays valid)")
+                        help="benchmarks 1 and 3: the bare side on an equal VG of its own, so that the agent is its "
+                        "VG's only writer (as on a host where only Basalt changes the pool's VG: its LV index stays "
+                        "valid)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
@@ -424,7 +427,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         "1 create/delete 64 MiB")
         if "3" not in skip:
             print(f"[3] NodeStage..NodeUnstage (loop activation) vs bare commands, {args.rounds} rounds", flush=True)
-            rows += bench_node(agent, profiler, workspace, private, vg, args.rounds)
+            rows += bench_node(agent, profiler, workspace, private, vg, args.rounds, workspace.bare_vg)
         if "2" not in skip and levels:
             print(f"[2] curve at {levels} Basalt volumes ({FILL_SIZE // MiB} MiB each), fill budget "
                   f"{args.fill_budget:.0f} s", flush=True)

@@ -1,19 +1,27 @@
-"""Loop devices through ``losetup``: attach a file (or a range of a device), find, refresh, detach."""
+"""Loop devices: attach a file (or a range of a device), find, refresh, detach.
+
+The one home of loop-device lookups.  Attached devices are read from the kernel's
+own attributes in sysfs, what ``losetup --list`` itself reads (util-linux 2.38:
+``loop/backing_file``, ``loop/offset``, ``loop/sizelimit``, ``ro``), without a process;
+attach, detach and capacity refresh run ``losetup``.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
-import json
 import os
 import struct
 from dataclasses import dataclass
 from typing import Collection, List, Optional
 
 from . import device_wait
-from .errors import CommandFailed
+from .errors import CommandFailed, Precondition
 from .runner import operand, run
 
-_COLUMNS = "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"
+#: where the kernel keeps loop devices (they have no parent device; /sys/block only links here, and each
+#: link costs a lookup: 0.6 against 1.5 ms for 209 devices); a bound one has a ``loop`` directory
+SYS_BLOCK = "/sys/devices/virtual/block"
 # struct loop_info64 (linux/loop.h) and its ioctls: util-linux cannot change
 # the size limit of an attached device, the kernel can.
 _LOOP_INFO64 = "<5Q4I64s64s32s2Q"
@@ -38,25 +46,45 @@ class LoopDevice:
 
 
 def list_devices() -> List[LoopDevice]:
-    result = run(["losetup", "--list", "--json", "--output", _COLUMNS], what="list loop devices")
-    if not result.stdout.strip():
-        return []
-    devices = []
-    for entry in json.loads(result.stdout).get("loopdevices", []):
-        devices.append(
-            LoopDevice(
-                device=entry["name"],
-                backing_file=entry.get("back-file") or "",
-                offset=int(entry.get("offset") or 0),
-                size_limit=int(entry.get("sizelimit") or 0),
-                read_only=_as_bool(entry.get("ro")),
-            )
-        )
-    return devices
+    """Every attached loop device, by device number (as ``losetup --list`` orders them).
+
+    The backing file's name is the kernel's full path (``d_path``), never the 64-byte
+    name of ``LOOP_GET_STATUS64``, with " (deleted)" once it was unlinked: what losetup shows.
+    A device detached while it is read is not listed, as it would not be a moment later.
+    """
+    directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        numbers = sorted(int(name[4:]) for name in os.listdir(directory) if name[:4] == "loop" and name[4:].isdigit())
+        found = (_read_device(directory, number) for number in numbers)
+        return [device for device in found if device is not None]
+    finally:
+        os.close(directory)
 
 
-def _as_bool(value: object) -> bool:
-    return value in (True, 1, "1", "true")
+def _read_device(directory: int, number: int) -> Optional[LoopDevice]:
+    name = f"loop{number}"
+    try:
+        backing_file = _attribute(directory, f"{name}/loop/backing_file")
+        offset = int(_attribute(directory, f"{name}/loop/offset"))
+        size_limit = int(_attribute(directory, f"{name}/loop/sizelimit"))
+        read_only = _attribute(directory, f"{name}/ro") == "1"
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENXIO, errno.ENODEV):  # unbound, or detached meanwhile
+            return None
+        raise Precondition(f"cannot read loop device /dev/{name} in {SYS_BLOCK}: {error.strerror}") from None
+    if not backing_file:  # bound and unbound within the read
+        return None
+    return LoopDevice(f"/dev/{name}", backing_file, offset, size_limit, read_only)
+
+
+def _attribute(directory: int, path: str) -> str:
+    """One sysfs attribute's text without the newline the kernel ends it with (a path may hold others)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        data = os.read(fd, 65536)  # sysfs hands out at most a page
+    finally:
+        os.close(fd)
+    return os.fsdecode(data[:-1] if data.endswith(b"\n") else data)
 
 
 def find(backing_file: str, offset: int = 0, size_limit: Optional[int] = None) -> Optional[LoopDevice]:

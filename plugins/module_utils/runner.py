@@ -6,8 +6,10 @@ output we parse is stable, and secrets redacted from anything logged or raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import subprocess
 import time
 from dataclasses import dataclass
@@ -37,6 +39,27 @@ def operand(value: str, what: str = "argument") -> str:
     if not value or value.startswith("-") or "\0" in value:
         raise InvalidRequest(f"{what} {value!r} is not allowed on a command line")
     return value
+
+
+class _Process(subprocess.Popen):
+    """``Popen`` whose timed wait blocks on a pidfd until the exit.
+
+    ``communicate(timeout=...)`` ends with ``wait(timeout)``, which polls ``waitpid`` with sleeps of 1 ms
+    and more: a tool has closed its output a moment before it can be reaped, so that cost about 1 ms per
+    command (2.1 against 1.3 ms for ``true`` here, interleaved), about half of a ``tgtadm`` call.  The timeout and its
+    error are unchanged: the wait ends at the exit or at the same deadline.
+    """
+
+    def _wait(self, timeout: Optional[float]) -> int:
+        if timeout is not None and self.returncode is None:
+            with contextlib.suppress(OSError):  # no pidfd (old kernel): subprocess's own loop
+                pidfd = os.pidfd_open(self.pid)
+                try:
+                    if not select.select([pidfd], [], [], max(timeout, 0))[0]:
+                        timeout = 0  # the deadline passed: one last look, then TimeoutExpired
+                finally:
+                    os.close(pidfd)
+        return super()._wait(timeout)  # type: ignore[misc]
 
 
 def _redact(argv: Sequence[str], secrets: Iterable[str]) -> list:
@@ -70,21 +93,22 @@ def run(
         full_env.update(env)
     started = time.monotonic()
     try:
-        proc = subprocess.run(
-            list(argv),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=full_env,
-            check=False,
-        )
+        # subprocess.run(input=, capture_output=True, text=True, timeout=), with the wait above
+        with _Process(list(argv), stdin=None if stdin is None else subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True, env=full_env) as proc:
+            try:
+                stdout, stderr = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
     except FileNotFoundError:
         raise CommandFailed(shown, 127, f"{argv[0]}: command not found", what) from None
     except subprocess.TimeoutExpired:
         raise CommandFailed(shown, -1, f"timed out after {timeout:g}s", what) from None
-    stderr = " ".join(_redact([proc.stderr], secrets))
-    log.debug("ran %s rc=%d in %.3fs", shown, proc.returncode, time.monotonic() - started)
-    if check and proc.returncode != 0:
-        raise CommandFailed(shown, proc.returncode, stderr, what)
-    return CommandResult(shown, proc.returncode, proc.stdout, stderr)
+    rc = proc.returncode
+    stderr = " ".join(_redact([stderr], secrets))
+    log.debug("ran %s rc=%d in %.3fs", shown, rc, time.monotonic() - started)
+    if check and rc != 0:
+        raise CommandFailed(shown, rc, stderr, what)
+    return CommandResult(shown, rc, stdout, stderr)

@@ -13,6 +13,7 @@ collection packages, so the helpers' directory goes on sys.path here.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -60,9 +61,47 @@ class ScriptedRunner:
 MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "iscsiadm", "multipath")
 
 
+@dataclass
+class FakeLoopDevices:
+    """A fake sysfs for the loop-device lookup (``basalt_core.losetup.SYS_BLOCK``), as the kernel keeps it:
+    every device node has a directory, a bound one also a ``loop`` directory; each attribute ends with a
+    newline."""
+
+    sys_block: str
+
+    def add(self, number: int, backing_file: str, offset: int = 0, size_limit: int = 0,
+            read_only: bool = False) -> str:
+        attributes = {"loop/backing_file": backing_file, "loop/offset": str(offset),
+                      "loop/sizelimit": str(size_limit), "ro": "1" if read_only else "0"}
+        for name, text in attributes.items():
+            path = os.path.join(self.sys_block, f"loop{number}", name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return f"/dev/loop{number}"
+
+    def remove(self, number: int) -> None:
+        """Unbind: the kernel removes the ``loop`` directory, the device node stays."""
+        shutil.rmtree(os.path.join(self.sys_block, f"loop{number}", "loop"))
+
+
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``script(calls)`` installs a ScriptedRunner in every tool module and returns it."""
+def loop_devices(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> FakeLoopDevices:
+    """The lookup reads a fake sysfs with three unbound devices (and a name that is no device)."""
+    fake = FakeLoopDevices(os.path.join(str(tmp_path), "sys-devices-virtual-block"))
+    for number in range(3):
+        os.makedirs(os.path.join(fake.sys_block, f"loop{number}"))
+    os.makedirs(os.path.join(fake.sys_block, "loop-control-not-a-device"))
+    monkeypatch.setattr("basalt_core.losetup.SYS_BLOCK", fake.sys_block)
+    return fake
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch, loop_devices: FakeLoopDevices) -> Iterator[Any]:
+    """``script(calls)`` installs a ScriptedRunner in every tool module and returns it.
+
+    The loop-device lookup reads sysfs, not a command: here it reads the empty fake of ``loop_devices``
+    (never this host's devices)."""
     runners: Dict[str, ScriptedRunner] = {}
 
     def install(calls: List[Call]) -> ScriptedRunner:

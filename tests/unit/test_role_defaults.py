@@ -20,9 +20,20 @@ DEFAULTS = REPO / "roles" / "defaults" / "defaults" / "main.yml"
 SPECS = REPO / "roles" / "defaults" / "meta" / "argument_specs.yml"
 
 
+# What a play gives the defaults role on a host where facts were not gathered and systemd runs (its tasks'
+# stat of /run/systemd/system).
+UNGATHERED_SYSTEMD_HOST = {"ansible_facts": {}, "basalt_systemd_dir": {"stat": {"isdir": True}}}
+
+
+class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
+    """Ansible's undefined: an attribute of an undefined value is undefined too; rendering one fails."""
+
+
 def rendered(values: Dict[str, Any], **context: Any) -> Dict[str, Any]:
     """The defaults with their references to each other resolved (as Ansible would, for plain strings)."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(undefined=_Undefined)
+    env.filters["default"] = lambda value, fallback=None: fallback if isinstance(value, jinja2.Undefined) else value
+    context = {**UNGATHERED_SYSTEMD_HOST, **context}
     result = dict(values)
     for _ in range(len(result)):
         for name, value in result.items():
@@ -59,4 +70,17 @@ def test_argument_spec_documents_every_default_with_the_same_value() -> None:
     options = yaml.safe_load(SPECS.read_text())["argument_specs"]["main"]["options"]
     assert sorted(options) == sorted(defaults)
     for name, value in defaults.items():
+        if name == "basalt_service_manager":  # found on the host: documented, no fixed default
+            assert "default" not in options[name] and options[name]["choices"] == ["systemd", "sysvinit"]
+            continue
         assert options[name]["default"] == value, name
+
+
+def test_the_service_manager_is_found_without_gathering_facts() -> None:
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    host = {"inventory_hostname": "node-1"}
+    assert rendered(defaults, **host)["basalt_service_manager"] == "systemd"
+    no_systemd = {"basalt_systemd_dir": {"stat": {"exists": False}}}
+    assert rendered(defaults, **host, **no_systemd)["basalt_service_manager"] == "sysvinit"
+    gathered = {"ansible_facts": {"service_mgr": "sysvinit"}, "basalt_systemd_dir": {"skipped": True}}
+    assert rendered(defaults, **host, **gathered)["basalt_service_manager"] == "sysvinit"

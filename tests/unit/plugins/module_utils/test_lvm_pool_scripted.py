@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 from basalt_core import lvm, lvm_report, volumes
-from basalt_core.errors import NoSpace, Precondition
+from basalt_core.errors import InUse, NoSpace, Precondition
 from basalt_core.lvm_pool import COW, LvmPool, lv_name
 from basalt_core.lvmthin_pool import LvmThinPool
 from basalt_core.model import READY, SOURCE_SNAPSHOT, ContentSource, Snapshot, Volume, snapshot_id_for, volume_id_for
@@ -411,7 +411,6 @@ def test_check_mode_keeps_the_space_check_it_cannot_leave_to_lvcreate(script: An
 # -- loop activation: the pool places new LVs -----------------------------------
 
 EXTENT = 4 * MiB
-LOSETUP_LIST = (["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"], 0, "", "")
 
 
 def pvs_segments(pv: str, *segments: Any) -> Any:
@@ -460,18 +459,15 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
         pvs_segments(str(pv), (0, 8, "")),  # the free extents, once
         pvs_layout(str(pv)),  # the PVs, once: the VG's seqno is read off them around each commit
         placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),
-        VGS, pvs_layout(str(pv)),  # the loop activation's layout, once
-        LOSETUP_LIST,  # nothing maps the new LV: its ends are zeroed straight on the PV
+        VGS, pvs_layout(str(pv)),  # the loop activation's layout, once; no loop device maps the new LV
+        # (sysfs, no command): its ends are zeroed straight on the PV
         retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
         placed_create(pool, two, tags["pvc-2"][0], f"{pv}:2-3"),  # the map is the pool's own now
-        LOSETUP_LIST,
         retag(two, tags["pvc-2"][0], tags["pvc-2"][1]),
-        found(loop_row(one, tags["pvc-1"][1], str(pv), 0)),  # DeleteVolume pvc-1: its record
-        LOSETUP_LIST,  # in use? (no loop device)
-        LOSETUP_LIST,  # its device, if any, released before lvremove
+        found(loop_row(one, tags["pvc-1"][1], str(pv), 0)),  # DeleteVolume pvc-1: its record; in use? its
+        # device, if any, released before lvremove? (sysfs: no loop device)
         (["lvremove", "--yes", f"{VG}/{one}"], 0, "", ""),
         placed_create(pool, one, tags["pvc-1"][0], f"{pv}:0-1"),  # its extents are free again: the first fit
-        LOSETUP_LIST,
         retag(one, tags["pvc-1"][0], tags["pvc-1"][1]),
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1]
@@ -482,6 +478,35 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
     assert data[MiB + 4 * EXTENT:] == b"\xaa" * (4 * EXTENT)
     assert volumes.delete_volume(pool, first.id)
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+
+
+def test_a_loop_device_over_the_volume_in_sysfs_keeps_it_from_deletion(script: Any, loop_devices: Any,
+                                                                        tmp_path: Path) -> None:
+    """The lookups read the kernel's loop devices (sysfs, no command): a device mapping the LV's range of the
+    PV is the volume in use (InUse, nothing removed); once it is detached, DeleteVolume runs lvremove."""
+    pv = tmp_path / "pv"
+    pv.write_bytes(b"\xaa" * (MiB + 8 * EXTENT))
+    pool = LvmPool(VG, PoolSettings(activation="loop", alloc="contiguous"))
+    volume = Volume(id=volume_id_for("pvc-1"), name="pvc-1", size=8 * MiB, pool="lvm", created_at=1795580000.0)
+    creating, ready = record_tags(pool, "volume", volume), record_tags(pool, "volume", dataclasses.replace(
+        volume, state=READY))
+    name = lv_name(volume.id)
+    created = script([
+        VGS, pvs_segments(str(pv), (0, 8, "")), pvs_layout(str(pv)),
+        placed_create(pool, name, creating, f"{pv}:0-1"),
+        VGS, pvs_layout(str(pv)),
+        retag(name, creating, ready),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1] and created.script == []
+    device = loop_devices.add(7, str(pv), offset=MiB, size_limit=8 * MiB)  # the LV's extents 0-1, after pe_start
+    loop_devices.add(8, str(pv), offset=MiB + 2 * EXTENT, size_limit=8 * MiB)  # another range: not this volume's
+    refused = script([found(loop_row(name, ready, str(pv), 0))])
+    with pytest.raises(InUse, match=f"in use as {device}"):
+        volumes.delete_volume(pool, volume.id)
+    assert refused.script == []  # its record read, nothing removed
+    loop_devices.remove(7)
+    script([found(loop_row(name, ready, str(pv), 0)), (["lvremove", "--yes", f"{VG}/{name}"], 0, "", "")])
+    assert volumes.delete_volume(pool, volume.id)
 
 
 def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: Any, tmp_path: Path) -> None:
@@ -502,7 +527,7 @@ def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: A
         placed_create(pool, name, creating, f"{pv}:0-1", rc=5, stderr=no_space),
         placed_create(pool, name, creating, ""),  # LVM chooses
         found(loop_row(name, creating, pv, 4)),  # so where it went is read back
-        VGS, pvs_layout(pv), LOSETUP_LIST,
+        VGS, pvs_layout(pv),
         retag(name, creating, ready),
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
@@ -519,10 +544,8 @@ def test_a_stale_map_lets_lvm_choose_and_an_existing_name_is_looked_up(script: A
         pvs_segments(pv, (0, 4, ""), (4, 2, name), (6, 2, "")),  # read again: it was forgotten
         placed_create(pool, other_name, other_creating, f"{pv}:0-1", rc=5, stderr=exists),
         found(loop_row(other_name, other_creating, pv, 6)),  # the earlier attempt: completed
-        LOSETUP_LIST,
         retag(other_name, other_creating, record_tags(pool, "volume", dataclasses.replace(other, state=READY))),
         placed_create(pool, third_name, third_tags[0], f"{pv}:0-1"),  # the range went back to the map
-        LOSETUP_LIST,
         retag(third_name, *third_tags),
     ])
     assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[1] and volumes.ensure_volume(pool, "pvc-3", 8 * MiB)[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from basalt_core.errors import CommandFailed, InvalidRequest
@@ -40,6 +42,20 @@ def test_missing_tool_is_rc_127() -> None:
 def test_timeout() -> None:
     with pytest.raises(CommandFailed, match=r"timed out after 0\.2s"):
         run(["sleep", "5"], timeout=0.2)
+
+
+def test_timeout_of_a_tool_that_closed_its_output_but_runs_on() -> None:
+    """The wait for the exit (on a pidfd) keeps the deadline, and the tool is killed."""
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.3s"):
+        run(["sh", "-c", "exec >&- 2>&-; exec sleep 5"], timeout=0.3)
+    assert time.monotonic() - started < 3
+
+
+def test_input_output_and_exit_status_as_subprocess_gives_them() -> None:
+    result = run(["sh", "-c", "cat; printf 'a\\r\\nb' >&2; exit 4"], stdin="x\ny", check=False)
+    assert (result.rc, result.stdout, result.stderr) == (4, "x\ny", "a\nb")  # text mode: newlines translated
+    assert run(["sh", "-c", "kill -9 $$"], check=False).rc == -9
 
 
 def test_secrets_never_appear_in_errors() -> None:
