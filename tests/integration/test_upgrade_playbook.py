@@ -115,7 +115,8 @@ class Site:
             elif source.exists():
                 shutil.copy2(source, tree / part)
         pyproject = tree / "pyproject.toml"
-        text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text(encoding="utf-8"), 1)
+        text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text(encoding="utf-8"),
+                      count=1)
         pyproject.write_text(text, encoding="utf-8")
         return top
 
@@ -228,7 +229,8 @@ def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> Non
     # (3) a configuration host A's agent refuses: the run stops at A, and B is never touched
     pids = {host: site.pid(host) for host in HOSTS}
     lines = {host: len(site.log(host)) for host in HOSTS}
-    proc = site.play("upgrade", site.collection(refused), {"upgrade-a": {"basalt_agent_settings": {"no_such_setting": 1}}})
+    refusing = {"upgrade-a": {"basalt_agent_settings": {"no_such_setting": 1}}}
+    proc = site.play("upgrade", site.collection(refused), refusing)
     assert proc.returncode != 0, proc.stdout[-6000:]
     assert "unknown settings no_such_setting" in proc.stdout, proc.stdout[-6000:]
     for host in HOSTS:
