@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Offline Ansible checks of the basalt.csi collection (Galaxy unreachable; PyPI reachable):
 #   1. ansible-core / ansible (bundled collections) / ansible-lint / molecule at pinned versions (PyPI) and
-#      shellcheck (Debian), installed if missing (molecule: the VM tier's Molecule test, tests/vm)
-#   2. the collection built as it ships (galaxy.yml build_ignore) into a temp ansible_collections tree
+#      the shellcheck package (Debian), installed if missing (molecule: the VM tier's Molecule test, tests/vm)
+#   2. the collection built as it ships (galaxy.yml build_ignore) and installed from its tarball
+#      (ansible-galaxy collection install --offline) into a temp collections path: steps 3-6 check that tree
 #   3. ansible-test sanity --python 3.11 --venv   (get-pip bootstrap served offline, see scripts/ansible/)
 #   4. ansible-test units --python 3.11 --venv    (tests/unit/plugins: the modules' data-driven tests and the core's scripted ones)
-#   5. ansible-lint --profile production          (on the checkout)
+#   5. ansible-lint --profile production          on the installed collection, then on what of the checkout
+#      does not ship (molecule/, galaxy.yml)
 #   6. ansible-doc basalt.csi.<module> for every module
-#   7. antsibull-changelog lint: the fragments and changelogs/changelog.yaml (CHANGELOG.rst is generated from
-#      them by `antsibull-changelog release`, and shipped)
+#   7. antsibull-changelog lint: the fragments and changelogs/changelog.yaml; CHANGELOG.rst (shipped) must be
+#      exactly what `antsibull-changelog generate` makes of changelogs/changelog.yaml (fragments enter it at
+#      `antsibull-changelog release`; the ones not released yet are listed)
 # Prints one timing line per step and the total. Exits non-zero when any step fails (all steps run).
 # Set ANSIBLE_CHECKS_SKIP_INSTALL=1 to use whatever is installed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 repo=$PWD
 
 ANSIBLE_CORE_VERSION=2.19.14
@@ -25,7 +28,8 @@ GET_PIP_CACHE=~/.ansible/test/cache/get_pip_24_2.py   # the pip version ansible-
 # ansible-test strips PYENV_VERSION and walks PATH for pythonX.Y: put the real interpreter's bin first
 # so that a pyenv shim never answers.
 python=$(python3 -c 'import sys; print(sys.executable)')
-export PATH="$(dirname "$python"):$PATH"
+PATH="$(dirname "$python"):$PATH"
+export PATH
 
 started=$SECONDS
 failed=()
@@ -79,13 +83,24 @@ tree="$collections/ansible_collections/basalt/csi"
 
 build() {
   ansible-galaxy collection build --output-path "$work/dist" "$repo" || return 1
-  mkdir -p "$tree"
-  tar -xzf "$work"/dist/basalt-csi-*.tar.gz -C "$tree"
+  ansible-galaxy collection install --offline --no-deps --collections-path "$collections" \
+    "$work"/dist/basalt-csi-*.tar.gz
 }
 
 sanity() { (cd "$tree" && ansible-test sanity --python 3.11 --venv --color no); }
 units() { (cd "$tree" && ansible-test units --python 3.11 --venv --color no tests/unit/plugins/); }
-lint() { ANSIBLE_COLLECTIONS_PATH="$collections" ansible-lint --profile production --offline; }
+lint() {
+  local installed=0
+  if [[ -d "$tree" ]]; then
+    (cd "$tree" && ANSIBLE_COLLECTIONS_PATH="$collections" ansible-lint --profile production --offline) || installed=1
+  else
+    echo "no installed collection to lint (the build failed)"
+    installed=1
+  fi
+  # what the tarball leaves out and ansible-lint reads (docs/packaging.md): linted from the checkout
+  ANSIBLE_COLLECTIONS_PATH="$collections" ansible-lint --profile production --offline molecule galaxy.yml || return 1
+  return "$installed"
+}
 docs() {
   local module
   for module in "$tree"/plugins/modules/*.py; do
@@ -95,7 +110,19 @@ docs() {
   done
 }
 
-changelog() { antsibull-changelog lint && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml; }
+changelog() {
+  antsibull-changelog lint && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml || return 1
+  local copy="$work/changelog"
+  mkdir -p "$copy"
+  cp -R galaxy.yml CHANGELOG.rst changelogs "$copy"/
+  (cd "$copy" && antsibull-changelog generate) || return 1
+  if ! diff -u CHANGELOG.rst "$copy/CHANGELOG.rst"; then
+    echo "CHANGELOG.rst is not what antsibull-changelog generate makes of changelogs/changelog.yaml: run it"
+    return 1
+  fi
+  echo "not released yet (enter CHANGELOG.rst at antsibull-changelog release):" \
+    "$(find changelogs/fragments -name '*.yml' -printf '%f\n' | sort | tr '\n' ' ')"
+}
 
 step "tools" tools
 if [[ " ${failed[*]} " != *" tools "* ]]; then
