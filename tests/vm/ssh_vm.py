@@ -10,7 +10,8 @@ its environment (``BASALT_VM_SSH_HOST``, ``_PORT``, ``_USER``, ``_KEY``,
 ``_KNOWN_HOSTS``; e.g. ``-- molecule test``), powers the VM off and exits
 with COMMAND's status.  ``--pair`` boots two such VMs from the same image
 (each on its own copy-on-write overlay) joined by a private link (below); the
-second VM's port is ``BASALT_VM2_SSH_PORT``, key and known_hosts are shared.
+second VM's port is ``BASALT_VM2_SSH_PORT``, key, known_hosts and ``--share``
+directories are shared.
 
 * QEMU user-mode networking with ``hostfwd=tcp:127.0.0.1:PORT-:22`` (a free
   port; only the loopback address listens) and ``restrict=on``: the guest
@@ -71,8 +72,9 @@ MASKED_UNITS = [
     "lvm2-monitor.service",
     "systemd-networkd-wait-online.service",
 ]
-# The pair keeps LIO's restore unit: the storage VM's iscsi_target role enables it (a masked unit refuses).
-PAIR_MASKED_UNITS = [unit for unit in MASKED_UNITS if unit != "rtslib-fb-targetctl.service"]
+# The pair's first VM (the storage host) keeps LIO's restore unit: its iscsi_target role enables it (a masked
+# unit refuses); the second (the node) masks it as ssh_vm does.
+STORAGE_MASKED_UNITS = [unit for unit in MASKED_UNITS if unit != "rtslib-fb-targetctl.service"]
 
 
 # The pair's private link: each VM's MAC and static address on it.
@@ -341,11 +343,13 @@ def ssh_vm_pair(
     image: build_image.Image | None = None,
     echo: TextIO | None = None,
     qemu: str = "qemu-system-x86_64",
+    shares: dict[str, Path] | None = None,
 ) -> Iterator[tuple[SshVm, SshVm]]:
     """Boot two systemd VMs (``-smp 1`` each: one host core apiece) joined by a private link, yield them once
     both answer SSH and reach each other over it (``private_address``), power both off on the way out.
 
-    The bounds are ssh_vm's, for both; a taken forwarded port retries the whole pair."""
+    The bounds are ssh_vm's, for both; a taken forwarded port retries the whole pair.  `shares` as ssh_vm's,
+    mounted read-only in both VMs."""
     if image is None:
         image, _built = build_image.get_image(variant=build_image.SYSTEMD)
     tmp = Path(tempfile.mkdtemp(prefix="basalt-sshpair-"))
@@ -366,7 +370,8 @@ def ssh_vm_pair(
                 results.mkdir()
                 shutil.copy(key.with_suffix(".pub"), results / "authorized_keys")
                 vm = SshVm(HOST, free_port(), USER, key, tmp / f"known_hosts{i}", 0.0, [])
-                cmd = run_vm.qemu_command(qemu, image, results, run_vm.REPO, [], 1, memory_mib)
+                tags = {f"share{n}": host for n, host in enumerate((shares or {}).values())}
+                cmd = run_vm.qemu_command(qemu, image, results, run_vm.REPO, [], 1, memory_mib, tags)
                 cmd = run_vm.with_netdev(cmd, f"user,restrict=on,hostfwd=tcp:{HOST}:{vm.port}-:22",
                                          "52:54:00:12:34:56")
                 server = "on" if i == 0 else "off"
@@ -376,7 +381,8 @@ def ssh_vm_pair(
                     "-qmp", f"unix:{tmp}/qmp{i}.sock,server=on,wait=off",
                     "-S",  # paused until the private link is down
                 ]  # fmt: skip
-                cmd[cmd.index("-append") + 1] += "".join(f" systemd.mask={unit}" for unit in PAIR_MASKED_UNITS)
+                masked = STORAGE_MASKED_UNITS if i == 0 else MASKED_UNITS
+                cmd[cmd.index("-append") + 1] += "".join(f" systemd.mask={unit}" for unit in masked)
                 if i == 1:  # the client end connects to the first VM's socket
                     while not link.exists() and procs[0].poll() is None and time.monotonic() < t0 + 60:
                         time.sleep(0.1)
@@ -407,6 +413,8 @@ def ssh_vm_pair(
         for i, vm in enumerate(vms):
             vm.known_hosts = known_hosts
             _private_link_up(vm, i, qmps[i])
+            for n, guest in enumerate(shares or {}):
+                _mount_share(vm, f"share{n}", guest)
         _wait_for_peer(vms[0], PRIVATE_ADDRESSES[1], time.monotonic() + 120)
         for vm in vms:
             vm.boot_seconds = boot
@@ -443,12 +451,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no COMMAND given (put it after --)")
     build_image.ensure_host_tools()
     echo = sys.stderr if args.console else None
+    shares = {guest: Path(host) for guest, _, host in (share.partition("=") for share in args.share)}
     if args.pair:
-        with ssh_vm_pair(timeout=args.timeout, boot_timeout=args.boot_timeout, echo=echo) as vms:
+        with ssh_vm_pair(timeout=args.timeout, boot_timeout=args.boot_timeout, echo=echo, shares=shares) as vms:
             print(f"ssh_vm: both sshd up after {vms[0].boot_seconds:.1f} s on {HOST}:{vms[0].port} and "
                   f":{vms[1].port}", file=sys.stderr)
             return subprocess.run(command, env=dict(os.environ, **pair_env(vms)), check=False).returncode
-    shares = {guest: Path(host) for guest, _, host in (share.partition("=") for share in args.share)}
     with ssh_vm(timeout=args.timeout, boot_timeout=args.boot_timeout, disks=args.disks,
                 disk_size_mib=args.disk_size, shares=shares, echo=echo) as vm:
         print(f"ssh_vm: sshd up after {vm.boot_seconds:.1f} s on {vm.host}:{vm.port}", file=sys.stderr)

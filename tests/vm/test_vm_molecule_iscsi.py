@@ -10,8 +10,9 @@ idempotence, check, verify (a volume published by the storage VM's agent with
 CHAP, staged over the private link by the node VM's agent, written, read
 back, unstaged, unpublished, the bytes found in the storage VM's pool) and
 cleanup, with this checkout linked into a temporary
-``ansible_collections/basalt/csi`` tree and the agent's dependencies from a
-wheel directory (the guests have no network beyond their link).
+``ansible_collections/basalt/csi`` tree and the agent's dependency wheels
+shared read-only into both guests at ``/mnt/basalt-wheels`` (the guests have
+no network beyond their link).
 
 Skips only where QEMU or debootstrap is missing, where the image is not cached
 and the user is not root, or where molecule/ansible are not installed.
@@ -25,11 +26,12 @@ import time
 from pathlib import Path
 
 import build_image
+import pydeps
 import pytest
 import ssh_vm
 
 # fixtures and the runner shared with the one-VM scenarios
-from test_vm_molecule import REPO, _in_vm, _molecule_test, collections, tools  # noqa: F401
+from test_vm_molecule import REPO, WHEEL_SHARE, _in_vm, _molecule_test, collections, tools  # noqa: F401
 from vm_testlib import fake_image
 
 pytestmark = pytest.mark.vm
@@ -39,10 +41,11 @@ def test_molecule_iscsi_across_two_vms(
     tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     t0 = time.monotonic()
-    with ssh_vm.ssh_vm_pair(image=systemd_image, timeout=2400) as (storage, node):
+    with ssh_vm.ssh_vm_pair(image=systemd_image, timeout=2400,
+                            shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as (storage, node):
         boot = storage.boot_seconds
-        # Two hosts: two kernels (each its own boot id; the image's machine id is fixed), each its own address
-        # on the link, neither set up yet.
+        # Two hosts: two kernels (each its own boot id), each its own address on the link, neither set up
+        # yet. The image's machine id is the same in both: nothing here derives from it (docs/vm-tier.md).
         ids = {_in_vm(vm, "cat", "/proc/sys/kernel/random/boot_id").stdout for vm in (storage, node)}
         assert len(ids) == 2, "the two VMs are one"
         assert _in_vm(node, "test", "-e", "/opt/basalt").returncode == 1, "the node VM is not fresh"

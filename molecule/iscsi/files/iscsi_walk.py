@@ -3,17 +3,18 @@
 own virtualenv. The CHAP secret comes from the environment (BASALT_CHAP_USER, BASALT_CHAP_PASSWORD), never
 from the command line. Each step prints one JSON object; rc 1 on a failed RPC or check.
 
-    iscsi_walk.py publish   --endpoint E --name N --size BYTES --node-id NODE --state FILE   (storage host)
-        CreateVolume + ControllerPublishVolume for NODE with CHAP; prints volume id, contexts
-    iscsi_walk.py stage     --endpoint E --work DIR --state FILE    (node; BASALT_WALK_OFFER: publish's JSON)
+    iscsi_walk.py publish  --endpoint E --name N --size BYTES --node-id NODE --lio-config FILE --state FILE
+        (storage host) CreateVolume + ControllerPublishVolume for NODE with CHAP; prints volume id, contexts,
+        and what LIO's saved configuration FILE holds for the volume's target (its mode, the ACLs' initiator
+        IQNs and CHAP users, the portals; no secret)
+    iscsi_walk.py stage    --endpoint E --work DIR --state FILE    (node; BASALT_WALK_OFFER: publish's JSON)
         NodeStage (open-iscsi login with CHAP, mkfs, mount), NodePublish, 1 MiB written through the pod's
         mount and read back through the staging mount, the session seen; NodeUnpublish, NodeUnstage, the
         session gone; prints the file's sha256
-    iscsi_walk.py unpublish --endpoint E --node-id NODE --state FILE                         (storage host)
-    iscsi_walk.py read      --endpoint E --pool-dir DIR --state FILE                         (storage host)
-        the sha256 of the node's file, read from the volume's image in the file pool (debugfs, no mount)
-    iscsi_walk.py delete    --endpoint E --state FILE                                        (storage host)
-    iscsi_walk.py teardown  --endpoint E [--node-id NODE] --state FILE                       (cleanup)
+    iscsi_walk.py finish   --endpoint E --node-id NODE --pool-dir DIR --state FILE            (storage host)
+        ControllerUnpublishVolume (whether LIO still has the target after it), the sha256 of the node's file
+        read from the volume's image in the file pool (debugfs, no mount), DeleteVolume
+    iscsi_walk.py teardown --endpoint E [--node-id NODE] --state FILE                         (cleanup)
         what is left of the walk, undone (each call is idempotent); no state file: nothing to do
 """
 
@@ -36,6 +37,7 @@ from basalt_core.file_pool import FilePool
 
 TIMEOUT = 300.0  # one call, mkfs and an iSCSI login under emulation included
 FILE = "walk.bin"
+LIO_TARGETS = "/sys/kernel/config/target/iscsi"  # the kernel's live iSCSI targets (configfs)
 MODE = csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER)
 CAP = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(fs_type="ext4"), access_mode=MODE)
 
@@ -70,7 +72,19 @@ def publish(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object
         volume_id=volume.volume_id, node_id=args.node_id, volume_capability=CAP, secrets=secrets(),
         volume_context=volume.volume_context), timeout=TIMEOUT).publish_context
     return {"volume_id": volume.volume_id, "volume_context": dict(volume.volume_context),
-            "publish_context": dict(context)}
+            "publish_context": dict(context), "lio": saved_target(args.lio_config, context[TARGET_KEY])}
+
+
+def saved_target(path: str, target_iqn: str) -> Dict[str, object]:
+    """What LIO's saved configuration (restored at boot) holds for *target_iqn*: no secret."""
+    with open(path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    tpgs = [tpg for target in saved.get("targets", []) if target["wwn"] == target_iqn for tpg in target["tpgs"]]
+    acls = [acl for tpg in tpgs for acl in tpg.get("node_acls", [])]
+    portals = [portal for tpg in tpgs for portal in tpg.get("portals", [])]
+    return {"mode": format(os.stat(path).st_mode & 0o777, "04o"), "tpgs": len(tpgs),
+            "initiators": [acl["node_wwn"] for acl in acls], "chap_users": [acl.get("chap_userid") for acl in acls],
+            "portals": [f"{portal['ip_address']}:{portal['port']}" for portal in portals]}
 
 
 def stage(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object]:
@@ -95,6 +109,7 @@ def stage(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object]:
     node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=pod), timeout=TIMEOUT)
     node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging),
                            timeout=TIMEOUT)
+    os.remove(args.state)  # nothing of the walk left on the node
     return {"target": target_iqn, "logged_in_while_staged": logged_in, "read_back": read_back,
             "session_left": target_iqn in sessions(), "file": FILE, "sha256": hashlib.sha256(payload).hexdigest()}
 
@@ -106,10 +121,14 @@ def unpublish(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, obje
     return {"volume_id": vid}
 
 
-def read(_channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object]:
-    image = FilePool(args.pool_dir).image_path(load(args.state)["volume_id"])
+def finish(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object]:
+    vid = unpublish(channel, args)["volume_id"]
+    target_left = os.listdir(LIO_TARGETS) if os.path.isdir(LIO_TARGETS) else []
+    image = FilePool(args.pool_dir).image_path(vid)
     data = subprocess.run(["debugfs", "-R", f"cat /{FILE}", image], capture_output=True, check=True).stdout
-    return {"image": image, "sha256": hashlib.sha256(data).hexdigest()}
+    delete(channel, args)
+    return {"volume_id": vid, "targets_left": [name for name in target_left if name.startswith("iqn.")],
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def delete(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, object]:
@@ -136,8 +155,7 @@ def teardown(channel: grpc.Channel, args: argparse.Namespace) -> Dict[str, objec
     return {"changed": True, "volume_id": state["volume_id"]}
 
 
-STEPS = {"publish": publish, "stage": stage, "unpublish": unpublish, "read": read, "delete": delete,
-         "teardown": teardown}
+STEPS = {"publish": publish, "stage": stage, "finish": finish, "teardown": teardown}
 
 
 def main(argv: List[str]) -> int:
@@ -150,6 +168,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--size", type=int, default=64 << 20)
     parser.add_argument("--work", default="")
     parser.add_argument("--pool-dir", default="")
+    parser.add_argument("--lio-config", default="/etc/rtslib-fb-target/saveconfig.json")
     args = parser.parse_args(argv)
     with grpc.insecure_channel(args.endpoint) as channel:
         try:
