@@ -9,15 +9,19 @@ dependency wheels (pydeps.ensure_wheels) are shared read-only into it at
 ``/mnt/basalt-wheels`` (molecule/default/group_vars/all.yml), the controller
 builds the agent's own wheel with the setuptools of the same directory.
 
-- ``molecule/default`` on its own boot: the nodes playbook (host role with the
-  iSCSI initiator, file pool, agent under systemd); verify: the unit active,
-  both sockets 0600, Probe, the derived initiator name.
-- ``molecule/uninstall`` on its own boot: prepare installs (nodes playbook)
-  and makes a volume in the file pool; converge is the uninstall playbook;
-  verify: nothing of Basalt left, the volume kept; cleanup purges.
-- ``molecule/lvm`` on its own boot with two scratch disks: the nodes playbook
-  with an lvmthin pool the pool role makes on the disks, a thin volume walked
-  through the agent; cleanup is the uninstall playbook with purge.
+One boot with two scratch disks runs three scenarios, one after another, each
+starting from the host the previous one's cleanup left (checked: nothing of
+Basalt left):
+
+- ``molecule/default``: the nodes playbook (host role with the iSCSI
+  initiator, file pool, agent under systemd); verify: the unit active, both
+  sockets 0600, Probe, the derived initiator name.
+- ``molecule/lvm`` (the two scratch disks): the nodes playbook with an lvmthin
+  pool the pool role makes on the disks, a thin volume walked through the
+  agent; cleanup is the uninstall playbook with purge.
+- ``molecule/uninstall``: prepare installs (nodes playbook) and makes a volume
+  in the file pool; converge is the uninstall playbook; verify: nothing of
+  Basalt left, the volume kept; cleanup purges.
 
 Each scenario runs its whole test_sequence (syntax, [prepare,] converge,
 idempotence, check, verify, cleanup); the time of each step is printed.
@@ -126,10 +130,27 @@ def _report(timings: dict[str, dict[str, float]], boot: float) -> None:
     print(f"boot to sshd {boot:.0f} s")
 
 
-def test_molecule_default_on_the_systemd_vm_over_ssh(
+# One boot for the scenarios of one VM, in this order: each runs its whole sequence, and its cleanup must leave
+# the host as it found it (checked below), so the next starts from a fresh host; the boot and the controller's
+# set-up are paid once. Only lvm uses the two scratch disks.
+ONE_VM_SCENARIOS = ("default", "lvm", "uninstall")
+
+
+def _nothing_of_basalt_left(vm: ssh_vm.SshVm, after: str) -> None:
+    """What every scenario's cleanup (the uninstall playbook with purge) must have removed."""
+    assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive", after
+    for path in (POOL_DIR, "/opt/basalt", "/etc/basalt"):
+        assert _in_vm(vm, "test", "-e", path).returncode == 1, f"{after}: {path} is left"
+    assert _in_vm(vm, "vgs", "basalt").returncode != 0, f"{after}: the VG basalt is left"
+    for disk in ("scratch0", "scratch1"):
+        assert _in_vm(vm, "pvs", f"/dev/disk/by-id/virtio-{disk}").returncode != 0, f"{after}: {disk} is still a PV"
+
+
+def test_molecule_scenarios_on_one_systemd_vm_over_ssh(
     tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
 ) -> None:
-    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
+    with ssh_vm.ssh_vm(image=systemd_image, timeout=3600, disks=2, disk_size_mib=1024,
+                       shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
         assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
         assert _in_vm(vm, "readlink", "/proc/1/exe").stdout.strip() == "/usr/lib/systemd/systemd"
         # The host key is checked: a known_hosts with another key is refused.
@@ -140,38 +161,10 @@ def test_molecule_default_on_the_systemd_vm_over_ssh(
         refused = _in_vm(vm, "true")
         vm.known_hosts.write_text(trusted)
         assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr
-        timings = {"default": _molecule_test("default", vm.env(), tmp_path, collections)}
-        # Cleanup (the uninstall playbook with purge) left no agent, unit or pool behind.
-        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
-        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1
-        assert _in_vm(vm, "test", "-e", "/opt/basalt").returncode == 1
-    assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
-    _report(timings, vm.boot_seconds)
-
-
-def test_molecule_uninstall_on_the_systemd_vm(
-    tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
-) -> None:
-    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
-        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
-        timings = {"uninstall": _molecule_test("uninstall", vm.env(), tmp_path, collections)}
-        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
-        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "cleanup's purge left the pool"
-    assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
-    _report(timings, vm.boot_seconds)
-
-
-def test_molecule_lvm_on_the_systemd_vm(
-    tools: None, systemd_image: build_image.Image, collections: Path, tmp_path: Path
-) -> None:
-    with ssh_vm.ssh_vm(image=systemd_image, timeout=2400, disks=2, disk_size_mib=1024,
-                       shares={WHEEL_SHARE: pydeps.ensure_wheels()}) as vm:
-        assert _in_vm(vm, "test", "-e", POOL_DIR).returncode == 1, "the VM is not fresh"
-        timings = {"lvm": _molecule_test("lvm", vm.env(), tmp_path, collections)}
-        # Cleanup purged the VG and its PVs: the disks are free for anything else.
-        assert _in_vm(vm, "vgs", "basalt").returncode != 0
-        assert _in_vm(vm, "pvs", "/dev/disk/by-id/virtio-scratch0").returncode != 0
-        assert _in_vm(vm, "systemctl", "is-active", "basalt-agent.service").stdout.strip() == "inactive"
+        timings = {}
+        for scenario in ONE_VM_SCENARIOS:
+            timings[scenario] = _molecule_test(scenario, vm.env(), tmp_path, collections)
+            _nothing_of_basalt_left(vm, f"after molecule/{scenario}")
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
     _report(timings, vm.boot_seconds)
 

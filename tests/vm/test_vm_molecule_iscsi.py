@@ -59,6 +59,8 @@ def test_molecule_iscsi_across_two_vms(
         assert _in_vm(node, "iscsiadm", "-m", "session").returncode == 21, "an iSCSI session is left on the node"
         assert "iqn." not in _in_vm(storage, "targetcli", "ls", "/iscsi").stdout, "a LIO target is left"
         assert _in_vm(storage, "ls", "-A", "/var/lib/basalt/pools/file/volumes").stdout == ""
+        for vm in (storage, node):  # the agents were installed from the share: nothing copied
+            assert _in_vm(vm, "test", "-e", "/opt/basalt/wheels").returncode == 1, "the wheels were copied"
     assert not storage.key.parent.exists(), "the run's temp dir (key, overlays, link) outlived the VMs"
     print(f"boot of both VMs to sshd and the private link {boot:.1f} s; molecule test -s iscsi "
           f"{molecule_seconds:.1f} s; all {time.monotonic() - t0:.1f} s")

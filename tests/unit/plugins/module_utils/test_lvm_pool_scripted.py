@@ -480,8 +480,9 @@ def test_loop_activation_places_new_lvs_and_reads_nothing_back(script: Any, tmp_
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
 
 
-def test_a_loop_device_over_the_volume_in_sysfs_keeps_it_from_deletion(script: Any, loop_devices: Any,
-                                                                       tmp_path: Path) -> None:
+def test_a_loop_device_over_the_volume_in_sysfs_keeps_it_from_deletion(
+    script: Any, loop_devices: Any, tmp_path: Path
+) -> None:
     """The lookups read the kernel's loop devices (sysfs, no command): a device mapping the LV's range of the
     PV is the volume in use (InUse, nothing removed); once it is detached, DeleteVolume runs lvremove."""
     pv = tmp_path / "pv"
