@@ -1,27 +1,34 @@
-"""``playbooks/upgrade.yml`` for real: two agents on this machine upgraded one host at a time.
+"""The node, storage and upgrade playbooks for real on "hosts" that are all this machine.
 
-The inventory's two hosts are both this machine (``ansible_connection: local``), each with its own root under
-/var/tmp, node id, service name (init script: no systemd here), sockets and file pool, as the sysvinit
-scenario gives localhost: a real install on the same machine is never touched. ``playbooks/nodes.yml``
-installs both from this checkout (linked as the collection); the new agent is a copy of the collection whose
+Each inventory host is this machine (``ansible_connection: local``) with its own root under /var/tmp, node id,
+service name (init script: no systemd here), sockets, file pool and host-role files, as the sysvinit scenario
+gives localhost: a real install on the same machine is never touched. The collection is this checkout,
+linked; ``playbooks/uninstall.yml -e basalt_purge=true`` removes everything at the end, also when an
+assertion failed.
+
+``upgrade.yml``: ``playbooks/nodes.yml`` installs two hosts; the new agent is a copy of the collection whose
 pyproject.toml carries a bumped version (the agent role builds the wheel from the collection's own source,
-and the agent reports that version in GetPluginInfo and in its "serving" log line).
+and the agent reports that version in GetPluginInfo and in its "serving" log line). Proved from the agents'
+own logs (one JSON line per event, millisecond times from one clock): each agent stopped once and served
+once more, with the new version; host B's agent was stopped only after host A's new agent had answered the
+role's Probe (without ``serial: 1`` both restarts come before either Probe). A failed host stops the run: a
+configuration the agent's ``--check-config`` refuses, given to host A only, leaves both agents running as
+they were and host B's install untouched.
 
-Proved from the agents' own logs (one JSON line per event, millisecond times from one clock): each agent
-stopped once and served once more, with the new version; host B's agent was stopped only after host A's new
-agent had answered the role's Probe (without ``serial: 1`` both restarts come before either Probe). A failed
-host stops the run: a configuration the agent's ``--check-config`` refuses, given to host A only, leaves both
-agents running as they were and host B's install untouched. ``playbooks/uninstall.yml -e basalt_purge=true``
-removes everything at the end, also when an assertion failed.
+``storage.yml``: a storage host whose tgt is the test's private tgtd (the machine's tgt service is shared:
+the role's install and service tasks are off); a second run changes nothing; the installed agent exports a
+volume to one node's derived initiator name with CHAP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -57,12 +64,13 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 class Site:
     """The two hosts' paths and names, the inventory and the playbook runs."""
 
-    def __init__(self, root: Path, collections: Path) -> None:
+    def __init__(self, root: Path, collections: Path, groups: Dict[str, str]) -> None:
         self.root = root
         self.collections = collections
+        self.groups = groups  # host -> its inventory group (kube_node or basalt_storage), in inventory order
         self.suffix = root.name.rsplit("-", 1)[-1]
         self.vars: Dict[str, Dict[str, Any]] = {}
-        for host in HOSTS:
+        for host in groups:
             home = root / host
             (home / "lvm").mkdir(parents=True)
             self.vars[host] = {
@@ -79,6 +87,10 @@ class Site:
                 "basalt_host_install_packages": False,
                 "basalt_host_load_modules": False,
                 "basalt_host_lvm_local_conf": f"{home}/lvm/lvmlocal.conf",
+                # the host role's other files too (its absent side removes them): never the machine's own
+                "basalt_host_modules_load_conf": f"{home}/modules-load.conf",
+                "basalt_host_multipath_conf": f"{home}/multipath.conf",
+                "basalt_host_initiatorname_file": f"{home}/initiatorname.iscsi",
             }
 
     def service(self, host: str) -> str:
@@ -122,10 +134,14 @@ class Site:
 
     def play(self, playbook: str, collection: Path, host_vars: Dict[str, Dict[str, Any]] | None = None,
              *extra: str) -> subprocess.CompletedProcess[str]:
-        hosts = {host: {**self.vars[host], **(host_vars or {}).get(host, {})} for host in HOSTS}
+        hosts = {host: {**self.vars[host], **(host_vars or {}).get(host, {})} for host in self.groups}
+        members: Dict[str, Dict[str, Any]] = {
+            group: {"hosts": {host: {} for host, member_of in self.groups.items() if member_of == group}}
+            for group in ("kube_node", "basalt_storage")}
         inventory = self.root / "inventory.json"
-        inventory.write_text(json.dumps({"all": {"hosts": hosts, "children": {"k8s_cluster": {"children": {
-            "kube_node": {"hosts": {host: {} for host in HOSTS}}}}}}}), encoding="utf-8")
+        inventory.write_text(json.dumps({"all": {"hosts": hosts, "children": {
+            "k8s_cluster": {"children": {"kube_node": members["kube_node"]}},
+            "basalt_storage": members["basalt_storage"]}}}), encoding="utf-8")
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="0")
         proc = subprocess.run(["ansible-playbook", "-i", str(inventory), f"basalt.csi.{playbook}", *extra],
@@ -168,7 +184,7 @@ def create_volume(site: Site, host: str) -> str:
 
 def remove_leftovers(site: Site) -> None:
     """After the uninstall playbook: whatever of the init scripts it could not remove (a failed run)."""
-    for host in HOSTS:
+    for host in site.groups:
         script = Path(f"/etc/init.d/{site.service(host)}")
         if script.exists():
             subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
@@ -177,19 +193,26 @@ def remove_leftovers(site: Site) -> None:
         Path(f"/run/{site.service(host)}.pid").unlink(missing_ok=True)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def local_site(tmp_path: Path, groups: Dict[str, str]) -> Iterator[Site]:
+    """The hosts' roots under /var/tmp, and at the end the uninstall playbook with purge, whatever happened."""
     # under /var/tmp, not tmp_path: the sockets' paths must stay under the kernel's 108 bytes
-    made = Site(Path(tempfile.mkdtemp(prefix="basalt-upg-", dir="/var/tmp")), tmp_path / "collections")
+    made = Site(Path(tempfile.mkdtemp(prefix="basalt-upg-", dir="/var/tmp")), tmp_path / "collections", groups)
     try:
         yield made
     finally:
         made.play("uninstall", made.collection(current_version()), None, "-e", "basalt_purge=true")
         remove_leftovers(made)
         shutil.rmtree(made.root, ignore_errors=True)
-        for host in HOSTS:
+        for host in groups:
             assert not Path(f"/etc/init.d/{made.service(host)}").exists()
             assert not list(Path("/etc").glob(f"rc?.d/[SK]??{made.service(host)}"))
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with local_site(tmp_path, {host: "kube_node" for host in HOSTS}) as made:
+        yield made
 
 
 def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> None:
@@ -240,3 +263,57 @@ def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> Non
         assert kept[host] in volumes(site, host)
     assert site.wheels("upgrade-b") == [f"basalt_csi-{new}-py3-none-any.whl"]  # B's install untouched
     assert "upgrade-b" not in proc.stdout.split("PLAY RECAP")[0]
+
+
+@pytest.fixture
+def tgtd() -> Iterator[Any]:
+    """A private tgtd on 127.0.0.1 (tests/iscsi/tgtd_testlib.py): the machine's own tgt service is left alone."""
+    missing = [tool for tool in ("tgtd", "tgtadm") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (package tgt; scripts/setup.sh installs it)")
+    sys.path.insert(0, str(REPO / "tests" / "iscsi"))
+    from tgtd_testlib import start_tgtd
+
+    daemon = start_tgtd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_storage_playbook_runs_an_agent_that_exports_through_tgt(tmp_path: Path, tgtd: Any) -> None:
+    initiator_base = "iqn.2026-11.dev.basalt.test"
+    with local_site(tmp_path, {"storage-s": "basalt_storage"}) as site:
+        root = Path(site.vars["storage-s"]["basalt_agent_home"]).parent
+        target = {"storage-s": {
+            "basalt_iscsi_backend": "tgt", "basalt_iscsi_portals": [tgtd.portal],
+            "basalt_iscsi_initiator_base": initiator_base,
+            "basalt_iscsi_target_install_packages": False, "basalt_iscsi_target_manage_services": False,
+            "basalt_agent_settings": {"tgt_control_port": tgtd.control_port, "tgt_conf": f"{root}/tgt-basalt.conf"}}}
+        collection = site.collection(current_version())
+        proc = site.play("storage", collection, target)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        again = site.play("storage", collection, target)
+        unchanged = re.search(r"storage-s\s+: ok=\d+\s+changed=0 ", again.stdout)
+        assert again.returncode == 0 and unchanged, again.stdout[-4000:]
+        assert plugin_version(site, "storage-s") == current_version()
+
+        mode = csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER)
+        cap = csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=mode)
+        with grpc.insecure_channel(site.socket("storage-s")) as channel:
+            controller = rpc.ControllerStub(channel)
+            volume = controller.CreateVolume(csi.CreateVolumeRequest(
+                name="exported", volume_capabilities=[cap], capacity_range=csi.CapacityRange(required_bytes=8 << 20)),
+                timeout=60).volume
+            published = controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(
+                volume_id=volume.volume_id, node_id="worker-1", volume_capability=cap,
+                secrets={"node.session.auth.username": "worker-1", "node.session.auth.password": "Secret-Of-W1-1234"}),
+                timeout=120)
+            shown = tgtd.show()
+            # the node's own IQN in the target's ACL, its CHAP account bound, the role's portal handed to it
+            assert f"{initiator_base}:worker-1" in shown and "Account information:\n        worker-1" in shown, shown
+            assert tgtd.portal in published.publish_context.values(), published.publish_context
+            controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
+                volume_id=volume.volume_id, node_id="worker-1"), timeout=120)
+            assert f"{initiator_base}:worker-1" not in tgtd.show()
+            controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=volume.volume_id), timeout=60)
