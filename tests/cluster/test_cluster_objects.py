@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import grpc
-import jinja2
 import jsonschema
 import pytest
 import yaml
+from role_vars import resolved
 
 import basalt_agent.metrics
 from basalt_agent import DRIVER_NAME, TOPOLOGY_NODE_KEY
@@ -126,12 +126,7 @@ def settings(rendered: Path, mode: str) -> Dict[str, Any]:
         values.update(yaml.safe_load(path.read_text()))
     values.update(MODES[mode])
     values["basalt_cluster_molecule_dir"] = str(rendered)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    for _ in range(len(values)):
-        for name, value in values.items():
-            if isinstance(value, str) and "{{" in value:
-                values[name] = env.from_string(value).render({**values, "inventory_hostname": "node-1"})
-    return values
+    return resolved(values)
 
 
 def pods(objs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -7,10 +7,9 @@ YAML, and this test guards it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
 
-import jinja2
 import yaml
+from role_vars import resolved
 
 import basalt_agent
 from basalt_agent import config
@@ -20,30 +19,8 @@ DEFAULTS = REPO / "roles" / "defaults" / "defaults" / "main.yml"
 SPECS = REPO / "roles" / "defaults" / "meta" / "argument_specs.yml"
 
 
-# What a play gives the defaults role on a host where facts were not gathered and systemd runs (its tasks'
-# stat of /run/systemd/system).
-UNGATHERED_SYSTEMD_HOST = {"ansible_facts": {}, "basalt_systemd_dir": {"stat": {"isdir": True}}}
-
-
-class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
-    """Ansible's undefined: an attribute of an undefined value is undefined too; rendering one fails."""
-
-
-def rendered(values: Dict[str, Any], **context: Any) -> Dict[str, Any]:
-    """The defaults with their references to each other resolved (as Ansible would, for plain strings)."""
-    env = jinja2.Environment(undefined=_Undefined)
-    env.filters["default"] = lambda value, fallback=None: fallback if isinstance(value, jinja2.Undefined) else value
-    context = {**UNGATHERED_SYSTEMD_HOST, **context}
-    result = dict(values)
-    for _ in range(len(result)):
-        for name, value in result.items():
-            if isinstance(value, str) and "{{" in value:
-                result[name] = env.from_string(value).render({**result, **context})
-    return result
-
-
 def test_role_defaults_are_the_agents_defaults() -> None:
-    defaults = rendered(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
+    defaults = resolved(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
     agent = config.Config()
     assert defaults["basalt_driver_name"] == basalt_agent.DRIVER_NAME
     assert defaults["basalt_topology_key"] == basalt_agent.TOPOLOGY_NODE_KEY
@@ -57,10 +34,10 @@ def test_role_defaults_are_the_agents_defaults() -> None:
 
 
 def test_kubelet_paths_follow_the_driver_name_and_root() -> None:
-    defaults = rendered(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
+    defaults = resolved(yaml.safe_load(DEFAULTS.read_text()), inventory_hostname="node-1")
     assert defaults["basalt_csi_socket"] == "/var/lib/kubelet/plugins/csi.basalt.dev/csi.sock"
     assert defaults["basalt_registration_socket"] == "/var/lib/kubelet/plugins_registry/csi.basalt.dev-reg.sock"
-    moved = rendered({**yaml.safe_load(DEFAULTS.read_text()), "basalt_kubelet_dir": "/var/lib/k0s/kubelet"},
+    moved = resolved({**yaml.safe_load(DEFAULTS.read_text()), "basalt_kubelet_dir": "/var/lib/k0s/kubelet"},
                      inventory_hostname="node-1")
     assert moved["basalt_csi_socket"] == "/var/lib/k0s/kubelet/plugins/csi.basalt.dev/csi.sock"
 
@@ -79,8 +56,8 @@ def test_argument_spec_documents_every_default_with_the_same_value() -> None:
 def test_the_service_manager_is_found_without_gathering_facts() -> None:
     defaults = yaml.safe_load(DEFAULTS.read_text())
     host = {"inventory_hostname": "node-1"}
-    assert rendered(defaults, **host)["basalt_service_manager"] == "systemd"
+    assert resolved(defaults, **host)["basalt_service_manager"] == "systemd"
     no_systemd = {"basalt_systemd_dir": {"stat": {"exists": False}}}
-    assert rendered(defaults, **host, **no_systemd)["basalt_service_manager"] == "sysvinit"
+    assert resolved(defaults, **host, **no_systemd)["basalt_service_manager"] == "sysvinit"
     gathered = {"ansible_facts": {"service_mgr": "sysvinit"}, "basalt_systemd_dir": {"skipped": True}}
-    assert rendered(defaults, **host, **gathered)["basalt_service_manager"] == "sysvinit"
+    assert resolved(defaults, **host, **gathered)["basalt_service_manager"] == "sysvinit"
