@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Dict, Iterator, List
 
 import grpc
 import pytest
+import test_playbooks  # the sibling suite, for its private-tgtd fixture
 
 from basalt_agent.proto import csi_pb2 as csi
 from basalt_agent.proto import csi_pb2_grpc as rpc
@@ -265,20 +265,8 @@ def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> Non
     assert "upgrade-b" not in proc.stdout.split("PLAY RECAP")[0]
 
 
-@pytest.fixture
-def tgtd() -> Iterator[Any]:
-    """A private tgtd on 127.0.0.1 (tests/iscsi/tgtd_testlib.py): the machine's own tgt service is left alone."""
-    missing = [tool for tool in ("tgtd", "tgtadm") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (package tgt; scripts/setup.sh installs it)")
-    sys.path.insert(0, str(REPO / "tests" / "iscsi"))
-    from tgtd_testlib import start_tgtd
-
-    daemon = start_tgtd()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
+# A private tgtd on 127.0.0.1, stopped with its targets afterwards: the machine's own tgt service is left alone.
+tgtd = test_playbooks.tgtd
 
 
 def test_storage_playbook_runs_an_agent_that_exports_through_tgt(tmp_path: Path, tgtd: Any) -> None:
