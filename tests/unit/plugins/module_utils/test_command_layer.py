@@ -57,12 +57,13 @@ def test_list_loop_devices_on_this_host_agrees_with_losetup() -> None:
     if not os.path.isdir(losetup.SYS_BLOCK):
         pytest.skip(f"no {losetup.SYS_BLOCK} here")
     for _attempt in range(5):
-        before = losetup.list_devices()
+        # as sets: losetup lists in its own order, not by name
+        before = set(losetup.list_devices())
         out = subprocess.run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,OFFSET,SIZELIMIT,RO"],
                              check=True, capture_output=True, text=True, timeout=30).stdout
-        listed = [losetup.LoopDevice(e["name"], e["back-file"], int(e["offset"]), int(e["sizelimit"]), bool(e["ro"]))
-                  for e in (json.loads(out)["loopdevices"] if out.strip() else [])]
-        if before == listed == losetup.list_devices():
+        listed = {losetup.LoopDevice(e["name"], e["back-file"], int(e["offset"]), int(e["sizelimit"]), bool(e["ro"]))
+                  for e in (json.loads(out)["loopdevices"] if out.strip() else [])}
+        if before == listed == set(losetup.list_devices()):
             return
     assert before == listed
 
