@@ -210,6 +210,10 @@ def serve(settings: config.Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # Logged before the servers start: whoever sees an answer (Probe) finds the line already written.
+    log.info("serving", extra={"fields": {
+        "driver": DRIVER_NAME, "version": __version__, "endpoint": settings.endpoint, "node_id": settings.node_id,
+        "pool": settings.pool_spec, "services": settings.services, "metrics": settings.metrics_address or None}})
     for started in servers:
         started.start()
     # In the background: the socket serves meanwhile, under the same volume locks.
@@ -218,9 +222,6 @@ def serve(settings: config.Config) -> int:
     if exporting is not None:
         threading.Thread(target=_reconcile, args=(exporting, locks, metrics), name="reconcile",
                          daemon=True).start()
-    log.info("serving", extra={"fields": {
-        "driver": DRIVER_NAME, "version": __version__, "endpoint": settings.endpoint, "node_id": settings.node_id,
-        "pool": settings.pool_spec, "services": settings.services, "metrics": settings.metrics_address or None}})
 
     every = max(settings.cleanup_grace / 2, 1.0)
     next_cleanup = time.monotonic() + every
