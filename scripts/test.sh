@@ -22,11 +22,13 @@ vm_log=$(mktemp /tmp/basalt-vm-tier-XXXXXX.log)
 BASALT_VM_STREAMS="1 2" setsid scripts/vm-tier.sh "$@" >"$vm_log" 2>&1 &
 vm_pid=$!
 # A failing host suite stops this script: the background streams stop with it.
-trap 'kill -- -$vm_pid 2>/dev/null || true; rm -f "$vm_log"' EXIT
+# shellcheck disable=SC2317 # called by the traps below
+stop_vm_streams() { kill -- -"$vm_pid" 2>/dev/null || true; rm -f "$vm_log"; }
+trap stop_vm_streams EXIT
 # Loop devices, a VG in the system's LVM config and a tgt target that are not the tests': the suites
 # must neither need their absence nor touch them (tests/unit/test_foreign_objects.py checks them).
 foreign=$(mktemp /tmp/basalt-foreign-XXXXXX.json)
-trap 'python3 tests/foreign_objects.py down "$foreign"; kill -- -$vm_pid 2>/dev/null || true; rm -f "$vm_log"' EXIT
+trap 'python3 tests/foreign_objects.py down "$foreign"; stop_vm_streams' EXIT
 python3 tests/foreign_objects.py up "$foreign"
 export BASALT_FOREIGN_OBJECTS=$foreign
 echo "== unit, conformance (file pool), iscsi and integration tests"
@@ -36,7 +38,7 @@ echo "== conformance on the lvm pool (loop activation)"
 echo "== the foreign objects are intact"
 "${pytest[@]}" tests/unit/test_foreign_objects.py
 python3 tests/foreign_objects.py down "$foreign"
-trap 'kill -- -$vm_pid 2>/dev/null || true; rm -f "$vm_log"' EXIT
+trap stop_vm_streams EXIT
 unset BASALT_FOREIGN_OBJECTS
 echo "== real-kernel VM tier, stream 3 (two VMs)"
 status=0
