@@ -61,8 +61,18 @@ class ProfiledAgent(bl.Agent):
             if not match:
                 continue
             argv = [str(a) for a in ast.literal_eval(match.group(1))]
-            found.append(Command(os.path.basename(argv[0]), argv, int(match.group(2)), float(match.group(3))))
+            found.append(Command(tool_of(argv), argv, int(match.group(2)), float(match.group(3))))
         return found
+
+
+def tool_of(argv: List[str]) -> str:
+    """The tool a logged command ran: through ``timeout --signal=KILL SECONDS TOOL ...`` (the lvm pool's
+    lvcreate under its VG lock, lvm_command.run_lvm), the tool it ran."""
+    if os.path.basename(argv[0]) == "timeout":
+        operands = [arg for arg in argv[1:] if not arg.startswith("-")]
+        if len(operands) > 1:
+            return os.path.basename(operands[1])
+    return os.path.basename(argv[0])
 
 
 @dataclass
