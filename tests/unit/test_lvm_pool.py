@@ -288,9 +288,9 @@ def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(vg: An
     assert listed.seg_pe_ranges == old_ranges(vg, listed)  # on the old volume's extents: its ends were old data
     assert read_lv(vg, pool, fresh.id, 0, MiB) == read_lv(vg, pool, fresh.id, 7 * MiB, MiB) == bytes(MiB)
     assert read_lv(vg, pool, fresh.id, MiB, 6 * MiB) == b"\xaa" * (6 * MiB)  # (only the ends are zeroed)
-    with open(vg[1], "rb") as pv:
-        pv.seek(where.offset)
-        assert pv.read(4 * MiB) == b"\xdb" * (4 * MiB)
+    with open(vg[1], "rb") as device:
+        device.seek(where.offset)
+        assert device.read(4 * MiB) == b"\xdb" * (4 * MiB)
     assert not os.path.exists(os.path.join(lvm_lock.DEFAULT_LOCKING_DIR, f"V_{vg[0]}"))
 
 
