@@ -22,7 +22,7 @@ else:  # the bench directory is not a package: found through sys.path
 # The agent's periodic clean-up (every cleanup_grace / 2 s) lists every volume;
 # push it out of the run so it never lands inside a measured RPC.
 CLEANUP_GRACE = 86400
-LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgremove",
+LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgchange", "vgremove",
              "pvcreate", "pvremove", "lvm"}
 _RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
 
