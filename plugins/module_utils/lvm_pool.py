@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -325,7 +326,7 @@ class LvmPool(Pool):
         name = lv_name(volume.id)
         try:
             made = self._placer.create(name, volume.size, tags, extent=self._extent_size(), zero_ends=zero_ends,
-                                       committed=lambda lv, before: self._index.committed(name, lv, before))
+                                       committed=functools.partial(self._index.committed, name))
         except BaseException:
             self._index.forget()
             raise
