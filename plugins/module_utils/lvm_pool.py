@@ -264,8 +264,9 @@ class LvmPool(Pool):
             except BaseException:
                 self._untracked()
                 raise
-            self._placer.free.committed(before)
-            self._index.committed(found.name, retagged, before)
+            after = self._seqno()
+            self._placer.free.committed(before, after=after)
+            self._index.committed(found.name, retagged, before, after)
         seen = self._seen()
         if seen is not None:
             seen[found.name] = retagged
@@ -479,8 +480,9 @@ class LvmPool(Pool):
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
         if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
-            self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges])
-            self._index.committed(found.name, None, before)
+            after = self._seqno()
+            self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges], after)
+            self._index.committed(found.name, None, before, after)
         else:
             self._untracked()
 
