@@ -8,10 +8,13 @@ initiator IQN only, with CHAP.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-from .errors import Conflict
+from .errors import Conflict, StorageError
 from .iscsi_target import Chap, Grant, TargetBackend, check_iqn, serial_for, target_iqn_for
 from .model import Volume
 from .pool import Pool
@@ -59,13 +62,37 @@ def ensure_exported(
                            f"not {read_only}")
         grant = current.grant_for(initiator_iqn) if current else None
         return info, grant != Grant(initiator_iqn, chap)
-    device = pool.attach(volume)  # the volume's own: its lock covers it
+    attaching = _started(pool.attach, volume)  # the volume's own: its lock covers it
     with backend.transaction():  # targets, accounts and the saved configuration are every volume's
-        changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only)
+        try:
+            opened = backend.open_export(info.target_iqn)  # while the device attaches
+        finally:
+            wait([attaching])  # never left running, whatever open_export did
+        try:
+            device = attaching.result()
+        except BaseException:
+            if opened:  # the target made for a device that did not come goes (the attach error is the one to tell)
+                with contextlib.suppress(StorageError):
+                    backend.remove_export(info.target_iqn)
+            raise
+        changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only) or opened
         changed = backend.ensure_grant(info.target_iqn, initiator_iqn, chap) or changed
         if changed:
             backend.persist()
     return info, changed
+
+
+def _started(work: Callable[[Volume], str], volume: Volume) -> "Future[str]":
+    """*work(volume)* run in a thread of its own (the caller's next steps overlap its command)."""
+    future: "Future[str]" = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(volume))
+        except BaseException as error:  # handed to the caller, who raises it
+            future.set_exception(error)
+    threading.Thread(target=run, name=f"attach {volume.id}", daemon=True).start()
+    return future
 
 
 def ensure_unexported(

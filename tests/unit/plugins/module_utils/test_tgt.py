@@ -11,13 +11,14 @@ import json
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import pytest
 
-from basalt_core import tgt, tgt_config, tgt_show
+from basalt_core import exports, tgt, tgt_config, tgt_show
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant, check_iqn, serial_for, target_iqn_for
+from basalt_core.model import Volume
 
 RECORDED = Path(__file__).parent / "iscsi_recorded"
 SHOW = (RECORDED / "tgtadm_target_show.txt").read_text()
@@ -159,11 +160,11 @@ def test_ensure_export_new(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     runner = tgt_script([
         ok(SHOW_T, SHOW),  # does it exist? tids in use: 1, 2
         ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
         ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
             "--bstype", "rdwr"]),
         ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
             "--params", "scsi_sn=0123abcd,readonly=1"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", True) is True
     assert runner.secrets == [[]] * 5
@@ -180,11 +181,11 @@ def test_ensure_export_tid_race(tgt_script: Any, backend: tgt.TgtBackend) -> Non
             "--mode target --op new --tid 1 --targetname iqn.2026-11.io.basalt:pvc-5b1fd0c2"),
         ok(SHOW_T, SHOW),  # someone else took tid 1 (another target): listed again
         ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
         ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
             "--bstype", "rdwr"]),
         ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
             "--params", "scsi_sn=0123abcd,readonly=0"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", False) is True
 
@@ -316,6 +317,7 @@ def test_unexpected_errors_propagate(tgt_script: Any, backend: tgt.TgtBackend) -
     tgt_script([
         ok(SHOW_T, ""),
         ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", RO]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "255.255.255.255/32"]),
         err([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/nonexistent",
              "--bstype", "rdwr"], "--mode logicalunit --op new --tid 1 --lun 2 --backing-store /nonexistent"),
     ])
@@ -406,11 +408,11 @@ def test_publish_lists_once_and_writes_once(tgt_script: Any, tmp_path: Path,
     runner = tgt_script([
         ok(SHOW_T, ""),
         ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", new]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
         ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/dev/loop9",
             "--bstype", "rdwr"]),
         ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1",
             "--params", "scsi_sn=0123abcd,readonly=0"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
         ok([*C, "--mode", "account", "--op", "new", "--user", "node-c", "--password", "secret-c-0123456"]),
         ok([*C, "--mode", "account", "--op", "bind", "--tid", "1", "--user", "node-c"]),
         ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", NODE_B]),
@@ -504,3 +506,99 @@ def test_a_damaged_record_line_refuses_every_call(backend: tgt.TgtBackend) -> No
     Path(backend.conf_path).write_text(tgt_config.RECORD_MARK + "not base64 at all!\n")
     with pytest.raises(Precondition, match="grant record"):
         backend.saved_grants()
+
+
+# -- the target made while the device attaches (ControllerPublish) ------------------------------------
+
+
+def test_open_export_makes_the_target_and_ensure_export_adds_the_lun(tgt_script: Any, tmp_path: Path) -> None:
+    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn="iqn.2026-11.io.basalt")
+    new = "iqn.2026-11.io.basalt:pvc-new"
+    tgt_script([
+        ok(SHOW_T, SHOW),  # tids in use: 1, 2
+        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", tgt_config.NO_ADDRESS]),
+        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
+            "--bstype", "rdwr"]),
+        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
+            "--params", "scsi_sn=0123abcd,readonly=0"]),
+    ])
+    with backend.transaction():
+        assert backend.open_export(new) is True
+        assert backend.open_export(new) is False  # live now: ensure_export checks what exists
+        assert backend.ensure_export(new, "/dev/loop9", "0123abcd", False) is True
+    assert _saved(backend)[new]["lun"] == {"device": "/dev/loop9", "serial": "0123abcd", "read_only": False}
+
+
+def test_open_export_leaves_a_target_not_ours_yet_to_ensure_export(tgt_script: Any, backend: tgt.TgtBackend) -> None:
+    tgt_script([])  # no base IQN, not in the record: it must be recorded first, with its LUN
+    assert backend.open_export("iqn.2026-11.io.basalt:pvc-new") is False
+
+
+class _Attaching:
+    """A pool whose attach waits until *ready* is set (by the scripted tgtadm), then answers or fails."""
+
+    def __init__(self, ready: threading.Event, error: Optional[Exception] = None) -> None:
+        self.ready, self.error = ready, error
+
+    def attach(self, volume: Any) -> str:
+        assert self.ready.wait(10), "the target was not made while the device attached"
+        if self.error is not None:
+            raise self.error
+        return "/dev/loop9"
+
+
+def _publish_script(tgt_script: Any, monkeypatch: pytest.MonkeyPatch, ready: threading.Event, tail: List[Call]
+                    ) -> None:
+    """listing, target new, address ACL (which lets the attach finish), then *tail*."""
+    runner = tgt_script([
+        ok(SHOW_T, ""),
+        ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", f"{BASE}:{VOLUME.id}"]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
+        *tail,
+    ])
+    scripted = runner.__call__
+
+    def run(argv: List[str], **kwargs: Any) -> Any:
+        result = scripted(argv, **kwargs)
+        if "--initiator-address" in argv:
+            ready.set()
+        return result
+    monkeypatch.setattr(tgt, "run", run)
+
+
+BASE = "iqn.2026-11.io.basalt"
+VOLUME = Volume("vol-0123456789abcdef0123456789abcdef", "pvc-1", 1 << 20, "file")
+
+
+def test_publish_makes_the_target_while_the_device_attaches(tgt_script: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE)
+    ready = threading.Event()
+    target = f"{BASE}:{VOLUME.id}"
+    _publish_script(tgt_script, monkeypatch, ready, [
+        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/dev/loop9",
+            "--bstype", "rdwr"]),
+        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1",
+            "--params", f"scsi_sn={serial_for(VOLUME.id)},readonly=0"]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", NODE_A]),
+    ])
+    info, changed = exports.ensure_exported(cast(Any, _Attaching(ready)), backend, exports.ExportSettings(BASE, ()),
+                                            VOLUME, NODE_A, None, False)
+    assert changed and info.target_iqn == target and _saved(backend)[target]["grants"] == {NODE_A: None}
+
+
+def test_a_failed_attach_removes_the_target_made_meanwhile(tgt_script: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
+                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE)
+    ready = threading.Event()
+    _publish_script(tgt_script, monkeypatch, ready,
+                    [ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "1"])])
+    failure = CommandFailed(["losetup"], 1, "no free loop device", "attach")
+    with pytest.raises(CommandFailed, match="no free loop device"):
+        exports.ensure_exported(cast(Any, _Attaching(ready, failure)), backend, exports.ExportSettings(BASE, ()),
+                                VOLUME, NODE_A, None, False)
+    assert not Path(backend.conf_path).exists()  # nothing recorded: the target was never more than made
