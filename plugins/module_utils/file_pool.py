@@ -160,8 +160,7 @@ class FilePool(Pool):
 
     # -- node side -----------------------------------------------------------
     def attach(self, volume: Volume) -> str:
-        device, _changed = losetup.ensure_attached(self.image_path(volume.id))
-        return device.device
+        return losetup.attach(self.image_path(volume.id)).device  # losetup reuses the device attached so
 
     def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
         by_image = {d.backing_file: d.device for d in losetup.list_devices()  # one listing

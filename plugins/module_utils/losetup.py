@@ -114,13 +114,19 @@ def ensure_attached(
     size_limit: int = 0,
     read_only: bool = False,
 ) -> "tuple[LoopDevice, bool]":
-    """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed.
-
-    ``--nooverlap`` makes losetup itself refuse a device overlapping another one over the same file.
-    """
+    """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed."""
     existing = find(backing_file, offset, size_limit)
     if existing is not None:
         return existing, False
+    return attach(backing_file, offset=offset, size_limit=size_limit, read_only=read_only), True
+
+
+def attach(backing_file: str, *, offset: int = 0, size_limit: int = 0, read_only: bool = False) -> LoopDevice:
+    """The loop device over *backing_file* at *offset*, *size_limit*: one command, no lookup of ours.
+
+    ``--nooverlap`` makes losetup itself answer the device already attached exactly so (the same file,
+    offset and size limit; util-linux 2.38) and refuse one overlapping it; else it attaches a free one.
+    """
     argv = ["losetup", "--find", "--show", "--nooverlap"]
     if offset:
         argv += ["--offset", str(offset)]
@@ -134,7 +140,7 @@ def ensure_attached(
     if not device.startswith("/dev/"):
         raise CommandFailed(argv, 0, f"no device name in the output {device!r}", f"attach {backing_file}")
     device_wait.appeared(device, f"loop device over {backing_file}")
-    return LoopDevice(device, path, offset, size_limit, read_only), True
+    return LoopDevice(device, path, offset, size_limit, read_only)
 
 
 def refresh_capacity(device: str) -> None:

@@ -240,3 +240,27 @@ def test_loop_size_limit_can_grow_while_attached(tmp_path: Any) -> None:
                                                                        False)
     finally:
         losetup.detach(device.device)
+
+
+def test_attach_answers_the_device_attached_exactly_so(tmp_path: Any) -> None:
+    """Real losetup: ``attach`` (no lookup of ours) reuses the device over the whole file, refuses an
+    overlapping range and never reuses a device over an unlinked file at the same path."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    made = [losetup.attach(str(image)).device]
+    try:
+        assert losetup.attach(str(image)).device == made[0]
+        assert losetup.ensure_attached(str(image)) == (losetup.LoopDevice(made[0], str(image), 0, 0, False), False)
+        with pytest.raises(CommandFailed):
+            made.append(losetup.attach(str(image), offset=1 << 20).device)
+        image.unlink()
+        image.write_bytes(b"")
+        os.truncate(image, 8 << 20)
+        made.append(losetup.attach(str(image)).device)
+        assert made[-1] != made[0]
+    finally:
+        for device in made:
+            losetup.detach(device)
