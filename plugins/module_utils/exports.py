@@ -12,12 +12,14 @@ import contextlib
 import threading
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 from .errors import Conflict, StorageError
 from .iscsi_target import Chap, Grant, TargetBackend, check_iqn, serial_for, target_iqn_for
 from .model import Volume
 from .pool import Pool
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def ensure_exported(
                            f"not {read_only}")
         grant = current.grant_for(initiator_iqn) if current else None
         return info, grant != Grant(initiator_iqn, chap)
-    attaching = _started(pool.attach, volume)  # the volume's own: its lock covers it
+    attaching = _started(lambda: pool.attach(volume), f"attach {volume.id}")  # the volume's own: its lock covers it
     with backend.transaction():  # targets, accounts and the saved configuration are every volume's
         try:
             opened = backend.open_export(info.target_iqn)  # while the device attaches
@@ -82,16 +84,16 @@ def ensure_exported(
     return info, changed
 
 
-def _started(work: Callable[[Volume], str], volume: Volume) -> "Future[str]":
-    """*work(volume)* run in a thread of its own (the caller's next steps overlap its command)."""
-    future: "Future[str]" = Future()
+def _started(work: Callable[[], T], name: str) -> "Future[T]":
+    """*work()* run in a thread of its own (the caller's next steps overlap it)."""
+    future: "Future[T]" = Future()
 
     def run() -> None:
         try:
-            future.set_result(work(volume))
+            future.set_result(work())
         except BaseException as error:  # handed to the caller, who raises it
             future.set_exception(error)
-    threading.Thread(target=run, name=f"attach {volume.id}", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return future
 
 
@@ -103,17 +105,26 @@ def ensure_unexported(
     initiator_iqn: str,
     *,
     check_mode: bool = False,
+    first: Optional[Callable[[], object]] = None,
 ) -> bool:
     """Withdraw the node's access; the target goes with the last grant, and the device with it.
 
-    The device is released also when the target is already gone (the target service restarted
-    empty), unless the volume's record still publishes it elsewhere.
+    *first* (the agent's: forget the publication record) runs before any change, beside the
+    target service's reads.  The device is released also when the target is already gone (the
+    target service restarted empty), unless the volume's record still publishes it elsewhere.
     """
     target = target_iqn_for(settings.base_iqn, volume_id)
     with backend.transaction():
         if check_mode:
             current = backend.export(target)
             return current is not None and (current.grant_for(initiator_iqn) is not None or not current.grants)
+        if first is not None:
+            done = _started(first, f"before unexport of {volume_id}")
+            try:
+                backend.read_ahead()
+            finally:
+                wait([done])
+            done.result()
         changed, gone = backend.withdraw(target, initiator_iqn)
         if changed:
             backend.persist()

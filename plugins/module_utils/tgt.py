@@ -188,6 +188,9 @@ class TgtBackend(TargetBackend):
     def ping(self) -> None:
         self._run("--mode", "system", "--op", "show", what="ask tgtd")
 
+    def read_ahead(self) -> None:
+        self._live()
+
     def _live(self) -> Dict[str, TgtTarget]:
         session = self._current()
         if session.live is None:
