@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark iSCSI export and unexport through the agent against the bare tgtadm commands that do the same.
+"""Benchmark iSCSI export and unexport through the agent against the bare tgtadm (or rtslib) calls that do the same.
 
 Prints RATIOS (ControllerPublishVolume / ControllerUnpublishVolume over gRPC,
 tgt backend, a private tgtd on 127.0.0.1 / the same target, LUN, ACL and CHAP
 state made and unmade with bare ``tgtadm``), never asserts on time. Needs
-root, tgt (tgtd, tgtadm) and loop devices.
+root, tgt (tgtd, tgtadm) and loop devices. With ``--backend lio`` (configfs,
+the target modules and rtslib-fb: the VM tier, bench/vm_bench.py) the agent
+exports through LIO and the floor is the same objects made and deleted with
+rtslib-fb's own calls in this process.
 
-    python3 bench/bench_iscsi.py [--rounds N] [--json OUT] [--tmpdir DIR]
+    python3 bench/bench_iscsi.py [--rounds N] [--backend tgt|lio] [--json OUT] [--tmpdir DIR]
 
 Everything lives under one fresh ``basalt-bench-*`` directory (the agent's
 file pool, state and tgt config, the bare side's image); the private tgtd
 (its own control port, a free TCP port) is stopped at the end, also on
 Ctrl-C, SIGTERM or an error, before the workspace's loop devices are detached.
-Nothing else is touched: no system tgtd, no other loop device.
+Nothing else is touched: no system tgtd, no other loop device. With LIO the
+bare side's targets and backstores (named after ``BARE_BASE_IQN``) are removed
+before the loop devices; the agent saves LIO's configuration where it always
+does (rtslib's default file), as on a storage host.
 """
 
 from __future__ import annotations
@@ -59,16 +65,19 @@ BARE_USER = "bare-user"
 PASSWORD = "Bench-Secret-1234"
 CONTROL_PORTS = range(31000, 31100)  # tgtd -C: 1..32767; the first one no tgtd answers on
 BARE_TID_BASE = 5000  # the bare side's tids, far from the agent's (it takes max + 1)
+BARE_SO_PREFIX = "bare-bench-"  # LIO: the bare side's backstores (the agent's are basalt-<serial>)
 
 
 class IscsiWorkspace(bl.Workspace):
     """The file workspace plus a private tgtd, stopped after the agents and before the loop devices go."""
 
-    def __init__(self, base: Optional[str]) -> None:
+    def __init__(self, base: Optional[str], backend: str = "tgt") -> None:
         super().__init__(base)
+        self.backend = backend
         self.tgtd: Optional["subprocess.Popen[bytes]"] = None
         self.control_port = 0
         self.portal = ""
+        self.lio: Optional[LioBare] = None
 
     def start_tgtd(self) -> None:
         self.control_port = next(p for p in CONTROL_PORTS if not control_port_in_use(p))
@@ -82,8 +91,17 @@ class IscsiWorkspace(bl.Workspace):
         self.tgtd.wait(timeout=30)
         self.tgtd = start_private_tgtd(self.control_port, self.portal, wait=30.0)
 
+    def start_lio(self) -> None:
+        self.portal = f"127.0.0.1:{free_port()}"
+        self.lio = LioBare(self.portal)
+
     def cleanup(self) -> List[str]:
         problems = self.stop_agents()  # before tgtd: an agent may be mid-call on it
+        if self.lio is not None:
+            try:
+                self.lio.remove_leftovers()
+            except Exception as error:
+                problems.append(f"removing the bare side's LIO targets: {error}")
         if self.tgtd is not None:
             try:
                 stop_private_tgtd(self.control_port, self.tgtd)
@@ -100,14 +118,18 @@ def free_port() -> int:
 
 
 class IscsiAgent(cp.ProfiledAgent):
-    """A file-pool storage host exporting over the workspace's tgtd; the log reader counts its commands."""
+    """A file-pool storage host exporting over the workspace's tgtd (or LIO); the log reader counts its
+    commands."""
 
     def __init__(self, workspace: IscsiWorkspace, name: str, pool_dir: str) -> None:
         super().__init__(workspace, name, pool_dir)
-        self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
-                      "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf"), "--iscsi-portal", workspace.portal,
-                      "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}", "--cleanup-grace", str(cp.CLEANUP_GRACE),
-                      "--log-level", "debug"]
+        if workspace.backend == "lio":
+            self.args += ["--iscsi-backend", "lio"]
+        else:
+            self.args += ["--iscsi-backend", "tgt", "--tgt-control-port", str(workspace.control_port),
+                          "--tgt-conf", os.path.join(self.home, "tgt-basalt.conf")]
+        self.args += ["--iscsi-portal", workspace.portal, "--iscsi-initiator", f"{PEER_NODE}={PEER_IQN}",
+                      "--cleanup-grace", str(cp.CLEANUP_GRACE), "--log-level", "debug"]
 
 
 def block_capability() -> Any:
@@ -169,6 +191,68 @@ class Bare:
         self.tgtadm("--mode", "target", "--op", "delete", "--force", "--tid", t)
 
 
+class LioBare:
+    """The same LIO objects the agent's LIO backend makes (basalt_core.lio: block backstore, target, TPG 1
+    with its attributes, portal, LUN 0, the node's ACL with CHAP and mapped LUN 0), made and deleted with
+    rtslib-fb's own calls in this process: the floor of ControllerPublish / ControllerUnpublish on LIO."""
+
+    def __init__(self, portal: str) -> None:
+        import rtslib_fb
+
+        self.rts = rtslib_fb
+        host, _, port = portal.rpartition(":")
+        self.portal = (host, int(port))
+        self.objects: Dict[int, Tuple[Any, Any, Any]] = {}  # tid -> (storage object, target, ACL)
+
+    def export(self, tid: int, iqn: str, device: str, serial: str, user: str = BARE_USER) -> None:
+        rts = self.rts
+        so = rts.BlockStorageObject(f"{BARE_SO_PREFIX}{tid}", dev=device, wwn=serial, readonly=False)
+        target = rts.Target(rts.FabricModule("iscsi"), iqn, mode="create")
+        tpg = rts.TPG(target, 1, mode="create")
+        tpg.set_attribute("generate_node_acls", "0")
+        tpg.set_attribute("demo_mode_write_protect", "1")
+        tpg.set_attribute("authentication", "0")
+        rts.NetworkPortal(tpg, *self.portal, mode="create")
+        lun = rts.LUN(tpg, lun=0, storage_object=so)
+        tpg.enable = True
+        acl = rts.NodeACL(tpg, PEER_IQN, mode="create")
+        acl.chap_userid = user
+        acl.chap_password = PASSWORD
+        rts.MappedLUN(acl, 0, tpg_lun=lun, write_protect=False)
+        tpg.set_attribute("authentication", "1")
+        self.objects[tid] = (so, target, acl)
+
+    def unexport(self, tid: int, user: str = BARE_USER) -> None:
+        so, target, acl = self.objects.pop(tid)
+        acl.delete()
+        target.delete()
+        so.delete()
+
+    def save(self, path: str) -> None:
+        """What the agent's ``persist`` does after a change (to a file of the workspace here)."""
+        self.rts.RTSRoot().save_to_file(path)
+
+    def remove_leftovers(self) -> None:
+        """The bare side's targets and backstores that an interruption left (only those: by name)."""
+        root = self.rts.RTSRoot()
+        for target in list(root.targets):
+            if target.wwn.startswith(BARE_BASE_IQN + ":"):
+                target.delete()
+        for so in list(root.storage_objects):
+            if so.name.startswith(BARE_SO_PREFIX):
+                so.delete()
+        self.objects.clear()
+
+
+def rtslib_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rtslib-fb")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def bare_image(workspace: IscsiWorkspace, name: str) -> str:
     image = workspace.path("raw", name)
     os.makedirs(os.path.dirname(image), exist_ok=True)
@@ -185,10 +269,13 @@ def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorks
                  ) -> Tuple[List[bl.Row], Dict[str, Any]]:
     volume = create_block_volume(agent, f"bench-iscsi-{uuid.uuid4().hex[:8]}")
     image = bare_image(workspace, "bare.img")
-    bare = Bare(workspace)
+    lio = workspace.lio
+    bare = lio if lio is not None else Bare(workspace)
+    saved_config = workspace.path("lio-saveconfig.json")  # LIO: the bare side saves as the agent does
     g_pub, g_unpub, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
     b_attach, b_export, b_unexport, b_detach = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
     b_pub_all, b_unpub_all, b_pair, b_pair_all = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
+    b_pub_saved, b_unpub_saved = bl.Samples(), bl.Samples()
     contexts: List[Dict[str, str]] = []
 
     def grpc_round(i: int) -> None:
@@ -204,24 +291,41 @@ def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorks
         iqn = f"{BARE_BASE_IQN}:round-{i}"
         took_a, device = bl.timed(lambda: bl.run(["losetup", "--find", "--show", image]).strip())
         took_e, _ = bl.timed(lambda: bare.export(tid, iqn, device, serial_for(iqn)))
+        took_s = bl.timed(lambda: lio.save(saved_config))[0] if lio is not None else 0.0
         took_x, _ = bl.timed(lambda: bare.unexport(tid))
+        took_t = bl.timed(lambda: lio.save(saved_config))[0] if lio is not None else 0.0
         took_d, _ = bl.timed(lambda: bl.run(["losetup", "--detach", device]))
-        for samples, took in ((b_attach, took_a), (b_export, took_e), (b_unexport, took_x), (b_detach, took_d)):
+        for samples, took in ((b_attach, took_a), (b_export, took_e), (b_unexport, took_x), (b_detach, took_d),
+                              (b_pub_saved, took_e + took_s), (b_unpub_saved, took_x + took_t)):
             samples.add(took)
-        b_pub_all.add(took_a + took_e)
-        b_unpub_all.add(took_x + took_d)
+        b_pub_all.add(took_a + took_e + took_s)
+        b_unpub_all.add(took_x + took_t + took_d)
         b_pair.add(took_e + took_x)
-        b_pair_all.add(took_a + took_e + took_x + took_d)
+        b_pair_all.add(took_a + took_e + took_s + took_x + took_t + took_d)
 
     grpc_round(-1)  # untimed warm-up of each side (first account, first target, imports)
     bare_round(999)
     for samples in (g_pub, g_unpub, g_pair, b_attach, b_export, b_unexport, b_detach, b_pub_all, b_unpub_all,
-                    b_pair, b_pair_all):
+                    b_pair, b_pair_all, b_pub_saved, b_unpub_saved):
         samples.values.clear()
     profiler.profiles.clear()
     bl.interleave(rounds, [grpc_round, bare_round])
     bl.delete_volume(agent, volume.volume_id)
 
+    if lio is not None:
+        name = "iscsi export (lio)"
+        rows = [
+            bl.Row(name, "ControllerPublish", g_pub, "rtslib: backstore..mapped LUN", b_export),
+            bl.Row(name, "ControllerPublish", g_pub, "rtslib + save_to_file", b_pub_saved),
+            bl.Row(name, "ControllerPublish", g_pub, "losetup --find --show + rtslib + save", b_pub_all),
+            bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib: ACL, target, backstore delete", b_unexport),
+            bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib + save_to_file", b_unpub_saved),
+            bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib + save + losetup -d", b_unpub_all),
+            bl.Row(name, "Publish+Unpublish", g_pair, "rtslib both ways", b_pair),
+            bl.Row(name, "Publish+Unpublish", g_pair, "rtslib + 2 saves + 2 losetup", b_pair_all),
+        ]
+        return rows, {"target_iqn": contexts[-1].get("basalt.dev/iscsi-target") if contexts else None,
+                      "bare_losetup_attach": b_attach.summary(), "bare_losetup_detach": b_detach.summary()}
     name = "iscsi export (tgt)"
     rows = [
         bl.Row(name, "ControllerPublish", g_pub, f"tgtadm x{EXPORT_COMMANDS}", b_export),
@@ -343,11 +447,19 @@ def bench_restart(agent: IscsiAgent, workspace: IscsiWorkspace, count: int, unpu
 FLOOR_COMMANDS = {"ControllerPublish": EXPORT_COMMANDS, "ControllerUnpublish": UNEXPORT_COMMANDS}
 
 
-def command_summary(profiles: Sequence[cp.Profile]) -> List[str]:
+def command_summary(profiles: Sequence[cp.Profile], backend: str = "tgt") -> List[str]:
     """Per RPC: the external commands behind its median sample, the time they took, and the tgtadm count
-    against the bare commands that change state (the goal: at most 1.2x)."""
+    against the bare commands that change state (the goal: at most 1.2x). LIO runs no command of its own
+    (rtslib works on configfs in the agent's process): its RPCs list what else they ran."""
     lines = []
     for p in profiles:
+        if backend == "lio":
+            rpc_ms, commands_ms = bl.Samples(p.seconds).median * 1000, p.all_seconds() * 1000
+            listed = ", ".join(f"{tool} x{n}" for tool, n in sorted(p.counts().items())) or "no command"
+            lines.append(f"{p.rpc}: {listed}; median {rpc_ms:.1f} ms, of which commands {commands_ms:.1f} ms; the "
+                         f"rest (rtslib on configfs, LIO's saved config, gRPC, records, Python) "
+                         f"{rpc_ms - commands_ms:.1f} ms")
+            continue
         counts: Counter[str] = p.counts()
         tgtadm_ms = bl.Samples([sum(c.seconds for c in s if c.tool == "tgtadm") for s in p.samples]).median * 1000
         rpc_ms = bl.Samples(p.seconds).median * 1000
@@ -367,9 +479,12 @@ def command_summary(profiles: Sequence[cp.Profile]) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"rounds (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--restart-volumes", type=int, default=DEFAULT_RESTART_VOLUMES,
+    parser.add_argument("--backend", choices=("tgt", "lio"), default="tgt",
+                        help="the agent's --iscsi-backend (default tgt; lio needs configfs, the target modules and "
+                        "rtslib-fb, and its floor is rtslib's own calls)")
+    parser.add_argument("--restart-volumes", type=int,
                         help=f"published volumes restored by the reconciliation in benchmark 2 "
-                        f"(default {DEFAULT_RESTART_VOLUMES}; 0 skips it)")
+                        f"(default {DEFAULT_RESTART_VOLUMES}; 0 skips it; tgt only)")
     parser.add_argument("--restart-unpublished", type=int, default=0,
                         help="also this many volumes published nowhere in benchmark 2 (default 0)")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
@@ -377,27 +492,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.restart_volumes is None:
+        args.restart_volumes = DEFAULT_RESTART_VOLUMES if args.backend == "tgt" else 0
+    if args.backend == "lio" and args.restart_volumes > 0:
+        parser.error("--restart-volumes: benchmark 2 (tgtd restarted empty) is tgt's only")
     if os.geteuid() != 0:
-        print("bench_iscsi: needs root (tgtd, loop devices)", file=sys.stderr)
+        print("bench_iscsi: needs root (tgtd or LIO, loop devices)", file=sys.stderr)
         return 2
 
     signal.signal(signal.SIGTERM, bl._raise_interrupt)
-    workspace = IscsiWorkspace(args.tmpdir)
-    report: Dict[str, Any] = {"rounds": args.rounds}
+    workspace = IscsiWorkspace(args.tmpdir, args.backend)
+    report: Dict[str, Any] = {"rounds": args.rounds, "backend": args.backend}
 
     def run() -> List[bl.Row]:
         facts = bl.machine_facts(workspace)
-        facts["tgt"] = bl.run(["tgtadm", "--version"]).strip()
-        workspace.start_tgtd()
-        facts.update(tgtd_control_port=workspace.control_port, portal=workspace.portal)
+        if args.backend == "lio":
+            workspace.start_lio()
+            facts.update(rtslib_fb=rtslib_version(), portal=workspace.portal)
+        else:
+            facts["tgt"] = bl.run(["tgtadm", "--version"]).strip()
+            workspace.start_tgtd()
+            facts.update(tgtd_control_port=workspace.control_port, portal=workspace.portal)
         report["facts"] = facts
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
         agent = IscsiAgent(workspace, "storage-host", workspace.mkdir("pool"))
         agent.start()
         profiler = cp.Profiler(agent)
-        print(f"ControllerPublish + ControllerUnpublish vs bare tgtadm, {args.rounds} rounds", flush=True)
+        floor = "rtslib's own calls" if args.backend == "lio" else "bare tgtadm"
+        print(f"ControllerPublish + ControllerUnpublish vs {floor}, {args.rounds} rounds", flush=True)
         rows, report["export"] = bench_export(agent, profiler, workspace, args.rounds)
-        summary = command_summary(list(profiler.profiles.values()))
+        summary = command_summary(list(profiler.profiles.values()), args.backend)
         if args.restart_volumes > 0:
             print(f"restart with tgtd emptied: {args.restart_volumes} published volumes", flush=True)
             restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes,

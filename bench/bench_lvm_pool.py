@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark the Basalt agent's LVM pool (loop activation) against the bare LVM and loop commands.
+"""Benchmark the Basalt agent's LVM pool (loop or dm activation, or lvmthin) against the bare LVM commands.
 
 Prints RATIOS (agent over gRPC / the same work done by hand), never asserts on
-time: a benchmark is not a test. Needs root, loop devices, mounts and lvm2.
+time: a benchmark is not a test. Needs root, loop devices, mounts and lvm2;
+``--activation dm`` and ``--thin`` need device-mapper (the VM tier: bench/vm_bench.py).
 
     python3 bench/bench_lvm_pool.py [--rounds N] [--curve 10,100,1000] [--json OUT]
+        [--activation loop|dm] [--thin]
 
 It builds its own volume group on a sparse PV image of its workspace, attached
 with ``losetup``, and runs every LVM command (its own and the agent's) with a
 private ``LVM_SYSTEM_DIR`` whose lvm.conf is ``basalt_core.lvm.isolated_config``
 of that one loop device: activation off, a device filter that admits only that
-device, no backups, hints or devices file. No other VG, PV or device is visible
+device, no backups, hints or devices file (with ``--activation dm`` or ``--thin``:
+activation on, no monitoring). No other VG, PV or device is visible
 to it. The shared helpers (workspace, agent process, samples, table, CSI
 request builders) are imported from ``benchlib``.
 
@@ -57,6 +60,55 @@ DEFAULT_ROUNDS = 20
 DEFAULT_CURVE = "10,100,1000"
 DEFAULT_CURVE_SAMPLES = 10
 DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stops growing
+THIN_POOL = "thinpool"
+THIN_POOL_SIZE = "4g"
+
+
+@dataclass(frozen=True)
+class PoolKind:
+    """What the agent serves and what the bare side runs for the same LV: ``loop`` (lvm pool, loop
+    activation: no device-mapper), ``dm`` (lvm pool, device-mapper) or ``thin`` (lvmthin, device-mapper)."""
+
+    name: str
+
+    @property
+    def device_mapper(self) -> bool:
+        return self.name != "loop"
+
+    def lvm_conf(self, pvs: Sequence[str]) -> str:
+        """The private lvm.conf: only *pvs* visible; activation on with device-mapper (no dmeventd)."""
+        conf = lvm.isolated_config(pvs)
+        if not self.device_mapper:
+            return conf
+        return (conf.replace("global { activation = 0 }", "global { activation = 1 }")
+                + " activation { monitoring = 0 udev_sync = 1 udev_rules = 1 }")
+
+    def agent_pool_args(self, vg: str) -> List[str]:
+        if self.name == "thin":
+            return ["--pool", f"lvmthin:{vg}/{THIN_POOL}"]
+        if self.name == "dm":
+            return ["--pool", "lvm:" + vg, "--lvm-activation", "dm"]
+        return ["--pool", "lvm:" + vg, "--lvm-activation", "loop", "--lvm-alloc", "contiguous"]
+
+    def create_args(self, vg: str, name: str, size: int) -> List[str]:
+        """The bare ``lvcreate`` of an LV of *size* bytes (dm: LVM activates and zeroes it, as the agent asks)."""
+        if self.name == "thin":
+            return ["lvcreate", "--yes", "--type", "thin", "-n", name, "-V", f"{size // MiB}m", "--thinpool",
+                    THIN_POOL, vg]
+        alloc = ["--alloc", "contiguous"] if self.name == "loop" else []
+        return ["lvcreate", "--yes", "-n", name, "-L", f"{size // MiB}m", *alloc, vg]
+
+    @property
+    def create_floor(self) -> str:
+        return {"loop": "lvcreate -L 64m --alloc contiguous", "dm": "lvcreate -L 64m",
+                "thin": "lvcreate --type thin -V 64m"}[self.name]
+
+    @property
+    def label(self) -> str:
+        return {"loop": "lvm, loop activation", "dm": "lvm, dm activation", "thin": "lvmthin"}[self.name]
+
+
+LOOP = PoolKind("loop")
 
 
 # -- LVM with the private config ------------------------------------------------
@@ -64,13 +116,14 @@ DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stop
 class PrivateLvm:
     """The private ``LVM_SYSTEM_DIR`` of this run and the one way its LVM commands run."""
 
-    def __init__(self, system_dir: str, pvs: Sequence[str]) -> None:
+    def __init__(self, system_dir: str, pvs: Sequence[str], kind: PoolKind = LOOP) -> None:
         self.system_dir = system_dir
+        self.kind = kind
         self.pvs = list(pvs)
         self.pv = self.pvs[0]  # the agent's VG's; a second one holds the bare side's VG with --bare-vg
         os.makedirs(system_dir, exist_ok=True)
         with open(os.path.join(system_dir, "lvm.conf"), "w", encoding="utf-8") as handle:
-            handle.write(lvm.isolated_config(self.pvs) + "\n")
+            handle.write(kind.lvm_conf(self.pvs) + "\n")
         self.settings = lvm.LvmSettings(system_dir=system_dir)
         self.env = {**os.environ, **self.settings.env()}
 
@@ -96,8 +149,9 @@ class PrivateLvm:
 class LvmWorkspace(bl.Workspace):
     """The file bench's workspace plus a VG on a PV image in it; ``cleanup`` removes both."""
 
-    def __init__(self, base: Optional[str]) -> None:
+    def __init__(self, base: Optional[str], kind: PoolKind = LOOP) -> None:
         super().__init__(base)
+        self.kind = kind
         self.pv_image = self.path("pv.img")
         self.lvm: Optional[PrivateLvm] = None
         self.vg: Optional[str] = None
@@ -113,7 +167,7 @@ class LvmWorkspace(bl.Workspace):
         for image in images:
             bl.run(["truncate", "-s", str(PV_IMAGE_SIZE), image])
             pvs.append(bl.run(["losetup", "--find", "--show", image]).strip())
-        self.lvm = PrivateLvm(self.path("lvm"), pvs)
+        self.lvm = PrivateLvm(self.path("lvm"), pvs, self.kind)
         # The agent is a child of this process: it inherits the private config.
         os.environ.update(self.lvm.settings.env())
         metadata = [] if metadata_size == "default" else ["--metadatasize", metadata_size]
@@ -127,6 +181,8 @@ class LvmWorkspace(bl.Workspace):
             else:
                 self.bare_vg = name
             self.lvm.run("vgcreate", name, pv)
+            if self.kind.name == "thin":
+                self.lvm.run("lvcreate", "--yes", "--type", "thin-pool", "-L", THIN_POOL_SIZE, "-n", THIN_POOL, name)
             names.append(name)
         return names[0]
 
@@ -146,6 +202,8 @@ class LvmWorkspace(bl.Workspace):
             for vg in (self.vg, self.bare_vg):
                 if vg is not None:
                     try:
+                        if self.kind.device_mapper:  # its dm devices go first
+                            self.lvm.run("vgchange", "-an", vg)
                         self.lvm.run("vgremove", "--force", "--force", vg)
                     except bl.BenchError as error:
                         problems.append(f"removing VG {vg}: {error}")
@@ -160,12 +218,13 @@ class LvmWorkspace(bl.Workspace):
 # -- the agent --------------------------------------------------------------------
 
 class LvmAgent(cp.ProfiledAgent):
-    """``python3 -m basalt_agent`` serving ``lvm:VG`` with loop activation, contiguous allocation, debug log."""
+    """``python3 -m basalt_agent`` serving ``lvm:VG`` (loop activation and contiguous allocation, or dm) or
+    ``lvmthin:VG/thinpool``, with a debug log."""
 
-    def __init__(self, workspace: bl.Workspace, name: str, vg: str) -> None:
+    def __init__(self, workspace: bl.Workspace, name: str, vg: str, kind: PoolKind = LOOP) -> None:
         super().__init__(workspace, name, "/nonexistent")
-        self.args = ["--node-id", bl.NODE_ID, "--pool", "lvm:" + vg, "--lvm-activation", "loop",
-                     "--lvm-alloc", "contiguous", "--state-dir", os.path.join(self.home, "state"),
+        self.args = ["--node-id", bl.NODE_ID, *kind.agent_pool_args(vg),
+                     "--state-dir", os.path.join(self.home, "state"),
                      "--cleanup-grace", str(cp.CLEANUP_GRACE), "--log-level", "debug"]
 
 
@@ -181,7 +240,7 @@ def create_volume(agent: bl.Agent, name: str, size: int) -> Any:
 
 
 def bare_create(private: PrivateLvm, vg: str, name: str, size: int) -> None:
-    private.run("lvcreate", "--yes", "-n", name, "-L", f"{size // MiB}m", "--alloc", "contiguous", vg)
+    private.run(*private.kind.create_args(vg, name, size))
 
 
 def bare_remove(private: PrivateLvm, vg: str, name: str) -> None:
@@ -213,7 +272,7 @@ def bench_create_delete(agent: LvmAgent, profiler: cp.Profiler, private: Private
 
     bl.interleave(rounds, [grpc_round, bare_round])
     return [
-        bl.Row(bench, "CreateVolume", g_create, "lvcreate -L 64m --alloc contiguous", b_create),
+        bl.Row(bench, "CreateVolume", g_create, private.kind.create_floor, b_create),
         bl.Row(bench, "DeleteVolume", g_delete, "lvremove", b_delete),
         bl.Row(bench, "Create+Delete", g_pair, "lvcreate + lvremove", b_pair),
     ]
@@ -297,6 +356,9 @@ RAW_STEPS = {
     "NodeUnpublish": "umount TARGET",
     "NodeUnstage": "umount STAGE + losetup -d",
 }
+# With device-mapper the LV's device is /dev/VG/LV, mapped and unmapped by LVM.
+DM_RAW_STEPS = {**RAW_STEPS, "NodeStage": "lvchange -ay + mkfs.ext4 + mount",
+                "NodeUnstage": "umount STAGE + lvchange -an"}
 
 
 def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, private: PrivateLvm, vg: str,
@@ -326,18 +388,28 @@ def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, 
             basalt[step].add(seconds)
         basalt_total.add(sum(took.values()))
 
+    dm = private.kind.device_mapper
+
     def raw_round(i: int) -> None:
         name = f"bare-node-{i}-{uuid.uuid4().hex[:8]}"
+        lv = f"{bare_vg or vg}/{name}"
         bare_create(private, bare_vg or vg, name, VOLUME_SIZE)
-        where = private.location(bare_vg or vg, name)  # untimed: the bare side knows its offset in advance
+        if dm:
+            private.run("lvchange", "-an", lv)  # as the agent leaves a new volume: not mapped until staged
+        else:
+            where = private.location(bare_vg or vg, name)  # untimed: the bare side knows its offset in advance
         staging = os.path.join(mnt, f"r-stage-{i}")
         target = os.path.join(mnt, f"r-target-{i}")
         os.mkdir(staging)
         os.mkdir(target)
         took: Dict[str, float] = {}
         start = bl.now()
-        device = bl.run(["losetup", "--find", "--show", "--offset", str(where.offset), "--sizelimit",
-                      str(where.length), where.device]).strip()
+        if dm:
+            private.run("lvchange", "-ay", lv)
+            device = "/dev/" + lv
+        else:
+            device = bl.run(["losetup", "--find", "--show", "--offset", str(where.offset), "--sizelimit",
+                             str(where.length), where.device]).strip()
         bl.run([*fp.MKFS_EXT4, device])
         bl.run(["mount", device, staging])
         took["NodeStage"] = bl.now() - start
@@ -345,7 +417,10 @@ def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, 
         took["NodeUnpublish"] = bl.timed(lambda: bl.run(["umount", target]))[0]
         start = bl.now()
         bl.run(["umount", staging])
-        bl.run(["losetup", "-d", device])
+        if dm:
+            private.run("lvchange", "-an", lv)
+        else:
+            bl.run(["losetup", "-d", device])
         took["NodeUnstage"] = bl.now() - start
         os.rmdir(target)
         os.rmdir(staging)
@@ -356,7 +431,8 @@ def bench_node(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, 
 
     bl.interleave(rounds, [grpc_round, raw_round])
     name = "3 node stage..unstage ext4"
-    rows = [bl.Row(name, step, basalt[step], RAW_STEPS[step], floor[step]) for step in fp.NODE_STEPS]
+    steps = DM_RAW_STEPS if dm else RAW_STEPS
+    rows = [bl.Row(name, step, basalt[step], steps[step], floor[step]) for step in fp.NODE_STEPS]
     rows.append(bl.Row(name, "all four", basalt_total, "the 8 commands", floor_total))
     return rows
 
@@ -378,9 +454,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="benchmarks 1 and 3: the bare side on an equal VG of its own, so that the agent is its "
                         "VG's only writer (as on a host where only Basalt changes the pool's VG: its LV index stays "
                         "valid)")
+    parser.add_argument("--activation", choices=("loop", "dm"),
+                        help="the lvm pool's --lvm-activation (default loop; dm needs device-mapper)")
+    parser.add_argument("--thin", action="store_true",
+                        help=f"an lvmthin pool instead (a {THIN_POOL_SIZE} thin pool {THIN_POOL} in the VG; "
+                        "needs device-mapper): CreateVolume against a bare thin lvcreate -V")
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
+    if args.thin and args.activation == "loop":
+        parser.error("--thin needs device-mapper: it takes no --activation loop")
+    kind = PoolKind("thin" if args.thin else args.activation or "loop")
     try:
         levels = sorted({int(x) for x in args.curve.split(",") if x.strip()})
     except ValueError:
@@ -393,8 +477,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     signal.signal(signal.SIGTERM, bl._raise_interrupt)
-    workspace = LvmWorkspace(args.tmpdir)
-    report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples}
+    workspace = LvmWorkspace(args.tmpdir, kind)
+    report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples, "pool_kind": kind.name}
 
     def run() -> List[bl.Row]:
         rows: List[bl.Row] = []
@@ -407,11 +491,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         facts.update(lvm=bl.run(["lvm", "version"]).splitlines()[0].split(":", 1)[1].strip(), vg=vg, pv=private.pv,
                      pv_image_gib=PV_IMAGE_SIZE // GiB, metadatasize=args.metadatasize,
                      pe_start=pvs[0].pe_start if pvs else None, extent_size=group.extent_size,
-                     bare_vg=workspace.bare_vg)
+                     bare_vg=workspace.bare_vg, pool=kind.label)
         report["facts"] = facts
         print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
 
-        agent = LvmAgent(workspace, "lvm", vg)
+        agent = LvmAgent(workspace, "lvm", vg, kind)
         report["agent_argv"] = agent.argv
         report["agent_start_s"] = agent.start()
         profiler = cp.Profiler(agent)
@@ -426,7 +510,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows += bench_create_delete(agent, profiler, private, workspace.bare_vg or vg, args.rounds, 0,
                                         "1 create/delete 64 MiB")
         if "3" not in skip:
-            print(f"[3] NodeStage..NodeUnstage (loop activation) vs bare commands, {args.rounds} rounds", flush=True)
+            print(f"[3] NodeStage..NodeUnstage ({kind.label}) vs bare commands, {args.rounds} rounds", flush=True)
             rows += bench_node(agent, profiler, workspace, private, vg, args.rounds, workspace.bare_vg)
         if "2" not in skip and levels:
             print(f"[2] curve at {levels} Basalt volumes ({FILL_SIZE // MiB} MiB each), fill budget "

@@ -72,8 +72,9 @@ def fsync_dir(path: str) -> None:
 
 
 def fs_type(path: str) -> str:
-    """The type of the filesystem holding *path* (``stat -f`` would say ext2/ext3 for ext4)."""
-    return run(["findmnt", "--noheadings", "--output", "FSTYPE", "--target", path]).strip()
+    """The type of the filesystem holding *path* (``stat -f`` would say ext2/ext3 for ext4); of a stack of
+    mounts on one point (the VM tier's ext4 /tmp over its tmpfs) findmnt lists the visible one last."""
+    return run(["findmnt", "--noheadings", "--output", "FSTYPE", "--target", path]).split()[-1]
 
 
 @dataclass

@@ -22,7 +22,7 @@ else:  # the bench directory is not a package: found through sys.path
 # The agent's periodic clean-up (every cleanup_grace / 2 s) lists every volume;
 # push it out of the run so it never lands inside a measured RPC.
 CLEANUP_GRACE = 86400
-LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgremove",
+LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgchange", "vgremove",
              "pvcreate", "pvremove", "lvm"}
 _RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
 
@@ -61,8 +61,18 @@ class ProfiledAgent(bl.Agent):
             if not match:
                 continue
             argv = [str(a) for a in ast.literal_eval(match.group(1))]
-            found.append(Command(os.path.basename(argv[0]), argv, int(match.group(2)), float(match.group(3))))
+            found.append(Command(tool_of(argv), argv, int(match.group(2)), float(match.group(3))))
         return found
+
+
+def tool_of(argv: List[str]) -> str:
+    """The tool a logged command ran: through ``timeout --signal=KILL SECONDS TOOL ...`` (the lvm pool's
+    lvcreate under its VG lock, lvm_command.run_lvm), the tool it ran."""
+    if os.path.basename(argv[0]) == "timeout":
+        operands = [arg for arg in argv[1:] if not arg.startswith("-")]
+        if len(operands) > 1:
+            return os.path.basename(operands[1])
+    return os.path.basename(argv[0])
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Objects that are not the tests': loop devices, a VG in the system's LVM config, a tgt target.
+"""Objects that are not the tests': loop devices, a VG in the system's LVM config, a tgt target, and the host
+role's own files where a real install has them.
 
 ``scripts/test.sh`` makes them before the suites run and removes them after, so
 that every CI run proves the tests neither depend on the absence of other
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 MiB = 1 << 20
 #: tgtd's control ports in 1..32767: the tests take theirs from 2000..31999
@@ -34,6 +36,13 @@ LVM_ENV = {**os.environ, "LVM_SUPPRESS_FD_WARNINGS": "1"}
 NO_ACTIVATION = ["--config", "global{activation=0}"]
 #: what each loop device of the record holds at its start (a PV and a LUN hold their own)
 MARKER = b"basalt foreign object: not the tests'\n"
+#: The host role's own files at their default paths (roles/host/defaults/main.yml): a real install's, which
+#: the tests' runs of the roles must neither remove nor change (each test's root has its own).
+HOST_ROLE_DEFAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "roles", "host", "defaults",
+                                  "main.yml")
+HOST_ROLE_FILES = ("basalt_host_modules_load_conf", "basalt_host_multipath_conf")
+#: what such a file holds (a comment in both formats)
+FILE_MARKER = b"# " + MARKER
 
 
 def _run(argv: List[str], **kwargs: Any) -> str:
@@ -48,6 +57,33 @@ def _loop(workdir: str, name: str, marker: bool) -> Dict[str, str]:
             handle.write(MARKER)
     device = _run(["losetup", "--find", "--show", "--nooverlap", image]).strip()
     return {"device": device, "backing_file": image}
+
+
+def host_role_files() -> List[str]:
+    """HOST_ROLE_FILES' default paths, read from the role's defaults."""
+    with open(HOST_ROLE_DEFAULTS, encoding="utf-8") as handle:
+        text = handle.read()
+    found = [re.search(rf"(?m)^{name}: (/\S+)$", text) for name in HOST_ROLE_FILES]
+    return [match.group(1) for match in found if match]
+
+
+def _plant(record: Dict[str, Any], path: str, save: Callable[[], None]) -> None:
+    """A foreign file at *path* (and the directories it needs) unless one is there already."""
+    if os.path.lexists(path):
+        return  # the machine's own: foreign already
+    missing = []
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+        record["dirs"].append(directory)
+        save()
+    with open(path, "xb") as handle:
+        handle.write(FILE_MARKER)
+    record["files"].append(path)
+    save()
 
 
 def _free_port() -> int:
@@ -85,13 +121,16 @@ def _start_tgtd(record: Dict[str, Any], lun_device: str) -> None:
 
 def up(path: str) -> Dict[str, Any]:
     """Make the foreign objects, recording each as soon as it exists (a failure leaves a record to undo)."""
-    record: Dict[str, Any] = {"workdir": tempfile.mkdtemp(prefix="basalt-foreign-"), "loops": []}
+    record: Dict[str, Any] = {"workdir": tempfile.mkdtemp(prefix="basalt-foreign-"), "loops": [], "files": [],
+                              "dirs": []}
 
     def save() -> None:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1)
 
     save()
+    for planted in host_role_files():
+        _plant(record, planted, save)
     for index in range(2):  # plain loop devices, one of them also the foreign target's LUN
         record["loops"].append(_loop(record["workdir"], f"loop{index}", marker=True))
         save()
@@ -150,6 +189,16 @@ def down(path: str) -> List[str]:
     for loop in record["loops"]:
         if _attached(loop["device"], loop["backing_file"]):  # never another's device of the same number
             attempt(f"detach {loop['device']}", ["losetup", "--detach", loop["device"]])
+    for planted in record.get("files", []):
+        try:
+            os.unlink(planted)
+        except FileNotFoundError:
+            problems.append(f"{planted} was removed by another")
+    for directory in reversed(record.get("dirs", [])):
+        try:
+            os.rmdir(directory)
+        except OSError as error:
+            problems.append(f"remove {directory}: {error.strerror}")
     shutil.rmtree(record["workdir"], ignore_errors=True)
     os.unlink(path)
     return problems

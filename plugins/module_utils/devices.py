@@ -7,7 +7,7 @@ import mmap
 import os
 import stat
 import struct
-from typing import Optional
+from typing import List, Optional, Tuple
 
 _BLKGETSIZE64 = 0x80081272
 #: How much of each end of a device must read as zeros for it to count as blank
@@ -96,3 +96,20 @@ def _read_at(fd: int, buffer: mmap.mmap, length: int, offset: int) -> bytes:
             break  # the device ended early (it shrank): what was read is all there is
         done += count
     return buffer[:done]
+
+
+def end_ranges(length: int, after: int = 0) -> List[Tuple[int, int]]:
+    """The byte ranges (start, end) of the first and last BLANK_ENDS bytes of a device of *length* bytes that
+    lie at or after *after* (what a larger copy left untouched)."""
+    span = min(length, BLANK_ENDS)
+    return [(start, end) for start, end in ((max(0, after), span), (max(length - span, after), length))
+            if start < end]
+
+
+def write_zeros(device: str, ranges: List[Tuple[int, int]]) -> None:
+    """Zeros over each (start, end) byte range of *device*, synced."""
+    with open(device, "r+b", buffering=0) as handle:
+        for start, end in ranges:
+            handle.seek(start)
+            handle.write(bytes(end - start))
+        os.fsync(handle.fileno())

@@ -164,11 +164,13 @@ def create_linear(
     extent_size: Optional[int] = None,
     zero: bool = True,
     place: Optional[PeRange] = None,
+    vg_lock: Optional[int] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a linear LV; return the size asked of LVM (rounded up to *extent_size* when given).
 
     *place*: exactly those extents of that PV (LVM refuses, NoSpace, when they are not free).
+    *vg_lock*: the caller holds the VG's lock on this descriptor (``lvm_command.run_lvm``).
 
     *zero* (the default) asks LVM to zero the first 4 KiB and wipe known
     signatures, so blkid sees the new LV blank even when its extents held
@@ -187,7 +189,7 @@ def create_linear(
     args += [*_tag_args("--addtag", tags), vg]
     if place is not None:
         args.append(f"{operand(place.device, 'physical volume')}:{place.first}-{place.last}")
-    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT)
+    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock)
     return int(size[:-1])
 
 

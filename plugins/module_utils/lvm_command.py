@@ -20,6 +20,8 @@ CHANGE_TIMEOUT = 120.0
 # Metadata-only changes on a few PVs take ~50 ms; a snapshot or thin LV also
 # sends messages to the kernel pool, which can wait behind I/O.
 REMOVE_TIMEOUT = 180.0
+#: how much longer the runner waits than ``timeout`` does for the tool it runs (run_lvm's *vg_lock*)
+KEEPER_MARGIN = 30.0
 
 _DEVICE = re.compile(r"^/dev/[A-Za-z0-9_.+/-]+\Z")
 
@@ -142,11 +144,21 @@ def run_lvm(
     what: str,
     timeout: float,
     check: bool = True,
+    vg_lock: Optional[int] = None,
 ) -> CommandResult:
+    """Run an LVM tool; *vg_lock*: the descriptor on which the caller holds the VG's lock (lvm_lock), so the tool
+    runs ``--nolocking`` under ``timeout``, which keeps that descriptor (LVM closes the ones it inherits) and so
+    the lock for as long as the tool runs, the caller killed or not."""
     argv = settings.command(tool, *args)
+    keep: Tuple[int, ...] = ()
+    if vg_lock is not None:
+        # timeout kills the tool itself (SIGKILL, as the runner would), well before the runner's own deadline
+        # (which would kill timeout alone, leaving the tool running unlocked).
+        argv = ["timeout", "--signal=KILL", f"{timeout:g}", *settings.command(tool, "--nolocking", *args)]
+        keep, timeout = (vg_lock,), timeout + KEEPER_MARGIN
     try:
         # stdin at EOF: any prompt LVM still asks is answered "n".
-        return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="")
+        return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="", pass_fds=keep)
     except CommandFailed as exc:
         mapped = classify(exc)
         if mapped is exc:

@@ -1,14 +1,17 @@
-"""Where a new LV goes, chosen by the pool: the VG's free extents as the pool last knew them.
+"""Where a new LV goes, chosen by the pool: the VG's free extents as they are at one seqno of the VG.
 
 ``lvcreate VG PV:FIRST-LAST`` allocates exactly that range or refuses, so a
 create told where to go knows where its LV lies without reading it back (the
 loop activation must know it to reach the LV's bytes on the PV).  The map is
-read once (``pvs --segments``), then kept by the pool's own creates and
-removes.  Whatever else changes the VG makes it stale: a range someone took
-since makes lvcreate refuse (NoSpace), and the pool then forgets the map and
-lets lvcreate choose; a range someone freed is only unused until the map is
-read again.  LVM, not the map, decides what is free: a stale map never places
-an LV on extents in use.
+read (``pvs --segments``) between two reads of the VG's seqno (lvm_index) and
+is the VG's state at that seqno when they agree; the pool's own commits keep
+it (its creates and removes change it, any commit moves its seqno), as long
+as each moves the seqno by exactly one.  Anything else (another process's
+commit, two of the pool's own at once, a change the map does not follow)
+makes it be read again.  Ranges are taken only under LVM's lock on the VG
+(lvm_placing) and only from a map whose seqno is the VG's at that moment:
+they are free, and stay free until the pool's own lvcreate, so the pool may
+zero them first.
 """
 
 from __future__ import annotations
@@ -34,18 +37,32 @@ def merged(ranges: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
 
 
 class FreeExtents:
-    """The free extents of one VG, read by *read* when first needed; thread-safe."""
+    """The free extents of one VG at the seqno ``_at`` (None: not known to be any), read by *read*; thread-safe."""
 
-    def __init__(self, read: Callable[[], FreeMap]) -> None:
+    def __init__(self, read: Callable[[], FreeMap], seqno: Callable[[], Optional[int]]) -> None:
         self._read = read
+        self._seqno = seqno
         self._map: Optional[FreeMap] = None
+        self._at: Optional[int] = None
         self._lock = threading.Lock()
 
-    def take(self, count: int) -> Optional[PeRange]:
-        """The first free range of *count* extents on one PV, no longer free in the map; None if none fits."""
+    def refresh(self) -> None:
+        """Read the map again unless it is the VG's state now (runs ``pvs``: never while holding the VG's lock)."""
+        before = self._seqno()
         with self._lock:
-            if self._map is None:
-                self._map = self._read()
+            if self._map is not None and self._at is not None and self._at == before:
+                return
+        found = self._read()
+        after = self._seqno()
+        with self._lock:
+            self._map, self._at = found, (before if before is not None and before == after else None)
+
+    def take(self, count: int, at: Optional[int]) -> Optional[PeRange]:
+        """The first free range of *count* extents on one PV, no longer free in the map, when the map is the
+        VG's state at seqno *at* (read while holding the VG's lock); None otherwise, or when none fits."""
+        with self._lock:
+            if self._map is None or at is None or self._at != at:
+                return None
             for pv in sorted(self._map):
                 ranges = self._map[pv]
                 for index, (first, length) in enumerate(ranges):
@@ -55,20 +72,39 @@ class FreeExtents:
         return None
 
     def give_back(self, ranges: Iterable[PeRange]) -> None:
-        """Extents free again (an LV removed, a range taken but not used)."""
+        """Extents taken but not used (no commit since): free again."""
+        with self._lock:
+            self._free(ranges)
+
+    def committed(self, before: Optional[int], freed: Iterable[PeRange] = ()) -> None:
+        """The pool committed one change to the VG (freeing *freed*; what it created was taken already), the
+        seqno having been *before* just ahead of it: kept when that commit is the only one since."""
+        with self._lock:
+            if self._map is None:  # (never read: nothing to keep, no seqno to read)
+                return
+        after = self._seqno()
         with self._lock:
             if self._map is None:
                 return
-            for item in ranges:
-                if item.device not in self._map:  # not one of the PVs listed (a new one, or a sub-LV): read again
-                    self._map = None
-                    return
-                self._map[item.device] = merged([*self._map[item.device], (item.first, item.count)])
+            if before is None or self._at != before or after != before + 1:
+                self._map, self._at = None, None
+                return
+            self._at = after
+            self._free(freed)
+
+    def _free(self, ranges: Iterable[PeRange]) -> None:
+        if self._map is None:
+            return
+        for item in ranges:
+            if item.device not in self._map:  # not one of the PVs listed (a new one, or a sub-LV): read again
+                self._map, self._at = None, None
+                return
+            self._map[item.device] = merged([*self._map[item.device], (item.first, item.count)])
 
     def forget(self) -> None:
         """The VG changed in a way the map does not follow: read it again when next needed."""
         with self._lock:
-            self._map = None
+            self._map, self._at = None, None
 
 
 _POLICY_LETTERS = {"normal": "n", "contiguous": "c", "cling": "l", "anywhere": "a", "inherit": "i"}

@@ -77,6 +77,13 @@ def seqno(pv: str, vg: str) -> Optional[int]:
     return int(found.group(2))
 
 
+def vg_seqno(pvs: Sequence[str], vg: str) -> Optional[int]:
+    """The VG's committed seqno, when every one of *pvs* that holds a metadata area says the same; else None
+    (e.g. a commit interrupted between two PVs, which the next LVM command repairs)."""
+    found = {seqno(pv, vg) for pv in pvs} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
 class LvIndex:
     """The pool's own (managed) LVs by name, valid while the VG's seqno is the one last seen."""
 
@@ -91,11 +98,7 @@ class LvIndex:
         self._loaded_at = time.monotonic()
 
     def _current(self) -> Optional[int]:
-        for pv in self._pvs:
-            found = seqno(pv, self.vg)
-            if found is not None:
-                return found
-        return None
+        return vg_seqno(self._pvs, self.vg)
 
     def load(self, pvs: Sequence[str], lvs: Sequence[LogicalVolume], before: Optional[int]) -> None:
         """Adopt a full listing of the managed LVs, taken after the seqno *before* was read (None: unknown);

@@ -23,11 +23,12 @@ from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, 
 
 from . import device_use, devices, losetup, lvm, progress
 from .activation import ACTIVATORS, Activator, LoopActivator, active
-from .errors import InvalidRequest, NoSpace, NotFound, Precondition
-from .lvm_extents import FreeExtents, placed_lv
+from .errors import InvalidRequest, NotFound, Precondition
 from .lvm_index import LvIndex
+from .lvm_placing import Placer
 from .model import (
     CREATING,
+    READY,
     SNAPSHOT_PREFIX,
     SOURCE_VOLUME,
     VOLUME_PREFIX,
@@ -84,11 +85,10 @@ class LvmPool(Pool):
         self.activator: Activator = ACTIVATORS[options.activation](settings)
         # Per thread: the LVs read during the current operation (None outside one).
         self._operation = threading.local()
-        # Loop activation: where new LVs go, chosen here so that where they lie is known without a read-back,
-        # and this pool's LVs between operations while nobody else commits to the VG (lvm_index).
-        self._free = FreeExtents(lambda: lvm.free_extents(self.vg, settings=self.settings))
+        # Loop activation: where new LVs go, chosen here so that where they lie is known without a read-back
+        # (lvm_placing), and this pool's LVs between operations while nobody else commits to the VG (lvm_index).
+        self._placer = Placer(self.vg, options.alloc, settings)
         self._index = LvIndex(self.vg)
-        self._pv_names: Optional[List[str]] = None
 
     @property
     def location(self) -> str:
@@ -150,16 +150,14 @@ class LvmPool(Pool):
         return found
 
     def _pvs(self) -> List[str]:
-        if self._pv_names is None:
-            self._pv_names = [pv.name for pv in lvm.physical_volumes(self.vg, settings=self.settings)]
-        return self._pv_names
+        return [pv.name for pv in self._placer.pvs()]
 
     def _seqno(self) -> Optional[int]:  # off the PVs; loop activation only: there an LV's state is all metadata
         return self._index.read_seqno(self._pvs()) if self.activator.name == "loop" else None
 
     def _untracked(self) -> None:
         """A change the free-extent map and the index do not follow: both are read again when needed."""
-        self._free.forget()
+        self._placer.free.forget()
         self._index.forget()
 
     def _lv(self, object_id: str) -> Optional[lvm.LogicalVolume]:
@@ -263,8 +261,9 @@ class LvmPool(Pool):
             try:
                 lvm.change_tags(self.vg, found.name, add=add, remove=stale, settings=self.settings)
             except BaseException:
-                self._index.forget()
+                self._untracked()
                 raise
+            self._placer.free.committed(before)
             self._index.committed(found.name, retagged, before)
         seen = self._seen()
         if seen is not None:
@@ -274,8 +273,17 @@ class LvmPool(Pool):
         self._save("volume", volume, lambda tags: self._allocate_volume(volume, tags))
 
     def create_volume(self, volume: Volume) -> None:
-        """One lvcreate carrying the whole record (``--addtag``): no lookup first, no read-back."""
+        """One lvcreate carrying the whole record (``--addtag``): no lookup first, no read-back.
+
+        A blank volume the pool places (loop activation, lvm_placing) is ready in that same commit, its ends
+        zeroed on the PV just before it: ``volume.state`` then says ready, and nothing is left to provision.
+        """
         try:
+            if volume.source is None and volume.state == CREATING:
+                ready = dataclasses.replace(volume, state=READY)
+                if self._place(ready, self._record_tags("volume", ready), zero_ends=True):
+                    volume.state = READY
+                    return
             self._allocate_volume(volume, self._record_tags("volume", volume))
         finally:
             self._changed()
@@ -300,32 +308,29 @@ class LvmPool(Pool):
         """Claim the volume's space: a new LV carrying its creating record."""
         if volume.source is not None and volume.source.kind == SOURCE_VOLUME:
             self._check_copyable(self._require_lv(volume.source.id), volume.source.id)  # before claiming space
-        name, extent = lv_name(volume.id), self._extent_size()
-        # Loop activation reaches the LV on its PV: placing it saves reading back where it went.
-        place = self._free.take(-(-volume.size // extent)) if self.activator.name == "loop" else None
-
-        def create(where: Optional[lvm.PeRange]) -> None:
-            lvm.create_linear(self.vg, name, volume.size, tags, alloc=self.options.alloc, extent_size=extent,
-                              zero=self.activator.name == "dm", place=where, settings=self.settings)
-        before = self._seqno()
-        try:
-            create(place)
-        except NoSpace:
-            if place is None:
-                raise
-            self._untracked()  # the map was stale (someone took that range since): let LVM choose
-            create(None)
+        if self._place(volume, tags, zero_ends=False):
             return
+        try:  # LVM chooses: where it went is read back when needed
+            lvm.create_linear(self.vg, lv_name(volume.id), volume.size, tags, alloc=self.options.alloc,
+                              extent_size=self._extent_size(), zero=self.activator.name == "dm",
+                              settings=self.settings)
+        finally:
+            self._untracked()
+
+    def _place(self, volume: Volume, tags: List[str], zero_ends: bool) -> bool:
+        """Loop activation (the LV is reached on its PV): make its LV where the pool chooses, which saves reading
+        back where it went (lvm_placing); False when it placed nothing."""
+        if self.activator.name != "loop":
+            return False
+        name = lv_name(volume.id)
+        try:
+            made = self._placer.create(name, volume.size, tags, extent=self._extent_size(), zero_ends=zero_ends,
+                                       committed=lambda lv, before: self._index.committed(name, lv, before))
         except BaseException:
             self._index.forget()
-            if place is not None:
-                self._free.give_back([place])
             raise
-        if place is None:
-            self._index.forget()  # where LVM put it is not known here
-            return
-        self._operation.made = placed_lv(self.vg, name, place, extent, tags, self.options.alloc)
-        self._index.committed(name, self._operation.made, before)
+        self._operation.made = made
+        return made is not None
 
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
@@ -344,25 +349,15 @@ class LvmPool(Pool):
 
     def _clear_ends(self, target: lvm.LogicalVolume, after: int = 0) -> None:
         """Zero the first and last BLANK_ENDS bytes of *target*, except what lies before *after*."""
-        span = min(target.size, devices.BLANK_ENDS)
-        ranges = [(start, end) for start, end in ((max(0, after), span),
-                                                  (max(target.size - span, after), target.size)) if start < end]
+        ranges = devices.end_ranges(target.size, after)
         if not ranges:
             return
         location = self.activator.unmapped_location(target)
         if location is not None:  # loop activation, nothing attached: straight on the PV, 4 losetup calls fewer
-            self._write_zeros(location.device, [(location.offset + s, location.offset + e) for s, e in ranges])
+            devices.write_zeros(location.device, [(location.offset + s, location.offset + e) for s, e in ranges])
             return
         with active(self.activator, target) as device:
-            self._write_zeros(device, ranges)
-
-    @staticmethod
-    def _write_zeros(device: str, ranges: List[Tuple[int, int]]) -> None:
-        with open(device, "r+b", buffering=0) as handle:
-            for start, end in ranges:
-                handle.seek(start)
-                handle.write(bytes(end - start))
-            os.fsync(handle.fileno())
+            devices.write_zeros(device, ranges)
 
     def _copy(self, origin: lvm.LogicalVolume, target: lvm.LogicalVolume, volume: Optional[Volume],
               length: int = 0) -> None:
@@ -483,7 +478,7 @@ class LvmPool(Pool):
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
         if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
-            self._free.give_back(r for segment in found.segments for r in segment.pe_ranges)
+            self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges])
             self._index.committed(found.name, None, before)
         else:
             self._untracked()

@@ -81,8 +81,11 @@ def run(
     secrets: Iterable[str] = (),
     what: Optional[str] = None,
     stdin: Optional[str] = None,
+    pass_fds: Sequence[int] = (),
 ) -> CommandResult:
-    """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0."""
+    """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0.
+
+    *pass_fds*: descriptors the command inherits (every other one is closed in it)."""
     if isinstance(argv, str):
         raise TypeError("argv must be a list, never a shell string")
     secrets = list(secrets)
@@ -95,7 +98,7 @@ def run(
     try:
         # subprocess.run(input=, capture_output=True, text=True, timeout=), with the wait above
         with _Process(list(argv), stdin=None if stdin is None else subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True, env=full_env) as proc:
+                      stderr=subprocess.PIPE, text=True, env=full_env, pass_fds=tuple(pass_fds)) as proc:
             try:
                 stdout, stderr = proc.communicate(stdin, timeout=timeout)
             except subprocess.TimeoutExpired:

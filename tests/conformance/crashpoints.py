@@ -4,8 +4,10 @@
 directory that goes first on the agent's PATH (``Agent(extra_env=...env())``).
 Unarmed, the wrapper just runs the real tool.  ``arm(tool, ...)`` makes its
 next matching run SIGKILL the agent (its parent: the core runs tools
-directly, never through a shell) at one moment:
+directly, never through a shell; or the parent of the ``timeout`` it runs a tool
+under) at one moment:
 
+* ``when="before"``: the tool never runs (what the agent did before it is all done);
 * ``when="after"``: the tool finished (its side effect is complete, the agent
   never learns it);
 * ``when="magic"``: the tool is still running and the bytes *magic* appeared
@@ -45,6 +47,16 @@ if spec.get("arg") and spec["arg"] not in sys.argv[1:]:
     os.execv(REAL, [REAL] + sys.argv[1:])
 os.unlink(mine)
 agent, started = os.getppid(), time.monotonic()
+with open("/proc/%d/comm" % agent) as comm:
+    if comm.read().strip() == "timeout":  # run under timeout (the pool's VG lock keeper): its parent ran it
+        with open("/proc/%d/stat" % agent) as stat:
+            agent = int(stat.read().rsplit(")", 1)[1].split()[1])
+if spec["when"] == "before":
+    os.kill(agent, signal.SIGKILL)
+    with open(ARM + ".tmp", "w") as handle:
+        json.dump({{"outcome": "before", "argv": sys.argv, "rc": None, "seconds": 0}}, handle)
+    os.rename(ARM + ".tmp", ARM + ".fired")
+    sys.exit(137)
 # watching a file grow: the tool at the lowest priority, so that the watcher sees it on a loaded host
 tool = subprocess.Popen([REAL] + sys.argv[1:], preexec_fn=(lambda: os.nice(19)) if spec["when"] == "grown" else None)
 outcome = "exited"

@@ -1,10 +1,10 @@
 """The node, storage and upgrade playbooks for real on "hosts" that are all this machine.
 
 Each inventory host is this machine (``ansible_connection: local``) with its own root under /var/tmp, node id,
-service name (init script: no systemd here), sockets, file pool and host-role files, as the sysvinit scenario
-gives localhost: a real install on the same machine is never touched. The collection is this checkout,
-linked; ``playbooks/uninstall.yml -e basalt_purge=true`` removes everything at the end, also when an
-assertion failed.
+service name (init script: no systemd here), sockets, file pool and host-role files: the sysvinit scenario's
+settings (tests/integration/private_root.py), so a real install on the same machine is never touched. The
+collection is this checkout, linked; ``playbooks/uninstall.yml -e basalt_purge=true`` removes everything at
+the end, also when an assertion failed, and the machine's own files are as they were.
 
 ``upgrade.yml``: ``playbooks/nodes.yml`` installs two hosts; the new agent is a copy of the collection whose
 pyproject.toml carries a bumped version (the agent role builds the wheel from the collection's own source,
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import grpc
+import private_root
 import pytest
 import test_playbooks  # the sibling suite, for its private-tgtd fixture
 
@@ -71,27 +72,12 @@ class Site:
         self.suffix = root.name.rsplit("-", 1)[-1]
         self.vars: Dict[str, Dict[str, Any]] = {}
         for host in groups:
-            home = root / host
-            (home / "lvm").mkdir(parents=True)
-            self.vars[host] = {
-                "ansible_connection": "local",
-                "ansible_python_interpreter": "{{ ansible_playbook_python }}",
-                "basalt_node_id": host,
-                "basalt_kubelet_dir": f"{home}/kubelet",
-                "basalt_state_dir": f"{home}/state",
-                "basalt_agent_home": f"{home}/opt",
-                "basalt_agent_config_dir": f"{home}/etc",
-                "basalt_agent_log_file": f"{home}/agent.log",
-                "basalt_agent_service_name": f"basalt-agent-{self.suffix}-{host}",
-                # the packages are there (scripts/setup.sh); no kernel modules can be loaded here
-                "basalt_host_install_packages": False,
-                "basalt_host_load_modules": False,
-                "basalt_host_lvm_local_conf": f"{home}/lvm/lvmlocal.conf",
-                # the host role's other files too (its absent side removes them): never the machine's own
-                "basalt_host_modules_load_conf": f"{home}/modules-load.conf",
-                "basalt_host_multipath_conf": f"{home}/multipath.conf",
-                "basalt_host_initiatorname_file": f"{home}/initiatorname.iscsi",
-            }
+            # the sysvinit scenario's settings, each host under its own root and with its own service name
+            settings = private_root.host_vars(basalt_molecule_run=f"{self.suffix}-{host}",
+                                              basalt_molecule_root=str(root / host), basalt_node_id=host)
+            Path(settings["basalt_host_lvm_local_conf"]).parent.mkdir(parents=True)
+            self.vars[host] = {"ansible_connection": "local",
+                               "ansible_python_interpreter": "{{ ansible_playbook_python }}", **settings}
 
     def service(self, host: str) -> str:
         return str(self.vars[host]["basalt_agent_service_name"])
@@ -182,31 +168,22 @@ def create_volume(site: Site, host: str) -> str:
             timeout=60).volume.volume_id)
 
 
-def remove_leftovers(site: Site) -> None:
-    """After the uninstall playbook: whatever of the init scripts it could not remove (a failed run)."""
-    for host in site.groups:
-        script = Path(f"/etc/init.d/{site.service(host)}")
-        if script.exists():
-            subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
-            subprocess.run(["update-rc.d", "-f", site.service(host), "remove"], capture_output=True, check=False)
-            script.unlink()
-        Path(f"/run/{site.service(host)}.pid").unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def local_site(tmp_path: Path, groups: Dict[str, str]) -> Iterator[Site]:
     """The hosts' roots under /var/tmp, and at the end the uninstall playbook with purge, whatever happened."""
     # under /var/tmp, not tmp_path: the sockets' paths must stay under the kernel's 108 bytes
     made = Site(Path(tempfile.mkdtemp(prefix="basalt-upg-", dir="/var/tmp")), tmp_path / "collections", groups)
+    machine = private_root.snapshot()
     try:
         yield made
     finally:
         made.play("uninstall", made.collection(current_version()), None, "-e", "basalt_purge=true")
-        remove_leftovers(made)
-        shutil.rmtree(made.root, ignore_errors=True)
+        left = {host: private_root.service_files(made.service(host)) for host in groups}
         for host in groups:
-            assert not Path(f"/etc/init.d/{made.service(host)}").exists()
-            assert not list(Path("/etc").glob(f"rc?.d/[SK]??{made.service(host)}"))
+            private_root.remove_leftovers(made.service(host))  # what a failed uninstall could not remove
+        shutil.rmtree(made.root, ignore_errors=True)
+        assert not any(left.values()), left
+        assert private_root.snapshot() == machine  # the machine's own files as they were
 
 
 @pytest.fixture

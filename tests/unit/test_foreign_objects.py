@@ -42,6 +42,7 @@ def record(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]
         assert not any(foreign._attached(loop["device"], loop["backing_file"]) for loop in made["loops"])
         assert not _system_vg_exists(made["vg"])
         assert not os.path.exists(os.path.join(foreign.TGTD_SOCKETS, f"socket.{made['tgtd']['control_port']}"))
+        assert not any(os.path.lexists(path) for path in made["files"] + made["dirs"])
 
 
 def _system_vg_exists(name: str) -> bool:
@@ -72,3 +73,13 @@ def test_foreign_target_is_exported(record: Dict[str, Any]) -> None:
     shown = foreign._tgtadm(tgtd["control_port"], "--mode", "target", "--op", "show")
     assert f"Target {tgtd['tid']}: {tgtd['iqn']}" in shown
     assert f"Backing store path: {record['loops'][1]['device']}" in shown
+
+
+def test_host_role_files_are_intact(record: Dict[str, Any]) -> None:
+    # the ones the machine did not have already: planted, and no test's run of the roles removed or changed them
+    planted = [path for path in foreign.host_role_files() if path in record["files"]]
+    assert planted == record["files"] and len(foreign.host_role_files()) == len(foreign.HOST_ROLE_FILES)
+    for path in planted:
+        assert os.path.exists(path), f"{path} was removed"
+        with open(path, "rb") as handle:
+            assert handle.read() == foreign.FILE_MARKER, f"{path} was changed"

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from basalt_core import blkid, losetup, lvm, lvm_index, volumes
+from basalt_core import blkid, losetup, lvm, lvm_index, lvm_lock, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
 from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
@@ -168,7 +170,10 @@ def test_attached_volume_grows_in_place(vg: Any) -> None:
 
 
 def test_crash_after_lvcreate_is_completed_by_retry_or_cleaned(vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the pool cannot hold LVM's VG lock (lvmlockd), a blank volume takes two commits: a creating record,
+    then ready once its ends are zeroed. A crash between them is completed by the retry or cleaned up."""
     pool = pool_of(vg)
+    monkeypatch.setattr(pool._placer.lock, "_usable", False)  # as lvmconfig says with use_lvmlockd=1
 
     def crash(*_: Any) -> None:
         raise Crash()
@@ -210,8 +215,8 @@ def test_no_space_is_reported_before_anything_changes(vg: Any) -> None:
 def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
-    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume lvcreate and
-    lvchange. A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
+    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume one lvcreate.
+    A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
     from basalt_core import lvm_command
     ran = []
     real = lvm_command.run
@@ -222,10 +227,11 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     pool = pool_of(vg)
     first, second = (volumes.ensure_volume(pool, name, 8 * MiB)[0] for name in ("first", "second"))
     pool.all_volumes()
+    assert pool.attached_device(first) is None  # (the loop activation reads the PVs' offsets once)
     monkeypatch.setattr(lvm_command, "run", counting)
     assert volumes.delete_volume(pool, first.id)
     third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
-    assert ran == ["lvremove", "lvcreate", "lvchange"]
+    assert ran == ["lvremove", "timeout"]  # lvcreate, under the pool's VG lock (lvm_placing)
     assert volumes.get_volume(pool, third.id).state == "ready" and ran[3:] == []  # from the index too
     listed = lvm.logical_volume(vg[0], lv_name(third.id))  # what the index holds is what lvs reports
     assert listed is not None and dataclasses.replace(listed, uuid="") == placed_lv(
@@ -245,3 +251,86 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     del ran[:]
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # read all again: valid again
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
+
+
+def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(vg: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """CreateVolume (loop activation): under LVM's VG lock, the ends of the extents the pool chose are zeroed on
+    the PV, then one lvcreate --nolocking makes the LV there carrying the ready record. An LV of someone else's
+    right after it keeps its data; the lock file is gone afterwards (unlinked on release, as LVM does)."""
+    from basalt_core import lvm_command
+    pool = pool_of(vg)
+    old, _ = volumes.ensure_volume(pool, "old", 8 * MiB)
+    write_through_device(pool, old, 0, b"\xaa" * (8 * MiB))
+    lvm.create_linear(vg[0], "database", 4 * MiB, alloc="contiguous", zero=False)  # right after "old"
+    found = lvm.logical_volume(vg[0], "database")
+    assert found is not None
+    where = lvm.linear_location(found, lvm.physical_volumes(vg[0]), lvm.volume_group(vg[0]).extent_size)
+    with open(vg[1], "r+b") as pv:
+        pv.seek(where.offset)
+        pv.write(b"\xdb" * (4 * MiB))
+    volumes.delete_volume(pool, old.id)
+    ran = []
+    real = lvm_command.run
+
+    def counting(argv: Any, **kwargs: Any) -> Any:
+        ran.append(argv)
+        return real(argv, **kwargs)
+    monkeypatch.setattr(lvm_command, "run", counting)
+    fresh, changed = volumes.ensure_volume(pool, "fresh", 8 * MiB)
+    assert changed and fresh.state == "ready"
+    lvcreates = [argv for argv in ran if "lvcreate" in argv]
+    assert len(lvcreates) == 1 and [argv for argv in ran if "lvchange" in argv] == []
+    assert lvcreates[0][:4] == ["timeout", "--signal=KILL", "120", "lvcreate"] and "--nolocking" in lvcreates[0]
+    assert "basalt.state=ready" in lvcreates[0]
+    listed = lvm.logical_volume(vg[0], lv_name(fresh.id))
+    assert listed is not None and "basalt.state=ready" in listed.tags
+    assert listed.seg_pe_ranges == old_ranges(vg, listed)  # on the old volume's extents: its ends were old data
+    assert read_lv(vg, pool, fresh.id, 0, MiB) == read_lv(vg, pool, fresh.id, 7 * MiB, MiB) == bytes(MiB)
+    assert read_lv(vg, pool, fresh.id, MiB, 6 * MiB) == b"\xaa" * (6 * MiB)  # (only the ends are zeroed)
+    with open(vg[1], "rb") as device:
+        device.seek(where.offset)
+        assert device.read(4 * MiB) == b"\xdb" * (4 * MiB)
+    assert not os.path.exists(os.path.join(lvm_lock.DEFAULT_LOCKING_DIR, f"V_{vg[0]}"))
+
+
+def old_ranges(vg: Any, listed: Any) -> Any:
+    """The extents the first LV of the VG took: 0 to its size (what the pool's first fit chose again)."""
+    count = listed.size // lvm.volume_group(vg[0]).extent_size
+    return (lvm.PeRange(vg[1], 0, count - 1),)
+
+
+def test_while_the_pool_holds_the_vg_lock_lvm_waits(vg: Any) -> None:
+    """The lock is LVM's own: a plain lvcreate and an lvs wait until the pool releases it, then run."""
+    pool = pool_of(vg)
+    with pool._placer.lock.held():
+        waiting = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for argv in (
+            ["lvcreate", "-an", "-Zn", "-Wn", "-y", "-L", "4m", "-n", "waits", vg[0]], ["lvs", vg[0]])]
+        time.sleep(1.0)
+        assert [proc.poll() for proc in waiting] == [None, None], "LVM did not wait for the pool's lock"
+    assert [proc.wait(60) for proc in waiting] == [0, 0]
+    assert lvm.logical_volume(vg[0], "waits") is not None
+
+
+def test_the_lock_lasts_while_its_command_runs_even_when_its_holder_is_killed(vg: Any, tmp_path: Path) -> None:
+    """The command run under the pool's lock keeps it (through timeout, which inherits its descriptor): the
+    holder SIGKILLed mid-command, LVM still waits until the command ends."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    slow = tools / "lvcreate"  # stands in for an lvcreate that is slow to commit
+    slow.write_text("#!/bin/sh\nsleep 3\n")
+    slow.chmod(0o755)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom basalt_core import lvm_command, lvm_lock\n"
+        "lock = lvm_lock.VgLock(sys.argv[1], lvm_command.DEFAULT_SETTINGS)\n"
+        "with lock.held() as fd:\n"
+        "    print('held', flush=True)\n"
+        "    lvm_command.run_lvm(lock.settings, 'lvcreate', [], what='slow', timeout=60, vg_lock=fd)\n"), vg[0]],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"})
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    time.sleep(0.5)  # the slow command runs
+    holder.kill()
+    holder.wait(10)
+    started = time.monotonic()
+    subprocess.run(["lvs", vg[0]], check=True, capture_output=True, timeout=60)
+    assert time.monotonic() - started > 1.0, "lvs ran while the command the lock was held for still ran"

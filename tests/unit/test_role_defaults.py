@@ -61,3 +61,25 @@ def test_the_service_manager_is_found_without_gathering_facts() -> None:
     assert resolved(defaults, **host, **no_systemd)["basalt_service_manager"] == "sysvinit"
     gathered = {"ansible_facts": {"service_mgr": "sysvinit"}, "basalt_systemd_dir": {"skipped": True}}
     assert resolved(defaults, **host, **gathered)["basalt_service_manager"] == "sysvinit"
+
+
+def _apt_tasks(tasks: object) -> list[dict[str, object]]:
+    """Every ansible.builtin.apt task's arguments in a task list, blocks included."""
+    found: list[dict[str, object]] = []
+    for task in tasks if isinstance(tasks, list) else []:
+        if isinstance(task, dict):
+            found += [task[key] for key in ("ansible.builtin.apt", "apt") if isinstance(task.get(key), dict)]
+            for key in ("block", "rescue", "always"):
+                found += _apt_tasks(task.get(key))
+    return found
+
+
+def test_every_package_install_takes_the_shared_cache_valid_time() -> None:
+    # one home for how fresh the package lists must be: no role keeps its own number
+    installs = [(path.relative_to(REPO).as_posix(), task) for path in sorted((REPO / "roles").glob("*/tasks/*.yml"))
+                for task in _apt_tasks(yaml.safe_load(path.read_text()))]
+    assert {where.split("/")[1] for where, _ in installs} == {"host", "iscsi_target"}
+    for where, task in installs:
+        assert task.get("cache_valid_time") == "{{ basalt_package_cache_valid_time }}", where
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    assert defaults["basalt_package_cache_valid_time"] == 86400

@@ -1,0 +1,141 @@
+"""LVM's own lock on a VG, taken by the pool so that one ``lvcreate --nolocking`` can follow its own writes.
+
+LVM2 (2.03, ``lib/locking/file_locking.c``, ``lib/misc/lvm-flock.c``) guards
+a local VG with ``flock`` on ``<global/locking_dir>/V_<vg>``: shared to read,
+exclusive to change it.  A writer first takes ``V_<vg>:aux`` exclusively,
+then the VG's lock, then drops the aux lock (``global/prioritise_write_locks``,
+so that a stream of readers cannot starve it).  Whoever releases a lock it
+holds exclusively unlinks the file; so a lock taken on a file that is no
+longer at that path (``stat`` and ``fstat`` differ) protects nothing and is
+taken again.  This module does exactly that.  While the pool holds the lock,
+every other LVM command on the VG waits (measured on lvm2 2.03.16: a plain
+``lvcreate`` blocks until it is released), and only commands run with
+``--nolocking`` proceed: the pool's own, which must therefore be the only
+LVM commands it runs meanwhile (any other would wait for itself).  Those run
+under ``timeout``, which inherits the lock's descriptor (LVM closes what it
+inherits: seen with strace), so the lock lasts as long as the command even
+when the agent is killed meanwhile.
+
+It applies only where file locks are what protects the VG: ``use_lvmlockd=0``
+(lvmlockd's shared VGs are locked across hosts, not by these files) and
+``locking_type=1``; ``VgLock.usable`` says so, read once from ``lvmconfig``.
+A killed agent's locks go with its file descriptors (the kernel drops them), once
+the command it ran under the lock (if any) has ended too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import threading
+import time
+from typing import Dict, Iterator, Optional
+
+from .errors import CommandFailed, InvalidRequest
+from .lvm_command import CHANGE_TIMEOUT, REPORT_TIMEOUT, LvmSettings, run_lvm
+from .lvm_names import check_vg_name
+
+#: LVM's defaults for the settings read (lvm2 2.03.16, ``lib/config/defaults.h``)
+DEFAULT_LOCKING_DIR = "/run/lock/lvm"
+_SETTINGS = ("global/locking_dir", "global/use_lvmlockd", "global/locking_type")
+_LINE = re.compile(r'^(\w+)=(?:"(.*)"|(-?\d+))$')
+
+
+def lock_settings(settings: LvmSettings) -> Dict[str, str]:
+    """The locking settings LVM runs with under *settings* (``lvmconfig --typeconfig full``: defaults included)."""
+    result = run_lvm(settings, "lvmconfig", ["--typeconfig", "full", *_SETTINGS], what="read LVM's locking settings",
+                     timeout=REPORT_TIMEOUT)
+    found = {}
+    for line in result.stdout.splitlines():
+        match = _LINE.match(line.strip())
+        if match:
+            found[match.group(1)] = match.group(2) if match.group(2) is not None else match.group(3)
+    return found
+
+
+class VgLock:
+    """LVM's exclusive lock on one VG, taken as LVM takes it; one holder per agent at a time (a thread lock first:
+    the agent's own creates queue here rather than in the kernel)."""
+
+    def __init__(self, vg: str, settings: LvmSettings) -> None:
+        self.vg = check_vg_name(vg)
+        self.settings = settings
+        self._threads = threading.Lock()
+        self._directory: Optional[str] = None
+        self._usable: Optional[bool] = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether LVM guards this VG with these file locks (read once: LVM's configuration does not change under a
+        running agent)."""
+        if self._usable is None:
+            found = lock_settings(self.settings)
+            self._directory = found.get("locking_dir") or DEFAULT_LOCKING_DIR
+            self._usable = found.get("use_lvmlockd", "0") == "0" and found.get("locking_type", "1") == "1"
+        return self._usable
+
+    @contextlib.contextmanager
+    def held(self, wait: float = CHANGE_TIMEOUT) -> Iterator[int]:
+        """Hold the VG's lock exclusively (``usable`` must be True) and give its descriptor, for the LVM commands
+        run meanwhile (``lvm_command.run_lvm``'s *vg_lock*); CommandFailed when another holder keeps it longer
+        than *wait* seconds."""
+        if not self.usable or self._directory is None:
+            raise InvalidRequest(f"LVM does not guard VG {self.vg} with file locks")
+        path = os.path.join(self._directory, f"V_{self.vg}")
+        deadline = time.monotonic() + wait
+        with self._threads:
+            os.makedirs(self._directory, mode=0o700, exist_ok=True)  # as LVM does (dm_create_dir)
+            aux = _lock(path + ":aux", deadline)
+            try:
+                fd = _lock(path, deadline)
+            finally:
+                _release(path + ":aux", aux)
+            try:
+                yield fd
+            finally:
+                _release(path, fd)
+
+
+def _lock(path: str, deadline: float) -> int:
+    """An exclusive flock on the file at *path* now (lvm-flock.c ``_do_flock``): taken again when the file was
+    unlinked (released by its holder) between our open and our lock."""
+    pause = 0.0005
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_RDWR | os.O_CLOEXEC, 0o777)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CommandFailed(["flock", path], 1, "another LVM command kept the VG locked",
+                                            f"lock {path}") from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.01)
+            if _same_file(path, fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _release(path: str, fd: int) -> None:
+    """Unlink the file while still holding it, then close (lvm-flock.c ``_undo_flock``)."""
+    try:
+        if _same_file(path, fd):
+            os.unlink(path)
+    finally:
+        os.close(fd)

@@ -1,0 +1,96 @@
+"""A new LV made in one LVM commit on extents the pool chose, with its ends zeroed first when asked.
+
+Loop activation only (the pool reaches an LV's bytes on its PV): under LVM's
+own lock on the VG (lvm_lock), nobody else can change the VG, so the free
+extents the pool's map holds at the VG's current seqno (lvm_extents) are free
+and stay free: the pool zeroes both ends of the range on the PV (fsync), then
+runs one ``lvcreate --nolocking`` onto exactly that range, carrying the
+volume's final record.  A crash before lvcreate leaves zeroed free extents
+(harmless); after it, a complete LV whose ends are zero.
+
+Whenever that is not certain it places nothing and says so (None), before any
+change: LVM's configuration does not guard the VG with file locks (lvmlockd),
+the VG's seqno cannot be read or is not the map's once the lock is held
+(someone committed since the map was read), no free range fits, the range's
+PV is not one the pool knows, or a loop device already maps that offset of
+the PV (a stale one keeps its own cached pages: the pool then zeroes through
+it, as after any lvcreate it did not place).  A NoSpace from lvcreate (the
+metadata area full, say) also places nothing: the caller then runs the
+commands it ran before this existed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+from . import devices, losetup, lvm
+from .errors import AlreadyExists, NoSpace
+from .lvm_extents import FreeExtents, placed_lv
+from .lvm_index import vg_seqno
+from .lvm_lock import VgLock
+
+
+class Placer:
+    """Places new linear LVs of one VG for a pool with loop activation."""
+
+    def __init__(self, vg: str, alloc: str, settings: lvm.LvmSettings) -> None:
+        self.vg = vg
+        self.alloc = alloc
+        self.settings = settings
+        self.lock = VgLock(vg, settings)
+        self._pvs: Optional[List[lvm.PhysicalVolume]] = None
+        self.free = FreeExtents(lambda: lvm.free_extents(vg, settings=settings), self.seqno)
+
+    def pvs(self) -> List[lvm.PhysicalVolume]:
+        """The VG's PVs, read once (their data offsets never change; a PV added later makes them read again)."""
+        if self._pvs is None:
+            self._pvs = lvm.physical_volumes(self.vg, settings=self.settings)
+        return self._pvs
+
+    def seqno(self) -> Optional[int]:
+        return vg_seqno([pv.name for pv in self.pvs()], self.vg)
+
+    def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool,
+               committed: Callable[[lvm.LogicalVolume, int], None]) -> Optional[lvm.LogicalVolume]:
+        """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
+        *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
+
+        *committed(lv, seqno before)* runs while the lock is still held (the pool's index follows the commit).
+        AlreadyExists when the name is taken (the range goes back to the map).
+        """
+        if not self.lock.usable:
+            return None
+        pvs = self.pvs()
+        self.free.refresh()  # reads LVM when the map is not the VG's state now: never under the lock
+        count = -(-size // extent)
+        with self.lock.held() as held:
+            before = self.seqno()
+            place = self.free.take(count, before)
+            if place is None or before is None:
+                return None
+            pv = next((found for found in pvs if found.name == place.device), None)
+            offset = 0 if pv is None else pv.pe_start + place.first * extent
+            if pv is None or (zero_ends and losetup.find(pv.name, offset) is not None):
+                self.free.give_back([place])
+                if pv is None:
+                    self._pvs = None
+                return None
+            if zero_ends:
+                devices.write_zeros(pv.name, [(offset + start, offset + end)
+                                              for start, end in devices.end_ranges(count * extent)])
+            try:
+                lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
+                                  place=place, vg_lock=held, settings=self.settings)
+            except AlreadyExists:
+                self.free.give_back([place])
+                raise
+            except NoSpace:
+                self.free.forget()
+                return None
+            except BaseException:
+                self.free.forget()  # it may have committed: read the map again
+                raise
+            made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+            self.free.committed(before)
+            committed(made, before)
+        return made

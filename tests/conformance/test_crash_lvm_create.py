@@ -1,0 +1,87 @@
+"""CreateVolume on the lvm pool (loop activation) killed around its one lvcreate (docs/crash-safety.md).
+
+Under LVM's own lock on the VG the agent zeroes the ends of the extents it chose, on the PV, then runs one
+``lvcreate --nolocking`` there carrying the ready record (plugins/module_utils/lvm_placing.py).  A kill
+before that lvcreate leaves zeroed free extents; right after it, a ready LV whose ends are zero.  Either way
+the retried call answers the volume, start-up leaves nothing half made, the VG's lock is free again (the
+LVM commands of the test run), and LVs Basalt did not make keep their data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+from basalt_csi_testlib import (
+    LVM_LOOP_KIND,
+    Agent,
+    MiB,
+    csi,
+    mount_cap,
+    read_file,
+    stage_tracking_image,
+    unique,
+    volume_lv_name,
+    write_file,
+)
+from crashpoints import CrashPoints
+from test_crash import assert_nothing_left, crashed, delete, restart
+
+AgentFactory = Callable[..., Agent]
+MANAGED_TAG = "basalt.managed"
+READY_TAG = "basalt.state=ready"
+
+
+@pytest.fixture
+def lvm_crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
+    """A started lvm-loop agent whose lvcreate can be armed to kill it."""
+    agent = fresh_agent_factory(launch=False)
+    if agent.kind != LVM_LOOP_KIND:
+        pytest.skip("the lvm pool's one placed lvcreate (loop activation)")
+    points = CrashPoints(agent.root).wrap("lvcreate")
+    agent.extra_env.update(points.env())
+    agent.start()
+    yield agent, points
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_killed_around_the_one_lvcreate_of_a_blank_volume(lvm_crashable: tuple[Agent, CrashPoints],
+                                                         when: str) -> None:
+    agent, points = lvm_crashable
+    assert agent.lvm is not None
+    cap = mount_cap("ext4")
+    # Old data where the new volume goes: a volume filled, then deleted (the first fit takes its extents again).
+    old = agent.create_volume(16 * MiB, cap=cap)
+    old_lv = volume_lv_name(old.volume_id)
+    offset, length = agent.lvm.lv_location(old_lv)
+    agent.lvm.write_lv(old_lv, b"\xaa" * length)
+    delete(agent, old.volume_id)
+    request = csi.CreateVolumeRequest(name=unique("blank"), volume_capabilities=[cap],
+                                      capacity_range=csi.CapacityRange(required_bytes=16 * MiB))
+    points.arm("lvcreate", when, arg="--nolocking")  # the placed one, under the pool's VG lock
+    crashed(agent.ctl.CreateVolume, request)
+    assert points.fired("lvcreate")["outcome"] == when
+    ours = {name: row for name, row in agent.lvm.lvs().items() if MANAGED_TAG in row["lv_tags"].split(",")}
+    with open(agent.lvm.device or "", "rb") as pv:  # the extents the old volume had: their ends zeroed
+        pv.seek(offset)
+        extents = pv.read(length)
+    assert extents[:MiB] == extents[-MiB:] == bytes(MiB) and extents[MiB:-MiB] == b"\xaa" * (length - 2 * MiB)
+    if when == "before":
+        assert ours == {}, "no LV before lvcreate ran"
+    else:
+        assert len(ours) == 1 and READY_TAG in next(iter(ours.values()))["lv_tags"].split(",")
+        assert agent.lvm.lv_location(next(iter(ours))) == (offset, length)
+    restart(agent)
+    points.disarm("lvcreate")
+    vol = agent.ctl.CreateVolume(request).volume  # the retry: made now, or found made and ready
+    lv = volume_lv_name(vol.volume_id)
+    assert agent.lvm.lv_location(lv) == (offset, length)
+    assert READY_TAG in agent.lvm.lvs()[lv]["lv_tags"].split(",")
+    att = stage_tracking_image(agent, vol.volume_id, cap)  # blank at both ends: formatted, not refused
+    write_file(os.path.join(att.staging, "data"), b"new volume")
+    assert read_file(os.path.join(att.staging, "data")) == b"new volume"
+    agent.unstage(att.volume_id, att.staging)
+    assert agent.lvm.foreign_problems() == []
+    delete(agent, vol.volume_id)
+    assert_nothing_left(agent)

@@ -1,0 +1,83 @@
+"""Hosts that are all this machine, each under a root of its own, and the machine's files they must not touch.
+
+molecule/sysvinit/group_vars/all.yml is the one home of the role variables that put a host under a private
+root (every path the roles write, the agent's service name); the playbook tests give each of their hosts the
+same settings, resolved here for their own root and name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+from role_vars import resolved
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = REPO / "molecule" / "sysvinit" / "group_vars" / "all.yml"
+ROLES = REPO / "roles"
+
+
+def _settings() -> Dict[str, Any]:
+    return dict(yaml.safe_load(SETTINGS.read_text(encoding="utf-8")))
+
+
+def host_vars(**own: Any) -> Dict[str, Any]:
+    """The scenario's settings, their values resolved, for *own* run (basalt_molecule_run, and the root or
+    node id to override)."""
+    settings = _settings()
+    return resolved({**{name: value for name, value in settings.items() if name not in own}, **own})
+
+
+def machine_paths() -> list[Path]:
+    """Where the roles write by default: the machine's own files and directories (the roles' defaults that
+    are paths), and the default service's init script and pid file. Read from the roles, not from the
+    settings: a setting left out must not leave its default path out of the comparison."""
+    defaults: Dict[str, Any] = {}
+    for role in ("defaults", "host", "agent"):
+        defaults.update(yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text(encoding="utf-8")))
+    agent_vars = yaml.safe_load((ROLES / "agent" / "vars" / "main.yml").read_text(encoding="utf-8"))
+    service_files = ("basalt_agent_init_script", "basalt_agent_pid_file")
+    values = resolved({"basalt_agent_service_name": defaults["basalt_agent_service_name"],
+                       **{name: agent_vars[name] for name in service_files}})
+    paths = [value for value in [*defaults.values(), *values.values()]
+             if isinstance(value, str) and value.startswith("/") and "{{" not in value]
+    return sorted({Path(path) for path in paths})
+
+
+Snapshot = Dict[str, Optional[Tuple[int, str]]]
+
+
+def snapshot() -> Snapshot:
+    """machine_paths() as they are: a file's mode and its bytes' digest, a directory's mode (its content may
+    be another suite's: the state directory's locks), None for what is absent."""
+    taken: Snapshot = {}
+    for path in machine_paths():
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            taken[str(path)] = None
+            continue
+        taken[str(path)] = (mode, hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(mode) else "")
+    return taken
+
+
+def remove_leftovers(service: str) -> None:
+    """What of an agent's init script its uninstall could not remove (a failed run): stopped, its boot links,
+    script and pid file removed."""
+    script = Path(f"/etc/init.d/{service}")
+    if script.exists():
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
+        subprocess.run(["update-rc.d", "-f", service, "remove"], capture_output=True, check=False)
+        script.unlink()
+    Path(f"/run/{service}.pid").unlink(missing_ok=True)
+
+
+def service_files(service: str) -> list[Path]:
+    """An agent's init script, pid file and boot links, those that exist."""
+    found = [path for path in (Path(f"/etc/init.d/{service}"), Path(f"/run/{service}.pid")) if path.exists()]
+    return found + sorted(Path("/etc").glob(f"rc?.d/[SK]??{service}"))
