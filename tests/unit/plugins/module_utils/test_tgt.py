@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
-from tgt_testlib import CHAP_A, NODE_A, NODE_B, RO, RW, SHOW, SHOW_T, C, Call, ok, old_record, saved
+from tgt_testlib import CHAP_A, NODE_A, NODE_B, RO, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
 
 from basalt_core import tgt, tgt_config, tgt_show
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
@@ -129,12 +129,7 @@ def test_ensure_export_new(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     new = "iqn.2026-11.io.basalt:pvc-new"
     runner = tgt_script([
         ok(SHOW_T, SHOW),  # does it exist? tids in use: 1, 2
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=1"]),
+        *made_export("3", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=1"),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", True) is True
     assert runner.secrets == [[]] * 5
@@ -150,12 +145,7 @@ def test_ensure_export_tid_race(tgt_script: Any, backend: tgt.TgtBackend) -> Non
         err([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", new],
             "--mode target --op new --tid 1 --targetname iqn.2026-11.io.basalt:pvc-5b1fd0c2"),
         ok(SHOW_T, SHOW),  # someone else took tid 1 (another target): listed again
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=0"]),
+        *made_export("3", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=0"),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", False) is True
 
@@ -377,12 +367,7 @@ def test_publish_lists_once_and_writes_once(tgt_script: Any, tmp_path: Path,
     order: List[str] = []
     runner = tgt_script([
         ok(SHOW_T, ""),
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", new]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=0"]),
+        *made_export("1", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=0"),
         ok([*C, "--mode", "account", "--op", "new", "--user", "node-c", "--password", "secret-c-0123456"]),
         ok([*C, "--mode", "account", "--op", "bind", "--tid", "1", "--user", "node-c"]),
         ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", NODE_B]),

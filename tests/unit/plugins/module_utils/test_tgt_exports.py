@@ -11,40 +11,30 @@ from pathlib import Path
 from typing import Any, List, Optional, cast
 
 import pytest
-from tgt_testlib import CHAP_A, NODE_A, RW, SHOW, SHOW_T, C, Call, ok, old_record, saved
+from tgt_testlib import CHAP_A, NODE_A, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
 
 from basalt_core import exports, tgt, tgt_config
 from basalt_core.errors import CommandFailed
 from basalt_core.iscsi_target import serial_for
 from basalt_core.model import Volume
 
-
-@pytest.fixture
-def tgt_script(script: Any) -> Any:
-    return script
+BASE = "iqn.2026-11.io.basalt"
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> tgt.TgtBackend:
+def _backend(tmp_path: Path, base_iqn: Optional[str] = BASE) -> tgt.TgtBackend:
     return tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
-                          record_path=str(tmp_path / "state" / "grants.json"))
+                          record_path=str(tmp_path / "grants.json"), base_iqn=base_iqn)
 
 
 # -- the target made while the device attaches (ControllerPublish) ------------------------------------
 
 
-def test_open_export_makes_the_target_and_ensure_export_adds_the_lun(tgt_script: Any, tmp_path: Path) -> None:
-    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
-                             record_path=str(tmp_path / "grants.json"), base_iqn="iqn.2026-11.io.basalt")
+def test_open_export_makes_the_target_and_ensure_export_adds_the_lun(script: Any, tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
     new = "iqn.2026-11.io.basalt:pvc-new"
-    tgt_script([
+    script([
         ok(SHOW_T, SHOW),  # tids in use: 1, 2
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", tgt_config.NO_ADDRESS]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=0"]),
+        *made_export("3", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=0"),
     ])
     with backend.transaction():
         assert backend.open_export(new) is True
@@ -53,8 +43,9 @@ def test_open_export_makes_the_target_and_ensure_export_adds_the_lun(tgt_script:
     assert saved(backend)[new]["lun"] == {"device": "/dev/loop9", "serial": "0123abcd", "read_only": False}
 
 
-def test_open_export_leaves_a_target_not_ours_yet_to_ensure_export(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    tgt_script([])  # no base IQN, not in the record: it must be recorded first, with its LUN
+def test_open_export_leaves_a_target_not_ours_yet_to_ensure_export(script: Any, tmp_path: Path) -> None:
+    backend = _backend(tmp_path, None)
+    script([])  # no base IQN, not in the record: it must be recorded first, with its LUN
     assert backend.open_export("iqn.2026-11.io.basalt:pvc-new") is False
 
 
@@ -71,10 +62,10 @@ class _Attaching:
         return "/dev/loop9"
 
 
-def _publish_script(tgt_script: Any, monkeypatch: pytest.MonkeyPatch, ready: threading.Event, tail: List[Call]
+def _publish_script(script: Any, monkeypatch: pytest.MonkeyPatch, ready: threading.Event, tail: List[Call]
                     ) -> None:
     """listing, target new, address ACL (which lets the attach finish), then *tail*."""
-    runner = tgt_script([
+    runner = script([
         ok(SHOW_T, ""),
         ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", f"{BASE}:{VOLUME.id}"]),
         ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
@@ -90,17 +81,15 @@ def _publish_script(tgt_script: Any, monkeypatch: pytest.MonkeyPatch, ready: thr
     monkeypatch.setattr(tgt, "run", run)
 
 
-BASE = "iqn.2026-11.io.basalt"
 VOLUME = Volume("vol-0123456789abcdef0123456789abcdef", "pvc-1", 1 << 20, "file")
 
 
-def test_publish_makes_the_target_while_the_device_attaches(tgt_script: Any, tmp_path: Path,
+def test_publish_makes_the_target_while_the_device_attaches(script: Any, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
-                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE)
+    backend = _backend(tmp_path)
     ready = threading.Event()
     target = f"{BASE}:{VOLUME.id}"
-    _publish_script(tgt_script, monkeypatch, ready, [
+    _publish_script(script, monkeypatch, ready, [
         ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/dev/loop9",
             "--bstype", "rdwr"]),
         ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1",
@@ -112,12 +101,11 @@ def test_publish_makes_the_target_while_the_device_attaches(tgt_script: Any, tmp
     assert changed and info.target_iqn == target and saved(backend)[target]["grants"] == {NODE_A: None}
 
 
-def test_a_failed_attach_removes_the_target_made_meanwhile(tgt_script: Any, tmp_path: Path,
+def test_a_failed_attach_removes_the_target_made_meanwhile(script: Any, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = tgt.TgtBackend(control_port=7, conf_path=str(tmp_path / "basalt.conf"),
-                             record_path=str(tmp_path / "grants.json"), base_iqn=BASE)
+    backend = _backend(tmp_path)
     ready = threading.Event()
-    _publish_script(tgt_script, monkeypatch, ready,
+    _publish_script(script, monkeypatch, ready,
                     [ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "1"])])
     failure = CommandFailed(["losetup"], 1, "no free loop device", "attach")
     with pytest.raises(CommandFailed, match="no free loop device"):
@@ -134,12 +122,13 @@ class _Released:
 
 
 def test_unpublish_reads_tgtd_while_the_record_is_written_and_changes_it_after(
-        tgt_script: Any, backend: tgt.TgtBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+        script: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerUnpublish: the publication record is forgotten (durably) before any change in tgtd, and
     tgtd's listing is read meanwhile."""
+    backend = _backend(tmp_path, None)
     old_record(backend, {RW: {NODE_A: CHAP_A}})
     listed, order = threading.Event(), cast(List[str], [])
-    runner = tgt_script([
+    runner = script([
         ok(SHOW_T, SHOW),
         ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "1"]),
         ok([*C, "--mode", "account", "--op", "delete", "--user", "node-a"]),
@@ -158,12 +147,12 @@ def test_unpublish_reads_tgtd_while_the_record_is_written_and_changes_it_after(
     def forget() -> None:
         assert listed.wait(10), "tgtd was not listed while the record was written"
         order.append("record")
-    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ())
+    settings = exports.ExportSettings(BASE, ())
     assert exports.ensure_unexported(cast(Any, _Released()), backend, settings, "pvc-5b1fd0c2", NODE_A,
                                      first=forget) is True
     assert order == ["record"] and RW not in saved(backend)
     # a record that cannot be written: nothing changes in tgtd
-    tgt_script([ok(SHOW_T, SHOW)])
+    script([ok(SHOW_T, SHOW)])
 
     def unwritable() -> None:
         raise OSError(28, "No space left on device")

@@ -26,6 +26,18 @@ def ok(argv: List[str], stdout: str = "") -> Call:
     return (argv, 0, stdout, "")
 
 
+def made_export(tid: str, iqn: str, device: str, params: str) -> List[Call]:
+    """The commands that make a new export: target, its address ACL that admits nobody, the LUN and its
+    serial and mode (*params*), in this order."""
+    return [
+        ok([*C, "--mode", "target", "--op", "new", "--tid", tid, "--targetname", iqn]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", tid, "--initiator-address", tgt_config.NO_ADDRESS]),
+        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", "1", "--backing-store", device,
+            "--bstype", "rdwr"]),
+        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", "1", "--params", params]),
+    ]
+
+
 def old_record(backend: tgt.TgtBackend, targets: Dict[str, Dict[str, Optional[Chap]]]) -> None:
     """A grant record as an older Basalt kept it: a JSON file of its own, without LUNs (read, then superseded)."""
     doc = {iqn: {"grants": {i: tgt_config.chap_to_json(c) for i, c in grants.items()}}
