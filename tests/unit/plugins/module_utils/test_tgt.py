@@ -409,7 +409,7 @@ def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any,
         backend.persist()
     assert written == [backend.conf_path]
     assert saved(backend) == {RO: {"grants": {NODE_A: None, NODE_B: None},
-                                    "lun": {"device": "/dev/loop7", "serial": "7a3e9d41e5f60718", "read_only": True}}}
+                                   "lun": {"device": "/dev/loop7", "serial": "7a3e9d41e5f60718", "read_only": True}}}
     assert f"<target {RW}>" not in Path(backend.conf_path).read_text()
     # another grant remains: a plain revoke, the target stays
     tgt_script([ok(SHOW_T, SHOW), ok([*C, "--mode", "target", "--op", "unbind", "--tid", "2",

@@ -85,7 +85,7 @@ VOLUME = Volume("vol-0123456789abcdef0123456789abcdef", "pvc-1", 1 << 20, "file"
 
 
 def test_publish_makes_the_target_while_the_device_attaches(script: Any, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     backend = _backend(tmp_path)
     ready = threading.Event()
     target = f"{BASE}:{VOLUME.id}"
@@ -102,7 +102,7 @@ def test_publish_makes_the_target_while_the_device_attaches(script: Any, tmp_pat
 
 
 def test_a_failed_attach_removes_the_target_made_meanwhile(script: Any, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     backend = _backend(tmp_path)
     ready = threading.Event()
     _publish_script(script, monkeypatch, ready,
