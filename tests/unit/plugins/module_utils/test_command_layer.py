@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -240,3 +241,57 @@ def test_loop_size_limit_can_grow_while_attached(tmp_path: Any) -> None:
                                                                        False)
     finally:
         losetup.detach(device.device)
+
+
+def test_attach_answers_the_device_attached_exactly_so(tmp_path: Any) -> None:
+    """Real losetup: ``attach`` (no lookup of ours) reuses the device over the whole file, refuses an
+    overlapping range and never reuses a device over an unlinked file at the same path."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    made = [losetup.attach(str(image)).device]
+    try:
+        assert losetup.attach(str(image)).device == made[0]
+        assert losetup.ensure_attached(str(image)) == (losetup.LoopDevice(made[0], str(image), 0, 0, False), False)
+        with pytest.raises(CommandFailed):
+            made.append(losetup.attach(str(image), offset=1 << 20).device)
+        image.unlink()
+        image.write_bytes(b"")
+        os.truncate(image, 8 << 20)
+        made.append(losetup.attach(str(image)).device)
+        assert made[-1] != made[0]
+    finally:
+        for device in made:
+            losetup.detach(device)
+
+
+def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real loop device: the device a caller attached before is read alone while it still matches; a
+    device that does not match (or none) falls back to reading them all."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image, other = tmp_path / "vol.img", tmp_path / "other.img"
+    for path in (image, other):
+        path.write_bytes(b"")
+        os.truncate(path, 8 << 20)
+    device, elsewhere = losetup.attach(str(image)).device, losetup.attach(str(other)).device
+    try:
+        scans: List[int] = []
+        real_list = losetup.list_devices
+
+        def counted() -> List[losetup.LoopDevice]:
+            scans.append(1)
+            return real_list()
+        monkeypatch.setattr(losetup, "list_devices", counted)
+        assert losetup.find(str(image), likely=device) == losetup.LoopDevice(device, str(image), 0, 0, False)
+        assert scans == []
+        for wrong in (elsewhere, "/dev/loop999999", "/dev/sda"):
+            assert losetup.find(str(image), likely=wrong) == losetup.LoopDevice(device, str(image), 0, 0, False)
+        assert len(scans) == 3
+        assert losetup.ensure_detached(str(image), likely=device) and losetup.find(str(image)) is None
+    finally:
+        for attached in (device, elsewhere):
+            with contextlib.suppress(CommandFailed):
+                losetup.detach(attached)
