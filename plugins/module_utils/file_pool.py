@@ -32,6 +32,7 @@ class FilePool(Pool):
     def __init__(self, directory: str, capacity_limit: int = 0) -> None:
         super().__init__(capacity_limit)
         self.directory = os.path.abspath(directory)
+        self._attached: Dict[str, str] = {}  # volume id -> the device attach gave, checked before each use
 
     @property
     def location(self) -> str:
@@ -160,8 +161,9 @@ class FilePool(Pool):
 
     # -- node side -----------------------------------------------------------
     def attach(self, volume: Volume) -> str:
-        device, _changed = losetup.ensure_attached(self.image_path(volume.id))
-        return device.device
+        device = losetup.attach(self.image_path(volume.id)).device  # losetup reuses the device attached so
+        self._attached[volume.id] = device
+        return device
 
     def attached_devices(self, volumes: Sequence[Volume]) -> Dict[str, Optional[str]]:
         by_image = {d.backing_file: d.device for d in losetup.list_devices()  # one listing
@@ -173,7 +175,7 @@ class FilePool(Pool):
         return found.device if found else None
 
     def detach(self, volume: Volume) -> bool:
-        return losetup.ensure_detached(self.image_path(volume.id))
+        return losetup.ensure_detached(self.image_path(volume.id), likely=self._attached.pop(volume.id, None))
 
     def refresh(self, volume: Volume) -> None:
         device = self.attached_device(volume)

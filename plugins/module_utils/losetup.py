@@ -8,11 +8,11 @@ attach, detach and capacity refresh run ``losetup``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
 from typing import Collection, List, Optional
 
 from . import device_wait
@@ -31,13 +31,15 @@ _LOOP_GET_STATUS64 = 0x4C05
 _DELETED = " (deleted)"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LoopDevice:
     device: str
     backing_file: str
     offset: int
     size_limit: int
     read_only: bool
+    #: a detach of the device while something held it open: the kernel unbinds it (autoclear) at that last close
+    detaching: bool = False
 
     @property
     def backing_path(self) -> str:
@@ -87,16 +89,44 @@ def _attribute(directory: int, path: str) -> str:
     return os.fsdecode(data[:-1] if data.endswith(b"\n") else data)
 
 
-def find(backing_file: str, offset: int = 0, size_limit: Optional[int] = None) -> Optional[LoopDevice]:
+def find(backing_file: str, offset: int = 0, size_limit: Optional[int] = None, *,
+         likely: Optional[str] = None) -> Optional[LoopDevice]:
     """The loop device backed by *backing_file* at *offset* (and exactly *size_limit*, if given), if attached.
 
-    A device over an unlinked file never matches a file now at that path.
+    A device over an unlinked file never matches a file now at that path.  *likely* (a device the
+    caller attached before) is read first: when it still matches, no other device is read.
     """
     wanted = os.path.realpath(backing_file)
-    for device in list_devices():
-        if device.backing_file == wanted and device.offset == offset and size_limit in (None, device.size_limit):
-            return device
-    return None
+
+    def matches(device: Optional[LoopDevice]) -> bool:
+        return device is not None and device.backing_file == wanted and device.offset == offset \
+            and size_limit in (None, device.size_limit)
+    number = likely[len("/dev/loop"):] if likely and likely.startswith("/dev/loop") else ""
+    if number.isdigit():
+        directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            known = _read_device(directory, int(number))
+        finally:
+            os.close(directory)
+        if matches(known):
+            return _with_autoclear(known)
+    return _with_autoclear(next((device for device in list_devices() if matches(device)), None))
+
+
+def _with_autoclear(device: Optional[LoopDevice]) -> Optional[LoopDevice]:
+    """*device* saying whether it is being detached (read for a found device only: one attribute, not 209)."""
+    if device is None:
+        return None
+    directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flag = _attribute(directory, f"{device.device[len('/dev/'):]}/loop/autoclear")
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENXIO, errno.ENODEV):  # unbound meanwhile: nothing to reuse
+            return None
+        raise Precondition(f"cannot read loop device {device.device} in {SYS_BLOCK}: {error.strerror}") from None
+    finally:
+        os.close(directory)
+    return dataclasses.replace(device, detaching=flag == "1")
 
 
 def over(backing_files: Collection[str]) -> List[LoopDevice]:
@@ -116,11 +146,21 @@ def ensure_attached(
 ) -> "tuple[LoopDevice, bool]":
     """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed.
 
-    ``--nooverlap`` makes losetup itself refuse a device overlapping another one over the same file.
+    A device being detached (see :class:`LoopDevice`) would unbind under its new user: ``attach`` then
+    claims it back (losetup clears the autoclear flag of the device it reuses) or takes another.
     """
     existing = find(backing_file, offset, size_limit)
-    if existing is not None:
+    if existing is not None and not existing.detaching:
         return existing, False
+    return attach(backing_file, offset=offset, size_limit=size_limit, read_only=read_only), True
+
+
+def attach(backing_file: str, *, offset: int = 0, size_limit: int = 0, read_only: bool = False) -> LoopDevice:
+    """The loop device over *backing_file* at *offset*, *size_limit*: one command, no lookup of ours.
+
+    ``--nooverlap`` makes losetup itself answer the device already attached exactly so (the same file,
+    offset and size limit; util-linux 2.38) and refuse one overlapping it; else it attaches a free one.
+    """
     argv = ["losetup", "--find", "--show", "--nooverlap"]
     if offset:
         argv += ["--offset", str(offset)]
@@ -134,7 +174,7 @@ def ensure_attached(
     if not device.startswith("/dev/"):
         raise CommandFailed(argv, 0, f"no device name in the output {device!r}", f"attach {backing_file}")
     device_wait.appeared(device, f"loop device over {backing_file}")
-    return LoopDevice(device, path, offset, size_limit, read_only), True
+    return LoopDevice(device, path, offset, size_limit, read_only)
 
 
 def refresh_capacity(device: str) -> None:
@@ -159,9 +199,9 @@ def detach(device: str) -> None:
     run(["losetup", "--detach", operand(device, "device")], what=f"detach {device}")
 
 
-def ensure_detached(backing_file: str, offset: int = 0) -> bool:
-    """Detach the loop device of *backing_file*; False when none was attached."""
-    existing = find(backing_file, offset)
+def ensure_detached(backing_file: str, offset: int = 0, *, likely: Optional[str] = None) -> bool:
+    """Detach the loop device of *backing_file* (*likely*: see :func:`find`); False when none was attached."""
+    existing = find(backing_file, offset, likely=likely)
     if existing is None:
         return False
     detach(existing.device)

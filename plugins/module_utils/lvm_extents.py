@@ -46,12 +46,16 @@ class FreeExtents:
         self._at: Optional[int] = None
         self._lock = threading.Lock()
 
+    def current(self, seqno: Optional[int]) -> bool:
+        """Whether the map is the VG's state at *seqno*."""
+        with self._lock:
+            return self._map is not None and seqno is not None and self._at == seqno
+
     def refresh(self) -> None:
         """Read the map again unless it is the VG's state now (runs ``pvs``: never while holding the VG's lock)."""
         before = self._seqno()
-        with self._lock:
-            if self._map is not None and self._at is not None and self._at == before:
-                return
+        if self.current(before):
+            return
         found = self._read()
         after = self._seqno()
         with self._lock:
@@ -76,13 +80,15 @@ class FreeExtents:
         with self._lock:
             self._free(ranges)
 
-    def committed(self, before: Optional[int], freed: Iterable[PeRange] = ()) -> None:
+    def committed(self, before: Optional[int], freed: Iterable[PeRange] = (), after: Optional[int] = None) -> None:
         """The pool committed one change to the VG (freeing *freed*; what it created was taken already), the
-        seqno having been *before* just ahead of it: kept when that commit is the only one since."""
+        seqno having been *before* just ahead of it and *after* since (None: read now): kept when that commit
+        is the only one since."""
         with self._lock:
             if self._map is None:  # (never read: nothing to keep, no seqno to read)
                 return
-        after = self._seqno()
+        if after is None:
+            after = self._seqno()
         with self._lock:
             if self._map is None:
                 return

@@ -136,13 +136,15 @@ class LvIndex:
         with self._lock:
             return self._lvs is not None
 
-    def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int]) -> None:
+    def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int],
+                  after: Optional[int] = None) -> None:
         """This pool committed one change to *name* (now *lv*; None: removed), the seqno having been *before*
-        just ahead of it: kept when that commit is the only one since."""
+        just ahead of it and *after* since (None: read now): kept when that commit is the only one since."""
         with self._lock:
             if self._lvs is None:
                 return
-            after = self._current()
+            if after is None:
+                after = self._current()
             if before is None or before != self._seqno or after != before + 1:
                 self._lvs, self._seqno = None, None
                 return

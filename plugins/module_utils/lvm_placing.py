@@ -30,6 +30,10 @@ from .lvm_index import vg_seqno
 from .lvm_lock import VgLock
 
 
+class _Stale(Exception):
+    """The map of free extents is not the VG as it is now (someone committed since it was read)."""
+
+
 class Placer:
     """Places new linear LVs of one VG for a pool with loop activation."""
 
@@ -51,22 +55,36 @@ class Placer:
         return vg_seqno([pv.name for pv in self.pvs()], self.vg)
 
     def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool,
-               committed: Callable[[lvm.LogicalVolume, int], None]) -> Optional[lvm.LogicalVolume]:
+               committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
         """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
         *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
 
-        *committed(lv, seqno before)* runs while the lock is still held (the pool's index follows the commit).
+        *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
+        the commit).
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
             return None
-        pvs = self.pvs()
-        self.free.refresh()  # reads LVM when the map is not the VG's state now: never under the lock
-        count = -(-size // extent)
+        try:
+            return self._locked(name, size, tags, extent, zero_ends, committed)
+        except _Stale:  # read the map (never under the lock), then once more
+            self.free.refresh()
+        try:
+            return self._locked(name, size, tags, extent, zero_ends, committed)
+        except _Stale:
+            return None
+
+    def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool,
+                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+        """create() under the VG lock; _Stale when the map is not the VG's state."""
+        pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
+        names = [pv.name for pv in pvs]
         with self.lock.held() as held:
-            before = self.seqno()
-            place = self.free.take(count, before)
-            if place is None or before is None:
+            before = vg_seqno(names, self.vg)
+            if before is None or not self.free.current(before):
+                raise _Stale()
+            place = self.free.take(-(-size // extent), before)
+            if place is None:
                 return None
             pv = next((found for found in pvs if found.name == place.device), None)
             offset = 0 if pv is None else pv.pe_start + place.first * extent
@@ -77,7 +95,7 @@ class Placer:
                 return None
             if zero_ends:
                 devices.write_zeros(pv.name, [(offset + start, offset + end)
-                                              for start, end in devices.end_ranges(count * extent)])
+                                              for start, end in devices.end_ranges(place.count * extent)])
             try:
                 lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
                                   place=place, vg_lock=held, settings=self.settings)
@@ -91,6 +109,7 @@ class Placer:
                 self.free.forget()  # it may have committed: read the map again
                 raise
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
-            self.free.committed(before)
-            committed(made, before)
+            after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget what they know)
+            self.free.committed(before, after=after)
+            committed(made, before, after)
         return made

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -263,8 +264,9 @@ class LvmPool(Pool):
             except BaseException:
                 self._untracked()
                 raise
-            self._placer.free.committed(before)
-            self._index.committed(found.name, retagged, before)
+            after = self._seqno()
+            self._placer.free.committed(before, after=after)
+            self._index.committed(found.name, retagged, before, after)
         seen = self._seen()
         if seen is not None:
             seen[found.name] = retagged
@@ -325,7 +327,7 @@ class LvmPool(Pool):
         name = lv_name(volume.id)
         try:
             made = self._placer.create(name, volume.size, tags, extent=self._extent_size(), zero_ends=zero_ends,
-                                       committed=lambda lv, before: self._index.committed(name, lv, before))
+                                       committed=functools.partial(self._index.committed, name))
         except BaseException:
             self._index.forget()
             raise
@@ -478,8 +480,9 @@ class LvmPool(Pool):
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
         if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
-            self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges])
-            self._index.committed(found.name, None, before)
+            after = self._seqno()
+            self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges], after)
+            self._index.committed(found.name, None, before, after)
         else:
             self._untracked()
 

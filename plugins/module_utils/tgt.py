@@ -20,19 +20,17 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
 * tgtd never shows passwords (``--mode account --op show`` lists names), so
   ``persist`` could not write ``incominguser`` lines from the live state
   alone.  The backend keeps a grant record: which targets are ours, each
-  one's LUN and, per initiator, its CHAP credentials.  It is the source of
-  the config file and of the initiator-to-account mapping used on revoke,
-  and it lives *in* the config file (one comment line, see :mod:`.tgt_config`;
-  mode 0600), so record and config are one durable write, made only when
-  their text changes: once per publish or unpublish.  A grant's secret is
-  written before any command uses it; removals after the commands (a crash
-  in between leaves a record entry that reconciliation removes).  The config
-  file is rendered from the record, not from tgtd: a grant written before its
-  commands is in it (a boot restores it, reconciliation revokes it if no
-  publication record wants it), and a target tgtd lost (restarted empty) stays
-  in it until reconciliation restores it.  A grant record that an older Basalt
-  kept as JSON at ``record_path`` is read when the config file carries none,
-  and removed once the config file does.
+  one's LUN and, per initiator, its CHAP credentials: the source of the config
+  file and of the initiator-to-account mapping used on revoke.  It lives *in*
+  the config file (one comment line, see :mod:`.tgt_config`; mode 0600): one
+  durable write, made only when the text changes, once per publish or
+  unpublish.  A grant's secret is written before any command uses it;
+  removals after the commands (a crash in between leaves a record entry that
+  reconciliation removes).  The file is rendered from the record, not from
+  tgtd: a grant written before its commands is in it (reconciliation revokes
+  it if no publication record wants it), and so is a target tgtd lost until
+  reconciliation restores it.  An older Basalt's JSON record at
+  ``record_path`` is read while the config file carries none, then removed.
 * One writer: targets, accounts, the record and the config file are shared
   by every volume, so every call holds :meth:`TgtBackend.transaction` (a
   :class:`~.hostlock.HostLock` on the record's ``.lock`` file: threads and
@@ -71,6 +69,7 @@ from .tgt_config import (
     Record,
     chap_from_json,
     chap_to_json,
+    passwords_of,
     record_doc,
     record_in,
     record_of,
@@ -189,6 +188,9 @@ class TgtBackend(TargetBackend):
     def ping(self) -> None:
         self._run("--mode", "system", "--op", "show", what="ask tgtd")
 
+    def read_ahead(self) -> None:
+        self._live()
+
     def _live(self) -> Dict[str, TgtTarget]:
         session = self._current()
         if session.live is None:
@@ -256,20 +258,6 @@ class TgtBackend(TargetBackend):
     def _owned(self, iqn: str, record: Record) -> bool:
         return iqn in record or bool(self.base_iqn and iqn.startswith(self.base_iqn + ":"))
 
-    @staticmethod
-    def _password_of(record: Record, user: str) -> "List[Tuple[str, str, str]]":
-        """Every (target, initiator, password) the record holds for CHAP user *user*."""
-        found = []
-        for iqn, entry in record.items():
-            for initiator, chap in entry["grants"].items():
-                if not chap:
-                    continue
-                if chap.get("user") == user:
-                    found.append((iqn, initiator, chap["password"]))
-                if chap.get("mutual_user") == user:
-                    found.append((iqn, initiator, chap["mutual_password"]))
-        return found
-
     # -- TargetBackend --
 
     def ensure_export(self, target_iqn: str, device: str, serial: str, read_only: bool) -> bool:
@@ -292,6 +280,8 @@ class TgtBackend(TargetBackend):
             if current is None:
                 current = self._new_target(target_iqn)
                 changed = True
+            changed |= self._close_addresses(current)
+            current = self._live()[target_iqn]
             tid = str(current.tid)
             lun = current.lun(DATA_LUN)
             if lun is None:
@@ -300,8 +290,8 @@ class TgtBackend(TargetBackend):
                 self._run("--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", str(DATA_LUN),
                           "--params", f"scsi_sn={serial},readonly={int(read_only)}",
                           what=f"set serial and mode of {target_iqn}")
-                current = replace(current, luns=(*current.luns,
-                                                 TgtLun(DATA_LUN, "disk", serial, read_only, device, "rdwr")))
+                self._put(replace(current, luns=(*current.luns,
+                                                 TgtLun(DATA_LUN, "disk", serial, read_only, device, "rdwr"))))
                 changed = True
             else:
                 wanted = (os.path.realpath(device), serial, read_only)
@@ -309,19 +299,32 @@ class TgtBackend(TargetBackend):
                 if wanted != have:
                     raise Conflict(f"target {target_iqn} exports {lun.backing_store} (serial {lun.serial}, read-only "
                                    f"{lun.read_only}), not {device} (serial {serial}, read-only {read_only})")
-            for stray in current.acls:
-                if not is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
-                    self._run("--mode", "target", "--op", "unbind", "--tid", tid, "--initiator-address", stray,
-                              what=f"remove address ACL {stray} of {target_iqn}")
-                    current = replace(current, acls=tuple(a for a in current.acls if a != stray))
-                    changed = True
-            if NO_ADDRESS not in current.acls:
-                changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", tid,
-                                           "--initiator-address", NO_ADDRESS],
-                                          f"close address ACL of {target_iqn}", _ALREADY)
-                current = replace(current, acls=(NO_ADDRESS, *current.acls))
-            self._put(current)
             return changed
+
+    def open_export(self, target_iqn: str) -> bool:
+        """A new target with its address ACL closed, while the caller attaches the device; only for a target
+        ours already (else the record says so first, which needs the device) and not live yet."""
+        with self.transaction():
+            if not self._owned(check_iqn(target_iqn, "target IQN"), self._record()) or target_iqn in self._live():
+                return False
+            return self._close_addresses(self._new_target(target_iqn)) or True
+
+    def _close_addresses(self, current: TgtTarget) -> bool:
+        """No address ACL but :data:`NO_ADDRESS`, which admits nobody (made before any LUN or grant)."""
+        tid, changed = str(current.tid), False
+        for stray in current.acls:
+            if not is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
+                self._run("--mode", "target", "--op", "unbind", "--tid", tid, "--initiator-address", stray,
+                          what=f"remove address ACL {stray} of {current.iqn}")
+                current = replace(current, acls=tuple(a for a in current.acls if a != stray))
+                changed = True
+        if NO_ADDRESS not in current.acls:
+            changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", tid,
+                                       "--initiator-address", NO_ADDRESS],
+                                      f"close address ACL of {current.iqn}", _ALREADY)
+            current = replace(current, acls=(NO_ADDRESS, *current.acls))
+        self._put(current)
+        return changed
 
     def _new_target(self, target_iqn: str) -> TgtTarget:
         for _attempt in range(5):
@@ -409,7 +412,7 @@ class TgtBackend(TargetBackend):
         target listing, and ``--op new`` answers "already exists" for the others.
         """
         operand(user, "CHAP user")
-        users = self._password_of(record, user)
+        users = passwords_of(record, user)
         differing = [(t, i) for t, i, p in users if p != password]
         if users and not differing and self._bound_anywhere(user):
             return False
@@ -472,7 +475,7 @@ class TgtBackend(TargetBackend):
         """Delete the accounts among *users* that no grant in the record uses and no target binds."""
         changed = False
         for user in dict.fromkeys(users):
-            if not self._password_of(self._record(), user) and not self._bound_anywhere(user):
+            if not passwords_of(self._record(), user) and not self._bound_anywhere(user):
                 changed |= self._tolerant(["--mode", "account", "--op", "delete", "--user", user],
                                           f"delete CHAP user {user}", _MISSING)
         return changed
@@ -590,7 +593,7 @@ class TgtBackend(TargetBackend):
                 if not self._owned(target.iqn, record):
                     continue
                 for user in (*target.incoming, *target.outgoing):
-                    if not self._password_of(record, user):
+                    if not passwords_of(record, user):
                         raise Precondition(f"cannot persist {target.iqn}: the secret of CHAP user {user!r} is not "
                                            f"in {self.conf_path}")
             self._write_record()  # a no-op when this call's record write already holds everything

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import InvalidRequest
 from .iscsi_target import Chap, Export, Grant
@@ -58,6 +58,20 @@ def record_of(doc: Any) -> Record:
         if entry.get("lun"):
             record[iqn]["lun"] = dict(entry["lun"])
     return record
+
+
+def passwords_of(record: Record, user: str) -> List[Tuple[str, str, str]]:
+    """Every (target, initiator, password) *record* holds for CHAP user *user*."""
+    found = []
+    for iqn, entry in record.items():
+        for initiator, chap in entry["grants"].items():
+            if not chap:
+                continue
+            if chap.get("user") == user:
+                found.append((iqn, initiator, chap["password"]))
+            if chap.get("mutual_user") == user:
+                found.append((iqn, initiator, chap["mutual_password"]))
+    return found
 
 
 def record_doc(record: Record) -> Dict[str, Any]:

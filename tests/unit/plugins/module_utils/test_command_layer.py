@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -240,3 +241,95 @@ def test_loop_size_limit_can_grow_while_attached(tmp_path: Any) -> None:
                                                                        False)
     finally:
         losetup.detach(device.device)
+
+
+def test_attach_answers_the_device_attached_exactly_so(tmp_path: Any) -> None:
+    """Real losetup: ``attach`` (no lookup of ours) reuses the device over the whole file, refuses an
+    overlapping range and never reuses a device over an unlinked file at the same path."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    made = [losetup.attach(str(image)).device]
+    try:
+        assert losetup.attach(str(image)).device == made[0]
+        assert losetup.ensure_attached(str(image)) == (losetup.LoopDevice(made[0], str(image), 0, 0, False), False)
+        with pytest.raises(CommandFailed):
+            made.append(losetup.attach(str(image), offset=1 << 20).device)
+        image.unlink()
+        image.write_bytes(b"")
+        os.truncate(image, 8 << 20)
+        made.append(losetup.attach(str(image)).device)
+        assert made[-1] != made[0]
+    finally:
+        for device in made:
+            losetup.detach(device)
+
+
+def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real loop device: the device a caller attached before is read alone while it still matches; a
+    device that does not match (or none) falls back to reading them all."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image, other = tmp_path / "vol.img", tmp_path / "other.img"
+    for path in (image, other):
+        path.write_bytes(b"")
+        os.truncate(path, 8 << 20)
+    device, elsewhere = losetup.attach(str(image)).device, losetup.attach(str(other)).device
+    try:
+        scans: List[int] = []
+        real_list = losetup.list_devices
+
+        def counted() -> List[losetup.LoopDevice]:
+            scans.append(1)
+            return real_list()
+        monkeypatch.setattr(losetup, "list_devices", counted)
+        assert losetup.find(str(image), likely=device) == losetup.LoopDevice(device, str(image), 0, 0, False)
+        assert scans == []
+        for wrong in (elsewhere, "/dev/loop999999", "/dev/sda"):
+            assert losetup.find(str(image), likely=wrong) == losetup.LoopDevice(device, str(image), 0, 0, False)
+        assert len(scans) == 3
+        assert losetup.ensure_detached(str(image), likely=device) and losetup.find(str(image)) is None
+    finally:
+        for attached in (device, elsewhere):
+            with contextlib.suppress(CommandFailed):
+                losetup.detach(attached)
+
+
+def test_a_device_being_detached_is_claimed_back_not_handed_out(tmp_path: Any) -> None:
+    """Real loop device: a detach while something holds the device only sets autoclear; the kernel unbinds
+    it at that holder's last close. ``ensure_attached`` must not hand it out as it is (its new user, a
+    LUN or a mount, would find it unbound a moment later): the device it gives stays bound after the
+    old holder closes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    device = losetup.attach(str(image)).device
+    holder = os.open(device, os.O_RDONLY)
+    try:
+        losetup.detach(device)
+        found = losetup.find(str(image))
+        assert found is not None and found.detaching
+        given, changed = losetup.ensure_attached(str(image))
+        assert changed
+    finally:
+        os.close(holder)
+    try:
+        again = losetup.find(str(image))
+        assert again is not None and again.device == given.device and not again.detaching
+    finally:
+        losetup.ensure_detached(str(image))
+    assert losetup.find(str(image)) is None
+
+
+def test_find_reports_a_device_being_detached(script: Any, loop_devices: Any) -> None:
+    loop_devices.add(0, "/pool/volumes/vol-1.img", autoclear=True)
+    loop_devices.add(1, "/pool/volumes/vol-2.img")
+    script([])
+    assert losetup.find("/pool/volumes/vol-1.img") == losetup.LoopDevice("/dev/loop0", "/pool/volumes/vol-1.img",
+                                                                         0, 0, False, detaching=True)
+    assert losetup.find("/pool/volumes/vol-2.img", likely="/dev/loop1") == losetup.LoopDevice(
+        "/dev/loop1", "/pool/volumes/vol-2.img", 0, 0, False)

@@ -143,7 +143,8 @@ def test_a_blank_volume_is_one_placed_lvcreate_carrying_the_ready_record(
     exactly that commit), so the next create takes them without reading anything."""
     pool = loop_pool()
     path = str(pv.path)
-    (first, _, ready1), (_, _, ready2) = records(pool, "pvc-1"), records(pool, "pvc-2")
+    first, ready1 = records(pool, "pvc-1")[0], records(pool, "pvc-1")[2]
+    ready2 = records(pool, "pvc-2")[2]
     one, two = lv_name(first.id), lv_name(volume_id_for("pvc-2"))
     install(script, monkeypatch, pv, [
         VGS,  # the extent size, once per pool object
@@ -241,4 +242,3 @@ def test_with_lvmlockd_nothing_is_placed(script: Any, pv: FakePv, monkeypatch: p
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
     assert blank_ends(pv.extent(0) + pv.extent(1))
-

@@ -7,34 +7,25 @@ exercised for real by tests/iscsi/test_tgt_real.py.
 
 from __future__ import annotations
 
-import json
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List
 
 import pytest
+from tgt_testlib import CHAP_A, NODE_A, NODE_B, RO, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
 
 from basalt_core import tgt, tgt_config, tgt_show
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant, check_iqn, serial_for, target_iqn_for
 
 RECORDED = Path(__file__).parent / "iscsi_recorded"
-SHOW = (RECORDED / "tgtadm_target_show.txt").read_text()
 ACCOUNTS = (RECORDED / "tgtadm_account_show.txt").read_text()
 NO_ACCOUNTS = (RECORDED / "tgtadm_account_show_none.txt").read_text()
 PORTALS = (RECORDED / "tgtadm_portal_show.txt").read_text()
 _ERR_LINES = (RECORDED / "tgtadm_errors.tsv").read_text().splitlines()
 ERRORS = {line.split("\t")[0]: line.split("\t")[2] for line in _ERR_LINES}
-RW = "iqn.2026-11.io.basalt:pvc-5b1fd0c2"
-RO = "iqn.2026-11.io.basalt:pvc-7a3e9d41"
-NODE_A = "iqn.2026-11.io.example:node-a"
-NODE_B = "iqn.2026-11.io.example:node-b"
-CHAP_A = Chap("node-a", "secret-a-0123456", "target-1", "secret-t-6543210")
-C = ["tgtadm", "-C", "7", "--lld", "iscsi"]
-SHOW_T = [*C, "--mode", "target", "--op", "show"]
 
-Call = Tuple[List[str], int, str, str]
 ACCOUNT_EXISTS = "--mode account --op new --user node-a --password xxxxxxxxxxxx"
 NEW_NODE_A_OTHER = [*C, "--mode", "account", "--op", "new", "--user", "node-a", "--password", "another-secret-1"]
 
@@ -51,30 +42,10 @@ def backend(tmp_path: Path) -> tgt.TgtBackend:
                           record_path=str(tmp_path / "state" / "grants.json"))
 
 
-def _record(backend: tgt.TgtBackend, targets: Dict[str, Dict[str, Optional[Chap]]]) -> None:
-    """A grant record as an older Basalt kept it: a JSON file of its own, without LUNs (read, then superseded)."""
-    doc = {iqn: {"grants": {i: tgt_config.chap_to_json(c) for i, c in grants.items()}}
-           for iqn, grants in targets.items()}
-    Path(backend.record_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(backend.record_path).write_text(json.dumps({"version": 1, "targets": doc}))
-
-
-def _saved(backend: tgt.TgtBackend) -> Dict[str, Any]:
-    """The grant record's targets as the config file carries them (the older JSON file is gone by then)."""
-    assert not Path(backend.record_path).exists(), "the config file's record supersedes the JSON file"
-    doc = tgt_config.record_in(Path(backend.conf_path).read_text())
-    assert doc is not None and doc["version"] == 2
-    return dict(doc["targets"])
-
-
 def _without_record(config: str) -> str:
     """The config file as tgt-admin reads it: without the record's comment line (and the blank after it)."""
     return config.replace(next(line for line in config.splitlines() if line.startswith(tgt_config.RECORD_MARK))
                           + "\n\n", "")
-
-
-def ok(argv: List[str], stdout: str = "") -> Call:
-    return (argv, 0, stdout, "")
 
 
 def err(argv: List[str], key: str) -> Call:
@@ -158,17 +129,12 @@ def test_ensure_export_new(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     new = "iqn.2026-11.io.basalt:pvc-new"
     runner = tgt_script([
         ok(SHOW_T, SHOW),  # does it exist? tids in use: 1, 2
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=1"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
+        *made_export("3", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=1"),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", True) is True
     assert runner.secrets == [[]] * 5
     lun = {"device": "/dev/loop9", "serial": "0123abcd", "read_only": True}
-    assert _saved(backend) == {new: {"grants": {}, "lun": lun}}
+    assert saved(backend) == {new: {"grants": {}, "lun": lun}}
     assert stat.S_IMODE(Path(backend.conf_path).stat().st_mode) == 0o600
 
 
@@ -179,12 +145,7 @@ def test_ensure_export_tid_race(tgt_script: Any, backend: tgt.TgtBackend) -> Non
         err([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", new],
             "--mode target --op new --tid 1 --targetname iqn.2026-11.io.basalt:pvc-5b1fd0c2"),
         ok(SHOW_T, SHOW),  # someone else took tid 1 (another target): listed again
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "3", "--targetname", new]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "3", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "3", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=0"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "3", "--initiator-address", "255.255.255.255/32"]),
+        *made_export("3", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=0"),
     ])
     assert backend.ensure_export(new, "/dev/loop9", "0123abcd", False) is True
 
@@ -214,7 +175,7 @@ def test_ensure_export_rejects_bad_input(tgt_script: Any, backend: tgt.TgtBacken
 
 
 def test_ensure_grant_with_mutual_chap(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {}})
+    old_record(backend, {RO: {}})
     runner = tgt_script([
         ok(SHOW_T, SHOW),
         ok([*C, "--mode", "account", "--op", "new", "--user", "node-c", "--password", "secret-c-0123456"]),
@@ -227,36 +188,36 @@ def test_ensure_grant_with_mutual_chap(tgt_script: Any, backend: tgt.TgtBackend)
     chap = Chap("node-c", "secret-c-0123456", "target-2", "secret-t-6543210")
     assert backend.ensure_grant(RO, "iqn.2026-11.io.example:node-c", chap) is True
     assert runner.secrets[1] == ["secret-c-0123456"] and runner.secrets[3] == ["secret-t-6543210"]
-    saved = _saved(backend)[RO]["grants"]
-    assert saved["iqn.2026-11.io.example:node-c"]["password"] == "secret-c-0123456"
+    grants = saved(backend)[RO]["grants"]
+    assert grants["iqn.2026-11.io.example:node-c"]["password"] == "secret-c-0123456"
 
 
 def test_ensure_grant_existing_is_a_no_op(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RW: {NODE_A: CHAP_A}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}})
     tgt_script([ok(SHOW_T, SHOW)])  # both accounts show as bound: nothing to create
     assert backend.ensure_grant(RW, NODE_A, CHAP_A) is False
 
 
 def test_ensure_grant_conflicts(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None}})
     tgt_script([ok(SHOW_T, SHOW)])
     with pytest.raises(Conflict, match="CHAP per target"):
         backend.ensure_grant(RW, NODE_B, None)
     tgt_script([ok(SHOW_T, SHOW)])
     with pytest.raises(Conflict, match="one mutual CHAP user"):
         backend.ensure_grant(RW, NODE_B, Chap("node-b", "secret-b-0123456", "other", "secret-o-0123456"))
-    _record(backend, {RW: {NODE_A: CHAP_A}, RO: {}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}, RO: {}})
     tgt_script([ok(SHOW_T, SHOW), err(NEW_NODE_A_OTHER, ACCOUNT_EXISTS)])
     with pytest.raises(Conflict, match="in use on"):  # node-a's account, another secret, another grant
         backend.ensure_grant(RO, NODE_B, Chap("node-a", "another-secret-1"))
-    assert _saved(backend)[RO]["grants"] == {}, "rolled back"
+    assert saved(backend)[RO]["grants"] == {}, "rolled back"
     tgt_script([ok(SHOW_T, "")])
     with pytest.raises(NotFound):
         backend.ensure_grant("iqn.2026-11.io.basalt:gone", NODE_A, None)
 
 
 def test_foreign_account_is_not_taken_over(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {}})
+    old_record(backend, {RO: {}})
     tgt_script([ok(SHOW_T, SHOW),
                 err([*C, "--mode", "account", "--op", "new", "--user", "admin", "--password", "secret-x-0123456"],
                     ACCOUNT_EXISTS)])
@@ -265,7 +226,7 @@ def test_foreign_account_is_not_taken_over(tgt_script: Any, backend: tgt.TgtBack
 
 
 def test_revoke_grant_unbinds_deletes_account_and_closes_sessions(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RW: {NODE_A: CHAP_A}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}})
     tgt_script([
         ok(SHOW_T, SHOW),
         ok([*C, "--mode", "target", "--op", "unbind", "--tid", "1", "--initiator-name", NODE_A]),
@@ -276,11 +237,11 @@ def test_revoke_grant_unbinds_deletes_account_and_closes_sessions(tgt_script: An
         ok([*C, "--mode", "conn", "--op", "delete", "--tid", "1", "--sid", "1", "--cid", "0"]),
     ])
     assert backend.revoke_grant(RW, NODE_A) is True
-    assert _saved(backend)[RW]["grants"] == {}
+    assert saved(backend)[RW]["grants"] == {}
 
 
 def test_revoke_grant_tolerates_vanished_session(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {NODE_A: None, NODE_B: None}})
+    old_record(backend, {RO: {NODE_A: None, NODE_B: None}})
     shown = SHOW.replace("Target 2: " + RO + "\n    System information:\n        Driver: iscsi\n        State: ready\n"
                          "    I_T nexus information:\n",
                          "Target 2: " + RO + "\n    System information:\n        Driver: iscsi\n        State: ready\n"
@@ -298,24 +259,25 @@ def test_revoke_grant_tolerates_vanished_session(tgt_script: Any, backend: tgt.T
 
 
 def test_remove_export(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {NODE_A: None, NODE_B: None}})
+    old_record(backend, {RO: {NODE_A: None, NODE_B: None}})
     tgt_script([ok(SHOW_T, SHOW)])
     with pytest.raises(InUse):
         backend.remove_export(RO)
-    _record(backend, {RO: {}})
+    old_record(backend, {RO: {}})
     bare = SHOW.replace("        " + NODE_A + "\n        " + NODE_B + "\n", "")
     tgt_script([ok(SHOW_T, bare), ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "2"])])
     assert backend.remove_export(RO) is True
-    assert _saved(backend) == {}
+    assert saved(backend) == {}
     tgt_script([ok(SHOW_T, "")])
     assert backend.remove_export(RO) is False
 
 
 def test_unexpected_errors_propagate(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {}})
+    old_record(backend, {RO: {}})
     tgt_script([
         ok(SHOW_T, ""),
         ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", RO]),
+        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "255.255.255.255/32"]),
         err([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/nonexistent",
              "--bstype", "rdwr"], "--mode logicalunit --op new --tid 1 --lun 2 --backing-store /nonexistent"),
     ])
@@ -324,7 +286,7 @@ def test_unexpected_errors_propagate(tgt_script: Any, backend: tgt.TgtBackend) -
 
 
 def test_exports_and_persist(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
     tgt_script([ok(SHOW_T, SHOW)])
     assert backend.exports() == [
         Export(RW, 1, "5b1fd0c2a1b2c3d4", "/dev/loop7", False, (Grant(NODE_A, CHAP_A),)),
@@ -336,11 +298,11 @@ def test_exports_and_persist(tgt_script: Any, backend: tgt.TgtBackend) -> None:
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert _without_record(conf.read_text()) == (RECORDED / "tgt_basalt.conf").read_text()
     # the record's LUNs came from tgtd (a record of version 1 has none): the next call needs no listing for them
-    assert _saved(backend)[RW]["lun"] == {"device": "/dev/loop7", "serial": "5b1fd0c2a1b2c3d4", "read_only": False}
+    assert saved(backend)[RW]["lun"] == {"device": "/dev/loop7", "serial": "5b1fd0c2a1b2c3d4", "read_only": False}
 
 
 def test_persist_refuses_to_drop_unknown_chap(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RW: {NODE_A: None}})  # the record lost node-a's secret
+    old_record(backend, {RW: {NODE_A: None}})  # the record lost node-a's secret
     tgt_script([ok(SHOW_T, SHOW)])
     with pytest.raises(Precondition, match="node-a"):
         backend.persist()
@@ -358,7 +320,7 @@ def test_ensure_export_removes_stray_address_acl(tgt_script: Any, backend: tgt.T
 
 
 def test_exports_skip_foreign_targets(tgt_script: Any, backend: tgt.TgtBackend) -> None:
-    _record(backend, {RO: {}})
+    old_record(backend, {RO: {}})
     tgt_script([ok(SHOW_T, SHOW)])
     assert [e.target_iqn for e in backend.exports()] == [RO]
     by_prefix = tgt.TgtBackend(control_port=7, conf_path=backend.conf_path, record_path=backend.record_path,
@@ -405,12 +367,7 @@ def test_publish_lists_once_and_writes_once(tgt_script: Any, tmp_path: Path,
     order: List[str] = []
     runner = tgt_script([
         ok(SHOW_T, ""),
-        ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", new]),
-        ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", "/dev/loop9",
-            "--bstype", "rdwr"]),
-        ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1",
-            "--params", "scsi_sn=0123abcd,readonly=0"]),
-        ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", tgt_config.NO_ADDRESS]),
+        *made_export("1", new, "/dev/loop9", "scsi_sn=0123abcd,readonly=0"),
         ok([*C, "--mode", "account", "--op", "new", "--user", "node-c", "--password", "secret-c-0123456"]),
         ok([*C, "--mode", "account", "--op", "bind", "--tid", "1", "--user", "node-c"]),
         ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", NODE_B]),
@@ -439,7 +396,7 @@ def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """ControllerUnpublish of the last grant: no unbinds before a delete that drops them anyway; the
     orphaned accounts go; the config file with the record is written once, after the commands."""
-    _record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
+    old_record(backend, {RW: {NODE_A: CHAP_A}, RO: {NODE_A: None, NODE_B: None}})
     written = _writes(monkeypatch)
     tgt_script([
         ok(SHOW_T, SHOW),
@@ -451,8 +408,8 @@ def test_withdrawing_the_last_grant_deletes_the_target_outright(tgt_script: Any,
         assert backend.withdraw(RW, NODE_A) == (True, True)
         backend.persist()
     assert written == [backend.conf_path]
-    assert _saved(backend) == {RO: {"grants": {NODE_A: None, NODE_B: None},
-                                    "lun": {"device": "/dev/loop7", "serial": "7a3e9d41e5f60718", "read_only": True}}}
+    assert saved(backend) == {RO: {"grants": {NODE_A: None, NODE_B: None},
+                                   "lun": {"device": "/dev/loop7", "serial": "7a3e9d41e5f60718", "read_only": True}}}
     assert f"<target {RW}>" not in Path(backend.conf_path).read_text()
     # another grant remains: a plain revoke, the target stays
     tgt_script([ok(SHOW_T, SHOW), ok([*C, "--mode", "target", "--op", "unbind", "--tid", "2",

@@ -142,11 +142,11 @@ CHAP_DOC = {"user": "node-a", "password": SECRET, "mutual_user": None, "mutual_p
 NEW_EXPORT = [
     *listing(""),  # before: nothing
     ok([*C, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", TARGET]),
+    ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", NO_ADDRESS]),
     ok([*C, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", DEV,
         "--bstype", "rdwr"]),
     ok([*C, "--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1", "--params",
         f"scsi_sn={SERIAL},readonly=0"]),
-    ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", NO_ADDRESS]),
     ok([*C, "--mode", "account", "--op", "new", "--user", "node-a", "--password", SECRET]),
     ok([*C, "--mode", "account", "--op", "bind", "--tid", "1", "--user", "node-a"]),
     ok([*C, "--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", NODE_A]),
