@@ -157,7 +157,7 @@ class LoopActivator(Activator):
             raise Precondition(f"{found.device} covers {location.device} from {location.offset} for "
                                f"{found.size_limit or 'all'} bytes, beyond {volume.full_name} "
                                f"({location.length} bytes): a stale device; restart the agent to detach it")
-        if found is not None:
+        if found is not None and not found.detaching:  # one being detached would unbind under its new user
             if found.size_limit < location.length:  # the LV grew since it was attached
                 losetup.set_size_limit(found.device, location.length)
             return found.device

@@ -8,11 +8,11 @@ attach, detach and capacity refresh run ``losetup``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
 from typing import Collection, List, Optional
 
 from . import device_wait
@@ -31,13 +31,15 @@ _LOOP_GET_STATUS64 = 0x4C05
 _DELETED = " (deleted)"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LoopDevice:
     device: str
     backing_file: str
     offset: int
     size_limit: int
     read_only: bool
+    #: a detach of the device while something held it open: the kernel unbinds it (autoclear) at that last close
+    detaching: bool = False
 
     @property
     def backing_path(self) -> str:
@@ -107,8 +109,24 @@ def find(backing_file: str, offset: int = 0, size_limit: Optional[int] = None, *
         finally:
             os.close(directory)
         if matches(known):
-            return known
-    return next((device for device in list_devices() if matches(device)), None)
+            return _with_autoclear(known)
+    return _with_autoclear(next((device for device in list_devices() if matches(device)), None))
+
+
+def _with_autoclear(device: Optional[LoopDevice]) -> Optional[LoopDevice]:
+    """*device* saying whether it is being detached (read for a found device only: one attribute, not 209)."""
+    if device is None:
+        return None
+    directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flag = _attribute(directory, f"{device.device[len('/dev/'):]}/loop/autoclear")
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENXIO, errno.ENODEV):  # unbound meanwhile: nothing to reuse
+            return None
+        raise Precondition(f"cannot read loop device {device.device} in {SYS_BLOCK}: {error.strerror}") from None
+    finally:
+        os.close(directory)
+    return dataclasses.replace(device, detaching=flag == "1")
 
 
 def over(backing_files: Collection[str]) -> List[LoopDevice]:
@@ -126,9 +144,13 @@ def ensure_attached(
     size_limit: int = 0,
     read_only: bool = False,
 ) -> "tuple[LoopDevice, bool]":
-    """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed."""
+    """Attach *backing_file* unless it already is, exactly so; return the device and whether it changed.
+
+    A device being detached (see :class:`LoopDevice`) would unbind under its new user: ``attach`` then
+    claims it back (losetup clears the autoclear flag of the device it reuses) or takes another.
+    """
     existing = find(backing_file, offset, size_limit)
-    if existing is not None:
+    if existing is not None and not existing.detaching:
         return existing, False
     return attach(backing_file, offset=offset, size_limit=size_limit, read_only=read_only), True
 

@@ -70,9 +70,10 @@ class FakeLoopDevices:
     sys_block: str
 
     def add(self, number: int, backing_file: str, offset: int = 0, size_limit: int = 0,
-            read_only: bool = False) -> str:
+            read_only: bool = False, autoclear: bool = False) -> str:
         attributes = {"loop/backing_file": backing_file, "loop/offset": str(offset),
-                      "loop/sizelimit": str(size_limit), "ro": "1" if read_only else "0"}
+                      "loop/sizelimit": str(size_limit), "loop/autoclear": "1" if autoclear else "0",
+                      "ro": "1" if read_only else "0"}
         for name, text in attributes.items():
             path = os.path.join(self.sys_block, f"loop{number}", name)
             os.makedirs(os.path.dirname(path), exist_ok=True)

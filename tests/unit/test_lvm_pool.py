@@ -318,7 +318,8 @@ def test_the_lock_lasts_while_its_command_runs_even_when_its_holder_is_killed(vg
     tools = tmp_path / "bin"
     tools.mkdir()
     slow = tools / "lvcreate"  # stands in for an lvcreate that is slow to commit
-    slow.write_text("#!/bin/sh\nsleep 3\n")
+    started = tmp_path / "started"
+    slow.write_text(f"#!/bin/sh\n: > {started}\nsleep 3\n")
     slow.chmod(0o755)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys\nfrom basalt_core import lvm_command, lvm_lock\n"
@@ -328,9 +329,12 @@ def test_the_lock_lasts_while_its_command_runs_even_when_its_holder_is_killed(vg
         "    lvm_command.run_lvm(lock.settings, 'lvcreate', [], what='slow', timeout=60, vg_lock=fd)\n"), vg[0]],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"})
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-    time.sleep(0.5)  # the slow command runs
+    deadline = time.monotonic() + 30
+    while not started.exists():  # the slow command runs
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.01)
     holder.kill()
     holder.wait(10)
-    started = time.monotonic()
+    before = time.monotonic()
     subprocess.run(["lvs", vg[0]], check=True, capture_output=True, timeout=60)
-    assert time.monotonic() - started > 1.0, "lvs ran while the command the lock was held for still ran"
+    assert time.monotonic() - before > 1.0, "lvs ran while the command the lock was held for still ran"

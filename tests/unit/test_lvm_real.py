@@ -17,7 +17,8 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from basalt_core import lvm
+from basalt_core import losetup, lvm
+from basalt_core.activation import LoopActivator
 from basalt_core.errors import Conflict, InvalidRequest, NoSpace, NotFound, Precondition
 from basalt_core.runner import run
 
@@ -169,6 +170,29 @@ def test_contiguous_lv_location(vg: RealVg) -> None:
         for name in ("first", "contig", "blocker"):
             if lvm.logical_volume(vg.name, name, settings=s) is not None:
                 lvm.remove(vg.name, name, settings=s)
+
+
+def test_loop_activation_never_hands_out_a_device_being_detached(vg: RealVg) -> None:
+    """A detach while the LV's loop device was held (a LUN, a mount going away) leaves it bound until that
+    last close (autoclear): activating the LV again must give a device that stays bound after it."""
+    s = vg.settings
+    lvm.create_linear(vg.name, "held", 8 * MiB, alloc="contiguous", settings=s)
+    activator = LoopActivator(s)
+    try:
+        volume = lvm.logical_volume(vg.name, "held", settings=s)
+        assert volume is not None
+        device = activator.activate(volume)
+        holder = os.open(device, os.O_RDONLY)
+        try:
+            losetup.detach(device)
+            assert activator.device(volume) == device  # still bound: the holder keeps it
+            given = activator.activate(volume)
+        finally:
+            os.close(holder)
+        assert activator.device(volume) == given  # still bound after the holder's last close
+        assert activator.deactivate(volume) and activator.device(volume) is None
+    finally:
+        lvm.remove(vg.name, "held", settings=s)
 
 
 def test_failures_are_typed(vg: RealVg) -> None:

@@ -295,3 +295,41 @@ def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.M
         for attached in (device, elsewhere):
             with contextlib.suppress(CommandFailed):
                 losetup.detach(attached)
+
+
+def test_a_device_being_detached_is_claimed_back_not_handed_out(tmp_path: Any) -> None:
+    """Real loop device: a detach while something holds the device only sets autoclear; the kernel unbinds
+    it at that holder's last close. ``ensure_attached`` must not hand it out as it is (its new user, a
+    LUN or a mount, would find it unbound a moment later): the device it gives stays bound after the
+    old holder closes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    device = losetup.attach(str(image)).device
+    holder = os.open(device, os.O_RDONLY)
+    try:
+        losetup.detach(device)
+        found = losetup.find(str(image))
+        assert found is not None and found.detaching
+        given, changed = losetup.ensure_attached(str(image))
+        assert changed
+    finally:
+        os.close(holder)
+    try:
+        again = losetup.find(str(image))
+        assert again is not None and again.device == given.device and not again.detaching
+    finally:
+        losetup.ensure_detached(str(image))
+    assert losetup.find(str(image)) is None
+
+
+def test_find_reports_a_device_being_detached(script: Any, loop_devices: Any) -> None:
+    loop_devices.add(0, "/pool/volumes/vol-1.img", autoclear=True)
+    loop_devices.add(1, "/pool/volumes/vol-2.img")
+    script([])
+    assert losetup.find("/pool/volumes/vol-1.img") == losetup.LoopDevice("/dev/loop0", "/pool/volumes/vol-1.img",
+                                                                         0, 0, False, detaching=True)
+    assert losetup.find("/pool/volumes/vol-2.img", likely="/dev/loop1") == losetup.LoopDevice(
+        "/dev/loop1", "/pool/volumes/vol-2.img", 0, 0, False)
