@@ -55,6 +55,10 @@ def lock_settings(settings: LvmSettings) -> Dict[str, str]:
     return found
 
 
+class Busy(Exception):
+    """Another of the agent's threads holds the VG's lock."""
+
+
 class VgLock:
     """LVM's exclusive lock on one VG, taken as LVM takes it; one holder per agent at a time (a thread lock first:
     the agent's own creates queue here rather than in the kernel)."""
@@ -77,15 +81,17 @@ class VgLock:
         return self._usable
 
     @contextlib.contextmanager
-    def held(self, wait: float = CHANGE_TIMEOUT) -> Iterator[int]:
+    def held(self, wait: float = CHANGE_TIMEOUT, *, queue: bool = True) -> Iterator[int]:
         """Hold the VG's lock exclusively (``usable`` must be True) and give its descriptor, for the LVM commands
         run meanwhile (``lvm_command.run_lvm``'s *vg_lock*); CommandFailed when another holder keeps it longer
-        than *wait* seconds."""
+        than *wait* seconds; Busy, without *queue*, when another of the agent's threads holds it."""
         if not self.usable or self._directory is None:
             raise InvalidRequest(f"LVM does not guard VG {self.vg} with file locks")
         path = os.path.join(self._directory, f"V_{self.vg}")
         deadline = time.monotonic() + wait
-        with self._threads:
+        if not self._threads.acquire(blocking=queue):
+            raise Busy(f"another thread holds the lock on VG {self.vg}")
+        try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)  # as LVM does (dm_create_dir)
             aux = _lock(path + ":aux", deadline)
             try:
@@ -96,6 +102,8 @@ class VgLock:
                 yield fd
             finally:
                 _release(path, fd)
+        finally:
+            self._threads.release()
 
 
 def _lock(path: str, deadline: float) -> int:

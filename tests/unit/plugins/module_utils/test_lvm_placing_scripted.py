@@ -242,3 +242,25 @@ def test_with_lvmlockd_nothing_is_placed(script: Any, pv: FakePv, monkeypatch: p
     ])
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
     assert blank_ends(pv.extent(0) + pv.extent(1))
+
+
+def test_while_another_create_holds_the_lock_lvm_places(script: Any, pv: FakePv,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another of the agent's creates holds the VG lock (for the whole of its lvcreate): this one does not queue
+    behind it but runs the two commits, under LVM's own locking, which lets both run at once."""
+    pool = loop_pool()
+    path = str(pv.path)
+    volume, creating, ready = records(pool, "pvc-1")
+    name = lv_name(volume.id)
+    install(script, monkeypatch, pv, [
+        VGS, lock_settings(pv), pvs_layout(path),
+        create(name, creating), found(loop_row(name, creating, path, 0)),
+        VGS, pvs_layout(path),  # the loop activation's layout: the ends zeroed where the LV lies
+        retag(name, creating, ready),
+    ])
+    assert pool._placer.lock._threads.acquire(blocking=False)
+    try:
+        assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+    finally:
+        pool._placer.lock._threads.release()
+    assert blank_ends(pv.extent(0) + pv.extent(1))
