@@ -196,6 +196,13 @@ def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> Non
     old = current_version()
     new, refused = f"{old}.post1", f"{old}.post2"
 
+    # (0) a check run on fresh hosts: it passes (a service that the run would install is not asked about) and
+    # leaves nothing of Basalt
+    proc = site.play("nodes", site.collection(old), None, "--check")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert not any(private_root.service_files(site.service(host)) for host in HOSTS)
+    assert not any(Path(site.vars[host]["basalt_agent_home"]).exists() for host in HOSTS)
+
     # (1) both hosts installed at the checkout's version, a volume on each
     proc = site.play("nodes", site.collection(old))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
