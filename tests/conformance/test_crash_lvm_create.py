@@ -46,8 +46,8 @@ def lvm_crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, Cr
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_killed_around_the_one_lvcreate_of_a_blank_volume(lvm_crashable: tuple[Agent, CrashPoints],
-                                                         when: str) -> None:
+def test_killed_around_the_one_lvcreate_of_a_blank_volume(
+        lvm_crashable: tuple[Agent, CrashPoints], when: str) -> None:
     agent, points = lvm_crashable
     assert agent.lvm is not None
     cap = mount_cap("ext4")

@@ -254,8 +254,8 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
 
 
-def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(vg: Any,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(
+        vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """CreateVolume (loop activation): under LVM's VG lock, the ends of the extents the pool chose are zeroed on
     the PV, then one lvcreate --nolocking makes the LV there carrying the ready record. An LV of someone else's
     right after it keeps its data; the lock file is gone afterwards (unlinked on release, as LVM does)."""
