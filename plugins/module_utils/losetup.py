@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 from typing import Collection, List, Optional
 
 from . import device_wait
@@ -117,16 +118,22 @@ def _with_autoclear(device: Optional[LoopDevice]) -> Optional[LoopDevice]:
     """*device* saying whether it is being detached (read for a found device only: one attribute, not 209)."""
     if device is None:
         return None
-    directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        flag = _attribute(directory, f"{device.device[len('/dev/'):]}/loop/autoclear")
+        flag = _autoclear(device.device)
     except OSError as error:
         if error.errno in (errno.ENOENT, errno.ENXIO, errno.ENODEV):  # unbound meanwhile: nothing to reuse
             return None
         raise Precondition(f"cannot read loop device {device.device} in {SYS_BLOCK}: {error.strerror}") from None
+    return dataclasses.replace(device, detaching=flag)
+
+
+def _autoclear(device: str) -> bool:
+    """Whether bound *device* has autoclear set (OSError when it is not bound)."""
+    directory = os.open(SYS_BLOCK, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _attribute(directory, f"{device[len('/dev/'):]}/loop/autoclear") == "1"
     finally:
         os.close(directory)
-    return dataclasses.replace(device, detaching=flag == "1")
 
 
 def over(backing_files: Collection[str]) -> List[LoopDevice]:
@@ -195,8 +202,25 @@ def set_size_limit(device: str, size_limit: int) -> None:
         os.close(fd)
 
 
+#: how long a detach waits for a device still held at the command (autoclear set) to be unbound by its
+#: holder's last close: an unmount or a target that lets go of it a moment later (seen under load)
+DETACH_SETTLE = 2.0
+
+
 def detach(device: str) -> None:
+    """Detach *device*; when something still holds it, wait a moment for that holder to let go."""
     run(["losetup", "--detach", operand(device, "device")], what=f"detach {device}")
+    deadline = time.monotonic() + DETACH_SETTLE
+    while _detaching(device) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _detaching(device: str) -> bool:
+    """Still bound with autoclear set: a detach waiting for the device's last close."""
+    try:
+        return _autoclear(device)
+    except OSError:  # unbound (no loop directory), or no such device
+        return False
 
 
 def ensure_detached(backing_file: str, offset: int = 0, *, likely: Optional[str] = None) -> bool:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 from typing import Any, List
 
 import pytest
@@ -333,3 +334,23 @@ def test_find_reports_a_device_being_detached(script: Any, loop_devices: Any) ->
                                                                          0, 0, False, detaching=True)
     assert losetup.find("/pool/volumes/vol-2.img", likely="/dev/loop1") == losetup.LoopDevice(
         "/dev/loop1", "/pool/volumes/vol-2.img", 0, 0, False)
+
+
+def test_detach_waits_for_a_holder_that_lets_go(tmp_path: Any) -> None:
+    """Real loop device: held at the detach (an unmount's last reference going away), the device is unbound
+    by the holder's close a moment later; detach returns once it is, so a busy check right after it (a
+    DeleteVolume after NodeUnpublish) finds nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices")
+    image = tmp_path / "vol.img"
+    image.write_bytes(b"")
+    os.truncate(image, 8 << 20)
+    device = losetup.attach(str(image)).device
+    holder = os.open(device, os.O_RDONLY)
+    closer = threading.Timer(0.2, os.close, [holder])
+    closer.start()
+    try:
+        losetup.detach(device)
+        assert losetup.find(str(image)) is None  # the holder let go within the detach
+    finally:
+        closer.join()
