@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import threading
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -298,18 +298,23 @@ def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.M
                 losetup.detach(attached)
 
 
-def test_a_device_being_detached_is_claimed_back_not_handed_out(tmp_path: Any) -> None:
-    """Real loop device: a detach while something holds the device only sets autoclear; the kernel unbinds
-    it at that holder's last close. ``ensure_attached`` must not hand it out as it is (its new user, a
-    LUN or a mount, would find it unbound a moment later): the device it gives stays bound after the
-    old holder closes."""
+def attached_and_held(tmp_path: Any) -> Tuple[Any, str, int]:
+    """A real 8 MiB image, its loop device, and a descriptor holding that device open."""
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices")
     image = tmp_path / "vol.img"
     image.write_bytes(b"")
     os.truncate(image, 8 << 20)
     device = losetup.attach(str(image)).device
-    holder = os.open(device, os.O_RDONLY)
+    return image, device, os.open(device, os.O_RDONLY)
+
+
+def test_a_device_being_detached_is_claimed_back_not_handed_out(tmp_path: Any) -> None:
+    """Real loop device: a detach while something holds the device only sets autoclear; the kernel unbinds
+    it at that holder's last close. ``ensure_attached`` must not hand it out as it is (its new user, a
+    LUN or a mount, would find it unbound a moment later): the device it gives stays bound after the
+    old holder closes."""
+    image, device, holder = attached_and_held(tmp_path)
     try:
         losetup.detach(device)
         found = losetup.find(str(image))
@@ -340,13 +345,7 @@ def test_detach_waits_for_a_holder_that_lets_go(tmp_path: Any) -> None:
     """Real loop device: held at the detach (an unmount's last reference going away), the device is unbound
     by the holder's close a moment later; detach returns once it is, so a busy check right after it (a
     DeleteVolume after NodeUnpublish) finds nothing."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for loop devices")
-    image = tmp_path / "vol.img"
-    image.write_bytes(b"")
-    os.truncate(image, 8 << 20)
-    device = losetup.attach(str(image)).device
-    holder = os.open(device, os.O_RDONLY)
+    image, device, holder = attached_and_held(tmp_path)
     closer = threading.Timer(0.2, os.close, [holder])
     closer.start()
     try:
