@@ -106,10 +106,10 @@ def end_ranges(length: int, after: int = 0) -> List[Tuple[int, int]]:
             if start < end]
 
 
-def write_zeros(device: str, ranges: List[Tuple[int, int]]) -> None:
-    """Zeros over each (start, end) byte range of *device*, synced."""
+def write_zeros(device: str, ranges: List[Tuple[int, int]], offset: int = 0) -> None:
+    """Zeros over each (start, end) byte range of *device*, counted from *offset* (an LV's start on its PV), synced."""
     with open(device, "r+b", buffering=0) as handle:
         for start, end in ranges:
-            handle.seek(start)
+            handle.seek(offset + start)
             handle.write(bytes(end - start))
         os.fsync(handle.fileno())

@@ -101,8 +101,7 @@ class Placer:
                     self._pvs = None
                 return None
             if zero_ends:
-                devices.write_zeros(pv.name, [(offset + start, offset + end)
-                                              for start, end in devices.end_ranges(place.count * extent)])
+                devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             try:
                 lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
                                   place=place, vg_lock=held, settings=self.settings)

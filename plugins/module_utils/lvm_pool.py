@@ -356,7 +356,7 @@ class LvmPool(Pool):
             return
         location = self.activator.unmapped_location(target)
         if location is not None:  # loop activation, nothing attached: straight on the PV, 4 losetup calls fewer
-            devices.write_zeros(location.device, [(location.offset + s, location.offset + e) for s, e in ranges])
+            devices.write_zeros(location.device, ranges, location.offset)
             return
         with active(self.activator, target) as device:
             devices.write_zeros(device, ranges)
