@@ -62,7 +62,8 @@ class Placer:
         *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
-        the commit).
+        the commit); the lock goes as soon as lvcreate has committed and LVM's backup is written (lvm_lock), its
+        exit left outside.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
@@ -77,9 +78,37 @@ class Placer:
             except _Stale:
                 return None
         except Busy:
-            # Another create of the agent holds it for the whole of its lvcreate; LVM's own locking, held only
-            # around each commit, lets this one run beside it (measured: a burst of 8 took twice as long queued).
+            # Another create of the agent holds it from its lvcreate's start to its commit; LVM's own locking,
+            # held only around each commit, lets this one run beside it (measured: a burst of 8 took twice as
+            # long queued).  Blank, it is placed the next time, ends zeroed after the commit.
+            return None if zero_ends else self._beside(name, size, tags, extent, committed)
+
+    def _beside(self, name: str, size: int, tags: Sequence[str], extent: int,
+                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+        """create() while another of the agent's creates holds the lock: an lvcreate under LVM's own locking on
+        a range of the map as the pool knows it (LVM refuses one in use: NoSpace, nothing changed), so nothing
+        is read back; None when the map has none."""
+        place = self.free.take_known(-(-size // extent))
+        if place is None:
             return None
+        before = self.seqno()
+        try:
+            lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
+                              place=place, settings=self.settings)
+        except AlreadyExists:
+            self.free.give_back([place])
+            raise
+        except NoSpace:
+            self.free.forget()
+            return None
+        except BaseException:
+            self.free.forget()
+            raise
+        made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+        after = self.seqno()
+        self.free.committed(before, after=after)
+        committed(made, before, after)
+        return made
 
     def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool,
                 committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
@@ -102,9 +131,20 @@ class Placer:
                 return None
             if zero_ends:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
+            made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+            backup = self.lock.backup_state()
+            followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
+
+            def created() -> None:
+                """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
+                after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget)
+                self.free.committed(before, after=after)
+                committed(made, before, after)
+                followed.append(after)
+                self.lock.release_when_backed_up(held, backup)
             try:
                 lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                                  place=place, vg_lock=held, settings=self.settings)
+                                  place=place, vg_lock=held, created=created, settings=self.settings)
             except AlreadyExists:
                 self.free.give_back([place])
                 raise
@@ -114,8 +154,6 @@ class Placer:
             except BaseException:
                 self.free.forget()  # it may have committed: read the map again
                 raise
-            made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
-            after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget what they know)
-            self.free.committed(before, after=after)
-            committed(made, before, after)
+            if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)
+                created()
         return made

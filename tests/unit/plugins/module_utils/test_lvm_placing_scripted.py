@@ -84,8 +84,10 @@ def install(script: Any, monkeypatch: pytest.MonkeyPatch, pv: FakePv, calls: Lis
 
 
 def lock_settings(pv: FakePv) -> Any:
-    return (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type"],
-            0, f'locking_dir="{pv.lock_dir}"\nuse_lvmlockd=0\nlocking_type=1\n', "")
+    return (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+             "backup/backup", "backup/backup_dir"],
+            0, f'locking_dir="{pv.lock_dir}"\nuse_lvmlockd=0\nlocking_type=1\nbackup=0\nbackup_dir="/etc/lvm/backup"\n',
+            "")
 
 
 def pvs_segments(pv: str, *segments: Any) -> Any:
