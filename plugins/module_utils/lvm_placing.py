@@ -8,21 +8,28 @@ runs one ``lvcreate --nolocking`` onto exactly that range, carrying the
 volume's final record.  A crash before lvcreate leaves zeroed free extents
 (harmless); after it, a complete LV whose ends are zero.
 
-Whenever that is not certain it places nothing and says so (None), before any
-change: LVM's configuration does not guard the VG with file locks (lvmlockd),
-another of the agent's creates holds the lock (queueing behind it would serialise
-whole lvcreate processes),
-the VG's seqno cannot be read or is not the map's once the lock is held
-(someone committed since the map was read), no free range fits, the range's
-PV is not one the pool knows, or a loop device already maps that offset of
-the PV (a stale one keeps its own cached pages: the pool then zeroes through
-it, as after any lvcreate it did not place).  A NoSpace from lvcreate (the
-metadata area full, say) also places nothing: the caller then runs the
-commands it ran before this existed.
+The lock goes as soon as lvcreate has committed and LVM wrote its metadata
+backup (lvm_lock), not at the tool's exit.
+
+Whenever that is not certain it zeroes nothing before the commit: LVM's
+configuration does not guard the VG with file locks (lvmlockd), another of
+the agent's creates holds the lock (queueing behind it would serialise
+lvcreate processes from their start to their commit), the VG's seqno cannot
+be read or is not the map's once the lock is held (someone committed since the
+map was read: read again only by a create alone, once), no free range fits,
+the range's PV is not one the pool knows, or a loop device already maps that
+offset of the PV (a stale one keeps its own cached pages: the pool then zeroes
+through it, as after any lvcreate it did not place).  A NoSpace from lvcreate
+(the metadata area full, say) also places nothing: the caller then runs the
+commands it ran before this existed.  Asked for an LV whose ends it need not
+zero first (a creating record, zeroed after its commit), it then places it
+beside the lock holder: on the map as the pool knows it, under LVM's own
+locking (which refuses extents in use: NoSpace, nothing changed).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence
 
 from . import devices, losetup, lvm
@@ -46,6 +53,8 @@ class Placer:
         self.lock = VgLock(vg, settings)
         self._pvs: Optional[List[lvm.PhysicalVolume]] = None
         self.free = FreeExtents(lambda: lvm.free_extents(vg, settings=settings), self.seqno)
+        self._creating = 0  # creates in progress (a stale map is read again only by a create alone)
+        self._counting = threading.Lock()
 
     def pvs(self) -> List[lvm.PhysicalVolume]:
         """The VG's PVs, read once (their data offsets never change; a PV added later makes them read again)."""
@@ -68,20 +77,26 @@ class Placer:
         """
         if not self.lock.usable:
             return None
+        with self._counting:
+            self._creating += 1
         try:
-            try:
-                return self._locked(name, size, tags, extent, zero_ends, committed)
-            except _Stale:  # read the map (never under the lock), then once more
-                self.free.refresh()
-            try:
-                return self._locked(name, size, tags, extent, zero_ends, committed)
-            except _Stale:
-                return None
-        except Busy:
-            # Another create of the agent holds it from its lvcreate's start to its commit; LVM's own locking,
-            # held only around each commit, lets this one run beside it (measured: a burst of 8 took twice as
-            # long queued).  Blank, it is placed the next time, ends zeroed after the commit.
+            for attempt in range(2):
+                try:
+                    return self._locked(name, size, tags, extent, zero_ends, committed)
+                except Busy:
+                    break
+                except _Stale:
+                    if attempt or self._creating > 1:
+                        break
+                    self.free.refresh()  # alone: read the map (never under the lock), then once more
+            # Another create of the agent holds the lock from its lvcreate's start to its commit, or commits
+            # beside (the map is not current): LVM's own locking, held only around each commit, lets this one run
+            # beside it (measured: a burst of 8 took twice as long queued).  Blank, it is placed the next time,
+            # its ends zeroed after the commit.
             return None if zero_ends else self._beside(name, size, tags, extent, committed)
+        finally:
+            with self._counting:
+                self._creating -= 1
 
     def _beside(self, name: str, size: int, tags: Sequence[str], extent: int,
                 committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
