@@ -38,6 +38,9 @@ from .lvm_extents import FreeExtents, placed_lv
 from .lvm_index import vg_seqno
 from .lvm_lock import Busy, VgLock
 
+#: told of the placer's commit: (the LV as lvs would report it, the seqno just ahead of the commit, the seqno after)
+Committed = Callable[[lvm.LogicalVolume, Optional[int], Optional[int]], None]
+
 
 class _Stale(Exception):
     """The map of free extents is not the VG as it is now (someone committed since it was read)."""
@@ -66,7 +69,7 @@ class Placer:
         return vg_seqno([pv.name for pv in self.pvs()], self.vg)
 
     def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool,
-               committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+               committed: Committed) -> Optional[lvm.LogicalVolume]:
         """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
         *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
 
@@ -99,7 +102,7 @@ class Placer:
                 self._creating -= 1
 
     def _beside(self, name: str, size: int, tags: Sequence[str], extent: int,
-                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+                committed: Committed) -> Optional[lvm.LogicalVolume]:
         """create() while another of the agent's creates holds the lock: an lvcreate under LVM's own locking on
         a range of the map as the pool knows it (LVM refuses one in use: NoSpace, nothing changed), so nothing
         is read back; None when the map has none."""
@@ -126,7 +129,7 @@ class Placer:
         return made
 
     def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool,
-                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+                committed: Committed) -> Optional[lvm.LogicalVolume]:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
         names = [pv.name for pv in pvs]

@@ -7,13 +7,14 @@ output we parse is stable, and secrets redacted from anything logged or raised.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import select
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, cast
 
 from .errors import CommandFailed, InvalidRequest
 
@@ -80,7 +81,10 @@ def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
             proc.stdin.write(stdin or "")
         proc.stdin.close()
     assert proc.stdout is not None and proc.stderr is not None
-    encoding = proc.stdout.encoding
+    stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
+
+    def text(data: bytes) -> str:
+        return data.decode(stream.encoding, stream.errors).replace("\r\n", "\n").replace("\r", "\n")
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     read: Dict[int, bytes] = {out: b"", err: b""}
     open_fds = [out, err]
@@ -96,11 +100,11 @@ def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
                 open_fds.remove(fd)
             read[fd] += chunk
         end = read[out].rfind(b"\n") + 1
-        for line in read[out][told:end].decode(encoding, "replace").splitlines(keepends=True):
-            on_line(line)
+        for line in text(read[out][told:end]).split("\n")[:-1]:
+            on_line(line + "\n")
         told = max(told, end)
     proc.wait(max(deadline - time.monotonic(), 0))
-    return read[out].decode(encoding, "replace"), read[err].decode(encoding, "replace")
+    return text(read[out]), text(read[err])
 
 
 def run(
