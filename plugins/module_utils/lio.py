@@ -122,39 +122,43 @@ class LioBackend(TargetBackend):
             self._rtslib = load_rtslib()
         return self._rtslib
 
-    # -- lookups --
+    # -- lookups: each object opened at its configfs path (a stat), never by listing its siblings --
 
     def _fabric(self) -> Any:
         return self.rts.FabricModule("iscsi")
 
+    def _opened(self, open_object: Callable[[], Any]) -> Any:
+        """What *open_object* (an rtslib constructor in lookup mode) finds, or None when it is not there."""
+        rts = self.rts
+        missing = getattr(rts, "RTSLibNotInCFSError", None) or rts.RTSLibNotInCFS  # 2.2's name, 2.1's
+        try:
+            return open_object()
+        except missing:
+            return None
+
     def _target(self, target_iqn: str) -> Any:
-        for target in self._fabric().targets:
-            if target.wwn == target_iqn:
-                return target
-        return None
+        return self._opened(lambda: self.rts.Target(self._fabric(), target_iqn, mode="lookup"))
 
-    @staticmethod
-    def _tpg(target: Any) -> Any:
-        for tpg in target.tpgs:
-            if tpg.tag == TPG_TAG:
-                return tpg
-        return None
+    def _tpg(self, target: Any) -> Any:
+        return self._opened(lambda: self.rts.TPG(target, TPG_TAG, mode="lookup"))
 
-    @staticmethod
-    def _lun(tpg: Any) -> Any:
-        for lun in tpg.luns:
-            if lun.lun == DATA_LUN:
-                return lun
-        return None
+    def _lun(self, tpg: Any) -> Any:
+        return self._opened(lambda: self.rts.LUN(tpg, DATA_LUN))  # no storage object: lookup
 
-    @staticmethod
-    def _acl(tpg: Any, initiator_iqn: str) -> Any:
-        for acl in tpg.node_acls:
-            if acl.node_wwn == initiator_iqn:
-                return acl
-        return None
+    def _acl(self, tpg: Any, initiator_iqn: str) -> Any:
+        return self._opened(lambda: self.rts.NodeACL(tpg, initiator_iqn, mode="lookup"))
+
+    def _mapped_lun(self, acl: Any) -> Any:
+        return self._opened(lambda: self.rts.MappedLUN(acl, DATA_LUN))  # no TPG LUN: lookup
+
+    def _opened_tpg(self, target_iqn: str) -> Tuple[Any, Any]:
+        """The target and its TPG 1 (each None when not there)."""
+        target = self._target(target_iqn)
+        return target, self._tpg(target) if target is not None else None
 
     def _storage_object(self, name: str) -> Any:
+        # A listing, not rtslib's lookup by name, which trusts a cache of this process's own (the
+        # iscsi_export module changes LIO too); only needed while no LUN leads to the backstore.
         for so in self.rts.RTSRoot().storage_objects:
             if so.plugin == "block" and so.name == name:
                 return so
@@ -177,18 +181,20 @@ class LioBackend(TargetBackend):
         rts = self.rts
         changed = False
         name = SO_PREFIX + serial
-        so = self._storage_object(name)
+        target, tpg = self._opened_tpg(target_iqn)
+        lun = self._lun(tpg) if tpg is not None else None
+        if lun is not None and lun.storage_object.name != name:
+            raise Conflict(f"target {target_iqn} LUN {DATA_LUN} is {lun.storage_object.name}, not {name}")
+        so = lun.storage_object if lun is not None else self._storage_object(name)
         if so is None:
             so = rts.BlockStorageObject(name, dev=device, wwn=serial, readonly=read_only)
             changed = True
         elif (so.udev_path, so.wwn, bool(so.readonly)) != (device, serial, read_only):
             raise Conflict(f"backstore {name} is {so.udev_path} (serial {so.wwn}, read-only {so.readonly}), "
                            f"not {device} (serial {serial}, read-only {read_only})")
-        target = self._target(target_iqn)
         if target is None:
             target = rts.Target(self._fabric(), target_iqn, mode="create")
             changed = True
-        tpg = self._tpg(target)
         if tpg is None:
             tpg = rts.TPG(target, TPG_TAG, mode="create")
             tpg.set_attribute("generate_node_acls", "0")
@@ -201,12 +207,9 @@ class LioBackend(TargetBackend):
             if (ip_address, port) not in have:
                 rts.NetworkPortal(tpg, ip_address, port, mode="create")
                 changed = True
-        lun = self._lun(tpg)
         if lun is None:
             rts.LUN(tpg, lun=DATA_LUN, storage_object=so)
             changed = True
-        elif lun.storage_object.name != name:
-            raise Conflict(f"target {target_iqn} LUN {DATA_LUN} is {lun.storage_object.name}, not {name}")
         if not tpg.enable:
             tpg.enable = True
             changed = True
@@ -216,8 +219,7 @@ class LioBackend(TargetBackend):
     def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        target = self._target(target_iqn)
-        tpg = self._tpg(target) if target is not None else None
+        _target, tpg = self._opened_tpg(target_iqn)
         lun = self._lun(tpg) if tpg is not None else None
         if tpg is None or lun is None:
             raise NotFound(f"target {target_iqn} is not exported")
@@ -241,12 +243,12 @@ class LioBackend(TargetBackend):
                 setattr(acl, attribute, value)
                 changed = True
         read_only = bool(lun.storage_object.readonly)
-        mapped = [m for m in acl.mapped_luns if m.mapped_lun == DATA_LUN]
-        if not mapped:
+        mapped = self._mapped_lun(acl)
+        if mapped is None:
             self.rts.MappedLUN(acl, DATA_LUN, tpg_lun=lun, write_protect=read_only)
             changed = True
-        elif bool(mapped[0].write_protect) != read_only:
-            mapped[0].write_protect = read_only
+        elif bool(mapped.write_protect) != read_only:
+            mapped.write_protect = read_only
             changed = True
         wanted_auth = "1" if chap is not None else "0"
         if tpg.get_attribute("authentication") != wanted_auth:
@@ -258,8 +260,10 @@ class LioBackend(TargetBackend):
     def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        target = self._target(target_iqn)
-        tpg = self._tpg(target) if target is not None else None
+        _target, tpg = self._opened_tpg(target_iqn)
+        return self._revoke(tpg, initiator_iqn)
+
+    def _revoke(self, tpg: Any, initiator_iqn: str) -> bool:
         acl = self._acl(tpg, initiator_iqn) if tpg is not None else None
         if acl is None:
             return False
@@ -269,10 +273,11 @@ class LioBackend(TargetBackend):
     @_locked
     def remove_export(self, target_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
-        target = self._target(target_iqn)
+        return self._remove(target_iqn, *self._opened_tpg(target_iqn))
+
+    def _remove(self, target_iqn: str, target: Any, tpg: Any) -> bool:
         if target is None:
             return False
-        tpg = self._tpg(target)
         remaining = [acl.node_wwn for acl in tpg.node_acls] if tpg is not None else []
         if remaining:
             raise InUse(f"target {target_iqn} still grants access to {', '.join(sorted(remaining))}")
@@ -282,6 +287,17 @@ class LioBackend(TargetBackend):
         if so is not None and so.name.startswith(SO_PREFIX):
             so.delete()
         return True
+
+    @_locked
+    def withdraw(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, bool]:
+        """As :meth:`TargetBackend.withdraw`, with one lookup of the target and its TPG for both steps."""
+        check_iqn(target_iqn, "target IQN")
+        check_iqn(initiator_iqn, "initiator IQN")
+        target, tpg = self._opened_tpg(target_iqn)
+        changed = self._revoke(tpg, initiator_iqn)
+        if tpg is not None and any(True for _acl in tpg.node_acls):
+            return changed, False
+        return self._remove(target_iqn, target, tpg) or changed, True
 
     @_locked
     def exports(self) -> List[Export]:

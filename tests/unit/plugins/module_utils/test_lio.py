@@ -82,7 +82,7 @@ class FakeModule(SimpleNamespace):
 
     def __getattribute__(self, name: str) -> Any:
         value = object.__getattribute__(self, name)
-        if _USE and isinstance(value, type) and _by_lio():
+        if _USE and isinstance(value, type) and not issubclass(value, BaseException) and _by_lio():
             def construct(*args: Any, **kwargs: Any) -> Any:
                 _USE[0].calls.append((name, "", args, kwargs))
                 return value(*args, **kwargs)
@@ -94,6 +94,16 @@ def make_fake() -> SimpleNamespace:
     """A stand-in for the rtslib_fb module with its own state and call log."""
     log: List[Tuple[Any, ...]] = []
     state: Dict[str, List[Any]] = {"targets": [], "storage": []}
+
+    class RTSLibNotInCFSError(Exception):
+        """rtslib's lookup miss (2.2's name; 2.1 calls it RTSLibNotInCFS)."""
+
+    def looked_up(found: List[Any], match: Any, what: str) -> Any:
+        """A lookup-mode constructor: the existing object at that path, or rtslib's miss."""
+        for candidate in found:
+            if match(candidate):
+                return candidate
+        raise RTSLibNotInCFSError(f"No such {what} in configfs")
 
     class FabricModule(Recorded):
         def __new__(cls, name: str) -> Any:  # rtslib: FabricModule(name) returns the registered module
@@ -122,7 +132,14 @@ def make_fake() -> SimpleNamespace:
             return f"<so {self.name}>"
 
     class Target(Recorded):
+        def __new__(cls, fabric_module: Any, wwn: Optional[str] = None, mode: str = "any") -> Any:
+            if mode == "lookup":
+                return looked_up(state["targets"], lambda t: t.wwn == wwn, "Target")
+            return object.__new__(cls)
+
         def __init__(self, fabric_module: Any, wwn: Optional[str] = None, mode: str = "any") -> None:
+            if mode == "lookup":
+                return
             self._log = log
             self.wwn = wwn
             self.tpgs: List[Any] = []
@@ -138,7 +155,14 @@ def make_fake() -> SimpleNamespace:
             return f"<target {self.wwn}>"
 
     class TPG(Recorded):
+        def __new__(cls, parent_target: Any, tag: Optional[int] = None, mode: str = "any") -> Any:
+            if mode == "lookup":
+                return looked_up(parent_target.tpgs, lambda t: t.tag == tag, "TPG")
+            return object.__new__(cls)
+
         def __init__(self, parent_target: Any, tag: Optional[int] = None, mode: str = "any") -> None:
+            if mode == "lookup":
+                return
             self._log = log
             self.parent_target, self.tag = parent_target, tag
             self.enable = False
@@ -167,14 +191,29 @@ def make_fake() -> SimpleNamespace:
             log.append(("NetworkPortal", repr(parent_tpg), ip_address, port, mode))
 
     class LUN(Recorded):
+        def __new__(cls, parent_tpg: Any, lun: Optional[int] = None, storage_object: Any = None,
+                    alias: Optional[str] = None) -> Any:
+            if storage_object is None:
+                return looked_up(parent_tpg.luns, lambda found: found.lun == lun, "LUN")
+            return object.__new__(cls)
+
         def __init__(self, parent_tpg: Any, lun: Optional[int] = None, storage_object: Any = None,
                      alias: Optional[str] = None) -> None:
+            if storage_object is None:
+                return
             self.lun, self.storage_object = lun, storage_object
             parent_tpg.luns.append(self)
             log.append(("LUN", repr(parent_tpg), lun, repr(storage_object)))
 
     class NodeACL(Recorded):
+        def __new__(cls, parent_tpg: Any, node_wwn: str, mode: str = "any") -> Any:
+            if mode == "lookup":
+                return looked_up(parent_tpg.node_acls, lambda acl: acl.node_wwn == node_wwn, "NodeACL")
+            return object.__new__(cls)
+
         def __init__(self, parent_tpg: Any, node_wwn: str, mode: str = "any") -> None:
+            if mode == "lookup":
+                return
             self._log = log
             self._tpg = parent_tpg
             self.node_wwn = node_wwn
@@ -192,8 +231,16 @@ def make_fake() -> SimpleNamespace:
             return f"<acl {self.node_wwn}>"
 
     class MappedLUN(Recorded):
+        def __new__(cls, parent_nodeacl: Any, mapped_lun: int, tpg_lun: Any = None,
+                    write_protect: Optional[bool] = None, alias: Optional[str] = None) -> Any:
+            if tpg_lun is None:
+                return looked_up(parent_nodeacl.mapped_luns, lambda m: m.mapped_lun == mapped_lun, "MappedLUN")
+            return object.__new__(cls)
+
         def __init__(self, parent_nodeacl: Any, mapped_lun: int, tpg_lun: Any = None,
                      write_protect: Optional[bool] = None, alias: Optional[str] = None) -> None:
+            if tpg_lun is None:
+                return
             self._log = log
             self.mapped_lun, self.write_protect, self.tpg_lun = mapped_lun, bool(write_protect), tpg_lun
             parent_nodeacl.mapped_luns.append(self)
@@ -212,7 +259,7 @@ def make_fake() -> SimpleNamespace:
 
     return FakeModule(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
                       BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
-                      RTSRoot=RTSRoot)
+                      RTSRoot=RTSRoot, RTSLibNotInCFSError=RTSLibNotInCFSError)
 
 
 @pytest.fixture
@@ -479,7 +526,36 @@ def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_
                     "save_to_file", "delete", "delete", "delete", "save_to_file"]  # every one a bare script needs
     per_target = {k: v for k, v in busy_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
     assert per_target == {k: v for k, v in alone_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
-    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] <= 6
+    # every object opened at its path: no listing of the targets, the backstores listed once (a new export)
+    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] == 0
+    assert busy_reads[("RTSRoot", "storage_objects")] == alone_reads[("RTSRoot", "storage_objects")] == 1
+
+
+def test_withdraw_keeps_the_target_for_another_grant_and_removes_it_with_the_last(
+        rts: SimpleNamespace, backend: lio.LioBackend) -> None:
+    backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
+    backend.ensure_grant(T, A, CHAP_A)
+    backend.ensure_grant(T, B, Chap("node-b", "secret-b-0123456"))
+    _taken(rts)
+    assert backend.withdraw(T, A) == (True, False)
+    assert _taken(rts) == [("delete", f"<acl {A}>")]
+    [export] = backend.exports()
+    assert [g.initiator_iqn for g in export.grants] == [B]
+    assert backend.withdraw(T, A) == (False, False)
+    assert backend.withdraw(T, B) == (True, True)
+    assert _taken(rts) == [("delete", f"<acl {B}>"), ("delete", f"<target {T}>"), ("delete", f"<so basalt-{SERIAL}>")]
+    assert backend.withdraw(T, B) == (False, True) and backend.exports() == []
+
+
+def test_lookups_take_rtslib_2_1s_name_for_a_miss(tmp_path: Path) -> None:
+    """Debian 12's rtslib-fb 2.1 calls the lookup miss RTSLibNotInCFS (2.2: RTSLibNotInCFSError)."""
+    rts = make_fake()
+    rts.RTSLibNotInCFS = rts.RTSLibNotInCFSError
+    del rts.RTSLibNotInCFSError
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    assert backend.export(T) is None
+    assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is True
+    assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is False
 
 
 def test_concurrent_publishes_never_interleave_in_lio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
