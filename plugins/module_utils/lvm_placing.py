@@ -1,12 +1,13 @@
 """A new LV made in one LVM commit on extents the pool chose, with its ends zeroed first when asked.
 
-Loop activation only (the pool reaches an LV's bytes on its PV): under LVM's
-own lock on the VG (lvm_lock), nobody else can change the VG, so the free
-extents the pool's map holds at the VG's current seqno (lvm_extents) are free
-and stay free: the pool zeroes both ends of the range on the PV (fsync), then
-runs one ``lvcreate --nolocking`` onto exactly that range, carrying the
-volume's final record.  A crash before lvcreate leaves zeroed free extents
-(harmless); after it, a complete LV whose ends are zero.
+Under LVM's own lock on the VG (lvm_lock), nobody else can change the VG, so
+the free extents the pool's map holds at the VG's current seqno (lvm_extents)
+are free and stay free: the pool zeroes both ends of the range on the PV
+(fsync), then runs one ``lvcreate --nolocking`` onto exactly that range,
+carrying the volume's final record (with device-mapper activation, LVM maps
+the new LV in that command too).  A crash before lvcreate leaves zeroed free
+extents (harmless); after it, a complete LV whose ends are zero (active or
+not: a NodeStage activates it either way).
 
 Whenever that is not certain it places nothing and says so (None), before any
 change: LVM's configuration does not guard the VG with file locks (lvmlockd),
@@ -37,7 +38,7 @@ class _Stale(Exception):
 
 
 class Placer:
-    """Places new linear LVs of one VG for a pool with loop activation."""
+    """Places new linear LVs of one VG."""
 
     def __init__(self, vg: str, alloc: str, settings: lvm.LvmSettings) -> None:
         self.vg = vg
@@ -56,10 +57,11 @@ class Placer:
     def seqno(self) -> Optional[int]:
         return vg_seqno([pv.name for pv in self.pvs()], self.vg)
 
-    def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool,
+    def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool, active: bool,
                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
         """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
-        *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
+        *zero_ends*; the LV as lvs would report it (*active*: LVM activates it, device-mapper), or None when it
+        placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
         the commit).
@@ -69,11 +71,11 @@ class Placer:
             return None
         try:
             try:
-                return self._locked(name, size, tags, extent, zero_ends, committed)
+                return self._locked(name, size, tags, extent, zero_ends, active, committed)
             except _Stale:  # read the map (never under the lock), then once more
                 self.free.refresh()
             try:
-                return self._locked(name, size, tags, extent, zero_ends, committed)
+                return self._locked(name, size, tags, extent, zero_ends, active, committed)
             except _Stale:
                 return None
         except Busy:
@@ -81,7 +83,7 @@ class Placer:
             # around each commit, lets this one run beside it (measured: a burst of 8 took twice as long queued).
             return None
 
-    def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool,
+    def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool, active: bool,
                 committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
@@ -114,7 +116,7 @@ class Placer:
             except BaseException:
                 self.free.forget()  # it may have committed: read the map again
                 raise
-            made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+            made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget what they know)
             self.free.committed(before, after=after)
             committed(made, before, after)
