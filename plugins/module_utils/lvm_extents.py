@@ -130,11 +130,13 @@ _POLICY_LETTERS = {"normal": "n", "contiguous": "c", "cling": "l", "anywhere": "
 
 
 def placed_lv(vg: str, name: str, place: PeRange, extent_size: int, tags: Iterable[str],
-              alloc: str) -> LogicalVolume:
+              alloc: str, active: bool = False) -> LogicalVolume:
     """The linear LV ``lvcreate --alloc ALLOC`` just made on *place*, as lvs reports it with activation off
-    (measured: ``-wc-XX----`` for contiguous; its uuid is not read: nothing uses it)."""
+    (measured: ``-wc-XX----`` for contiguous), or *active* (device-mapper: ``-wn-a-----``, unopened); its uuid
+    is not read: nothing uses it."""
     segment = Segment("linear", 0, place.count, (place,), f"{place.device}({place.first})")
+    state = "a-" if active else "XX"
     return LogicalVolume(name=name, vg_name=vg, uuid="", size=place.count * extent_size,
-                         attr=LvAttr.parse(f"-w{_POLICY_LETTERS[alloc]}-XX----"), tags=tuple(sorted(tags)),
+                         attr=LvAttr.parse(f"-w{_POLICY_LETTERS[alloc]}-{state}----"), tags=tuple(sorted(tags)),
                          pool_lv=None, origin=None,
                          data_percent=None, metadata_percent=None, path=f"/dev/{vg}/{name}", segments=(segment,))

@@ -1,15 +1,17 @@
 """A new LV made in one LVM commit on extents the pool chose, with its ends zeroed first when asked.
 
-Loop activation only (the pool reaches an LV's bytes on its PV): under LVM's
-own lock on the VG (lvm_lock), nobody else can change the VG, so the free
-extents the pool's map holds at the VG's current seqno (lvm_extents) are free
-and stay free: the pool zeroes both ends of the range on the PV (fsync), then
-runs one ``lvcreate --nolocking`` onto exactly that range, carrying the
-volume's final record.  A crash before lvcreate leaves zeroed free extents
-(harmless); after it, a complete LV whose ends are zero.
+Under LVM's own lock on the VG (lvm_lock), nobody else can change the VG, so
+the free extents the pool's map holds at the VG's current seqno (lvm_extents)
+are free and stay free: the pool zeroes both ends of the range on the PV
+(fsync), then runs one ``lvcreate --nolocking`` onto exactly that range,
+carrying the volume's final record (with device-mapper activation, LVM maps
+the new LV in that command too).  A crash before lvcreate leaves zeroed free
+extents (harmless); after it, a complete LV whose ends are zero (active or
+not: a NodeStage activates it either way).
 
-The lock goes as soon as lvcreate has committed and LVM wrote its metadata
-backup (lvm_lock), not at the tool's exit.
+With loop activation the lock goes as soon as lvcreate has committed and LVM
+wrote its metadata backup (lvm_lock), not at the tool's exit; with
+device-mapper it lasts until the exit (LVM waits for udev under its lock).
 
 Whenever that is not certain it zeroes nothing before the commit: LVM's
 configuration does not guard the VG with file locks (lvmlockd), another of
@@ -47,7 +49,7 @@ class _Stale(Exception):
 
 
 class Placer:
-    """Places new linear LVs of one VG for a pool with loop activation."""
+    """Places new linear LVs of one VG."""
 
     def __init__(self, vg: str, alloc: str, settings: lvm.LvmSettings) -> None:
         self.vg = vg
@@ -68,14 +70,15 @@ class Placer:
     def seqno(self) -> Optional[int]:
         return vg_seqno([pv.name for pv in self.pvs()], self.vg)
 
-    def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool,
+    def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool, active: bool,
                committed: Committed) -> Optional[lvm.LogicalVolume]:
         """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
-        *zero_ends*; the LV as lvs would report it, or None when it placed nothing (nothing changed then).
+        *zero_ends*; the LV as lvs would report it (*active*: LVM activates it, device-mapper), or None when it
+        placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
-        the commit); the lock goes as soon as lvcreate has committed and LVM's backup is written (lvm_lock), its
-        exit left outside.
+        the commit); not *active*, the lock goes as soon as lvcreate has committed and LVM's backup is written
+        (lvm_lock), its exit left outside.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
@@ -85,7 +88,7 @@ class Placer:
         try:
             for attempt in range(2):
                 try:
-                    return self._locked(name, size, tags, extent, zero_ends, committed)
+                    return self._locked(name, size, tags, extent, zero_ends, active, committed)
                 except Busy:
                     break
                 except _Stale:
@@ -95,8 +98,8 @@ class Placer:
             # Another create of the agent holds the lock from its lvcreate's start to its commit, or commits
             # beside (the map is not current): LVM's own locking, held only around each commit, lets this one run
             # beside it (measured: a burst of 8 took twice as long queued).  Blank, it is placed the next time,
-            # its ends zeroed after the commit.
-            return None if zero_ends else self._beside(name, size, tags, extent, committed)
+            # its ends zeroed after the commit (loop activation: device-mapper keeps LVM's choice, as measured).
+            return None if zero_ends or active else self._beside(name, size, tags, extent, committed)
         finally:
             with self._counting:
                 self._creating -= 1
@@ -128,7 +131,7 @@ class Placer:
         committed(made, before, after)
         return made
 
-    def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool,
+    def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool, active: bool,
                 committed: Committed) -> Optional[lvm.LogicalVolume]:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
@@ -149,7 +152,7 @@ class Placer:
                 return None
             if zero_ends:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
-            made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+            made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             backup = self.lock.backup_state()
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
 
@@ -159,7 +162,8 @@ class Placer:
                 self.free.committed(before, after=after)
                 committed(made, before, after)
                 followed.append(after)
-                self.lock.release_when_backed_up(held, backup)
+                if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
+                    self.lock.release_when_backed_up(held, backup)
             try:
                 lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
                                   place=place, vg_lock=held, created=created, settings=self.settings)

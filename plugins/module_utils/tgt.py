@@ -17,20 +17,17 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
   (mutual) account.  Once an incoming account is bound, every login to that
   target needs CHAP.  So on one target all grants use CHAP or none does, and
   all mutual grants share one mutual user (:class:`~.errors.Conflict` otherwise).
-* tgtd never shows passwords (``--mode account --op show`` lists names), so
-  ``persist`` could not write ``incominguser`` lines from the live state
-  alone.  The backend keeps a grant record: which targets are ours, each
-  one's LUN and, per initiator, its CHAP credentials: the source of the config
-  file and of the initiator-to-account mapping used on revoke.  It lives *in*
-  the config file (one comment line, see :mod:`.tgt_config`; mode 0600): one
-  durable write, made only when the text changes, once per publish or
-  unpublish.  A grant's secret is written before any command uses it;
-  removals after the commands (a crash in between leaves a record entry that
-  reconciliation removes).  The file is rendered from the record, not from
-  tgtd: a grant written before its commands is in it (reconciliation revokes
-  it if no publication record wants it), and so is a target tgtd lost until
-  reconciliation restores it.  An older Basalt's JSON record at
-  ``record_path`` is read while the config file carries none, then removed.
+* tgtd never shows passwords, so ``persist`` could not write ``incominguser``
+  lines from the live state alone.  The backend keeps a grant record: which
+  targets are ours, each one's LUN and, per initiator, its CHAP credentials.
+  It lives *in* the config file (one comment line, see :mod:`.tgt_config`;
+  mode 0600): one durable write, made only when the text changes, once per
+  publish or unpublish.  A grant's secret is written before any command uses
+  it; removals after the commands (a crash in between leaves a record entry
+  that reconciliation removes).  The file is rendered from the record, not
+  from tgtd (a grant written before its commands is in it, and so is a target
+  tgtd lost until reconciliation restores it).  An older Basalt's JSON record
+  at ``record_path`` is read while the config file carries none, then removed.
 * One writer: targets, accounts, the record and the config file are shared
   by every volume, so every call holds :meth:`TgtBackend.transaction` (a
   :class:`~.hostlock.HostLock` on the record's ``.lock`` file: threads and
@@ -43,8 +40,9 @@ Why it looks the way it does (all measured against tgt 1:1.0.85-1+deb12u1):
   '-P' is not allowed/supported"), so it is a second ``--op update`` call.
 * Unit serial: ``--params scsi_sn=...`` (VPD page 0x80); LUN 0 of every
   target is tgt's own controller LUN, so the volume is LUN 1.
-* Errors are rc 22 with a text on stderr ("this target already exists",
-  "can't find the target", "this target is still active", ...), see
+* Requests go over tgtd's own management socket (:mod:`.tgt_socket`), or through ``tgtadm`` when that
+  socket's layout is not the known one.  Errors: tgtd's code with tgtadm's text for it ("this target
+  already exists", "can't find the target", ...; tgtadm: rc 22, the text on stderr), see
   tests/unit/plugins/module_utils/iscsi_recorded/tgtadm_errors.tsv.
 """
 
@@ -54,14 +52,14 @@ import contextlib
 import copy
 import json
 import os
+import threading
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .atomicfile import sweep_temp_files, write_atomic
 from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
-from .model import DEFAULT_STATE_DIR
 from .runner import operand, run
 from .tgt_config import (
     DATA_LUN,
@@ -76,18 +74,13 @@ from .tgt_config import (
     recorded_exports,
     render_config,
 )
+from .tgt_paths import DEFAULT_CONF, DEFAULT_RECORD
 from .tgt_show import TgtLun, TgtTarget, is_name_acl, parse_targets
+from .tgt_socket import LLD, TgtdRefused, TgtdSocket, socket_client
+from .tgt_socket import TgtRequest as Req
 
-DEFAULT_CONF = "/etc/tgt/conf.d/basalt.conf"
-
-
-def record_path_under(state_dir: str) -> str:
-    """Where the grant record lives in a state directory (the agent's and the modules' default agree)."""
-    return os.path.join(state_dir, "iscsi", "tgt-grants.json")
-
-
-DEFAULT_RECORD = record_path_under(DEFAULT_STATE_DIR)
 TIMEOUT = 30.0
+
 
 _ALREADY = ("already exists",)
 _MISSING = ("can't find", "does not exist")
@@ -139,6 +132,9 @@ class TgtBackend(TargetBackend):
         self.timeout = timeout
         self._lock = HostLock(record_path + ".lock")
         self._session: Optional[_Session] = None
+        self._client: Optional[TgtdSocket] = None
+        self._decided = False
+        self._deciding = threading.Lock()
 
     # -- the transaction --
 
@@ -162,31 +158,36 @@ class TgtBackend(TargetBackend):
 
     # -- commands --
 
-    def _argv(self, *args: str) -> List[str]:
-        argv = ["tgtadm"]
-        if self.control_port is not None:
-            argv += ["-C", str(self.control_port)]
-        return [*argv, "--lld", "iscsi", *args]
+    def _send(self, request: Req, what: str) -> str:
+        """Send *request* to tgtd: over its socket, decided at first use (undecided while tgtd is unreachable:
+        that call's tgtadm reports it), else with a tgtadm process.  tgtd's text, or CommandFailed."""
+        with self._deciding:
+            if not self._decided:
+                with contextlib.suppress(CommandFailed):
+                    self._client, self._decided = socket_client(self.control_port, self.timeout), True
+        client = self._client
+        if client is not None:
+            return client.request(request, what)
+        port = ["-C", str(self.control_port)] if self.control_port is not None else []
+        return run(["tgtadm", *port, "--lld", LLD, *request.argv()], timeout=self.timeout, what=what,
+                   secrets=request.secrets()).stdout
 
-    def _run(self, *args: str, what: str, secrets: Iterable[str] = ()) -> Any:
-        return run(self._argv(*args), timeout=self.timeout, what=what, secrets=secrets)
-
-    def _tolerant(self, args: Sequence[str], what: str, ok: Tuple[str, ...], secrets: Iterable[str] = ()) -> bool:
-        """Run; True if it changed something, False if tgtadm said the wanted state already holds."""
+    def _tolerant(self, request: Req, what: str, ok: Tuple[str, ...]) -> bool:
+        """Send; True if it changed something, False if tgtd said the wanted state already holds."""
         try:
-            self._run(*args, what=what, secrets=secrets)
+            self._send(request, what)
         except CommandFailed as exc:
-            if exc.rc == 22 and any(text in exc.stderr for text in ok):
+            if (isinstance(exc, TgtdRefused) or exc.rc == 22) and any(text in exc.stderr for text in ok):
                 return False
             raise
         return True
 
     def targets(self) -> List[TgtTarget]:
         """tgtd's targets, listed now (every target, ours or not)."""
-        return parse_targets(self._run("--mode", "target", "--op", "show", what="list tgt targets").stdout)
+        return parse_targets(self._send(Req("target", "show"), "list tgt targets"))
 
     def ping(self) -> None:
-        self._run("--mode", "system", "--op", "show", what="ask tgtd")
+        self._send(Req("system", "show"), "ask tgtd")
 
     def read_ahead(self) -> None:
         self._live()
@@ -282,14 +283,14 @@ class TgtBackend(TargetBackend):
                 changed = True
             changed |= self._close_addresses(current)
             current = self._live()[target_iqn]
-            tid = str(current.tid)
+            tid = current.tid
             lun = current.lun(DATA_LUN)
             if lun is None:
-                self._run("--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", str(DATA_LUN),
-                          "--backing-store", device, "--bstype", "rdwr", what=f"add {device} to {target_iqn}")
-                self._run("--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", str(DATA_LUN),
-                          "--params", f"scsi_sn={serial},readonly={int(read_only)}",
-                          what=f"set serial and mode of {target_iqn}")
+                self._send(Req("logicalunit", "new", tid=tid, lun=DATA_LUN, backing_store=device, bstype="rdwr"),
+                           f"add {device} to {target_iqn}")
+                self._send(Req("logicalunit", "update", tid=tid, lun=DATA_LUN,
+                               params=f"scsi_sn={serial},readonly={int(read_only)}"),
+                           f"set serial and mode of {target_iqn}")
                 self._put(replace(current, luns=(*current.luns,
                                                  TgtLun(DATA_LUN, "disk", serial, read_only, device, "rdwr"))))
                 changed = True
@@ -311,16 +312,15 @@ class TgtBackend(TargetBackend):
 
     def _close_addresses(self, current: TgtTarget) -> bool:
         """No address ACL but :data:`NO_ADDRESS`, which admits nobody (made before any LUN or grant)."""
-        tid, changed = str(current.tid), False
+        tid, changed = current.tid, False
         for stray in current.acls:
             if not is_name_acl(stray) and stray != NO_ADDRESS:  # e.g. "ALL": would admit every host
-                self._run("--mode", "target", "--op", "unbind", "--tid", tid, "--initiator-address", stray,
-                          what=f"remove address ACL {stray} of {current.iqn}")
+                self._send(Req("target", "unbind", tid=tid, initiator_address=stray),
+                           f"remove address ACL {stray} of {current.iqn}")
                 current = replace(current, acls=tuple(a for a in current.acls if a != stray))
                 changed = True
         if NO_ADDRESS not in current.acls:
-            changed |= self._tolerant(["--mode", "target", "--op", "bind", "--tid", tid,
-                                       "--initiator-address", NO_ADDRESS],
+            changed |= self._tolerant(Req("target", "bind", tid=tid, initiator_address=NO_ADDRESS),
                                       f"close address ACL of {current.iqn}", _ALREADY)
             current = replace(current, acls=(NO_ADDRESS, *current.acls))
         self._put(current)
@@ -330,8 +330,7 @@ class TgtBackend(TargetBackend):
         for _attempt in range(5):
             tid = max((t.tid for t in self._live().values()), default=0) + 1
             try:
-                self._run("--mode", "target", "--op", "new", "--tid", str(tid), "--targetname", target_iqn,
-                          what=f"create target {target_iqn}")
+                self._send(Req("target", "new", tid=tid, targetname=target_iqn), f"create target {target_iqn}")
             except CommandFailed as exc:
                 if "already exists" not in exc.stderr:
                     raise
@@ -369,14 +368,13 @@ class TgtBackend(TargetBackend):
             if initiator_iqn not in entry["grants"] or old != chap or target_iqn not in before:
                 entry["grants"][initiator_iqn] = chap_to_json(chap)
                 self._write_record()  # passwords first: persist() and reconciliation must be able to restore them
-            tid = str(current.tid)
+            tid = current.tid
             changed = False
             try:
                 if chap is not None:
                     changed |= self._ensure_account(chap.user, chap.password, before, (target_iqn, initiator_iqn))
                     if chap.user not in current.incoming:
-                        self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.user,
-                                  what=f"bind CHAP user to {target_iqn}")
+                        self._send(Req("account", "bind", tid=tid, user=chap.user), f"bind CHAP user to {target_iqn}")
                         current = replace(current, incoming=(*current.incoming, chap.user))
                         changed = True
                     if chap.mutual_user is not None and chap.mutual_password is not None:
@@ -384,10 +382,10 @@ class TgtBackend(TargetBackend):
                                                         (target_iqn, initiator_iqn))
                         if chap.mutual_user not in current.outgoing:
                             for stale in current.outgoing:
-                                self._run("--mode", "account", "--op", "unbind", "--tid", tid, "--user", stale,
-                                          "--outgoing", what=f"unbind old mutual CHAP user of {target_iqn}")
-                            self._run("--mode", "account", "--op", "bind", "--tid", tid, "--user", chap.mutual_user,
-                                      "--outgoing", what=f"bind mutual CHAP user to {target_iqn}")
+                                self._send(Req("account", "unbind", tid=tid, user=stale, outgoing=True),
+                                           f"unbind old mutual CHAP user of {target_iqn}")
+                            self._send(Req("account", "bind", tid=tid, user=chap.mutual_user, outgoing=True),
+                                       f"bind mutual CHAP user to {target_iqn}")
                             current = replace(current, outgoing=(chap.mutual_user,))
                             changed = True
             except (Conflict, InvalidRequest):
@@ -399,8 +397,8 @@ class TgtBackend(TargetBackend):
             changed |= self._drop_unused_accounts(target_iqn, old)
             current = self._live()[target_iqn]
             if initiator_iqn not in current.acls:
-                self._run("--mode", "target", "--op", "bind", "--tid", tid, "--initiator-name", initiator_iqn,
-                          what=f"allow {initiator_iqn} on {target_iqn}")
+                self._send(Req("target", "bind", tid=tid, initiator_name=initiator_iqn),
+                           f"allow {initiator_iqn} on {target_iqn}")
                 self._put(replace(current, acls=(*current.acls, initiator_iqn)))
                 changed = True
             return changed
@@ -429,19 +427,17 @@ class TgtBackend(TargetBackend):
         if any((t, i) != owner for t, i in differing):
             raise Conflict(f"CHAP user {user!r} is in use on {differing[0][0]} with another secret")
         bound = [t for t in self._live().values() if user in t.incoming or user in t.outgoing]
-        self._run("--mode", "account", "--op", "delete", "--user", user, what=f"replace CHAP user {user}")
+        self._send(Req("account", "delete", user=user), f"replace CHAP user {user}")
         self._new_account(user, password)
         for target in bound:
-            extra = ["--outgoing"] if user in target.outgoing else []
-            self._run("--mode", "account", "--op", "bind", "--tid", str(target.tid), "--user", user, *extra,
-                      what=f"rebind CHAP user {user}")
+            self._send(Req("account", "bind", tid=target.tid, user=user, outgoing=user in target.outgoing),
+                       f"rebind CHAP user {user}")
         return True
 
     def _new_account(self, user: str, password: str) -> None:
-        # The secret is on tgtadm's command line (tgtadm has no other way);
-        # run() redacts it from logs and errors.
-        self._run("--mode", "account", "--op", "new", "--user", user, "--password", password,
-                  what=f"create CHAP user {user}", secrets=[password])
+        # The secret is in the request (tgtd has no other way; with tgtadm, on its command line): both
+        # transports redact it from logs and errors.
+        self._send(Req("account", "new", user=user, password=password), f"create CHAP user {user}")
 
     def _drop_unused_accounts(self, target_iqn: str, old: Optional[Chap]) -> bool:
         """Unbind *old*'s accounts from the target when no grant there uses them; delete orphaned accounts."""
@@ -463,9 +459,8 @@ class TgtBackend(TargetBackend):
                 continue
             bound = target.incoming if kind == "in" else target.outgoing
             if user in bound:
-                extra = ["--outgoing"] if kind == "out" else []
-                changed |= self._tolerant(["--mode", "account", "--op", "unbind", "--tid", str(target.tid),
-                                           "--user", user, *extra], f"unbind CHAP user {user}", _MISSING)
+                changed |= self._tolerant(Req("account", "unbind", tid=target.tid, user=user, outgoing=kind == "out"),
+                                          f"unbind CHAP user {user}", _MISSING)
                 target = replace(target, incoming=tuple(u for u in target.incoming if (kind, u) != ("in", user)),
                                  outgoing=tuple(u for u in target.outgoing if (kind, u) != ("out", user)))
                 self._put(target)
@@ -476,8 +471,7 @@ class TgtBackend(TargetBackend):
         changed = False
         for user in dict.fromkeys(users):
             if not passwords_of(self._record(), user) and not self._bound_anywhere(user):
-                changed |= self._tolerant(["--mode", "account", "--op", "delete", "--user", user],
-                                          f"delete CHAP user {user}", _MISSING)
+                changed |= self._tolerant(Req("account", "delete", user=user), f"delete CHAP user {user}", _MISSING)
         return changed
 
     def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
@@ -490,8 +484,7 @@ class TgtBackend(TargetBackend):
                 return self._delete_orphans(old.users() if old else ()) or had
             changed = had
             if initiator_iqn in current.acls:
-                changed |= self._tolerant(["--mode", "target", "--op", "unbind", "--tid", str(current.tid),
-                                           "--initiator-name", initiator_iqn],
+                changed |= self._tolerant(Req("target", "unbind", tid=current.tid, initiator_name=initiator_iqn),
                                           f"disallow {initiator_iqn} on {target_iqn}", _MISSING)
                 self._put(replace(current, acls=tuple(a for a in current.acls if a != initiator_iqn)))
             changed |= self._drop_unused_accounts(target_iqn, old)
@@ -513,8 +506,7 @@ class TgtBackend(TargetBackend):
             if session.initiator != initiator_iqn:
                 continue
             for cid in session.connections:
-                changed |= self._tolerant(["--mode", "conn", "--op", "delete", "--tid", str(target.tid),
-                                           "--sid", str(session.sid), "--cid", str(cid)],
+                changed |= self._tolerant(Req("conn", "delete", tid=target.tid, sid=session.sid, cid=cid),
                                           f"close session of {session.initiator}", _MISSING)
         self._put(replace(target, sessions=tuple(s for s in target.sessions if s.initiator != initiator_iqn)))
         return changed
@@ -553,8 +545,7 @@ class TgtBackend(TargetBackend):
             self._write_later()
         if current is None:
             return forgotten
-        self._tolerant(["--mode", "target", "--op", "delete", "--force", "--tid", str(current.tid)],
-                       f"delete target {target_iqn}", _MISSING)
+        self._tolerant(Req("target", "delete", force=True, tid=current.tid), f"delete target {target_iqn}", _MISSING)
         return True
 
     def exports(self) -> List[Export]:

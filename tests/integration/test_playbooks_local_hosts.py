@@ -263,6 +263,17 @@ def test_storage_playbook_runs_an_agent_that_exports_through_tgt(tmp_path: Path,
             "basalt_iscsi_target_install_packages": False, "basalt_iscsi_target_manage_services": False,
             "basalt_agent_settings": {"tgt_control_port": tgtd.control_port, "tgt_conf": f"{root}/tgt-basalt.conf"}}}
         collection = site.collection(current_version())
+        # A check run on a fresh host that would install the LIO target, multipath and the initiator (not
+        # installed on this machine kind): it passes, as a service that the run would install is not asked
+        # about, and leaves nothing of Basalt.
+        fresh = {"storage-s": {
+            **target["storage-s"], "basalt_iscsi_backend": "lio", "basalt_iscsi_target_install_packages": True,
+            "basalt_iscsi_target_manage_services": True, "basalt_host_install_packages": True,
+            "basalt_host_iscsi_initiator": True, "basalt_host_manage_services": True}}
+        proc = site.play("storage", collection, fresh, "--check")
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert not private_root.service_files(site.service("storage-s"))
+        assert not Path(site.vars["storage-s"]["basalt_agent_home"]).exists()
         proc = site.play("storage", collection, target)
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
         again = site.play("storage", collection, target)

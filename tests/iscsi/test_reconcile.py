@@ -219,19 +219,19 @@ def test_reconciliation_lists_the_target_service_once_whatever_the_exports(tgtd:
                                                                        access_mode="SINGLE_NODE_WRITER"))
         published.append(volume)
     tgtd.restart_empty()
-    ran: List[List[str]] = []
-    real_run = tgt.run
+    sent: List[List[str]] = []  # tgtd requests, over its socket or through tgtadm alike
+    real_send = backend._send
 
-    def counting(argv: List[str], **kwargs: Any) -> Any:
-        ran.append(list(argv))
-        return real_run(argv, **kwargs)
-    monkeypatch.setattr(tgt, "run", counting)
+    def counting(request: Any, what: str) -> str:
+        sent.append(request.argv())
+        return real_send(request, what)
+    monkeypatch.setattr(backend, "_send", counting)
     try:
         summary = reconcile(publishing, ObjectLocks())
         assert (summary.applied, summary.failed, summary.skipped) == (10, 0, 0)  # an export and a grant each
-        listings = [argv for argv in ran if "show" in argv]
-        assert len(listings) == 1 and listings[0][-4:] == ["--mode", "target", "--op", "show"]
-        assert len(ran) == 1 + 6 * len(published) + 1  # 6 changes per export, the shared account once
+        listings = [argv for argv in sent if "show" in argv]
+        assert listings == [["--mode", "target", "--op", "show"]]
+        assert len(sent) == 1 + 6 * len(published) + 1  # 6 changes per export, the shared account once
         assert len(backend.targets()) == len(published)
     finally:
         monkeypatch.undo()

@@ -58,7 +58,8 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "iscsiadm", "multipath")
+MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "tgt_socket", "iscsiadm",
+                     "multipath")
 
 
 @dataclass
@@ -104,6 +105,9 @@ def script(monkeypatch: pytest.MonkeyPatch, loop_devices: FakeLoopDevices) -> It
     The loop-device lookup reads sysfs, not a command: here it reads the empty fake of ``loop_devices``
     (never this host's devices)."""
     runners: Dict[str, ScriptedRunner] = {}
+    # tgt requests go through tgtadm here (its argv is what the scripts pin); test_tgt*.py also run them over
+    # tgtd's socket (tgt_wire.py)
+    monkeypatch.setattr("basalt_core.tgt.socket_client", lambda *_args: None)
 
     def install(calls: List[Call]) -> ScriptedRunner:
         runner = ScriptedRunner(list(calls))

@@ -20,11 +20,13 @@ if HERE not in sys.path:
 
 
 import build_image  # noqa: E402 - found through the path set above
+import run_vm  # noqa: E402
 from vm_testlib import unavailable  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots a real kernel under QEMU (slow: about 2 minutes)")
+    run_vm.end_on_sigterm()
 
 
 def _image(variant: build_image.Variant) -> build_image.Image:

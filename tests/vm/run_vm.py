@@ -337,6 +337,15 @@ def run_pair(
         shutil.rmtree(net_dir, ignore_errors=True)
 
 
+def end_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, so that the guests are stopped on the way out.
+
+    scripts/test.sh stops the background VM streams with SIGTERM to their process group. By default that
+    killed Python at once, and the guests, in sessions of their own, ran on until their `timeout` (one was
+    found 28 min after a failed CI run). KeyboardInterrupt runs pytest's teardown and the atexit kill."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 @atexit.register
 def _kill_live() -> None:
     for proc in list(_LIVE):
@@ -374,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, help="copy the guest's result files here")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    end_on_sigterm()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no COMMAND given (put it after --)")

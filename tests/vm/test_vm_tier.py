@@ -12,6 +12,10 @@ with a fake QEMU, which needs no image.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -135,6 +139,31 @@ def test_runner_kills_everything_on_timeout(tmp_path: Path) -> None:
     assert "timed out" in result.message
     child = int((tmp_path / "child").read_text())
     assert gone(child), f"fake QEMU's child {child} outlived the run"
+    assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
+
+
+def test_a_terminated_run_stops_its_guest(tmp_path: Path) -> None:
+    """SIGTERM to the run's process group (how scripts/test.sh stops the VM streams) leaves no guest behind,
+    although the guest runs in a session of its own."""
+    qemu = _fake_qemu(tmp_path, f"sleep 1000 &\necho $! > {tmp_path}/child\nwait\n")
+    script = (
+        "import sys, pathlib; sys.path.insert(0, sys.argv[1]); import run_vm, vm_testlib\n"
+        "run_vm.end_on_sigterm()\n"
+        "tmp = pathlib.Path(sys.argv[2])\n"
+        "run_vm.run_vm(['true'], timeout=600, image=vm_testlib.fake_image(tmp), qemu=sys.argv[3], echo=None)\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path), qemu], start_new_session=True
+    )
+    child_file = tmp_path / "child"
+    deadline = time.monotonic() + 60
+    while not child_file.exists() or not child_file.read_text().strip():
+        assert time.monotonic() < deadline and run.poll() is None, "the fake guest never started"
+        time.sleep(0.1)
+    child = int(child_file.read_text())
+    os.killpg(run.pid, signal.SIGTERM)
+    assert run.wait(timeout=60) != 0
+    assert gone(child), f"the fake guest's child {child} outlived the terminated run"
     assert not Path((tmp_path / "tmpdir").read_text().strip()).exists()
 
 

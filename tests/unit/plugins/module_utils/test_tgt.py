@@ -14,6 +14,7 @@ from typing import Any, List
 
 import pytest
 from tgt_testlib import CHAP_A, NODE_A, NODE_B, RO, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
+from tgt_wire import tgt_transport  # noqa: F401  (autouse: every test over tgtadm and over the socket)
 
 from basalt_core import tgt, tgt_config, tgt_show
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition

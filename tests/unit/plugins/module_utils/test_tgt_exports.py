@@ -12,6 +12,7 @@ from typing import Any, List, Optional, cast
 
 import pytest
 from tgt_testlib import CHAP_A, NODE_A, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
+from tgt_wire import tgt_transport  # noqa: F401  (autouse: every test over tgtadm and over the socket)
 
 from basalt_core import exports, tgt, tgt_config
 from basalt_core.errors import CommandFailed
