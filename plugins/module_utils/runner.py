@@ -84,7 +84,7 @@ def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
     stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
 
     def text(data: bytes) -> str:
-        return data.decode(stream.encoding, stream.errors).replace("\r\n", "\n").replace("\r", "\n")
+        return data.decode(stream.encoding, stream.errors or "strict").replace("\r\n", "\n").replace("\r", "\n")
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     read: Dict[int, bytes] = {out: b"", err: b""}
     open_fds = [out, err]
