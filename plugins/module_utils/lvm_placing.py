@@ -39,6 +39,7 @@ from .errors import AlreadyExists, NoSpace
 from .lvm_extents import FreeExtents, placed_lv
 from .lvm_index import vg_seqno
 from .lvm_lock import Busy, VgLock
+from .lvm_report import PeRange
 
 #: told of the placer's commit: (the LV as lvs would report it, the seqno just ahead of the commit, the seqno after)
 Committed = Callable[[lvm.LogicalVolume, Optional[int], Optional[int]], None]
@@ -113,18 +114,8 @@ class Placer:
         if place is None:
             return None
         before = self.seqno()
-        try:
-            lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                              place=place, settings=self.settings)
-        except AlreadyExists:
-            self.free.give_back([place])
-            raise
-        except NoSpace:
-            self.free.forget()
+        if not self._lvcreate(name, size, tags, extent, place):
             return None
-        except BaseException:
-            self.free.forget()
-            raise
         made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
         after = self.seqno()
         self.free.committed(before, after=after)
@@ -164,18 +155,26 @@ class Placer:
                 followed.append(after)
                 if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
                     self.lock.release_when_backed_up(held, backup)
-            try:
-                lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                                  place=place, vg_lock=held, created=created, settings=self.settings)
-            except AlreadyExists:
-                self.free.give_back([place])
-                raise
-            except NoSpace:
-                self.free.forget()
+            if not self._lvcreate(name, size, tags, extent, place, held, created):
                 return None
-            except BaseException:
-                self.free.forget()  # it may have committed: read the map again
-                raise
             if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)
                 created()
         return made
+
+    def _lvcreate(self, name: str, size: int, tags: Sequence[str], extent: int, place: PeRange,
+                  vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None) -> bool:
+        """lvcreate on *place* (lvm.create_linear); False when LVM refused it (NoSpace: the map is forgotten).
+        AlreadyExists gives the range back to the map."""
+        try:
+            lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
+                              place=place, vg_lock=vg_lock, created=created, settings=self.settings)
+        except AlreadyExists:
+            self.free.give_back([place])
+            raise
+        except NoSpace:
+            self.free.forget()
+            return False
+        except BaseException:
+            self.free.forget()  # it may have committed: read the map again
+            raise
+        return True
