@@ -7,10 +7,10 @@ is not a test. Needs root only for ``--lvm`` (loop devices, lvm2).
     python3 bench/bench_agent.py [--calls N] [--curve 10,100,1000,10000] [--concurrency 8] [--lvm] [--json OUT]
 
 The floor of an RPC that runs no command is a bare gRPC server in the same
-interpreter (this file with ``--bare-server SOCKET``: the CSI Identity stub
-answering an empty ProbeResponse, no interceptor, no validation, no log); the
-same server is the floor of start-up (exec to first answered Probe) and of
-memory (its VmRSS). Everything lives in one ``basalt-bench-*`` workspace
+interpreter (``bare_grpc_server.py``: the CSI Identity stub answering an empty
+ProbeResponse, no interceptor, no validation, no log); the same server is the
+floor of start-up (exec to first answered Probe) and of memory (its VmRSS),
+which is read for the agent with and without ``--metrics-address``. Everything lives in one ``basalt-bench-*`` workspace
 (``bench_file_pool.Workspace``; with ``--lvm`` the VG of ``bench_lvm_pool``),
 removed at the end, also on Ctrl-C, SIGTERM or an error.
 """
@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
+import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -47,29 +48,15 @@ DEFAULT_CONCURRENCY = 8
 FILL_SIZE = 4 * bl.MiB  # the volumes that fill the pool for the curve (one LVM extent)
 FILL_THREADS = 4
 STARTS = 5
+MEMORY_READINGS = 3  # idle VmRSS of each side: the median of this many starts
+IDLE = 1.0  # seconds after the first answered Probe at which VmRSS is read
+BARE_SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare_grpc_server.py")
 
 
 # -- the floor: a bare gRPC server ------------------------------------------------------
 
-def bare_server(socket_path: str) -> None:
-    """Serve Identity.Probe with an empty answer and nothing else; exit on SIGTERM."""
-
-    class Identity(csi_pb2_grpc.IdentityServicer):
-        def Probe(self, request: Any, context: Any) -> Any:
-            return csi_pb2.ProbeResponse()
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(), server)
-    server.add_insecure_port("unix://" + socket_path)
-    server.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    server.stop(0)
-
-
 class BareServer:
-    """This file run with ``--bare-server`` as a child process; the same start and memory readings as Agent."""
+    """``bare_grpc_server.py`` as a child process; the same start and memory readings as Agent."""
 
     def __init__(self, workspace: bl.Workspace) -> None:
         self.home = workspace.mkdir("bare")
@@ -83,8 +70,7 @@ class BareServer:
         if os.path.exists(self.socket):
             os.unlink(self.socket)
         started = bl.now()
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--bare-server", self.socket],
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([sys.executable, BARE_SERVER, self.socket], stdin=subprocess.DEVNULL)
         channel = grpc.insecure_channel("unix://" + self.socket, options=bl.CHANNEL_OPTIONS)
         identity = csi_pb2_grpc.IdentityStub(channel)
         while bl.now() - started < bl.START_TIMEOUT:
@@ -172,25 +158,54 @@ def bench_overhead(agent: bl.Agent, bare: BareServer, calls: int) -> List[bl.Row
 
 # -- benchmark 2: start-up and memory ----------------------------------------------------
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on at this moment (for the agent's --metrics-address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serving_metrics(agent: bl.Agent) -> Callable[[], float]:
+    """*agent* given ``--metrics-address``: its start, on a port free at that moment."""
+    agent.args += ["--metrics-address", ""]
+
+    def start() -> float:
+        agent.args[-1] = f"127.0.0.1:{free_port()}"
+        return agent.start()
+
+    return start
+
+
+def idle_memory(start: Callable[[], Any], read: Callable[[], Dict[str, int]], stop: Callable[[], None]
+                ) -> Dict[str, Any]:
+    """VmRSS (KiB) IDLE seconds after start-up, over MEMORY_READINGS starts: each reading and the median."""
+    readings = []
+    for _ in range(MEMORY_READINGS):
+        start()
+        time.sleep(IDLE)
+        readings.append(read())
+        stop()
+    return {"VmRSS": int(statistics.median(r["VmRSS"] for r in readings)), "readings": readings}
+
+
 def bench_startup(workspace: bl.Workspace, pool_dir: str, bare: BareServer) -> Tuple[bl.Row, Dict[str, Any]]:
     agent = bl.Agent(workspace, "startup", pool_dir)
+    with_metrics = bl.Agent(workspace, "startup-metrics", pool_dir)
+    metrics_start = serving_metrics(with_metrics)
     basalt, floor = bl.Samples(), bl.Samples()
-    agent.start()  # untimed warm-up of each: page cache, and the bytecode cache (see main)
-    agent.stop()
-    bare.start()
-    bare.stop()
-    memory: Dict[str, Any] = {}
-    for i in range(STARTS):
+    for start, stop in ((agent.start, agent.stop), (metrics_start, with_metrics.stop), (bare.start, bare.stop)):
+        start()  # untimed warm-up of each: page cache, and the bytecode cache (see main)
+        stop()
+    for _ in range(STARTS):
         basalt.add(agent.start())
-        if i == STARTS - 1:
-            time.sleep(1.0)
-            memory["agent_kib"] = agent.memory()
         agent.stop()
         floor.add(bare.start())
-        if i == STARTS - 1:
-            time.sleep(1.0)
-            memory["bare_kib"] = bare.memory()
         bare.stop()
+    memory = {
+        "agent_kib": idle_memory(agent.start, agent.memory, agent.stop),
+        "agent_metrics_kib": idle_memory(metrics_start, with_metrics.memory, with_metrics.stop),
+        "bare_kib": idle_memory(bare.start, bare.memory, bare.stop),
+    }
     return bl.Row("2 start-up", "exec -> first Probe", basalt, "bare gRPC server", floor), memory
 
 
@@ -258,7 +273,6 @@ def bench_concurrency(agent: bl.Agent, n: int, rounds: int, label: str) -> List[
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--bare-server", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=DEFAULT_CALLS, help=f"calls per RPC (default {DEFAULT_CALLS})")
     parser.add_argument("--curve", default=DEFAULT_CURVE, help=f"fill levels, file pool (default {DEFAULT_CURVE})")
     parser.add_argument("--curve-samples", type=int, default=DEFAULT_CURVE_SAMPLES)
@@ -269,9 +283,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write every number to this JSON file")
     parser.add_argument("--tmpdir", help="where to make the workspace (default: the system temp dir)")
     args = parser.parse_args(argv)
-    if args.bare_server:
-        bare_server(args.bare_server)
-        return 0
     if args.lvm and os.geteuid() != 0:
         print("bench_agent: --lvm needs root (loop devices, lvm2)", file=sys.stderr)
         return 2
@@ -315,8 +326,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.lvm:
             vg = workspace.make_vg(lp.DEFAULT_METADATA_SIZE)
-            lvm_agent = lp.LvmAgent(workspace, "lvm", vg)
-            lvm_agent.args[lvm_agent.args.index("--log-level") + 1] = "info"
+            lvm_agent, lvm_metrics = lp.LvmAgent(workspace, "lvm", vg), lp.LvmAgent(workspace, "lvm-metrics", vg)
+            for one in (lvm_agent, lvm_metrics):
+                one.args[one.args.index("--log-level") + 1] = "info"
+            print("[2] idle memory of an lvm pool's agent with --metrics-address", flush=True)
+            report["memory"]["lvm_agent_metrics_kib"] = idle_memory(serving_metrics(lvm_metrics), lvm_metrics.memory,
+                                                                    lvm_metrics.stop)
             lvm_agent.start()
             print(f"[4] concurrency (lvm, loop): {args.concurrency} creates, {args.rounds} rounds", flush=True)
             rows += bench_concurrency(lvm_agent, args.concurrency, args.rounds, "lvm loop")
@@ -335,9 +350,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{row.operation}: the agent's own part beyond bare gRPC "
                       f"{(row.basalt.median - row.floor.median) * 1000:.3f} ms")
         memory = report["memory"]
-        agent_rss, bare_rss = memory["agent_kib"].get("VmRSS", 0), memory["bare_kib"].get("VmRSS", 0)
-        print(f"memory 1 s after start-up: agent VmRSS {agent_rss / 1024:.1f} MiB, bare gRPC server "
-              f"{bare_rss / 1024:.1f} MiB ({agent_rss / max(bare_rss, 1):.2f}x)")
+        bare_rss = memory["bare_kib"]["VmRSS"]
+        print(f"idle memory ({IDLE:.0f} s after start-up, median of {MEMORY_READINGS} starts): "
+              f"bare gRPC server VmRSS {bare_rss / 1024:.1f} MiB")
+        for key, side in (("agent_kib", "agent (file pool)"),
+                          ("agent_metrics_kib", "agent (file pool) --metrics-address"),
+                          ("lvm_agent_metrics_kib", "agent (lvm pool) --metrics-address")):
+            if key in memory:
+                rss = memory[key]["VmRSS"]
+                print(f"  {side}: VmRSS {rss / 1024:.1f} MiB ({rss / bare_rss:.2f}x the bare server, "
+                      f"{(rss - bare_rss) / 1024:+.1f} MiB)")
         return rows
 
     return bl.run_reported("bench_agent", run, workspace, report, args.json, errors=(bl.BenchError, grpc.RpcError))

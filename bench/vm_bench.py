@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the benchmarks that need a real kernel (device-mapper, thin pools, LIO) in one VM of the VM tier.
 
-    python3 bench/vm_bench.py [--rounds N] [--only lvm-dm,lvmthin,lio] [--json-dir DIR] [--timeout S]
+    python3 bench/vm_bench.py [--rounds N] [--only lvm-dm,lvmthin,lio] [--bare-vg] [--json-dir DIR] [--timeout S]
 
 On the host (root; through ``/work/wt/vmrun`` where VM slots are shared) it boots
 the VM tier's image once (tests/vm/run_vm.py: Debian under QEMU TCG, the tree
@@ -18,6 +18,9 @@ workspace:
 * ``lio``: bench_iscsi.py ``--backend lio`` (ControllerPublish /
   ControllerUnpublish against the same LIO objects made with rtslib-fb's own
   calls).
+
+``--bare-vg``: lvm-dm and lvmthin make the bare side's LVs in an equal VG of its own (bench_lvm_pool.py
+``--bare-vg``), so that the agent is its VG's only writer and its LV index stays valid between its RPCs.
 
 Each bench prints its tables on the console and writes its JSON report to the
 results share; the host then prints one table of every ratio with the external
@@ -47,13 +50,14 @@ SCRATCH_MIB = 16384  # sparse: the guest's /tmp, which holds the benches' PV ima
 BENCHES = ("lvm-dm", "lvmthin", "lio")
 
 
-def bench_argv(name: str, rounds: int) -> List[str]:
+def bench_argv(name: str, rounds: int, bare_vg: bool = False) -> List[str]:
     """The bench script and its arguments for one of :data:`BENCHES` (the JSON report goes to the results)."""
     common = ["--rounds", str(rounds), "--json", f"{GUEST_RESULTS}/{name}.json", "--tmpdir", "/tmp"]
+    lvm = [*common, *(["--bare-vg"] if bare_vg else [])]
     if name == "lvm-dm":
-        return ["bench_lvm_pool.py", "--activation", "dm", "--skip", "2", *common]
+        return ["bench_lvm_pool.py", "--activation", "dm", "--skip", "2", *lvm]
     if name == "lvmthin":
-        return ["bench_lvm_pool.py", "--thin", "--skip", "2", *common]
+        return ["bench_lvm_pool.py", "--thin", "--skip", "2", *lvm]
     if name == "lio":
         return ["bench_iscsi.py", "--backend", "lio", *common]
     raise ValueError(f"no bench {name!r}: one of {', '.join(BENCHES)}")
@@ -105,7 +109,7 @@ def read_reports(files: Dict[str, str], names: Sequence[str]) -> Dict[str, Dict[
 
 # -- inside the VM ----------------------------------------------------------------------
 
-def guest(names: Sequence[str], rounds: int) -> int:
+def guest(names: Sequence[str], rounds: int, bare_vg: bool) -> int:
     """Prepare the guest as the VM tier's agent checks do, then run each bench in this process."""
     sys.path.insert(0, str(REPO / "tests" / "vm" / "guest"))
     import agent_iscsi_lib as lib  # guest-side: the wheels share, LVM without event activation, an ext4 /tmp
@@ -121,7 +125,7 @@ def guest(names: Sequence[str], rounds: int) -> int:
     benchlib.START_TIMEOUT = GUEST_START_TIMEOUT
     failed = []
     for name in names:
-        script, *argv = bench_argv(name, rounds)
+        script, *argv = bench_argv(name, rounds, bare_vg)
         print(f"=== vm_bench: {name}: {script} {' '.join(argv)}", flush=True)
         module = __import__(script.removesuffix(".py"))
         started = time.monotonic()
@@ -137,7 +141,7 @@ def guest(names: Sequence[str], rounds: int) -> int:
 
 # -- on the host -------------------------------------------------------------------------
 
-def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[Path]) -> int:
+def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[Path], bare_vg: bool) -> int:
     sys.path.insert(0, str(REPO / "tests" / "vm"))
     import build_image
     import pydeps
@@ -147,7 +151,8 @@ def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[P
     image, _built = build_image.get_image()
     deps = pydeps.ensure()
     load_start = os.getloadavg()[0]
-    command = ["python3", "bench/vm_bench.py", "--guest", "--rounds", str(rounds), "--only", ",".join(names)]
+    command = ["python3", "bench/vm_bench.py", "--guest", "--rounds", str(rounds), "--only", ",".join(names),
+               *(["--bare-vg"] if bare_vg else [])]
     result = run_vm.run_vm(command, timeout=timeout, disks=1, disk_size_mib=SCRATCH_MIB, image=image,
                            extra_shares={pydeps.MOUNT_TAG: deps})
     load_end = os.getloadavg()[0]
@@ -176,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds for the VM's boot, the benches and power-off (default {DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--json-dir", type=Path, help="also copy each bench's JSON report here (NAME.json)")
+    parser.add_argument("--bare-vg", action="store_true",
+                        help="lvm-dm, lvmthin: the bare side's LVs in a VG of their own (the agent its VG's only "
+                        "writer, as where only Basalt changes the pool's VG)")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)  # inside the VM only
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -185,11 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.guest:
-        return guest(names, args.rounds)
+        return guest(names, args.rounds, args.bare_vg)
     if os.geteuid() != 0:
         print("vm_bench: needs root (QEMU's image cache, the wheels)", file=sys.stderr)
         return 2
-    return host(names, args.rounds, args.timeout, args.json_dir)
+    return host(names, args.rounds, args.timeout, args.json_dir, args.bare_vg)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from basalt_core import tgt
+from basalt_core import tgt_paths
 from basalt_core.errors import InvalidRequest
 from basalt_core.freeze import DEFAULT_LIMIT as DEFAULT_FREEZE_LIMIT
 from basalt_core.iscsi_target import DEFAULT_BASE_IQN, check_iqn, initiator_iqn_for
@@ -61,7 +60,7 @@ class Config:
     iscsi_initiatorname_file: str = DEFAULT_INITIATORNAME_FILE
     iscsi_manage_initiatorname: bool = False
     tgt_control_port: int = 0
-    tgt_conf: str = tgt.DEFAULT_CONF
+    tgt_conf: str = tgt_paths.DEFAULT_CONF
     registration_socket: str = ""
     kubelet_registration_path: str = ""
     log_level: str = "info"
@@ -211,9 +210,10 @@ def add_settings(p: argparse.ArgumentParser) -> None:
     iscsi.add_argument("--iscsi-no-chap", dest="iscsi_require_chap", action="store_false", default=None,
                        help="allow exports without CHAP (ACL by initiator IQN only)")
     iscsi.add_argument("--tgt-control-port", type=int, help="tgtd's control port (-C), for private instances")
-    iscsi.add_argument("--tgt-conf", help=f"where tgt's persistent config is written (default {tgt.DEFAULT_CONF}); "
+    iscsi.add_argument("--tgt-conf", help="where tgt's persistent config is written "
+                       f"(default {tgt_paths.DEFAULT_CONF}); "
                        "it also carries the grant record (CHAP secrets, which tgtd never shows); the lock is "
-                       f"{tgt.record_path_under('STATE_DIR')}.lock")
+                       f"{tgt_paths.record_path_under('STATE_DIR')}.lock")
     p.add_argument("--registration-socket",
                    help="also serve kubelet plugin registration on this socket "
                    f"(e.g. /var/lib/kubelet/plugins_registry/{DRIVER_NAME}-reg.sock)")
@@ -237,6 +237,8 @@ def from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None
     environ = dict(os.environ if environ is None else environ)
     settings: Dict[str, Any] = {}
     if args.config:
+        import tomllib  # only a --config file needs it: not held by every agent
+
         try:
             with open(args.config, "rb") as handle:
                 document = tomllib.load(handle)

@@ -21,7 +21,7 @@ from basalt_core.pool import Pool
 from basalt_core.pool_factory import open_pool
 from basalt_core.target_backends import open_target_backend
 
-from . import DRIVER_NAME, __version__, config, initiator, logs, reconcile, recovery, server, terminal
+from . import DRIVER_NAME, __version__, config, initiator, logs, recovery, server, terminal
 from .controller import ControllerService
 from .identity import Check, IdentityService, iscsid_check, target_service_check
 from .locks import ObjectLocks
@@ -91,6 +91,8 @@ def publishing(settings: config.Config, pool: Pool) -> Publishing:
 
 
 def _reconcile(exporting: IscsiPublishing, locks: ObjectLocks, metrics: Optional[Metrics]) -> None:
+    from . import reconcile  # a storage host's only: not loaded by agents that export nothing
+
     try:
         summary = reconcile.reconcile(exporting, locks)
         if metrics is not None:

@@ -122,11 +122,19 @@ class _Handler(MetricsHandler):
 
 
 def probe_health(socket_path: str, timeout: float = HEALTH_TIMEOUT) -> Callable[[], Tuple[bool, str]]:
-    """The livenessprobe sidecar's check: Probe over the agent's own socket (so a wedged server shows)."""
-    channel = grpc.insecure_channel(f"unix://{socket_path}")
-    identity = csi_pb2_grpc.IdentityStub(channel)
+    """The livenessprobe sidecar's check: Probe over the agent's own socket (so a wedged server shows).
+
+    The channel is made at the first check: gRPC's client side (grpc._channel) is not loaded by an agent
+    nobody has asked yet.
+    """
+    stubs: List[Any] = []
+    made = threading.Lock()
 
     def health() -> Tuple[bool, str]:
+        with made:
+            if not stubs:
+                stubs.append(csi_pb2_grpc.IdentityStub(grpc.insecure_channel(f"unix://{socket_path}")))
+        identity = stubs[0]
         try:
             response = identity.Probe(csi_pb2.ProbeRequest(), timeout=timeout)
         except grpc.RpcError as error:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import logging
 import os
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import device_wait, losetup, lvm
+from . import device_wait, dm_status, losetup, lvm
 from .errors import Precondition, StorageError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ class Activator(abc.ABC):
     def release(self, volume: lvm.LogicalVolume) -> None:
         """Let go of *volume* before ``lvremove``."""
         self.deactivate(volume)
+
+    def current(self, volume: lvm.LogicalVolume) -> Optional[lvm.LogicalVolume]:
+        """*volume* as read earlier (the pool's index), with whatever of its state is not VG metadata read now;
+        None when that cannot be told (the caller reads the LV with ``lvs``)."""
+        return volume
 
     def unmapped_location(self, volume: lvm.LogicalVolume) -> Optional[lvm.DataLocation]:
         """Where *volume*'s bytes can be written straight on its PV, when nothing maps it; else None."""
@@ -93,6 +99,16 @@ class DeviceMapperActivator(Activator):
 
     def release(self, volume: lvm.LogicalVolume) -> None:
         """Nothing: ``lvremove --yes`` takes an active, unopened LV down itself (one command fewer)."""
+
+    def current(self, volume: lvm.LogicalVolume) -> Optional[lvm.LogicalVolume]:
+        """Its lv_attr state and open characters from the kernel (dm_status), as ``lvs`` reads them: activation
+        moves no seqno, so the index cannot know them."""
+        found = dm_status.state(dm_status.dm_name(volume.vg_name, volume.name))
+        if found is None:
+            return None
+        raw = volume.attr.raw
+        flags = ("a" + ("o" if found.open_count > 0 else "-")) if found.mapped else "--"
+        return dataclasses.replace(volume, attr=lvm.LvAttr.parse(raw[:4] + flags + raw[6:]))
 
     def detach_strays(self, vg: str, owned: Collection[lvm.LogicalVolume],
                       wanted: Collection[lvm.LogicalVolume]) -> List[str]:

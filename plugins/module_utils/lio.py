@@ -8,6 +8,10 @@ the calls it expects follow rtslib-fb 2.1.76's API (constructors and
 properties of FabricModule, Target, TPG, NetworkPortal, BlockStorageObject,
 LUN, NodeACL, MappedLUN, RTSRoot).
 
+Every object is opened at its configfs path (rtslib's constructors in lookup
+mode), never found by listing its siblings: a call's cost does not grow with
+the exports on the host.
+
 Layout per volume: a block backstore named ``basalt-<serial>`` on the device
 (its T10 unit serial, VPD 0x80, is the volume's serial; ``readonly`` set
 for read-only exports), one iSCSI target with TPG 1 (``generate_node_acls=0``:
@@ -20,10 +24,14 @@ when the grants use CHAP.  As with tgt, one TPG's grants all use CHAP or all
 do not (:class:`~.errors.Conflict` otherwise).
 
 Revoking deletes the NodeACL, which makes the kernel end that initiator's
-sessions.  ``persist`` is ``RTSRoot().save_to_file()`` (rtslib writes it
-through a temp file, mode 0600: it holds the CHAP secrets) to rtslib's own
-default file unless told otherwise: the one the ``rtslib-fb-targetctl`` /
-``target`` service restores at boot (``targetctl restore``).  That file is
+sessions.  ``persist`` writes rtslib's saved configuration (mode 0600: it
+holds the CHAP secrets) to rtslib's own default file unless told otherwise:
+the one the ``rtslib-fb-targetctl`` / ``target`` service restores at boot
+(``targetctl restore``).  It replaces there only the entries of the exports
+changed since the last save (lio_config: rtslib's ``save_to_file`` would read
+back every object on the host), and falls back to ``save_to_file`` while
+there is no readable file.  A change whose save a crash prevented is found
+by the retry (the file disagrees with LIO) and saved then.  That file is
 not the same everywhere: upstream /etc/target/saveconfig.json, Debian's
 python3-rtslib-fb /etc/rtslib-fb-target/saveconfig.json (found in the VM
 tier, where a save to /etc/target was never restored).
@@ -33,8 +41,10 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, ContextManager, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
+from . import lio_config
+from .atomicfile import sweep_temp_files
 from .errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
@@ -44,6 +54,8 @@ from .runner import operand
 DATA_LUN = 0
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 TPG_TAG = 1
+#: What TPG 1 is given at creation; ``authentication`` follows the grants (CHAP or not).
+TPG_ATTRIBUTES = {"generate_node_acls": "0", "demo_mode_write_protect": "1", "authentication": "0"}
 SO_PREFIX = "basalt-"
 
 
@@ -109,6 +121,8 @@ class LioBackend(TargetBackend):
         self.save_file = save_file
         self._lock = HostLock(lock_path)
         self._rtslib = rtslib
+        #: target IQN -> the backstores seen with it: the exports changed since the last save (under the lock)
+        self._unsaved: Dict[str, Set[str]] = {}
 
     def transaction(self) -> ContextManager[None]:
         return self._lock
@@ -122,39 +136,43 @@ class LioBackend(TargetBackend):
             self._rtslib = load_rtslib()
         return self._rtslib
 
-    # -- lookups --
+    # -- lookups: each object opened at its configfs path (a stat), never by listing its siblings --
 
     def _fabric(self) -> Any:
         return self.rts.FabricModule("iscsi")
 
+    def _opened(self, open_object: Callable[[], Any]) -> Any:
+        """What *open_object* (an rtslib constructor in lookup mode) finds, or None when it is not there."""
+        rts = self.rts
+        missing = getattr(rts, "RTSLibNotInCFSError", None) or rts.RTSLibNotInCFS  # 2.2's name, 2.1's
+        try:
+            return open_object()
+        except missing:
+            return None
+
     def _target(self, target_iqn: str) -> Any:
-        for target in self._fabric().targets:
-            if target.wwn == target_iqn:
-                return target
-        return None
+        return self._opened(lambda: self.rts.Target(self._fabric(), target_iqn, mode="lookup"))
 
-    @staticmethod
-    def _tpg(target: Any) -> Any:
-        for tpg in target.tpgs:
-            if tpg.tag == TPG_TAG:
-                return tpg
-        return None
+    def _tpg(self, target: Any) -> Any:
+        return self._opened(lambda: self.rts.TPG(target, TPG_TAG, mode="lookup"))
 
-    @staticmethod
-    def _lun(tpg: Any) -> Any:
-        for lun in tpg.luns:
-            if lun.lun == DATA_LUN:
-                return lun
-        return None
+    def _lun(self, tpg: Any) -> Any:
+        return self._opened(lambda: self.rts.LUN(tpg, DATA_LUN))  # no storage object: lookup
 
-    @staticmethod
-    def _acl(tpg: Any, initiator_iqn: str) -> Any:
-        for acl in tpg.node_acls:
-            if acl.node_wwn == initiator_iqn:
-                return acl
-        return None
+    def _acl(self, tpg: Any, initiator_iqn: str) -> Any:
+        return self._opened(lambda: self.rts.NodeACL(tpg, initiator_iqn, mode="lookup"))
+
+    def _mapped_lun(self, acl: Any) -> Any:
+        return self._opened(lambda: self.rts.MappedLUN(acl, DATA_LUN))  # no TPG LUN: lookup
+
+    def _opened_tpg(self, target_iqn: str) -> Tuple[Any, Any]:
+        """The target and its TPG 1 (each None when not there)."""
+        target = self._target(target_iqn)
+        return target, self._tpg(target) if target is not None else None
 
     def _storage_object(self, name: str) -> Any:
+        # A listing, not rtslib's lookup by name, which trusts a cache of this process's own (the
+        # iscsi_export module changes LIO too); only needed while no LUN leads to the backstore.
         for so in self.rts.RTSRoot().storage_objects:
             if so.plugin == "block" and so.name == name:
                 return so
@@ -177,23 +195,24 @@ class LioBackend(TargetBackend):
         rts = self.rts
         changed = False
         name = SO_PREFIX + serial
-        so = self._storage_object(name)
+        target, tpg = self._opened_tpg(target_iqn)
+        lun = self._lun(tpg) if tpg is not None else None
+        if lun is not None and lun.storage_object.name != name:
+            raise Conflict(f"target {target_iqn} LUN {DATA_LUN} is {lun.storage_object.name}, not {name}")
+        so = lun.storage_object if lun is not None else self._storage_object(name)
         if so is None:
             so = rts.BlockStorageObject(name, dev=device, wwn=serial, readonly=read_only)
             changed = True
         elif (so.udev_path, so.wwn, bool(so.readonly)) != (device, serial, read_only):
             raise Conflict(f"backstore {name} is {so.udev_path} (serial {so.wwn}, read-only {so.readonly}), "
                            f"not {device} (serial {serial}, read-only {read_only})")
-        target = self._target(target_iqn)
         if target is None:
             target = rts.Target(self._fabric(), target_iqn, mode="create")
             changed = True
-        tpg = self._tpg(target)
         if tpg is None:
             tpg = rts.TPG(target, TPG_TAG, mode="create")
-            tpg.set_attribute("generate_node_acls", "0")
-            tpg.set_attribute("demo_mode_write_protect", "1")
-            tpg.set_attribute("authentication", "0")
+            for attribute, value in TPG_ATTRIBUTES.items():
+                tpg.set_attribute(attribute, value)
             changed = True
         have = {(p.ip_address, p.port) for p in tpg.network_portals}
         for portal in self.portals:
@@ -201,23 +220,21 @@ class LioBackend(TargetBackend):
             if (ip_address, port) not in have:
                 rts.NetworkPortal(tpg, ip_address, port, mode="create")
                 changed = True
-        lun = self._lun(tpg)
         if lun is None:
             rts.LUN(tpg, lun=DATA_LUN, storage_object=so)
             changed = True
-        elif lun.storage_object.name != name:
-            raise Conflict(f"target {target_iqn} LUN {DATA_LUN} is {lun.storage_object.name}, not {name}")
         if not tpg.enable:
             tpg.enable = True
             changed = True
+        if changed:
+            self._changed(target_iqn, name)
         return changed
 
     @_locked
     def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        target = self._target(target_iqn)
-        tpg = self._tpg(target) if target is not None else None
+        _target, tpg = self._opened_tpg(target_iqn)
         lun = self._lun(tpg) if tpg is not None else None
         if tpg is None or lun is None:
             raise NotFound(f"target {target_iqn} is not exported")
@@ -241,38 +258,45 @@ class LioBackend(TargetBackend):
                 setattr(acl, attribute, value)
                 changed = True
         read_only = bool(lun.storage_object.readonly)
-        mapped = [m for m in acl.mapped_luns if m.mapped_lun == DATA_LUN]
-        if not mapped:
+        mapped = self._mapped_lun(acl)
+        if mapped is None:
             self.rts.MappedLUN(acl, DATA_LUN, tpg_lun=lun, write_protect=read_only)
             changed = True
-        elif bool(mapped[0].write_protect) != read_only:
-            mapped[0].write_protect = read_only
+        elif bool(mapped.write_protect) != read_only:
+            mapped.write_protect = read_only
             changed = True
         wanted_auth = "1" if chap is not None else "0"
         if tpg.get_attribute("authentication") != wanted_auth:
             tpg.set_attribute("authentication", wanted_auth)
             changed = True
-        return changed
+        if changed:
+            self._changed(target_iqn)
+            return True
+        return self._unsaved_after_crash(target_iqn)
 
     @_locked
     def revoke_grant(self, target_iqn: str, initiator_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
         check_iqn(initiator_iqn, "initiator IQN")
-        target = self._target(target_iqn)
-        tpg = self._tpg(target) if target is not None else None
+        _target, tpg = self._opened_tpg(target_iqn)
+        return self._revoke(target_iqn, tpg, initiator_iqn)
+
+    def _revoke(self, target_iqn: str, tpg: Any, initiator_iqn: str) -> bool:
         acl = self._acl(tpg, initiator_iqn) if tpg is not None else None
         if acl is None:
             return False
         acl.delete()  # with its mapped LUNs; the kernel closes the initiator's sessions
+        self._changed(target_iqn)
         return True
 
     @_locked
     def remove_export(self, target_iqn: str) -> bool:
         check_iqn(target_iqn, "target IQN")
-        target = self._target(target_iqn)
+        return self._remove(target_iqn, *self._opened_tpg(target_iqn))
+
+    def _remove(self, target_iqn: str, target: Any, tpg: Any) -> bool:
         if target is None:
             return False
-        tpg = self._tpg(target)
         remaining = [acl.node_wwn for acl in tpg.node_acls] if tpg is not None else []
         if remaining:
             raise InUse(f"target {target_iqn} still grants access to {', '.join(sorted(remaining))}")
@@ -281,7 +305,21 @@ class LioBackend(TargetBackend):
         target.delete()
         if so is not None and so.name.startswith(SO_PREFIX):
             so.delete()
+        self._changed(target_iqn, *([so.name] if so is not None else []))
         return True
+
+    @_locked
+    def withdraw(self, target_iqn: str, initiator_iqn: str) -> Tuple[bool, bool]:
+        """As :meth:`TargetBackend.withdraw`, with one lookup of the target and its TPG for both steps."""
+        check_iqn(target_iqn, "target IQN")
+        check_iqn(initiator_iqn, "initiator IQN")
+        target, tpg = self._opened_tpg(target_iqn)
+        changed = self._revoke(target_iqn, tpg, initiator_iqn)
+        if tpg is not None and any(True for _acl in tpg.node_acls):
+            gone = False
+        else:
+            changed, gone = self._remove(target_iqn, target, tpg) or changed, True
+        return changed or self._unsaved_after_crash(target_iqn), gone
 
     @_locked
     def exports(self) -> List[Export]:
@@ -302,6 +340,63 @@ class LioBackend(TargetBackend):
         grants: Iterable[Grant] = (Grant(acl.node_wwn, self._chap_of(acl)) for acl in tpg.node_acls)
         return Export(target.wwn, DATA_LUN, so.wwn, so.udev_path, bool(so.readonly), tuple(grants))
 
+    # -- the saved configuration (lio_config) --
+
+    def _save_path(self) -> str:
+        return self.save_file or str(self.rts.root.default_save_file)
+
+    def _changed(self, target_iqn: str, *so_names: str) -> None:
+        self._unsaved.setdefault(target_iqn, set()).update(so_names)
+
+    def _unsaved_after_crash(self, target_iqn: str) -> bool:
+        """Whether the saved file holds the export otherwise than LIO does (a crash came between a change and
+        its save): then the export is to be saved as if changed, so that the retry converges."""
+        if target_iqn in self._unsaved:
+            return False  # this process's next save writes it anyway
+        document = lio_config.read(self._save_path())
+        if document is not None and lio_config.holds(document, target_iqn, self._saved_form(target_iqn)):
+            return False
+        self._changed(target_iqn)
+        return True
+
+    def _saved_form(self, target_iqn: str) -> Optional[lio_config.Entries]:
+        """The export's entries in the saved file, read from its live objects (None: no export to save)."""
+        _target, tpg = self._opened_tpg(target_iqn)
+        lun = self._lun(tpg) if tpg is not None else None
+        if lun is None:
+            return None
+        so = lun.storage_object
+        acls = []
+        for acl in tpg.node_acls:
+            mapped = self._mapped_lun(acl)
+            acls.append(lio_config.acl_entry(acl.node_wwn, self._chap_of(acl), DATA_LUN,
+                                             None if mapped is None else bool(mapped.write_protect)))
+        attributes = {name: tpg.get_attribute(name) for name in TPG_ATTRIBUTES}
+        portals = [(portal.ip_address, int(portal.port)) for portal in tpg.network_portals]
+        return (lio_config.storage_object_entry(so.name, so.udev_path, so.wwn, bool(so.readonly)),
+                lio_config.target_entry(target_iqn, TPG_TAG, bool(tpg.enable), attributes, portals, DATA_LUN,
+                                        so.name, acls))
+
     @_locked
     def persist(self) -> None:
-        self.rts.RTSRoot().save_to_file(self.save_file)
+        """Save the exports changed since the last save: their entries replaced in the saved file
+        (lio_config), not every object dumped; rtslib's whole save when the file is missing or not rtslib's
+        form, or no change was seen (a caller's explicit save)."""
+        unsaved, self._unsaved = self._unsaved, {}
+        try:
+            document = lio_config.read(self._save_path()) if unsaved else None
+            if document is None:
+                self.rts.RTSRoot().save_to_file(self.save_file)
+                return
+            for target_iqn, so_names in sorted(unsaved.items()):
+                document = lio_config.merged(document, target_iqn, so_names, self._saved_form(target_iqn))
+            lio_config.write(self._save_path(), document)
+        except BaseException:
+            for target_iqn, so_names in unsaved.items():
+                self._changed(target_iqn, *so_names)
+            raise
+
+    def sweep_interrupted_writes(self) -> List[str]:  # their temp files hold CHAP secrets
+        with self.transaction():
+            path = self._save_path()
+            return sweep_temp_files(os.path.dirname(path) or ".", of=os.path.basename(path))

@@ -7,11 +7,13 @@ report abnormal once its data or metadata use passes the pool's threshold.
 
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Tuple, Union
 
 from . import lvm
 from .errors import InvalidRequest, NotFound, Precondition
 from .lvm_pool import THIN, LvmPool, lv_name
+from .lvm_report import LvAttr, Segment
 from .model import Snapshot, Volume
 from .pool import Storage
 from .pool_spec import DEFAULTS, PoolSettings
@@ -29,6 +31,10 @@ class LvmThinPool(LvmPool):
             raise InvalidRequest("thin volumes need device-mapper activation (dm_thin_pool); loop cannot reach them")
         super().__init__(vg, options, settings)
         self.thin_pool = lvm.check_lv_name(thin_pool)
+        # (seqno, the thin pool's size, the virtual bytes of every thin LV in it) from one listing at that seqno,
+        # kept by the pool's own creates and removes while each moves the seqno by one (as lvm_index)
+        self._usage: Optional[Tuple[int, int, int]] = None
+        self._usage_lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -54,8 +60,19 @@ class LvmThinPool(LvmPool):
     def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
         name = lv_name(volume.id)
         if volume.source is None:
-            lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags, extent_size=self._extent_size(),
-                            settings=self.settings)
+            before = self._seqno()
+            try:
+                size = lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags,
+                                       extent_size=self._extent_size(), settings=self.settings)
+            except BaseException:
+                self._untracked()
+                raise
+            after = self._seqno()
+            made = self._thin_lv(name, size, tags)
+            self._placer.free.committed(before, after=after)
+            self._index.committed(name, made, before, after)
+            self._follow_usage(before, after, size)
+            self._operation.made = made
         else:
             # A clone or a restore is a thin snapshot of its source: instant, shares blocks.
             origin = self._require_lv(volume.source.id)
@@ -84,14 +101,47 @@ class LvmThinPool(LvmPool):
     def take_snapshot(self, snapshot: Snapshot, volume: Volume) -> Optional[str]:
         return THIN  # taken, point in time, by _allocate_snapshot
 
+    def _thin_lv(self, name: str, size: int, tags: List[str]) -> lvm.LogicalVolume:
+        """The thin LV ``lvcreate --type thin`` just made, as lvs reports it with device-mapper (active, unopened;
+        its uuid and the pool's zeroing flag are not read: nothing uses them)."""
+        segment = Segment("thin", 0, size // self._extent_size(), (), "")
+        return lvm.LogicalVolume(name=name, vg_name=self.vg, uuid="", size=size, attr=LvAttr.parse("Vwi-a-t---"),
+                                 tags=tuple(sorted(tags)), pool_lv=self.thin_pool, origin=None, data_percent=0.0,
+                                 metadata_percent=None, path=f"/dev/{self.vg}/{name}", segments=(segment,))
+
+    def _follow_usage(self, before: Optional[int], after: Optional[int], change: int) -> None:
+        """The pool's own commit (seqno *before*, then *after*) changed the virtual bytes in the thin pool by
+        *change*: kept when it is the only commit since the usage was read, else read again when next needed."""
+        with self._usage_lock:
+            known = self._usage
+            if known is None or before is None or after is None or known[0] != before or after != before + 1:
+                self._usage = None
+                return
+            self._usage = (after, known[1], known[2] + change)
+
+    def _removed(self, found: lvm.LogicalVolume, before: Optional[int], after: Optional[int]) -> None:
+        self._follow_usage(before, after, -found.size if found.pool_lv == self.thin_pool else 0)
+
+    def _untracked(self) -> None:
+        super()._untracked()
+        with self._usage_lock:
+            self._usage = None
+
     def free_bytes(self) -> int:
-        """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too)."""
-        every = lvm.logical_volumes(self.vg, None, settings=self.settings)  # one lvs: the pool and its LVs
-        pool = next((lv for lv in every if lv.name == self.thin_pool and lv.attr.thin_pool), None)
-        if pool is None:
-            raise Precondition(f"{self.vg}/{self.thin_pool} is not a thin pool")
-        virtual = sum(lv.size for lv in every if lv.pool_lv == self.thin_pool)
-        return max(0, int(pool.size * self.options.overprovision) - virtual)
+        """Virtual bytes left under the over-provisioning ratio (other LVs in the pool count too): from one
+        ``lvs`` of the VG, or none while the VG's seqno says nobody else committed since."""
+        now = self._seqno()
+        with self._usage_lock:
+            known = self._usage if self._usage is not None and now is not None and self._usage[0] == now else None
+        if known is None:
+            every = lvm.logical_volumes(self.vg, None, settings=self.settings)  # the pool and its LVs
+            pool = next((lv for lv in every if lv.name == self.thin_pool and lv.attr.thin_pool), None)
+            if pool is None:
+                raise Precondition(f"{self.vg}/{self.thin_pool} is not a thin pool")
+            known = (now or 0, pool.size, sum(lv.size for lv in every if lv.pool_lv == self.thin_pool))
+            with self._usage_lock:
+                self._usage = known if now is not None and self._seqno() == now else None
+        return max(0, int(known[1] * self.options.overprovision) - known[2])
 
     def storage(self) -> Storage:
         pool = self._pool_lv()

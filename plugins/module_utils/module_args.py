@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 from .iscsi_target import DEFAULT_BASE_IQN
 from .target_backends import BACKENDS
-from .tgt import DEFAULT_CONF, DEFAULT_RECORD
+from .tgt_paths import DEFAULT_CONF, DEFAULT_RECORD
 
 Spec = Dict[str, Dict[str, Any]]
 

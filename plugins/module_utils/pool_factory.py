@@ -1,7 +1,9 @@
 """Open the pool a spec names, with the settings stored with it: the one factory above the pools.
 
 ``pool.py`` is the interface and imports no implementation; this module is the
-only one that knows them all, so the core has no import circle.
+only one that knows them all, so the core has no import circle. It imports the
+implementation a spec names when it opens one: an agent serving a file pool
+never loads the LVM layers (about 1 MiB of its resident memory).
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Union
 
-from . import lvm
 from .atomicfile import read_json, write_json
 from .errors import NotFound, Precondition
 from .file_pool import FilePool
-from .lvm_pool import LvmPool
-from .lvmthin_pool import LvmThinPool
+from .lvm_command import DEFAULT_SETTINGS, LvmSettings
 from .pool import Pool
 from .pool_spec import (
     FILE,
@@ -38,7 +38,7 @@ def where_stored(spec: PoolSpec) -> str:
     return settings_path(spec) if spec.kind == FILE else f"the tags of volume group {spec.location}"
 
 
-def stored_settings(spec: PoolSpec, *, lvm_settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS
+def stored_settings(spec: PoolSpec, *, lvm_settings: LvmSettings = DEFAULT_SETTINGS
                     ) -> Optional[PoolSettings]:
     """The settings stored with the pool, or None (no pool yet, or one made without stored settings)."""
     if spec.kind == FILE:
@@ -47,6 +47,8 @@ def stored_settings(spec: PoolSpec, *, lvm_settings: lvm.LvmSettings = lvm.DEFAU
         except ValueError as error:
             raise Precondition(f"{settings_path(spec)} is not a pool settings document: {error}") from error
         return PoolSettings.from_values(document) if document is not None else None
+    from . import lvm
+
     try:
         tags = lvm.volume_group(spec.location, settings=lvm_settings).tags
     except NotFound:
@@ -55,11 +57,13 @@ def stored_settings(spec: PoolSpec, *, lvm_settings: lvm.LvmSettings = lvm.DEFAU
 
 
 def store_settings(spec: PoolSpec, settings: PoolSettings, *,
-                   lvm_settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> None:
+                   lvm_settings: LvmSettings = DEFAULT_SETTINGS) -> None:
     """Write the pool's settings where every opener reads them (one atomic write, or one VG commit)."""
     if spec.kind == FILE:
         write_json(settings_path(spec), settings.values(FILE))
         return
+    from . import lvm
+
     old = [t for t in lvm.volume_group(spec.location, settings=lvm_settings).tags if t.startswith(TAG_PREFIX)]
     new = settings.to_tags()
     lvm.change_vg_tags(spec.location, add=[t for t in new if t not in old], remove=[t for t in old if t not in new],
@@ -68,7 +72,7 @@ def store_settings(spec: PoolSpec, settings: PoolSettings, *,
 
 def open_pool(spec: Union[str, PoolSpec], given: Optional[Mapping[str, Any]] = None, *,
               labels: Optional[Mapping[str, str]] = None, create_layout: bool = True,
-              lvm_settings: lvm.LvmSettings = lvm.DEFAULT_SETTINGS) -> Pool:
+              lvm_settings: LvmSettings = DEFAULT_SETTINGS) -> Pool:
     """Open the pool *spec* names (``file:/dir``, ``lvm:VG`` or ``lvmthin:VG/THINPOOL``).
 
     Its settings are those stored with it; *given* settings (an agent's flags)
@@ -86,5 +90,9 @@ def open_pool(spec: Union[str, PoolSpec], given: Optional[Mapping[str, Any]] = N
             pool.ensure_layout()
         return pool
     if parsed.kind == LVM:
+        from .lvm_pool import LvmPool
+
         return LvmPool(parsed.location, settings, lvm_settings)
+    from .lvmthin_pool import LvmThinPool
+
     return LvmThinPool(parsed.location, parsed.thin_pool or "", settings, lvm_settings)

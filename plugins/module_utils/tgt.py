@@ -60,7 +60,6 @@ from .atomicfile import sweep_temp_files, write_atomic
 from .errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition
 from .hostlock import HostLock
 from .iscsi_target import Chap, Export, Grant, TargetBackend, check_iqn, check_serial
-from .model import DEFAULT_STATE_DIR
 from .runner import operand, run
 from .tgt_config import (
     DATA_LUN,
@@ -75,19 +74,11 @@ from .tgt_config import (
     recorded_exports,
     render_config,
 )
+from .tgt_paths import DEFAULT_CONF, DEFAULT_RECORD
 from .tgt_show import TgtLun, TgtTarget, is_name_acl, parse_targets
 from .tgt_socket import LLD, TgtdRefused, TgtdSocket, socket_client
 from .tgt_socket import TgtRequest as Req
 
-DEFAULT_CONF = "/etc/tgt/conf.d/basalt.conf"
-
-
-def record_path_under(state_dir: str) -> str:
-    """Where the grant record lives in a state directory (the agent's and the modules' default agree)."""
-    return os.path.join(state_dir, "iscsi", "tgt-grants.json")
-
-
-DEFAULT_RECORD = record_path_under(DEFAULT_STATE_DIR)
 TIMEOUT = 30.0
 
 

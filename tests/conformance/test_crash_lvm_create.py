@@ -1,4 +1,5 @@
-"""CreateVolume on the lvm pool (loop activation) killed around its one lvcreate (docs/crash-safety.md).
+"""CreateVolume on the lvm pool killed around its one lvcreate (docs/crash-safety.md), with loop activation
+(``--pool-kind lvm-loop``) and with device-mapper (``lvm-dm``, the VM tier: that lvcreate maps the LV too).
 
 Under LVM's own lock on the VG the agent zeroes the ends of the extents it chose, on the PV, then runs one
 ``lvcreate --nolocking`` there carrying the ready record (plugins/module_utils/lvm_placing.py).  A kill
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from basalt_csi_testlib import (
+    LVM_DM_KIND,
     LVM_LOOP_KIND,
     Agent,
     MiB,
@@ -35,10 +37,10 @@ READY_TAG = "basalt.state=ready"
 
 @pytest.fixture
 def lvm_crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
-    """A started lvm-loop agent whose lvcreate can be armed to kill it."""
+    """A started lvm-loop or lvm-dm agent whose lvcreate can be armed to kill it."""
     agent = fresh_agent_factory(launch=False)
-    if agent.kind != LVM_LOOP_KIND:
-        pytest.skip("the lvm pool's one placed lvcreate (loop activation)")
+    if agent.kind not in (LVM_LOOP_KIND, LVM_DM_KIND):
+        pytest.skip("the lvm pool's one placed lvcreate (thick LVs, loop or device-mapper activation)")
     points = CrashPoints(agent.root).wrap("lvcreate")
     agent.extra_env.update(points.env())
     agent.start()
@@ -78,10 +80,12 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
     lv = volume_lv_name(vol.volume_id)
     assert agent.lvm.lv_location(lv) == (offset, length)
     assert READY_TAG in agent.lvm.lvs()[lv]["lv_tags"].split(",")
-    att = stage_tracking_image(agent, vol.volume_id, cap)  # blank at both ends: formatted, not refused
-    write_file(os.path.join(att.staging, "data"), b"new volume")
-    assert read_file(os.path.join(att.staging, "data")) == b"new volume"
-    agent.unstage(att.volume_id, att.staging)
+    # blank at both ends: formatted, not refused (loop: on the loop device at the LV's offset of the PV)
+    staging = (stage_tracking_image(agent, vol.volume_id, cap).staging if agent.kind == LVM_LOOP_KIND
+               else agent.stage(vol.volume_id, cap))
+    write_file(os.path.join(staging, "data"), b"new volume")
+    assert read_file(os.path.join(staging, "data")) == b"new volume"
+    agent.unstage(vol.volume_id, staging)
     assert agent.lvm.foreign_problems() == []
     delete(agent, vol.volume_id)
     assert_nothing_left(agent)

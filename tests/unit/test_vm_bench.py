@@ -79,6 +79,12 @@ def test_each_bench_writes_its_report_to_the_results_share(name: str, options: l
     assert argv[len(options):] == ["--rounds", "4", "--json", f"/results/{name}.json", "--tmpdir", "/tmp"]
 
 
+def test_bare_vg_gives_the_lvm_benches_a_vg_of_their_own_for_the_bare_side() -> None:
+    assert vm_bench.bench_argv("lvm-dm", 4, bare_vg=True)[-1] == "--bare-vg"
+    assert vm_bench.bench_argv("lvmthin", 4, bare_vg=True)[-1] == "--bare-vg"
+    assert "--bare-vg" not in vm_bench.bench_argv("lio", 4, bare_vg=True)
+
+
 def test_an_unknown_bench_is_refused() -> None:
     with pytest.raises(ValueError, match="no bench 'tgt'"):
         vm_bench.bench_argv("tgt", 1)

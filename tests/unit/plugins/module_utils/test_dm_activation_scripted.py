@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
-from test_lvm_pool_scripted import VG, found, lvs_all, lvs_json, row_like, thin_pool
+from test_lvm_pool_scripted import PVS, VG, found, lvs_all, lvs_json, row_like, thin_pool
 
 from basalt_core import lvm
 from basalt_core.lvm_pool import LvmPool, lv_name
@@ -33,6 +33,7 @@ def test_start_up_deactivates_only_the_pools_own_idle_activations(script: Any) -
     stray, staged, opened = (lv_name(volume_id_for(what)) for what in ("stray", "staged", "open"))
     copy = lv_name(snapshot_id_for("copy"))
     script([
+        PVS,
         (lvs_all(True), 0, lvs_json(
             active_row("thin2", stray, "Vwi-a-tz--"), active_row("thin2", copy, "Vwi-a-tz--"),
             active_row("thin2", staged, "Vwi-aotz--"), active_row("thin2", opened, "Vwi-aotz--"),
@@ -48,6 +49,7 @@ def test_start_up_deactivates_only_the_pools_own_idle_activations(script: Any) -
 def test_a_stray_activation_that_cannot_be_taken_down_does_not_stop_start_up(script: Any) -> None:
     busy, idle = lv_name(volume_id_for("busy")), lv_name(volume_id_for("idle"))
     script([
+        PVS,
         (lvs_all(True), 0, lvs_json(active_row("vol-normal", busy, "-wi-a-----"),
                                     active_row("vol-normal", idle, "-wi-a-----")), ""),
         deactivation(busy, 5, f"  Logical volume {VG}/{busy} in use.\n"),

@@ -13,206 +13,18 @@ attribute exists and is settable where lio sets it.
 from __future__ import annotations
 
 import inspect
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Counter, Dict, List, Optional, Set, Tuple
+from typing import Any, Counter, List, Optional, Tuple
 
 import pytest
+from lio_testlib import CHAP_A, RECORDING, SERIAL, A, ApiUse, B, T, make_fake, taken
 
 from basalt_core import exports, lio
 from basalt_core.errors import Conflict, InUse, InvalidRequest, NotFound, Precondition
 from basalt_core.iscsi_target import Chap, Export, Grant
-
-T = "iqn.2026-11.io.basalt:pvc-5b1fd0c2"
-A = "iqn.2026-11.io.example:node-a"
-B = "iqn.2026-11.io.example:node-b"
-SERIAL = "5b1fd0c2a1b2c3d4"
-CHAP_A = Chap("node-a", "secret-a-0123456", "target-1", "secret-t-6543210")
-
-
-@dataclass
-class ApiUse:
-    """What basalt_core.lio used of the (fake) rtslib_fb: calls with their arguments, attributes read and set."""
-
-    calls: List[Tuple[str, str, Tuple[Any, ...], Dict[str, Any]]] = field(default_factory=list)
-    reads: Counter[Tuple[str, str]] = field(default_factory=Counter)
-    writes: Set[Tuple[str, str]] = field(default_factory=set)
-
-
-_USE: List[ApiUse] = []  # the active recorder, if any
-
-
-def _by_lio() -> bool:
-    """Whether the access being recorded comes from basalt_core.lio itself (not from the fake or the test)."""
-    return sys._getframe(2).f_globals.get("__name__") == lio.__name__
-
-
-class Recorded:
-    """Base of the fake objects: attribute sets after construction are logged; lio's uses are recorded."""
-
-    _log: List[Tuple[Any, ...]]
-    _ready = False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if _USE and not name.startswith("_") and _by_lio():
-            _USE[0].writes.add((type(self).__name__, name))
-        if self._ready and not name.startswith("_"):
-            self._log.append(("set", repr(self), name, value))
-        object.__setattr__(self, name, value)
-
-    def __getattribute__(self, name: str) -> Any:
-        value = object.__getattribute__(self, name)
-        if _USE and not name.startswith("_") and _by_lio():
-            owner = type(self).__name__
-            if inspect.ismethod(value):
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    _USE[0].calls.append((owner, name, args, kwargs))
-                    return value(*args, **kwargs)
-                return call
-            _USE[0].reads[(owner, name)] += 1
-        return value
-
-
-class FakeModule(SimpleNamespace):
-    """The fake rtslib_fb module: lio's constructor calls are recorded with their arguments."""
-
-    def __getattribute__(self, name: str) -> Any:
-        value = object.__getattribute__(self, name)
-        if _USE and isinstance(value, type) and _by_lio():
-            def construct(*args: Any, **kwargs: Any) -> Any:
-                _USE[0].calls.append((name, "", args, kwargs))
-                return value(*args, **kwargs)
-            return construct
-        return value
-
-
-def make_fake() -> SimpleNamespace:
-    """A stand-in for the rtslib_fb module with its own state and call log."""
-    log: List[Tuple[Any, ...]] = []
-    state: Dict[str, List[Any]] = {"targets": [], "storage": []}
-
-    class FabricModule(Recorded):
-        def __new__(cls, name: str) -> Any:  # rtslib: FabricModule(name) returns the registered module
-            assert name == "iscsi"
-            module = object.__new__(cls)
-            module.targets = list(state["targets"])
-            return module
-
-    class BlockStorageObject(Recorded):
-        plugin = "block"
-
-        def __init__(self, name: str, dev: Optional[str] = None, wwn: Optional[str] = None, readonly: bool = False,
-                     write_back: bool = False, index: Optional[int] = None) -> None:
-            assert dev is not None, "lookup mode is not used by LioBackend"
-            self._log = log
-            self.name, self.udev_path, self.wwn, self.readonly = name, dev, wwn, readonly
-            log.append(("BlockStorageObject", name, dev, wwn, readonly))
-            state["storage"].append(self)
-            self._ready = True
-
-        def delete(self, save: bool = False) -> None:
-            log.append(("delete", repr(self)))
-            state["storage"].remove(self)
-
-        def __repr__(self) -> str:
-            return f"<so {self.name}>"
-
-    class Target(Recorded):
-        def __init__(self, fabric_module: Any, wwn: Optional[str] = None, mode: str = "any") -> None:
-            self._log = log
-            self.wwn = wwn
-            self.tpgs: List[Any] = []
-            log.append(("Target", wwn, mode))
-            state["targets"].append(self)
-            self._ready = True
-
-        def delete(self) -> None:
-            log.append(("delete", repr(self)))
-            state["targets"].remove(self)
-
-        def __repr__(self) -> str:
-            return f"<target {self.wwn}>"
-
-    class TPG(Recorded):
-        def __init__(self, parent_target: Any, tag: Optional[int] = None, mode: str = "any") -> None:
-            self._log = log
-            self.parent_target, self.tag = parent_target, tag
-            self.enable = False
-            self.luns: List[Any] = []
-            self.node_acls: List[Any] = []
-            self.network_portals: List[Any] = []
-            self._attributes = {"generate_node_acls": "0", "authentication": "1", "demo_mode_write_protect": "1"}
-            parent_target.tpgs.append(self)
-            log.append(("TPG", parent_target.wwn, tag, mode))
-            self._ready = True
-
-        def set_attribute(self, attribute: str, value: str) -> None:
-            log.append(("set_attribute", repr(self), attribute, value))
-            self._attributes[attribute] = value
-
-        def get_attribute(self, attribute: str) -> str:
-            return self._attributes[attribute]
-
-        def __repr__(self) -> str:
-            return f"<tpg {self.parent_target.wwn}/{self.tag}>"
-
-    class NetworkPortal(Recorded):
-        def __init__(self, parent_tpg: Any, ip_address: str, port: int = 3260, mode: str = "any") -> None:
-            self.ip_address, self.port = ip_address, port
-            parent_tpg.network_portals.append(self)
-            log.append(("NetworkPortal", repr(parent_tpg), ip_address, port, mode))
-
-    class LUN(Recorded):
-        def __init__(self, parent_tpg: Any, lun: Optional[int] = None, storage_object: Any = None,
-                     alias: Optional[str] = None) -> None:
-            self.lun, self.storage_object = lun, storage_object
-            parent_tpg.luns.append(self)
-            log.append(("LUN", repr(parent_tpg), lun, repr(storage_object)))
-
-    class NodeACL(Recorded):
-        def __init__(self, parent_tpg: Any, node_wwn: str, mode: str = "any") -> None:
-            self._log = log
-            self._tpg = parent_tpg
-            self.node_wwn = node_wwn
-            self.chap_userid = self.chap_password = self.chap_mutual_userid = self.chap_mutual_password = ""
-            self.mapped_luns: List[Any] = []
-            parent_tpg.node_acls.append(self)
-            log.append(("NodeACL", repr(parent_tpg), node_wwn, mode))
-            self._ready = True
-
-        def delete(self) -> None:
-            log.append(("delete", repr(self)))
-            self._tpg.node_acls.remove(self)
-
-        def __repr__(self) -> str:
-            return f"<acl {self.node_wwn}>"
-
-    class MappedLUN(Recorded):
-        def __init__(self, parent_nodeacl: Any, mapped_lun: int, tpg_lun: Any = None,
-                     write_protect: Optional[bool] = None, alias: Optional[str] = None) -> None:
-            self._log = log
-            self.mapped_lun, self.write_protect, self.tpg_lun = mapped_lun, bool(write_protect), tpg_lun
-            parent_nodeacl.mapped_luns.append(self)
-            log.append(("MappedLUN", repr(parent_nodeacl), mapped_lun, tpg_lun.lun, write_protect))
-            self._ready = True
-
-        def __repr__(self) -> str:
-            return f"<mapped {self.mapped_lun}>"
-
-    class RTSRoot(Recorded):
-        def __init__(self) -> None:
-            self.storage_objects = list(state["storage"])
-
-        def save_to_file(self, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
-            log.append(("save_to_file", save_file))
-
-    return FakeModule(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
-                      BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
-                      RTSRoot=RTSRoot)
 
 
 @pytest.fixture
@@ -222,21 +34,15 @@ def rts() -> SimpleNamespace:
 
 @pytest.fixture
 def backend(rts: SimpleNamespace, tmp_path: Path) -> lio.LioBackend:
-    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file="/tmp/x.json",
+    return lio.LioBackend(portals=("192.0.2.10:3260", "[2001:db8::10]:3260"), save_file=str(tmp_path / "saved.json"),
                           lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
-
-
-def _taken(rts: SimpleNamespace) -> List[Tuple[Any, ...]]:
-    calls = list(rts.log)
-    rts.log.clear()
-    return calls
 
 
 def test_export_grant_revoke_remove(rts: SimpleNamespace, backend: lio.LioBackend) -> None:
     assert backend.lun == 0
     assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is True
     tpg = f"<tpg {T}/1>"
-    assert _taken(rts) == [
+    assert taken(rts) == [
         ("BlockStorageObject", "basalt-" + SERIAL, "/dev/vg/pvc-1", SERIAL, False),
         ("Target", T, "create"),
         ("TPG", T, 1, "create"),
@@ -249,10 +55,10 @@ def test_export_grant_revoke_remove(rts: SimpleNamespace, backend: lio.LioBacken
         ("set", tpg, "enable", True),
     ]
     assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is False
-    assert _taken(rts) == []
+    assert taken(rts) == []
 
     assert backend.ensure_grant(T, A, CHAP_A) is True
-    assert _taken(rts) == [
+    assert taken(rts) == [
         ("NodeACL", tpg, A, "create"),
         ("set", f"<acl {A}>", "chap_userid", "node-a"),
         ("set", f"<acl {A}>", "chap_password", "secret-a-0123456"),
@@ -262,32 +68,32 @@ def test_export_grant_revoke_remove(rts: SimpleNamespace, backend: lio.LioBacken
         ("set_attribute", tpg, "authentication", "1"),
     ]
     assert backend.ensure_grant(T, A, CHAP_A) is False
-    assert _taken(rts) == []
+    assert taken(rts) == []
 
     assert backend.exports() == [Export(T, 0, SERIAL, "/dev/vg/pvc-1", False, (Grant(A, CHAP_A),))]
     with pytest.raises(Conflict, match="both use CHAP"):
         backend.ensure_grant(T, B, None)
     with pytest.raises(InUse):
         backend.remove_export(T)
-    _taken(rts)
+    taken(rts)
 
-    backend.persist()
-    assert _taken(rts) == [("save_to_file", "/tmp/x.json")]
+    backend.persist()  # the first save: no file yet, so rtslib's whole save
+    assert taken(rts) == [("save_to_file", backend.save_file)]
 
     assert backend.revoke_grant(T, A) is True
-    assert _taken(rts) == [("delete", f"<acl {A}>")]
+    assert taken(rts) == [("delete", f"<acl {A}>")]
     assert backend.revoke_grant(T, A) is False
     assert backend.remove_export(T) is True
-    assert _taken(rts) == [("delete", f"<target {T}>"), ("delete", f"<so basalt-{SERIAL}>")]
+    assert taken(rts) == [("delete", f"<target {T}>"), ("delete", f"<so basalt-{SERIAL}>")]
     assert backend.remove_export(T) is False
     assert backend.exports() == []
 
 
 def test_read_only_export_write_protects_mapped_luns(rts: SimpleNamespace, backend: lio.LioBackend) -> None:
     backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, True)
-    assert _taken(rts)[0] == ("BlockStorageObject", "basalt-" + SERIAL, "/dev/vg/pvc-1", SERIAL, True)
+    assert taken(rts)[0] == ("BlockStorageObject", "basalt-" + SERIAL, "/dev/vg/pvc-1", SERIAL, True)
     assert backend.ensure_grant(T, A, None) is True
-    assert _taken(rts) == [("NodeACL", f"<tpg {T}/1>", A, "create"), ("MappedLUN", f"<acl {A}>", 0, 0, True)]
+    assert taken(rts) == [("NodeACL", f"<tpg {T}/1>", A, "create"), ("MappedLUN", f"<acl {A}>", 0, 0, True)]
     [export] = backend.exports()
     assert export.read_only is True and export.grants == (Grant(A, None),)
     with pytest.raises(Conflict):
@@ -299,9 +105,9 @@ def test_read_only_export_write_protects_mapped_luns(rts: SimpleNamespace, backe
 def test_changed_chap_is_rewritten(rts: SimpleNamespace, backend: lio.LioBackend) -> None:
     backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
     backend.ensure_grant(T, A, CHAP_A)
-    _taken(rts)
+    taken(rts)
     assert backend.ensure_grant(T, A, Chap("node-a", "secret-a-rotated")) is True
-    assert _taken(rts) == [
+    assert taken(rts) == [
         ("set", f"<acl {A}>", "chap_password", "secret-a-rotated"),
         ("set", f"<acl {A}>", "chap_mutual_userid", ""),
         ("set", f"<acl {A}>", "chap_mutual_password", ""),
@@ -362,7 +168,7 @@ def _exercise(tmp_path: Path) -> ApiUse:
     backend = lio.LioBackend(portals=("192.0.2.10:3260",), save_file=str(tmp_path / "saved.json"),
                              lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
     use = ApiUse()
-    _USE.append(use)
+    RECORDING.append(use)
     try:
         backend.ping()
         backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
@@ -379,7 +185,7 @@ def _exercise(tmp_path: Path) -> ApiUse:
         acl.mapped_luns[0].write_protect = False  # someone changed it: lio puts it back
         backend.ensure_grant(T, B, None)
     finally:
-        _USE.clear()
+        RECORDING.clear()
     return use
 
 
@@ -431,7 +237,7 @@ def test_persist_defaults_to_the_file_rtslib_restores_at_boot(rts: SimpleNamespa
     # None lets rtslib pick its default_save_file: Debian's python3-rtslib-fb restores
     # /etc/rtslib-fb-target/saveconfig.json at boot, upstream /etc/target/saveconfig.json (VM tier).
     lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts).persist()
-    assert _taken(rts) == [("save_to_file", None)]
+    assert taken(rts) == [("save_to_file", None)]
 
 
 class _Pool:
@@ -456,16 +262,16 @@ def _publish_and_unpublish_reads(tmp_path: Path, others: int) -> Tuple[Counter[T
     for i in range(others):
         backend.ensure_export(f"iqn.2026-11.io.basalt:other-{i}", f"/dev/vg/other-{i}", f"{i:016x}", False)
         backend.ensure_grant(f"iqn.2026-11.io.basalt:other-{i}", B, CHAP_A)
-    _taken(rts)
+    taken(rts)
     use = ApiUse()
-    _USE.append(use)
+    RECORDING.append(use)
     try:
         volume = SimpleNamespace(id="pvc-1")
         exports.ensure_exported(_Pool(), backend, settings, volume, A, CHAP_A, False)  # type: ignore[arg-type]
         exports.ensure_unexported(_Pool(), backend, settings, "pvc-1", A)  # type: ignore[arg-type]
     finally:
-        _USE.clear()
-    return use.reads, _taken(rts)
+        RECORDING.clear()
+    return use.reads, taken(rts)
 
 
 def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_path: Path) -> None:
@@ -479,7 +285,36 @@ def test_publish_reads_and_changes_do_not_grow_with_the_exports_on_the_host(tmp_
                     "save_to_file", "delete", "delete", "delete", "save_to_file"]  # every one a bare script needs
     per_target = {k: v for k, v in busy_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
     assert per_target == {k: v for k, v in alone_reads.items() if k[0] in ("TPG", "LUN", "NodeACL", "MappedLUN")}
-    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] <= 6
+    # every object opened at its path: no listing of the targets, the backstores listed once (a new export)
+    assert busy_reads[("FabricModule", "targets")] == alone_reads[("FabricModule", "targets")] == 0
+    assert busy_reads[("RTSRoot", "storage_objects")] == alone_reads[("RTSRoot", "storage_objects")] == 1
+
+
+def test_withdraw_keeps_the_target_for_another_grant_and_removes_it_with_the_last(
+        rts: SimpleNamespace, backend: lio.LioBackend) -> None:
+    backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
+    backend.ensure_grant(T, A, CHAP_A)
+    backend.ensure_grant(T, B, Chap("node-b", "secret-b-0123456"))
+    taken(rts)
+    assert backend.withdraw(T, A) == (True, False)
+    assert taken(rts) == [("delete", f"<acl {A}>")]
+    [export] = backend.exports()
+    assert [g.initiator_iqn for g in export.grants] == [B]
+    assert backend.withdraw(T, A) == (False, False)
+    assert backend.withdraw(T, B) == (True, True)
+    assert taken(rts) == [("delete", f"<acl {B}>"), ("delete", f"<target {T}>"), ("delete", f"<so basalt-{SERIAL}>")]
+    assert backend.withdraw(T, B) == (False, True) and backend.exports() == []
+
+
+def test_lookups_take_rtslib_2_1s_name_for_a_miss(tmp_path: Path) -> None:
+    """Debian 12's rtslib-fb 2.1 calls the lookup miss RTSLibNotInCFS (2.2: RTSLibNotInCFSError)."""
+    rts = make_fake()
+    rts.RTSLibNotInCFS = rts.RTSLibNotInCFSError
+    del rts.RTSLibNotInCFSError
+    backend = lio.LioBackend(portals=("192.0.2.10:3260",), lock_path=str(tmp_path / "lio.lock"), rtslib=rts)
+    assert backend.export(T) is None
+    assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is True
+    assert backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False) is False
 
 
 def test_concurrent_publishes_never_interleave_in_lio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

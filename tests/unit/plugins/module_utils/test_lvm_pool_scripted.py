@@ -65,6 +65,24 @@ VGS = (["vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "--option
        (RECORDED / "vgs_thin.json").read_text(), "")
 
 
+def _pvs() -> Any:
+    """The recorded ``pvs`` of the VG, its PVs renamed to paths that do not exist here: their headers cannot be
+    read, so the VG's seqno is unknown and the pool's index unused (every LV read with lvs, as without one)."""
+    report = json.loads((RECORDED / "pvs.json").read_text())
+    for row in report["report"][0]["pv"]:
+        row["pv_name"] = "/nonexistent" + row["pv_name"]
+    return (["pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--options",
+             ",".join(lvm_report.PV_COLUMNS), "--select", f'vg_name="{VG}"'], 0, json.dumps(report), "")
+
+
+PVS = _pvs()  # read once per pool object, by the first seqno read
+#: LVM's locking settings with lvmlockd: the VG is not guarded by file locks, so the pool places nothing
+LVMLOCKD = (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+             "backup/backup", "backup/backup_dir"],
+            0, 'locking_dir="/run/lock/lvm"\nuse_lvmlockd=1\nlocking_type=1\nbackup=1\n'
+            'backup_dir="/etc/lvm/backup"\n', "")
+
+
 def missing(name: str) -> Any:
     return (lvs_one(name), 5, "", NOT_FOUND.format(name=name))
 
@@ -109,6 +127,7 @@ def test_thin_volume_creation_sequence(script: Any) -> None:
                    state=READY)
     runner = script([
         missing(name),  # no earlier attempt (read once per operation)
+        PVS,  # (the seqno: which listing of the thin pool's use is current)
         (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # space: the pool and its thin LVs, one listing
         VGS,
         (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b", "--thinpool",
@@ -120,7 +139,8 @@ def test_thin_volume_creation_sequence(script: Any) -> None:
 
 def test_thin_overprovisioning_counts_every_thin_lv_in_the_pool(script: Any) -> None:
     # pool0 holds 16 MiB of data; thin1 (32 MiB), thin2 (8 MiB) and thinsnap1 (32 MiB) are virtual.
-    script([(lvs_all(False), 0, lvs_json(*THIN.values()), ""), (lvs_all(False), 0, lvs_json(*THIN.values()), "")])
+    listing = (lvs_all(False), 0, lvs_json(*THIN.values()), "")
+    script([PVS, listing, PVS, listing])  # (a pool each: the PVs, for the seqno)
     assert thin_pool(overprovision=1.0).available_bytes() == 0
     assert thin_pool(overprovision=10.0).available_bytes() == 160 * MiB - 72 * MiB
 
@@ -139,7 +159,7 @@ def test_restore_from_a_thin_snapshot_is_a_thin_snapshot_then_extended(script: A
     script([
         missing(name),
         found(snap_row),  # the source exists and is ready
-        (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+        PVS, (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "n",
           *flags("--addtag", tags), f"{VG}/{snap_row['lv_name']}"], 0, "", ""),
         found(row_like("thinsnap1", name, tags, origin=snap_row["lv_name"])),  # 32 MiB like its origin
@@ -164,7 +184,7 @@ def test_thin_snapshot_keeps_the_activation_skip_flag(script: Any) -> None:
     tags = record_tags(pool, "snapshot", creating)
     script([
         missing(name), found(origin_row),
-        (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+        PVS, (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--setactivationskip", "y",
           *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),
         found(row_like("thinsnap1", name, tags)),
@@ -233,6 +253,7 @@ def test_cow_snapshot_sequence_and_origin_protection(script: Any) -> None:
         (["lvcreate", "--yes", "--snapshot", "--name", name, "--size", f"{4 * MiB}b",  # 25%, at least 1 MiB,
           *flags("--addtag", tags), f"{VG}/{origin_row['lv_name']}"], 0, "", ""),  # in extents
         found(snap_row),  # read again after lvcreate, once
+        PVS,  # (the seqno around the retag)
         retag(name, tags, record_tags(pool, "snapshot", dataclasses.replace(creating, state=READY,
                                                                             copy_method=COW))),
         # deleting the origin while the snapshot depends on it is refused: its lv_attr says "origin"
@@ -343,9 +364,11 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
     script([
         missing(name), found(snap_row),  # no earlier attempt; the source
         VGS,  # the extent size
+        LVMLOCKD,  # no placing: LVM chooses
         (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
           "--wipesignatures", "y", *flags("--addtag", tags), VG], 0, "", ""),
         found(target_row), found(snap_row),  # both active: copied with no activation
+        PVS,
         retag(name, tags, record_tags(pool, "volume", dataclasses.replace(creating, state=READY,
                                                                           copy_method="copy"))),
     ])
@@ -355,7 +378,9 @@ def test_restore_from_a_cow_snapshot_copies_the_snapshot_not_its_cow_space(scrip
 
 
 def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tmp_path: Path) -> None:
-    """CreateVolume: lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs, lvremove.
+    """Where the pool cannot place the LV (here lvmlockd guards the VG; elsewhere: another create holds the VG's
+    lock, a commit by someone else): CreateVolume lvcreate, lvs, lvchange (ready last); DeleteVolume: lvs,
+    lvremove (the index unused: the PVs' seqno unknown here).
 
     No look-up of an earlier attempt before lvcreate (it refuses a name that exists, and only then is the
     name looked up), no free-space read before it (it refuses what does not fit), no
@@ -378,9 +403,11 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tm
                       lv_path=str(device))
     script([
         VGS,  # the extent size, read once per pool object
+        LVMLOCKD,
         (["lvcreate", "--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "normal", "--zero", "y",
           "--wipesignatures", "y", *flags("--addtag", tags_creating), VG], 0, "", ""),
         found(new_lv),
+        PVS,
         retag(name, tags_creating, tags_ready),
         # DeleteVolume, a new operation: read again
         found(dict(new_lv, lv_tags=",".join(sorted(tags_ready)))),
@@ -396,7 +423,7 @@ def test_thick_create_and_delete_read_each_lv_once_per_operation(script: Any, tm
 def test_a_capacity_limit_keeps_the_space_check_before_lvcreate(script: Any) -> None:
     pool = LvmPool(VG, PoolSettings(capacity_limit=4 * MiB))
     name = lv_name(volume_id_for("too-big"))
-    script([missing(name), VGS, (lvs_all(True), 0, lvs_json(), "")])  # free space, then what is provisioned
+    script([missing(name), VGS, PVS, (lvs_all(True), 0, lvs_json(), "")])  # free space, then what is provisioned
     with pytest.raises(NoSpace, match="4194304 bytes available"):
         volumes.ensure_volume(pool, "too-big", 8 * MiB)
 

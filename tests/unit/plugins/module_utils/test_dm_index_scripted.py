@@ -1,0 +1,170 @@
+"""Device-mapper activation and thin pools: the placed one-commit create, and the index that saves each look-up.
+
+The exact LVM commands, as in test_lvm_placing_scripted.py (its fake PV carries the seqno each scripted commit
+moves).  What lvs would read from the kernel (is the LV mapped, is it open) comes from device-mapper's
+``DM_DEV_STATUS`` ioctl (dm_status): this machine has no device-mapper, so that one function is replaced by the
+test's own table; the same paths run for real in the VM tier (tests/conformance on lvm-dm and lvmthin).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest
+from test_lvm_placing_scripted import (
+    EXTENT,
+    FakePv,
+    blank_ends,
+    create,
+    install,
+    lock_settings,
+    pv,
+    pvs_layout,
+    pvs_segments,
+    records,
+)
+from test_lvm_pool_scripted import THIN, VG, VGS, fixed_clock, flags, lvs_all, lvs_json, missing, record_tags
+
+from basalt_core import dm_status, volumes
+from basalt_core.errors import InUse
+from basalt_core.lvm_pool import LvmPool, lv_name
+from basalt_core.lvmthin_pool import LvmThinPool
+from basalt_core.model import READY, Volume, volume_id_for
+from basalt_core.pool_spec import PoolSettings
+from basalt_core.sizes import MiB
+
+__all__ = ["fixed_clock", "pv"]  # (fixtures)
+
+
+class Kernel:
+    """device-mapper's devices by name (absent: not mapped; None: it cannot tell), and the names asked."""
+
+    def __init__(self) -> None:
+        self.devices: Dict[str, Optional[dm_status.DmState]] = {}
+        self.asked: List[str] = []
+
+    def state(self, name: str) -> Optional[dm_status.DmState]:
+        self.asked.append(name)
+        return self.devices.get(name, dm_status.DmState(False, 0))
+
+    def __setitem__(self, lv: str, state: Optional[dm_status.DmState]) -> None:
+        self.devices[dm_status.dm_name(VG, lv)] = state
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
+    fake = Kernel()
+    monkeypatch.setattr(dm_status, "state", fake.state)
+    return fake
+
+
+def remove(name: str) -> Any:
+    return (["lvremove", "--yes", f"{VG}/{name}"], 0, "", "")
+
+
+def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    """lvm pool, device-mapper activation: CreateVolume is one ``lvcreate --nolocking`` on extents the pool chose,
+    their ends zeroed on the PV first, carrying the ready record (LVM maps the new LV in that same command);
+    DeleteVolume is ``lvremove`` alone: the record comes from the index (kept by the seqno), whether the LV is
+    open from the kernel.  An open LV is refused before anything runs."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    first, _creating, ready1 = records(pool, "pvc-1")
+    second, _creating2, ready2 = records(pool, "pvc-2")
+    one, two = lv_name(first.id), lv_name(second.id)
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),  # start-up's listing loads the index
+        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")),
+        create(one, ready1, f"{path}:0-1"),
+        create(two, ready2, f"{path}:2-3"),
+        remove(one),  # nothing read: the index has its record, the kernel says it is mapped and unopened
+        create(one, ready1, f"{path}:0-1"),  # its extents are free again
+    ])
+    assert pool.volume_ids() == []
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
+    assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
+    assert blank_ends(pv.extent(0) + pv.extent(1)) and blank_ends(pv.extent(2) + pv.extent(3))
+    assert pv.extent(4) == b"\xaa" * EXTENT
+    kernel[one] = dm_status.DmState(True, 0)
+    assert volumes.delete_volume(pool, first.id)
+    assert kernel.asked == ["basalt--rec-" + one.replace("-", "--")]  # LVM's dm name: each "-" doubled
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+    kernel[two] = dm_status.DmState(True, 1)  # mounted on this host, say
+    with pytest.raises(InUse, match=f"in use as /dev/{VG}/{two}"):
+        volumes.delete_volume(pool, second.id)
+
+
+def test_dm_index_falls_back_to_lvs_when_the_kernel_cannot_tell(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    """No answer from device-mapper (a suspended device, say): the LV is read with lvs, as without an index."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    volume, _creating, ready = records(pool, "pvc-1")
+    name = lv_name(volume.id)
+    row = dict(THIN["vol-normal"], lv_name=name, lv_path=f"/dev/{VG}/{name}", lv_tags=",".join(sorted(ready)),
+               lv_attr="-wc-a-----", lv_size=str(8 * MiB), seg_pe_ranges=f"{path}:0-1", devices=f"{path}(0)",
+               seg_size_pe="2")
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(row), ""),
+        ([*lvs_all(False)[:-1], f"{VG}/{name}"], 0, lvs_json(row), ""),
+        remove(name),
+    ])
+    assert pool.volume_ids() == [volume.id]
+    kernel[name] = None
+    assert volumes.delete_volume(pool, volume.id)
+
+
+def test_thin_create_and_delete_are_one_command_each_while_the_pool_is_the_vgs_only_writer(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    """lvmthin: no look-up of an earlier attempt (the index says there is none), the over-provisioning check
+    from the thin pool's use as one listing read it and the pool's own commits since changed it, one lvcreate;
+    DeleteVolume lvremove alone.  Someone else's commit (the seqno moved by more than the pool's own): the LV
+    is looked up and the thin pool's use listed again."""
+    pool = LvmThinPool(VG, "pool0", PoolSettings(overprovision=100.0))
+    path = str(pv.path)
+    made = {}
+    calls: List[Any] = [pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
+                        (lvs_all(False), 0, lvs_json(*THIN.values()), ""), VGS]
+    for what in ("thin-1", "thin-2", "thin-3"):
+        ready = Volume(id=volume_id_for(what), name=what, size=8 * MiB, pool="lvmthin", created_at=1795580000.0,
+                       state=READY)
+        made[what] = lv_name(ready.id)
+        create_thin = (["lvcreate", "--yes", "--type", "thin", "--name", made[what], "--virtualsize",
+                        f"{8 * MiB}b", "--thinpool", "pool0", *flags("--addtag", record_tags(pool, "volume", ready)),
+                        VG], 0, "", "")
+        if what == "thin-3":  # after someone else's commit
+            calls += [missing(made[what]), (lvs_all(False), 0, lvs_json(*THIN.values()), "")]
+        calls.append(create_thin)
+        if what == "thin-1":
+            calls.append(remove(made[what]))
+    pv.someone_commits_after.append(made["thin-2"])  # right after its lvcreate
+    install(script, monkeypatch, pv, calls)
+    assert pool.volume_ids() == []
+    virtual = 72 * MiB  # thin1, thin2, thinsnap1 in pool0 (16 MiB of data)
+    assert volumes.ensure_volume(pool, "thin-1", 8 * MiB)[0].state == READY
+    assert pool.available_bytes() == 1600 * MiB - virtual - 8 * MiB  # followed, not read
+    kernel[made["thin-1"]] = dm_status.DmState(True, 0)
+    assert volumes.delete_volume(pool, volume_id_for("thin-1"))
+    assert volumes.ensure_volume(pool, "thin-2", 8 * MiB)[1]
+    assert volumes.ensure_volume(pool, "thin-3", 8 * MiB)[1]
+
+
+def test_a_placed_dm_lv_as_the_index_holds_it(script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch,
+                                              kernel: Kernel) -> None:
+    """What the index holds of a placed LV with device-mapper is what lvs reports: active, unopened, its range."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    volume, _creating, ready = records(pool, "pvc-1")
+    name = lv_name(volume.id)
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
+        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")), create(name, ready, f"{path}:0-1"),
+    ])
+    pool.volume_ids()
+    volumes.ensure_volume(pool, "pvc-1", 8 * MiB)
+    known, lv = pool._index.lookup(name)
+    assert known and lv is not None
+    assert lv.attr.raw == "-wc-a-----" and lv.path == f"/dev/{VG}/{name}" and lv.size == 8 * MiB
+    assert [(r.device, r.first, r.last) for r in lv.seg_pe_ranges] == [(path, 0, 1)]
+    assert lv.tags == tuple(sorted(ready))
