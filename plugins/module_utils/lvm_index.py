@@ -77,6 +77,14 @@ def seqno(pv: str, vg: str) -> Optional[int]:
     return int(found.group(2))
 
 
+def follows(before: Optional[int], after: Optional[int], known: Optional[int], own: bool) -> bool:
+    """Whether what was known at seqno *known* plus the pool's commit(s) between *before* and *after* is the VG
+    at *after*: one commit, or (*own*: none but the pool's could run meanwhile) any number of them."""
+    if before is None or after is None or before != known:
+        return False
+    return after > before if own else after == before + 1
+
+
 def vg_seqno(pvs: Sequence[str], vg: str) -> Optional[int]:
     """The VG's committed seqno, when every one of *pvs* that holds a metadata area says the same; else None
     (e.g. a commit interrupted between two PVs, which the next LVM command repairs)."""
@@ -137,15 +145,17 @@ class LvIndex:
             return self._lvs is not None
 
     def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int],
-                  after: Optional[int] = None) -> None:
+                  after: Optional[int] = None, own: bool = False) -> None:
         """This pool committed one change to *name* (now *lv*; None: removed), the seqno having been *before*
-        just ahead of it and *after* since (None: read now): kept when that commit is the only one since."""
+        just ahead of it and *after* since (None: read now): kept when that commit is the only one since.
+        *own*: every commit between the two reads was the pool's (it held LVM's lock on the VG: a thin LV's
+        lvcreate and lvremove commit twice)."""
         with self._lock:
             if self._lvs is None:
                 return
             if after is None:
                 after = self._current()
-            if before is None or before != self._seqno or after != before + 1:
+            if not follows(before, after, self._seqno, own):
                 self._lvs, self._seqno = None, None
                 return
             if lv is None:

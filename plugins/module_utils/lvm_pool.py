@@ -482,17 +482,12 @@ class LvmPool(Pool):
             raise
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
-        # (a thin LV frees no extents of the VG, and its removal changes no other LV's record)
-        if found.attr.thin_volume or (found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot)):
+        if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
             after = self._seqno()
             self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges], after)
             self._index.committed(found.name, None, before, after)
-            self._removed(found, before, after)
         else:
             self._untracked()
-
-    def _removed(self, found: lvm.LogicalVolume, before: Optional[int], after: Optional[int]) -> None:
-        """The pool's own commit that removed *found* (seqno *before*, then *after*), for what a subclass follows."""
 
     def resize_volume(self, volume: Volume, size: int) -> None:
         found = self._require_lv(volume.id)

@@ -101,6 +101,13 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("basalt_core.model.now", lambda: 1795580000.0)
 
 
+@pytest.fixture(autouse=True)
+def no_index_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid LV index is read again (one listing) only a second after the last: never within a case here,
+    however slowly it runs, so that its commands are exact."""
+    monkeypatch.setattr("basalt_core.lvm_index.RELOAD_INTERVAL", 1e9)
+
+
 def flags(option: str, values: List[str]) -> List[str]:
     return [arg for value in values for arg in (option, value)]
 
@@ -130,6 +137,7 @@ def test_thin_volume_creation_sequence(script: Any) -> None:
         PVS,  # (the seqno: which listing of the thin pool's use is current)
         (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # space: the pool and its thin LVs, one listing
         VGS,
+        LVMLOCKD,  # (no lock taken: LVM's own locking)
         (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b", "--thinpool",
           "pool0", *flags("--addtag", record_tags(pool, "volume", ready)), VG], 0, "", ""),
     ])
