@@ -206,13 +206,11 @@ def create_thin(
     tags: Sequence[str] = (),
     *,
     extent_size: Optional[int] = None,
-    vg_lock: Optional[int] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a thin LV in thin pool *pool*; return the virtual size asked of LVM.
 
     New thin LVs read as zeroes (unprovisioned blocks), so nothing to wipe.
-    *vg_lock*: the caller holds the VG's lock on this descriptor (``lvm_command.run_lvm``).
     """
     what = f"create thin LV {vg}/{name} in pool {pool}"
     check_lv_name(name, vg)
@@ -220,7 +218,7 @@ def create_thin(
     size = _size_arg(virtual_size, extent_size, what)
     args = ["--yes", "--type", "thin", "--name", name, "--virtualsize", size, "--thinpool", pool]
     args += [*_tag_args("--addtag", tags), vg]
-    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock)
+    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT)
     return int(size[:-1])
 
 
@@ -314,10 +312,9 @@ def extend(
     fail(result, what)
 
 
-def remove(vg: str, name: str, *, vg_lock: Optional[int] = None, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
-    """Remove *vg*/*name* (NotFound when it does not exist); *vg_lock* as for create_linear."""
-    run_lvm(settings, "lvremove", ["--yes", _target(vg, name)], what=f"remove LV {vg}/{name}", timeout=REMOVE_TIMEOUT,
-            vg_lock=vg_lock)
+def remove(vg: str, name: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
+    """Remove *vg*/*name* (NotFound when it does not exist)."""
+    run_lvm(settings, "lvremove", ["--yes", _target(vg, name)], what=f"remove LV {vg}/{name}", timeout=REMOVE_TIMEOUT)
 
 
 def activate(

@@ -97,10 +97,10 @@ class FreeExtents:
             self._free(ranges)
 
     def committed(self, before: Optional[int], freed: Iterable[PeRange] = (), after: Optional[int] = None,
-                  own: bool = False) -> None:
+                  commits: int = 1) -> None:
         """The pool committed one change to the VG (freeing *freed*; what it created was taken already), the
         seqno having been *before* just ahead of it and *after* since (None: read now): current still when that
-        commit is the only one since (*own*: as lvm_index.follows), else only as the pool knows it."""
+        commit is the only one since (*commits*: as lvm_index.follows), else only as the pool knows it."""
         with self._lock:
             if self._map is None:  # (never read: nothing to keep, no seqno to read)
                 return
@@ -109,7 +109,7 @@ class FreeExtents:
         with self._lock:
             if self._map is None:
                 return
-            current = follows(before, after, self._at, own)
+            current = follows(before, after, self._at, commits)
             self._at = after if current else None
             self._free(freed)
 

@@ -77,12 +77,10 @@ def seqno(pv: str, vg: str) -> Optional[int]:
     return int(found.group(2))
 
 
-def follows(before: Optional[int], after: Optional[int], known: Optional[int], own: bool) -> bool:
-    """Whether what was known at seqno *known* plus the pool's commit(s) between *before* and *after* is the VG
-    at *after*: one commit, or (*own*: none but the pool's could run meanwhile) any number of them."""
-    if before is None or after is None or before != known:
-        return False
-    return after > before if own else after == before + 1
+def follows(before: Optional[int], after: Optional[int], known: Optional[int], commits: int = 1) -> bool:
+    """Whether what was known at seqno *known*, plus the pool's command that makes *commits* commits, run between
+    the seqno reads *before* and *after*, is the VG at *after*: nobody else committed meanwhile."""
+    return before is not None and after is not None and before == known and after == before + commits
 
 
 def vg_seqno(pvs: Sequence[str], vg: str) -> Optional[int]:
@@ -145,17 +143,16 @@ class LvIndex:
             return self._lvs is not None
 
     def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int],
-                  after: Optional[int] = None, own: bool = False) -> None:
-        """This pool committed one change to *name* (now *lv*; None: removed), the seqno having been *before*
-        just ahead of it and *after* since (None: read now): kept when that commit is the only one since.
-        *own*: every commit between the two reads was the pool's (it held LVM's lock on the VG: a thin LV's
-        lvcreate and lvremove commit twice)."""
+                  after: Optional[int] = None, commits: int = 1) -> None:
+        """This pool changed *name* (now *lv*; None: removed) in one LVM command that makes *commits* commits,
+        the seqno having been *before* just ahead of it and *after* since (None: read now): kept when those are
+        the only commits since (follows)."""
         with self._lock:
             if self._lvs is None:
                 return
             if after is None:
                 after = self._current()
-            if not follows(before, after, self._seqno, own):
+            if not follows(before, after, self._seqno, commits):
                 self._lvs, self._seqno = None, None
                 return
             if lv is None:

@@ -137,7 +137,6 @@ def test_thin_volume_creation_sequence(script: Any) -> None:
         PVS,  # (the seqno: which listing of the thin pool's use is current)
         (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # space: the pool and its thin LVs, one listing
         VGS,
-        LVMLOCKD,  # (no lock taken: LVM's own locking)
         (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b", "--thinpool",
           "pool0", *flags("--addtag", record_tags(pool, "volume", ready)), VG], 0, "", ""),
     ])
