@@ -15,11 +15,13 @@ from basalt_core import lvm_lock
 from basalt_core.errors import CommandFailed, InvalidRequest
 from basalt_core.lvm_command import LvmSettings
 
-SETTINGS = ["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type"]
+SETTINGS = ["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+            "backup/backup", "backup/backup_dir"]
 
 
-def configured(script: Any, tmp_path: Path, lvmlockd: str = "0") -> lvm_lock.VgLock:
-    script([(SETTINGS, 0, f'locking_dir="{tmp_path}/lock"\nuse_lvmlockd={lvmlockd}\nlocking_type=1\n', "")])
+def configured(script: Any, tmp_path: Path, lvmlockd: str = "0", backup: str = "0") -> lvm_lock.VgLock:
+    script([(SETTINGS, 0, f'locking_dir="{tmp_path}/lock"\nuse_lvmlockd={lvmlockd}\nlocking_type=1\n'
+             f'backup={backup}\nbackup_dir="{tmp_path}/backup"\n', "")])
     return lvm_lock.VgLock("vg0", LvmSettings())
 
 
