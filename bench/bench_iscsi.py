@@ -362,15 +362,19 @@ def seconds_of_day(entry: Dict[str, Any]) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+TGTD_TOOLS = ("tgtadm", cp.TGTD_SOCKET)  # the two ways a request reaches tgtd: a tgtadm process, tgtd's socket
+
+
 def is_listing(command: cp.Command) -> bool:
-    """A tgtadm command that reads (``--op show``) rather than changes state."""
-    return command.tool == "tgtadm" and "show" in command.argv[command.argv.index("--op") + 1:][:1]
+    """A tgtd request (tgtadm or socket) that reads (``--op show``) rather than changes state."""
+    return command.tool in TGTD_TOOLS and "--op" in command.argv and \
+        "show" in command.argv[command.argv.index("--op") + 1:][:1]
 
 
 def restart_and_reconcile(agent: IscsiAgent, probes: Optional[bl.Samples] = None
                           ) -> Tuple[float, float, Dict[str, Any], Counter[str]]:
     """Restart the agent; return exec->first Probe, serving->reconciliation finished (s), its summary, and the
-    commands of that start (tgtadm target listings counted apart: the reconciliation lists tgtd once).
+    commands of that start (tgtd listings counted apart: the reconciliation lists tgtd once).
     Until the reconciliation finishes, Probe is asked every 10 ms and each answer's time added to *probes*."""
     agent.stop()
     mark = agent.log_mark()
@@ -384,12 +388,13 @@ def restart_and_reconcile(agent: IscsiAgent, probes: Optional[bl.Samples] = None
         if done is not None:
             commands: Counter[str] = Counter()
             for command in agent.commands_since(mark):
-                if command.tool != "tgtadm":
-                    commands[command.tool] += 1
+                if command.tool not in TGTD_TOOLS or "--mode" not in command.argv:  # also tgtadm --version
+                    commands[" ".join([command.tool, *command.argv[1:2]]) if command.tool == "tgtadm"
+                             else command.tool] += 1
                 elif is_listing(command):
-                    commands[f"tgtadm --mode {command.argv[command.argv.index('--mode') + 1]} show"] += 1
+                    commands[f"{command.tool} --mode {command.argv[command.argv.index('--mode') + 1]} show"] += 1
                 else:
-                    commands["tgtadm (changes)"] += 1
+                    commands[f"{command.tool} (changes)"] += 1
             return startup, seconds_of_day(done) - seconds_of_day(entries["serving"]), done, commands
         time.sleep(0.01)
     raise bl.BenchError("the agent did not finish its reconciliation")
@@ -448,8 +453,9 @@ FLOOR_COMMANDS = {"ControllerPublish": EXPORT_COMMANDS, "ControllerUnpublish": U
 
 
 def command_summary(profiles: Sequence[cp.Profile], backend: str = "tgt") -> List[str]:
-    """Per RPC: the external commands behind its median sample, the time they took, and the tgtadm count
-    against the bare commands that change state (the goal: at most 1.2x). LIO runs no command of its own
+    """Per RPC: the external commands and tgtd socket requests behind its median sample, the time they took,
+    and the tgtd requests (tgtadm or socket) against the bare commands that change state (the goal: at most
+    1.2x). LIO runs no command of its own
     (rtslib works on configfs in the agent's process): its RPCs list what else they ran."""
     lines = []
     for p in profiles:
@@ -461,17 +467,18 @@ def command_summary(profiles: Sequence[cp.Profile], backend: str = "tgt") -> Lis
                          f"{rpc_ms - commands_ms:.1f} ms")
             continue
         counts: Counter[str] = p.counts()
-        tgtadm_ms = bl.Samples([sum(c.seconds for c in s if c.tool == "tgtadm") for s in p.samples]).median * 1000
+        tgtd_ms = bl.Samples([sum(c.seconds for c in s if c.tool in TGTD_TOOLS) for s in p.samples]).median * 1000
         rpc_ms = bl.Samples(p.seconds).median * 1000
         commands_ms = p.all_seconds() * 1000
         listed = ", ".join(f"{tool} x{n}" for tool, n in sorted(counts.items()))
         median = sorted(p.samples, key=len)[len(p.samples) // 2] if p.samples else []
         listings = sum(1 for c in median if is_listing(c))
         floor = FLOOR_COMMANDS.get(p.rpc)
-        ratio = f"{counts['tgtadm'] / floor:.2f}x the bare {floor}" if floor else "no floor"
-        lines.append(f"{p.rpc}: {listed}; tgtadm: {counts['tgtadm'] - listings} changes + {listings} listing(s) = "
-                     f"{ratio}; median {rpc_ms:.1f} ms, of which commands {commands_ms:.1f} ms "
-                     f"(tgtadm {tgtadm_ms:.1f} ms); the rest (gRPC, records, config file, Python) "
+        requests = sum(counts[tool] for tool in TGTD_TOOLS)
+        ratio = f"{requests / floor:.2f}x the bare {floor}" if floor else "no floor"
+        lines.append(f"{p.rpc}: {listed}; tgtd requests: {requests - listings} changes + {listings} listing(s) = "
+                     f"{ratio}; median {rpc_ms:.1f} ms, of which commands and requests {commands_ms:.1f} ms "
+                     f"(tgtd requests {tgtd_ms:.1f} ms); the rest (gRPC, records, config file, Python) "
                      f"{rpc_ms - commands_ms:.1f} ms")
     return lines
 

@@ -25,6 +25,9 @@ CLEANUP_GRACE = 86400
 LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgchange", "vgremove",
              "pvcreate", "pvremove", "lvm"}
 _RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
+# a request on tgtd's management socket (basalt_core.tgt_socket): counted as a command of the tool TGTD_SOCKET
+_SENT = re.compile(r"^sent (\[.*\]) err=(-?\d+) in ([0-9.]+)s$")
+TGTD_SOCKET = "tgtd-socket"
 
 
 # -- the agent's debug log ---------------------------------------------------
@@ -38,7 +41,8 @@ class Command:
 
 
 class ProfiledAgent(bl.Agent):
-    """An agent whose debug log says which external commands it ran (``ran [...] rc=N in Ss``)."""
+    """An agent whose debug log says which external commands it ran (``ran [...] rc=N in Ss``) and which
+    requests it sent to tgtd's socket (``sent [...] err=N in Ss``)."""
 
     def log_mark(self) -> int:
         try:
@@ -47,7 +51,7 @@ class ProfiledAgent(bl.Agent):
             return 0
 
     def commands_since(self, mark: int) -> List[Command]:
-        """The external commands the agent logged (``ran [...]``) after *mark*."""
+        """The external commands (``ran [...]``) and tgtd socket requests (``sent [...]``) logged after *mark*."""
         with open(self.log_path, "rb") as handle:
             handle.seek(mark)
             data = handle.read().decode("utf-8", errors="replace")
@@ -57,11 +61,13 @@ class ProfiledAgent(bl.Agent):
                 entry = json.loads(line)
             except ValueError:
                 continue
-            match = _RAN.match(str(entry.get("msg", "")))
+            message = str(entry.get("msg", ""))
+            match = _RAN.match(message) or _SENT.match(message)
             if not match:
                 continue
             argv = [str(a) for a in ast.literal_eval(match.group(1))]
-            found.append(Command(tool_of(argv), argv, int(match.group(2)), float(match.group(3))))
+            tool = TGTD_SOCKET if match.re is _SENT else tool_of(argv)
+            found.append(Command(tool, argv, int(match.group(2)), float(match.group(3))))
         return found
 
 

@@ -24,7 +24,7 @@ Behaviour measured on lvm2 2.03.16 (Debian 12), see tests/unit/plugins/module_ut
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 from .errors import CommandFailed, InUse, InvalidRequest
 from .lvm_command import (
@@ -165,12 +165,15 @@ def create_linear(
     zero: bool = True,
     place: Optional[PeRange] = None,
     vg_lock: Optional[int] = None,
+    created: Optional[Callable[[], None]] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a linear LV; return the size asked of LVM (rounded up to *extent_size* when given).
 
     *place*: exactly those extents of that PV (LVM refuses, NoSpace, when they are not free).
     *vg_lock*: the caller holds the VG's lock on this descriptor (``lvm_command.run_lvm``).
+    *created*: called as soon as lvcreate says the LV is created, while it still runs: its one commit is done
+    (lvm2 prints that at the end of ``lv_create_single``; only its metadata backup and its exit follow).
 
     *zero* (the default) asks LVM to zero the first 4 KiB and wipe known
     signatures, so blkid sees the new LV blank even when its extents held
@@ -189,7 +192,9 @@ def create_linear(
     args += [*_tag_args("--addtag", tags), vg]
     if place is not None:
         args.append(f"{operand(place.device, 'physical volume')}:{place.first}-{place.last}")
-    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock)
+    done = f'  Logical volume "{name}" created.\n'
+    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock,
+            on_line=None if created is None else (lambda line: created() if line == done else None))
     return int(size[:-1])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, NoReturn, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .errors import AlreadyExists, CommandFailed, InvalidRequest, NoSpace, NotFound, Precondition, StorageError
 from .runner import CommandResult, run
@@ -145,10 +145,11 @@ def run_lvm(
     timeout: float,
     check: bool = True,
     vg_lock: Optional[int] = None,
+    on_line: Optional[Callable[[str], None]] = None,
 ) -> CommandResult:
     """Run an LVM tool; *vg_lock*: the descriptor on which the caller holds the VG's lock (lvm_lock), so the tool
     runs ``--nolocking`` under ``timeout``, which keeps that descriptor (LVM closes the ones it inherits) and so
-    the lock for as long as the tool runs, the caller killed or not."""
+    the lock for as long as the tool runs, the caller killed or not.  *on_line*: each stdout line as it comes."""
     argv = settings.command(tool, *args)
     keep: Tuple[int, ...] = ()
     if vg_lock is not None:
@@ -158,7 +159,8 @@ def run_lvm(
         keep, timeout = (vg_lock,), timeout + KEEPER_MARGIN
     try:
         # stdin at EOF: any prompt LVM still asks is answered "n".
-        return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="", pass_fds=keep)
+        return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="", pass_fds=keep,
+                   on_line=on_line)
     except CommandFailed as exc:
         mapped = classify(exc)
         if mapped is exc:

@@ -6,12 +6,16 @@ loop activation must know it to reach the LV's bytes on the PV).  The map is
 read (``pvs --segments``) between two reads of the VG's seqno (lvm_index) and
 is the VG's state at that seqno when they agree; the pool's own commits keep
 it (its creates and removes change it, any commit moves its seqno), as long
-as each moves the seqno by exactly one.  Anything else (another process's
-commit, two of the pool's own at once, a change the map does not follow)
-makes it be read again.  Ranges are taken only under LVM's lock on the VG
-(lvm_placing) and only from a map whose seqno is the VG's at that moment:
-they are free, and stay free until the pool's own lvcreate, so the pool may
-zero them first.
+as each moves the seqno by exactly one.  Ranges are taken for zeroing first
+only under LVM's lock on the VG (lvm_placing) and only from a map whose
+seqno is the VG's at that moment (``take``): they are free, and stay free
+until the pool's own lvcreate, so the pool may zero them first.
+
+Anything else (another process's commit, two of the pool's own at once)
+leaves the map as the pool last knew it, no longer current: read again before
+the next ``take``, and meanwhile good for ``take_known``, whose range LVM
+itself checks (lvcreate refuses extents in use: NoSpace, and the map is
+forgotten), for an LV whose ends are zeroed only after its commit.
 """
 
 from __future__ import annotations
@@ -65,15 +69,26 @@ class FreeExtents:
         """The first free range of *count* extents on one PV, no longer free in the map, when the map is the
         VG's state at seqno *at* (read while holding the VG's lock); None otherwise, or when none fits."""
         with self._lock:
-            if self._map is None or at is None or self._at != at:
+            if at is None or self._at != at:
                 return None
-            for pv in sorted(self._map):
-                ranges = self._map[pv]
-                for index, (first, length) in enumerate(ranges):
-                    if length >= count:
-                        ranges[index:index + 1] = [(first + count, length - count)] if length > count else []
-                        return PeRange(pv, first, first + count - 1)
+            return self._first_fit(count)
+
+    def _first_fit(self, count: int) -> Optional[PeRange]:
+        if self._map is None:
+            return None
+        for pv in sorted(self._map):
+            ranges = self._map[pv]
+            for index, (first, length) in enumerate(ranges):
+                if length >= count:
+                    ranges[index:index + 1] = [(first + count, length - count)] if length > count else []
+                    return PeRange(pv, first, first + count - 1)
         return None
+
+    def take_known(self, count: int) -> Optional[PeRange]:
+        """``take`` from the map as the pool last knew it, current or not (None when there is none): only for an
+        lvcreate that LVM locks itself and that zeroes nothing before its commit."""
+        with self._lock:
+            return self._first_fit(count)
 
     def give_back(self, ranges: Iterable[PeRange]) -> None:
         """Extents taken but not used (no commit since): free again."""
@@ -82,8 +97,8 @@ class FreeExtents:
 
     def committed(self, before: Optional[int], freed: Iterable[PeRange] = (), after: Optional[int] = None) -> None:
         """The pool committed one change to the VG (freeing *freed*; what it created was taken already), the
-        seqno having been *before* just ahead of it and *after* since (None: read now): kept when that commit
-        is the only one since."""
+        seqno having been *before* just ahead of it and *after* since (None: read now): current still when that
+        commit is the only one since, else only as the pool knows it."""
         with self._lock:
             if self._map is None:  # (never read: nothing to keep, no seqno to read)
                 return
@@ -92,10 +107,8 @@ class FreeExtents:
         with self._lock:
             if self._map is None:
                 return
-            if before is None or self._at != before or after != before + 1:
-                self._map, self._at = None, None
-                return
-            self._at = after
+            current = before is not None and self._at == before and after == before + 1
+            self._at = after if current else None
             self._free(freed)
 
     def _free(self, ranges: Iterable[PeRange]) -> None:

@@ -16,6 +16,15 @@ under ``timeout``, which inherits the lock's descriptor (LVM closes what it
 inherits: seen with strace), so the lock lasts as long as the command even
 when the agent is killed meanwhile.
 
+The pool need not hold it until the command's exit: lvcreate says the LV is created
+once its commit is done, then writes the VG's metadata backup (when LVM keeps
+one), then tears down (30-90 ms here, most of it in ``io_destroy``), which LVM
+itself does after releasing its own lock.  ``release_when_backed_up`` releases
+the lock there: at once when LVM writes no backup, else once the backup file
+is at the new seqno.  It releases the lock itself (``LOCK_UN`` on the open file
+description that ``timeout`` shares), so a killed agent's case is unchanged: its
+lock lasts until the command has committed and backed up, or has ended.
+
 It applies only where file locks are what protects the VG: ``use_lvmlockd=0``
 (lvmlockd's shared VGs are locked across hosts, not by these files) and
 ``locking_type=1``; ``VgLock.usable`` says so, read once from ``lvmconfig``.
@@ -39,7 +48,12 @@ from .lvm_names import check_vg_name
 
 #: LVM's defaults for the settings read (lvm2 2.03.16, ``lib/config/defaults.h``)
 DEFAULT_LOCKING_DIR = "/run/lock/lvm"
-_SETTINGS = ("global/locking_dir", "global/use_lvmlockd", "global/locking_type")
+_SETTINGS = ("global/locking_dir", "global/use_lvmlockd", "global/locking_type", "backup/backup", "backup/backup_dir")
+#: how often the VG's backup file is looked at while the lock waits for it
+BACKUP_POLL = 0.0005
+#: the VG's seqno in its backup file (lvm2's text format: the first ``seqno = N``, in the VG's section's head)
+_BACKUP_SEQNO = re.compile(rb"^\s*seqno = (\d+)\s*$", re.MULTILINE)
+_BACKUP_HEAD = 8192
 _LINE = re.compile(r'^(\w+)=(?:"(.*)"|(-?\d+))$')
 
 
@@ -55,6 +69,14 @@ def lock_settings(settings: LvmSettings) -> Dict[str, str]:
     return found
 
 
+class _Hold:
+    """One hold of the VG's lock: the lock file's path and the descriptor it is held on."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+
 class Busy(Exception):
     """Another of the agent's threads holds the VG's lock."""
 
@@ -68,7 +90,10 @@ class VgLock:
         self.settings = settings
         self._threads = threading.Lock()
         self._directory: Optional[str] = None
+        self._backup: Optional[str] = None
         self._usable: Optional[bool] = None
+        self._hold: Optional[_Hold] = None  # the current hold, until released
+        self._releasing = threading.Lock()
 
     @property
     def usable(self) -> bool:
@@ -77,6 +102,8 @@ class VgLock:
         if self._usable is None:
             found = lock_settings(self.settings)
             self._directory = found.get("locking_dir") or DEFAULT_LOCKING_DIR
+            if found.get("backup", "1") != "0":
+                self._backup = os.path.join(found.get("backup_dir") or "/etc/lvm/backup", self.vg)
             self._usable = found.get("use_lvmlockd", "0") == "0" and found.get("locking_type", "1") == "1"
         return self._usable
 
@@ -98,12 +125,57 @@ class VgLock:
                 fd = _lock(path, deadline)
             finally:
                 _release(path + ":aux", aux)
+            hold = self._hold = _Hold(path, fd)
             try:
                 yield fd
             finally:
-                _release(path, fd)
+                self._end(hold)
+                os.close(fd)
         finally:
             self._threads.release()
+
+    def _end(self, hold: "_Hold") -> None:
+        """End *hold* now if it is still the current one (its descriptor stays open: ``held`` closes it)."""
+        with self._releasing:
+            if self._hold is not hold:
+                return
+            self._hold = None
+            try:
+                if _same_file(hold.path, hold.fd):  # unlinked while still held (lvm-flock.c _undo_flock)
+                    os.unlink(hold.path)
+            finally:
+                fcntl.flock(hold.fd, fcntl.LOCK_UN)  # the open file description's lock: timeout's copy too
+
+    def backup_seqno(self) -> Optional[int]:
+        """The seqno of the VG's metadata backup as it is now (None: none, unreadable, or LVM keeps none)."""
+        if self._backup is None:
+            return None
+        try:
+            with open(self._backup, "rb") as backup:
+                found = _BACKUP_SEQNO.search(backup.read(_BACKUP_HEAD))
+        except FileNotFoundError:
+            return None
+        return int(found.group(1)) if found else None
+
+    def release_when_backed_up(self, fd: int, seqno: Optional[int]) -> None:
+        """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
+        LVM keeps no backup, else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it
+        under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway."""
+        hold = self._hold
+        if hold is None or hold.fd != fd or seqno is None:
+            return
+        if self._backup is None:
+            self._end(hold)
+            return
+
+        def wait() -> None:
+            while self._hold is hold:
+                found = self.backup_seqno()
+                if found is not None and found >= seqno:
+                    self._end(hold)
+                    return
+                time.sleep(BACKUP_POLL)
+        threading.Thread(target=wait, name=f"release {self.vg}", daemon=True).start()
 
 
 def _lock(path: str, deadline: float) -> int:

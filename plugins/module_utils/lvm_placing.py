@@ -9,21 +9,29 @@ the new LV in that command too).  A crash before lvcreate leaves zeroed free
 extents (harmless); after it, a complete LV whose ends are zero (active or
 not: a NodeStage activates it either way).
 
-Whenever that is not certain it places nothing and says so (None), before any
-change: LVM's configuration does not guard the VG with file locks (lvmlockd),
-another of the agent's creates holds the lock (queueing behind it would serialise
-whole lvcreate processes),
-the VG's seqno cannot be read or is not the map's once the lock is held
-(someone committed since the map was read), no free range fits, the range's
-PV is not one the pool knows, or a loop device already maps that offset of
-the PV (a stale one keeps its own cached pages: the pool then zeroes through
-it, as after any lvcreate it did not place).  A NoSpace from lvcreate (the
-metadata area full, say) also places nothing: the caller then runs the
-commands it ran before this existed.
+With loop activation the lock goes as soon as lvcreate has committed and LVM
+wrote its metadata backup (lvm_lock), not at the tool's exit; with
+device-mapper it lasts until the exit (LVM waits for udev under its lock).
+
+Whenever that is not certain it zeroes nothing before the commit: LVM's
+configuration does not guard the VG with file locks (lvmlockd), another of
+the agent's creates holds the lock (queueing behind it would serialise
+lvcreate processes from their start to their commit), the VG's seqno cannot
+be read or is not the map's once the lock is held (someone committed since the
+map was read: read again only by a create alone, once), no free range fits,
+the range's PV is not one the pool knows, or a loop device already maps that
+offset of the PV (a stale one keeps its own cached pages: the pool then zeroes
+through it, as after any lvcreate it did not place).  A NoSpace from lvcreate
+(the metadata area full, say) also places nothing: the caller then runs the
+commands it ran before this existed.  Asked for an LV whose ends it need not
+zero first (a creating record, zeroed after its commit), it then places it
+beside the lock holder: on the map as the pool knows it, under LVM's own
+locking (which refuses extents in use: NoSpace, nothing changed).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence
 
 from . import devices, losetup, lvm
@@ -31,6 +39,10 @@ from .errors import AlreadyExists, NoSpace
 from .lvm_extents import FreeExtents, placed_lv
 from .lvm_index import vg_seqno
 from .lvm_lock import Busy, VgLock
+from .lvm_report import PeRange
+
+#: told of the placer's commit: (the LV as lvs would report it, the seqno just ahead of the commit, the seqno after)
+Committed = Callable[[lvm.LogicalVolume, Optional[int], Optional[int]], None]
 
 
 class _Stale(Exception):
@@ -47,6 +59,8 @@ class Placer:
         self.lock = VgLock(vg, settings)
         self._pvs: Optional[List[lvm.PhysicalVolume]] = None
         self.free = FreeExtents(lambda: lvm.free_extents(vg, settings=settings), self.seqno)
+        self._creating = 0  # creates in progress (a stale map is read again only by a create alone)
+        self._counting = threading.Lock()
 
     def pvs(self) -> List[lvm.PhysicalVolume]:
         """The VG's PVs, read once (their data offsets never change; a PV added later makes them read again)."""
@@ -58,33 +72,58 @@ class Placer:
         return vg_seqno([pv.name for pv in self.pvs()], self.vg)
 
     def create(self, name: str, size: int, tags: Sequence[str], *, extent: int, zero_ends: bool, active: bool,
-               committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+               committed: Committed) -> Optional[lvm.LogicalVolume]:
         """Make LV *name* of *size* bytes carrying *tags* where the map says, its ends zeroed first if
         *zero_ends*; the LV as lvs would report it (*active*: LVM activates it, device-mapper), or None when it
         placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
-        the commit).
+        the commit); not *active*, the lock goes as soon as lvcreate has committed and LVM's backup is written
+        (lvm_lock), its exit left outside.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
             return None
+        with self._counting:
+            self._creating += 1
         try:
-            try:
-                return self._locked(name, size, tags, extent, zero_ends, active, committed)
-            except _Stale:  # read the map (never under the lock), then once more
-                self.free.refresh()
-            try:
-                return self._locked(name, size, tags, extent, zero_ends, active, committed)
-            except _Stale:
-                return None
-        except Busy:
-            # Another create of the agent holds it for the whole of its lvcreate; LVM's own locking, held only
-            # around each commit, lets this one run beside it (measured: a burst of 8 took twice as long queued).
+            for attempt in range(2):
+                try:
+                    return self._locked(name, size, tags, extent, zero_ends, active, committed)
+                except Busy:
+                    break
+                except _Stale:
+                    if attempt or self._creating > 1:
+                        break
+                    self.free.refresh()  # alone: read the map (never under the lock), then once more
+            # Another create of the agent holds the lock from its lvcreate's start to its commit, or commits
+            # beside (the map is not current): LVM's own locking, held only around each commit, lets this one run
+            # beside it (measured: a burst of 8 took twice as long queued).  Blank, it is placed the next time,
+            # its ends zeroed after the commit (loop activation: device-mapper keeps LVM's choice, as measured).
+            return None if zero_ends or active else self._beside(name, size, tags, extent, committed)
+        finally:
+            with self._counting:
+                self._creating -= 1
+
+    def _beside(self, name: str, size: int, tags: Sequence[str], extent: int,
+                committed: Committed) -> Optional[lvm.LogicalVolume]:
+        """create() while another of the agent's creates holds the lock: an lvcreate under LVM's own locking on
+        a range of the map as the pool knows it (LVM refuses one in use: NoSpace, nothing changed), so nothing
+        is read back; None when the map has none."""
+        place = self.free.take_known(-(-size // extent))
+        if place is None:
             return None
+        before = self.seqno()
+        if not self._lvcreate(name, size, tags, extent, place):
+            return None
+        made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
+        after = self.seqno()
+        self.free.committed(before, after=after)
+        committed(made, before, after)
+        return made
 
     def _locked(self, name: str, size: int, tags: Sequence[str], extent: int, zero_ends: bool, active: bool,
-                committed: Callable[[lvm.LogicalVolume, int, Optional[int]], None]) -> Optional[lvm.LogicalVolume]:
+                committed: Committed) -> Optional[lvm.LogicalVolume]:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
         names = [pv.name for pv in pvs]
@@ -104,20 +143,37 @@ class Placer:
                 return None
             if zero_ends:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
-            try:
-                lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                                  place=place, vg_lock=held, settings=self.settings)
-            except AlreadyExists:
-                self.free.give_back([place])
-                raise
-            except NoSpace:
-                self.free.forget()
-                return None
-            except BaseException:
-                self.free.forget()  # it may have committed: read the map again
-                raise
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
-            after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget what they know)
-            self.free.committed(before, after=after)
-            committed(made, before, after)
+            followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
+
+            def created() -> None:
+                """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
+                after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget)
+                self.free.committed(before, after=after)
+                committed(made, before, after)
+                followed.append(after)
+                if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
+                    self.lock.release_when_backed_up(held, after)
+            if not self._lvcreate(name, size, tags, extent, place, held, created):
+                return None
+            if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)
+                created()
         return made
+
+    def _lvcreate(self, name: str, size: int, tags: Sequence[str], extent: int, place: PeRange,
+                  vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None) -> bool:
+        """lvcreate on *place* (lvm.create_linear); False when LVM refused it (NoSpace: the map is forgotten).
+        AlreadyExists gives the range back to the map."""
+        try:
+            lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
+                              place=place, vg_lock=vg_lock, created=created, settings=self.settings)
+        except AlreadyExists:
+            self.free.give_back([place])
+            raise
+        except NoSpace:
+            self.free.forget()
+            return False
+        except BaseException:
+            self.free.forget()  # it may have committed: read the map again
+            raise
+        return True

@@ -7,13 +7,14 @@ output we parse is stable, and secrets redacted from anything logged or raised.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import select
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, cast
 
 from .errors import CommandFailed, InvalidRequest
 
@@ -72,6 +73,40 @@ def _redact(argv: Sequence[str], secrets: Iterable[str]) -> list:
     return out
 
 
+def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
+            on_line: Callable[[str], None]) -> Tuple[str, str]:
+    """``communicate`` that hands each stdout line to *on_line* as soon as it arrives (a small *stdin* only)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(stdin or "")
+        proc.stdin.close()
+    assert proc.stdout is not None and proc.stderr is not None
+    stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
+
+    def text(data: bytes) -> str:
+        return data.decode(stream.encoding, stream.errors or "strict").replace("\r\n", "\n").replace("\r", "\n")
+    out, err = proc.stdout.fileno(), proc.stderr.fileno()
+    read: Dict[int, bytes] = {out: b"", err: b""}
+    open_fds = [out, err]
+    told = 0  # how much of stdout went to on_line
+    while open_fds:
+        left = deadline - time.monotonic()
+        ready = select.select(open_fds, [], [], left)[0] if left > 0 else []
+        if not ready:
+            raise subprocess.TimeoutExpired(proc.args, deadline)
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.remove(fd)
+            read[fd] += chunk
+        end = read[out].rfind(b"\n") + 1
+        for line in text(read[out][told:end]).split("\n")[:-1]:
+            on_line(line + "\n")
+        told = max(told, end)
+    proc.wait(max(deadline - time.monotonic(), 0))
+    return text(read[out]), text(read[err])
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -82,10 +117,12 @@ def run(
     what: Optional[str] = None,
     stdin: Optional[str] = None,
     pass_fds: Sequence[int] = (),
+    on_line: Optional[Callable[[str], None]] = None,
 ) -> CommandResult:
     """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0.
 
-    *pass_fds*: descriptors the command inherits (every other one is closed in it)."""
+    *pass_fds*: descriptors the command inherits (every other one is closed in it).
+    *on_line*: called with each line of its stdout as soon as the tool writes it, while it still runs."""
     if isinstance(argv, str):
         raise TypeError("argv must be a list, never a shell string")
     secrets = list(secrets)
@@ -100,7 +137,10 @@ def run(
         with _Process(list(argv), stdin=None if stdin is None else subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True, env=full_env, pass_fds=tuple(pass_fds)) as proc:
             try:
-                stdout, stderr = proc.communicate(stdin, timeout=timeout)
+                if on_line is None:
+                    stdout, stderr = proc.communicate(stdin, timeout=timeout)
+                else:
+                    stdout, stderr = _follow(proc, stdin, started + timeout, on_line)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -10,6 +10,7 @@ change is made, the agent never learns it.  ``fired()`` says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,6 +69,11 @@ class TgtdSocketCrashPoint:
         return self.outcome
 
     def close(self) -> None:
+        """Stop serving: the accept wakes up (shutdown) and the thread ends before the listener's descriptor
+        is closed (else the blocked accept could wake on whatever socket reuses that number)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
         self._listener.close()
         os.unlink(f"{self.base}.{self.control_port}")
 
@@ -80,7 +86,7 @@ class TgtdSocketCrashPoint:
             with conn:
                 try:
                     self._relay(conn)
-                except (OSError, ConnectionError):
+                except (OSError, ConnectionError):  # the agent sees a closed connection
                     pass
 
     def _relay(self, conn: socket.socket) -> None:

@@ -7,6 +7,7 @@ and for real in the VM tier.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -370,8 +371,8 @@ def test_the_lock_lasts_while_its_command_runs_even_when_its_holder_is_killed(vg
 
 def test_concurrent_creates_each_get_blank_extents_of_their_own(vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Creates at once: one holds the VG lock (one commit), the others do not queue behind it and run the two
-    commits under LVM's own locking. Every volume is ready, on extents of its own, blank at both ends, though
-    every extent held old data."""
+    commits under LVM's own locking, placed on the map as the pool knows it. Every volume is ready, on extents
+    of its own, blank at both ends, though every extent held old data."""
     from basalt_core import lvm_command
     pool = pool_of(vg)
     old, _ = volumes.ensure_volume(pool, "old", 200 * MiB)
@@ -408,3 +409,45 @@ def test_concurrent_creates_each_get_blank_extents_of_their_own(vg: Any, monkeyp
     assert sorted(v.name for v in volumes.list_volumes(pool)) == sorted(f"burst-{i}" for i in range(6))
     # one lvcreate each (placed under the lock, or where LVM chose); a retag for each one made creating
     assert ran.count("lvcreate") + ran.count("timeout") == 6 and ran.count("lvcreate") <= ran.count("lvchange") <= 6
+
+
+def _running_children() -> List[str]:
+    """The names of this process's children that have not exited (zombies left out)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    names.append(stat.split("(", 1)[1].rsplit(")", 1)[0])
+    return names
+
+
+def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
+        vg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real lvcreate, LVM's metadata backup on: the pool's hold of the VG lock ends once the commit is on the PV
+    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown)."""
+    conf = Path(os.environ["LVM_SYSTEM_DIR"]) / "lvm.conf"
+    backups = tmp_path / "backup"
+    conf.write_text(conf.read_text().replace("backup = 0 archive = 0",
+                                             f'backup = 1 archive = 0 backup_dir = "{backups}"'))
+    pool = pool_of(vg)
+    seen: List[Any] = []
+    real_end = lvm_lock.VgLock._end
+
+    def end(self: lvm_lock.VgLock, hold: Any) -> None:
+        if self._hold is hold:
+            text = (backups / vg[0]).read_text()
+            backed_up = int(text.split("seqno = ", 1)[1].split()[0])
+            seen.append((_running_children(), backed_up, lvm_index.vg_seqno([vg[1]], vg[0])))
+        real_end(self, hold)
+    monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
+    volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
+    seen.clear()
+    for name in ("early-1", "early-2"):
+        volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
+        assert changed and volume.state == "ready"
+    assert len(seen) == 2  # one hold each: the map stays the VG's state
+    for running, backed_up, seqno in seen:
+        assert "timeout" in running, "the lock was held until lvcreate exited"
+        assert backed_up == seqno, "the lock went before LVM wrote the VG's backup"

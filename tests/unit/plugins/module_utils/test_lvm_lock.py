@@ -15,11 +15,13 @@ from basalt_core import lvm_lock
 from basalt_core.errors import CommandFailed, InvalidRequest
 from basalt_core.lvm_command import LvmSettings
 
-SETTINGS = ["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type"]
+SETTINGS = ["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+            "backup/backup", "backup/backup_dir"]
 
 
-def configured(script: Any, tmp_path: Path, lvmlockd: str = "0") -> lvm_lock.VgLock:
-    script([(SETTINGS, 0, f'locking_dir="{tmp_path}/lock"\nuse_lvmlockd={lvmlockd}\nlocking_type=1\n', "")])
+def configured(script: Any, tmp_path: Path, lvmlockd: str = "0", backup: str = "0") -> lvm_lock.VgLock:
+    script([(SETTINGS, 0, f'locking_dir="{tmp_path}/lock"\nuse_lvmlockd={lvmlockd}\nlocking_type=1\n'
+             f'backup={backup}\nbackup_dir="{tmp_path}/backup"\n', "")])
     return lvm_lock.VgLock("vg0", LvmSettings())
 
 
@@ -85,3 +87,31 @@ def test_with_lvmlockd_the_files_guard_nothing(script: Any, tmp_path: Path) -> N
     with pytest.raises(InvalidRequest):
         with lock.held():
             pass
+
+
+def test_a_hold_ends_early_once_its_command_committed_not_when_the_seqno_is_unknown(script: Any,
+                                                                                 tmp_path: Path) -> None:
+    """No backup kept: release_when_backed_up ends the hold at once (unlinked, unlocked on the description a
+    command's ``timeout`` shares: here a dup), though its descriptor stays open until the hold's end; with the
+    commit's seqno unknown it keeps the hold."""
+    lock = configured(script, tmp_path)
+    path = tmp_path / "lock" / "V_vg0"
+
+    def free() -> bool:
+        other = os.open(path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(other)
+    with lock.held() as fd:
+        kept = os.dup(fd)  # the command's copy
+        lock.release_when_backed_up(fd, None)
+        assert not free()
+        lock.release_when_backed_up(fd, 7)
+        assert not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino
+        assert free()
+        os.fstat(fd)  # still open
+    os.close(kept)

@@ -10,10 +10,13 @@ directory is the test's own.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import struct
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 from test_lvm_pool_scripted import RECORDED, VG, VGS, fixed_clock, flags, found, record_tags, retag, row_like
@@ -66,26 +69,35 @@ def pv(tmp_path: Path) -> FakePv:
     return FakePv(tmp_path / "pv", tmp_path / "lock")
 
 
-def install(script: Any, monkeypatch: pytest.MonkeyPatch, pv: FakePv, calls: List[Any]) -> Any:
+def install(script: Any, monkeypatch: pytest.MonkeyPatch, pv: FakePv, calls: List[Any],
+            after_output: Callable[[], None] = lambda: None) -> Any:
     """``script(calls)``, each successful commit moving the PV's seqno by one, as LVM does (and once more after
-    a command *pv.someone_commits_after* names: someone else's commit right then)."""
+    a command *pv.someone_commits_after* names: someone else's commit right then); then its stdout lines go to
+    the caller's *on_line* as the tool writes them, and *after_output* runs (the tool has not exited yet)."""
     runner = script(calls)
 
-    def run(argv: Any, **kwargs: Any) -> Any:
+    def run(argv: Any, on_line: Optional[Callable[[str], None]] = None, **kwargs: Any) -> Any:
         result = runner(argv, **kwargs)
         if result.rc == 0 and any(tool in argv for tool in COMMITS):
             pv.write_seqno(pv.seqno + 1)
         if pv.someone_commits_after and pv.someone_commits_after[0] in argv:
             pv.someone_commits_after.pop(0)
             pv.write_seqno(pv.seqno + 1)
+        if on_line is not None:
+            for line in result.stdout.splitlines(keepends=True):
+                on_line(line)
+            after_output()
         return result
     monkeypatch.setattr(lvm_command, "run", run)
     return runner
 
 
-def lock_settings(pv: FakePv) -> Any:
-    return (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type"],
-            0, f'locking_dir="{pv.lock_dir}"\nuse_lvmlockd=0\nlocking_type=1\n', "")
+def lock_settings(pv: FakePv, backup_dir: str = "") -> Any:
+    """LVM's locking settings: file locks guard the VG; a metadata backup in *backup_dir* (none without)."""
+    return (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+             "backup/backup", "backup/backup_dir"], 0,
+            f'locking_dir="{pv.lock_dir}"\nuse_lvmlockd=0\nlocking_type=1\nbackup={int(bool(backup_dir))}\n'
+            f'backup_dir="{backup_dir or "/etc/lvm/backup"}"\n', "")
 
 
 def pvs_segments(pv: str, *segments: Any) -> Any:
@@ -105,13 +117,18 @@ def pvs_layout(pv: str) -> Any:
             json.dumps({"report": [{"pv": [row]}]}), "")
 
 
-def create(name: str, tags: List[str], place: str = "", rc: int = 0, stderr: str = "") -> Any:
-    """lvcreate of an 8 MiB LV: placed (under the pool's lock: --nolocking, kept alive by timeout) or not."""
+def create(name: str, tags: List[str], place: str = "", rc: int = 0, stderr: str = "", locked: bool = True) -> Any:
+    """lvcreate of an 8 MiB LV: placed (under the pool's lock: --nolocking, kept alive by timeout; or not
+    *locked*: under LVM's own locking) or where LVM chooses; what it prints on success."""
     args = ["--yes", "--name", name, "--size", f"{8 * MiB}b", "--alloc", "contiguous", "--zero", "n",
             "--wipesignatures", "n", *flags("--addtag", tags), VG]
-    argv = ["timeout", "--signal=KILL", "120", "lvcreate", "--nolocking", *args, place] if place else [
-        "lvcreate", *args]
-    return (argv, rc, "", stderr)
+    if not place:
+        argv = ["lvcreate", *args]
+    elif locked:
+        argv = ["timeout", "--signal=KILL", "120", "lvcreate", "--nolocking", *args, place]
+    else:
+        argv = ["lvcreate", *args, place]
+    return (argv, rc, "" if rc else f'  Logical volume "{name}" created.\n', stderr)
 
 
 def loop_row(name: str, tags: List[str], pv: str, first: int) -> Dict[str, str]:
@@ -246,8 +263,8 @@ def test_with_lvmlockd_nothing_is_placed(script: Any, pv: FakePv, monkeypatch: p
 
 def test_while_another_create_holds_the_lock_lvm_places(script: Any, pv: FakePv,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another of the agent's creates holds the VG lock (for the whole of its lvcreate): this one does not queue
-    behind it but runs the two commits, under LVM's own locking, which lets both run at once."""
+    """Another of the agent's creates holds the VG lock and the pool knows no map yet: this one does not queue
+    behind it but runs the two commits where LVM chooses, under LVM's own locking, which lets both run at once."""
     pool = loop_pool()
     path = str(pv.path)
     volume, creating, ready = records(pool, "pvc-1")
@@ -264,3 +281,105 @@ def test_while_another_create_holds_the_lock_lvm_places(script: Any, pv: FakePv,
     finally:
         pool._placer.lock._threads.release()
     assert blank_ends(pv.extent(0) + pv.extent(1))
+
+
+def lock_free(pv: FakePv) -> bool:
+    """Whether someone else (LVM) could take the VG's lock now."""
+    path = pv.lock_dir / f"V_{VG}"
+    existed = path.exists()
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        if not existed:
+            path.unlink()
+        os.close(fd)
+
+
+def test_the_lock_goes_once_lvcreate_says_created_not_at_its_exit(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LVM keeps no backup: the pool lets the lock go as soon as lvcreate prints that it created the LV (its
+    commit is done), while the tool still runs its teardown; the pool's map and index followed the commit
+    first (the next create reads nothing)."""
+    pool = loop_pool()
+    path = str(pv.path)
+    ready1, ready2 = records(pool, "pvc-1")[2], records(pool, "pvc-2")[2]
+    one, two = lv_name(volume_id_for("pvc-1")), lv_name(volume_id_for("pvc-2"))
+    free_before_exit: List[bool] = []
+    install(script, monkeypatch, pv, [
+        VGS, lock_settings(pv), pvs_layout(path), pvs_segments(path, (0, 8, "")),
+        create(one, ready1, f"{path}:0-1"),
+        create(two, ready2, f"{path}:2-3"),
+    ], after_output=lambda: free_before_exit.append(lock_free(pv)))
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
+    assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
+    assert free_before_exit == [True, True]
+
+
+def test_with_backups_the_lock_goes_once_the_vg_backup_is_at_the_new_seqno(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """LVM keeps a metadata backup (backup/backup=1): it writes it after printing "created", under the lock it
+    believes it holds, so the pool lets the lock go only once the VG's backup file is at the seqno of that
+    commit (a backup file replaced at an older one, as LVM repairs a stale backup when it reads, is not it)."""
+    pool = loop_pool()
+    path = str(pv.path)
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    ready = records(pool, "pvc-1")[2]
+    name = lv_name(volume_id_for("pvc-1"))
+    seen: List[bool] = []
+
+    def backup(seqno: int) -> None:  # as LVM writes it: a new file renamed over the old one
+        (backups / f"{VG}.tmp").write_text(f'# Generated by LVM2\ncontents = "Text Format Volume Group"\n\n'
+                                           f'{VG} {{\n\tid = "x"\n\tseqno = {seqno}\n')
+        os.rename(backups / f"{VG}.tmp", backups / VG)
+
+    def backed_up() -> None:
+        seen.append(lock_free(pv))  # created, no backup yet: still held
+        backup(pv.seqno - 1)
+        time.sleep(0.05)
+        seen.append(lock_free(pv))  # the backup of the seqno before: still held
+        backup(pv.seqno)
+        deadline = time.monotonic() + 10
+        while not lock_free(pv) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append(lock_free(pv))
+    install(script, monkeypatch, pv, [
+        VGS, lock_settings(pv, str(backups)), pvs_layout(path), pvs_segments(path, (0, 8, "")),
+        create(name, ready, f"{path}:0-1"),
+    ], after_output=backed_up)
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
+    assert seen == [False, False, True]
+
+
+def test_beside_a_create_holding_the_lock_a_create_places_on_the_known_map(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another of the agent's creates holds the VG lock: this one does not queue behind it but places its LV
+    on the map as the pool knows it, under LVM's own locking (LVM refuses extents in use), as a creating
+    record; its ends are zeroed where the pool put it (nothing read back), then it is ready. Its commit the only
+    one meanwhile, the map stays the VG's state: the next create, under the lock, reads nothing."""
+    pool = loop_pool()
+    path = str(pv.path)
+    ready1 = records(pool, "pvc-1")[2]
+    _, creating2, ready2 = records(pool, "pvc-2")
+    ready3 = records(pool, "pvc-3")[2]
+    one, two, three = (lv_name(volume_id_for(f"pvc-{i}")) for i in (1, 2, 3))
+    install(script, monkeypatch, pv, [
+        VGS, lock_settings(pv), pvs_layout(path), pvs_segments(path, (0, 8, "")),
+        create(one, ready1, f"{path}:0-1"),
+        create(two, creating2, f"{path}:2-3", locked=False),
+        VGS, pvs_layout(path),  # the loop activation's layout: the ends zeroed where the LV lies
+        retag(two, creating2, ready2),
+        create(three, ready3, f"{path}:4-5"),
+    ])
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[1]
+    assert pool._placer.lock._threads.acquire(blocking=False)
+    try:
+        assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
+    finally:
+        pool._placer.lock._threads.release()
+    assert blank_ends(pv.extent(2) + pv.extent(3))
+    assert volumes.ensure_volume(pool, "pvc-3", 8 * MiB)[0].state == READY

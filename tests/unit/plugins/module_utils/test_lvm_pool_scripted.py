@@ -77,8 +77,10 @@ def _pvs() -> Any:
 
 PVS = _pvs()  # read once per pool object, by the first seqno read
 #: LVM's locking settings with lvmlockd: the VG is not guarded by file locks, so the pool places nothing
-LVMLOCKD = (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type"],
-            0, 'locking_dir="/run/lock/lvm"\nuse_lvmlockd=1\nlocking_type=1\n', "")
+LVMLOCKD = (["lvmconfig", "--typeconfig", "full", "global/locking_dir", "global/use_lvmlockd", "global/locking_type",
+             "backup/backup", "backup/backup_dir"],
+            0, 'locking_dir="/run/lock/lvm"\nuse_lvmlockd=1\nlocking_type=1\nbackup=1\n'
+            'backup_dir="/etc/lvm/backup"\n', "")
 
 
 def missing(name: str) -> Any:

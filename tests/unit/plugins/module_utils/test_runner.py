@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -56,6 +58,24 @@ def test_input_output_and_exit_status_as_subprocess_gives_them() -> None:
     result = run(["sh", "-c", "cat; printf 'a\\r\\nb' >&2; exit 4"], stdin="x\ny", check=False)
     assert (result.rc, result.stdout, result.stderr) == (4, "x\ny", "a\nb")  # text mode: newlines translated
     assert run(["sh", "-c", "kill -9 $$"], check=False).rc == -9
+
+
+def test_each_stdout_line_is_handed_over_while_the_tool_still_runs(tmp_path: Path) -> None:
+    """*on_line* gets each line as the tool writes it: here the tool goes on only once the caller has seen its
+    first line; the result is what it would be without *on_line* (newlines translated, stderr kept)."""
+    seen = tmp_path / "seen"
+    lines: List[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        seen.touch()
+    script = f"printf 'a\\r\\n'; printf oops >&2; i=0; while [ ! -e {seen} ] && [ $i -lt 500 ]; do " \
+             f"sleep 0.01; i=$((i+1)); done; [ -e {seen} ] && printf 'b\\nc'; exit 4"
+    result = run(["sh", "-c", script], check=False, on_line=on_line)
+    assert (result.rc, result.stdout, result.stderr) == (4, "a\nb\nc", "oops")
+    assert lines == ["a\n", "b\n"]  # (the last one, unfinished, only in the result)
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.3s"):
+        run(["sh", "-c", "echo a; exec sleep 5"], timeout=0.3, on_line=lines.append)
 
 
 def test_secrets_never_appear_in_errors() -> None:

@@ -2,7 +2,8 @@
 
 The recordings come from tests/iscsi/record_tgt.py (a private tgtd, a
 libiscsi session held open while ``--op show`` ran).  The same behaviour is
-exercised for real by tests/iscsi/test_tgt_real.py.
+exercised for real by tests/iscsi/test_tgt_real.py.  Every test runs twice (``tgt_transport``, autouse, from
+tgt_wire.py): through tgtadm's argv, and over tgtd's socket with each request's bytes read back as that argv.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, List
 
 import pytest
 from tgt_testlib import CHAP_A, NODE_A, NODE_B, RO, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
-from tgt_wire import tgt_transport  # noqa: F401  (autouse: every test over tgtadm and over the socket)
+from tgt_wire import tgt_transport  # noqa: F401  # pylint: disable=unused-import
 
 from basalt_core import tgt, tgt_config, tgt_show
 from basalt_core.errors import CommandFailed, Conflict, InUse, InvalidRequest, NotFound, Precondition

@@ -1,7 +1,8 @@
 """ControllerPublish / ControllerUnpublish on tgt through basalt_core.exports: what runs beside what.
 
 The volume's device attaches while tgtd is listed and the target made; the publication record is
-forgotten while tgtd is listed, and before any change.  Scripted tgtadm (tgt_testlib), a stand-in pool.
+forgotten while tgtd is listed, and before any change.  Scripted tgtadm (tgt_testlib), a stand-in pool;
+every test runs twice (``tgt_transport`` from tgt_wire.py, autouse): through tgtadm and over tgtd's socket.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, List, Optional, cast
 
 import pytest
 from tgt_testlib import CHAP_A, NODE_A, RW, SHOW, SHOW_T, C, Call, made_export, ok, old_record, saved
-from tgt_wire import tgt_transport  # noqa: F401  (autouse: every test over tgtadm and over the socket)
+from tgt_wire import tgt_transport  # noqa: F401  # pylint: disable=unused-import
 
 from basalt_core import exports, tgt, tgt_config
 from basalt_core.errors import CommandFailed

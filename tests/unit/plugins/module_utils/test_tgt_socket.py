@@ -39,7 +39,7 @@ class FakeTgtd:
     def serve(self) -> None:
         silent = []
         while self.answers:
-            conn, _ = self.listener.accept()
+            conn = self.listener.accept()[0]
             self.requests.append(conn.recv(65536))
             answer = self.answers.pop(0)
             if answer is None:

@@ -73,11 +73,11 @@ def as_argv(wire: Wire, control_port: Optional[int]) -> List[str]:
     argv += ["--lun", str(wire.lun)] if wire.lun != NO_LUN else []
     text, ops = wire.params, None
     if "targetOps " in text:
-        text, _, ops = text.partition("targetOps ")
+        text, ops = text.split("targetOps ", 1)
         assert ops.endswith(","), ops
         text = text.rstrip(",")
     given = dict(piece.split("=", 1) for piece in text.split(",")) if text else {}
-    assert list(given) == [key for key, _ in _PIECES if key in given], f"not tgtadm's order: {wire.params!r}"
+    assert list(given) == [piece[0] for piece in _PIECES if piece[0] in given], f"not tgtadm's order: {wire.params!r}"
     for key, option in _PIECES[:2]:
         argv += [option, given[key]] if key in given else []
     argv += ["--params", ops[:-1]] if ops is not None else []
