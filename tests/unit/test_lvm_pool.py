@@ -256,6 +256,33 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
 
 
+def test_listings_come_from_the_index_while_the_pool_is_the_only_writer(vg: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListVolumes, GetCapacity, the metrics and the clean-up list all of the pool's LVs: once the index holds
+    them, each listing reads LVM again only after someone else's commit (an lvs is 2 s at 10,000 LVs)."""
+    from basalt_core import lvm_command
+    ran = []
+    real = lvm_command.run
+
+    def counting(argv: Any, **kwargs: Any) -> Any:
+        ran.append(argv[0])
+        return real(argv, **kwargs)
+    pool = pool_of(vg)
+    made = [volumes.ensure_volume(pool, name, 4 * MiB)[0] for name in ("one", "two")]
+    listed = pool.all_volumes()
+    assert pool.attached_device(made[0]) is None  # (the loop activation reads the PVs' offsets once)
+    monkeypatch.setattr(lvm_command, "run", counting)
+    assert pool.all_volumes() == listed and ran == []
+    assert pool.volume_ids() == sorted(v.id for v in made) and pool.provisioned_bytes() == 8 * MiB and ran == []
+    volumes.delete_volume(pool, made[0].id)
+    assert [v.name for v in volumes.list_volumes(pool)] == ["two"] and ran == ["lvremove"]
+    subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(made[1].id)}"], check=True,
+                   capture_output=True)
+    del ran[:]
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # someone else committed
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # and the index holds it again
+
+
 def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(
         vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """CreateVolume (loop activation): under LVM's VG lock, the ends of the extents the pool chose are zeroed on
