@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -445,6 +445,8 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         real_end(self, hold)
     monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
     volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
+    base = lvm_index.vg_seqno([vg[1]], vg[0])
+    assert base is not None
     seen.clear()
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -454,7 +456,11 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
-    assert len(seen) == 2  # one hold each: the map stays the VG's state
-    for running, backed_up, seqno in seen:
+    first: Dict[Any, Any] = {}  # the first release at each seqno: the one after the commit that made it
+    for running, backed_up, seqno in seen:  # (a hold that found the map stale releases at the seqno it found)
+        first.setdefault(seqno, (running, backed_up))
+    assert sorted(seqno for seqno in first if seqno != base) == [base + 1, base + 2]  # one commit each
+    for seqno in (base + 1, base + 2):
+        running, backed_up = first[seqno]
         assert "timeout" in running, "the lock was held until lvcreate exited"
         assert backed_up == seqno, "the lock went before LVM wrote the VG's backup"
