@@ -135,7 +135,7 @@ def test_a_crash_between_a_change_and_its_save_is_saved_by_the_retry(rts: Simple
 
 
 def test_a_failed_save_is_tried_again_by_the_next(rts: SimpleNamespace, saved: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     backend = _backend(rts, saved)
     backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
     real_write = lio_config.write
