@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -255,6 +256,33 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
 
 
+def test_listings_come_from_the_index_while_the_pool_is_the_only_writer(vg: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListVolumes, GetCapacity, the metrics and the clean-up list all of the pool's LVs: once the index holds
+    them, each listing reads LVM again only after someone else's commit (an lvs is 2 s at 10,000 LVs)."""
+    from basalt_core import lvm_command
+    ran = []
+    real = lvm_command.run
+
+    def counting(argv: Any, **kwargs: Any) -> Any:
+        ran.append(argv[0])
+        return real(argv, **kwargs)
+    pool = pool_of(vg)
+    made = [volumes.ensure_volume(pool, name, 4 * MiB)[0] for name in ("one", "two")]
+    listed = pool.all_volumes()
+    assert pool.attached_device(made[0]) is None  # (the loop activation reads the PVs' offsets once)
+    monkeypatch.setattr(lvm_command, "run", counting)
+    assert pool.all_volumes() == listed and ran == []
+    assert pool.volume_ids() == sorted(v.id for v in made) and pool.provisioned_bytes() == 8 * MiB and ran == []
+    volumes.delete_volume(pool, made[0].id)
+    assert [v.name for v in volumes.list_volumes(pool)] == ["two"] and ran == ["lvremove"]
+    subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(made[1].id)}"], check=True,
+                   capture_output=True)
+    del ran[:]
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # someone else committed
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # and the index holds it again
+
+
 def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(
         vg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """CreateVolume (loop activation): under LVM's VG lock, the ends of the extents the pool chose are zeroed on
@@ -399,7 +427,8 @@ def _running_children() -> List[str]:
 def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         vg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real lvcreate, LVM's metadata backup on: the pool's hold of the VG lock ends once the commit is on the PV
-    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown)."""
+    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown; here
+    made 1 s longer, so that a loaded host cannot let it end first)."""
     conf = Path(os.environ["LVM_SYSTEM_DIR"]) / "lvm.conf"
     backups = tmp_path / "backup"
     conf.write_text(conf.read_text().replace("backup = 0 archive = 0",
@@ -417,6 +446,11 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
     monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
     volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
     seen.clear()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "lvcreate").write_text(f'#!/bin/sh\n{shutil.which("lvcreate")} "$@"\nrc=$?\nsleep 1\nexit $rc\n')
+    (tools / "lvcreate").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
