@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
 from .errors import CommandFailed, InvalidRequest
@@ -86,7 +86,7 @@ class TgtRequest:
     initiator_address: Optional[str] = None
     initiator_name: Optional[str] = None
     user: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)  # a CHAP secret
     outgoing: bool = False
 
     def argv(self, *, redacted: bool = False) -> List[str]:

@@ -104,6 +104,7 @@ def test_the_secret_stays_out_of_errors_and_logs(base: str, caplog: pytest.LogCa
     client = TgtdSocket(PORT, 5)
     request = Req("account", "new", user="node-a", password=SECRET)
     assert request.argv(redacted=True)[-2:] == ["--password", "********"] and request.secrets() == (SECRET,)
+    assert SECRET not in repr(request)
     with caplog.at_level(logging.DEBUG, logger="basalt_core.tgt_socket"):
         client.request(request, "create CHAP user node-a")
         with pytest.raises(TgtdRefused) as failure:
