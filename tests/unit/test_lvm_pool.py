@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -426,7 +427,8 @@ def _running_children() -> List[str]:
 def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         vg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real lvcreate, LVM's metadata backup on: the pool's hold of the VG lock ends once the commit is on the PV
-    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown)."""
+    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown; here
+    made 1 s longer, so that a loaded host cannot let it end first)."""
     conf = Path(os.environ["LVM_SYSTEM_DIR"]) / "lvm.conf"
     backups = tmp_path / "backup"
     conf.write_text(conf.read_text().replace("backup = 0 archive = 0",
@@ -444,6 +446,11 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
     monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
     volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
     seen.clear()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "lvcreate").write_text(f'#!/bin/sh\n{shutil.which("lvcreate")} "$@"\nrc=$?\nsleep 1\nexit $rc\n')
+    (tools / "lvcreate").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
