@@ -144,6 +144,13 @@ class LvmPool(Pool):
                 seen[made.name] = made
 
     def _lvs(self) -> List[lvm.LogicalVolume]:
+        """The pool's own LVs: from the index while nobody else committed (ListVolumes, GetCapacity, the metrics
+        and the clean-up would each list the whole VG again, 2 s per lvs at 10,000 LVs), else with lvs."""
+        known = self._index.listing()
+        if known is not None:
+            current = [self.activator.current(found) for found in known]  # (dm: activation is no commit)
+            if None not in current:
+                return [found for found in current if found is not None]
         before = self._seqno()
         found = lvm.logical_volumes(self.vg, lvm.MANAGED_TAG, settings=self.settings)
         if before is not None:
