@@ -26,9 +26,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import platform
+import re
+import secrets
 import signal
+import string
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -49,6 +54,8 @@ else:  # the bench directory is not a package: found through sys.path
 from basalt_agent.proto import csi_pb2
 from basalt_core import lvm
 from basalt_core.errors import StorageError
+from basalt_core.lvm_pool import LvmPool, lv_name
+from basalt_core.model import READY, Volume, volume_id_for
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -60,6 +67,7 @@ DEFAULT_ROUNDS = 20
 DEFAULT_CURVE = "10,100,1000"
 DEFAULT_CURVE_SAMPLES = 10
 DEFAULT_FILL_BUDGET = 900.0  # seconds of filling, in all, before the curve stops growing
+FREE_EXTENTS = 256  # --fast-fill leaves at least these for the measured volumes (16 extents each)
 THIN_POOL = "thinpool"
 THIN_POOL_SIZE = "4g"
 
@@ -348,6 +356,124 @@ def bench_curve(agent: LvmAgent, profiler: cp.Profiler, private: PrivateLvm, vg:
                   "fill_error": fill.error}
 
 
+# -- benchmark 2 with --fast-fill: the VG's metadata written with N Basalt volumes in one commit ------------
+
+def _lvm_uuid() -> str:
+    """An LV id as LVM writes them: 32 letters and digits in groups of 6-4-4-4-4-4-6."""
+    text = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+    groups, at = [], 0
+    for width in (6, 4, 4, 4, 4, 4, 6):
+        groups.append(text[at:at + width])
+        at += width
+    return "-".join(groups)
+
+
+def fill_lv_section(index: int, extent: int, created: int) -> str:
+    """The metadata of fill volume *index*, as the agent's CreateVolume of a blank FILL_SIZE volume leaves it:
+    the record's tags built by the pool itself (LvmPool._record_tags), one extent at *extent* of pv0."""
+    name = f"bench-fill-{index:05d}"
+    volume = Volume(id=volume_id_for(name), name=name, size=FILL_SIZE, pool="lvm", state=READY)
+    tags = ", ".join(f'"{lvm.check_tag(tag)}"' for tag in LvmPool._record_tags("volume", volume))
+    return (f"\t\t{lv_name(volume.id)} {{\n"
+            f'\t\t\tid = "{_lvm_uuid()}"\n'
+            '\t\t\tstatus = ["READ", "WRITE", "VISIBLE"]\n'
+            "\t\t\tflags = []\n"
+            f"\t\t\ttags = [{tags}]\n"
+            f"\t\t\tcreation_time = {created}\n"
+            f'\t\t\tcreation_host = "{platform.node()}"\n'
+            '\t\t\tallocation_policy = "contiguous"\n'
+            "\t\t\tsegment_count = 1\n\n"
+            "\t\t\tsegment1 {\n"
+            "\t\t\t\tstart_extent = 0\n"
+            f"\t\t\t\textent_count = {FILL_SIZE // (4 * MiB)}\n\n"
+            '\t\t\t\ttype = "striped"\n'
+            "\t\t\t\tstripe_count = 1\n\n"
+            "\t\t\t\tstripes = [\n"
+            f'\t\t\t\t\t"pv0", {extent}\n'
+            "\t\t\t\t]\n"
+            "\t\t\t}\n"
+            "\t\t}\n\n")
+
+
+def metadata_fill(private: PrivateLvm, workspace: LvmWorkspace, vg: str, start: int, count: int) -> float:
+    """Add fill volumes *start* .. *start+count-1* to *vg* in one commit: ``vgcfgbackup -f``, their LV sections
+    appended, ``vgcfgrestore -f`` (the private config's LVM). Volume i takes the extent ``pe_count - 1 - i`` of
+    the VG's one PV, from its end down, so the measured creates keep the low extents (FREE_EXTENTS at least).
+    No agent may run on *vg* meanwhile (it would hold a stale index): the caller restarts it. Returns the
+    seconds it took."""
+    began = bl.now()
+    path = workspace.path(f"fill-{vg}.vg")
+    private.run("lvm", "vgcfgbackup", "-f", path, vg)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    extent_mib = int(re.search(r"\bextent_size = (\d+)", text).group(1)) * 512 // MiB  # type: ignore[union-attr]
+    if extent_mib * MiB != FILL_SIZE:
+        raise bl.BenchError(f"{vg}: extents of {extent_mib} MiB, the fill assumes one extent per volume")
+    pe_count = int(re.search(r"\bpe_count = (\d+)", text).group(1))  # type: ignore[union-attr]
+    if start + count > pe_count - FREE_EXTENTS:
+        raise bl.BenchError(f"{vg}: {start + count} fill volumes would leave fewer than {FREE_EXTENTS} of its "
+                            f"{pe_count} extents free for the measured volumes")
+    created = int(time.time())
+    sections = "".join(fill_lv_section(i, pe_count - 1 - i, created) for i in range(start, start + count))
+    if "\tlogical_volumes {\n" in text:
+        text = text.replace("\tlogical_volumes {\n", "\tlogical_volumes {\n\n" + sections, 1)
+    else:  # the VG's closing brace is the last one in the file
+        end = text.rstrip().rfind("}")
+        text = text[:end] + "\tlogical_volumes {\n\n" + sections + "\t}\n" + text[end:]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    private.run("lvm", "vgcfgrestore", "-f", path, vg)
+    os.unlink(path)
+    return bl.now() - began
+
+
+def listed_volumes(agent: bl.Agent) -> int:
+    """How many volumes the agent's ListVolumes answers, over all its pages."""
+    count, token = 0, ""
+    while True:
+        page = agent.controller.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=1000, starting_token=token),
+                                            timeout=bl.RPC_TIMEOUT)
+        count += len(page.entries)
+        token = page.next_token
+        if not token:
+            return count
+
+
+def bench_curve_fast(agent: LvmAgent, profiler: cp.Profiler, workspace: LvmWorkspace, private: PrivateLvm,
+                     vg: str, levels: Sequence[int], samples: int) -> Tuple[List[bl.Row], Dict[str, Any]]:
+    """The curve with each level written into the metadata (:func:`metadata_fill`), into the bare side's VG
+    too (--bare-vg), so that the bare lvcreate/lvremove meet the same number of LVs. The agent is stopped for
+    each fill and started again on the filled VG (its start-up to the first Probe is reported)."""
+    rows: List[bl.Row] = []
+    facts: Dict[str, Any] = {"levels": list(levels), "fill": [], "restart": []}
+    filled = 0
+    bare_vg = workspace.bare_vg or vg
+    for level in levels:
+        agent.stop()
+        took = {"level": level, "agent_vg_s": metadata_fill(private, workspace, vg, filled, level - filled)}
+        if workspace.bare_vg:
+            took["bare_vg_s"] = metadata_fill(private, workspace, workspace.bare_vg, filled, level - filled)
+        filled = level
+        facts["fill"].append(took)
+        mark = agent.log_mark()
+        started = agent.start()
+        commands = agent.commands_since(mark)  # up to the first answered Probe (and what runs beside it)
+        listing = bl.now()
+        seen = listed_volumes(agent)
+        if seen != level:
+            raise bl.BenchError(f"the agent lists {seen} volumes after {level} were written into {vg}'s metadata")
+        facts["restart"].append({"level": level, "first_probe_s": started, "list_volumes_s": bl.now() - listing,
+                                 "commands": [{"argv": c.argv, "ms": c.seconds * 1000} for c in commands]})
+        print(f"[2] {level} Basalt volumes written into the metadata ({took['agent_vg_s']:.1f} s); agent "
+              f"restarted: {started * 1000:.0f} ms to the first Probe, ListVolumes of all "
+              f"{facts['restart'][-1]['list_volumes_s']:.1f} s; {samples} CreateVolume+DeleteVolume vs "
+              f"lvcreate+lvremove", flush=True)
+        volume = create_volume(agent, f"bench-warmup-{level}", VOLUME_SIZE)  # untimed: the first after start
+        bl.delete_volume(agent, volume.volume_id)
+        rows += bench_create_delete(agent, profiler, private, bare_vg, samples, level, f"2 curve @ {level} volumes")
+    return rows, facts
+
+
 # -- benchmark 3: stage + publish + unpublish + unstage -------------------------------------
 
 RAW_STEPS = {
@@ -447,6 +573,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"CreateVolume+DeleteVolume pairs per fill level (default {DEFAULT_CURVE_SAMPLES})")
     parser.add_argument("--fill-budget", type=float, default=DEFAULT_FILL_BUDGET,
                         help=f"seconds of filling before the curve stops growing (default {DEFAULT_FILL_BUDGET:.0f})")
+    parser.add_argument("--fast-fill", action="store_true",
+                        help="benchmark 2: write each level's volumes into the VG's metadata in one commit "
+                        "(vgcfgbackup, their LV sections with Basalt's record tags, vgcfgrestore) instead of "
+                        "CreateVolume, into the bare side's VG too with --bare-vg, and restart the agent at each "
+                        "level: 10,000 volumes in minutes, not hours (--fill-budget does not apply)")
     parser.add_argument("--metadatasize", default=DEFAULT_METADATA_SIZE,
                         help=f"pvcreate --metadatasize (default {DEFAULT_METADATA_SIZE}; 'default' = LVM's own)")
     parser.add_argument("--skip", default="", help="comma list of benchmarks to skip: 1,2,3")
@@ -512,7 +643,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "3" not in skip:
             print(f"[3] NodeStage..NodeUnstage ({kind.label}) vs bare commands, {args.rounds} rounds", flush=True)
             rows += bench_node(agent, profiler, workspace, private, vg, args.rounds, workspace.bare_vg)
-        if "2" not in skip and levels:
+        if "2" not in skip and levels and args.fast_fill:
+            print(f"[2] curve at {levels} Basalt volumes ({FILL_SIZE // MiB} MiB each), written into the metadata",
+                  flush=True)
+            curve_rows, report["curve_fast"] = bench_curve_fast(agent, profiler, workspace, private, vg, levels,
+                                                                args.curve_samples)
+            rows += curve_rows
+            for restart in report["curve_fast"]["restart"]:
+                print(f"agent start-up with {restart['level']} volumes: {restart['first_probe_s'] * 1000:.0f} ms "
+                      f"to the first Probe ({len(restart['commands'])} commands before it answered)")
+        elif "2" not in skip and levels:
             print(f"[2] curve at {levels} Basalt volumes ({FILL_SIZE // MiB} MiB each), fill budget "
                   f"{args.fill_budget:.0f} s", flush=True)
             curve_rows, report["curve"] = bench_curve(agent, profiler, private, vg, levels, args.curve_samples,

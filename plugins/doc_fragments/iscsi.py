@@ -51,7 +51,8 @@ options:
     default: iqn.2026-11.dev.basalt
   tgt_control_port:
     description:
-      - The control port (C(-C)) of a private C(tgtd); the system daemon when not set.
+      - The control port (C(-C)) of a private C(tgtd); the system daemon when not set. Requests go to that
+        C(tgtd)'s management socket (C(/var/run/tgtd/socket.N)).
     type: int
   tgt_conf:
     description:
@@ -73,6 +74,7 @@ options:
         restores (Debian C(/etc/rtslib-fb-target/saveconfig.json)).
     type: path
 requirements:
-  - tgt (C(tgtadm)) for O(backend=tgt)
+  - tgt (C(tgtd), and C(tgtadm), which tells the release and runs where its socket layout is not known) for
+    O(backend=tgt)
   - rtslib-fb, configfs and the kernel's target modules for O(backend=lio)
 """

@@ -18,7 +18,6 @@ import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .atomicfile import write_atomic
-from .iscsi_target import Chap
 
 Entry = Dict[str, Any]
 #: An export's two entries: its storage object and its target.
@@ -35,14 +34,13 @@ def storage_object_entry(name: str, device: str, serial: str, read_only: bool) -
             "write_back": False}
 
 
-def acl_entry(initiator_iqn: str, chap: Optional[Chap], lun: int, write_protect: Optional[bool]) -> Entry:
-    """One node's ACL; *write_protect* None: it has no mapped LUN (yet)."""
+def acl_entry(initiator_iqn: str, credentials: Dict[str, str], lun: int, write_protect: Optional[bool]) -> Entry:
+    """One node's ACL: *credentials* as LIO holds them (``chap_userid``, ``chap_password``,
+    ``chap_mutual_userid``, ``chap_mutual_password``; as rtslib's dump, only those set); *write_protect*
+    None: it has no mapped LUN (yet)."""
     mapped = [] if write_protect is None else [{"index": lun, "tpg_lun": lun, "write_protect": write_protect}]
     entry: Entry = {"node_wwn": initiator_iqn, "mapped_luns": mapped}
-    if chap is not None:  # as rtslib's dump: only the credentials that are set
-        entry.update(chap_userid=chap.user, chap_password=chap.password)
-        if chap.mutual_user:
-            entry.update(chap_mutual_userid=chap.mutual_user, chap_mutual_password=chap.mutual_password or "")
+    entry.update((name, value) for name, value in credentials.items() if value)
     return entry
 
 

@@ -131,6 +131,15 @@ class LvIndex:
                 return False, None
             return True, self._lvs.get(name)
 
+    def listing(self) -> Optional[List[LogicalVolume]]:
+        """All the pool's LVs when the index is valid now, in the order they were listed (then made); None when
+        they must be read."""
+        with self._lock:
+            if self._lvs is None or self._current() != self._seqno:
+                self._lvs, self._seqno = None, None
+                return None
+            return list(self._lvs.values())
+
     def reload_due(self) -> bool:
         """Whether an invalid index should be read again now (a full listing), rather than one LV alone: not
         more often than RELOAD_INTERVAL, so concurrent commits (which invalidate it) do not make every

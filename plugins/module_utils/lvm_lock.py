@@ -21,7 +21,7 @@ once its commit is done, then writes the VG's metadata backup (when LVM keeps
 one), then tears down (30-90 ms here, most of it in ``io_destroy``), which LVM
 itself does after releasing its own lock.  ``release_when_backed_up`` releases
 the lock there: at once when LVM writes no backup, else once the backup file
-was replaced.  It releases the lock itself (``LOCK_UN`` on the open file
+is at the new seqno.  It releases the lock itself (``LOCK_UN`` on the open file
 description that ``timeout`` shares), so a killed agent's case is unchanged: its
 lock lasts until the command has committed and backed up, or has ended.
 
@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import time
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional
 
 from .errors import CommandFailed, InvalidRequest
 from .lvm_command import CHANGE_TIMEOUT, REPORT_TIMEOUT, LvmSettings, run_lvm
@@ -51,6 +51,9 @@ DEFAULT_LOCKING_DIR = "/run/lock/lvm"
 _SETTINGS = ("global/locking_dir", "global/use_lvmlockd", "global/locking_type", "backup/backup", "backup/backup_dir")
 #: how often the VG's backup file is looked at while the lock waits for it
 BACKUP_POLL = 0.0005
+#: the VG's seqno in its backup file (lvm2's text format: the first ``seqno = N``, in the VG's section's head)
+_BACKUP_SEQNO = re.compile(rb"^\s*seqno = (\d+)\s*$", re.MULTILINE)
+_BACKUP_HEAD = 8192
 _LINE = re.compile(r'^(\w+)=(?:"(.*)"|(-?\d+))$')
 
 
@@ -143,22 +146,23 @@ class VgLock:
             finally:
                 fcntl.flock(hold.fd, fcntl.LOCK_UN)  # the open file description's lock: timeout's copy too
 
-    def backup_state(self) -> Optional[Tuple[int, int]]:
-        """Which file the VG's metadata backup is now (None: none, or LVM keeps no backup)."""
+    def backup_seqno(self) -> Optional[int]:
+        """The seqno of the VG's metadata backup as it is now (None: none, unreadable, or LVM keeps none)."""
         if self._backup is None:
             return None
         try:
-            found = os.stat(self._backup)
+            with open(self._backup, "rb") as backup:
+                found = _BACKUP_SEQNO.search(backup.read(_BACKUP_HEAD))
         except FileNotFoundError:
             return None
-        return found.st_dev, found.st_ino
+        return int(found.group(1)) if found else None
 
-    def release_when_backed_up(self, fd: int, before: Optional[Tuple[int, int]]) -> None:
-        """The command run under the hold on *fd* has committed: release it at once when LVM keeps no backup,
-        else (a thread) as soon as the backup file is no longer *before* (``backup_state`` taken ahead of the
-        command): LVM writes it under its lock.  The end of the hold releases it anyway."""
+    def release_when_backed_up(self, fd: int, seqno: Optional[int]) -> None:
+        """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
+        LVM keeps no backup, else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it
+        under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway."""
         hold = self._hold
-        if hold is None or hold.fd != fd:
+        if hold is None or hold.fd != fd or seqno is None:
             return
         if self._backup is None:
             self._end(hold)
@@ -166,7 +170,8 @@ class VgLock:
 
         def wait() -> None:
             while self._hold is hold:
-                if self.backup_state() != before:
+                found = self.backup_seqno()
+                if found is not None and found >= seqno:
                     self._end(hold)
                     return
                 time.sleep(BACKUP_POLL)

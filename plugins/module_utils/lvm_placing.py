@@ -144,7 +144,6 @@ class Placer:
             if zero_ends:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
-            backup = self.lock.backup_state()
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
 
             def created() -> None:
@@ -154,7 +153,7 @@ class Placer:
                 committed(made, before, after)
                 followed.append(after)
                 if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
-                    self.lock.release_when_backed_up(held, backup)
+                    self.lock.release_when_backed_up(held, after)
             if not self._lvcreate(name, size, tags, extent, place, held, created):
                 return None
             if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)

@@ -24,7 +24,7 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
 from .errors import CommandFailed, InvalidRequest
@@ -86,7 +86,7 @@ class TgtRequest:
     initiator_address: Optional[str] = None
     initiator_name: Optional[str] = None
     user: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)  # a CHAP secret
     outgoing: bool = False
 
     def argv(self, *, redacted: bool = False) -> List[str]:
@@ -169,24 +169,29 @@ class TgtdSocket:
         return text
 
     def _exchange(self, data: bytes) -> Tuple[int, str]:
+        deadline = time.monotonic() + self.timeout  # for the whole request, as a tgtadm process has
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
             sock.connect(self.path)
             sock.sendall(data)
-            head = _receive(sock, _RESPONSE.size)
+            head = _receive(sock, _RESPONSE.size, deadline)
             code, length = _RESPONSE.unpack(head)
             if length < _RESPONSE.size:
                 raise ValueError(f"a response of length {length}")
-            body = _receive(sock, length - _RESPONSE.size)
+            body = _receive(sock, length - _RESPONSE.size, deadline)
         return code, body.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
-def _receive(sock: socket.socket, size: int) -> bytes:
+def _receive(sock: socket.socket, size: int, deadline: float) -> bytes:
     chunks, left = [], size
     while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout()
+        sock.settimeout(remaining)
         chunk = sock.recv(min(left, 1 << 16))
         if not chunk:
-            raise ValueError(f"tgtd closed the connection {left} bytes before the end of its response")
+            raise ValueError(f"closed the connection {left} bytes before the end of its response")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)

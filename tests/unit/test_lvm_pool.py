@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -214,23 +215,29 @@ def test_no_space_is_reported_before_anything_changes(vg: Any) -> None:
     assert pool.all_volumes() == []
 
 
-def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
-    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume one lvcreate.
-    A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
+def lvm_tools_run(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """From now on, the name of each LVM tool the core runs (through lvm_command.run), in order."""
     from basalt_core import lvm_command
-    ran = []
+    ran: List[str] = []
     real = lvm_command.run
 
     def counting(argv: Any, **kwargs: Any) -> Any:
         ran.append(argv[0])
         return real(argv, **kwargs)
+    monkeypatch.setattr(lvm_command, "run", counting)
+    return ran
+
+
+def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
+    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume one lvcreate.
+    A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
     pool = pool_of(vg)
     first, second = (volumes.ensure_volume(pool, name, 8 * MiB)[0] for name in ("first", "second"))
     pool.all_volumes()
     assert pool.attached_device(first) is None  # (the loop activation reads the PVs' offsets once)
-    monkeypatch.setattr(lvm_command, "run", counting)
+    ran = lvm_tools_run(monkeypatch)
     assert volumes.delete_volume(pool, first.id)
     third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
     assert ran == ["lvremove", "timeout"]  # lvcreate, under the pool's VG lock (lvm_placing)
@@ -253,6 +260,26 @@ def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
     del ran[:]
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # read all again: valid again
     assert volumes.delete_volume(pool, third.id) is False and ran == ["lvs"]  # answered from the index
+
+
+def test_listings_come_from_the_index_while_the_pool_is_the_only_writer(vg: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListVolumes, GetCapacity, the metrics and the clean-up list all of the pool's LVs: once the index holds
+    them, each listing reads LVM again only after someone else's commit (an lvs is 2 s at 10,000 LVs)."""
+    pool = pool_of(vg)
+    made = [volumes.ensure_volume(pool, name, 4 * MiB)[0] for name in ("one", "two")]
+    listed = pool.all_volumes()
+    assert pool.attached_device(made[0]) is None  # (the loop activation reads the PVs' offsets once)
+    ran = lvm_tools_run(monkeypatch)
+    assert pool.all_volumes() == listed and ran == []
+    assert pool.volume_ids() == sorted(v.id for v in made) and pool.provisioned_bytes() == 8 * MiB and ran == []
+    volumes.delete_volume(pool, made[0].id)
+    assert [v.name for v in volumes.list_volumes(pool)] == ["two"] and ran == ["lvremove"]
+    subprocess.run(["lvchange", "--addtag", "outside", f"{vg[0]}/{lv_name(made[1].id)}"], check=True,
+                   capture_output=True)
+    del ran[:]
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # someone else committed
+    assert [v.name for v in pool.all_volumes()] == ["two"] and ran == ["lvs"]  # and the index holds it again
 
 
 def test_a_blank_volume_is_one_commit_its_ends_zeroed_foreign_data_intact(
@@ -399,7 +426,8 @@ def _running_children() -> List[str]:
 def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         vg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real lvcreate, LVM's metadata backup on: the pool's hold of the VG lock ends once the commit is on the PV
-    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown)."""
+    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown; here
+    made 1 s longer, so that a loaded host cannot let it end first)."""
     conf = Path(os.environ["LVM_SYSTEM_DIR"]) / "lvm.conf"
     backups = tmp_path / "backup"
     conf.write_text(conf.read_text().replace("backup = 0 archive = 0",
@@ -416,11 +444,22 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         real_end(self, hold)
     monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
     volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
+    base = lvm_index.vg_seqno([vg[1]], vg[0])
+    assert base is not None
     seen.clear()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "lvcreate").write_text(f'#!/bin/sh\n{shutil.which("lvcreate")} "$@"\nrc=$?\nsleep 1\nexit $rc\n')
+    (tools / "lvcreate").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
-    assert len(seen) == 2  # one hold each: the map stays the VG's state
-    for running, backed_up, seqno in seen:
+    first: Dict[Any, Any] = {}  # the first release at each seqno: the one after the commit that made it
+    for running, backed_up, seqno in seen:  # (a hold that found the map stale releases at the seqno it found)
+        first.setdefault(seqno, (running, backed_up))
+    assert sorted(seqno for seqno in first if seqno != base) == [base + 1, base + 2]  # one commit each
+    for seqno in (base + 1, base + 2):
+        running, backed_up = first[seqno]
         assert "timeout" in running, "the lock was held until lvcreate exited"
         assert backed_up == seqno, "the lock went before LVM wrote the VG's backup"

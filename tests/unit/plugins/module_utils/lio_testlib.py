@@ -245,15 +245,18 @@ def make_fake() -> SimpleNamespace:
         def save_to_file(self, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
             """rtslib's whole save: every live object (here with fewer of their fields)."""
             log.append(("save_to_file", save_file))
-            if save_file is not None:
-                Path(save_file).write_text(json.dumps({
-                    "storage_objects": [{"plugin": "block", "name": so.name, "dev": so.udev_path, "wwn": so.wwn}
-                                        for so in state["storage"]],
-                    "targets": [{"wwn": t.wwn, "fabric": "iscsi", "tpgs": [
-                        {"tag": tpg.tag, "luns": [{"index": lun.lun, "storage_object":
-                                                   f"/backstores/block/{lun.storage_object.name}"}
-                                                  for lun in tpg.luns]} for tpg in t.tpgs]}
-                                for t in state["targets"]]}))
+            if save_file is None:
+                return
+            objects = [{"plugin": "block", "name": so.name, "dev": so.udev_path, "wwn": so.wwn}
+                       for so in state["storage"]]
+            targets = []
+            for target in state["targets"]:
+                tpgs = [{"tag": tpg.tag,
+                         "luns": [{"index": lun.lun, "storage_object": f"/backstores/block/{lun.storage_object.name}"}
+                                  for lun in tpg.luns]}
+                        for tpg in target.tpgs]
+                targets.append({"wwn": target.wwn, "fabric": "iscsi", "tpgs": tpgs})
+            Path(save_file).write_text(json.dumps({"storage_objects": objects, "targets": targets}))
 
     return FakeModule(log=log, FabricModule=FabricModule, Target=Target, TPG=TPG, NetworkPortal=NetworkPortal,
                       BlockStorageObject=BlockStorageObject, LUN=LUN, NodeACL=NodeACL, MappedLUN=MappedLUN,
@@ -265,4 +268,3 @@ def taken(rts: SimpleNamespace) -> List[Tuple[Any, ...]]:
     calls = list(rts.log)
     rts.log.clear()
     return calls
-

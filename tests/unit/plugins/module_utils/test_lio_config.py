@@ -135,7 +135,7 @@ def test_a_crash_between_a_change_and_its_save_is_saved_by_the_retry(rts: Simple
 
 
 def test_a_failed_save_is_tried_again_by_the_next(rts: SimpleNamespace, saved: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     backend = _backend(rts, saved)
     backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
     real_write = lio_config.write
@@ -157,3 +157,19 @@ def test_interrupted_saves_are_swept(rts: SimpleNamespace, saved: Path) -> None:
     other.write_text("{}")
     assert _backend(rts, saved).sweep_interrupted_writes() == [str(leftover)]
     assert not leftover.exists() and other.exists()
+
+
+def test_credentials_set_by_hand_are_saved_as_they_are(rts: SimpleNamespace, saved: Path) -> None:
+    """An ACL on a Basalt target given a secret Basalt itself would refuse (a blank in it) is saved as LIO
+    holds it, as rtslib's dump would: the save never fails on what it only copies."""
+    backend = _backend(rts, saved)
+    backend.ensure_export(T, "/dev/vg/pvc-1", SERIAL, False)
+    backend.ensure_grant(T, A, CHAP_A)
+    backend.persist()
+    [target] = rts.FabricModule("iscsi").targets
+    target.tpgs[0].node_acls[0].chap_password = "by hand secret"
+    assert backend.ensure_grant(T, B, Chap("node-b", "secret-b-0123456")) is True
+    backend.persist()
+    acls = _doc(saved)["targets"][1]["tpgs"][0]["node_acls"]
+    assert [(acl["node_wwn"], acl["chap_password"]) for acl in acls] == [(A, "by hand secret"),
+                                                                         (B, "secret-b-0123456")]

@@ -87,3 +87,31 @@ def test_with_lvmlockd_the_files_guard_nothing(script: Any, tmp_path: Path) -> N
     with pytest.raises(InvalidRequest):
         with lock.held():
             pass
+
+
+def test_a_hold_ends_early_once_its_command_committed_not_when_the_seqno_is_unknown(script: Any,
+                                                                                 tmp_path: Path) -> None:
+    """No backup kept: release_when_backed_up ends the hold at once (unlinked, unlocked on the description a
+    command's ``timeout`` shares: here a dup), though its descriptor stays open until the hold's end; with the
+    commit's seqno unknown it keeps the hold."""
+    lock = configured(script, tmp_path)
+    path = tmp_path / "lock" / "V_vg0"
+
+    def free() -> bool:
+        other = os.open(path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(other)
+    with lock.held() as fd:
+        kept = os.dup(fd)  # the command's copy
+        lock.release_when_backed_up(fd, None)
+        assert not free()
+        lock.release_when_backed_up(fd, 7)
+        assert not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino
+        assert free()
+        os.fstat(fd)  # still open
+    os.close(kept)

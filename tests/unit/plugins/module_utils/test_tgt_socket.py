@@ -104,6 +104,7 @@ def test_the_secret_stays_out_of_errors_and_logs(base: str, caplog: pytest.LogCa
     client = TgtdSocket(PORT, 5)
     request = Req("account", "new", user="node-a", password=SECRET)
     assert request.argv(redacted=True)[-2:] == ["--password", "********"] and request.secrets() == (SECRET,)
+    assert SECRET not in repr(request)
     with caplog.at_level(logging.DEBUG, logger="basalt_core.tgt_socket"):
         client.request(request, "create CHAP user node-a")
         with pytest.raises(TgtdRefused) as failure:
@@ -162,3 +163,28 @@ def test_the_version_comes_from_the_hosts_tgtadm(script: Any, monkeypatch: pytes
     monkeypatch.setattr(tgt_socket, "client_for", lambda port, timeout, version: seen.append(version))
     script([ok(["tgtadm", "--version"], "1.0.85\n")])
     assert tgt_socket.socket_client(PORT, 5) is None and seen == ["1.0.85\n"]
+
+
+def test_the_timeout_bounds_the_whole_request(base: str) -> None:
+    """An answer that trickles in (a byte every 0.1 s) still ends at the timeout, as a tgtadm process would."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{base}.{PORT}")
+    listener.listen(1)
+
+    def trickle() -> None:
+        conn = listener.accept()[0]
+        with conn:
+            conn.recv(65536)
+            for byte in answer(0, "System:\n    State: ready\n" * 4):
+                time.sleep(0.1)
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.5s"):
+        TgtdSocket(PORT, 0.5).request(Req("system", "show"))
+    assert time.monotonic() - started < 1.5
+    listener.close()
