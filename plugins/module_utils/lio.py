@@ -54,6 +54,8 @@ from .runner import operand
 DATA_LUN = 0
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 TPG_TAG = 1
+#: A NodeACL's CHAP credentials (the initiator's, then the mutual ones): rtslib's names, which its dump uses.
+CHAP_ATTRIBUTES = lio_config.CHAP_KEYS
 #: What TPG 1 is given at creation; ``authentication`` follows the grants (CHAP or not).
 TPG_ATTRIBUTES = {"generate_node_acls": "0", "demo_mode_write_protect": "1", "authentication": "0"}
 SO_PREFIX = "basalt-"
@@ -247,12 +249,8 @@ class LioBackend(TargetBackend):
         if acl is None:
             acl = self.rts.NodeACL(tpg, initiator_iqn, mode="create")
             changed = True
-        wanted = {
-            "chap_userid": chap.user if chap else "",
-            "chap_password": chap.password if chap else "",
-            "chap_mutual_userid": (chap.mutual_user or "") if chap else "",
-            "chap_mutual_password": (chap.mutual_password or "") if chap else "",
-        }
+        wanted = dict(zip(CHAP_ATTRIBUTES, (chap.user, chap.password, chap.mutual_user or "",
+                                            chap.mutual_password or "") if chap else ("", "", "", "")))
         for attribute, value in wanted.items():
             if (getattr(acl, attribute) or "") != value:
                 setattr(acl, attribute, value)
@@ -369,7 +367,8 @@ class LioBackend(TargetBackend):
         acls = []
         for acl in tpg.node_acls:
             mapped = self._mapped_lun(acl)
-            acls.append(lio_config.acl_entry(acl.node_wwn, self._chap_of(acl), DATA_LUN,
+            credentials = {name: getattr(acl, name) or "" for name in CHAP_ATTRIBUTES}  # as set, unchecked
+            acls.append(lio_config.acl_entry(acl.node_wwn, credentials, DATA_LUN,
                                              None if mapped is None else bool(mapped.write_protect)))
         attributes = {name: tpg.get_attribute(name) for name in TPG_ATTRIBUTES}
         portals = [(portal.ip_address, int(portal.port)) for portal in tpg.network_portals]

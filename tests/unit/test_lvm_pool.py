@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -215,23 +215,29 @@ def test_no_space_is_reported_before_anything_changes(vg: Any) -> None:
     assert pool.all_volumes() == []
 
 
-def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
-    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume one lvcreate.
-    A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
+def lvm_tools_run(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """From now on, the name of each LVM tool the core runs (through lvm_command.run), in order."""
     from basalt_core import lvm_command
-    ran = []
+    ran: List[str] = []
     real = lvm_command.run
 
     def counting(argv: Any, **kwargs: Any) -> Any:
         ran.append(argv[0])
         return real(argv, **kwargs)
+    monkeypatch.setattr(lvm_command, "run", counting)
+    return ran
+
+
+def test_the_pool_answers_from_its_own_index_until_someone_else_commits(vg: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a full listing (start-up, the periodic clean-up) the pool knows its LVs while the VG's seqno,
+    read off the PV, moves only by its own commits: DeleteVolume is one lvremove, CreateVolume one lvcreate.
+    A commit by anyone else (here the lvm tools run by hand) makes it read LVM again."""
     pool = pool_of(vg)
     first, second = (volumes.ensure_volume(pool, name, 8 * MiB)[0] for name in ("first", "second"))
     pool.all_volumes()
     assert pool.attached_device(first) is None  # (the loop activation reads the PVs' offsets once)
-    monkeypatch.setattr(lvm_command, "run", counting)
+    ran = lvm_tools_run(monkeypatch)
     assert volumes.delete_volume(pool, first.id)
     third = volumes.ensure_volume(pool, "third", 8 * MiB)[0]
     assert ran == ["lvremove", "timeout"]  # lvcreate, under the pool's VG lock (lvm_placing)
@@ -260,18 +266,11 @@ def test_listings_come_from_the_index_while_the_pool_is_the_only_writer(vg: Any,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """ListVolumes, GetCapacity, the metrics and the clean-up list all of the pool's LVs: once the index holds
     them, each listing reads LVM again only after someone else's commit (an lvs is 2 s at 10,000 LVs)."""
-    from basalt_core import lvm_command
-    ran = []
-    real = lvm_command.run
-
-    def counting(argv: Any, **kwargs: Any) -> Any:
-        ran.append(argv[0])
-        return real(argv, **kwargs)
     pool = pool_of(vg)
     made = [volumes.ensure_volume(pool, name, 4 * MiB)[0] for name in ("one", "two")]
     listed = pool.all_volumes()
     assert pool.attached_device(made[0]) is None  # (the loop activation reads the PVs' offsets once)
-    monkeypatch.setattr(lvm_command, "run", counting)
+    ran = lvm_tools_run(monkeypatch)
     assert pool.all_volumes() == listed and ran == []
     assert pool.volume_ids() == sorted(v.id for v in made) and pool.provisioned_bytes() == 8 * MiB and ran == []
     volumes.delete_volume(pool, made[0].id)
@@ -445,6 +444,8 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         real_end(self, hold)
     monkeypatch.setattr(lvm_lock.VgLock, "_end", end)
     volumes.ensure_volume(pool, "early-0", 8 * MiB)  # the first reads the map (one hold finds it stale)
+    base = lvm_index.vg_seqno([vg[1]], vg[0])
+    assert base is not None
     seen.clear()
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -454,7 +455,11 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
-    assert len(seen) == 2  # one hold each: the map stays the VG's state
-    for running, backed_up, seqno in seen:
+    first: Dict[Any, Any] = {}  # the first release at each seqno: the one after the commit that made it
+    for running, backed_up, seqno in seen:  # (a hold that found the map stale releases at the seqno it found)
+        first.setdefault(seqno, (running, backed_up))
+    assert sorted(seqno for seqno in first if seqno != base) == [base + 1, base + 2]  # one commit each
+    for seqno in (base + 1, base + 2):
+        running, backed_up = first[seqno]
         assert "timeout" in running, "the lock was held until lvcreate exited"
         assert backed_up == seqno, "the lock went before LVM wrote the VG's backup"
