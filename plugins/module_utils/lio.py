@@ -54,8 +54,8 @@ from .runner import operand
 DATA_LUN = 0
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 TPG_TAG = 1
-#: A NodeACL's CHAP credentials (the initiator's, then the mutual ones).
-CHAP_ATTRIBUTES = ("chap_userid", "chap_password", "chap_mutual_userid", "chap_mutual_password")
+#: A NodeACL's CHAP credentials (the initiator's, then the mutual ones): rtslib's names, which its dump uses.
+CHAP_ATTRIBUTES = lio_config.CHAP_KEYS
 #: What TPG 1 is given at creation; ``authentication`` follows the grants (CHAP or not).
 TPG_ATTRIBUTES = {"generate_node_acls": "0", "demo_mode_write_protect": "1", "authentication": "0"}
 SO_PREFIX = "basalt-"

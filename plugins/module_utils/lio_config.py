@@ -20,6 +20,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from .atomicfile import write_atomic
 
 Entry = Dict[str, Any]
+#: A NodeACL entry's CHAP credentials, as rtslib's dump names them.
+CHAP_KEYS = ("chap_userid", "chap_password", "chap_mutual_userid", "chap_mutual_password")
 #: An export's two entries: its storage object and its target.
 Entries = Tuple[Entry, Entry]
 
@@ -93,15 +95,43 @@ def merged(document: Dict[str, Any], target_iqn: str, so_names: Iterable[str],
     return {**document, "storage_objects": objects, "targets": kept_targets}
 
 
+def _comparable_so(entry: Entry) -> Tuple[Any, ...]:
+    return (entry.get("plugin"), entry.get("name"), entry.get("dev"), entry.get("wwn"),
+            bool(entry.get("readonly")), bool(entry.get("write_back")))
+
+
+def _comparable_target(entry: Entry, attribute_names: Iterable[str]) -> Tuple[Any, ...]:
+    """A target entry reduced to what :func:`target_entry` writes: rtslib's own dump of the same export also
+    has every attribute and parameter (numbers for digit strings), aliases, portal and ACL options."""
+    names = set(attribute_names)
+
+    def acl(node: Entry) -> Tuple[Any, ...]:
+        mapped = sorted(((m.get("index"), m.get("tpg_lun"), bool(m.get("write_protect")))
+                         for m in node.get("mapped_luns", [])), key=repr)
+        return (node.get("node_wwn"), tuple(node.get(name) or "" for name in CHAP_KEYS), mapped)
+
+    def tpg(group: Entry) -> Tuple[Any, ...]:
+        attributes = group.get("attributes") or {}
+        return (group.get("tag"), bool(group.get("enable", True)),
+                sorted(((key, str(value)) for key, value in attributes.items() if key in names), key=repr),
+                sorted(((p.get("ip_address"), p.get("port")) for p in group.get("portals", [])), key=repr),
+                sorted(((lun.get("index"), lun.get("storage_object")) for lun in group.get("luns", [])), key=repr),
+                sorted((acl(node) for node in group.get("node_acls", [])), key=repr))
+    return (entry.get("wwn"), entry.get("fabric"), [tpg(group) for group in entry.get("tpgs", [])])
+
+
 def holds(document: Dict[str, Any], target_iqn: str, entries: Optional[Entries]) -> bool:
-    """Whether *document* already saves *target_iqn* as *entries* (None: not at all)."""
+    """Whether *document* already saves *target_iqn* as *entries* (None: not at all), in this module's form
+    or in rtslib's own (its whole save, e.g. the first one on a host)."""
     old = [t for t in document.get("targets", []) if isinstance(t, dict) and t.get("wwn") == target_iqn]
     if entries is None:
         return not old
     so, target = entries
     saved_so = [o for o in document.get("storage_objects", []) if isinstance(o, dict)
                 and o.get("plugin") == "block" and o.get("name") == so["name"]]
-    return old == [target] and saved_so == [so]
+    names = [name for group in target["tpgs"] for name in group["attributes"]]
+    return ([_comparable_target(t, names) for t in old] == [_comparable_target(target, names)]
+            and [_comparable_so(o) for o in saved_so] == [_comparable_so(so)])
 
 
 def write(path: str, document: Dict[str, Any]) -> None:

@@ -243,17 +243,31 @@ def make_fake() -> SimpleNamespace:
             self.storage_objects = list(state["storage"])
 
         def save_to_file(self, save_file: Optional[str] = None, so_path: Optional[str] = None) -> None:
-            """rtslib's whole save: every live object (here with fewer of their fields)."""
+            """rtslib's whole save: every live object as its dump writes it (every attribute, numbers for digit
+            strings, aliases, portal and ACL options; in listing order)."""
             log.append(("save_to_file", save_file))
             if save_file is None:
                 return
-            objects = [{"plugin": "block", "name": so.name, "dev": so.udev_path, "wwn": so.wwn}
+            objects = [{"plugin": "block", "name": so.name, "dev": so.udev_path, "wwn": so.wwn,
+                        "readonly": so.readonly, "write_back": False, "attributes": {"block_size": 512}}
                        for so in state["storage"]]
             targets = []
             for target in state["targets"]:
-                tpgs = [{"tag": tpg.tag,
-                         "luns": [{"index": lun.lun, "storage_object": f"/backstores/block/{lun.storage_object.name}"}
-                                  for lun in tpg.luns]}
+                tpgs = [{"tag": tpg.tag, "enable": tpg.enable,
+                         "attributes": {**{k: int(v) for k, v in tpg._attributes.items()}, "cache_dynamic_acls": 0},
+                         "parameters": {"AuthMethod": "CHAP,None"},
+                         "portals": [{"ip_address": p.ip_address, "port": p.port, "iser": False, "offload": False}
+                                     for p in tpg.network_portals],
+                         "luns": [{"index": lun.lun, "storage_object": f"/backstores/block/{lun.storage_object.name}",
+                                   "alias": "0123abcd", "alua_tg_pt_gp_name": "default_tg_pt_gp"}
+                                  for lun in tpg.luns],
+                         "node_acls": [{"node_wwn": acl.node_wwn, "attributes": {"dataout_timeout": 3},
+                                        **{name: getattr(acl, name) for name in lio.CHAP_ATTRIBUTES
+                                           if getattr(acl, name)},
+                                        "mapped_luns": [{"index": m.mapped_lun, "tpg_lun": m.tpg_lun.lun,
+                                                         "write_protect": m.write_protect, "alias": "fedc3210"}
+                                                        for m in acl.mapped_luns]}
+                                       for acl in tpg.node_acls]}
                         for tpg in target.tpgs]
                 targets.append({"wwn": target.wwn, "fabric": "iscsi", "tpgs": tpgs})
             Path(save_file).write_text(json.dumps({"storage_objects": objects, "targets": targets}))

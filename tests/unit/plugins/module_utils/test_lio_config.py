@@ -14,7 +14,7 @@ from typing import Any, Dict
 import pytest
 from lio_testlib import CHAP_A, SERIAL, A, B, T, make_fake, taken
 
-from basalt_core import lio, lio_config
+from basalt_core import exports, lio, lio_config
 from basalt_core.iscsi_target import Chap
 
 FOREIGN_SO = {"plugin": "fileio", "name": "admin-disk", "dev": "/srv/disk.img", "attributes": {"block_size": 512}}
@@ -173,3 +173,30 @@ def test_credentials_set_by_hand_are_saved_as_they_are(rts: SimpleNamespace, sav
     acls = _doc(saved)["targets"][1]["tpgs"][0]["node_acls"]
     assert [(acl["node_wwn"], acl["chap_password"]) for acl in acls] == [(A, "by hand secret"),
                                                                          (B, "secret-b-0123456")]
+
+
+class _Pool:
+    def attach(self, volume: Any) -> str:
+        return "/dev/vg/" + volume.id
+
+
+def test_a_second_run_after_rtslibs_whole_save_changes_nothing(rts: SimpleNamespace, tmp_path: Path) -> None:
+    """The iscsi_export module twice on a host with no saved file yet: the first run's save is rtslib's whole
+    one (its own form: every attribute, numbers, aliases); the second run finds the export saved, changes
+    nothing and writes nothing (Ansible's changed: false)."""
+    saved = tmp_path / "saveconfig.json"
+    backend = _backend(rts, saved)
+    settings = exports.ExportSettings("iqn.2026-11.io.basalt", ("192.0.2.10:3260",))
+    volume = SimpleNamespace(id="pvc-1")
+    assert exports.ensure_exported(_Pool(), backend, settings, volume, A, CHAP_A, False)[1] is True  # type: ignore[arg-type]
+    assert ("save_to_file", str(saved)) in taken(rts)
+    written = saved.read_text()
+    again = _backend(rts, saved)  # the module's second run: another process
+    assert exports.ensure_exported(_Pool(), again, settings, volume, A, CHAP_A, False)[1] is False  # type: ignore[arg-type]
+    assert taken(rts) == [] and saved.read_text() == written
+
+    [target] = [t for t in _doc(saved)["targets"]]
+    target["tpgs"][0]["node_acls"] = []  # the file lost the grant (a crash before its save, say)
+    saved.write_text(json.dumps({**_doc(saved), "targets": [target]}))
+    assert exports.ensure_exported(_Pool(), _backend(rts, saved), settings, volume, A, CHAP_A, False)[1] is True  # type: ignore[arg-type]
+    assert [acl["node_wwn"] for acl in _doc(saved)["targets"][0]["tpgs"][0]["node_acls"]] == [A]
