@@ -164,7 +164,7 @@ class LvmPool(Pool):
         self._index.forget()
 
     def _lv(self, object_id: str, fresh: bool = False) -> Optional[lvm.LogicalVolume]:
-        """*fresh*: read with lvs, not from the index (what the kernel says of its health)."""
+        """*fresh*: read with lvs, not from the index (dm: an LV's health is the kernel's, which moves no seqno)."""
         name = lv_name(object_id)
         seen = self._seen()
         if seen is not None and name in seen and not fresh:
@@ -172,9 +172,8 @@ class LvmPool(Pool):
         if not fresh and self._index.reload_due() and self._seqno() is not None:
             self._lvs()  # e.g. someone else committed: read them all again, then answer from the index
         known, found = self._index.lookup(name) if not fresh else (False, None)
-        if found is not None:
-            found = self.activator.current(found)  # (dm: whether it is active and open now, from the kernel)
-            known = found is not None
+        if found is not None:  # (dm: whether it is active and open now, from the kernel)
+            known = (found := self.activator.current(found)) is not None
         if not known:
             found = lvm.logical_volume(self.vg, name, settings=self.settings)
         managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
@@ -326,8 +325,7 @@ class LvmPool(Pool):
 
     def _place(self, volume: Volume, tags: List[str], zero_ends: bool) -> bool:
         """Make its LV where the pool chooses, which saves reading back where it went (lvm_placing); False when it
-        placed nothing.  With device-mapper that lvcreate activates it too (measured on lvm2 2.03.16 under the VG's
-        lock with ``--nolocking``: the table maps the chosen extents, udev makes its links before lvcreate ends)."""
+        placed nothing.  With device-mapper that lvcreate maps it too (measured in the VM: bench/README.md)."""
         name = lv_name(volume.id)
         try:
             made = self._placer.create(name, volume.size, tags, extent=self._extent_size(), zero_ends=zero_ends,
@@ -481,6 +479,10 @@ class LvmPool(Pool):
             raise
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
+        self._follow_removal(found, before)
+
+    def _follow_removal(self, found: lvm.LogicalVolume, before: Optional[int]) -> None:
+        """The index and the free map follow the pool's lvremove of *found* (the seqno *before* it), or forget."""
         if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
             after = self._seqno()
             self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges], after)
@@ -554,8 +556,7 @@ class LvmPool(Pool):
         return None
 
     def volume_problem(self, volume: Volume) -> Optional[str]:
-        # dm: its health is the kernel's, which moves no seqno (loop: all metadata)
-        return self._problem(volume, self._lv(volume.id, fresh=self.activator.name == "dm"))
+        return self._problem(volume, self._lv(volume.id, fresh=self.activator.name == "dm"))  # (dm: see _lv)
 
     def volume_problems(self, volumes: List[Volume]) -> Dict[str, Optional[str]]:
         found = {self._object_id(lv): lv for lv in self._lvs()}  # one lvs for them all

@@ -125,15 +125,7 @@ class LvmThinPool(LvmPool):
             self._usage = (after, known[1], known[2] + change) if (
                 known is not None and after is not None and follows(before, after, known[0], THIN_COMMITS)) else None
 
-    def _remove(self, found: lvm.LogicalVolume) -> None:
-        before = self._seqno()
-        try:
-            lvm.remove(self.vg, found.name, settings=self.settings)
-        except BaseException:
-            self._untracked()
-            raise
-        finally:
-            self._changed()
+    def _follow_removal(self, found: lvm.LogicalVolume, before: Optional[int]) -> None:
         self._followed(found.name, None, before, self._seqno(), -found.size if found.pool_lv == self.thin_pool else 0)
 
     def _untracked(self) -> None:
