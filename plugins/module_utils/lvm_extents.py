@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from .lvm_index import follows
 from .lvm_report import LogicalVolume, LvAttr, PeRange, Segment
 
 #: PV path -> its free extent ranges (first, count), in order
@@ -95,10 +96,11 @@ class FreeExtents:
         with self._lock:
             self._free(ranges)
 
-    def committed(self, before: Optional[int], freed: Iterable[PeRange] = (), after: Optional[int] = None) -> None:
+    def committed(self, before: Optional[int], freed: Iterable[PeRange] = (), after: Optional[int] = None,
+                  commits: int = 1) -> None:
         """The pool committed one change to the VG (freeing *freed*; what it created was taken already), the
         seqno having been *before* just ahead of it and *after* since (None: read now): current still when that
-        commit is the only one since, else only as the pool knows it."""
+        commit is the only one since (*commits*: as lvm_index.follows), else only as the pool knows it."""
         with self._lock:
             if self._map is None:  # (never read: nothing to keep, no seqno to read)
                 return
@@ -107,7 +109,7 @@ class FreeExtents:
         with self._lock:
             if self._map is None:
                 return
-            current = before is not None and self._at == before and after == before + 1
+            current = follows(before, after, self._at, commits)
             self._at = after if current else None
             self._free(freed)
 

@@ -77,6 +77,12 @@ def seqno(pv: str, vg: str) -> Optional[int]:
     return int(found.group(2))
 
 
+def follows(before: Optional[int], after: Optional[int], known: Optional[int], commits: int = 1) -> bool:
+    """Whether what was known at seqno *known*, plus the pool's command that makes *commits* commits, run between
+    the seqno reads *before* and *after*, is the VG at *after*: nobody else committed meanwhile."""
+    return before is not None and after is not None and before == known and after == before + commits
+
+
 def vg_seqno(pvs: Sequence[str], vg: str) -> Optional[int]:
     """The VG's committed seqno, when every one of *pvs* that holds a metadata area says the same; else None
     (e.g. a commit interrupted between two PVs, which the next LVM command repairs)."""
@@ -146,15 +152,16 @@ class LvIndex:
             return self._lvs is not None
 
     def committed(self, name: str, lv: Optional[LogicalVolume], before: Optional[int],
-                  after: Optional[int] = None) -> None:
-        """This pool committed one change to *name* (now *lv*; None: removed), the seqno having been *before*
-        just ahead of it and *after* since (None: read now): kept when that commit is the only one since."""
+                  after: Optional[int] = None, commits: int = 1) -> None:
+        """This pool changed *name* (now *lv*; None: removed) in one LVM command that makes *commits* commits,
+        the seqno having been *before* just ahead of it and *after* since (None: read now): kept when those are
+        the only commits since (follows)."""
         with self._lock:
             if self._lvs is None:
                 return
             if after is None:
                 after = self._current()
-            if before is None or before != self._seqno or after != before + 1:
+            if not follows(before, after, self._seqno, commits):
                 self._lvs, self._seqno = None, None
                 return
             if lv is None:

@@ -1,11 +1,9 @@
 """The ``lvm`` (thick) and ``lvmthin`` pools: each volume is an LV, its record lives in its tags.
 
-An LV is ours only if it carries ``basalt.managed``; every listing selects on
-that tag, so other LVs in a shared VG are never touched or counted.  The
-record (CSI name, state, source, parameters, publications) is JSON stored in
-tags; ``basalt.state=ready`` is the provisioning-complete marker.  A record is
-replaced in one ``lvchange`` (one metadata commit), so a crash never leaves
-half of it.
+An LV is ours only if it carries ``basalt.managed``; every listing selects on that tag, so other LVs in a shared VG
+are never touched or counted.  The record (CSI name, state, source, parameters, publications) is JSON stored in
+tags; ``basalt.state=ready`` is the provisioning-complete marker.  A record is replaced in one ``lvchange`` (one
+metadata commit), so a crash never leaves half of it.
 
 LV names derive from ids: ``csi-<hex>`` for volumes, ``csi-snap-<hex>`` for
 snapshots, where ``<hex>`` is the 32 hex digits of the id.
@@ -113,12 +111,9 @@ class LvmPool(Pool):
     # -- records -------------------------------------------------------------
     @contextlib.contextmanager
     def operation(self) -> Iterator[None]:
-        """Read each LV once per operation (an LVM command costs 50-100 ms, most of an RPC).
-
-        The caller holds the objects' locks, so nobody else changes their LVs
-        meanwhile: what we read stays true until we change it ourselves.  A
-        retag updates what we know; any other change forgets it all.
-        """
+        """Read each LV once per operation (an LVM command costs 50-100 ms, most of an RPC): the caller holds the
+        objects' locks, so nobody else changes their LVs meanwhile, and what we read stays true until we change it
+        ourselves (a retag updates what we know; any other change forgets it all)."""
         if self._seen() is not None:  # nested: the outermost operation owns the reads
             yield
             return
@@ -169,7 +164,7 @@ class LvmPool(Pool):
         self._index.forget()
 
     def _lv(self, object_id: str, fresh: bool = False) -> Optional[lvm.LogicalVolume]:
-        """*fresh*: read with lvs, not from the index (what the kernel says of its health)."""
+        """*fresh*: read with lvs, not from the index (dm: an LV's health is the kernel's, which moves no seqno)."""
         name = lv_name(object_id)
         seen = self._seen()
         if seen is not None and name in seen and not fresh:
@@ -177,9 +172,8 @@ class LvmPool(Pool):
         if not fresh and self._index.reload_due() and self._seqno() is not None:
             self._lvs()  # e.g. someone else committed: read them all again, then answer from the index
         known, found = self._index.lookup(name) if not fresh else (False, None)
-        if found is not None:
-            found = self.activator.current(found)  # (dm: whether it is active and open now, from the kernel)
-            known = found is not None
+        if found is not None:  # (dm: whether it is active and open now, from the kernel)
+            known = (found := self.activator.current(found)) is not None
         if not known:
             found = lvm.logical_volume(self.vg, name, settings=self.settings)
         managed = found if found is not None and lvm.MANAGED_TAG in found.tags else None
@@ -331,8 +325,7 @@ class LvmPool(Pool):
 
     def _place(self, volume: Volume, tags: List[str], zero_ends: bool) -> bool:
         """Make its LV where the pool chooses, which saves reading back where it went (lvm_placing); False when it
-        placed nothing.  With device-mapper that lvcreate activates it too (measured on lvm2 2.03.16 under the VG's
-        lock with ``--nolocking``: the table maps the chosen extents, udev makes its links before lvcreate ends)."""
+        placed nothing.  With device-mapper that lvcreate maps it too (measured in the VM: bench/README.md)."""
         name = lv_name(volume.id)
         try:
             made = self._placer.create(name, volume.size, tags, extent=self._extent_size(), zero_ends=zero_ends,
@@ -347,9 +340,8 @@ class LvmPool(Pool):
     def provision_volume(self, volume: Volume, source: Optional[Union[Volume, Snapshot]]) -> Optional[str]:
         target = self._require_lv(volume.id)
         if source is None:
-            # The new LV's extents may hold an old volume's data, and LVM zeroes at most its
-            # first 4 KiB (nothing without device-mapper): clear both ends ourselves, so the
-            # never-reformat rule (blkid.examine) sees a blank device, never old data.
+            # The new LV's extents may hold an old volume's data, and LVM zeroes at most its first 4 KiB (nothing
+            # without device-mapper): clear both ends ourselves, so blkid.examine sees a blank device, never old data.
             self._clear_ends(target)
             return None
         origin = self._require_lv(source.id)
@@ -375,10 +367,8 @@ class LvmPool(Pool):
               length: int = 0) -> None:
         """Copy every byte of *origin* into *target* (a crash midway leaves a creating record: retried).
 
-        An origin in use is copied through a short-lived COW snapshot taken
-        while its filesystem is frozen for an instant: the copy is point in
-        time, and the origin pays the COW cost only while the copy runs.
-        """
+        An origin in use is copied through a short-lived COW snapshot taken while its filesystem is frozen for an
+        instant: the copy is point in time, and the origin pays the COW cost only while the copy runs."""
         if volume is not None:
             self._check_copyable(origin, volume.id)
         in_use = self.activator.device(origin)
@@ -489,17 +479,16 @@ class LvmPool(Pool):
             raise
         finally:
             self._changed()  # (a COW snapshot's origin changes type too)
-        # (a thin LV frees no extents of the VG, and its removal changes no other LV's record)
-        if found.attr.thin_volume or (found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot)):
+        self._follow_removal(found, before)
+
+    def _follow_removal(self, found: lvm.LogicalVolume, before: Optional[int]) -> None:
+        """The index and the free map follow the pool's lvremove of *found* (the seqno *before* it), or forget."""
+        if found.segtype == "linear" and not (found.attr.origin or found.attr.snapshot):
             after = self._seqno()
             self._placer.free.committed(before, [r for segment in found.segments for r in segment.pe_ranges], after)
             self._index.committed(found.name, None, before, after)
-            self._removed(found, before, after)
         else:
             self._untracked()
-
-    def _removed(self, found: lvm.LogicalVolume, before: Optional[int], after: Optional[int]) -> None:
-        """The pool's own commit that removed *found* (seqno *before*, then *after*), for what a subclass follows."""
 
     def resize_volume(self, volume: Volume, size: int) -> None:
         found = self._require_lv(volume.id)
@@ -567,8 +556,7 @@ class LvmPool(Pool):
         return None
 
     def volume_problem(self, volume: Volume) -> Optional[str]:
-        # dm: its health is the kernel's, which moves no seqno (loop: all metadata)
-        return self._problem(volume, self._lv(volume.id, fresh=self.activator.name == "dm"))
+        return self._problem(volume, self._lv(volume.id, fresh=self.activator.name == "dm"))  # (dm: see _lv)
 
     def volume_problems(self, volumes: List[Volume]) -> Dict[str, Optional[str]]:
         found = {self._object_id(lv): lv for lv in self._lvs()}  # one lvs for them all

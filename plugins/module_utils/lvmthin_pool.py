@@ -12,11 +12,17 @@ from typing import List, Optional, Tuple, Union
 
 from . import lvm
 from .errors import InvalidRequest, NotFound, Precondition
+from .lvm_index import follows
 from .lvm_pool import THIN, LvmPool, lv_name
 from .lvm_report import LvAttr, Segment
 from .model import Snapshot, Volume
 from .pool import Storage
 from .pool_spec import DEFAULTS, PoolSettings
+
+#: metadata commits of one thin LV's lvcreate or lvremove: the LV with a message for the thin pool, then the
+#: pool's new transaction id with the message gone (lvm2's update_pool_lv; measured on 2.03.16: the seqno moves
+#: by two, and ``--nolocking``, which would let the pool hold the VG's lock around it, is refused for thin LVs)
+THIN_COMMITS = 2
 
 
 class LvmThinPool(LvmPool):
@@ -60,18 +66,16 @@ class LvmThinPool(LvmPool):
     def _allocate_volume(self, volume: Volume, tags: List[str]) -> None:
         name = lv_name(volume.id)
         if volume.source is None:
+            extent = self._extent_size()
             before = self._seqno()
             try:
-                size = lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags,
-                                       extent_size=self._extent_size(), settings=self.settings)
+                size = lvm.create_thin(self.vg, self.thin_pool, name, volume.size, tags, extent_size=extent,
+                                       settings=self.settings)
             except BaseException:
                 self._untracked()
                 raise
-            after = self._seqno()
             made = self._thin_lv(name, size, tags)
-            self._placer.free.committed(before, after=after)
-            self._index.committed(name, made, before, after)
-            self._follow_usage(before, after, size)
+            self._followed(name, made, before, self._seqno(), size)
             self._operation.made = made
         else:
             # A clone or a restore is a thin snapshot of its source: instant, shares blocks.
@@ -109,18 +113,20 @@ class LvmThinPool(LvmPool):
                                  tags=tuple(sorted(tags)), pool_lv=self.thin_pool, origin=None, data_percent=0.0,
                                  metadata_percent=None, path=f"/dev/{self.vg}/{name}", segments=(segment,))
 
-    def _follow_usage(self, before: Optional[int], after: Optional[int], change: int) -> None:
-        """The pool's own commit (seqno *before*, then *after*) changed the virtual bytes in the thin pool by
-        *change*: kept when it is the only commit since the usage was read, else read again when next needed."""
+    def _followed(self, name: str, lv: Optional[lvm.LogicalVolume], before: Optional[int], after: Optional[int],
+                  change: int) -> None:
+        """The pool's thin lvcreate or lvremove made *name* *lv* (None: removed) and changed the virtual bytes in
+        the thin pool by *change*: the index and the pool's use follow it when the seqno moved by exactly its
+        THIN_COMMITS (lvm_index.follows), else they are read again when next needed."""
+        self._placer.free.committed(before, after=after, commits=THIN_COMMITS)
+        self._index.committed(name, lv, before, after, commits=THIN_COMMITS)
         with self._usage_lock:
             known = self._usage
-            if known is None or before is None or after is None or known[0] != before or after != before + 1:
-                self._usage = None
-                return
-            self._usage = (after, known[1], known[2] + change)
+            self._usage = (after, known[1], known[2] + change) if (
+                known is not None and after is not None and follows(before, after, known[0], THIN_COMMITS)) else None
 
-    def _removed(self, found: lvm.LogicalVolume, before: Optional[int], after: Optional[int]) -> None:
-        self._follow_usage(before, after, -found.size if found.pool_lv == self.thin_pool else 0)
+    def _follow_removal(self, found: lvm.LogicalVolume, before: Optional[int]) -> None:
+        self._followed(found.name, None, before, self._seqno(), -found.size if found.pool_lv == self.thin_pool else 0)
 
     def _untracked(self) -> None:
         super()._untracked()

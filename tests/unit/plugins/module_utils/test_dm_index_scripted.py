@@ -8,7 +8,7 @@ test's own table; the same paths run for real in the VM tier (tests/conformance 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 from test_lvm_placing_scripted import (
@@ -23,9 +23,20 @@ from test_lvm_placing_scripted import (
     pvs_segments,
     records,
 )
-from test_lvm_pool_scripted import THIN, VG, VGS, fixed_clock, flags, lvs_all, lvs_json, missing, record_tags
+from test_lvm_pool_scripted import (
+    THIN,
+    VG,
+    VGS,
+    fixed_clock,
+    flags,
+    lvs_all,
+    lvs_json,
+    missing,
+    no_index_reload,
+    record_tags,
+)
 
-from basalt_core import dm_status, volumes
+from basalt_core import dm_status, lvm_command, volumes
 from basalt_core.errors import InUse
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.lvmthin_pool import LvmThinPool
@@ -33,7 +44,7 @@ from basalt_core.model import READY, Volume, volume_id_for
 from basalt_core.pool_spec import PoolSettings
 from basalt_core.sizes import MiB
 
-__all__ = ["fixed_clock", "pv"]  # (fixtures)
+__all__ = ["fixed_clock", "no_index_reload", "pv"]  # (fixtures)
 
 
 class Kernel:
@@ -115,39 +126,74 @@ def test_dm_index_falls_back_to_lvs_when_the_kernel_cannot_tell(
     assert volumes.delete_volume(pool, volume.id)
 
 
+def thin_commits_twice(monkeypatch: pytest.MonkeyPatch, pv: FakePv) -> None:
+    """A thin LV's lvcreate and lvremove commit twice (the LV, then the thin pool's transaction): one more seqno
+    after each, beside the one ``install`` moves (measured on lvm2 2.03.16)."""
+    inner = lvm_command.run
+
+    def run(argv: Any, **kwargs: Any) -> Any:
+        result = inner(argv, **kwargs)
+        if result.rc == 0 and ("--thinpool" in argv or "lvremove" in argv):
+            pv.write_seqno(pv.seqno + 1)
+        return result
+    monkeypatch.setattr(lvm_command, "run", run)
+
+
+def create_thin(pool: LvmThinPool, what: str) -> Tuple[str, Any]:
+    ready = Volume(id=volume_id_for(what), name=what, size=8 * MiB, pool="lvmthin", created_at=1795580000.0,
+                   state=READY)
+    name = lv_name(ready.id)
+    return name, (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b",
+                   "--thinpool", "pool0", *flags("--addtag", record_tags(pool, "volume", ready)), VG], 0, "", "")
+
+
 def test_thin_create_and_delete_are_one_command_each_while_the_pool_is_the_vgs_only_writer(
         script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
     """lvmthin: no look-up of an earlier attempt (the index says there is none), the over-provisioning check
-    from the thin pool's use as one listing read it and the pool's own commits since changed it, one lvcreate;
-    DeleteVolume lvremove alone.  Someone else's commit (the seqno moved by more than the pool's own): the LV
-    is looked up and the thin pool's use listed again."""
+    from the thin pool's use as one listing read it and the pool's own commands since changed it, one lvcreate;
+    DeleteVolume lvremove alone.  Each makes two commits, which the index follows as the pool's own.  Someone
+    else's commit: the LV is looked up and the thin pool's use listed again."""
     pool = LvmThinPool(VG, "pool0", PoolSettings(overprovision=100.0))
     path = str(pv.path)
-    made = {}
-    calls: List[Any] = [pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
-                        (lvs_all(False), 0, lvs_json(*THIN.values()), ""), VGS]
-    for what in ("thin-1", "thin-2", "thin-3"):
-        ready = Volume(id=volume_id_for(what), name=what, size=8 * MiB, pool="lvmthin", created_at=1795580000.0,
-                       state=READY)
-        made[what] = lv_name(ready.id)
-        create_thin = (["lvcreate", "--yes", "--type", "thin", "--name", made[what], "--virtualsize",
-                        f"{8 * MiB}b", "--thinpool", "pool0", *flags("--addtag", record_tags(pool, "volume", ready)),
-                        VG], 0, "", "")
-        if what == "thin-3":  # after someone else's commit
-            calls += [missing(made[what]), (lvs_all(False), 0, lvs_json(*THIN.values()), "")]
-        calls.append(create_thin)
-        if what == "thin-1":
-            calls.append(remove(made[what]))
-    pv.someone_commits_after.append(made["thin-2"])  # right after its lvcreate
-    install(script, monkeypatch, pv, calls)
+    (one, create_one), (_two, create_two), (three, create_three) = (
+        create_thin(pool, what) for what in ("thin-1", "thin-2", "thin-3"))
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
+        (lvs_all(False), 0, lvs_json(*THIN.values()), ""), VGS,
+        create_one, remove(one), create_two,
+        missing(three), (lvs_all(False), 0, lvs_json(*THIN.values()), ""), create_three,  # after someone's commit
+    ])
+    thin_commits_twice(monkeypatch, pv)
     assert pool.volume_ids() == []
     virtual = 72 * MiB  # thin1, thin2, thinsnap1 in pool0 (16 MiB of data)
     assert volumes.ensure_volume(pool, "thin-1", 8 * MiB)[0].state == READY
     assert pool.available_bytes() == 1600 * MiB - virtual - 8 * MiB  # followed, not read
-    kernel[made["thin-1"]] = dm_status.DmState(True, 0)
+    kernel[one] = dm_status.DmState(True, 0)
     assert volumes.delete_volume(pool, volume_id_for("thin-1"))
     assert volumes.ensure_volume(pool, "thin-2", 8 * MiB)[1]
+    assert pool.available_bytes() == 1600 * MiB - virtual - 8 * MiB
+    pv.write_seqno(pv.seqno + 1)  # someone else commits
     assert volumes.ensure_volume(pool, "thin-3", 8 * MiB)[1]
+
+
+def test_a_thin_command_beside_someone_elses_commit_is_not_followed(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seqno moved by three across a thin lvcreate (its two commits and someone else's): the index and the
+    thin pool's use are read again, not followed."""
+    pool = LvmThinPool(VG, "pool0", PoolSettings(overprovision=100.0))
+    path = str(pv.path)
+    name, create_one = create_thin(pool, "thin-1")
+    pv.someone_commits_after.append(name)
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""), (lvs_all(False), 0, lvs_json(*THIN.values()), ""),
+        VGS, create_one,
+        (lvs_all(False), 0, lvs_json(*THIN.values()), ""),  # the pool's use: read again
+    ])
+    thin_commits_twice(monkeypatch, pv)
+    assert pool.volume_ids() == []
+    assert volumes.ensure_volume(pool, "thin-1", 8 * MiB)[1]
+    assert not pool._index.valid()
+    pool.available_bytes()
 
 
 def test_a_placed_dm_lv_as_the_index_holds_it(script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch,

@@ -101,6 +101,13 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("basalt_core.model.now", lambda: 1795580000.0)
 
 
+@pytest.fixture(autouse=True)
+def no_index_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invalid LV index is read again (one listing) only a second after the last: never within a case here,
+    however slowly it runs, so that its commands are exact."""
+    monkeypatch.setattr("basalt_core.lvm_index.RELOAD_INTERVAL", 1e9)
+
+
 def flags(option: str, values: List[str]) -> List[str]:
     return [arg for value in values for arg in (option, value)]
 
