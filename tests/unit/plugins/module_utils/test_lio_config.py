@@ -195,7 +195,7 @@ def test_a_second_run_after_rtslibs_whole_save_changes_nothing(rts: SimpleNamesp
     assert exports.ensure_exported(_Pool(), again, settings, volume, A, CHAP_A, False)[1] is False  # type: ignore[arg-type]
     assert taken(rts) == [] and saved.read_text() == written
 
-    [target] = [t for t in _doc(saved)["targets"]]
+    [target] = _doc(saved)["targets"]
     target["tpgs"][0]["node_acls"] = []  # the file lost the grant (a crash before its save, say)
     saved.write_text(json.dumps({**_doc(saved), "targets": [target]}))
     assert exports.ensure_exported(_Pool(), _backend(rts, saved), settings, volume, A, CHAP_A, False)[1] is True  # type: ignore[arg-type]
