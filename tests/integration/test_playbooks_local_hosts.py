@@ -48,6 +48,7 @@ HOSTS = ("upgrade-a", "upgrade-b")  # inventory order: serial takes them in this
 COLLECTION_PARTS = ("galaxy.yml", "meta", "roles", "playbooks", "plugins", "agent", "pyproject.toml",
                     "README.collection.md")
 PROBE = "/csi.v1.Identity/Probe"
+VERSION_HOME = "agent/basalt_agent/__init__.py"  # the agent's version (pyproject.toml reads it at build time)
 
 
 def _missing() -> str | None:
@@ -112,10 +113,10 @@ class Site:
                 shutil.copytree(source, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
             elif source.exists():
                 shutil.copy2(source, tree / part)
-        pyproject = tree / "pyproject.toml"
-        text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text(encoding="utf-8"),
+        package = tree / VERSION_HOME
+        text = re.sub(r'(?m)^__version__ = ".*"$', f'__version__ = "{version}"', package.read_text(encoding="utf-8"),
                       count=1)
-        pyproject.write_text(text, encoding="utf-8")
+        package.write_text(text, encoding="utf-8")
         return top
 
     def play(self, playbook: str, collection: Path, host_vars: Dict[str, Dict[str, Any]] | None = None,
@@ -128,7 +129,10 @@ class Site:
         inventory.write_text(json.dumps({"all": {"hosts": hosts, "children": {
             "k8s_cluster": {"children": {"kube_node": members["kube_node"]}},
             "basalt_storage": members["basalt_storage"]}}}), encoding="utf-8")
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection), ANSIBLE_NOCOLOR="1",
+        # Without tests/conftest.py's PYTHONPATH: the agents the init scripts start inherit this environment,
+        # and must run their virtualenv's code (the version under test), not this checkout's.
+        inherited = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+        env = dict(inherited, ANSIBLE_COLLECTIONS_PATH=str(collection), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="0")
         proc = subprocess.run(["ansible-playbook", "-i", str(inventory), f"basalt.csi.{playbook}", *extra],
                               env=env, capture_output=True, text=True, timeout=900, check=False)
@@ -137,8 +141,8 @@ class Site:
 
 
 def current_version() -> str:
-    match = re.search(r'(?m)^version = "(.*)"$', (REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    assert match, "pyproject.toml names no version"
+    match = re.search(r'(?m)^__version__ = "(.*)"$', (REPO / VERSION_HOME).read_text(encoding="utf-8"))
+    assert match, f"{VERSION_HOME} names no __version__"
     return match.group(1)
 
 
