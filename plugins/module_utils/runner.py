@@ -80,7 +80,8 @@ def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(stdin or "")
         proc.stdin.close()
-    assert proc.stdout is not None and proc.stderr is not None
+    if proc.stdout is None or proc.stderr is None:
+        raise AssertionError("the process was started without its stdout and stderr pipes")
     stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
 
     def text(data: bytes) -> str:

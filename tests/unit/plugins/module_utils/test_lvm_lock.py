@@ -89,8 +89,8 @@ def test_with_lvmlockd_the_files_guard_nothing(script: Any, tmp_path: Path) -> N
             pass
 
 
-def test_a_hold_ends_early_once_its_command_committed_not_when_the_seqno_is_unknown(script: Any,
-                                                                                 tmp_path: Path) -> None:
+def test_a_hold_ends_early_once_its_command_committed_not_when_the_seqno_is_unknown(
+        script: Any, tmp_path: Path) -> None:
     """No backup kept: release_when_backed_up ends the hold at once (unlinked, unlocked on the description a
     command's ``timeout`` shares: here a dup), though its descriptor stays open until the hold's end; with the
     commit's seqno unknown it keeps the hold."""
