@@ -29,6 +29,7 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,6 +177,13 @@ def serving_metrics(agent: bl.Agent) -> Callable[[], float]:
     return start
 
 
+def role_environment() -> Dict[str, str]:
+    """The environment the agent role gives the agent's service (roles/agent/vars/main.yml)."""
+    role_vars = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "roles", "agent", "vars", "main.yml")
+    with open(role_vars, encoding="utf-8") as handle:
+        return {str(k): str(v) for k, v in yaml.safe_load(handle)["basalt_agent_environment"].items()}
+
+
 def idle_memory(start: Callable[[], Any], read: Callable[[], Dict[str, int]], stop: Callable[[], None]
                 ) -> Dict[str, Any]:
     """VmRSS (KiB) IDLE seconds after start-up, over MEMORY_READINGS starts: each reading and the median."""
@@ -192,8 +200,12 @@ def bench_startup(workspace: bl.Workspace, pool_dir: str, bare: BareServer) -> T
     agent = bl.Agent(workspace, "startup", pool_dir)
     with_metrics = bl.Agent(workspace, "startup-metrics", pool_dir)
     metrics_start = serving_metrics(with_metrics)
+    installed = bl.Agent(workspace, "startup-installed", pool_dir)  # as the agent role runs it
+    installed.env = role_environment()
+    installed_start = serving_metrics(installed)
     basalt, floor = bl.Samples(), bl.Samples()
-    for start, stop in ((agent.start, agent.stop), (metrics_start, with_metrics.stop), (bare.start, bare.stop)):
+    for start, stop in ((agent.start, agent.stop), (metrics_start, with_metrics.stop),
+                        (installed_start, installed.stop), (bare.start, bare.stop)):
         start()  # untimed warm-up of each: page cache, and the bytecode cache (see main)
         stop()
     for _ in range(STARTS):
@@ -204,6 +216,7 @@ def bench_startup(workspace: bl.Workspace, pool_dir: str, bare: BareServer) -> T
     memory = {
         "agent_kib": idle_memory(agent.start, agent.memory, agent.stop),
         "agent_metrics_kib": idle_memory(metrics_start, with_metrics.memory, with_metrics.stop),
+        "agent_installed_metrics_kib": idle_memory(installed_start, installed.memory, installed.stop),
         "bare_kib": idle_memory(bare.start, bare.memory, bare.stop),
     }
     return bl.Row("2 start-up", "exec -> first Probe", basalt, "bare gRPC server", floor), memory
@@ -327,11 +340,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.lvm:
             vg = workspace.make_vg(lp.DEFAULT_METADATA_SIZE)
             lvm_agent, lvm_metrics = lp.LvmAgent(workspace, "lvm", vg), lp.LvmAgent(workspace, "lvm-metrics", vg)
-            for one in (lvm_agent, lvm_metrics):
+            lvm_installed = lp.LvmAgent(workspace, "lvm-installed", vg)
+            lvm_installed.env = role_environment()
+            for one in (lvm_agent, lvm_metrics, lvm_installed):
                 one.args[one.args.index("--log-level") + 1] = "info"
             print("[2] idle memory of an lvm pool's agent with --metrics-address", flush=True)
-            report["memory"]["lvm_agent_metrics_kib"] = idle_memory(serving_metrics(lvm_metrics), lvm_metrics.memory,
-                                                                    lvm_metrics.stop)
+            for key, one in (("lvm_agent_metrics_kib", lvm_metrics),
+                             ("lvm_agent_installed_metrics_kib", lvm_installed)):
+                start = serving_metrics(one)
+                start()  # untimed warm-up: the bytecode cache
+                one.stop()
+                report["memory"][key] = idle_memory(start, one.memory, one.stop)
             lvm_agent.start()
             print(f"[4] concurrency (lvm, loop): {args.concurrency} creates, {args.rounds} rounds", flush=True)
             rows += bench_concurrency(lvm_agent, args.concurrency, args.rounds, "lvm loop")
@@ -355,7 +374,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"bare gRPC server VmRSS {bare_rss / 1024:.1f} MiB")
         for key, side in (("agent_kib", "agent (file pool)"),
                           ("agent_metrics_kib", "agent (file pool) --metrics-address"),
-                          ("lvm_agent_metrics_kib", "agent (lvm pool) --metrics-address")):
+                          ("agent_installed_metrics_kib", "agent (file pool) --metrics-address, with the agent "
+                           f"role's environment {role_environment()}"),
+                          ("lvm_agent_metrics_kib", "agent (lvm pool) --metrics-address"),
+                          ("lvm_agent_installed_metrics_kib", "agent (lvm pool) --metrics-address, with the agent "
+                           f"role's environment {role_environment()}")):
             if key in memory:
                 rss = memory[key]["VmRSS"]
                 print(f"  {side}: VmRSS {rss / 1024:.1f} MiB ({rss / bare_rss:.2f}x the bare server, "

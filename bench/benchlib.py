@@ -225,6 +225,8 @@ class Agent:
         self.args = ["--node-id", NODE_ID, "--pool", "file:" + pool_dir,
                      "--state-dir", os.path.join(self.home, "state")]
         self.log_path = os.path.join(self.home, "agent.log")
+        #: variables added to the agent's environment
+        self.env: Dict[str, str] = {}
         self.process: Optional[AgentProcess] = None
         self.channel: Optional[grpc.Channel] = None
         self.identity: Any = None
@@ -246,7 +248,8 @@ class Agent:
         """Start the agent; return the seconds from exec to its first successful Probe."""
         if self.process is not None:
             raise BenchError(f"agent {self.name} is already running")
-        self.process = AgentProcess(self.socket, self.args, log_path=self.log_path)
+        self.process = AgentProcess(self.socket, self.args, log_path=self.log_path,
+                                    env={**os.environ, **self.env} if self.env else None)
         self.process.start()
         try:
             ready = self.process.wait_ready(START_TIMEOUT, poll=0.001)

@@ -214,6 +214,9 @@ def test_upgrade_one_host_at_a_time_and_stop_at_a_failed_host(site: Site) -> Non
     before = {host: site.pid(host) for host in HOSTS}
     for host in HOSTS:
         assert plugin_version(site, host) == old
+        # the service runs the agent in the role's environment (PYTHONOPTIMIZE=2: its idle memory)
+        environ = Path(f"/proc/{before[host]}/environ").read_bytes().split(b"\0")
+        assert b"PYTHONOPTIMIZE=2" in environ, environ
 
     # (2) the upgrade to a new agent version
     proc = site.play("upgrade", site.collection(new))
