@@ -24,7 +24,7 @@ from .proto import csi_pb2, csi_pb2_grpc
 NODE_TOOLS = ("losetup", "blkid", "mount", "umount", "mkfs.ext4", "mkfs.xfs", "fsfreeze")
 #: Probe's checks (the pool, the target service, iscsid) answer within this many seconds or Probe fails
 PROBE_BOUND = 5.0
-#: a check that runs a command (``vgs``, ``tgtadm``) and passed is run again only after this many seconds,
+#: a check that asks another process (``vgs``, a request to tgtd) and passed is run again only after this many seconds,
 #: so that Probe (every few seconds from livenessprobe) runs no command; a failed one runs at every Probe
 COMMAND_CHECK_MAX_AGE = 5.0
 #: where iscsid (or its systemd socket) listens for iscsiadm: an abstract unix socket
