@@ -3,7 +3,7 @@
 
     python3 bench/vm_bench.py [--rounds N] [--only lvm-dm,lvmthin,lio] [--bare-vg] [--json-dir DIR] [--timeout S]
 
-On the host (root; through ``/work/wt/vmrun`` where VM slots are shared) it boots
+On the host (root) it boots
 the VM tier's image once (tests/vm/run_vm.py: Debian under QEMU TCG, the tree
 read-only at /basalt, the agent's wheels over 9p as the conformance subset gets
 them) with one scratch disk for the guest's /tmp, and runs this file with
