@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -17,6 +19,21 @@ PV_COLS = "pv_name,vg_name,pv_size,pv_free,pe_start"
 REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix", "--options"]
 
 Call = Tuple[List[str], int, str, str]
+
+
+def lock_free(path: Path) -> bool:
+    """Whether someone else (LVM) could take the lock file at *path* now (a file made to ask is removed)."""
+    existed = path.exists()
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        if not existed:
+            path.unlink()  # before the close, as LVM releases: nobody locks a file about to go
+        os.close(fd)
 
 
 def _commands() -> Dict[str, Tuple[List[str], int]]:

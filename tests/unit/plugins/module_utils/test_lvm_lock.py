@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lvm_testlib import lock_free
 
 from basalt_core import lvm_lock
 from basalt_core.errors import CommandFailed, InvalidRequest
@@ -96,22 +97,12 @@ def test_a_hold_ends_early_once_its_command_committed_not_when_the_seqno_is_unkn
     commit's seqno unknown it keeps the hold."""
     lock = configured(script, tmp_path)
     path = tmp_path / "lock" / "V_vg0"
-
-    def free() -> bool:
-        other = os.open(path, os.O_CREAT | os.O_RDWR)
-        try:
-            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(other)
     with lock.held() as fd:
         kept = os.dup(fd)  # the command's copy
         lock.release_when_backed_up(fd, None)
-        assert not free()
+        assert not lock_free(path)
         lock.release_when_backed_up(fd, 7)
         assert not path.exists() or os.stat(path).st_ino != os.fstat(fd).st_ino
-        assert free()
+        assert lock_free(path)
         os.fstat(fd)  # still open
     os.close(kept)

@@ -10,7 +10,6 @@ directory is the test's own.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import struct
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
+from lvm_testlib import lock_free
 from test_lvm_pool_scripted import RECORDED, VG, VGS, fixed_clock, flags, found, record_tags, retag, row_like
 
 from basalt_core import lvm_command, lvm_report, volumes
@@ -283,20 +283,9 @@ def test_while_another_create_holds_the_lock_lvm_places(script: Any, pv: FakePv,
     assert blank_ends(pv.extent(0) + pv.extent(1))
 
 
-def lock_free(pv: FakePv) -> bool:
+def vg_lock_free(pv: FakePv) -> bool:
     """Whether someone else (LVM) could take the VG's lock now."""
-    path = pv.lock_dir / f"V_{VG}"
-    existed = path.exists()
-    fd = os.open(path, os.O_CREAT | os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        if not existed:
-            path.unlink()
-        os.close(fd)
+    return lock_free(pv.lock_dir / f"V_{VG}")
 
 
 def test_the_lock_goes_once_lvcreate_says_created_not_at_its_exit(
@@ -313,7 +302,7 @@ def test_the_lock_goes_once_lvcreate_says_created_not_at_its_exit(
         VGS, lock_settings(pv), pvs_layout(path), pvs_segments(path, (0, 8, "")),
         create(one, ready1, f"{path}:0-1"),
         create(two, ready2, f"{path}:2-3"),
-    ], after_output=lambda: free_before_exit.append(lock_free(pv)))
+    ], after_output=lambda: free_before_exit.append(vg_lock_free(pv)))
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
     assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
     assert free_before_exit == [True, True]
@@ -338,15 +327,15 @@ def test_with_backups_the_lock_goes_once_the_vg_backup_is_at_the_new_seqno(
         os.rename(backups / f"{VG}.tmp", backups / VG)
 
     def backed_up() -> None:
-        seen.append(lock_free(pv))  # created, no backup yet: still held
+        seen.append(vg_lock_free(pv))  # created, no backup yet: still held
         backup(pv.seqno - 1)
         time.sleep(0.05)
-        seen.append(lock_free(pv))  # the backup of the seqno before: still held
+        seen.append(vg_lock_free(pv))  # the backup of the seqno before: still held
         backup(pv.seqno)
         deadline = time.monotonic() + 10
-        while not lock_free(pv) and time.monotonic() < deadline:
+        while not vg_lock_free(pv) and time.monotonic() < deadline:
             time.sleep(0.001)
-        seen.append(lock_free(pv))
+        seen.append(vg_lock_free(pv))
     install(script, monkeypatch, pv, [
         VGS, lock_settings(pv, str(backups)), pvs_layout(path), pvs_segments(path, (0, 8, "")),
         create(name, ready, f"{path}:0-1"),
