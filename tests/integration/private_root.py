@@ -22,6 +22,13 @@ SETTINGS = REPO / "molecule" / "sysvinit" / "group_vars" / "all.yml"
 ROLES = REPO / "roles"
 
 
+def play_environment(**extra: str) -> Dict[str, str]:
+    """The environment for a run whose init scripts start agents (they inherit it): this one's without
+    tests/conftest.py's PYTHONPATH, so the agents run their virtualenv's code (the install under test), not
+    this checkout's; plus *extra*."""
+    return {**{name: value for name, value in os.environ.items() if name != "PYTHONPATH"}, **extra}
+
+
 def _settings() -> Dict[str, Any]:
     return dict(yaml.safe_load(SETTINGS.read_text(encoding="utf-8")))
 

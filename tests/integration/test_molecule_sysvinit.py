@@ -52,9 +52,10 @@ def test_sysvinit_scenario(tmp_path: Path) -> None:
     top = tmp_path / "collections"
     (top / "ansible_collections" / "basalt").mkdir(parents=True)
     (top / "ansible_collections" / "basalt" / "csi").symlink_to(REPO)
-    env = dict(os.environ, MOLECULE_GLOB="molecule/*/molecule.yml", BASALT_COLLECTIONS_PATH=str(top),
-               BASALT_MOLECULE_RUN=run, MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", NO_COLOR="1")
+    env = private_root.play_environment(
+        MOLECULE_GLOB="molecule/*/molecule.yml", BASALT_COLLECTIONS_PATH=str(top), BASALT_MOLECULE_RUN=run,
+        MOLECULE_EPHEMERAL_DIRECTORY=str(tmp_path / "molecule"), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
+        ANSIBLE_NOCOLOR="1", NO_COLOR="1")
     proc = subprocess.run(["molecule", "test", "-s", "sysvinit"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=1200, check=False)
     output = proc.stdout + proc.stderr

@@ -129,11 +129,9 @@ class Site:
         inventory.write_text(json.dumps({"all": {"hosts": hosts, "children": {
             "k8s_cluster": {"children": {"kube_node": members["kube_node"]}},
             "basalt_storage": members["basalt_storage"]}}}), encoding="utf-8")
-        # Without tests/conftest.py's PYTHONPATH: the agents the init scripts start inherit this environment,
-        # and must run their virtualenv's code (the version under test), not this checkout's.
-        inherited = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
-        env = dict(inherited, ANSIBLE_COLLECTIONS_PATH=str(collection), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="0")
+        env = private_root.play_environment(
+            ANSIBLE_COLLECTIONS_PATH=str(collection), ANSIBLE_NOCOLOR="1",
+            ANSIBLE_LOCAL_TEMP=str(self.root / "ansible-tmp"), ANSIBLE_RETRY_FILES_ENABLED="0")
         proc = subprocess.run(["ansible-playbook", "-i", str(inventory), f"basalt.csi.{playbook}", *extra],
                               env=env, capture_output=True, text=True, timeout=900, check=False)
         print(proc.stdout + proc.stderr)
