@@ -161,7 +161,8 @@ class FilePool(Pool):
 
     # -- node side -----------------------------------------------------------
     def attach(self, volume: Volume) -> str:
-        device = losetup.attach(self.image_path(volume.id)).device  # losetup reuses the device attached so
+        # the device attached exactly so is reused (read alone while it is the one this pool attached before)
+        device = losetup.attach(self.image_path(volume.id), likely=self._attached.get(volume.id)).device
         self._attached[volume.id] = device
         return device
 

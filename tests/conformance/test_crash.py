@@ -1,7 +1,8 @@
 """The agent SIGKILLed at the exact points where a crash used to strand the host (issue 10).
 
 Each test kills a real agent at one point (a tool wrapper from
-``crashpoints.py`` first on its PATH, or a state made as a crash leaves it),
+``crashpoints.py`` first on its PATH, an audit hook right after a loop attach's
+ioctl from ``loop_crashpoint.py``, or a state made as a crash leaves it),
 starts it again on the same state, retries the call as a CO does, and checks
 that it converges: data intact, nothing frozen, nothing left attached.
 docs/crash-safety.md lists these points per RPC.
@@ -42,6 +43,7 @@ from basalt_csi_testlib import (
     write_file,
 )
 from crashpoints import CrashPoints
+from loop_crashpoint import LoopAttachCrash
 
 AgentFactory = Callable[..., Agent]
 
@@ -50,11 +52,20 @@ AgentFactory = Callable[..., Agent]
 def crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, CrashPoints]]:
     """A started agent whose tools can be armed to kill it."""
     agent = fresh_agent_factory(launch=False)
-    points = CrashPoints(agent.root).wrap("mkfs.xfs", "mkfs.ext4", "fsfreeze", "losetup", "resize2fs", "e2fsck",
-                                          "e2undo")
+    points = CrashPoints(agent.root).wrap("mkfs.xfs", "mkfs.ext4", "fsfreeze", "resize2fs", "e2fsck", "e2undo")
     agent.extra_env.update(points.env())
     agent.start()
     yield agent, points
+
+
+@pytest.fixture
+def attach_crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, LoopAttachCrash]]:
+    """A started agent that can be armed to die right after its next loop attach (an ioctl: no tool to wrap)."""
+    agent = fresh_agent_factory(launch=False)
+    point = LoopAttachCrash(agent.root)
+    agent.extra_env.update(point.env(agent.env().get("PYTHONPATH", "")))
+    agent.start()
+    yield agent, point
 
 
 def pool_neutral(agent: Agent) -> None:
@@ -188,9 +199,9 @@ def test_a_copy_slower_than_the_freeze_limit_fails_and_thaws(fresh_agent_factory
 
 # -- 2. loop devices ---------------------------------------------------------------
 
-def test_killed_after_attaching_a_copy_device(crashable: tuple[Agent, CrashPoints]) -> None:
+def test_killed_after_attaching_a_copy_device(attach_crashable: tuple[Agent, LoopAttachCrash]) -> None:
     """Killed while a copy holds a temporary loop device: start-up detaches it, the source is not "in use"."""
-    agent, points = crashable
+    agent, point = attach_crashable
     cap = mount_cap("ext4")
     vol = agent.create_volume(32 * MiB, cap=cap)
     att = stage_tracking_image(agent, vol.volume_id, cap)
@@ -198,15 +209,15 @@ def test_killed_after_attaching_a_copy_device(crashable: tuple[Agent, CrashPoint
     write_file(os.path.join(att.staging, "data"), data)
     agent.unstage(att.volume_id, att.staging)
     name = unique("snap")
-    points.arm("losetup", "after", arg="--find")  # lvm-loop: the copy's first device (file pools copy files)
+    point.arm()  # lvm-loop: the copy's first device (file pools copy files)
     request = csi.CreateSnapshotRequest(source_volume_id=vol.volume_id, name=name)
     if agent.kind == LVM_LOOP_KIND:
         crashed(agent.ctl.CreateSnapshot, request)
-        assert points.fired("losetup")["outcome"] == "after"
+        assert point.fired()["outcome"] == "after"
         assert agent.pool_loops(), "the crash point left no device: it tests nothing"
         restart(agent)
         assert retry_until(lambda: agent.pool_loops() == {}, 60), "start-up left the copy's device attached"
-    points.disarm("losetup")
+    point.disarm()
     snap = agent.ctl.CreateSnapshot(request).snapshot
     restored = agent.ctl.CreateVolume(csi.CreateVolumeRequest(
         name=unique("restore"), volume_capabilities=[cap], volume_content_source=snapshot_source(snap.snapshot_id),
@@ -220,14 +231,14 @@ def test_killed_after_attaching_a_copy_device(crashable: tuple[Agent, CrashPoint
     assert_nothing_left(agent)
 
 
-def test_killed_after_node_stage_attached(crashable: tuple[Agent, CrashPoints]) -> None:
+def test_killed_after_node_stage_attached(attach_crashable: tuple[Agent, LoopAttachCrash]) -> None:
     """Killed between NodeStage's attach and its record: start-up detaches it; a CO may then delete the volume."""
-    agent, points = crashable
+    agent, point = attach_crashable
     cap = mount_cap("ext4")
     vol = agent.create_volume(16 * MiB, cap=cap)
-    points.arm("losetup", "after", arg="--find")
+    point.arm()
     crashed(agent.node.NodeStageVolume, node_req(vol, cap, agent.staging_dir()))
-    assert points.fired("losetup")["outcome"] == "after"
+    assert point.fired()["outcome"] == "after"
     assert agent.pool_loops()
     restart(agent)
     delete(agent, vol.volume_id)  # was FAILED_PRECONDITION "attached as /dev/loopN" for ever
@@ -318,9 +329,9 @@ def test_killed_while_node_stage_makes_the_filesystem(crashable: tuple[Agent, Cr
     assert_nothing_left(agent)
 
 
-def test_data_is_never_reformatted(crashable: tuple[Agent, CrashPoints]) -> None:
+def test_data_is_never_reformatted(attach_crashable: tuple[Agent, LoopAttachCrash]) -> None:
     """The mark covers only our own mkfs: a killed NodeStage of a volume holding data never reformats it."""
-    agent, points = crashable
+    agent, point = attach_crashable
     pool_neutral(agent)
     cap = mount_cap("ext4")
     vol = agent.create_volume(16 * MiB, cap=cap)
@@ -328,9 +339,9 @@ def test_data_is_never_reformatted(crashable: tuple[Agent, CrashPoints]) -> None
     data = pattern(MiB, "keep")
     write_file(os.path.join(att.staging, "data"), data)
     agent.unstage(vol.volume_id, att.staging)
-    points.arm("losetup", "after", arg="--find")
+    point.arm()
     crashed(agent.node.NodeStageVolume, node_req(vol, cap, att.staging))
-    points.fired("losetup")
+    point.fired()
     restart(agent)
     agent.stage(vol.volume_id, cap, att.staging)
     assert read_file(os.path.join(att.staging, "data")) == data

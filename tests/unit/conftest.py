@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -69,6 +70,8 @@ class FakeLoopDevices:
     newline."""
 
     sys_block: str
+    #: the fake /proc/partitions: a bound device (with a capacity) is listed
+    partitions: str = ""
 
     def add(self, number: int, backing_file: str, offset: int = 0, size_limit: int = 0,
             read_only: bool = False, autoclear: bool = False) -> str:
@@ -80,21 +83,37 @@ class FakeLoopDevices:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
+        with open(self.partitions, "a", encoding="utf-8") as table:
+            table.write(f"   7    {number:>5}       8192 loop{number}\n")
         return f"/dev/loop{number}"
 
     def remove(self, number: int) -> None:
         """Unbind: the kernel removes the ``loop`` directory, the device node stays."""
         shutil.rmtree(os.path.join(self.sys_block, f"loop{number}", "loop"))
+        with open(self.partitions, encoding="utf-8") as table:
+            rows = [row for row in table if not row.rstrip().endswith(f" loop{number}")]
+        with open(self.partitions, "w", encoding="utf-8") as table:
+            table.writelines(rows)
 
 
 @pytest.fixture
 def loop_devices(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> FakeLoopDevices:
     """The lookup reads a fake sysfs with three unbound devices (and a name that is no device)."""
-    fake = FakeLoopDevices(os.path.join(str(tmp_path), "sys-devices-virtual-block"))
+    fake = FakeLoopDevices(os.path.join(str(tmp_path), "sys-devices-virtual-block"),
+                           os.path.join(str(tmp_path), "proc-partitions"))
+    with open(fake.partitions, "w", encoding="utf-8") as table:
+        table.write("major minor  #blocks  name\n\n 254        0   52428800 vda\n")
     for number in range(3):
         os.makedirs(os.path.join(fake.sys_block, f"loop{number}"))
     os.makedirs(os.path.join(fake.sys_block, "loop-control-not-a-device"))
     monkeypatch.setattr("basalt_core.losetup.SYS_BLOCK", fake.sys_block)
+    monkeypatch.setattr("basalt_core.losetup.PROC_PARTITIONS", fake.partitions)
+
+    def refused(*args: Any) -> None:
+        raise AssertionError(f"a loop ioctl {args[1:2]} on the fake sysfs: it would act on this host's devices")
+    # attach and detach are ioctls on /dev, which the fake does not replace: they must never reach this
+    # host's devices, whose numbers the fake's names share
+    monkeypatch.setattr("basalt_core.losetup.fcntl", types.SimpleNamespace(ioctl=refused))
     return fake
 
 
