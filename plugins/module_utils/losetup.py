@@ -190,10 +190,10 @@ def ensure_attached(
         if not existing.detaching:
             return existing, False
         _clear_autoclear(existing.device, what)
-        log.debug("loop reuse %s -> %s in %.3fs", path, existing.device, time.monotonic() - started)
+        log.debug("loop reuse %s -> %s in %.4fs", path, existing.device, time.monotonic() - started)
         return dataclasses.replace(existing, detaching=False), True
     device = _configure(path, offset, size_limit, read_only, what)
-    log.debug("loop attach %s -> %s in %.3fs", path, device.device, time.monotonic() - started)
+    log.debug("loop attach %s -> %s in %.4fs", path, device.device, time.monotonic() - started)
     return device, True
 
 
@@ -423,7 +423,7 @@ def detach(device: str) -> None:
             os.close(fd)  # the last close of a device nobody else holds unbinds it
     except OSError as error:
         raise _failed("LOOP_CLR_FD", device, error, what) from None
-    log.debug("loop detach %s in %.3fs", device, time.monotonic() - started)
+    log.debug("loop detach %s in %.4fs", device, time.monotonic() - started)
     deadline = time.monotonic() + DETACH_SETTLE
     while _detaching(device) and time.monotonic() < deadline:
         time.sleep(0.005)
