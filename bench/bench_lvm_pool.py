@@ -145,6 +145,26 @@ class PrivateLvm:
             raise bl.BenchError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
 
+    def run_to_commit(self, *argv: str) -> Tuple[float, float]:
+        """Run an LVM tool like ``run``; seconds until it printed that its commit is done (lvcreate's
+        ``Logical volume "X" created.``, lvremove's ``... successfully removed.``), and until its exit."""
+        if argv[0] not in cp.LVM_TOOLS:
+            raise bl.BenchError(f"{argv[0]} is not an LVM tool")
+        start = bl.now()
+        committed = None
+        with subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+                              stdin=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            for line in proc.stdout:
+                if committed is None and line.startswith("  Logical volume ") and \
+                        line.rstrip().endswith((" created.", " successfully removed.")):
+                    committed = bl.now() - start
+            stderr = proc.stderr.read()
+        ended = bl.now() - start
+        if proc.returncode != 0 or committed is None:
+            raise bl.BenchError(f"{' '.join(argv)} failed ({proc.returncode}): {stderr.strip()}")
+        return committed, ended
+
     def location(self, vg: str, name: str) -> lvm.DataLocation:
         """Where *vg*/*name*'s bytes lie on the PV (for the bare ``losetup --offset --sizelimit``)."""
         found = lvm.logical_volume(vg, name, settings=self.settings)
@@ -247,12 +267,13 @@ def create_volume(agent: bl.Agent, name: str, size: int) -> Any:
     return agent.controller.CreateVolume(request, timeout=bl.RPC_TIMEOUT).volume
 
 
-def bare_create(private: PrivateLvm, vg: str, name: str, size: int) -> None:
-    private.run(*private.kind.create_args(vg, name, size))
+def bare_create(private: PrivateLvm, vg: str, name: str, size: int) -> Tuple[float, float]:
+    """The bare lvcreate: seconds to its commit line, and to its exit."""
+    return private.run_to_commit(*private.kind.create_args(vg, name, size))
 
 
-def bare_remove(private: PrivateLvm, vg: str, name: str) -> None:
-    private.run("lvremove", "--yes", f"{vg}/{name}")
+def bare_remove(private: PrivateLvm, vg: str, name: str) -> Tuple[float, float]:
+    return private.run_to_commit("lvremove", "--yes", f"{vg}/{name}")
 
 
 # -- benchmark 1 (and each level of 2): CreateVolume + DeleteVolume vs lvcreate + lvremove ---
@@ -261,6 +282,7 @@ def bench_create_delete(agent: LvmAgent, profiler: cp.Profiler, private: Private
                         level: int, bench: str) -> List[bl.Row]:
     g_create, g_delete, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
     b_create, b_delete, b_pair = bl.Samples(), bl.Samples(), bl.Samples()
+    c_create, c_delete, c_pair = bl.Samples(), bl.Samples(), bl.Samples()  # the bare tools until their commit line
 
     def grpc_round(i: int) -> None:
         name = f"bench-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
@@ -272,17 +294,23 @@ def bench_create_delete(agent: LvmAgent, profiler: cp.Profiler, private: Private
 
     def bare_round(i: int) -> None:
         name = f"bare-cd-{level}-{i}-{uuid.uuid4().hex[:8]}"
-        took_c, _ = bl.timed(lambda: bare_create(private, vg, name, VOLUME_SIZE))
-        took_d, _ = bl.timed(lambda: bare_remove(private, vg, name))
+        commit_c, took_c = bare_create(private, vg, name, VOLUME_SIZE)
+        commit_d, took_d = bare_remove(private, vg, name)
         b_create.add(took_c)
         b_delete.add(took_d)
         b_pair.add(took_c + took_d)
+        c_create.add(commit_c)
+        c_delete.add(commit_d)
+        c_pair.add(commit_c + commit_d)
 
     bl.interleave(rounds, [grpc_round, bare_round])
     return [
         bl.Row(bench, "CreateVolume", g_create, private.kind.create_floor, b_create),
         bl.Row(bench, "DeleteVolume", g_delete, "lvremove", b_delete),
         bl.Row(bench, "Create+Delete", g_pair, "lvcreate + lvremove", b_pair),
+        bl.Row(bench, "CreateVolume", g_create, "lvcreate until its 'created' line", c_create),
+        bl.Row(bench, "DeleteVolume", g_delete, "lvremove until its 'removed' line", c_delete),
+        bl.Row(bench, "Create+Delete", g_pair, "both until their commit lines", c_pair),
     ]
 
 

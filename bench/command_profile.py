@@ -25,6 +25,9 @@ CLEANUP_GRACE = 86400
 LVM_TOOLS = {"lvs", "vgs", "pvs", "lvcreate", "lvremove", "lvchange", "lvextend", "vgcreate", "vgchange", "vgremove",
              "pvcreate", "pvremove", "lvm"}
 _RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
+# a command the agent answered at its output, before its exit (runner.run's *answered*; its exit is logged
+# later as ``ended [...]``): counted, with rc 0 and the time until that answer, in the RPC that ran it
+_ANSWERED = re.compile(r"^ran (\[.*\]) answered in ([0-9.]+)s$")
 # a request on tgtd's management socket (basalt_core.tgt_socket): counted as a command of the tool TGTD_SOCKET
 _SENT = re.compile(r"^sent (\[.*\]) err=(-?\d+) in ([0-9.]+)s$")
 TGTD_SOCKET = "tgtd-socket"
@@ -62,12 +65,14 @@ class ProfiledAgent(bl.Agent):
             except ValueError:
                 continue
             message = str(entry.get("msg", ""))
-            match = _RAN.match(message) or _SENT.match(message)
+            answered = _ANSWERED.match(message)
+            match = answered or _RAN.match(message) or _SENT.match(message)
             if not match:
                 continue
             argv = [str(a) for a in ast.literal_eval(match.group(1))]
             tool = TGTD_SOCKET if match.re is _SENT else tool_of(argv)
-            found.append(Command(tool, argv, int(match.group(2)), float(match.group(3))))
+            rc, seconds = (0, match.group(2)) if answered else (int(match.group(2)), match.group(3))
+            found.append(Command(tool, argv, rc, float(seconds)))
         return found
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 import grpc
 
-from basalt_core import iscsiadm, volumes
+from basalt_core import iscsiadm, runner, volumes
 from basalt_core.errors import InvalidRequest, Precondition, StorageError
 from basalt_core.exports import ExportSettings
 from basalt_core.facts import volume_id_of_target
@@ -235,6 +235,7 @@ def serve(settings: config.Config) -> int:
     log.info("stopping: finishing in-flight calls")
     for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once
         stopped.wait()
+    runner.settle(SHUTDOWN_GRACE)  # the tools calls answered before their exit (LVM's teardown after a commit)
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()

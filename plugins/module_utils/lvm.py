@@ -24,6 +24,7 @@ Behaviour measured on lvm2 2.03.16 (Debian 12), see tests/unit/plugins/module_ut
 from __future__ import annotations
 
 import re
+import threading
 from typing import Callable, Iterable, List, Optional, Sequence
 
 from .errors import CommandFailed, InUse, InvalidRequest
@@ -166,6 +167,7 @@ def create_linear(
     place: Optional[PeRange] = None,
     vg_lock: Optional[int] = None,
     created: Optional[Callable[[], None]] = None,
+    answered: Optional[threading.Event] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a linear LV; return the size asked of LVM (rounded up to *extent_size* when given).
@@ -174,6 +176,8 @@ def create_linear(
     *vg_lock*: the caller holds the VG's lock on this descriptor (``lvm_command.run_lvm``).
     *created*: called as soon as lvcreate says the LV is created, while it still runs: its one commit is done
     (lvm2 prints that at the end of ``lv_create_single``; only its metadata backup and its exit follow).
+    *answered*: set (by *created*, or whoever knows) once the LV needs nothing more of lvcreate: the call
+    returns then, its exit awaited in the background (``runner.run``).
 
     *zero* (the default) asks LVM to zero the first 4 KiB and wipe known
     signatures, so blkid sees the new LV blank even when its extents held
@@ -193,7 +197,7 @@ def create_linear(
     if place is not None:
         args.append(f"{operand(place.device, 'physical volume')}:{place.first}-{place.last}")
     done = f'  Logical volume "{name}" created.\n'
-    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock,
+    run_lvm(settings, "lvcreate", args, what=what, timeout=CHANGE_TIMEOUT, vg_lock=vg_lock, answered=answered,
             on_line=None if created is None else (lambda line: created() if line == done else None))
     return int(size[:-1])
 
@@ -312,9 +316,21 @@ def extend(
     fail(result, what)
 
 
-def remove(vg: str, name: str, *, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
-    """Remove *vg*/*name* (NotFound when it does not exist)."""
-    run_lvm(settings, "lvremove", ["--yes", _target(vg, name)], what=f"remove LV {vg}/{name}", timeout=REMOVE_TIMEOUT)
+def remove(vg: str, name: str, *, at_commit: bool = False, settings: LvmSettings = DEFAULT_SETTINGS) -> None:
+    """Remove *vg*/*name* (NotFound when it does not exist).
+
+    *at_commit*: return as soon as lvremove says the LV is removed: its commit is done, and only its metadata
+    backup (under LVM's own lock, which it still holds) and its exit follow: 30-90 ms here, most of it the
+    kernel's ``io_destroy``.  Only where nothing follows the commit that the caller needs: not with
+    device-mapper (LVM waits for udev at its unlock)."""
+    answered = threading.Event() if at_commit else None
+    done = f'  Logical volume "{existing_lv_name(name)}" successfully removed.\n'
+
+    def on_line(line: str) -> None:
+        if line == done and answered is not None:
+            answered.set()
+    run_lvm(settings, "lvremove", ["--yes", _target(vg, name)], what=f"remove LV {vg}/{name}", timeout=REMOVE_TIMEOUT,
+            answered=answered, on_line=None if answered is None else on_line)
 
 
 def activate(

@@ -9,6 +9,7 @@ Precondition; anything else stays a CommandFailed with LVM's rc and stderr.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Type
 
@@ -146,10 +147,12 @@ def run_lvm(
     check: bool = True,
     vg_lock: Optional[int] = None,
     on_line: Optional[Callable[[str], None]] = None,
+    answered: Optional[threading.Event] = None,
 ) -> CommandResult:
     """Run an LVM tool; *vg_lock*: the descriptor on which the caller holds the VG's lock (lvm_lock), so the tool
     runs ``--nolocking`` under ``timeout``, which keeps that descriptor (LVM closes the ones it inherits) and so
-    the lock for as long as the tool runs, the caller killed or not.  *on_line*: each stdout line as it comes."""
+    the lock for as long as the tool runs, the caller killed or not.  *on_line*: each stdout line as it comes;
+    *answered*: set once the tool's work is done, before its exit (``runner.run``)."""
     argv = settings.command(tool, *args)
     keep: Tuple[int, ...] = ()
     if vg_lock is not None:
@@ -160,7 +163,7 @@ def run_lvm(
     try:
         # stdin at EOF: any prompt LVM still asks is answered "n".
         return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="", pass_fds=keep,
-                   on_line=on_line)
+                   on_line=on_line, answered=answered)
     except CommandFailed as exc:
         mapped = classify(exc)
         if mapped is exc:

@@ -157,22 +157,30 @@ class VgLock:
             return None
         return int(found.group(1)) if found else None
 
-    def release_when_backed_up(self, fd: int, seqno: Optional[int]) -> None:
+    def release_when_backed_up(self, fd: int, seqno: Optional[int],
+                               released: Optional[threading.Event] = None) -> None:
         """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
         LVM keeps no backup, else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it
-        under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway."""
+        under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway.
+        *released* is set once released here (the command's work is then all done: ``runner.run``'s
+        *answered*)."""
         hold = self._hold
         if hold is None or hold.fd != fd or seqno is None:
             return
-        if self._backup is None:
+
+        def release() -> None:
             self._end(hold)
+            if released is not None:
+                released.set()
+        if self._backup is None:
+            release()
             return
 
         def wait() -> None:
             while self._hold is hold:
                 found = self.backup_seqno()
                 if found is not None and found >= seqno:
-                    self._end(hold)
+                    release()
                     return
                 time.sleep(BACKUP_POLL)
         threading.Thread(target=wait, name=f"release {self.vg}", daemon=True).start()

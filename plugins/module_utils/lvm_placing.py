@@ -10,8 +10,11 @@ extents (harmless); after it, a complete LV whose ends are zero (active or
 not: a NodeStage activates it either way).
 
 With loop activation the lock goes as soon as lvcreate has committed and LVM
-wrote its metadata backup (lvm_lock), not at the tool's exit; with
-device-mapper it lasts until the exit (LVM waits for udev under its lock).
+wrote its metadata backup (lvm_lock), not at the tool's exit, and the create
+returns there: the rest of lvcreate is its teardown (30-90 ms here, most of it
+the kernel's ``io_destroy``), awaited in the background (``runner.run``'s
+*answered*).  With device-mapper the lock lasts until the exit (LVM waits for
+udev under its lock), and so does the create.
 
 Whenever that is not certain it zeroes nothing before the commit: LVM's
 configuration does not guard the VG with file locks (lvmlockd), another of
@@ -79,7 +82,7 @@ class Placer:
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
         the commit); not *active*, the lock goes as soon as lvcreate has committed and LVM's backup is written
-        (lvm_lock), its exit left outside.
+        (lvm_lock), and the create returns then, lvcreate's exit left outside.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
@@ -114,7 +117,8 @@ class Placer:
         if place is None:
             return None
         before = self.seqno()
-        if not self._lvcreate(name, size, tags, extent, place):
+        committed_line = threading.Event()  # its commit done (LVM still holds its own lock for the backup)
+        if not self._lvcreate(name, size, tags, extent, place, created=committed_line.set, answered=committed_line):
             return None
         made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
         after = self.seqno()
@@ -145,6 +149,7 @@ class Placer:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
+            released = threading.Event()  # the lock released: lvcreate's work is done, its exit need not be awaited
 
             def created() -> None:
                 """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
@@ -153,20 +158,22 @@ class Placer:
                 committed(made, before, after)
                 followed.append(after)
                 if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
-                    self.lock.release_when_backed_up(held, after)
-            if not self._lvcreate(name, size, tags, extent, place, held, created):
+                    self.lock.release_when_backed_up(held, after, released)
+            if not self._lvcreate(name, size, tags, extent, place, held, created, released):
                 return None
             if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)
                 created()
         return made
 
     def _lvcreate(self, name: str, size: int, tags: Sequence[str], extent: int, place: PeRange,
-                  vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None) -> bool:
-        """lvcreate on *place* (lvm.create_linear); False when LVM refused it (NoSpace: the map is forgotten).
-        AlreadyExists gives the range back to the map."""
+                  vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None,
+                  answered: Optional[threading.Event] = None) -> bool:
+        """lvcreate on *place* (lvm.create_linear; it returns once *answered* is set); False when LVM refused it
+        (NoSpace: the map is forgotten).  AlreadyExists gives the range back to the map."""
         try:
             lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                              place=place, vg_lock=vg_lock, created=created, settings=self.settings)
+                              place=place, vg_lock=vg_lock, created=created, answered=answered,
+                              settings=self.settings)
         except AlreadyExists:
             self.free.give_back([place])
             raise

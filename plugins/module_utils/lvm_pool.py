@@ -473,7 +473,8 @@ class LvmPool(Pool):
     def _remove(self, found: lvm.LogicalVolume) -> None:
         before = self._seqno()
         try:
-            lvm.remove(self.vg, found.name, settings=self.settings)
+            # loop activation: nothing LVM does after its commit concerns the pool (its teardown is awaited aside)
+            lvm.remove(self.vg, found.name, at_commit=self.activator.name != "dm", settings=self.settings)
         except BaseException:
             self._untracked()
             raise

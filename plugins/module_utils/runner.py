@@ -12,9 +12,11 @@ import logging
 import os
 import select
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, cast
+from types import TracebackType
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple, Type, cast
 
 from .errors import CommandFailed, InvalidRequest
 
@@ -43,7 +45,7 @@ def operand(value: str, what: str = "argument") -> str:
 
 
 class _Process(subprocess.Popen):
-    """``Popen`` whose timed wait blocks on a pidfd until the exit.
+    """``Popen`` whose timed wait blocks on a pidfd until the exit, and which can outlive its ``with`` block.
 
     ``communicate(timeout=...)`` ends with ``wait(timeout)``, which polls ``waitpid`` with sleeps of 1 ms
     and more: a tool has closed its output a moment before it can be reaped, so that cost about 1 ms per
@@ -62,6 +64,13 @@ class _Process(subprocess.Popen):
                     os.close(pidfd)
         return super()._wait(timeout)  # type: ignore[misc]
 
+    handed_over = False  # its exit is awaited elsewhere (_linger): leaving ``with`` neither closes nor waits
+
+    def __exit__(self, kind: Optional[Type[BaseException]], value: Optional[BaseException],
+                 trace: Optional[TracebackType]) -> None:
+        if not self.handed_over:
+            super().__exit__(kind, value, trace)
+
 
 def _redact(argv: Sequence[str], secrets: Iterable[str]) -> list:
     hidden = [s for s in secrets if s]
@@ -73,39 +82,99 @@ def _redact(argv: Sequence[str], secrets: Iterable[str]) -> list:
     return out
 
 
-def _follow(proc: subprocess.Popen, stdin: Optional[str], deadline: float,
-            on_line: Callable[[str], None]) -> Tuple[str, str]:
-    """``communicate`` that hands each stdout line to *on_line* as soon as it arrives (a small *stdin* only)."""
-    if proc.stdin is not None:
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(stdin or "")
-        proc.stdin.close()
-    if proc.stdout is None or proc.stderr is None:
-        raise AssertionError("the process was started without its stdout and stderr pipes")
-    stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
+class _Output:
+    """A running tool's stdout and stderr, read as they come (``communicate`` that can stop and go on)."""
 
-    def text(data: bytes) -> str:
+    def __init__(self, proc: subprocess.Popen, stdin: Optional[str]) -> None:
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(stdin or "")
+            proc.stdin.close()
+        if proc.stdout is None or proc.stderr is None:
+            raise AssertionError("the process was started without its stdout and stderr pipes")
+        self.stream = cast(io.TextIOWrapper, proc.stdout)  # text=True: decoded, newlines translated as Popen does
+        self.out, self.err = proc.stdout.fileno(), proc.stderr.fileno()
+        self.read: Dict[int, bytes] = {self.out: b"", self.err: b""}
+        self.open_fds = [self.out, self.err]
+        self.told = 0  # how much of stdout went to on_line
+
+    def text(self, data: bytes) -> str:
+        stream = self.stream
         return data.decode(stream.encoding, stream.errors or "strict").replace("\r\n", "\n").replace("\r", "\n")
-    out, err = proc.stdout.fileno(), proc.stderr.fileno()
-    read: Dict[int, bytes] = {out: b"", err: b""}
-    open_fds = [out, err]
-    told = 0  # how much of stdout went to on_line
-    while open_fds:
-        left = deadline - time.monotonic()
-        ready = select.select(open_fds, [], [], left)[0] if left > 0 else []
-        if not ready:
-            raise subprocess.TimeoutExpired(proc.args, deadline)
-        for fd in ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                open_fds.remove(fd)
-            read[fd] += chunk
-        end = read[out].rfind(b"\n") + 1
-        for line in text(read[out][told:end]).split("\n")[:-1]:
-            on_line(line + "\n")
-        told = max(told, end)
-    proc.wait(max(deadline - time.monotonic(), 0))
-    return text(read[out]), text(read[err])
+
+    def pump(self, args: object, deadline: float, on_line: Optional[Callable[[str], None]],
+             answered: Optional[threading.Event] = None) -> bool:
+        """Read until both pipes are closed (True), or until *answered* is set (False); each whole stdout line
+        to *on_line* as it comes.  TimeoutExpired at *deadline*."""
+        while self.open_fds:
+            if answered is not None and answered.is_set():
+                return False
+            left = deadline - time.monotonic()
+            wait = left if answered is None else min(left, ANSWER_POLL)
+            ready = select.select(self.open_fds, [], [], wait)[0] if left > 0 else []
+            if not ready and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(args, deadline)  # type: ignore[arg-type]
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.open_fds.remove(fd)
+                self.read[fd] += chunk
+            end = self.read[self.out].rfind(b"\n") + 1
+            if on_line is not None:
+                for line in self.text(self.read[self.out][self.told:end]).split("\n")[:-1]:
+                    on_line(line + "\n")
+            self.told = max(self.told, end)
+        return True
+
+    def result(self) -> Tuple[str, str]:
+        return self.text(self.read[self.out]), self.text(self.read[self.err])
+
+
+#: how often ``run`` looks whether the caller answered while the tool runs (set from another thread)
+ANSWER_POLL = 0.0005
+
+_lingering: Set[threading.Thread] = set()
+_lingering_guard = threading.Lock()
+
+
+def settle(timeout: Optional[float] = None) -> bool:
+    """Wait for the tools ``run`` returned from before their exit (*answered*) to end; whether none is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _lingering_guard:
+            left = next(iter(_lingering), None)
+        if left is None:
+            return True
+        left.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        if left.is_alive():
+            return False
+
+
+def _linger(proc: "_Process", output: _Output, shown: Sequence[str], secrets: Sequence[str], started: float,
+            deadline: float, what: Optional[str]) -> None:
+    """Await the exit of a tool whose caller already has its answer: logged as any command is, and a failure
+    after that answer as a warning (its work was done by then)."""
+    def finish() -> None:
+        try:
+            try:
+                output.pump(proc.args, deadline, None)
+                proc.wait(max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            stderr = " ".join(_redact([output.result()[1]], secrets)).strip()
+            log.debug("ended %s rc=%d in %.3fs", shown, proc.returncode, time.monotonic() - started)
+            if proc.returncode != 0:
+                log.warning("%s: %s ended with rc=%d after its work was done: %s", what or shown[0], shown[0],
+                            proc.returncode, stderr)
+        finally:
+            subprocess.Popen.__exit__(proc, None, None, None)  # its pipes closed, the process reaped
+            with _lingering_guard:
+                _lingering.discard(thread)
+    thread = threading.Thread(target=finish, name=f"after {os.path.basename(shown[0])}", daemon=True)
+    with _lingering_guard:
+        _lingering.add(thread)
+    thread.start()
 
 
 def run(
@@ -119,11 +188,15 @@ def run(
     stdin: Optional[str] = None,
     pass_fds: Sequence[int] = (),
     on_line: Optional[Callable[[str], None]] = None,
+    answered: Optional[threading.Event] = None,
 ) -> CommandResult:
     """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0.
 
     *pass_fds*: descriptors the command inherits (every other one is closed in it).
-    *on_line*: called with each line of its stdout as soon as the tool writes it, while it still runs."""
+    *on_line*: called with each line of its stdout as soon as the tool writes it, while it still runs.
+    *answered*: set by the caller (from *on_line* or another thread) once the tool's work is done while it
+    still runs (LVM tearing down after its commit): ``run`` returns at once, rc 0 and the output so far; the
+    exit is awaited in the background (``settle``), logged, and a failure after that logged as a warning."""
     if isinstance(argv, str):
         raise TypeError("argv must be a list, never a shell string")
     secrets = list(secrets)
@@ -138,10 +211,18 @@ def run(
         with _Process(list(argv), stdin=None if stdin is None else subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True, env=full_env, pass_fds=tuple(pass_fds)) as proc:
             try:
-                if on_line is None:
+                if on_line is None and answered is None:
                     stdout, stderr = proc.communicate(stdin, timeout=timeout)
                 else:
-                    stdout, stderr = _follow(proc, stdin, started + timeout, on_line)
+                    output = _Output(proc, stdin)
+                    if not output.pump(proc.args, started + timeout, on_line, answered):
+                        stdout, stderr = output.result()
+                        log.debug("ran %s answered in %.3fs", shown, time.monotonic() - started)
+                        proc.handed_over = True
+                        _linger(proc, output, shown, secrets, started, started + timeout, what)
+                        return CommandResult(shown, 0, stdout, " ".join(_redact([stderr], secrets)))
+                    stdout, stderr = output.result()
+                    proc.wait(max(started + timeout - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

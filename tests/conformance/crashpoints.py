@@ -9,7 +9,11 @@ under) at one moment:
 
 * ``when="before"``: the tool never runs (what the agent did before it is all done);
 * ``when="after"``: the tool finished (its side effect is complete, the agent
-  never learns it);
+  never learns it: its output is held back until then, so that an agent that
+  answers at a line the tool prints, before its exit, does not see it);
+* ``when="answered"``: the tool's output passes as it comes; once the tool has
+  ended and the test has said ``go(tool)`` (the agent answered its call before
+  that exit), the agent is killed;
 * ``when="magic"``: the tool is still running and the bytes *magic* appeared
   at *offset* of its last operand (e.g. ``XFSB``: mkfs.xfs wrote its
   superblock, the rest is not made yet); the tool is killed too;
@@ -58,11 +62,18 @@ if spec["when"] == "before":
     os.rename(ARM + ".tmp", ARM + ".fired")
     sys.exit(137)
 # watching a file grow: the tool at the lowest priority, so that the watcher sees it on a loaded host
-tool = subprocess.Popen([REAL] + sys.argv[1:], preexec_fn=(lambda: os.nice(19)) if spec["when"] == "grown" else None)
+tool = subprocess.Popen([REAL] + sys.argv[1:], preexec_fn=(lambda: os.nice(19)) if spec["when"] == "grown" else None,
+                        stdout=subprocess.PIPE if spec["when"] == "after" else None)
 outcome = "exited"
 if spec["when"] == "after":
-    tool.wait()
+    tool.communicate()  # its output never reaches the agent
     outcome = "after"
+elif spec["when"] == "answered":
+    tool.wait()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ARM + ".go") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    outcome = "answered" if os.path.exists(ARM + ".go") else "no answer"
 elif spec["when"] == "delay":
     try:
         tool.wait(spec["delay_ms"] / 1000)
@@ -121,8 +132,13 @@ class CrashPoints:
             json.dump({"when": when, "arg": arg, "magic": magic.hex(), "offset": offset, "delay_ms": delay_ms,
                        "watch": watch, "size": size}, handle)
 
+    def go(self, tool: str) -> None:
+        """``when="answered"``: the agent answered; kill it (once the tool has ended)."""
+        with open(self._arm(tool) + ".go", "w", encoding="utf-8"):
+            pass
+
     def disarm(self, tool: str) -> None:
-        for path in (self._arm(tool), self._arm(tool) + ".fired"):
+        for path in (self._arm(tool), self._arm(tool) + ".fired", self._arm(tool) + ".go"):
             if os.path.exists(path):
                 os.unlink(path)
 

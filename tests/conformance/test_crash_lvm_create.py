@@ -6,6 +6,10 @@ Under LVM's own lock on the VG the agent zeroes the ends of the extents it chose
 before that lvcreate leaves zeroed free extents; right after it, a ready LV whose ends are zero.  Either way
 the retried call answers the volume, start-up leaves nothing half made, the VG's lock is free again (the
 LVM commands of the test run), and LVs Basalt did not make keep their data.
+
+With loop activation the agent answers CreateVolume as soon as lvcreate says the LV is created (and its VG
+lock is released), and DeleteVolume as soon as lvremove says the LV is removed, before either tool's exit:
+``answered`` kills the agent after that answer, when the tool has ended (its teardown was all that was left).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from basalt_csi_testlib import (
     Agent,
     MiB,
     csi,
+    iter_log_records,
     mount_cap,
     read_file,
     stage_tracking_image,
@@ -47,11 +52,13 @@ def lvm_crashable(fresh_agent_factory: AgentFactory) -> Iterator[tuple[Agent, Cr
     yield agent, points
 
 
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["before", "after", "answered"])
 def test_killed_around_the_one_lvcreate_of_a_blank_volume(
         lvm_crashable: tuple[Agent, CrashPoints], when: str) -> None:
     agent, points = lvm_crashable
     assert agent.lvm is not None
+    if when == "answered" and agent.kind != LVM_LOOP_KIND:
+        pytest.skip("device-mapper: CreateVolume waits for lvcreate's exit (LVM waits for udev): 'after' is that")
     cap = mount_cap("ext4")
     # Old data where the new volume goes: a volume filled, then deleted (the first fit takes its extents again).
     old = agent.create_volume(16 * MiB, cap=cap)
@@ -62,7 +69,11 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
     request = csi.CreateVolumeRequest(name=unique("blank"), volume_capabilities=[cap],
                                       capacity_range=csi.CapacityRange(required_bytes=16 * MiB))
     points.arm("lvcreate", when, arg="--nolocking")  # the placed one, under the pool's VG lock
-    crashed(agent.ctl.CreateVolume, request)
+    if when == "answered":
+        answered = agent.ctl.CreateVolume(request).volume  # before lvcreate's exit
+        points.go("lvcreate")
+    else:
+        crashed(agent.ctl.CreateVolume, request)
     assert points.fired("lvcreate")["outcome"] == when
     ours = {name: row for name, row in agent.lvm.lvs().items() if MANAGED_TAG in row["lv_tags"].split(",")}
     with open(agent.lvm.device or "", "rb") as pv:  # the extents the old volume had: their ends zeroed
@@ -77,6 +88,8 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
     restart(agent)
     points.disarm("lvcreate")
     vol = agent.ctl.CreateVolume(request).volume  # the retry: made now, or found made and ready
+    if when == "answered":
+        assert vol == answered
     lv = volume_lv_name(vol.volume_id)
     assert agent.lvm.lv_location(lv) == (offset, length)
     assert READY_TAG in agent.lvm.lvs()[lv]["lv_tags"].split(",")
@@ -89,3 +102,45 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
     assert agent.lvm.foreign_problems() == []
     delete(agent, vol.volume_id)
     assert_nothing_left(agent)
+
+
+def test_killed_after_deletevolume_answered_before_lvremoves_exit(
+        fresh_agent_factory: AgentFactory) -> None:
+    """Loop activation: DeleteVolume answers once lvremove says the LV is removed; the agent killed then (the
+    tool ended meanwhile) restarts with the volume gone, and the retry answers it deleted."""
+    agent = fresh_agent_factory(launch=False)
+    if agent.kind != LVM_LOOP_KIND:
+        pytest.skip("loop activation answers DeleteVolume at lvremove's line (device-mapper waits for its exit)")
+    points = CrashPoints(agent.root).wrap("lvremove")
+    agent.extra_env.update(points.env())
+    agent.start()
+    assert agent.lvm is not None
+    vol = agent.create_volume(16 * MiB, cap=mount_cap("ext4"))
+    lv = volume_lv_name(vol.volume_id)
+    points.arm("lvremove", "answered", arg=f"{agent.lvm.vg}/{lv}")
+    delete(agent, vol.volume_id)  # answered before lvremove's exit
+    points.go("lvremove")
+    assert points.fired("lvremove")["outcome"] == "answered"
+    assert lv not in agent.lvm.lvs()
+    restart(agent)
+    points.disarm("lvremove")
+    delete(agent, vol.volume_id)
+    assert agent.lvm.foreign_problems() == []
+    assert_nothing_left(agent)
+
+
+def test_the_lvm_tools_are_answered_at_their_commit_lines(fresh_agent_factory: AgentFactory) -> None:
+    """Loop activation, real LVM: CreateVolume's lvcreate and DeleteVolume's lvremove are answered at their
+    commit lines (the agent's debug log: ``ran [...] answered in``), and each tool's exit is still awaited and
+    logged (``ended [...] rc=0``), by the time the agent has stopped at the latest."""
+    agent = fresh_agent_factory()
+    if agent.kind != LVM_LOOP_KIND:
+        pytest.skip("loop activation answers at the commit lines (device-mapper waits for each tool's exit)")
+    vol = agent.create_volume(16 * MiB, cap=mount_cap("ext4"))
+    delete(agent, vol.volume_id)
+    agent.stop()
+    messages = [str(record.get("msg", "")) for record in iter_log_records(agent.log())]
+    for tool in ("lvcreate", "lvremove"):
+        answered = [m for m in messages if m.startswith("ran [") and f"'{tool}'" in m and " answered in " in m]
+        ended = [m for m in messages if m.startswith("ended [") and f"'{tool}'" in m]
+        assert len(answered) == 1 and len(ended) == 1 and " rc=0 in " in ended[0], (tool, answered, ended)

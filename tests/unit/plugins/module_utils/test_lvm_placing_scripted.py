@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -41,6 +42,7 @@ class FakePv:
         self.path = path
         self.lock_dir = lock_dir  # the VG lock's directory (LVM's locking_dir)
         self.someone_commits_after: List[str] = []
+        self.answers: List[Optional[threading.Event]] = []  # each command's *answered* (runner.run), if any
         path.write_bytes(b"\0" * MiB + b"\xaa" * (8 * EXTENT))
         self.seqno = 0
         self.write_seqno(5)
@@ -73,10 +75,13 @@ def install(script: Any, monkeypatch: pytest.MonkeyPatch, pv: FakePv, calls: Lis
             after_output: Callable[[], None] = lambda: None) -> Any:
     """``script(calls)``, each successful commit moving the PV's seqno by one, as LVM does (and once more after
     a command *pv.someone_commits_after* names: someone else's commit right then); then its stdout lines go to
-    the caller's *on_line* as the tool writes them, and *after_output* runs (the tool has not exited yet)."""
+    the caller's *on_line* as the tool writes them, and *after_output* runs (the tool has not exited yet); each
+    call's *answered* goes to *pv.answers* (set: the real runner returns there, before the tool's exit)."""
     runner = script(calls)
 
-    def run(argv: Any, on_line: Optional[Callable[[str], None]] = None, **kwargs: Any) -> Any:
+    def run(argv: Any, on_line: Optional[Callable[[str], None]] = None,
+            answered: Optional[threading.Event] = None, **kwargs: Any) -> Any:
+        pv.answers.append(answered)
         result = runner(argv, **kwargs)
         if result.rc == 0 and any(tool in argv for tool in COMMITS):
             pv.write_seqno(pv.seqno + 1)
@@ -288,11 +293,17 @@ def vg_lock_free(pv: FakePv) -> bool:
     return lock_free(pv.lock_dir / f"V_{VG}")
 
 
+def answered(pv: FakePv) -> bool:
+    """Whether the last command was answered for (the caller returns then, the tool's exit awaited aside)."""
+    last = pv.answers[-1]
+    return last is not None and last.is_set()
+
+
 def test_the_lock_goes_once_lvcreate_says_created_not_at_its_exit(
         script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch) -> None:
     """LVM keeps no backup: the pool lets the lock go as soon as lvcreate prints that it created the LV (its
-    commit is done), while the tool still runs its teardown; the pool's map and index followed the commit
-    first (the next create reads nothing)."""
+    commit is done), while the tool still runs its teardown, and the create answers there; the pool's map and
+    index followed the commit first (the next create reads nothing)."""
     pool = loop_pool()
     path = str(pv.path)
     ready1, ready2 = records(pool, "pvc-1")[2], records(pool, "pvc-2")[2]
@@ -302,17 +313,18 @@ def test_the_lock_goes_once_lvcreate_says_created_not_at_its_exit(
         VGS, lock_settings(pv), pvs_layout(path), pvs_segments(path, (0, 8, "")),
         create(one, ready1, f"{path}:0-1"),
         create(two, ready2, f"{path}:2-3"),
-    ], after_output=lambda: free_before_exit.append(vg_lock_free(pv)))
+    ], after_output=lambda: free_before_exit.append(vg_lock_free(pv) and answered(pv)))
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
     assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
-    assert free_before_exit == [True, True]
+    assert free_before_exit == [True, True]  # the lock free, and each create answered before lvcreate's exit
 
 
 def test_with_backups_the_lock_goes_once_the_vg_backup_is_at_the_new_seqno(
         script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """LVM keeps a metadata backup (backup/backup=1): it writes it after printing "created", under the lock it
     believes it holds, so the pool lets the lock go only once the VG's backup file is at the seqno of that
-    commit (a backup file replaced at an older one, as LVM repairs a stale backup when it reads, is not it)."""
+    commit (a backup file replaced at an older one, as LVM repairs a stale backup when it reads, is not it);
+    the create answers then, not before."""
     pool = loop_pool()
     path = str(pv.path)
     backups = tmp_path / "backup"
@@ -327,15 +339,15 @@ def test_with_backups_the_lock_goes_once_the_vg_backup_is_at_the_new_seqno(
         os.rename(backups / f"{VG}.tmp", backups / VG)
 
     def backed_up() -> None:
-        seen.append(vg_lock_free(pv))  # created, no backup yet: still held
+        seen.append(vg_lock_free(pv) or answered(pv))  # created, no backup yet: still held, not answered
         backup(pv.seqno - 1)
         time.sleep(0.05)
-        seen.append(vg_lock_free(pv))  # the backup of the seqno before: still held
+        seen.append(vg_lock_free(pv) or answered(pv))  # the backup of the seqno before: still held
         backup(pv.seqno)
         deadline = time.monotonic() + 10
-        while not vg_lock_free(pv) and time.monotonic() < deadline:
+        while not (vg_lock_free(pv) and answered(pv)) and time.monotonic() < deadline:
             time.sleep(0.001)
-        seen.append(vg_lock_free(pv))
+        seen.append(vg_lock_free(pv) and answered(pv))  # released, and the create answered before the exit
     install(script, monkeypatch, pv, [
         VGS, lock_settings(pv, str(backups)), pvs_layout(path), pvs_segments(path, (0, 8, "")),
         create(name, ready, f"{path}:0-1"),
@@ -370,5 +382,8 @@ def test_beside_a_create_holding_the_lock_a_create_places_on_the_known_map(
         assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
     finally:
         pool._placer.lock._threads.release()
+    # the lvcreate beside answered at its commit line (LVM's own lock, held by the tool for its backup, orders
+    # what comes next); the reads and the retag that follow wait for their exit
+    assert [a is not None and a.is_set() for a in pv.answers[-4:]] == [True, False, False, False]
     assert blank_ends(pv.extent(2) + pv.extent(3))
     assert volumes.ensure_volume(pool, "pvc-3", 8 * MiB)[0].state == READY

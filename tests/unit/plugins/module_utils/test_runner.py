@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from pathlib import Path
 from typing import List
@@ -9,7 +11,7 @@ from typing import List
 import pytest
 
 from basalt_core.errors import CommandFailed, InvalidRequest
-from basalt_core.runner import operand, run
+from basalt_core.runner import operand, run, settle
 
 
 def test_runs_argv_with_a_stable_locale() -> None:
@@ -92,3 +94,68 @@ def test_operands_that_look_like_options_are_refused(value: str) -> None:
 
 def test_plain_operands_pass() -> None:
     assert operand("/dev/loop0") == "/dev/loop0"
+
+
+def _alive(pid: int) -> bool:
+    """Whether *pid* still runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_caller_that_has_its_answer_gets_it_before_the_tool_exits(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """*answered*, set at the line that says the work is done: ``run`` returns there (rc 0, the output so
+    far) while the tool still runs; its exit is awaited in the background, logged, and a failure after the
+    answer is a warning (with secrets hidden); ``settle`` waits for it."""
+    go_on = tmp_path / "go-on"
+    answered = threading.Event()
+    script = f"echo $$; echo done; echo hunter2 >&2; i=0; while [ ! -e {go_on} ] && [ $i -lt 1000 ]; do " \
+             f"sleep 0.01; i=$((i+1)); done; echo late; exit 3"
+    caplog.set_level(logging.DEBUG, logger="basalt_core.runner")
+    result = run(["sh", "-c", script, "--password", "hunter2"], secrets=["hunter2"], answered=answered,
+                 on_line=lambda line: answered.set() if line == "done\n" else None)
+    pid = int(result.stdout.split()[0])
+    assert (result.rc, result.stdout) == (0, f"{pid}\ndone\n")
+    assert _alive(pid), "run returned while the tool still ran"
+    assert not settle(0.05)
+    go_on.touch()
+    assert settle(10)
+    assert not _alive(pid)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("ran ['sh', '-c',") and " answered in " in m for m in messages)
+    assert any(m.startswith("ended ['sh', '-c',") and " rc=3 in " in m for m in messages)
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert "rc=3 after its work was done" in warning.getMessage() and "hunter2" not in warning.getMessage()
+
+
+def test_an_answer_given_from_another_thread_ends_the_wait(tmp_path: Path) -> None:
+    go_on = tmp_path / "go-on"
+    answered = threading.Event()
+    threading.Timer(0.1, answered.set).start()
+    script = f"echo $$; i=0; while [ ! -e {go_on} ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done"
+    result = run(["sh", "-c", script], answered=answered)
+    pid = int(result.stdout.split()[0])
+    assert result.rc == 0 and _alive(pid)
+    go_on.touch()
+    assert settle(10) and not _alive(pid)
+
+
+def test_without_the_answer_the_result_is_the_exit(tmp_path: Path) -> None:
+    result = run(["sh", "-c", "echo done; echo oops >&2; exit 4"], check=False, answered=threading.Event())
+    assert (result.rc, result.stdout, result.stderr) == (4, "done\n", "oops\n")
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.3s"):
+        run(["sh", "-c", "exec sleep 5"], timeout=0.3, answered=threading.Event())
+
+
+def test_a_tool_answered_for_keeps_its_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """After the answer the deadline still holds: the tool is killed then, and that is a warning."""
+    answered = threading.Event()
+    result = run(["sh", "-c", "echo $$; exec sleep 30"], timeout=0.5, answered=answered,
+                 on_line=lambda line: answered.set())
+    pid = int(result.stdout)
+    assert result.rc == 0 and _alive(pid)
+    assert settle(10) and not _alive(pid)
+    assert any("rc=-9 after its work was done" in record.getMessage() for record in caplog.records)
