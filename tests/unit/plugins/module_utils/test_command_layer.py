@@ -267,7 +267,7 @@ def test_attach_answers_the_device_attached_exactly_so(tmp_path: Any) -> None:
 
 def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real loop device: the device a caller attached before is read alone while it still matches; a
-    device that does not match (or none) falls back to reading them all."""
+    device that does not match (or none) falls back to reading every attached one."""
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices")
     image, other = tmp_path / "vol.img", tmp_path / "other.img"
@@ -277,12 +277,12 @@ def test_find_reads_the_likely_device_first(tmp_path: Any, monkeypatch: pytest.M
     device, elsewhere = losetup.attach(str(image)).device, losetup.attach(str(other)).device
     try:
         scans: List[int] = []
-        real_list = losetup.list_devices
+        real_scan = losetup._backed_by
 
-        def counted() -> List[losetup.LoopDevice]:
+        def counted(path: str) -> List[losetup.LoopDevice]:
             scans.append(1)
-            return real_list()
-        monkeypatch.setattr(losetup, "list_devices", counted)
+            return real_scan(path)
+        monkeypatch.setattr(losetup, "_backed_by", counted)
         assert losetup.find(str(image), likely=device) == losetup.LoopDevice(device, str(image), 0, 0, False)
         assert scans == []
         for wrong in (elsewhere, "/dev/loop999999", "/dev/sda"):

@@ -143,6 +143,22 @@ def test_reuse_and_refusal_follow_nooverlap(tmp_path: Any, attached: List[str],
     assert scans == [path]
 
 
+def test_the_attached_devices_read_are_those_with_a_capacity(tmp_path: Any, attached: List[str]) -> None:
+    """The lookup of attach and find reads the devices /proc/partitions lists: every device over the file that
+    ``list_devices`` (each node's sysfs) shows, but one bound to a range past the file's end (no capacity, no
+    data), which util-linux 2.38 would see."""
+    path = image(tmp_path, "pv.img", 16 * MiB)
+    for offset, size_limit in ((0, 4 * MiB), (4 * MiB, 4 * MiB)):
+        attached.append(losetup.attach(path, offset=offset, size_limit=size_limit).device)
+    empty = losetup.attach(path, offset=32 * MiB, size_limit=MiB)  # past the end: bound, capacity 0
+    attached.append(empty.device)
+    listed_over = [device for device in losetup.list_devices() if device.backing_file == path]
+    assert {device.device for device in listed_over} == set(attached)
+    assert losetup._backed_by(path) == [device for device in listed_over if device.device != empty.device]
+    assert losetup.find(path, 4 * MiB) == losetup.LoopDevice(attached[1], path, 4 * MiB, 4 * MiB, False)
+    assert losetup.find(path, 32 * MiB) is None
+
+
 def test_an_attacher_racing_us_to_the_free_device_makes_us_take_another(tmp_path: Any, attached: List[str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The free device handed out is taken (by ``losetup`` here) before LOOP_CONFIGURE: EBUSY, and the attach

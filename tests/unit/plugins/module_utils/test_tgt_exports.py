@@ -109,7 +109,7 @@ def test_a_failed_attach_removes_the_target_made_meanwhile(script: Any, tmp_path
     ready = threading.Event()
     _publish_script(script, monkeypatch, ready,
                     [ok([*C, "--mode", "target", "--op", "delete", "--force", "--tid", "1"])])
-    failure = CommandFailed(["losetup"], 1, "no free loop device", "attach")
+    failure = CommandFailed(["LOOP_CTL_GET_FREE", "/dev/loop-control"], 1, "no free loop device", "attach")
     with pytest.raises(CommandFailed, match="no free loop device"):
         exports.ensure_exported(cast(Any, _Attaching(ready, failure)), backend, exports.ExportSettings(BASE, ()),
                                 VOLUME, NODE_A, None, False)
