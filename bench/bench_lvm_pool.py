@@ -124,14 +124,20 @@ LOOP = PoolKind("loop")
 class PrivateLvm:
     """The private ``LVM_SYSTEM_DIR`` of this run and the one way its LVM commands run."""
 
-    def __init__(self, system_dir: str, pvs: Sequence[str], kind: PoolKind = LOOP) -> None:
+    def __init__(self, system_dir: str, pvs: Sequence[str], kind: PoolKind = LOOP, backups: bool = False) -> None:
         self.system_dir = system_dir
         self.kind = kind
         self.pvs = list(pvs)
         self.pv = self.pvs[0]  # the agent's VG's; a second one holds the bare side's VG with --bare-vg
         os.makedirs(system_dir, exist_ok=True)
+        conf = kind.lvm_conf(self.pvs)
+        if backups:  # as LVM's defaults keep them (backup/backup=1), in the workspace
+            conf = conf.replace("backup { backup = 0 archive = 0 }",
+                                f'backup {{ backup = 1 backup_dir = "{system_dir}/backup" archive = 0 }}')
+            if "backup = 1" not in conf:
+                raise bl.BenchError(f"cannot turn LVM's backups on in {conf!r}")
         with open(os.path.join(system_dir, "lvm.conf"), "w", encoding="utf-8") as handle:
-            handle.write(kind.lvm_conf(self.pvs) + "\n")
+            handle.write(conf + "\n")
         self.settings = lvm.LvmSettings(system_dir=system_dir)
         self.env = {**os.environ, **self.settings.env()}
 
@@ -177,9 +183,10 @@ class PrivateLvm:
 class LvmWorkspace(bl.Workspace):
     """The file bench's workspace plus a VG on a PV image in it; ``cleanup`` removes both."""
 
-    def __init__(self, base: Optional[str], kind: PoolKind = LOOP) -> None:
+    def __init__(self, base: Optional[str], kind: PoolKind = LOOP, backups: bool = False) -> None:
         super().__init__(base)
         self.kind = kind
+        self.backups = backups
         self.pv_image = self.path("pv.img")
         self.lvm: Optional[PrivateLvm] = None
         self.vg: Optional[str] = None
@@ -195,7 +202,7 @@ class LvmWorkspace(bl.Workspace):
         for image in images:
             bl.run(["truncate", "-s", str(PV_IMAGE_SIZE), image])
             pvs.append(bl.run(["losetup", "--find", "--show", image]).strip())
-        self.lvm = PrivateLvm(self.path("lvm"), pvs, self.kind)
+        self.lvm = PrivateLvm(self.path("lvm"), pvs, self.kind, self.backups)
         # The agent is a child of this process: it inherits the private config.
         os.environ.update(self.lvm.settings.env())
         metadata = [] if metadata_size == "default" else ["--metadatasize", metadata_size]
@@ -613,6 +620,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="benchmarks 1 and 3: the bare side on an equal VG of its own, so that the agent is its "
                         "VG's only writer (as on a host where only Basalt changes the pool's VG: its LV index stays "
                         "valid)")
+    parser.add_argument("--backups", action="store_true",
+                        help="LVM writes the VG's metadata backup (in the workspace) after each change, as LVM's "
+                        "default configuration does; without it neither side writes one")
     parser.add_argument("--activation", choices=("loop", "dm"),
                         help="the lvm pool's --lvm-activation (default loop; dm needs device-mapper)")
     parser.add_argument("--thin", action="store_true",
@@ -636,7 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     signal.signal(signal.SIGTERM, bl._raise_interrupt)
-    workspace = LvmWorkspace(args.tmpdir, kind)
+    workspace = LvmWorkspace(args.tmpdir, kind, args.backups)
     report: Dict[str, Any] = {"rounds": args.rounds, "curve_samples": args.curve_samples, "pool_kind": kind.name}
 
     def run() -> List[bl.Row]:

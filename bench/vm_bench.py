@@ -50,10 +50,10 @@ SCRATCH_MIB = 16384  # sparse: the guest's /tmp, which holds the benches' PV ima
 BENCHES = ("lvm-dm", "lvmthin", "lio")
 
 
-def bench_argv(name: str, rounds: int, bare_vg: bool = False) -> List[str]:
+def bench_argv(name: str, rounds: int, bare_vg: bool = False, backups: bool = False) -> List[str]:
     """The bench script and its arguments for one of :data:`BENCHES` (the JSON report goes to the results)."""
     common = ["--rounds", str(rounds), "--json", f"{GUEST_RESULTS}/{name}.json", "--tmpdir", "/tmp"]
-    lvm = [*common, *(["--bare-vg"] if bare_vg else [])]
+    lvm = [*common, *(["--backups"] if backups else []), *(["--bare-vg"] if bare_vg else [])]
     if name == "lvm-dm":
         return ["bench_lvm_pool.py", "--activation", "dm", "--skip", "2", *lvm]
     if name == "lvmthin":
@@ -109,7 +109,7 @@ def read_reports(files: Dict[str, str], names: Sequence[str]) -> Dict[str, Dict[
 
 # -- inside the VM ----------------------------------------------------------------------
 
-def guest(names: Sequence[str], rounds: int, bare_vg: bool) -> int:
+def guest(names: Sequence[str], rounds: int, bare_vg: bool, backups: bool) -> int:
     """Prepare the guest as the VM tier's agent checks do, then run each bench in this process."""
     sys.path.insert(0, str(REPO / "tests" / "vm" / "guest"))
     import agent_iscsi_lib as lib  # guest-side: the wheels share, LVM without event activation, an ext4 /tmp
@@ -125,7 +125,7 @@ def guest(names: Sequence[str], rounds: int, bare_vg: bool) -> int:
     benchlib.START_TIMEOUT = GUEST_START_TIMEOUT
     failed = []
     for name in names:
-        script, *argv = bench_argv(name, rounds, bare_vg)
+        script, *argv = bench_argv(name, rounds, bare_vg, backups)
         print(f"=== vm_bench: {name}: {script} {' '.join(argv)}", flush=True)
         module = __import__(script.removesuffix(".py"))
         started = time.monotonic()
@@ -141,7 +141,8 @@ def guest(names: Sequence[str], rounds: int, bare_vg: bool) -> int:
 
 # -- on the host -------------------------------------------------------------------------
 
-def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[Path], bare_vg: bool) -> int:
+def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[Path], bare_vg: bool,
+         backups: bool) -> int:
     sys.path.insert(0, str(REPO / "tests" / "vm"))
     import build_image
     import pydeps
@@ -152,7 +153,7 @@ def host(names: Sequence[str], rounds: int, timeout: float, json_dir: Optional[P
     deps = pydeps.ensure()
     load_start = os.getloadavg()[0]
     command = ["python3", "bench/vm_bench.py", "--guest", "--rounds", str(rounds), "--only", ",".join(names),
-               *(["--bare-vg"] if bare_vg else [])]
+               *(["--bare-vg"] if bare_vg else []), *(["--backups"] if backups else [])]
     result = run_vm.run_vm(command, timeout=timeout, disks=1, disk_size_mib=SCRATCH_MIB, image=image,
                            extra_shares={pydeps.MOUNT_TAG: deps})
     load_end = os.getloadavg()[0]
@@ -184,6 +185,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--bare-vg", action="store_true",
                         help="lvm-dm, lvmthin: the bare side's LVs in a VG of their own (the agent its VG's only "
                         "writer, as where only Basalt changes the pool's VG)")
+    parser.add_argument("--backups", action="store_true",
+                        help="lvm-dm, lvmthin: LVM writes the VG's metadata backup after each change, as LVM's default "
+                        "configuration does (both sides; bench_lvm_pool.py --backups)")
     parser.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)  # inside the VM only
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -193,11 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.guest:
-        return guest(names, args.rounds, args.bare_vg)
+        return guest(names, args.rounds, args.bare_vg, args.backups)
     if os.geteuid() != 0:
         print("vm_bench: needs root (QEMU's image cache, the wheels)", file=sys.stderr)
         return 2
-    return host(names, args.rounds, args.timeout, args.json_dir, args.bare_vg)
+    return host(names, args.rounds, args.timeout, args.json_dir, args.bare_vg, args.backups)
 
 
 if __name__ == "__main__":
