@@ -158,15 +158,15 @@ class VgLock:
             return None
         return int(found.group(1)) if found else None
 
-    def release_when_backed_up(self, fd: int, seqno: Optional[int],
-                               released: Optional[Answer] = None) -> None:
+    def release_when_backed_up(self, fd: int, seqno: Optional[int], released: Optional[Answer] = None, *,
+                               unbacked: bool = True) -> None:
         """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
-        LVM keeps no backup, else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it
-        under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway.
-        *released* is set once released here (the command's work is then all done: ``runner.run``'s
-        *answered*)."""
+        LVM keeps no backup (only if *unbacked*: else the hold lasts), else (a thread) as soon as the VG's backup
+        file is at that seqno (LVM writes it under its lock, its last act before it unlocks); never early when
+        *seqno* is not known.  The end of the hold releases it anyway.  *released* is set once released here
+        (the command's work is then all done: ``runner.run``'s *answered*)."""
         hold = self._hold
-        if hold is None or hold.fd != fd or seqno is None:
+        if hold is None or hold.fd != fd or seqno is None or (self._backup is None and not unbacked):
             return
 
         def release() -> None:

@@ -9,12 +9,16 @@ the new LV in that command too).  A crash before lvcreate leaves zeroed free
 extents (harmless); after it, a complete LV whose ends are zero (active or
 not: a NodeStage activates it either way).
 
-With loop activation the lock goes as soon as lvcreate has committed and LVM
-wrote its metadata backup (lvm_lock), not at the tool's exit, and the create
-returns there: the rest of lvcreate is its teardown (30-90 ms here, most of it
-the kernel's ``io_destroy``), awaited in the background (``runner.run``'s
-*answered*).  With device-mapper the lock lasts until the exit (LVM waits for
-udev under its lock), and so does the create.
+The lock goes as soon as lvcreate has committed and LVM wrote its metadata
+backup (lvm_lock), not at the tool's exit, and the create returns there: the
+rest of lvcreate is its teardown (30-90 ms here, most of it the kernel's
+``io_destroy``; 90-140 ms in the VM tier's guests), awaited in the background
+(``runner.run``'s *answered*).  With device-mapper, lvcreate waits for udev to
+make the new LV's device names between its ``created`` line and its backup
+(``lvcreate -vvvv`` on lvm2 2.03.16: "Syncing device names", the udev cookie
+"waiting for zero", then "Creating volume group backup"): there only the backup
+says that the device is ready, so where LVM keeps none the lock lasts until
+the exit, and so does the create.
 
 Whenever that is not certain it zeroes nothing before the commit: LVM's
 configuration does not guard the VG with file locks (lvmlockd), another of
@@ -83,8 +87,9 @@ class Placer:
         placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
-        the commit); not *active*, the lock goes as soon as lvcreate has committed and LVM's backup is written
-        (lvm_lock), and the create returns then, lvcreate's exit left outside.
+        the commit); the lock goes as soon as lvcreate has committed and LVM's backup is written (lvm_lock;
+        *active* and LVM keeping no backup: at its exit), and the create returns then, lvcreate's exit left
+        outside.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
@@ -152,8 +157,8 @@ class Placer:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
-            # the lock released (loop activation): lvcreate's work is done, its exit need not be awaited
-            released = None if active else stack.enter_context(Answer())
+            # the lock released: lvcreate's work is done, its exit need not be awaited
+            released = stack.enter_context(Answer())
 
             def created() -> None:
                 """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
@@ -161,8 +166,8 @@ class Placer:
                 self.free.committed(before, after=after)
                 committed(made, before, after)
                 followed.append(after)
-                if not active:  # (device-mapper: LVM waits for udev under its lock, at its exit)
-                    self.lock.release_when_backed_up(held, after, released)
+                # (device-mapper: LVM waits for udev after this line, before its backup)
+                self.lock.release_when_backed_up(held, after, released, unbacked=not active)
             if not self._lvcreate(name, size, tags, extent, place, held, created, released):
                 return None
             if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)

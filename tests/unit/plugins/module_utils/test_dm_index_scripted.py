@@ -8,6 +8,8 @@ test's own table; the same paths run for real in the VM tier (tests/conformance 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
@@ -106,6 +108,42 @@ def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
         volumes.delete_volume(pool, second.id)
     # device-mapper: LVM waits for udev under its lock at its exit, so every call waits for the tool's exit
     assert not any(answered is not None and answered.is_set() for answered in pv.answers)
+
+
+def test_dm_create_answers_once_lvm_backed_up_the_vg_not_at_its_line(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel, tmp_path: Path) -> None:
+    """Device-mapper: lvcreate prints ``created`` before it waits for udev to make the LV's device names, and
+    writes the VG's backup after that (``lvcreate -vvvv`` in the VM tier): so the lock goes, and the create
+    answers before lvcreate's exit, only once the backup file is at the commit's seqno, never at the line (and,
+    where LVM keeps no backup, at the exit: the test above)."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    volume, _creating, ready = records(pool, "pvc-1")
+    seen: List[bool] = []
+
+    def answered() -> bool:
+        last = pv.answers[-1]
+        return last is not None and last.is_set()
+
+    def udev_then_backup() -> None:
+        seen.append(answered())  # created: the device names not made yet
+        time.sleep(0.05)
+        seen.append(answered())  # (udev still at work)
+        (backups / VG).write_text(f'{VG} {{\n\tid = "x"\n\tseqno = {pv.seqno}\n')
+        deadline = time.monotonic() + 10
+        while not answered() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append(answered())
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
+        VGS, lock_settings(pv, str(backups)), pvs_segments(path, (0, 8, "")),
+        create(lv_name(volume.id), ready, f"{path}:0-1"),
+    ], after_output=udev_then_backup)
+    assert pool.volume_ids() == []
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
+    assert seen == [False, False, True]
 
 
 def test_dm_index_falls_back_to_lvs_when_the_kernel_cannot_tell(
