@@ -41,6 +41,7 @@ class Command:
     argv: List[str]
     rc: int
     seconds: float
+    answered: bool = False  # answered before its exit: *seconds* is the time to that answer
 
 
 class ProfiledAgent(bl.Agent):
@@ -72,7 +73,7 @@ class ProfiledAgent(bl.Agent):
             argv = [str(a) for a in ast.literal_eval(match.group(1))]
             tool = TGTD_SOCKET if match.re is _SENT else tool_of(argv)
             rc, seconds = (0, match.group(2)) if answered else (int(match.group(2)), match.group(3))
-            found.append(Command(tool, argv, rc, float(seconds)))
+            found.append(Command(tool, argv, rc, float(seconds), bool(answered)))
         return found
 
 
@@ -116,7 +117,7 @@ class Profile:
         return {"rpc": self.rpc, "level": self.level, "counts": dict(self.counts()),
                 "median_rpc_ms": _median(self.seconds) * 1000, "median_commands_ms": self.all_seconds() * 1000,
                 "median_lvm_ms": self.lvm_seconds() * 1000,
-                "example": [{"argv": c.argv, "ms": round(c.seconds * 1000, 1)}
+                "example": [{"argv": c.argv, "ms": round(c.seconds * 1000, 1), "answered": c.answered}
                             for c in (self.samples[len(self.samples) // 2] if self.samples else [])]}
 
 
@@ -188,6 +189,7 @@ def sequences(profiles: Sequence[Profile], vg: str) -> List[str]:
         if not p.samples:
             continue
         sample = sorted(p.samples, key=len)[len(p.samples) // 2]
-        steps = [f"{describe(c, vg)} ({c.seconds * 1000:.0f})" for c in sample]
+        steps = [f"{describe(c, vg)} ({c.seconds * 1000:.0f}{', answered before its exit' if c.answered else ''})"
+                 for c in sample]
         out.append(f"{p.rpc} @ {p.level}: " + "; ".join(steps))
     return out
