@@ -50,8 +50,11 @@ from .runner import Answer
 #: LVM's defaults for the settings read (lvm2 2.03.16, ``lib/config/defaults.h``)
 DEFAULT_LOCKING_DIR = "/run/lock/lvm"
 _SETTINGS = ("global/locking_dir", "global/use_lvmlockd", "global/locking_type", "backup/backup", "backup/backup_dir")
-#: how often the VG's backup file is looked at while the lock waits for it
+#: how often the VG's backup file is looked at while the lock waits for it: at first (with loop activation LVM
+#: writes it about a millisecond after its line), then less and less often up to the last (with device-mapper
+#: LVM first waits for udev, 0.2-0.4 s in the VM tier, and each look is an open and a read)
 BACKUP_POLL = 0.0005
+BACKUP_POLL_MAX = 0.008
 #: the VG's seqno in its backup file (lvm2's text format: the first ``seqno = N``, in the VG's section's head)
 _BACKUP_SEQNO = re.compile(rb"^\s*seqno = (\d+)\s*$", re.MULTILINE)
 _BACKUP_HEAD = 8192
@@ -178,12 +181,14 @@ class VgLock:
             return
 
         def wait() -> None:
+            pause = BACKUP_POLL
             while self._hold is hold:
                 found = self.backup_seqno()
                 if found is not None and found >= seqno:
                     release()
                     return
-                time.sleep(BACKUP_POLL)
+                time.sleep(pause)
+                pause = min(pause * 2, BACKUP_POLL_MAX)
         threading.Thread(target=wait, name=f"release {self.vg}", daemon=True).start()
 
 
