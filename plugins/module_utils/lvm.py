@@ -24,7 +24,6 @@ Behaviour measured on lvm2 2.03.16 (Debian 12), see tests/unit/plugins/module_ut
 from __future__ import annotations
 
 import re
-import threading
 from typing import Callable, Iterable, List, Optional, Sequence
 
 from .errors import CommandFailed, InUse, InvalidRequest
@@ -68,7 +67,7 @@ from .lvm_report import (
     tag_selection,
     volume_group,
 )
-from .runner import operand
+from .runner import Answer, operand
 
 # The LVM face the pools and tests use: the changes are here, the rest comes from
 # lvm_names, lvm_command and lvm_report under the same names.
@@ -167,7 +166,7 @@ def create_linear(
     place: Optional[PeRange] = None,
     vg_lock: Optional[int] = None,
     created: Optional[Callable[[], None]] = None,
-    answered: Optional[threading.Event] = None,
+    answered: Optional[Answer] = None,
     settings: LvmSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Create a linear LV; return the size asked of LVM (rounded up to *extent_size* when given).
@@ -323,14 +322,15 @@ def remove(vg: str, name: str, *, at_commit: bool = False, settings: LvmSettings
     backup (under LVM's own lock, which it still holds) and its exit follow: 30-90 ms here, most of it the
     kernel's ``io_destroy``.  Only where nothing follows the commit that the caller needs: not with
     device-mapper (LVM waits for udev at its unlock)."""
-    answered = threading.Event() if at_commit else None
+    what = f"remove LV {vg}/{name}"
+    args = ["--yes", _target(vg, name)]
+    if not at_commit:
+        run_lvm(settings, "lvremove", args, what=what, timeout=REMOVE_TIMEOUT)
+        return
     done = f'  Logical volume "{existing_lv_name(name)}" successfully removed.\n'
-
-    def on_line(line: str) -> None:
-        if line == done and answered is not None:
-            answered.set()
-    run_lvm(settings, "lvremove", ["--yes", _target(vg, name)], what=f"remove LV {vg}/{name}", timeout=REMOVE_TIMEOUT,
-            answered=answered, on_line=None if answered is None else on_line)
+    with Answer() as answered:
+        run_lvm(settings, "lvremove", args, what=what, timeout=REMOVE_TIMEOUT, answered=answered,
+                on_line=lambda line: answered.set() if line == done else None)
 
 
 def activate(

@@ -9,12 +9,11 @@ Precondition; anything else stays a CommandFailed with LVM's rc and stderr.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from .errors import AlreadyExists, CommandFailed, InvalidRequest, NoSpace, NotFound, Precondition, StorageError
-from .runner import CommandResult, run
+from .runner import Answer, CommandResult, run
 
 REPORT_TIMEOUT = 60.0
 CHANGE_TIMEOUT = 120.0
@@ -147,7 +146,7 @@ def run_lvm(
     check: bool = True,
     vg_lock: Optional[int] = None,
     on_line: Optional[Callable[[str], None]] = None,
-    answered: Optional[threading.Event] = None,
+    answered: Optional[Answer] = None,
 ) -> CommandResult:
     """Run an LVM tool; *vg_lock*: the descriptor on which the caller holds the VG's lock (lvm_lock), so the tool
     runs ``--nolocking`` under ``timeout``, which keeps that descriptor (LVM closes the ones it inherits) and so

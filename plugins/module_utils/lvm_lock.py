@@ -45,6 +45,7 @@ from typing import Dict, Iterator, Optional
 from .errors import CommandFailed, InvalidRequest
 from .lvm_command import CHANGE_TIMEOUT, REPORT_TIMEOUT, LvmSettings, run_lvm
 from .lvm_names import check_vg_name
+from .runner import Answer
 
 #: LVM's defaults for the settings read (lvm2 2.03.16, ``lib/config/defaults.h``)
 DEFAULT_LOCKING_DIR = "/run/lock/lvm"
@@ -158,7 +159,7 @@ class VgLock:
         return int(found.group(1)) if found else None
 
     def release_when_backed_up(self, fd: int, seqno: Optional[int],
-                               released: Optional[threading.Event] = None) -> None:
+                               released: Optional[Answer] = None) -> None:
         """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
         LVM keeps no backup, else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it
         under its lock); never early when *seqno* is not known.  The end of the hold releases it anyway.

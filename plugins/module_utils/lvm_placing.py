@@ -34,6 +34,7 @@ locking (which refuses extents in use: NoSpace, nothing changed).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable, List, Optional, Sequence
 
@@ -43,6 +44,7 @@ from .lvm_extents import FreeExtents, placed_lv
 from .lvm_index import vg_seqno
 from .lvm_lock import Busy, VgLock
 from .lvm_report import PeRange
+from .runner import Answer
 
 #: told of the placer's commit: (the LV as lvs would report it, the seqno just ahead of the commit, the seqno after)
 Committed = Callable[[lvm.LogicalVolume, Optional[int], Optional[int]], None]
@@ -117,9 +119,10 @@ class Placer:
         if place is None:
             return None
         before = self.seqno()
-        committed_line = threading.Event()  # its commit done (LVM still holds its own lock for the backup)
-        if not self._lvcreate(name, size, tags, extent, place, created=committed_line.set, answered=committed_line):
-            return None
+        with Answer() as committed_line:  # its commit done (LVM still holds its own lock for the backup)
+            if not self._lvcreate(name, size, tags, extent, place, created=committed_line.set,
+                                  answered=committed_line):
+                return None
         made = placed_lv(self.vg, name, place, extent, tags, self.alloc)
         after = self.seqno()
         self.free.committed(before, after=after)
@@ -131,7 +134,7 @@ class Placer:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
         names = [pv.name for pv in pvs]
-        with self.lock.held(queue=False) as held:
+        with self.lock.held(queue=False) as held, contextlib.ExitStack() as stack:
             before = vg_seqno(names, self.vg)
             if before is None or not self.free.current(before):
                 raise _Stale()
@@ -149,7 +152,8 @@ class Placer:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
-            released = threading.Event()  # the lock released: lvcreate's work is done, its exit need not be awaited
+            # the lock released (loop activation): lvcreate's work is done, its exit need not be awaited
+            released = None if active else stack.enter_context(Answer())
 
             def created() -> None:
                 """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
@@ -167,7 +171,7 @@ class Placer:
 
     def _lvcreate(self, name: str, size: int, tags: Sequence[str], extent: int, place: PeRange,
                   vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None,
-                  answered: Optional[threading.Event] = None) -> bool:
+                  answered: Optional[Answer] = None) -> bool:
         """lvcreate on *place* (lvm.create_linear; it returns once *answered* is set); False when LVM refused it
         (NoSpace: the map is forgotten).  AlreadyExists gives the range back to the map."""
         try:

@@ -103,18 +103,20 @@ class _Output:
         return data.decode(stream.encoding, stream.errors or "strict").replace("\r\n", "\n").replace("\r", "\n")
 
     def pump(self, args: object, deadline: float, on_line: Optional[Callable[[str], None]],
-             answered: Optional[threading.Event] = None) -> bool:
-        """Read until both pipes are closed (True), or until *answered* is set (False); each whole stdout line
+             answered: Optional["Answer"] = None) -> bool:
+        """Read until both pipes are closed (True), or until *answered* is said (False); each whole stdout line
         to *on_line* as it comes.  TimeoutExpired at *deadline*."""
+        woken = [] if answered is None else [answered.fileno()]
         while self.open_fds:
             if answered is not None and answered.is_set():
                 return False
             left = deadline - time.monotonic()
-            wait = left if answered is None else min(left, ANSWER_POLL)
-            ready = select.select(self.open_fds, [], [], wait)[0] if left > 0 else []
-            if not ready and time.monotonic() >= deadline:
+            ready = select.select(self.open_fds + woken, [], [], left)[0] if left > 0 else []
+            if not ready:
                 raise subprocess.TimeoutExpired(args, deadline)  # type: ignore[arg-type]
             for fd in ready:
+                if fd in woken:
+                    continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     self.open_fds.remove(fd)
@@ -130,8 +132,43 @@ class _Output:
         return self.text(self.read[self.out]), self.text(self.read[self.err])
 
 
-#: how often ``run`` looks whether the caller answered while the tool runs (set from another thread)
-ANSWER_POLL = 0.0005
+class Answer:
+    """Said (``set``) by whoever knows that a running tool's work is done, from ``run``'s *on_line* or from any
+    thread: ``run`` watches it beside the tool's output (a pipe), so it returns at once, without polling.
+    Close it (``with``) once ``run`` has returned; a ``set`` after that does nothing."""
+
+    def __init__(self) -> None:
+        self._said = threading.Event()
+        self._guard = threading.Lock()
+        self._read, self._write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._open = True
+
+    def set(self) -> None:
+        with self._guard:
+            self._said.set()
+            if self._open:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._write, b"!")
+
+    def is_set(self) -> bool:
+        return self._said.is_set()
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        with self._guard:
+            if self._open:
+                self._open = False
+                os.close(self._read)
+                os.close(self._write)
+
+    def __enter__(self) -> "Answer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 _lingering: Set[threading.Thread] = set()
 _lingering_guard = threading.Lock()
@@ -188,13 +225,13 @@ def run(
     stdin: Optional[str] = None,
     pass_fds: Sequence[int] = (),
     on_line: Optional[Callable[[str], None]] = None,
-    answered: Optional[threading.Event] = None,
+    answered: Optional[Answer] = None,
 ) -> CommandResult:
     """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0.
 
     *pass_fds*: descriptors the command inherits (every other one is closed in it).
     *on_line*: called with each line of its stdout as soon as the tool writes it, while it still runs.
-    *answered*: set by the caller (from *on_line* or another thread) once the tool's work is done while it
+    *answered*: said by the caller (from *on_line* or another thread) once the tool's work is done while it
     still runs (LVM tearing down after its commit): ``run`` returns at once, rc 0 and the output so far; the
     exit is awaited in the background (``settle``), logged, and a failure after that logged as a warning."""
     if isinstance(argv, str):

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import struct
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,6 +25,7 @@ from basalt_core import lvm_command, lvm_report, volumes
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.model import READY, Volume, volume_id_for
 from basalt_core.pool_spec import PoolSettings
+from basalt_core.runner import Answer
 from basalt_core.sizes import MiB
 
 __all__ = ["fixed_clock"]  # (the autouse fixture: records carry a fixed creation time)
@@ -42,7 +42,7 @@ class FakePv:
         self.path = path
         self.lock_dir = lock_dir  # the VG lock's directory (LVM's locking_dir)
         self.someone_commits_after: List[str] = []
-        self.answers: List[Optional[threading.Event]] = []  # each command's *answered* (runner.run), if any
+        self.answers: List[Optional[Answer]] = []  # each command's *answered* (runner.run), if any
         path.write_bytes(b"\0" * MiB + b"\xaa" * (8 * EXTENT))
         self.seqno = 0
         self.write_seqno(5)
@@ -80,7 +80,7 @@ def install(script: Any, monkeypatch: pytest.MonkeyPatch, pv: FakePv, calls: Lis
     runner = script(calls)
 
     def run(argv: Any, on_line: Optional[Callable[[str], None]] = None,
-            answered: Optional[threading.Event] = None, **kwargs: Any) -> Any:
+            answered: Optional[Answer] = None, **kwargs: Any) -> Any:
         pv.answers.append(answered)
         result = runner(argv, **kwargs)
         if result.rc == 0 and any(tool in argv for tool in COMMITS):

@@ -11,7 +11,7 @@ from typing import List
 import pytest
 
 from basalt_core.errors import CommandFailed, InvalidRequest
-from basalt_core.runner import operand, run, settle
+from basalt_core.runner import Answer, operand, run, settle
 
 
 def test_runs_argv_with_a_stable_locale() -> None:
@@ -111,7 +111,7 @@ def test_a_caller_that_has_its_answer_gets_it_before_the_tool_exits(
     far) while the tool still runs; its exit is awaited in the background, logged, and a failure after the
     answer is a warning (with secrets hidden); ``settle`` waits for it."""
     go_on = tmp_path / "go-on"
-    answered = threading.Event()
+    answered = Answer()
     script = f"echo $$; echo done; echo hunter2 >&2; i=0; while [ ! -e {go_on} ] && [ $i -lt 1000 ]; do " \
              f"sleep 0.01; i=$((i+1)); done; echo late; exit 3"
     caplog.set_level(logging.DEBUG, logger="basalt_core.runner")
@@ -133,7 +133,7 @@ def test_a_caller_that_has_its_answer_gets_it_before_the_tool_exits(
 
 def test_an_answer_given_from_another_thread_ends_the_wait(tmp_path: Path) -> None:
     go_on = tmp_path / "go-on"
-    answered = threading.Event()
+    answered = Answer()
     threading.Timer(0.1, answered.set).start()
     script = f"echo $$; i=0; while [ ! -e {go_on} ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done"
     result = run(["sh", "-c", script], answered=answered)
@@ -144,18 +144,26 @@ def test_an_answer_given_from_another_thread_ends_the_wait(tmp_path: Path) -> No
 
 
 def test_without_the_answer_the_result_is_the_exit(tmp_path: Path) -> None:
-    result = run(["sh", "-c", "echo done; echo oops >&2; exit 4"], check=False, answered=threading.Event())
+    result = run(["sh", "-c", "echo done; echo oops >&2; exit 4"], check=False, answered=Answer())
     assert (result.rc, result.stdout, result.stderr) == (4, "done\n", "oops\n")
     with pytest.raises(CommandFailed, match=r"timed out after 0\.3s"):
-        run(["sh", "-c", "exec sleep 5"], timeout=0.3, answered=threading.Event())
+        run(["sh", "-c", "exec sleep 5"], timeout=0.3, answered=Answer())
 
 
 def test_a_tool_answered_for_keeps_its_deadline(caplog: pytest.LogCaptureFixture) -> None:
     """After the answer the deadline still holds: the tool is killed then, and that is a warning."""
-    answered = threading.Event()
+    answered = Answer()
     result = run(["sh", "-c", "echo $$; exec sleep 30"], timeout=0.5, answered=answered,
                  on_line=lambda line: answered.set())
     pid = int(result.stdout)
     assert result.rc == 0 and _alive(pid)
     assert settle(10) and not _alive(pid)
     assert any("rc=-9 after its work was done" in record.getMessage() for record in caplog.records)
+
+
+def test_an_answer_said_after_it_is_closed_does_nothing() -> None:
+    """A lock released after its tool's run returned (the tool ended first) says an answer nobody reads."""
+    answer = Answer()
+    answer.close()
+    answer.set()  # (its pipe is closed: nothing written anywhere)
+    assert answer.is_set()
