@@ -209,9 +209,9 @@ def _linger(proc: "_Process", output: _Output, shown: Sequence[str], secrets: Se
             with _lingering_guard:
                 _lingering.discard(thread)
     thread = threading.Thread(target=finish, name=f"after {os.path.basename(shown[0])}", daemon=True)
-    with _lingering_guard:
+    with _lingering_guard:  # (so that settle never joins it unstarted)
         _lingering.add(thread)
-    thread.start()
+        thread.start()
 
 
 def run(
