@@ -235,7 +235,7 @@ def serve(settings: config.Config) -> int:
     log.info("stopping: finishing in-flight calls")
     for stopped in [running.stop(SHUTDOWN_GRACE) for running in servers]:  # both drain at once
         stopped.wait()
-    runner.settle(SHUTDOWN_GRACE)  # the tools calls answered before their exit (LVM's teardown after a commit)
+    runner.settle(SHUTDOWN_GRACE)  # the tools answered for before their exit (LVM's teardown after a commit)
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()

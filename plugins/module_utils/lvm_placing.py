@@ -38,7 +38,6 @@ locking (which refuses extents in use: NoSpace, nothing changed).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Callable, List, Optional, Sequence
 
@@ -139,7 +138,8 @@ class Placer:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
         names = [pv.name for pv in pvs]
-        with self.lock.held(queue=False) as held, contextlib.ExitStack() as stack:
+        # *released*: said once the lock is released (lvcreate's work done: its exit need not be awaited)
+        with self.lock.held(queue=False) as held, Answer() as released:
             before = vg_seqno(names, self.vg)
             if before is None or not self.free.current(before):
                 raise _Stale()
@@ -157,8 +157,6 @@ class Placer:
                 devices.write_zeros(pv.name, devices.end_ranges(place.count * extent), offset)
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
-            # the lock released: lvcreate's work is done, its exit need not be awaited
-            released = stack.enter_context(Answer())
 
             def created() -> None:
                 """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""

@@ -72,6 +72,11 @@ class _Process(subprocess.Popen):
             super().__exit__(kind, value, trace)
 
 
+def _hidden(text: str, secrets: Iterable[str]) -> str:
+    """*text* (a tool's stderr) with every secret replaced."""
+    return _redact([text], secrets)[0]
+
+
 def _redact(argv: Sequence[str], secrets: Iterable[str]) -> list:
     hidden = [s for s in secrets if s]
     out = []
@@ -199,7 +204,7 @@ def _linger(proc: "_Process", output: _Output, shown: Sequence[str], secrets: Se
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            stderr = " ".join(_redact([output.result()[1]], secrets)).strip()
+            stderr = _hidden(output.result()[1], secrets).strip()
             log.debug("ended %s rc=%d in %.3fs", shown, proc.returncode, time.monotonic() - started)
             if proc.returncode != 0:
                 log.warning("%s: %s ended with rc=%d after its work was done: %s", what or shown[0], shown[0],
@@ -257,7 +262,7 @@ def run(
                         log.debug("ran %s answered in %.3fs", shown, time.monotonic() - started)
                         proc.handed_over = True
                         _linger(proc, output, shown, secrets, started, started + timeout, what)
-                        return CommandResult(shown, 0, stdout, " ".join(_redact([stderr], secrets)))
+                        return CommandResult(shown, 0, stdout, _hidden(stderr, secrets))
                     stdout, stderr = output.result()
                     proc.wait(max(started + timeout - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
@@ -269,7 +274,7 @@ def run(
     except subprocess.TimeoutExpired:
         raise CommandFailed(shown, -1, f"timed out after {timeout:g}s", what) from None
     rc = proc.returncode
-    stderr = " ".join(_redact([stderr], secrets))
+    stderr = _hidden(stderr, secrets)
     log.debug("ran %s rc=%d in %.3fs", shown, rc, time.monotonic() - started)
     if check and rc != 0:
         raise CommandFailed(shown, rc, stderr, what)

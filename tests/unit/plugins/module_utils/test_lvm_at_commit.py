@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_runner import alive
 
 from basalt_core import lvm, runner
 from basalt_core.errors import CommandFailed
@@ -37,12 +38,7 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lv: str, rc: int =
 
 
 def running(pid_file: Path) -> bool:
-    pid = int(pid_file.read_text())
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return alive(int(pid_file.read_text()))
 
 
 def test_remove_at_commit_returns_at_lvremoves_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -96,7 +96,7 @@ def test_plain_operands_pass() -> None:
     assert operand("/dev/loop0") == "/dev/loop0"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether *pid* still runs (a zombie, exited but not reaped yet, does not)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -119,11 +119,11 @@ def test_a_caller_that_has_its_answer_gets_it_before_the_tool_exits(
                  on_line=lambda line: answered.set() if line == "done\n" else None)
     pid = int(result.stdout.split()[0])
     assert (result.rc, result.stdout) == (0, f"{pid}\ndone\n")
-    assert _alive(pid), "run returned while the tool still ran"
+    assert alive(pid), "run returned while the tool still ran"
     assert not settle(0.05)
     go_on.touch()
     assert settle(10)
-    assert not _alive(pid)
+    assert not alive(pid)
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("ran ['sh', '-c',") and " answered in " in m for m in messages)
     assert any(m.startswith("ended ['sh', '-c',") and " rc=3 in " in m for m in messages)
@@ -138,9 +138,9 @@ def test_an_answer_given_from_another_thread_ends_the_wait(tmp_path: Path) -> No
     script = f"echo $$; i=0; while [ ! -e {go_on} ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done"
     result = run(["sh", "-c", script], answered=answered)
     pid = int(result.stdout.split()[0])
-    assert result.rc == 0 and _alive(pid)
+    assert result.rc == 0 and alive(pid)
     go_on.touch()
-    assert settle(10) and not _alive(pid)
+    assert settle(10) and not alive(pid)
 
 
 def test_without_the_answer_the_result_is_the_exit(tmp_path: Path) -> None:
@@ -156,8 +156,8 @@ def test_a_tool_answered_for_keeps_its_deadline(caplog: pytest.LogCaptureFixture
     result = run(["sh", "-c", "echo $$; exec sleep 30"], timeout=0.5, answered=answered,
                  on_line=lambda line: answered.set())
     pid = int(result.stdout)
-    assert result.rc == 0 and _alive(pid)
-    assert settle(10) and not _alive(pid)
+    assert result.rc == 0 and alive(pid)
+    assert settle(10) and not alive(pid)
     assert any("rc=-9 after its work was done" in record.getMessage() for record in caplog.records)
 
 
