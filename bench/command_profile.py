@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Sequence, Tuple
@@ -28,6 +29,9 @@ _RAN = re.compile(r"^ran (\[.*\]) rc=(-?\d+) in ([0-9.]+)s$")
 # a command the agent answered at its output, before its exit (runner.run's *answered*; its exit is logged
 # later as ``ended [...]``): counted, with rc 0 and the time until that answer, in the RPC that ran it
 _ANSWERED = re.compile(r"^ran (\[.*\]) answered in ([0-9.]+)s$")
+_ENDED = re.compile(r"^ended \[")
+#: the longest a tool answered before its exit may take to end (LVM's own timeouts are longer; the bench waits)
+SETTLE_TIMEOUT = 60.0
 # a request on tgtd's management socket (basalt_core.tgt_socket): counted as a command of the tool TGTD_SOCKET
 _SENT = re.compile(r"^sent (\[.*\]) err=(-?\d+) in ([0-9.]+)s$")
 TGTD_SOCKET = "tgtd-socket"
@@ -54,18 +58,22 @@ class ProfiledAgent(bl.Agent):
         except OSError:
             return 0
 
-    def commands_since(self, mark: int) -> List[Command]:
-        """The external commands (``ran [...]``) and tgtd socket requests (``sent [...]``) logged after *mark*."""
+    def _messages_since(self, mark: int) -> List[str]:
         with open(self.log_path, "rb") as handle:
             handle.seek(mark)
             data = handle.read().decode("utf-8", errors="replace")
-        found: List[Command] = []
+        messages = []
         for line in data.splitlines():
             try:
-                entry = json.loads(line)
-            except ValueError:
+                messages.append(str(json.loads(line).get("msg", "")))
+            except (ValueError, AttributeError):
                 continue
-            message = str(entry.get("msg", ""))
+        return messages
+
+    def commands_since(self, mark: int) -> List[Command]:
+        """The external commands (``ran [...]``) and tgtd socket requests (``sent [...]``) logged after *mark*."""
+        found: List[Command] = []
+        for message in self._messages_since(mark):
             answered = _ANSWERED.match(message)
             match = answered or _RAN.match(message) or _SENT.match(message)
             if not match:
@@ -75,6 +83,21 @@ class ProfiledAgent(bl.Agent):
             rc, seconds = (0, match.group(2)) if answered else (int(match.group(2)), match.group(3))
             found.append(Command(tool, argv, rc, float(seconds), bool(answered)))
         return found
+
+    def settle(self, mark: int) -> None:
+        """Wait until every command answered before its exit since *mark* has ended (``ended [...]`` logged), so
+        that the next measurement starts as quiet as a bare command's does: an RPC answered at LVM's commit line
+        leaves the tool's udev wait, backup and teardown running, under LVM's lock (device-mapper)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            messages = self._messages_since(mark)
+            answered = sum(1 for m in messages if _ANSWERED.match(m))
+            if sum(1 for m in messages if _ENDED.match(m)) >= answered:
+                return
+            if time.monotonic() >= deadline:
+                raise bl.BenchError(f"{answered} commands answered before their exit did not end in "
+                                    f"{SETTLE_TIMEOUT:g}s")
+            time.sleep(0.002)
 
 
 def tool_of(argv: List[str]) -> str:
@@ -131,9 +154,11 @@ class Profiler:
         self.profiles: Dict[Tuple[str, int], Profile] = {}
 
     def call(self, rpc: str, level: int, action: Callable[[], Any]) -> Tuple[float, Any]:
-        """Time *action* (one RPC) and file the commands the agent ran for it."""
+        """Time *action* (one RPC) and file the commands the agent ran for it, once the ones it answered before
+        their exit have ended."""
         mark = self.agent.log_mark()
         took, value = bl.timed(action)
+        self.agent.settle(mark)  # (untimed)
         key = (rpc, level)
         self.profiles.setdefault(key, Profile(rpc, level)).add(self.agent.commands_since(mark), took)
         return took, value

@@ -147,11 +147,12 @@ def run_lvm(
     vg_lock: Optional[int] = None,
     on_line: Optional[Callable[[str], None]] = None,
     answered: Optional[Answer] = None,
+    ended: Optional[Callable[[], None]] = None,
 ) -> CommandResult:
     """Run an LVM tool; *vg_lock*: the descriptor on which the caller holds the VG's lock (lvm_lock), so the tool
     runs ``--nolocking`` under ``timeout``, which keeps that descriptor (LVM closes the ones it inherits) and so
     the lock for as long as the tool runs, the caller killed or not.  *on_line*: each stdout line as it comes;
-    *answered*: set once the tool's work is done, before its exit (``runner.run``)."""
+    *answered*: set once the tool's work is done, before its exit; *ended*: called at its exit (``runner.run``)."""
     argv = settings.command(tool, *args)
     keep: Tuple[int, ...] = ()
     if vg_lock is not None:
@@ -162,7 +163,7 @@ def run_lvm(
     try:
         # stdin at EOF: any prompt LVM still asks is answered "n".
         return run(argv, timeout=timeout, check=check, env=settings.env(), what=what, stdin="", pass_fds=keep,
-                   on_line=on_line, answered=answered)
+                   on_line=on_line, answered=answered, ended=ended)
     except CommandFailed as exc:
         mapped = classify(exc)
         if mapped is exc:

@@ -17,11 +17,13 @@ inherits: seen with strace), so the lock lasts as long as the command even
 when the agent is killed meanwhile.
 
 The pool need not hold it until the command's exit: lvcreate says the LV is created
-once its commit is done, then writes the VG's metadata backup (when LVM keeps
-one), then tears down (30-90 ms here, most of it in ``io_destroy``), which LVM
-itself does after releasing its own lock.  ``release_when_backed_up`` releases
-the lock there: at once when LVM writes no backup, else once the backup file
-is at the new seqno.  It releases the lock itself (``LOCK_UN`` on the open file
+once its commit is done, then (with device-mapper) waits for udev to make the
+device names, writes the VG's metadata backup (when LVM keeps one), unlocks and
+tears down (30-90 ms here, most of it in ``io_destroy``).  ``hand_off`` gives
+the hold's end to the command at its line: the pool answers there, and the hold
+ends at once when LVM writes no backup and nothing else follows (loop
+activation), else once the backup file is at the new seqno, else at the
+command's exit.  It releases the lock itself (``LOCK_UN`` on the open file
 description that ``timeout`` shares), so a killed agent's case is unchanged: its
 lock lasts until the command has committed and backed up, or has ended.
 
@@ -40,7 +42,7 @@ import os
 import re
 import threading
 import time
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 from .errors import CommandFailed, InvalidRequest
 from .lvm_command import CHANGE_TIMEOUT, REPORT_TIMEOUT, LvmSettings, run_lvm
@@ -74,11 +76,14 @@ def lock_settings(settings: LvmSettings) -> Dict[str, str]:
 
 
 class _Hold:
-    """One hold of the VG's lock: the lock file's path and the descriptor it is held on."""
+    """One hold of the VG's lock: the lock file's path and the descriptor it is held on; *handed_off* once its
+    end is the command's (``VgLock.hand_off``), *over* once ended, its descriptor closed."""
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        self.handed_off = False
+        self.over = False
 
 
 class Busy(Exception):
@@ -92,12 +97,12 @@ class VgLock:
     def __init__(self, vg: str, settings: LvmSettings) -> None:
         self.vg = check_vg_name(vg)
         self.settings = settings
-        self._threads = threading.Lock()
+        self._threads = threading.Lock()  # held from a hold's start to its end
         self._directory: Optional[str] = None
         self._backup: Optional[str] = None
         self._usable: Optional[bool] = None
-        self._hold: Optional[_Hold] = None  # the current hold, until released
-        self._releasing = threading.Lock()
+        self._hold: Optional[_Hold] = None  # the current hold, until it ends
+        self._ending = threading.Lock()
 
     @property
     def usable(self) -> bool:
@@ -115,13 +120,23 @@ class VgLock:
     def held(self, wait: float = CHANGE_TIMEOUT, *, queue: bool = True) -> Iterator[int]:
         """Hold the VG's lock exclusively (``usable`` must be True) and give its descriptor, for the LVM commands
         run meanwhile (``lvm_command.run_lvm``'s *vg_lock*); CommandFailed when another holder keeps it longer
-        than *wait* seconds; Busy, without *queue*, when another of the agent's threads holds it."""
+        than *wait* seconds; Busy, without *queue*, when another of the agent's threads holds it (not when that
+        hold is handed off: it is nearly over, so this waits for it).  The hold ends
+        with the block unless it was handed off to the command run under it (``hand_off``)."""
         if not self.usable or self._directory is None:
             raise InvalidRequest(f"LVM does not guard VG {self.vg} with file locks")
         path = os.path.join(self._directory, f"V_{self.vg}")
         deadline = time.monotonic() + wait
-        if not self._threads.acquire(blocking=queue):
-            raise Busy(f"another thread holds the lock on VG {self.vg}")
+        with self._ending:  # (a hold ending meanwhile has released the thread lock, or not yet started its end)
+            got = self._threads.acquire(blocking=False)
+            # a hold handed off to its command lasts only until that command's backup or exit: wait for it
+            tail = not got and self._hold is not None and self._hold.handed_off
+        if not got:
+            if not (queue or tail):
+                raise Busy(f"another thread holds the lock on VG {self.vg}")
+            if not self._threads.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                raise CommandFailed(["flock", path], 1, "another of the agent's LVM commands kept the VG locked",
+                                    f"lock {path}")
         try:
             os.makedirs(self._directory, mode=0o700, exist_ok=True)  # as LVM does (dm_create_dir)
             aux = _lock(path + ":aux", deadline)
@@ -129,26 +144,83 @@ class VgLock:
                 fd = _lock(path, deadline)
             finally:
                 _release(path + ":aux", aux)
-            hold = self._hold = _Hold(path, fd)
-            try:
-                yield fd
-            finally:
-                self._end(hold)
-                os.close(fd)
-        finally:
+        except BaseException:
             self._threads.release()
+            raise
+        hold = self._hold = _Hold(path, fd)
+        try:
+            yield fd
+        finally:
+            with self._ending:
+                mine = not hold.handed_off
+            if mine:
+                self._end(hold)
 
-    def _end(self, hold: "_Hold") -> None:
-        """End *hold* now if it is still the current one (its descriptor stays open: ``held`` closes it)."""
-        with self._releasing:
-            if self._hold is not hold:
+    def _end(self, hold: _Hold) -> None:
+        """End *hold* now, once: the lock file unlinked as LVM does, the lock released on its open file description
+        (the copy a command's ``timeout`` shares too), the descriptor closed, the next holder let in."""
+        with self._ending:
+            if hold.over:
                 return
-            self._hold = None
+            hold.over = True
+            if self._hold is hold:
+                self._hold = None
             try:
                 if _same_file(hold.path, hold.fd):  # unlinked while still held (lvm-flock.c _undo_flock)
                     os.unlink(hold.path)
             finally:
-                fcntl.flock(hold.fd, fcntl.LOCK_UN)  # the open file description's lock: timeout's copy too
+                fcntl.flock(hold.fd, fcntl.LOCK_UN)
+                os.close(hold.fd)
+                self._threads.release()
+
+    def at_exit(self, fd: int) -> Callable[[], None]:
+        """What the command run under the hold on *fd* calls at its exit (``runner.run``'s *ended*): the end of
+        that hold, if it was handed off to the command and is not over yet."""
+        hold = self._hold
+        if hold is None or hold.fd != fd:
+            raise InvalidRequest(f"no hold of VG {self.vg}'s lock on descriptor {fd}")
+
+        def ended() -> None:
+            with self._ending:
+                handed_off = hold.handed_off
+            if handed_off:
+                self._end(hold)
+        return ended
+
+    def hand_off(self, fd: int, seqno: Optional[int], released: Optional[Answer] = None, *,
+                 unbacked: bool = True) -> None:
+        """The command run under the hold on *fd* has committed, the VG now at *seqno*: from now on the hold
+        outlives its ``held`` block (the caller may answer) and ends at once when LVM keeps no backup (only if
+        *unbacked*), else (a thread) as soon as the VG's backup file is at that seqno (LVM writes it under its
+        lock, its last act before it unlocks), or at the command's exit (``at_exit``), whichever comes first;
+        never before that exit when *seqno* is not known.  *released* is set once the hold ended before that exit
+        (the command's work is then all done: ``runner.run``'s *answered*)."""
+        hold = self._hold
+        if hold is None or hold.fd != fd:
+            return
+        with self._ending:
+            hold.handed_off = True
+
+        def release() -> None:
+            self._end(hold)
+            if released is not None:
+                released.set()
+        if seqno is None or (self._backup is None and not unbacked):
+            return
+        if self._backup is None:
+            release()
+            return
+
+        def wait() -> None:
+            pause = BACKUP_POLL
+            while not hold.over:
+                found = self.backup_seqno()
+                if found is not None and found >= seqno:
+                    release()
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, BACKUP_POLL_MAX)
+        threading.Thread(target=wait, name=f"release {self.vg}", daemon=True).start()
 
     def backup_seqno(self) -> Optional[int]:
         """The seqno of the VG's metadata backup as it is now (None: none, unreadable, or LVM keeps none)."""
@@ -160,36 +232,6 @@ class VgLock:
         except FileNotFoundError:
             return None
         return int(found.group(1)) if found else None
-
-    def release_when_backed_up(self, fd: int, seqno: Optional[int], released: Optional[Answer] = None, *,
-                               unbacked: bool = True) -> None:
-        """The command run under the hold on *fd* has committed, the VG now at *seqno*: release it at once when
-        LVM keeps no backup (only if *unbacked*: else the hold lasts), else (a thread) as soon as the VG's backup
-        file is at that seqno (LVM writes it under its lock, its last act before it unlocks); never early when
-        *seqno* is not known.  The end of the hold releases it anyway.  *released* is set once released here
-        (the command's work is then all done: ``runner.run``'s *answered*)."""
-        hold = self._hold
-        if hold is None or hold.fd != fd or seqno is None or (self._backup is None and not unbacked):
-            return
-
-        def release() -> None:
-            self._end(hold)
-            if released is not None:
-                released.set()
-        if self._backup is None:
-            release()
-            return
-
-        def wait() -> None:
-            pause = BACKUP_POLL
-            while self._hold is hold:
-                found = self.backup_seqno()
-                if found is not None and found >= seqno:
-                    release()
-                    return
-                time.sleep(pause)
-                pause = min(pause * 2, BACKUP_POLL_MAX)
-        threading.Thread(target=wait, name=f"release {self.vg}", daemon=True).start()
 
 
 def _lock(path: str, deadline: float) -> int:

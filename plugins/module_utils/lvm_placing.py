@@ -9,16 +9,19 @@ the new LV in that command too).  A crash before lvcreate leaves zeroed free
 extents (harmless); after it, a complete LV whose ends are zero (active or
 not: a NodeStage activates it either way).
 
-The lock goes as soon as lvcreate has committed and LVM wrote its metadata
-backup (lvm_lock), not at the tool's exit, and the create returns there: the
-rest of lvcreate is its teardown (30-90 ms here, most of it the kernel's
-``io_destroy``; 90-140 ms in the VM tier's guests), awaited in the background
-(``runner.run``'s *answered*).  With device-mapper, lvcreate waits for udev to
-make the new LV's device names between its ``created`` line and its backup
-(``lvcreate -vvvv`` on lvm2 2.03.16: "Syncing device names", the udev cookie
-"waiting for zero", then "Creating volume group backup"): there only the backup
-says that the device is ready, so where LVM keeps none the lock lasts until
-the exit, and so does the create.
+The create returns as soon as lvcreate says it created the LV (its one commit
+is done), not at the tool's exit: the rest of lvcreate is awaited in the
+background (``runner.run``'s *answered*), and the lock's end is lvcreate's
+(lvm_lock ``hand_off``): at once where LVM keeps no backup (loop activation),
+else once the VG's backup file is at the commit's seqno, else at the exit.
+With device-mapper, lvcreate waits for udev to make the new LV's device names
+between its ``created`` line and its backup (``lvcreate -vvvv`` on lvm2
+2.03.16: "Syncing device names", the udev cookie "waiting for zero", then
+"Creating volume group backup"; 130 ms of a 430 ms lvcreate in the VM tier's
+guests), all under the lock, so the next LVM command, a NodeStage's
+activation included, waits for the device names.  Only a creating LV (filled
+through its device name next, without an LVM command first) answers once the
+lock went.
 
 Whenever that is not certain it zeroes nothing before the commit: LVM's
 configuration does not guard the VG with file locks (lvmlockd), another of
@@ -86,9 +89,9 @@ class Placer:
         placed nothing (nothing changed then).
 
         *committed(lv, seqno before, seqno after)* runs while the lock is still held (the pool's index follows
-        the commit); the lock goes as soon as lvcreate has committed and LVM's backup is written (lvm_lock;
-        *active* and LVM keeping no backup: at its exit), and the create returns then, lvcreate's exit left
-        outside.
+        the commit); the create returns at lvcreate's ``created`` line, the lock's end then lvcreate's (the
+        module's docstring), except a creating LV with device-mapper (not *zero_ends* but *active*), which returns
+        once the lock went.
         AlreadyExists when the name is taken (the range goes back to the map).
         """
         if not self.lock.usable:
@@ -138,8 +141,8 @@ class Placer:
         """create() under the VG lock; _Stale when the map is not the VG's state."""
         pvs = self.pvs()  # before the lock (it runs pvs the first time): under it, no LVM command but lvcreate
         names = [pv.name for pv in pvs]
-        # *released*: said once the lock is released (lvcreate's work done: its exit need not be awaited)
-        with self.lock.held(queue=False) as held, Answer() as released:
+        # *answer*: said once the create needs nothing more of lvcreate (its exit awaited in the background)
+        with self.lock.held(queue=False) as held, Answer() as answer:
             before = vg_seqno(names, self.vg)
             if before is None or not self.free.current(before):
                 raise _Stale()
@@ -158,28 +161,36 @@ class Placer:
             made = placed_lv(self.vg, name, place, extent, tags, self.alloc, active)
             followed: List[Optional[int]] = []  # the seqno after the commit, once the pool followed it
 
-            def created() -> None:
-                """lvcreate committed (it still runs): follow its commit, then let the lock go as LVM would."""
+            def follow() -> Optional[int]:
                 after = vg_seqno(names, self.vg)  # one commit under the lock: before + 1 (else both forget)
                 self.free.committed(before, after=after)
                 committed(made, before, after)
                 followed.append(after)
-                # (device-mapper: LVM waits for udev after this line, before its backup)
-                self.lock.release_when_backed_up(held, after, released, unbacked=not active)
-            if not self._lvcreate(name, size, tags, extent, place, held, created, released):
+                return after
+
+            def created() -> None:
+                """lvcreate committed (it still runs): follow its commit, then give the lock's end to lvcreate."""
+                after = follow()
+                # device-mapper: udev makes the device names after this line, then LVM backs up (under the lock):
+                # a ready LV needs neither (the next LVM command waits for the lock), a creating one is filled
+                # through its device name next, so it answers once the lock went (backup, else exit)
+                self.lock.hand_off(held, after, answer, unbacked=not active)
+                if zero_ends or not active:
+                    answer.set()
+            if not self._lvcreate(name, size, tags, extent, place, held, created, answer, self.lock.at_exit(held)):
                 return None
             if not followed:  # (lvcreate did not say so: followed at its exit, still under the lock)
-                created()
+                follow()
         return made
 
     def _lvcreate(self, name: str, size: int, tags: Sequence[str], extent: int, place: PeRange,
                   vg_lock: Optional[int] = None, created: Optional[Callable[[], None]] = None,
-                  answered: Optional[Answer] = None) -> bool:
-        """lvcreate on *place* (lvm.create_linear; it returns once *answered* is set); False when LVM refused it
-        (NoSpace: the map is forgotten).  AlreadyExists gives the range back to the map."""
+                  answered: Optional[Answer] = None, ended: Optional[Callable[[], None]] = None) -> bool:
+        """lvcreate on *place* (lvm.create_linear; it returns once *answered* is set, *ended* called at its exit);
+        False when LVM refused it (NoSpace: the map is forgotten).  AlreadyExists gives the range back to the map."""
         try:
             lvm.create_linear(self.vg, name, size, tags, alloc=self.alloc, extent_size=extent, zero=False,
-                              place=place, vg_lock=vg_lock, created=created, answered=answered,
+                              place=place, vg_lock=vg_lock, created=created, answered=answered, ended=ended,
                               settings=self.settings)
         except AlreadyExists:
             self.free.give_back([place])

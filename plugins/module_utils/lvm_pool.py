@@ -473,8 +473,9 @@ class LvmPool(Pool):
     def _remove(self, found: lvm.LogicalVolume) -> None:
         before = self._seqno()
         try:
-            # loop activation: nothing LVM does after its commit concerns the pool (its teardown is awaited aside)
-            lvm.remove(self.vg, found.name, at_commit=self.activator.name != "dm", settings=self.settings)
+            # nothing LVM does after its commit concerns the pool; what it does under its lock, the next LVM
+            # command waits for (its teardown is awaited aside)
+            lvm.remove(self.vg, found.name, at_commit=True, settings=self.settings)
         except BaseException:
             self._untracked()
             raise

@@ -193,9 +193,9 @@ def settle(timeout: Optional[float] = None) -> bool:
 
 
 def _linger(proc: "_Process", output: _Output, shown: Sequence[str], secrets: Sequence[str], started: float,
-            deadline: float, what: Optional[str]) -> None:
+            deadline: float, what: Optional[str], ended: Optional[Callable[[], None]]) -> None:
     """Await the exit of a tool whose caller already has its answer: logged as any command is, and a failure
-    after that answer as a warning (its work was done by then)."""
+    after that answer as a warning (its work was done by then); then *ended*."""
     def finish() -> None:
         try:
             try:
@@ -211,8 +211,12 @@ def _linger(proc: "_Process", output: _Output, shown: Sequence[str], secrets: Se
                             proc.returncode, stderr)
         finally:
             subprocess.Popen.__exit__(proc, None, None, None)  # its pipes closed, the process reaped
-            with _lingering_guard:
-                _lingering.discard(thread)
+            try:
+                if ended is not None:
+                    ended()
+            finally:
+                with _lingering_guard:
+                    _lingering.discard(thread)
     thread = threading.Thread(target=finish, name=f"after {os.path.basename(shown[0])}", daemon=True)
     with _lingering_guard:  # (so that settle never joins it unstarted)
         _lingering.add(thread)
@@ -231,6 +235,7 @@ def run(
     pass_fds: Sequence[int] = (),
     on_line: Optional[Callable[[str], None]] = None,
     answered: Optional[Answer] = None,
+    ended: Optional[Callable[[], None]] = None,
 ) -> CommandResult:
     """Run *argv* and return its result; raise CommandFailed when *check* and rc != 0.
 
@@ -238,7 +243,9 @@ def run(
     *on_line*: called with each line of its stdout as soon as the tool writes it, while it still runs.
     *answered*: said by the caller (from *on_line* or another thread) once the tool's work is done while it
     still runs (LVM tearing down after its commit): ``run`` returns at once, rc 0 and the output so far; the
-    exit is awaited in the background (``settle``), logged, and a failure after that logged as a warning."""
+    exit is awaited in the background (``settle``), logged, and a failure after that logged as a warning.
+    *ended*: called once the tool has exited and was reaped, whether ``run`` returned before that or not (from
+    the background then; whatever ``run`` returns or raises otherwise)."""
     if isinstance(argv, str):
         raise TypeError("argv must be a list, never a shell string")
     secrets = list(secrets)
@@ -261,7 +268,8 @@ def run(
                         stdout, stderr = output.result()
                         log.debug("ran %s answered in %.3fs", shown, time.monotonic() - started)
                         proc.handed_over = True
-                        _linger(proc, output, shown, secrets, started, started + timeout, what)
+                        _linger(proc, output, shown, secrets, started, started + timeout, what, ended)
+                        ended = None  # (the background's now)
                         return CommandResult(shown, 0, stdout, _hidden(stderr, secrets))
                     stdout, stderr = output.result()
                     proc.wait(max(started + timeout - time.monotonic(), 0))
@@ -273,6 +281,9 @@ def run(
         raise CommandFailed(shown, 127, f"{argv[0]}: command not found", what) from None
     except subprocess.TimeoutExpired:
         raise CommandFailed(shown, -1, f"timed out after {timeout:g}s", what) from None
+    finally:
+        if ended is not None:
+            ended()
     rc = proc.returncode
     stderr = _hidden(stderr, secrets)
     log.debug("ran %s rc=%d in %.3fs", shown, rc, time.monotonic() - started)

@@ -7,9 +7,10 @@ before that lvcreate leaves zeroed free extents; right after it, a ready LV whos
 the retried call answers the volume, start-up leaves nothing half made, the VG's lock is free again (the
 LVM commands of the test run), and LVs Basalt did not make keep their data.
 
-With loop activation the agent answers CreateVolume as soon as lvcreate says the LV is created (and its VG
-lock is released), and DeleteVolume as soon as lvremove says the LV is removed, before either tool's exit:
-``answered`` kills the agent after that answer, when the tool has ended (its teardown was all that was left).
+The agent answers CreateVolume as soon as lvcreate says the LV is created, and DeleteVolume as soon as
+lvremove says the LV is removed, before either tool's exit (the VG lock's end is then the tool's: with
+device-mapper, LVM still waits for udev and writes its backup under it): ``answered`` kills the agent after
+that answer, when the tool has ended.  A thin LV's lvcreate and lvremove likewise (``lvmthin``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from basalt_csi_testlib import (
     LVM_DM_KIND,
+    LVM_KINDS,
     LVM_LOOP_KIND,
     Agent,
     MiB,
@@ -57,8 +59,6 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
         lvm_crashable: tuple[Agent, CrashPoints], when: str) -> None:
     agent, points = lvm_crashable
     assert agent.lvm is not None
-    if when == "answered" and agent.kind != LVM_LOOP_KIND:
-        pytest.skip("device-mapper: CreateVolume waits for lvcreate's exit (LVM waits for udev): 'after' is that")
     cap = mount_cap("ext4")
     # Old data where the new volume goes: a volume filled, then deleted (the first fit takes its extents again).
     old = agent.create_volume(16 * MiB, cap=cap)
@@ -106,11 +106,11 @@ def test_killed_around_the_one_lvcreate_of_a_blank_volume(
 
 def test_killed_after_deletevolume_answered_before_lvremoves_exit(
         fresh_agent_factory: AgentFactory) -> None:
-    """Loop activation: DeleteVolume answers once lvremove says the LV is removed; the agent killed then (the
-    tool ended meanwhile) restarts with the volume gone, and the retry answers it deleted."""
+    """DeleteVolume answers once lvremove says the LV is removed; the agent killed then (the tool ended
+    meanwhile) restarts with the volume gone, and the retry answers it deleted."""
     agent = fresh_agent_factory(launch=False)
-    if agent.kind != LVM_LOOP_KIND:
-        pytest.skip("loop activation answers DeleteVolume at lvremove's line (device-mapper waits for its exit)")
+    if agent.kind not in LVM_KINDS:
+        pytest.skip("the LVM pools' lvremove")
     points = CrashPoints(agent.root).wrap("lvremove")
     agent.extra_env.update(points.env())
     agent.start()
@@ -130,12 +130,12 @@ def test_killed_after_deletevolume_answered_before_lvremoves_exit(
 
 
 def test_the_lvm_tools_are_answered_at_their_commit_lines(fresh_agent_factory: AgentFactory) -> None:
-    """Loop activation, real LVM: CreateVolume's lvcreate and DeleteVolume's lvremove are answered at their
-    commit lines (the agent's debug log: ``ran [...] answered in``), and each tool's exit is still awaited and
-    logged (``ended [...] rc=0``), by the time the agent has stopped at the latest."""
+    """Real LVM: CreateVolume's lvcreate and DeleteVolume's lvremove are answered at their commit lines (the
+    agent's debug log: ``ran [...] answered in``), and each tool's exit is still awaited and logged (``ended
+    [...] rc=0``), by the time the agent has stopped at the latest."""
     agent = fresh_agent_factory()
-    if agent.kind != LVM_LOOP_KIND:
-        pytest.skip("loop activation answers at the commit lines (device-mapper waits for each tool's exit)")
+    if agent.kind not in LVM_KINDS:
+        pytest.skip("the LVM pools' lvcreate and lvremove")
     vol = agent.create_volume(16 * MiB, cap=mount_cap("ext4"))
     delete(agent, vol.volume_id)
     agent.stop()

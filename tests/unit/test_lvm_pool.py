@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
-from basalt_core import blkid, losetup, lvm, lvm_index, lvm_lock, volumes
+from basalt_core import blkid, losetup, lvm, lvm_index, lvm_lock, runner, volumes
 from basalt_core.errors import Conflict, InUse, NoSpace, Precondition
 from basalt_core.lvm_extents import placed_lv
 from basalt_core.lvm_pool import LvmPool, lv_name
@@ -425,9 +425,9 @@ def _running_children() -> List[str]:
 
 def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
         vg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real lvcreate, LVM's metadata backup on: the pool's hold of the VG lock ends once the commit is on the PV
-    and LVM replaced the VG's backup file with that seqno's, while the lvcreate still runs (its teardown; here
-    made 1 s longer, so that a loaded host cannot let it end first)."""
+    """Real lvcreate, LVM's metadata backup on: the create answers at lvcreate's line, and the pool's hold of the
+    VG lock ends once the commit is on the PV and LVM replaced the VG's backup file with that seqno's, while the
+    lvcreate still runs (its teardown; here made 1 s longer, so that a loaded host cannot let it end first)."""
     conf = Path(os.environ["LVM_SYSTEM_DIR"]) / "lvm.conf"
     backups = tmp_path / "backup"
     conf.write_text(conf.read_text().replace("backup = 0 archive = 0",
@@ -455,6 +455,8 @@ def test_the_lock_goes_once_lvcreate_committed_and_backed_up_before_it_exits(
     for name in ("early-1", "early-2"):
         volume, changed = volumes.ensure_volume(pool, name, 8 * MiB)
         assert changed and volume.state == "ready"
+        assert _running_children()  # answered at its line, lvcreate still running
+    assert runner.settle(30)  # (the holds end on their own meanwhile)
     first: Dict[Any, Any] = {}  # the first release at each seqno: the one after the commit that made it
     for running, backed_up, seqno in seen:  # (a hold that found the map stale releases at the seqno it found)
         first.setdefault(seqno, (running, backed_up))

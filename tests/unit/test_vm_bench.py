@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,34 @@ def test_the_pool_kinds_floor_and_lvm_conf() -> None:
 def test_thin_takes_no_loop_activation() -> None:
     with pytest.raises(SystemExit):
         bench_lvm_pool.main(["--thin", "--activation", "loop"])
+
+
+def test_a_profiled_call_is_filed_once_the_tools_it_answered_before_their_exit_have_ended(
+        tmp_path: Path) -> None:
+    """The next measurement starts as quiet as a bare command's: the profiler waits (untimed) for the ``ended``
+    line of each command the agent answered before its exit, and files the commands then."""
+    log = tmp_path / "agent.log"
+    log.write_text("")
+    agent = command_profile.ProfiledAgent(benchlib.Workspace(str(tmp_path)), "a", str(tmp_path))
+    agent.log_path = str(log)
+
+    def line(message: str) -> None:
+        with log.open("a") as handle:
+            handle.write(json.dumps({"msg": message}) + "\n")
+    ended_at: list = []
+
+    def lingering() -> None:
+        time.sleep(0.2)
+        ended_at.append(time.monotonic())
+        line("ended ['lvcreate', '--yes'] rc=0 in 0.250s")
+
+    def rpc() -> None:
+        line("ran ['lvs'] rc=0 in 0.010s")
+        line("ran ['lvcreate', '--yes'] answered in 0.050s")
+        threading.Thread(target=lingering).start()
+    profiler = command_profile.Profiler(agent)
+    took, _ = profiler.call("CreateVolume", 0, rpc)
+    assert ended_at and time.monotonic() >= ended_at[0]
+    assert took < 0.2  # the wait is not the RPC's time
+    filed = profiler.profiles[("CreateVolume", 0)].samples[0]
+    assert [(c.tool, c.answered) for c in filed] == [("lvs", False), ("lvcreate", True)]

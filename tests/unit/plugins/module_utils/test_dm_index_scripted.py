@@ -24,6 +24,7 @@ from test_lvm_placing_scripted import (
     pvs_layout,
     pvs_segments,
     records,
+    vg_lock_free,
 )
 from test_lvm_pool_scripted import (
     THIN,
@@ -72,7 +73,7 @@ def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
 
 
 def remove(name: str) -> Any:
-    return (["lvremove", "--yes", f"{VG}/{name}"], 0, "", "")
+    return (["lvremove", "--yes", f"{VG}/{name}"], 0, f'  Logical volume "{name}" successfully removed.\n', "")
 
 
 def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
@@ -86,6 +87,7 @@ def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
     first, _creating, ready1 = records(pool, "pvc-1")
     second, _creating2, ready2 = records(pool, "pvc-2")
     one, two = lv_name(first.id), lv_name(second.id)
+    held_at_line: List[bool] = []
     install(script, monkeypatch, pv, [
         pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),  # start-up's listing loads the index
         VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")),
@@ -93,7 +95,7 @@ def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
         create(two, ready2, f"{path}:2-3"),
         remove(one),  # nothing read: the index has its record, the kernel says it is mapped and unopened
         create(one, ready1, f"{path}:0-1"),  # its extents are free again
-    ])
+    ], after_output=lambda: held_at_line.append(not vg_lock_free(pv)))
     assert pool.volume_ids() == []
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
     assert volumes.ensure_volume(pool, "pvc-2", 8 * MiB)[0].state == READY
@@ -106,36 +108,39 @@ def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
     kernel[two] = dm_status.DmState(True, 1)  # mounted on this host, say
     with pytest.raises(InUse, match=f"in use as /dev/{VG}/{two}"):
         volumes.delete_volume(pool, second.id)
-    # device-mapper: LVM waits for udev under its lock at its exit, so every call waits for the tool's exit
-    assert not any(answered is not None and answered.is_set() for answered in pv.answers)
+    # each lvcreate and the lvremove answered at its commit line; LVM keeping no backup, the pool's lock lasted
+    # until each placed lvcreate's exit (udev makes the device names after the line, under the lock)
+    answers = [answered is not None and answered.is_set() for answered in pv.answers]
+    assert answers == [False] * 5 + [True] * 4  # (the reads of start-up and the first create not answered)
+    assert held_at_line == [True, True, False, True]  # (lvremove: under LVM's own lock, the tool's)
 
 
-def test_dm_create_answers_once_lvm_backed_up_the_vg_not_at_its_line(
+def test_dm_create_answers_at_its_line_and_the_lock_goes_once_lvm_backed_up_the_vg(
         script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel, tmp_path: Path) -> None:
     """Device-mapper: lvcreate prints ``created`` before it waits for udev to make the LV's device names, and
-    writes the VG's backup after that (``lvcreate -vvvv`` in the VM tier): so the lock goes, and the create
-    answers before lvcreate's exit, only once the backup file is at the commit's seqno, never at the line (and,
-    where LVM keeps no backup, at the exit: the test above)."""
+    writes the VG's backup after that (``lvcreate -vvvv`` in the VM tier): a ready LV needs neither, so the
+    create answers at the line, but the lock lasts until the backup file is at the commit's seqno (the next LVM
+    command, a NodeStage's activation say, waits for the device names)."""
     pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
     path = str(pv.path)
     backups = tmp_path / "backup"
     backups.mkdir()
     volume, _creating, ready = records(pool, "pvc-1")
-    seen: List[bool] = []
+    seen: List[Tuple[bool, bool]] = []  # (answered, the lock free)
 
     def answered() -> bool:
         last = pv.answers[-1]
         return last is not None and last.is_set()
 
     def udev_then_backup() -> None:
-        seen.append(answered())  # created: the device names not made yet
+        seen.append((answered(), vg_lock_free(pv)))  # created: the device names not made yet
         time.sleep(0.05)
-        seen.append(answered())  # (udev still at work)
+        seen.append((answered(), vg_lock_free(pv)))  # (udev still at work)
         (backups / VG).write_text(f'{VG} {{\n\tid = "x"\n\tseqno = {pv.seqno}\n')
         deadline = time.monotonic() + 10
-        while not answered() and time.monotonic() < deadline:
+        while not vg_lock_free(pv) and time.monotonic() < deadline:
             time.sleep(0.001)
-        seen.append(answered())
+        seen.append((answered(), vg_lock_free(pv)))
     install(script, monkeypatch, pv, [
         pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
         VGS, lock_settings(pv, str(backups)), pvs_segments(path, (0, 8, "")),
@@ -143,7 +148,37 @@ def test_dm_create_answers_once_lvm_backed_up_the_vg_not_at_its_line(
     ], after_output=udev_then_backup)
     assert pool.volume_ids() == []
     assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
-    assert seen == [False, False, True]
+    assert seen == [(True, False), (True, False), (True, True)]
+
+
+def test_a_creating_dm_lv_the_placer_makes_answers_only_once_the_lock_went(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A creating LV (a clone's, filled next through its device name, no LVM command first) placed with
+    device-mapper: the create waits for the backup (udev done), not for the line, nor for the exit."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    _volume, creating, _ready = records(pool, "pvc-1")
+    name = lv_name(volume_id_for("pvc-1"))
+    seen: List[Tuple[bool, bool]] = []
+
+    def udev_then_backup() -> None:
+        last = pv.answers[-1]
+        seen.append((last is not None and last.is_set(), vg_lock_free(pv)))
+        (backups / VG).write_text(f'{VG} {{\n\tid = "x"\n\tseqno = {pv.seqno}\n')
+        deadline = time.monotonic() + 10
+        while not (last is not None and last.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.append((last is not None and last.is_set(), vg_lock_free(pv)))
+    install(script, monkeypatch, pv, [
+        lock_settings(pv, str(backups)), pvs_layout(path), pvs_segments(path, (0, 8, "")),
+        create(name, creating, f"{path}:0-1"),
+    ], after_output=udev_then_backup)
+    made = pool._placer.create(name, 8 * MiB, creating, extent=EXTENT, zero_ends=False, active=True,
+                               committed=lambda *_: None)
+    assert made is not None and made.attr.active
+    assert seen == [(False, False), (True, True)]
 
 
 def test_dm_index_falls_back_to_lvs_when_the_kernel_cannot_tell(
@@ -184,7 +219,8 @@ def create_thin(pool: LvmThinPool, what: str) -> Tuple[str, Any]:
                    state=READY)
     name = lv_name(ready.id)
     return name, (["lvcreate", "--yes", "--type", "thin", "--name", name, "--virtualsize", f"{8 * MiB}b",
-                   "--thinpool", "pool0", *flags("--addtag", record_tags(pool, "volume", ready)), VG], 0, "", "")
+                   "--thinpool", "pool0", *flags("--addtag", record_tags(pool, "volume", ready)), VG], 0,
+                  f'  Logical volume "{name}" created.\n', "")
 
 
 def test_thin_create_and_delete_are_one_command_each_while_the_pool_is_the_vgs_only_writer(
@@ -214,6 +250,9 @@ def test_thin_create_and_delete_are_one_command_each_while_the_pool_is_the_vgs_o
     assert pool.available_bytes() == 1600 * MiB - virtual - 8 * MiB
     pv.write_seqno(pv.seqno + 1)  # someone else commits
     assert volumes.ensure_volume(pool, "thin-3", 8 * MiB)[1]
+    # each lvcreate and the lvremove answered at its line (both commits done), nothing else
+    assert sum(answered is not None and answered.is_set() for answered in pv.answers) == 4
+    assert sum(answered is not None for answered in pv.answers) == 4
 
 
 def test_a_thin_command_beside_someone_elses_commit_is_not_followed(

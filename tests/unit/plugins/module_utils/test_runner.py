@@ -167,3 +167,31 @@ def test_an_answer_said_after_it_is_closed_does_nothing() -> None:
     answer.close()
     answer.set()  # (its pipe is closed: nothing written anywhere)
     assert answer.is_set()
+
+
+def test_ended_is_called_once_at_the_tools_exit_however_run_returns(tmp_path: Path) -> None:
+    """*ended*: at the exit, reaped (a lock whose end is the tool's goes then): from the background when the
+    caller had its answer before; before ``run`` returns or raises otherwise; also for a tool that never ran."""
+    exits: List[str] = []
+
+    def ended(name: str) -> None:
+        exits.append(name)
+    go_on = tmp_path / "go-on"
+    answered = Answer()
+    result = run(["sh", "-c", f"echo $$; echo done; while [ ! -e {go_on} ]; do sleep 0.01; done"],
+                 answered=answered, on_line=lambda line: answered.set() if line == "done\n" else None,
+                 ended=lambda: ended("answered"), timeout=30)
+    pid = int(result.stdout.split()[0])
+    time.sleep(0.05)
+    assert exits == [] and alive(pid)
+    go_on.touch()
+    assert settle(10)
+    assert exits == ["answered"] and not alive(pid)
+    run(["true"], answered=Answer(), ended=lambda: ended("exit"))
+    with pytest.raises(CommandFailed):
+        run(["sh", "-c", "exit 2"], ended=lambda: ended("failed"))
+    with pytest.raises(CommandFailed):
+        run(["sh", "-c", "exec sleep 5"], timeout=0.3, answered=Answer(), ended=lambda: ended("killed"))
+    with pytest.raises(CommandFailed):
+        run(["/nonexistent/tool"], ended=lambda: ended("missing"))
+    assert exits == ["answered", "exit", "failed", "killed", "missing"]
