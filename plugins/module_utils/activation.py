@@ -2,8 +2,8 @@
 
 Two activators behind one interface:
 
-* ``DeviceMapperActivator``: ``lvchange -aey`` / ``-an``, the device path read
-  from LVM's report (never guessed).  The normal case.
+* ``DeviceMapperActivator``: ``lvchange -aey`` / ``-an``, the device path the
+  one LVM reports (never guessed).  The normal case.
 * ``LoopActivator``: for kernels without device-mapper.  A linear LV that is
   one contiguous segment on one PV is a byte range of that PV, so a loop
   device at that offset and size *is* the LV's data.  Thin LVs and snapshots
@@ -76,14 +76,26 @@ class DeviceMapperActivator(Activator):
     name = "dm"
 
     def activate(self, volume: lvm.LogicalVolume) -> str:
-        lvm.activate(volume.vg_name, volume.name, settings=self.settings)
-        current = lvm.logical_volume(volume.vg_name, volume.name, settings=self.settings)
-        if current is None or not current.attr.active or not current.path:
+        """The LV's device path once it is mapped: no ``lvchange`` when the kernel maps it already (LVM maps a
+        new LV: a NodeStage after CreateVolume), no ``lvs`` read-back when the kernel says it is mapped and
+        *volume* carries the path LVM reports; udev's names waited for."""
+        name = dm_status.dm_name(volume.vg_name, volume.name)
+        state = dm_status.state(name)
+        if state is None or not state.mapped:
+            lvm.activate(volume.vg_name, volume.name, settings=self.settings)
+            state = dm_status.state(name)
+        path = volume.path
+        if state is None or not path:  # the kernel cannot tell: LVM's report says
+            current = lvm.logical_volume(volume.vg_name, volume.name, settings=self.settings)
+            mapped, path = current is not None and current.attr.active, current.path if current else ""
+        else:
+            mapped = state.mapped
+        if not mapped or not path:
             raise Precondition(
                 f"LVM reports {volume.full_name} inactive after activating it: is device-mapper available? "
                 "(hosts without it can use loop activation)"
             )
-        return device_wait.appeared(current.path, f"activated LV {volume.full_name}")
+        return device_wait.appeared(path, f"activated LV {volume.full_name}")
 
     def device(self, volume: lvm.LogicalVolume) -> Optional[str]:
         return volume.path if volume.attr.active else None

@@ -32,14 +32,17 @@ from test_lvm_pool_scripted import (
     VGS,
     fixed_clock,
     flags,
+    found,
     lvs_all,
     lvs_json,
     missing,
     no_index_reload,
     record_tags,
+    row_like,
 )
 
-from basalt_core import dm_status, lvm_command, volumes
+from basalt_core import dm_status, lvm, lvm_command, volumes
+from basalt_core.activation import DeviceMapperActivator
 from basalt_core.errors import InUse
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.lvmthin_pool import LvmThinPool
@@ -293,3 +296,28 @@ def test_a_placed_dm_lv_as_the_index_holds_it(script: Any, pv: FakePv, monkeypat
     assert lv.attr.raw == "-wc-a-----" and lv.path == f"/dev/{VG}/{name}" and lv.size == 8 * MiB
     assert [(r.device, r.first, r.last) for r in lv.seg_pe_ranges] == [(path, 0, 1)]
     assert lv.tags == tuple(sorted(ready))
+
+
+def test_dm_activation_asks_the_kernel_first_and_reads_nothing_back(
+        script: Any, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    """NodeStage's activation with device-mapper: an LV the kernel maps already (LVM maps a new LV) needs no
+    ``lvchange``; one it does not map gets ``lvchange -aey``, and the kernel's word that it is mapped now is
+    enough, the path the one LVM reports (no ``lvs`` read-back); where the kernel cannot tell, ``lvs`` says."""
+    name = "csi-" + "a" * 32
+    lv = lvm.LogicalVolume(name=name, vg_name=VG, uuid="", size=8 * MiB, attr=lvm.LvAttr.parse("-wi-------"),
+                           tags=(), pool_lv=None, origin=None, data_percent=None, metadata_percent=None,
+                           path=f"/dev/{VG}/{name}", segments=())
+    activator = DeviceMapperActivator(lvm_command.LvmSettings())
+    activation = (["lvchange", "--activate", "ey", "--ignoreactivationskip", f"{VG}/{name}"], 0, "", "")
+    runner = script([activation, activation, found(row_like("vol-normal", name, [], lv_attr="-wi-a-----",
+                                                             lv_path=f"/dev/{VG}/{name}"))])
+    kernel[name] = dm_status.DmState(True, 0)
+    assert activator.activate(lv) == f"/dev/{VG}/{name}"  # nothing run
+    assert runner.ran == []
+    states = iter([dm_status.DmState(False, 0), dm_status.DmState(True, 0)])
+    monkeypatch.setattr(dm_status, "state", lambda _name: next(states))
+    assert activator.activate(lv) == f"/dev/{VG}/{name}"
+    assert len(runner.ran) == 1  # lvchange alone
+    monkeypatch.setattr(dm_status, "state", lambda _name: None)  # (no device-mapper control: it cannot tell)
+    assert activator.activate(lv) == f"/dev/{VG}/{name}"
+    assert len(runner.ran) == 3 and not runner.script  # lvchange, lvs
