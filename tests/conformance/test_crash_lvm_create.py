@@ -23,6 +23,7 @@ from basalt_csi_testlib import (
     LVM_DM_KIND,
     LVM_KINDS,
     LVM_LOOP_KIND,
+    LVMTHIN_KIND,
     Agent,
     MiB,
     csi,
@@ -125,6 +126,39 @@ def test_killed_after_deletevolume_answered_before_lvremoves_exit(
     restart(agent)
     points.disarm("lvremove")
     delete(agent, vol.volume_id)
+    assert agent.lvm.foreign_problems() == []
+    assert_nothing_left(agent)
+
+
+def test_killed_after_a_thin_createvolume_answered_before_lvcreates_exit(
+        fresh_agent_factory: AgentFactory) -> None:
+    """lvmthin: CreateVolume answers once lvcreate says the thin LV is created (both its commits done); the agent
+    killed then (the tool ended meanwhile: its udev wait, backup, teardown) restarts with the LV there and ready,
+    and the retry answers the same volume, which stages and deletes."""
+    agent = fresh_agent_factory(launch=False)
+    if agent.kind != LVMTHIN_KIND:
+        pytest.skip("the thin pool's lvcreate")
+    points = CrashPoints(agent.root).wrap("lvcreate")
+    agent.extra_env.update(points.env())
+    agent.start()
+    assert agent.lvm is not None
+    cap = mount_cap("ext4")
+    request = csi.CreateVolumeRequest(name=unique("thin"), volume_capabilities=[cap],
+                                      capacity_range=csi.CapacityRange(required_bytes=16 * MiB))
+    points.arm("lvcreate", "answered", arg="--thinpool")
+    answered = agent.ctl.CreateVolume(request).volume  # before lvcreate's exit
+    points.go("lvcreate")
+    assert points.fired("lvcreate")["outcome"] == "answered"
+    lv = volume_lv_name(answered.volume_id)
+    assert READY_TAG in agent.lvm.lvs()[lv]["lv_tags"].split(",")
+    restart(agent)
+    points.disarm("lvcreate")
+    assert agent.ctl.CreateVolume(request).volume == answered
+    staging = agent.stage(answered.volume_id, cap)
+    write_file(os.path.join(staging, "data"), b"thin volume")
+    assert read_file(os.path.join(staging, "data")) == b"thin volume"
+    agent.unstage(answered.volume_id, staging)
+    delete(agent, answered.volume_id)
     assert agent.lvm.foreign_problems() == []
     assert_nothing_left(agent)
 
