@@ -85,8 +85,10 @@ def wait_for_node(path: str, timeout: float, **kwargs: Any) -> bool:
 
 
 def appeared(path: str, what: str, timeout: float = NODE_TIMEOUT) -> str:
-    """*path* once it is there: where udevd runs it makes the node's links after the kernel's event, so wait
-    for them; without udevd, devtmpfs and LVM make them before the tool returns. Precondition otherwise."""
-    if udev_running() and not wait_for_node(path, timeout):
-        raise Precondition(f"{path} ({what}) did not appear within {timeout:g}s: is udevd processing events?")
+    """*path* once it is there: where udevd runs it makes the node's links after the kernel's event; without
+    udevd, devtmpfs makes the node and LVM its links, the latter as it ends (after the line the agent's answer
+    may come at: lvm.create_linear): so wait for them either way. Precondition otherwise."""
+    if not wait_for_node(path, timeout):
+        hint = ": is udevd processing events?" if udev_running() else ""
+        raise Precondition(f"{path} ({what}) did not appear within {timeout:g}s{hint}")
     return path

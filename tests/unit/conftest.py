@@ -122,8 +122,9 @@ def script(monkeypatch: pytest.MonkeyPatch, loop_devices: FakeLoopDevices) -> It
     """``script(calls)`` installs a ScriptedRunner in every tool module and returns it.
 
     The loop-device lookup reads sysfs, not a command: here it reads the empty fake of ``loop_devices``
-    (never this host's devices)."""
+    (never this host's devices); the device nodes the scripted tools would make are there at once."""
     runners: Dict[str, ScriptedRunner] = {}
+    monkeypatch.setattr("basalt_core.device_wait.wait_for_node", lambda _path, _timeout, **_kwargs: True)
     # tgt requests go through tgtadm here (its argv is what the scripts pin); test_tgt*.py also run them over
     # tgtd's socket (tgt_wire.py)
     monkeypatch.setattr("basalt_core.tgt.socket_client", lambda *_args: None)

@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 import pytest
 
 from basalt_core import device_wait, losetup
+from basalt_core.errors import Precondition
 
 
 @pytest.fixture
@@ -65,3 +66,24 @@ def test_nothing_appears_within_the_timeout(tmp_path: Path) -> None:
     assert device_wait.wait_for(lambda: None, timeout=0.3, use_udev=False, poll_interval=0.05) is None
     assert 0.3 <= time.monotonic() - started < 5
     assert device_wait.wait_for_node(str(tmp_path / "no-device"), 0.1, use_udev=False) is False
+
+
+def test_a_device_name_is_waited_for_with_or_without_udevd(image: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``appeared``: without udevd too (LVM makes an LV's links as it ends, after the line CreateVolume may
+    answer at), a name that is not there yet is waited for: here a link made a moment later to a real loop
+    device; one that never comes is a Precondition naming it."""
+    monkeypatch.setattr(device_wait, "udev_running", lambda: False)
+    device = losetup.attach(image).device
+    link = tmp_path / "vg" / "lv"
+
+    def make_link() -> None:
+        time.sleep(0.2)
+        link.parent.mkdir()
+        link.symlink_to(device)
+    thread = threading.Thread(target=make_link)
+    thread.start()
+    assert device_wait.appeared(str(link), "activated LV vg/lv", timeout=20) == str(link)
+    thread.join()
+    with pytest.raises(Precondition, match=r"/no-device \(activated LV vg/gone\) did not appear"):
+        device_wait.appeared(str(tmp_path / "no-device"), "activated LV vg/gone", timeout=0.2)
