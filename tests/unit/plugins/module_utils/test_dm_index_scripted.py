@@ -309,8 +309,8 @@ def test_dm_activation_asks_the_kernel_first_and_reads_nothing_back(
                            path=f"/dev/{VG}/{name}", segments=())
     activator = DeviceMapperActivator(lvm_command.LvmSettings())
     activation = (["lvchange", "--activate", "ey", "--ignoreactivationskip", f"{VG}/{name}"], 0, "", "")
-    runner = script([activation, activation, found(row_like("vol-normal", name, [], lv_attr="-wi-a-----",
-                                                             lv_path=f"/dev/{VG}/{name}"))])
+    mapped = row_like("vol-normal", name, [], lv_attr="-wi-a-----", lv_path=f"/dev/{VG}/{name}")
+    runner = script([activation, activation, found(mapped)])
     kernel[name] = dm_status.DmState(True, 0)
     assert activator.activate(lv) == f"/dev/{VG}/{name}"  # nothing run
     assert runner.ran == []
