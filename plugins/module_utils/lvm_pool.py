@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Callable, Collection, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import device_use, devices, losetup, lvm, progress
+from . import device_use, devices, losetup, lvm, progress, runner
 from .activation import ACTIVATORS, Activator, LoopActivator, active
 from .errors import InvalidRequest, NotFound, Precondition
 from .lvm_index import LvIndex
@@ -452,6 +452,11 @@ class LvmPool(Pool):
 
     def _in_use(self, found: lvm.LogicalVolume) -> Optional[str]:
         device = self.activator.device(found)
+        if device and self.activator.name == "dm" and found.attr.device_open:
+            # udev reads a new LV (blkid) while the lvcreate answered at its line waits for it: look again once
+            # the LVM tools answered before their exit have ended (each within its own deadline)
+            runner.settle()
+            found = self.activator.current(found) or found
         # Device-mapper leaves new LVs active: only an open one is in use.
         if device and (self.activator.name != "dm" or found.attr.device_open):
             return f"in use as {device}"

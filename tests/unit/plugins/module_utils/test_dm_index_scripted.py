@@ -41,13 +41,14 @@ from test_lvm_pool_scripted import (
     row_like,
 )
 
-from basalt_core import dm_status, lvm, lvm_command, volumes
+from basalt_core import dm_status, lvm, lvm_command, runner, volumes
 from basalt_core.activation import DeviceMapperActivator
 from basalt_core.errors import InUse
 from basalt_core.lvm_pool import LvmPool, lv_name
 from basalt_core.lvmthin_pool import LvmThinPool
 from basalt_core.model import READY, Volume, volume_id_for
 from basalt_core.pool_spec import PoolSettings
+from basalt_core.runner import Answer
 from basalt_core.sizes import MiB
 
 __all__ = ["fixed_clock", "no_index_reload", "pv"]  # (fixtures)
@@ -321,3 +322,28 @@ def test_dm_activation_asks_the_kernel_first_and_reads_nothing_back(
     monkeypatch.setattr(dm_status, "state", lambda _name: None)  # (no device-mapper control: it cannot tell)
     assert activator.activate(lv) == f"/dev/{VG}/{name}"
     assert len(runner.ran) == 3 and not runner.script  # lvchange, lvs
+
+
+def test_an_lv_udev_still_reads_is_not_in_use_once_the_tool_answered_before_its_exit_has_ended(
+        script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    """Device-mapper: CreateVolume answers at lvcreate's line, while udev still reads the new LV (blkid: the
+    kernel says it is open) and lvcreate waits for it. A DeleteVolume then is not refused as in use: it waits
+    for the tools answered before their exit, and asks the kernel again (seen in the VM tier, lvmthin)."""
+    pool = LvmPool(VG, PoolSettings(activation="dm", alloc="contiguous"))
+    path = str(pv.path)
+    volume, _creating, ready = records(pool, "pvc-1")
+    name = lv_name(volume.id)
+    install(script, monkeypatch, pv, [
+        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
+        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")),
+        create(name, ready, f"{path}:0-1"),
+        remove(name),
+    ])
+    assert pool.volume_ids() == []
+    assert volumes.ensure_volume(pool, "pvc-1", 8 * MiB)[0].state == READY
+    kernel[name] = dm_status.DmState(True, 1)  # udev's blkid
+    with Answer() as answered:  # a tool answered at its line, ending 0.3 s later: udev done then
+        runner.run(["sh", "-c", "echo created; sleep 0.3"], answered=answered,
+                   on_line=lambda _line: answered.set(),
+                   ended=lambda: kernel.__setitem__(name, dm_status.DmState(True, 0)))
+    assert volumes.delete_volume(pool, volume.id)  # (an LV open for good: InUse, the first test of this file)
