@@ -80,6 +80,14 @@ def remove(name: str) -> Any:
     return (["lvremove", "--yes", f"{VG}/{name}"], 0, f'  Logical volume "{name}" successfully removed.\n', "")
 
 
+def dm_start_and_place(pv: FakePv, backup_dir: str = "") -> List[Any]:
+    """An empty dm pool's start-up (one listing loads its index), then what its first placed create reads: the
+    VG, LVM's locking settings (a metadata backup in *backup_dir*, none without), the free extents."""
+    path = str(pv.path)
+    return [pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""), VGS, lock_settings(pv, backup_dir),
+            pvs_segments(path, (0, 8, ""))]
+
+
 def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
         script: Any, pv: FakePv, monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
     """lvm pool, device-mapper activation: CreateVolume is one ``lvcreate --nolocking`` on extents the pool chose,
@@ -93,8 +101,7 @@ def test_dm_blank_volume_is_one_placed_lvcreate_and_delete_one_lvremove(
     one, two = lv_name(first.id), lv_name(second.id)
     held_at_line: List[bool] = []
     install(script, monkeypatch, pv, [
-        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),  # start-up's listing loads the index
-        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")),
+        *dm_start_and_place(pv),
         create(one, ready1, f"{path}:0-1"),
         create(two, ready2, f"{path}:2-3"),
         remove(one),  # nothing read: the index has its record, the kernel says it is mapped and unopened
@@ -146,8 +153,7 @@ def test_dm_create_answers_at_its_line_and_the_lock_goes_once_lvm_backed_up_the_
             time.sleep(0.001)
         seen.append((answered(), vg_lock_free(pv)))
     install(script, monkeypatch, pv, [
-        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
-        VGS, lock_settings(pv, str(backups)), pvs_segments(path, (0, 8, "")),
+        *dm_start_and_place(pv, str(backups)),
         create(lv_name(volume.id), ready, f"{path}:0-1"),
     ], after_output=udev_then_backup)
     assert pool.volume_ids() == []
@@ -287,8 +293,7 @@ def test_a_placed_dm_lv_as_the_index_holds_it(script: Any, pv: FakePv, monkeypat
     volume, _creating, ready = records(pool, "pvc-1")
     name = lv_name(volume.id)
     install(script, monkeypatch, pv, [
-        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
-        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")), create(name, ready, f"{path}:0-1"),
+        *dm_start_and_place(pv), create(name, ready, f"{path}:0-1"),
     ])
     pool.volume_ids()
     volumes.ensure_volume(pool, "pvc-1", 8 * MiB)
@@ -334,8 +339,7 @@ def test_an_lv_udev_still_reads_is_not_in_use_once_the_tool_answered_before_its_
     volume, _creating, ready = records(pool, "pvc-1")
     name = lv_name(volume.id)
     install(script, monkeypatch, pv, [
-        pvs_layout(path), (lvs_all(True), 0, lvs_json(), ""),
-        VGS, lock_settings(pv), pvs_segments(path, (0, 8, "")),
+        *dm_start_and_place(pv),
         create(name, ready, f"{path}:0-1"),
         remove(name),
     ])
