@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import threading
@@ -151,10 +152,7 @@ class VgLock:
         try:
             yield fd
         finally:
-            with self._ending:
-                mine = not hold.handed_off
-            if mine:
-                self._end(hold)
+            self._end_if(hold, handed_off=False)
 
     def _end(self, hold: _Hold) -> None:
         """End *hold* now, once: the lock file unlinked as LVM does, the lock released on its open file description
@@ -179,13 +177,14 @@ class VgLock:
         hold = self._hold
         if hold is None or hold.fd != fd:
             raise InvalidRequest(f"no hold of VG {self.vg}'s lock on descriptor {fd}")
+        return functools.partial(self._end_if, hold, handed_off=True)
 
-        def ended() -> None:
-            with self._ending:
-                handed_off = hold.handed_off
-            if handed_off:
-                self._end(hold)
-        return ended
+    def _end_if(self, hold: _Hold, *, handed_off: bool) -> None:
+        """End *hold* if its end is its block's (not *handed_off*) or its command's (*handed_off*)."""
+        with self._ending:
+            if hold.handed_off != handed_off:
+                return
+        self._end(hold)
 
     def hand_off(self, fd: int, seqno: Optional[int], released: Optional[Answer] = None, *,
                  unbacked: bool = True) -> None:
