@@ -59,7 +59,7 @@ class ScriptedRunner:
         return CommandResult(list(argv), rc, stdout, stderr)
 
 
-MODULES_USING_RUN = ("losetup", "blkid", "filesystem", "mount", "lvm_command", "tgt", "tgt_socket", "iscsiadm",
+MODULES_USING_RUN = ("blkid", "filesystem", "mount", "lvm_command", "tgt", "tgt_socket", "iscsiadm",
                      "multipath")
 
 

@@ -264,6 +264,26 @@ def test_detach_of_an_unbound_device_fails_as_losetup_does(unbound_device: str) 
     assert str(failed.value).startswith(f"detach {unbound_device}: ")
 
 
+def test_refresh_capacity_shows_what_the_file_grew_to(tmp_path: Any, attached: List[str],
+                                                      unbound_device: str) -> None:
+    """As ``losetup --set-capacity``: the device grows with its file (the kernel's size, in 512-byte sectors);
+    an unbound device fails as losetup does, with rc 1 and the kernel's words."""
+    path = image(tmp_path, "grown.img", 8 * MiB)
+    device = losetup.attach(path).device
+    attached.append(device)
+    os.truncate(path, 24 * MiB)
+    assert int(sysfs(device)["size"]) * 512 == 8 * MiB  # the kernel does not look by itself
+    losetup.refresh_capacity(device)
+    assert int(sysfs(device)["size"]) * 512 == 24 * MiB
+    reference = subprocess.run(["losetup", "--set-capacity", unbound_device], capture_output=True, text=True,
+                               timeout=30, check=False)
+    assert reference.returncode == 1 and "No such device or address" in reference.stderr
+    with pytest.raises(CommandFailed) as failed:
+        losetup.refresh_capacity(unbound_device)
+    assert failed.value.rc == 1 and failed.value.stderr == f"{unbound_device}: No such device or address"
+    assert str(failed.value).startswith(f"refresh size of {unbound_device}: ")
+
+
 def test_without_loop_configure_it_binds_then_sets_the_range(tmp_path: Any, attached: List[str],
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine's kernel has LOOP_CONFIGURE (Linux 5.8+): an unused ioctl number in its place makes the
