@@ -40,28 +40,44 @@ def host_vars(**own: Any) -> Dict[str, Any]:
     return resolved({**{name: value for name, value in settings.items() if name not in own}, **own})
 
 
+def _role_defaults() -> Dict[str, Any]:
+    defaults: Dict[str, Any] = {}
+    for role in ("defaults", "host", "agent"):
+        defaults.update(yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text(encoding="utf-8")))
+    return defaults
+
+
+def _default_service_files() -> Dict[str, Any]:
+    """The default service's init script and pid file (the agent role's vars, for its default service name)."""
+    agent_vars = yaml.safe_load((ROLES / "agent" / "vars" / "main.yml").read_text(encoding="utf-8"))
+    service_files = ("basalt_agent_init_script", "basalt_agent_pid_file")
+    return dict(resolved({"basalt_agent_service_name": _role_defaults()["basalt_agent_service_name"],
+                          **{name: agent_vars[name] for name in service_files}}))
+
+
 def machine_paths() -> list[Path]:
     """Where the roles write by default: the machine's own files and directories (the roles' defaults that
     are paths), and the default service's init script and pid file. Read from the roles, not from the
     settings: a setting left out must not leave its default path out of the comparison."""
-    defaults: Dict[str, Any] = {}
-    for role in ("defaults", "host", "agent"):
-        defaults.update(yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text(encoding="utf-8")))
-    agent_vars = yaml.safe_load((ROLES / "agent" / "vars" / "main.yml").read_text(encoding="utf-8"))
-    service_files = ("basalt_agent_init_script", "basalt_agent_pid_file")
-    values = resolved({"basalt_agent_service_name": defaults["basalt_agent_service_name"],
-                       **{name: agent_vars[name] for name in service_files}})
-    paths = [value for value in [*defaults.values(), *values.values()]
+    paths = [value for value in [*_role_defaults().values(), *_default_service_files().values()]
              if isinstance(value, str) and value.startswith("/") and "{{" not in value]
     return sorted({Path(path) for path in paths})
 
 
-Snapshot = Dict[str, Optional[Tuple[int, str]]]
+Snapshot = Dict[str, Optional[Tuple[int, str, int]]]
 
 
-def snapshot() -> Snapshot:
-    """machine_paths() as they are: a file's mode and its bytes' digest, a directory's mode (its content may
-    be another suite's: the state directory's locks), None for what is absent."""
+def snapshot(since: Optional[Snapshot] = None) -> Snapshot:
+    """machine_paths() as they are: a file's mode, its bytes' digest and their number, a directory's mode (its
+    content may be another suite's: the state directory's locks), None for what is absent.
+
+    Taken to compare with an earlier one (*since*) that found the default service's pid file, the agent's
+    log at its default path is read only as far as it went then: the machine's own agent (installed at the
+    defaults, as ``scripts/demo.sh`` leaves it) runs and appends to it meanwhile. Without that agent, any
+    change to the log counts.
+    """
+    log = Path(_role_defaults()["basalt_agent_log_file"])
+    own_agent = since is not None and since.get(_default_service_files()["basalt_agent_pid_file"]) is not None
     taken: Snapshot = {}
     for path in machine_paths():
         try:
@@ -69,7 +85,11 @@ def snapshot() -> Snapshot:
         except FileNotFoundError:
             taken[str(path)] = None
             continue
-        taken[str(path)] = (mode, hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(mode) else "")
+        data = path.read_bytes() if stat.S_ISREG(mode) else b""
+        before = since.get(str(path)) if since is not None and own_agent and path == log else None
+        if before is not None:
+            data = data[:before[2]]
+        taken[str(path)] = (mode, hashlib.sha256(data).hexdigest() if stat.S_ISREG(mode) else "", len(data))
     return taken
 
 

@@ -76,6 +76,6 @@ def test_sysvinit_scenario(tmp_path: Path) -> None:
     # cleanup removed the run's own: no agent, no init script, pid file or boot links, no root
     assert left == []
     # and nothing else: the machine's files where the roles write by default are as they were
-    assert private_root.snapshot() == machine
+    assert private_root.snapshot(since=machine) == machine
     # the agent's wheel was built from a copy: the collection tree gained no build/ or *.egg-info
     assert _untracked_build_leftovers() == before

@@ -185,7 +185,7 @@ def local_site(tmp_path: Path, groups: Dict[str, str]) -> Iterator[Site]:
             private_root.remove_leftovers(made.service(host))  # what a failed uninstall could not remove
         shutil.rmtree(made.root, ignore_errors=True)
         assert not any(left.values()), left
-        assert private_root.snapshot() == machine  # the machine's own files as they were
+        assert private_root.snapshot(since=machine) == machine  # the machine's own files as they were
 
 
 @pytest.fixture
