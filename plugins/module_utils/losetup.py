@@ -395,17 +395,7 @@ def _refused(path: str, reason: str, what: str) -> CommandFailed:
 def refresh_capacity(device: str) -> None:
     """Make the loop device see a backing file that has grown, as ``losetup --set-capacity`` does (read-only
     open: root may)."""
-    what = f"refresh size of {device}"
-    try:
-        fd = os.open(operand(device, "device"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as error:
-        raise _failed("open", device, error, what) from None
-    try:
-        fcntl.ioctl(fd, _LOOP_SET_CAPACITY, 0)
-    except OSError as error:
-        raise _failed("LOOP_SET_CAPACITY", device, error, what) from None
-    finally:
-        os.close(fd)
+    _ioctl_on(device, "LOOP_SET_CAPACITY", _LOOP_SET_CAPACITY, f"refresh size of {device}")
 
 
 def set_size_limit(device: str, size_limit: int) -> None:
@@ -427,19 +417,24 @@ def detach(device: str) -> None:
     does, with rc 1.
     """
     started = time.monotonic()
-    what = f"detach {device}"
-    try:
-        fd = os.open(operand(device, "device"), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.ioctl(fd, _LOOP_CLR_FD, 0)
-        finally:
-            os.close(fd)  # the last close of a device nobody else holds unbinds it
-    except OSError as error:
-        raise _failed("LOOP_CLR_FD", device, error, what) from None
+    _ioctl_on(device, "LOOP_CLR_FD", _LOOP_CLR_FD, f"detach {device}")  # its close unbinds a device nobody holds
     log.debug("loop detach %s in %.4fs", device, time.monotonic() - started)
     deadline = time.monotonic() + DETACH_SETTLE
     while _detaching(device) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def _ioctl_on(device: str, name: str, request: int, what: str) -> None:
+    """*request* (argument 0) on *device* opened read-only (root may, as losetup), then closed; a refusal,
+    of the open or of the call, typed as the losetup failure it replaces, naming *name*."""
+    try:
+        fd = os.open(operand(device, "device"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, request, 0)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise _failed(name, device, error, what) from None
 
 
 def _detaching(device: str) -> bool:
