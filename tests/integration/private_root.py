@@ -78,6 +78,7 @@ def snapshot(since: Optional[Snapshot] = None) -> Snapshot:
     """
     log = Path(_role_defaults()["basalt_agent_log_file"])
     own_agent = since is not None and since.get(_default_service_files()["basalt_agent_pid_file"]) is not None
+    logged = since.get(str(log)) if since is not None and own_agent else None  # the log as it was then
     taken: Snapshot = {}
     for path in machine_paths():
         try:
@@ -86,9 +87,8 @@ def snapshot(since: Optional[Snapshot] = None) -> Snapshot:
             taken[str(path)] = None
             continue
         data = path.read_bytes() if stat.S_ISREG(mode) else b""
-        before = since.get(str(path)) if since is not None and own_agent and path == log else None
-        if before is not None:
-            data = data[:before[2]]
+        if path == log and logged is not None:
+            data = data[:logged[2]]
         taken[str(path)] = (mode, hashlib.sha256(data).hexdigest() if stat.S_ISREG(mode) else "", len(data))
     return taken
 
