@@ -175,7 +175,7 @@ def cache_key(variant: Variant = BASE) -> str:
     files = [Path(__file__).resolve(), *sorted(p for p in IMAGE_FILES.iterdir() if p.is_file())]
     if variant != BASE:
         h.update(json.dumps([variant.name, variant.packages, variant.init]).encode())
-        files += sorted((IMAGE_FILES / variant.name).iterdir())
+        files += sorted(p for p in (IMAGE_FILES / variant.name).iterdir() if p.is_file())
     for path in files:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -413,6 +413,9 @@ def slim_root(root: Path) -> None:
 def configure_root(root: Path) -> None:
     shutil.copy(IMAGE_FILES / "basalt-init.sh", root / "sbin/basalt-init")
     (root / "sbin/basalt-init").chmod(0o755)
+    # A bytecode cache for what Python imports from zip archives: Ansible's module payloads (the file says why).
+    for name in ("basalt_zip_bytecode.py", "basalt-zip-bytecode.pth"):
+        shutil.copy(IMAGE_FILES / name, root / "usr/lib/python3/dist-packages" / name)
     (root / "etc/hostname").write_text("basalt-vm\n")
     (root / "etc/fstab").write_text("# the VM's init mounts everything\n")
     iscsi = root / "etc/iscsi"

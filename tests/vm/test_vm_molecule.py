@@ -165,6 +165,9 @@ def test_molecule_scenarios_on_one_systemd_vm_over_ssh(
         for scenario in ONE_VM_SCENARIOS:
             timings[scenario] = _molecule_test(scenario, vm.env(), tmp_path, collections)
             _nothing_of_basalt_left(vm, f"after molecule/{scenario}")
+        # the image's bytecode cache for Ansible's module payloads (image/basalt_zip_bytecode.py) was in use
+        cached = _in_vm(vm, "ls", "/var/cache/basalt-zip-bytecode").stdout.split()
+        assert len(cached) > 20, cached
     assert not vm.key.parent.exists(), "the run's temp dir (key, overlay) outlived the VM"
     _report(timings, vm.boot_seconds)
 

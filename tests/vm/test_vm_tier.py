@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import build_image
@@ -194,3 +195,54 @@ def test_wheel_sets_carry_bytecode_when_the_host_can_compile_it() -> None:
     sources = {p.with_suffix("") for p in deps.rglob("*.py")}
     compiled = {p.parent.parent / p.name.split(".")[0] for p in deps.rglob("__pycache__/*.pyc")}
     assert sources and sources <= compiled, sorted(sources - compiled)[:5]
+
+
+def _import_from_zip(archive: Path, cache: Path, compile_allowed: bool) -> subprocess.CompletedProcess[str]:
+    """A fresh Python with the images' zip bytecode hook imports ``payload.mod`` from `archive`."""
+    hook_dir = build_image.IMAGE_FILES
+    script = f"""
+import sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, {str(hook_dir)!r})
+import basalt_zip_bytecode as hook
+hook.CACHE_DIR = {str(cache)!r}
+if not {compile_allowed}:
+    def refuse(pathname, source):
+        raise AssertionError("compiled " + pathname)
+    hook._compile_source = refuse
+sys.path.insert(0, {str(archive)!r})
+import payload.mod
+print(payload.mod.VALUE)
+payload.mod.fail()
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _payload(path: Path, value: int) -> Path:
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("payload/__init__.py", "")
+        z.writestr("payload/mod.py", f"VALUE = {value}\n\ndef fail():\n    raise RuntimeError('from the payload')\n")
+    return path
+
+
+def test_the_images_cache_bytecode_of_zip_imports(tmp_path: Path) -> None:
+    """Ansible's payloads hold no bytecode: the hook compiles each source once per boot. A second import
+    of the same source, from another archive, compiles nothing, and its tracebacks name that archive; a
+    changed source is compiled anew, never served from the cache."""
+    cache = tmp_path / "cache"
+    first = _payload(tmp_path / "run1" / "ansible_stat_payload.zip", 1)
+    ran = _import_from_zip(first, cache, compile_allowed=True)
+    assert ran.stdout == "1\n" and f'File "{first}/payload/mod.py", line 4' in ran.stderr, ran.stderr
+    assert len(list(cache.iterdir())) == 2  # payload/__init__.py and payload/mod.py
+
+    again = _payload(tmp_path / "run2" / "ansible_stat_payload.zip", 1)
+    ran = _import_from_zip(again, cache, compile_allowed=False)
+    assert ran.stdout == "1\n" and "RuntimeError: from the payload" in ran.stderr, ran.stderr
+    assert f'File "{again}/payload/mod.py", line 4' in ran.stderr and str(first) not in ran.stderr
+
+    changed = _payload(tmp_path / "run3" / "ansible_stat_payload.zip", 2)
+    ran = _import_from_zip(changed, cache, compile_allowed=False)
+    assert f"AssertionError: compiled {changed}/payload/mod.py" in ran.stderr, ran.stderr
+    ran = _import_from_zip(changed, cache, compile_allowed=True)
+    assert ran.stdout == "2\n", ran.stderr
