@@ -416,6 +416,8 @@ def configure_root(root: Path) -> None:
     # A bytecode cache for what Python imports from zip archives: Ansible's module payloads (the file says why).
     for name in ("basalt_zip_bytecode.py", "basalt-zip-bytecode.pth"):
         shutil.copy(IMAGE_FILES / name, root / "usr/lib/python3/dist-packages" / name)
+    # with its bytecode: every Python process of the guest loads it, some with PYTHONDONTWRITEBYTECODE
+    run(["chroot", str(root), "python3", "-m", "py_compile", "/usr/lib/python3/dist-packages/basalt_zip_bytecode.py"])
     (root / "etc/hostname").write_text("basalt-vm\n")
     (root / "etc/fstab").write_text("# the VM's init mounts everything\n")
     iscsi = root / "etc/iscsi"
