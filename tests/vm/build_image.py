@@ -414,10 +414,11 @@ def configure_root(root: Path) -> None:
     shutil.copy(IMAGE_FILES / "basalt-init.sh", root / "sbin/basalt-init")
     (root / "sbin/basalt-init").chmod(0o755)
     # A bytecode cache for what Python imports from zip archives: Ansible's module payloads (the file says why).
+    site = "usr/lib/python3/dist-packages"
     for name in ("basalt_zip_bytecode.py", "basalt-zip-bytecode.pth"):
-        shutil.copy(IMAGE_FILES / name, root / "usr/lib/python3/dist-packages" / name)
+        shutil.copy(IMAGE_FILES / name, root / site / name)
     # with its bytecode: every Python process of the guest loads it, some with PYTHONDONTWRITEBYTECODE
-    run(["chroot", str(root), "python3", "-m", "py_compile", "/usr/lib/python3/dist-packages/basalt_zip_bytecode.py"])
+    run(["chroot", str(root), "python3", "-m", "py_compile", f"/{site}/basalt_zip_bytecode.py"])
     (root / "etc/hostname").write_text("basalt-vm\n")
     (root / "etc/fstab").write_text("# the VM's init mounts everything\n")
     iscsi = root / "etc/iscsi"

@@ -15,9 +15,6 @@ import os
 import zipimport
 from types import CodeType
 
-# Every Python process of the guest loads this: what only a zip import needs is imported then (natively,
-# hashlib and importlib.util would add 10 ms to each start, a few hundred under TCG).
-
 CACHE_DIR = "/var/cache/basalt-zip-bytecode"
 # zipimport's own compile step (Python 3.8 to 3.13); where it is missing, the hook stays out of the way
 _compile_source = getattr(zipimport, "_compile_source", None)
@@ -29,6 +26,8 @@ def _renamed(code: CodeType, filename: str) -> CodeType:
 
 
 def _cached_compile(pathname: str, source: bytes) -> CodeType:
+    # Imported here, not above: every Python process of the guest loads this module, and these would add
+    # 10 ms to each start natively (a few hundred under TCG); only a zip import needs them.
     import hashlib
     import importlib.util
 
