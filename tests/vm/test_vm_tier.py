@@ -138,6 +138,91 @@ def test_runner_missing_verdict_is_a_failure(tmp_path: Path) -> None:
     assert "without a verdict" in result.message
 
 
+def _oopsing_qemu(tmp_path: Path, oopses: int) -> str:
+    """A fake QEMU whose first `oopses` boots print a guest kernel oops and fail; later boots pass.
+    Each boot adds a line to tmp_path/boots."""
+    return _fake_qemu(
+        tmp_path,
+        f"echo boot >> {tmp_path}/boots\n"
+        f'if [ "$(wc -l < {tmp_path}/boots)" -le {oopses} ]; then\n'
+        "  echo '[   51.558052] BUG: kernel NULL pointer dereference, address: 0000000000000018'\n"
+        "  echo '[   51.558052] RIP: 0010:iscsi_sw_tcp_release_conn+0x67/0x160 [iscsi_tcp]'\n"
+        '  echo 1 > "$RESULTS/rc"\n'
+        "else\n"
+        '  echo 0 > "$RESULTS/rc"\n'
+        "fi\n",
+    )
+
+
+def _boots(tmp_path: Path) -> int:
+    return len((tmp_path / "boots").read_text().splitlines())
+
+
+def test_runner_boots_once_more_after_a_guest_kernel_oops(tmp_path: Path) -> None:
+    qemu = _oopsing_qemu(tmp_path, oopses=1)
+    with pytest.warns(run_vm.GuestKernelOops, match="NULL pointer dereference"):
+        result = run_vm.run_vm(["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.passed, _boots(tmp_path)) == (0, True, 2)
+    assert result.replaced_oops == "BUG: kernel NULL pointer dereference, address: 0000000000000018"
+    assert "fresh boot" in result.message and "BUG: kernel NULL pointer" not in result.console
+
+
+def test_runner_reports_a_second_oops_after_one_retry(tmp_path: Path) -> None:
+    qemu = _oopsing_qemu(tmp_path, oopses=5)
+    with pytest.warns(run_vm.GuestKernelOops):
+        result = run_vm.run_vm(["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.passed, _boots(tmp_path)) == (1, False, 2)
+    assert run_vm.kernel_oops(result.console).startswith("BUG: kernel NULL pointer")
+
+
+@pytest.mark.parametrize(
+    "console",
+    [
+        "",  # a plain failure
+        "BUG: kernel NULL pointer dereference\n",  # a program's output, not the kernel's (no timestamp)
+        "[   12.000001] WARNING: CPU: 0 PID: 1 at fs/x.c:1 f+0x1/0x2\n",  # a kernel warning is no oops
+    ],
+)
+def test_runner_does_not_boot_again_for_other_failures(tmp_path: Path, console: str) -> None:
+    (tmp_path / "console").write_text(console)
+    qemu = _fake_qemu(tmp_path, f'echo boot >> {tmp_path}/boots\ncat {tmp_path}/console\necho 1 > "$RESULTS/rc"\n')
+    result = run_vm.run_vm(["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.replaced_oops, _boots(tmp_path)) == (1, "", 1)
+
+
+def test_runner_does_not_boot_again_after_a_pass_with_an_oops(tmp_path: Path) -> None:
+    qemu = _fake_qemu(
+        tmp_path,
+        f"echo boot >> {tmp_path}/boots\necho '[    3.100000] Oops: 0000 [#1] PREEMPT SMP NOPTI'\n"
+        'echo 0 > "$RESULTS/rc"\n',
+    )
+    result = run_vm.run_vm(["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None)
+    assert (result.rc, result.replaced_oops, _boots(tmp_path)) == (0, "", 1)
+
+
+def test_a_pair_boots_both_again_after_an_oops_in_either(tmp_path: Path) -> None:
+    """The client's kernel oopses in the first pair; both VMs boot again (the fake server opens the
+    pair's socket as QEMU's stream netdev would)."""
+    qemu = _fake_qemu(
+        tmp_path,
+        f"echo boot >> {tmp_path}/boots\n"
+        'sock=$(printf "%s\\n" "$@" | sed -n "s/.*server=on,addr.type=unix,addr.path=\\([^,]*\\),.*/\\1/p")\n'
+        '[ -n "$sock" ] && python3 -c "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])" "$sock"\n'
+        f'if [ -z "$sock" ] && [ "$(wc -l < {tmp_path}/boots)" -le 2 ]; then\n'
+        "  echo '[   51.558052] BUG: kernel NULL pointer dereference, address: 0000000000000018'\n"
+        '  echo 1 > "$RESULTS/rc"\n'
+        "else\n"
+        '  echo 0 > "$RESULTS/rc"\n'
+        "fi\n",
+    )
+    with pytest.warns(run_vm.GuestKernelOops):
+        server, client = run_vm.run_pair(
+            ["true"], ["true"], timeout=30, image=_fake_image(tmp_path), qemu=qemu, echo=None
+        )
+    assert (server.passed, client.passed, _boots(tmp_path)) == (True, True, 4)
+    assert server.replaced_oops == client.replaced_oops != ""
+
+
 def test_runner_kills_everything_on_timeout(tmp_path: Path) -> None:
     qemu = _fake_qemu(tmp_path, f"sleep 1000 &\necho $! > {tmp_path}/child\nwait\n")
     t0 = time.monotonic()
