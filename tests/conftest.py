@@ -7,6 +7,9 @@ test code other than this tree's. So mirror the installed layout with symlinks
 in a private directory, put it first on ``sys.path`` and on ``PYTHONPATH`` (for
 the agents, playbooks and helpers the tests start), and refuse to run when the
 imported packages still come from elsewhere.
+
+Where the checkout has tests/zip_bytecode_site (the built collection does not), the processes the tests
+start also cache the bytecode of what they import from zip archives: Ansible's modules (see there).
 """
 
 from __future__ import annotations
@@ -57,3 +60,7 @@ def _use_this_tree() -> None:
 
 
 _use_this_tree()
+if (TREE / "tests" / "zip_bytecode_site").is_dir():
+    import zip_bytecode_site
+
+    zip_bytecode_site.enable()

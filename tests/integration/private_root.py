@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import yaml
+import zip_bytecode_site
 from role_vars import resolved
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,10 +24,11 @@ ROLES = REPO / "roles"
 
 
 def play_environment(**extra: str) -> Dict[str, str]:
-    """The environment for a run whose init scripts start agents (they inherit it): this one's without
-    tests/conftest.py's PYTHONPATH, so the agents run their virtualenv's code (the install under test), not
-    this checkout's; plus *extra*."""
-    return {**{name: value for name, value in os.environ.items() if name != "PYTHONPATH"}, **extra}
+    """The environment for a run whose init scripts start agents (they inherit it): this one's with none of
+    tests/conftest.py's PYTHONPATH but its zip bytecode cache, so the agents run their virtualenv's code (the
+    install under test), not this checkout's; plus *extra*."""
+    kept = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    return {**kept, "PYTHONPATH": zip_bytecode_site.SITE, **extra}
 
 
 def _settings() -> Dict[str, Any]:

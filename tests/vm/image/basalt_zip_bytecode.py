@@ -1,4 +1,4 @@
-"""A bytecode cache for modules imported from zip archives (Basalt's test VM images only).
+"""A bytecode cache for modules imported from zip archives (Basalt's test VM images and test runs only).
 
 Ansible runs every task's module from a zip (its AnsiballZ payload), and a zip holds no bytecode: each
 task compiles ``ansible.module_utils`` again, about half of a module run (natively 0.26 s against 0.13 s
@@ -6,8 +6,9 @@ for ``stat``), and under TCG seconds per task. This keeps each compiled source, 
 number, the path inside the archive and the source's SHA-256, in a directory of the guest's own (its
 root disk is a snapshot, so the cache lasts one boot). The code run is exactly what compiling the same
 source gives; only the file name in tracebacks is set back to this run's archive. Loaded by
-``basalt-zip-bytecode.pth`` in the system's site directory; a cache that cannot be read or written is
-passed over, as if the hook were not there.
+``basalt-zip-bytecode.pth`` in the system's site directory (in a test run on the host: by
+tests/zip_bytecode_site, with a cache of the run's own); a cache that cannot be read or written is passed
+over, as if the hook were not there.
 """
 
 import marshal
