@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -213,6 +214,14 @@ class Agent:
                 return fh.read()
         except FileNotFoundError:
             return ""
+
+    def wait_logged(self, text: str, seconds: float) -> None:
+        """Wait until the agent's log holds *text*: the end of its work in the background, e.g. the start-up
+        clean-up, which runs once the socket already serves."""
+        deadline = time.monotonic() + seconds
+        while text not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert text in self.log(), self.log()[-4000:]
 
     # -- what the pool holds on this host -----------------------------------
 

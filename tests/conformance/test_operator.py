@@ -179,8 +179,10 @@ def test_doctor_finds_the_leftovers_and_gc_removes_exactly_those(fresh_agent_fac
     kept = make_volume(agent)
     # the pool as the agent sees it (LVM_SYSTEM_DIR set above)
     pool = open_pool(agent.pool_spec)
-    # An interrupted creation, never retried (made after the agent's start-up clean-up; before the
-    # mapping below, whose extents a later LV would take).
+    # An interrupted creation, never retried (made after the agent's start-up clean-up, which runs in the
+    # background once Probe answers and would remove it; before the mapping below, whose extents a later
+    # LV would take).
+    agent.wait_logged("start-up clean-up finished", 60)
     abandoned = Volume(volume_id_for(unique("abandoned")), "abandoned", 4 * MiB, pool.location, state=CREATING,
                        created_at=0.0)
     pool.save_volume(abandoned)

@@ -47,10 +47,7 @@ def test_start_removes_abandoned_creations_and_the_sweep_follows_cleanup_grace(f
     agent.start()
     # The start's own clean-up runs in the background as soon as the socket serves, and finishes
     # before any periodic sweep (the first runs GRACE/2 after serving).
-    deadline = time.monotonic() + GRACE / 2
-    while "start-up clean-up finished" not in agent.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "start-up clean-up finished" in agent.log(), agent.log()[-4000:]
+    agent.wait_logged("start-up clean-up finished", GRACE / 2)
     state = {v.id: v.state for v in pool.all_volumes()}
     assert state == {kept: READY, recent: CREATING}, state
     for gone in (deleting, abandoned):
