@@ -42,16 +42,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "iscsi"))
 
 if TYPE_CHECKING:  # mypy (scripts/lint.sh) sees the bench directory as the namespace package "bench"
+    import bench.bench_agent as ba
     import bench.benchlib as bl
     import bench.command_profile as cp
 else:  # the bench directory is not a package: found through sys.path
+    import bench_agent as ba
     import benchlib as bl
     import command_profile as cp
 
 from tgtd_testlib import control_port_in_use, start_private_tgtd, stop_private_tgtd  # the test daemon, not shipped
 
 from basalt_agent.proto import csi_pb2
-from basalt_core import tgt
+from basalt_core import atomicfile, tgt
 from basalt_core.iscsi_target import serial_for
 from basalt_core.tgt_config import NO_ADDRESS
 
@@ -66,6 +68,9 @@ PASSWORD = "Bench-Secret-1234"
 CONTROL_PORTS = range(31000, 31100)  # tgtd -C: 1..32767; the first one no tgtd answers on
 BARE_TID_BASE = 5000  # the bare side's tids, far from the agent's (it takes max + 1)
 BARE_SO_PREFIX = "bare-bench-"  # LIO: the bare side's backstores (the agent's are basalt-<serial>)
+#: LIO's crash-safe bound: one durable write of a record this size (a file-pool volume record's order)
+BOUND_RECORD = json.dumps({"id": "vol-" + "0" * 32, "publications": {PEER_NODE: {"readonly": False}},
+                           "parameters": {}, "state": "ready"}).encode() * 4
 
 
 class IscsiWorkspace(bl.Workspace):
@@ -263,6 +268,11 @@ def bare_image(workspace: IscsiWorkspace, name: str) -> str:
 
 EXPORT_COMMANDS = 7
 UNEXPORT_COMMANDS = 4
+#: LIO: the least an RPC that answers once its state is durable adds to rtslib's calls (bench/README.md:
+#: Publish writes its record and LIO's saved config, which may overlap; Unpublish clears the record before
+#: the grant goes, then saves)
+BOUND_NAMES = {"ControllerPublish": "bound: rtslib + gRPC + 1 durable write",
+               "ControllerUnpublish": "bound: rtslib + gRPC + 2 durable writes"}
 
 
 def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorkspace, rounds: int
@@ -273,6 +283,11 @@ def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorks
     bare = lio if lio is not None else Bare(workspace)
     saved_config = workspace.path("lio-saveconfig.json")  # LIO: the bare side saves as the agent does
     g_pub, g_unpub, g_pair = bl.Samples(), bl.Samples(), bl.Samples()
+    # LIO: what any agent that answers only once its state is durable adds to rtslib's calls, timed in the
+    # same rounds: a bare gRPC round trip (bare_grpc_server.py's Probe) and durable writes (atomicfile's)
+    b_grpc, b_write, b_pub_bound, b_unpub_bound = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
+    bare_grpc = ba.BareServer(workspace) if lio is not None else None
+    durable = workspace.path("bound-record.json")
     b_attach, b_export, b_unexport, b_detach = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
     b_pub_all, b_unpub_all, b_pair, b_pair_all = bl.Samples(), bl.Samples(), bl.Samples(), bl.Samples()
     b_pub_saved, b_unpub_saved = bl.Samples(), bl.Samples()
@@ -302,14 +317,27 @@ def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorks
         b_unpub_all.add(took_x + took_t + took_d)
         b_pair.add(took_e + took_x)
         b_pair_all.add(took_a + took_e + took_s + took_x + took_t + took_d)
+        if bare_grpc is not None:
+            took_g = bl.timed(lambda: bare_grpc.identity.Probe(csi_pb2.ProbeRequest(), timeout=bl.RPC_TIMEOUT))[0]
+            took_w, took_w2 = (bl.timed(lambda: atomicfile.write_atomic(durable, BOUND_RECORD))[0] for _ in "12")
+            for samples, took in ((b_grpc, took_g), (b_write, took_w), (b_pub_bound, took_e + took_g + took_w),
+                                  (b_unpub_bound, took_x + took_g + took_w + took_w2)):
+                samples.add(took)
 
-    grpc_round(-1)  # untimed warm-up of each side (first account, first target, imports)
-    bare_round(999)
-    for samples in (g_pub, g_unpub, g_pair, b_attach, b_export, b_unexport, b_detach, b_pub_all, b_unpub_all,
-                    b_pair, b_pair_all, b_pub_saved, b_unpub_saved):
-        samples.values.clear()
-    profiler.profiles.clear()
-    bl.interleave(rounds, [grpc_round, bare_round])
+    if bare_grpc is not None:
+        bare_grpc.start()
+    try:
+        grpc_round(-1)  # untimed warm-up of each side (first account, first target, imports)
+        bare_round(999)
+        for samples in (g_pub, g_unpub, g_pair, b_attach, b_export, b_unexport, b_detach, b_pub_all, b_unpub_all,
+                        b_pair, b_pair_all, b_pub_saved, b_unpub_saved, b_grpc, b_write, b_pub_bound,
+                        b_unpub_bound):
+            samples.values.clear()
+        profiler.profiles.clear()
+        bl.interleave(rounds, [grpc_round, bare_round])
+    finally:
+        if bare_grpc is not None:
+            bare_grpc.stop()
     bl.delete_volume(agent, volume.volume_id)
 
     if lio is not None:
@@ -318,14 +346,21 @@ def bench_export(agent: IscsiAgent, profiler: cp.Profiler, workspace: IscsiWorks
             bl.Row(name, "ControllerPublish", g_pub, "rtslib: backstore..mapped LUN", b_export),
             bl.Row(name, "ControllerPublish", g_pub, "rtslib + save_to_file", b_pub_saved),
             bl.Row(name, "ControllerPublish", g_pub, "losetup --find --show + rtslib + save", b_pub_all),
+            bl.Row(name, "ControllerPublish", g_pub, BOUND_NAMES["ControllerPublish"], b_pub_bound),
             bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib: ACL, target, backstore delete", b_unexport),
             bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib + save_to_file", b_unpub_saved),
             bl.Row(name, "ControllerUnpublish", g_unpub, "rtslib + save + losetup -d", b_unpub_all),
+            bl.Row(name, "ControllerUnpublish", g_unpub, BOUND_NAMES["ControllerUnpublish"], b_unpub_bound),
             bl.Row(name, "Publish+Unpublish", g_pair, "rtslib both ways", b_pair),
             bl.Row(name, "Publish+Unpublish", g_pair, "rtslib + 2 saves + 2 losetup", b_pair_all),
         ]
+        bound = {"grpc_round_trip": b_grpc.summary(), "durable_write": b_write.summary(),
+                 # the bound itself against the issue's floor, rtslib's calls alone (its goal: at most 1.2x)
+                 "over_rtslib": {"ControllerPublish": b_pub_bound.median / b_export.median,
+                                 "ControllerUnpublish": b_unpub_bound.median / b_unexport.median}}
         return rows, {"target_iqn": contexts[-1].get("basalt.dev/iscsi-target") if contexts else None,
-                      "bare_losetup_attach": b_attach.summary(), "bare_losetup_detach": b_detach.summary()}
+                      "bare_losetup_attach": b_attach.summary(), "bare_losetup_detach": b_detach.summary(),
+                      "crash_safe_bound": bound}
     name = "iscsi export (tgt)"
     rows = [
         bl.Row(name, "ControllerPublish", g_pub, f"tgtadm x{EXPORT_COMMANDS}", b_export),
@@ -483,6 +518,15 @@ def command_summary(profiles: Sequence[cp.Profile], backend: str = "tgt") -> Lis
     return lines
 
 
+def bound_note(bound: Dict[str, Any]) -> str:
+    """LIO: the crash-safe bound against rtslib's calls alone (the issue's floor), and what it is made of."""
+    over = ", ".join(f"{rpc} {ratio:.2f}x ({BOUND_NAMES[rpc].removeprefix('bound: ')})"
+                     for rpc, ratio in bound["over_rtslib"].items())
+    return (f"the crash-safe bound against rtslib's calls alone: {over}; a bare gRPC round trip "
+            f"{bound['grpc_round_trip']['median_ms']:.1f} ms, a durable write "
+            f"{bound['durable_write']['median_ms']:.1f} ms")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"rounds (default {DEFAULT_ROUNDS})")
@@ -529,6 +573,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ControllerPublish + ControllerUnpublish vs {floor}, {args.rounds} rounds", flush=True)
         rows, report["export"] = bench_export(agent, profiler, workspace, args.rounds)
         summary = command_summary(list(profiler.profiles.values()), args.backend)
+        if "crash_safe_bound" in report["export"]:
+            report["notes"] = [bound_note(report["export"]["crash_safe_bound"])]
+            summary += report["notes"]
         if args.restart_volumes > 0:
             print(f"restart with tgtd emptied: {args.restart_volumes} published volumes", flush=True)
             restart_rows, restart = bench_restart(agent, workspace, args.restart_volumes,

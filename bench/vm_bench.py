@@ -91,6 +91,7 @@ def summary(reports: Dict[str, Dict[str, Any]]) -> str:
         load = (facts.get("loadavg_at_start", float("nan")), report.get("loadavg_at_end", float("nan")))
         notes.append(f"{name}: {facts.get('date_utc', '?')}, {report.get('rounds', '?')} rounds, guest 1-minute load "
                      f"{load[0]:.2f} -> {load[1]:.2f}, kernel {facts.get('kernel', '?')}")
+        notes += [f"{name}: {note}" for note in report.get("notes", [])]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
     right = {2, 4, 5}
 

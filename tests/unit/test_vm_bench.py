@@ -16,7 +16,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
-import bench_lvm_pool  # noqa: E402 - found through the path set above
+import bench_iscsi  # noqa: E402 - found through the path set above
+import bench_lvm_pool  # noqa: E402
 import benchlib  # noqa: E402
 import command_profile  # noqa: E402
 import vm_bench  # noqa: E402
@@ -61,6 +62,18 @@ def test_the_summary_gives_every_ratio_with_the_commands_of_its_rpc() -> None:
     assert table[0].split("|")[1].strip() == "bench" and set(table[1]) <= {"|", "-", ":"}
     assert "lvm-dm: 2026-12-05T03:00:00Z, 3 rounds, guest 1-minute load 1.50 -> 2.25, kernel 6.1.0" in table
     assert "lio: 2026-12-05T03:10:00Z, 1 rounds, guest 1-minute load 0.50 -> 0.75, kernel 6.1.0" in table
+
+
+def test_a_reports_notes_follow_its_date_line() -> None:
+    """bench_iscsi's LIO report carries the crash-safe bound as a note, written by bench_iscsi.bound_note."""
+    bound = {"over_rtslib": {"ControllerPublish": 1.43, "ControllerUnpublish": 1.28},
+             "grpc_round_trip": samples(16.3).summary(), "durable_write": samples(8.6).summary()}
+    report = dict(lio_report(), notes=[bench_iscsi.bound_note(bound)])
+    table = vm_bench.summary({"lio": report}).splitlines()
+    assert table[-2].startswith("lio: 2026-12-05T03:10:00Z")
+    assert table[-1] == ("lio: the crash-safe bound against rtslib's calls alone: ControllerPublish 1.43x (rtslib + "
+                         "gRPC + 1 durable write), ControllerUnpublish 1.28x (rtslib + gRPC + 2 durable writes); a "
+                         "bare gRPC round trip 16.3 ms, a durable write 8.6 ms")
 
 
 def test_reports_are_read_in_the_order_asked_and_a_missing_one_is_left_out() -> None:
