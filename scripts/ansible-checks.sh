@@ -72,8 +72,9 @@ tools() {
   fi
   mkdir -p "$(dirname "$GET_PIP_CACHE")"
   cmp -s scripts/ansible/get_pip_offline.py "$GET_PIP_CACHE" || cp scripts/ansible/get_pip_offline.py "$GET_PIP_CACHE"
-  ansible --version | head -1
-  ansible-lint --version | head -1
+  # the first line only; sed reads the rest (head's early exit made ansible print a broken-pipe traceback)
+  ansible --version | sed -n 1p
+  ansible-lint --version | sed -n 1p
 }
 
 work=$(mktemp -d /tmp/basalt-ansible-checks-XXXXXX)
