@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import List, Optional
 
 import grpc
@@ -195,8 +194,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             for published in ([node_id] if node_id else sorted(volume.publications) if volume else []):
                 # Record first: if the unexport is interrupted, the agent's reconciliation at start
                 # removes an export that no record wants (the CO retries the call meanwhile).
-                self.publishing.unpublish(volume_id, published,
-                                          functools.partial(volumes.clear_publication, self.pool, volume_id, published))
+                volumes.clear_publication(self.pool, volume_id, published)
+                self.publishing.unpublish(volume_id, published)
         return csi_pb2.ControllerUnpublishVolumeResponse()
 
     @rpc_method

@@ -9,7 +9,7 @@ publication does on the storage host.
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import grpc
 
@@ -64,8 +64,8 @@ class Publishing(abc.ABC):
         """Give *node_id* access to *volume*; return the publish_context."""
 
     @abc.abstractmethod
-    def unpublish(self, volume_id: str, node_id: str, forget: Callable[[], object]) -> None:
-        """Withdraw *node_id*'s access (idempotent); *forget* (the publication record) runs before any change."""
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        """Withdraw *node_id*'s access (idempotent); the caller forgets the publication record first."""
 
 
 class LocalPublishing(Publishing):
@@ -77,8 +77,8 @@ class LocalPublishing(Publishing):
     def publish(self, volume: Volume, node_id: str, read_only: bool, secrets: Mapping[str, str]) -> Dict[str, str]:
         return {POOL_KEY: volume.pool}
 
-    def unpublish(self, volume_id: str, node_id: str, forget: Callable[[], object]) -> None:
-        forget()
+    def unpublish(self, volume_id: str, node_id: str) -> None:
+        return None
 
 
 class IscsiPublishing(Publishing):
@@ -133,9 +133,7 @@ class IscsiPublishing(Publishing):
                         LUN_KEY: str(info.lun), SERIAL_KEY: info.serial})
         return context
 
-    def unpublish(self, volume_id: str, node_id: str, forget: Callable[[], object]) -> None:
+    def unpublish(self, volume_id: str, node_id: str) -> None:
         initiator = self.initiator_for(node_id)
-        if initiator is None:
-            forget()
-        else:  # the record written while the target service is read
-            exports.ensure_unexported(self.pool, self.backend, self.settings, volume_id, initiator, first=forget)
+        if initiator is not None:
+            exports.ensure_unexported(self.pool, self.backend, self.settings, volume_id, initiator)

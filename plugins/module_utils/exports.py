@@ -8,18 +8,13 @@ initiator IQN only, with CHAP.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Optional, Tuple
 
-from .errors import Conflict, StorageError
+from .errors import Conflict
 from .iscsi_target import Chap, Grant, TargetBackend, check_iqn, serial_for, target_iqn_for
 from .model import Volume
 from .pool import Pool
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,37 +59,15 @@ def ensure_exported(
                            f"not {read_only}")
         grant = current.grant_for(initiator_iqn) if current else None
         return info, grant != Grant(initiator_iqn, chap)
-    attaching = _started(lambda: pool.attach(volume), f"attach {volume.id}")  # the volume's own: its lock covers it
+    # The device first, then the target: each step alone (helper threads beside tgtd's socket cost more than
+    # they overlapped, bench/README.md), and a failed attach leaves nothing in the target service.
+    device = pool.attach(volume)  # the volume's own: its lock covers it
     with backend.transaction():  # targets, accounts and the saved configuration are every volume's
-        try:
-            opened = backend.open_export(info.target_iqn)  # while the device attaches
-        finally:
-            wait([attaching])  # never left running, whatever open_export did
-        try:
-            device = attaching.result()
-        except BaseException:
-            if opened:  # the target made for a device that did not come goes (the attach error is the one to tell)
-                with contextlib.suppress(StorageError):
-                    backend.remove_export(info.target_iqn)
-            raise
-        changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only) or opened
+        changed = backend.ensure_export(info.target_iqn, device, info.serial, read_only)
         changed = backend.ensure_grant(info.target_iqn, initiator_iqn, chap) or changed
         if changed:
             backend.persist()
     return info, changed
-
-
-def _started(work: Callable[[], T], name: str) -> "Future[T]":
-    """*work()* run in a thread of its own (the caller's next steps overlap it)."""
-    future: "Future[T]" = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as error:  # handed to the caller, who raises it
-            future.set_exception(error)
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def ensure_unexported(
@@ -105,26 +78,18 @@ def ensure_unexported(
     initiator_iqn: str,
     *,
     check_mode: bool = False,
-    first: Optional[Callable[[], object]] = None,
 ) -> bool:
     """Withdraw the node's access; the target goes with the last grant, and the device with it.
 
-    *first* (the agent's: forget the publication record) runs before any change, beside the
-    target service's reads.  The device is released also when the target is already gone (the
-    target service restarted empty), unless the volume's record still publishes it elsewhere.
+    The agent forgets the publication record before it calls this.  The device is released also
+    when the target is already gone (the target service restarted empty), unless the volume's
+    record still publishes it elsewhere.
     """
     target = target_iqn_for(settings.base_iqn, volume_id)
     with backend.transaction():
         if check_mode:
             current = backend.export(target)
             return current is not None and (current.grant_for(initiator_iqn) is not None or not current.grants)
-        if first is not None:
-            done = _started(first, f"before unexport of {volume_id}")
-            try:
-                backend.read_ahead()
-            finally:
-                wait([done])
-            done.result()
         changed, gone = backend.withdraw(target, initiator_iqn)
         if changed:
             backend.persist()

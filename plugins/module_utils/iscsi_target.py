@@ -143,16 +143,6 @@ class TargetBackend(abc.ABC):
         read-only mode (changing them under a logged-in initiator is unsafe).
         """
 
-    def read_ahead(self) -> None:
-        """Read, in the caller's transaction, what its next calls need (e.g. while it writes a record of
-        its own).  Default: nothing."""
-        return None
-
-    def open_export(self, target_iqn: str) -> bool:
-        """Make what of the export needs no device yet, so that the caller can attach the device meanwhile;
-        :meth:`ensure_export` completes it.  Returns whether it changed something.  Default: nothing."""
-        return False
-
     @abc.abstractmethod
     def ensure_grant(self, target_iqn: str, initiator_iqn: str, chap: Optional[Chap]) -> bool:
         """Allow *initiator_iqn* (and only it) to log in, with *chap* when given."""

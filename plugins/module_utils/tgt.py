@@ -189,9 +189,6 @@ class TgtBackend(TargetBackend):
     def ping(self) -> None:
         self._send(Req("system", "show"), "ask tgtd")
 
-    def read_ahead(self) -> None:
-        self._live()
-
     def _live(self) -> Dict[str, TgtTarget]:
         session = self._current()
         if session.live is None:
@@ -301,14 +298,6 @@ class TgtBackend(TargetBackend):
                     raise Conflict(f"target {target_iqn} exports {lun.backing_store} (serial {lun.serial}, read-only "
                                    f"{lun.read_only}), not {device} (serial {serial}, read-only {read_only})")
             return changed
-
-    def open_export(self, target_iqn: str) -> bool:
-        """A new target with its address ACL closed, while the caller attaches the device; only for a target
-        ours already (else the record says so first, which needs the device) and not live yet."""
-        with self.transaction():
-            if not self._owned(check_iqn(target_iqn, "target IQN"), self._record()) or target_iqn in self._live():
-                return False
-            return self._close_addresses(self._new_target(target_iqn)) or True
 
     def _close_addresses(self, current: TgtTarget) -> bool:
         """No address ACL but :data:`NO_ADDRESS`, which admits nobody (made before any LUN or grant)."""
