@@ -415,7 +415,11 @@ def _running_children() -> List[str]:
     """The names of this process's children that have not exited (zombies left out)."""
     names = []
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended since the listing (the holds' own threads do)
+            continue
+        for pid in children:
             with contextlib.suppress(FileNotFoundError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 if stat.rsplit(")", 1)[1].split()[0] != "Z":
