@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-import grpc
 import pytest
+from servicer_context import Aborted, Context
 
 from basalt_agent.controller import ControllerService
 from basalt_agent.locks import ObjectLocks
@@ -23,17 +23,6 @@ from basalt_core.file_pool import FilePool
 from basalt_core.model import Publication
 
 NODES = ("node-a", "node-b")
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-
-
-class Context:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
 
 
 class Recording(LocalPublishing):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import grpc
 import pytest
+from servicer_context import Aborted, Context
 
 from basalt_agent.locks import ObjectLocks
 from basalt_agent.node import NodeService
@@ -37,17 +38,6 @@ SECRETS = {"node.session.auth.username": "node-a", "node.session.auth.password":
 MODE = csi.VolumeCapability.AccessMode
 CAP = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
                            access_mode=MODE(mode=MODE.SINGLE_NODE_WRITER))
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-
-
-class Context:
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
 
 
 class FakeInitiator:
