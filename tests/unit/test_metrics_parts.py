@@ -8,7 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
+from servicer_context import Aborted, Context
 
 from basalt_agent import config, identity
 from basalt_agent.bounded import BoundedRead
@@ -147,17 +149,6 @@ def test_node_tools_are_found_again_where_they_were_and_one_gone_is_missing(tmp_
     assert tools.missing() == ["absent.probe"]  # found again elsewhere on PATH
 
 
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    """The part of a servicer context Probe uses: abort raises with the code and details."""
-
-    def abort(self, code: object, details: str) -> None:
-        raise _Aborted(code, details)
-
-
 class _AnsweringPool:
     probe_runs_commands = False
 
@@ -177,17 +168,17 @@ def test_probe_fails_within_its_bound_while_a_dependency_hangs_and_recovers_afte
     service = identity.IdentityService(_AnsweringPool(), ["identity", "controller"],  # type: ignore[arg-type]
                                        dependencies=[hung])
     started = time.monotonic()
-    with pytest.raises(_Aborted) as caught:
-        service.Probe(identity.csi_pb2.ProbeRequest(), _Context())
+    with pytest.raises(Aborted) as caught:
+        service.Probe(identity.csi_pb2.ProbeRequest(), Context())
     assert time.monotonic() - started < 2
-    assert caught.value.args[0].name == "FAILED_PRECONDITION" and "did not answer" in caught.value.args[1]
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION and "did not answer" in str(caught.value)
     released.set()
     deadline = time.monotonic() + 5
     while True:  # the hung check finishes; the next Probe runs the checks afresh and answers ready
         try:
-            assert service.Probe(identity.csi_pb2.ProbeRequest(), _Context()).ready.value is True
+            assert service.Probe(identity.csi_pb2.ProbeRequest(), Context()).ready.value is True
             break
-        except _Aborted:
+        except Aborted:
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
